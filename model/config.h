@@ -1,0 +1,90 @@
+// Model configuration: the typed form of a model directory's config.json.
+//
+// Every key is documented in docs/model.md. ParseModelConfig validates all values and reports the
+// first problem with the key's JSON path; a config that parses is safe to build a model from.
+// Plain data: copyable, thread-compatible.
+#ifndef TITANS_MODEL_CONFIG_H_
+#define TITANS_MODEL_CONFIG_H_
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "absl/status/statusor.h"
+
+namespace titans {
+
+// The four architectures of the paper (section 4): memory as context, as gate, as layer, and the
+// long-term memory module alone.
+enum class Variant { kMAC, kMAG, kMAL, kLMM };
+
+enum class Activation { kSiLU, kGELU };
+
+std::string_view VariantName(Variant v);
+std::string_view ActivationName(Activation a);
+
+struct MemoryConfig {
+  int depth = 2;                    // L_M, layers of the memory MLP, 1..4.
+  int expansion = 4;                // hidden width = expansion * head_dim (depth >= 2).
+  Activation activation = Activation::kSiLU;
+  bool residual = false;            // M(z) = z + MLP(z).
+  int chunk_size = 16;              // b: gradients inside a chunk are taken at its start weights.
+  double theta_max = 0.1;           // inner learning rate theta_t in (0, theta_max).
+  int conv_kernel = 4;              // causal depthwise conv on q, k, v.
+  // Gate bias initialisation (sigmoid space): alpha ~ sigmoid(alpha_bias) etc.
+  double alpha_bias_init = -4.0;
+  double eta_bias_init = 2.0;
+  double theta_bias_init = 0.0;
+};
+
+struct AttentionConfig {
+  int window = 64;          // w: sliding window of MAG and MAL (a token sees w tokens, itself included).
+  int segment_size = 64;    // C: MAC segment length, a multiple of memory.chunk_size.
+  int num_persistent = 4;   // N_p: learned persistent-memory tokens per layer.
+  double rope_theta = 10000.0;
+};
+
+struct TokenizerSpec {
+  std::string type = "byte";  // "byte" or "sentencepiece".
+  std::string model_file;     // sentencepiece model, relative to the model directory.
+};
+
+struct ModelConfig {
+  static constexpr int kFormatVersion = 1;
+
+  int format_version = kFormatVersion;
+  std::string name = "titans";
+  Variant variant = Variant::kMAC;
+  int vocab_size = 260;
+  int d_model = 128;
+  int num_layers = 2;
+  int num_heads = 4;
+  int head_dim = 32;
+  int ffn_hidden = 384;  // SwiGLU hidden width.
+  double norm_eps = 1e-6;
+  MemoryConfig memory;
+  AttentionConfig attention;
+  TokenizerSpec tokenizer;
+  // "random" (untrained, as made by titans-init-model) or "trained".
+  std::string initialization = "random";
+  std::string description;
+
+  // Width of the memory MLP's hidden layers.
+  int memory_hidden() const { return memory.expansion * head_dim; }
+};
+
+// Parses and validates config.json text. INVALID_ARGUMENT names the offending key, e.g.
+// "config.json: memory.depth must be in [1, 4], got 7". Unknown keys are rejected so that typos
+// do not silently fall back to defaults.
+absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text);
+
+// Validates a config built in code (the same checks ParseModelConfig applies).
+absl::Status ValidateModelConfig(const ModelConfig& config);
+
+// Serialises to config.json text (pretty, keys in a stable order). ParseModelConfig(ToJson(c))
+// reproduces c.
+std::string ModelConfigToJson(const ModelConfig& config);
+
+}  // namespace titans
+
+#endif  // TITANS_MODEL_CONFIG_H_

@@ -1,0 +1,196 @@
+#include "model/memory_math.h"
+
+#include <cmath>
+
+namespace titans {
+namespace {
+
+at::Tensor Activate(Activation act, const at::Tensor& a) {
+  return act == Activation::kSiLU ? at::silu(a) : at::gelu(a);
+}
+
+// d activation / d a, written out so that the key-side backward pass is explicit (and itself
+// differentiable for training).
+at::Tensor ActivationGrad(Activation act, const at::Tensor& a) {
+  if (act == Activation::kSiLU) {
+    at::Tensor s = at::sigmoid(a);
+    return s * (1 + a * (1 - s));
+  }
+  // GELU (erf form): Phi(a) + a * phi(a).
+  const double inv_sqrt2 = 1.0 / std::sqrt(2.0);
+  const double inv_sqrt2pi = 1.0 / std::sqrt(2.0 * M_PI);
+  return 0.5 * (1 + at::erf(a * inv_sqrt2)) + a * at::exp(-0.5 * a * a) * inv_sqrt2pi;
+}
+
+// x [G, r, in] times W^T for W [G, out, in] -> [G, r, out].
+at::Tensor ApplyT(const at::Tensor& x, const at::Tensor& w) { return at::matmul(x, w.transpose(1, 2)); }
+
+// Cumulative-gate coefficients over the m tokens of the open chunk (positions 1..m):
+//   E[t,i] = beta_t / beta_i (i <= t),  R[i,j] = m_i / m_j (j <= i),
+//   G[t,j] = theta_j * sum_{i=j..t} E[t,i] R[i,j],  f_t = sum_{i<=t} E[t,i] m_i.
+// Every ratio is formed as exp(difference of log cumulative sums) and is <= 1.
+struct ChunkCoefficients {
+  at::Tensor beta;  // [G, m]
+  at::Tensor f;     // [G, m]
+  at::Tensor G;     // [G, m, m] lower triangular
+  at::Tensor R;     // [G, m, m] lower triangular
+  at::Tensor log_m;  // [G, m]
+};
+
+ChunkCoefficients Coefficients(const MemoryGates& g) {
+  const int64_t m = g.theta.size(1);
+  at::Tensor lb = at::cumsum(g.log_keep, 1);  // log beta_t   [G, m]
+  at::Tensor lm = at::cumsum(g.log_eta, 1);   // log m_t      [G, m]
+  at::Tensor lower = at::ones({m, m}, g.theta.options().dtype(at::kBool)).tril();
+  const double neg_inf = -std::numeric_limits<double>::infinity();
+  // [G, t, i]: lb_t - lb_i, masked to i <= t.
+  at::Tensor e_log = (lb.unsqueeze(2) - lb.unsqueeze(1)).masked_fill(lower.logical_not(), neg_inf);
+  at::Tensor r_log = (lm.unsqueeze(2) - lm.unsqueeze(1)).masked_fill(lower.logical_not(), neg_inf);
+  ChunkCoefficients c;
+  at::Tensor E = at::exp(e_log);
+  c.R = at::exp(r_log);
+  c.beta = at::exp(lb);
+  c.log_m = lm;
+  c.f = at::matmul(E, at::exp(lm).unsqueeze(2)).squeeze(2);
+  c.G = at::matmul(E, c.R) * g.theta.unsqueeze(1);
+  return c;
+}
+
+MemoryGates CatGates(const MemoryGates& a, const MemoryGates& b) {
+  return MemoryGates{at::cat({a.log_keep, b.log_keep}, 1), at::cat({a.log_eta, b.log_eta}, 1),
+                     at::cat({a.theta, b.theta}, 1)};
+}
+
+MemoryGates SliceGates(const MemoryGates& g, int64_t begin, int64_t end) {
+  return MemoryGates{g.log_keep.slice(1, begin, end), g.log_eta.slice(1, begin, end),
+                     g.theta.slice(1, begin, end)};
+}
+
+// Processes n tokens that all lie in the open chunk (p + n <= chunk_size).
+at::Tensor ChunkPiece(const MemorySpec& spec, MemoryState* st, const at::Tensor& k,
+                      const at::Tensor& v, const at::Tensor& q, const MemoryGates& gates) {
+  const int L = spec.depth;
+  const int64_t p = st->pending();
+  const int64_t n = k.size(1);
+  const int64_t m = p + n;
+
+  // Forward pass of the new keys at Phi_0, keeping each layer's input and pre-activation.
+  std::vector<at::Tensor> inputs(L), pre(L);
+  at::Tensor h = k;
+  for (int l = 0; l < L; ++l) {
+    inputs[l] = h;
+    pre[l] = ApplyT(h, st->weights[l]);  // [G, n, out_l]
+    if (l + 1 < L) h = Activate(spec.activation, pre[l]);
+  }
+  at::Tensor prediction = spec.residual ? pre[L - 1] + k : pre[L - 1];
+  // Backward pass of l_t = 1/2 ||M(k_t) - v_t||^2 at Phi_0: delta_l = dl/d(pre_l).
+  std::vector<at::Tensor> deltas(L);
+  deltas[L - 1] = prediction - v;
+  for (int l = L - 2; l >= 0; --l) {
+    deltas[l] = at::matmul(deltas[l + 1], st->weights[l + 1]) * ActivationGrad(spec.activation, pre[l]);
+  }
+
+  // The open chunk now holds m = p + n tokens.
+  std::vector<at::Tensor> all_inputs(L), all_deltas(L);
+  for (int l = 0; l < L; ++l) {
+    all_inputs[l] = p > 0 ? at::cat({st->pending_inputs[l], inputs[l]}, 1) : inputs[l];
+    all_deltas[l] = p > 0 ? at::cat({st->pending_deltas[l], deltas[l]}, 1) : deltas[l];
+  }
+  MemoryGates all_gates = p > 0 ? CatGates(st->pending_gates, gates) : gates;
+  ChunkCoefficients c = Coefficients(all_gates);
+
+  // Read the new queries through Phi_t = beta_t Phi_0 + f_t S_0 - sum_j G_tj u_j (dual form):
+  //   A_l = diag(beta) H W_0^T + diag(f) H S_0^T - (G o (H Z_l^T)) Delta_l
+  at::Tensor beta = c.beta.slice(1, p, m).unsqueeze(2);  // [G, n, 1]
+  at::Tensor f = c.f.slice(1, p, m).unsqueeze(2);        // [G, n, 1]
+  at::Tensor g_rows = c.G.slice(1, p, m);                // [G, n, m]
+  at::Tensor hq = q;
+  for (int l = 0; l < L; ++l) {
+    at::Tensor attn = g_rows * at::matmul(hq, all_inputs[l].transpose(1, 2));  // [G, n, m]
+    at::Tensor a = beta * ApplyT(hq, st->weights[l]) + f * ApplyT(hq, st->momentum[l]) -
+                   at::matmul(attn, all_deltas[l]);  // [G, n, out_l]
+    hq = (l + 1 < L) ? Activate(spec.activation, a) : a;
+  }
+  at::Tensor y = spec.residual ? hq + q : hq;
+
+  if (m == spec.chunk_size) {
+    // Close the chunk: W_b = beta_b W_0 + f_b S_0 - Delta^T diag(G_b.) Z,
+    //                  S_b = m_b S_0 - Delta^T diag(theta_j m_b / m_j) Z.
+    at::Tensor beta_b = c.beta.select(1, m - 1).view({-1, 1, 1});
+    at::Tensor f_b = c.f.select(1, m - 1).view({-1, 1, 1});
+    at::Tensor m_b = at::exp(c.log_m.select(1, m - 1)).view({-1, 1, 1});
+    at::Tensor g_last = c.G.select(1, m - 1).unsqueeze(2);                      // [G, m, 1]
+    at::Tensor s_last = (all_gates.theta * c.R.select(1, m - 1)).unsqueeze(2);  // [G, m, 1]
+    for (int l = 0; l < L; ++l) {
+      at::Tensor d_t = all_deltas[l].transpose(1, 2);  // [G, out_l, m]
+      at::Tensor w_new = beta_b * st->weights[l] + f_b * st->momentum[l] -
+                         at::matmul(d_t, g_last * all_inputs[l]);
+      at::Tensor s_new = m_b * st->momentum[l] - at::matmul(d_t, s_last * all_inputs[l]);
+      st->weights[l] = w_new;
+      st->momentum[l] = s_new;
+      st->pending_inputs[l] = all_inputs[l].slice(1, 0, 0);
+      st->pending_deltas[l] = all_deltas[l].slice(1, 0, 0);
+    }
+    st->pending_gates = SliceGates(all_gates, 0, 0);
+  } else {
+    st->pending_inputs = std::move(all_inputs);
+    st->pending_deltas = std::move(all_deltas);
+    st->pending_gates = std::move(all_gates);
+  }
+  return y;
+}
+
+}  // namespace
+
+std::vector<std::pair<int64_t, int64_t>> MemoryLayerShapes(int depth, int64_t head_dim,
+                                                           int64_t hidden) {
+  std::vector<std::pair<int64_t, int64_t>> shapes;
+  for (int l = 0; l < depth; ++l) {
+    const int64_t in = l == 0 ? head_dim : hidden;
+    const int64_t out = l + 1 == depth ? head_dim : hidden;
+    shapes.emplace_back(in, out);
+  }
+  return shapes;
+}
+
+MemoryState NewMemoryState(const std::vector<at::Tensor>& initial_weights) {
+  MemoryState st;
+  const int64_t groups = initial_weights.at(0).size(0);
+  for (const at::Tensor& w : initial_weights) {
+    st.weights.push_back(w);
+    st.momentum.push_back(at::zeros_like(w));
+    st.pending_inputs.push_back(at::zeros({groups, 0, w.size(2)}, w.options()));
+    st.pending_deltas.push_back(at::zeros({groups, 0, w.size(1)}, w.options()));
+  }
+  at::Tensor empty = at::zeros({groups, 0}, initial_weights[0].options());
+  st.pending_gates = MemoryGates{empty, empty, empty};
+  return st;
+}
+
+at::Tensor MemoryRead(const MemorySpec& spec, const std::vector<at::Tensor>& weights,
+                      const at::Tensor& x) {
+  at::Tensor h = x;
+  for (int l = 0; l < spec.depth; ++l) {
+    h = ApplyT(h, weights[l]);
+    if (l + 1 < spec.depth) h = Activate(spec.activation, h);
+  }
+  return spec.residual ? h + x : h;
+}
+
+at::Tensor MemoryWriteRead(const MemorySpec& spec, MemoryState* state, const at::Tensor& k,
+                           const at::Tensor& v, const at::Tensor& q, const MemoryGates& gates) {
+  const int64_t n = k.size(1);
+  std::vector<at::Tensor> outputs;
+  int64_t begin = 0;
+  while (begin < n) {
+    const int64_t room = spec.chunk_size - state->pending();
+    const int64_t end = std::min(n, begin + room);
+    outputs.push_back(ChunkPiece(spec, state, k.slice(1, begin, end), v.slice(1, begin, end),
+                                 q.slice(1, begin, end), SliceGates(gates, begin, end)));
+    begin = end;
+  }
+  if (outputs.size() == 1) return outputs[0];
+  return at::cat(outputs, 1);
+}
+
+}  // namespace titans

@@ -1,0 +1,77 @@
+// The neural long-term memory's test-time learning, in the chunked dual form
+// (docs/model.md section 2; paper eqs. 13-14; shared titans-model.md section 2).
+//
+// A memory is an MLP M_Phi with `depth` bias-free layers per group. A group is one (sequence, head)
+// pair: all tensors carry a leading group axis G = batch * heads, so one call updates every head
+// of every sequence in the batch. Shapes use:
+//   G groups, n new tokens, p pending tokens of the open chunk, m = p + n, d = head_dim,
+//   in_l / out_l the input / output width of memory layer l.
+//
+// These are pure functions of their inputs: they never modify a tensor in place, so a caller that
+// keeps the old MemoryState keeps an intact copy (this is how the model makes Forward atomic).
+// All functions are differentiable by autograd (training backpropagates through them).
+// Thread safety: stateless; safe to call concurrently on distinct states.
+#ifndef TITANS_MODEL_MEMORY_MATH_H_
+#define TITANS_MODEL_MEMORY_MATH_H_
+
+#include <ATen/ATen.h>
+
+#include <vector>
+
+#include "model/config.h"
+
+namespace titans {
+
+struct MemorySpec {
+  int depth = 2;
+  Activation activation = Activation::kSiLU;
+  bool residual = false;
+  int chunk_size = 16;
+
+  static MemorySpec FromConfig(const MemoryConfig& m) {
+    return MemorySpec{m.depth, m.activation, m.residual, m.chunk_size};
+  }
+};
+
+// Per-token gates, each [G, n]: log(1 - alpha_t) (forgetting), log(eta_t) (momentum decay),
+// theta_t (inner learning rate). Logs are carried so products become sums (no tiny divisions).
+struct MemoryGates {
+  at::Tensor log_keep;  // log(1 - alpha_t) <= 0
+  at::Tensor log_eta;   // log(eta_t) <= 0
+  at::Tensor theta;     // theta_t >= 0
+};
+
+// Everything the memory needs to continue a stream exactly.
+struct MemoryState {
+  std::vector<at::Tensor> weights;   // Phi_0 at the open chunk's start, per layer [G, out_l, in_l]
+  std::vector<at::Tensor> momentum;  // S_0 at the open chunk's start, same shapes
+  // The open chunk's p pending tokens: per layer, the layer input at Phi_0 of each key ([G, p, in_l])
+  // and the loss gradient w.r.t. that layer's output ([G, p, out_l]); gates [G, p].
+  std::vector<at::Tensor> pending_inputs;
+  std::vector<at::Tensor> pending_deltas;
+  MemoryGates pending_gates;
+
+  int64_t pending() const { return pending_gates.theta.size(1); }
+};
+
+// Layer widths of a memory MLP: {in_0, out_0}, ... for `depth` layers over head_dim d and hidden h.
+std::vector<std::pair<int64_t, int64_t>> MemoryLayerShapes(int depth, int64_t head_dim,
+                                                           int64_t hidden);
+
+// A fresh state: weights = initial (each [G, out_l, in_l]), momentum 0, nothing pending.
+MemoryState NewMemoryState(const std::vector<at::Tensor>& initial_weights);
+
+// y = M_W(x) with no update. x [G, n, d] -> [G, n, d].
+at::Tensor MemoryRead(const MemorySpec& spec, const std::vector<at::Tensor>& weights,
+                      const at::Tensor& x);
+
+// Writes n tokens (keys k, values v [G, n, d], gates [G, n]) into the memory and reads queries
+// q [G, n, d] with read-after-write semantics: y_t = M_{Phi_t}(q_t), where Phi_t already holds
+// token t. Handles any n: tokens are split at absolute chunk boundaries, each full chunk is closed
+// (Phi_b, S_b materialised) and the rest stays pending. Returns y [G, n, d]; updates *state.
+at::Tensor MemoryWriteRead(const MemorySpec& spec, MemoryState* state, const at::Tensor& k,
+                           const at::Tensor& v, const at::Tensor& q, const MemoryGates& gates);
+
+}  // namespace titans
+
+#endif  // TITANS_MODEL_MEMORY_MATH_H_
