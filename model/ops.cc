@@ -1,0 +1,63 @@
+#include "model/ops.h"
+
+#include <cmath>
+
+namespace titans {
+
+at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight) {
+  return at::matmul(x, weight.t());
+}
+
+at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  return x * at::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + eps) * weight;
+}
+
+at::Tensor SwiGlu(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& up,
+                  const at::Tensor& down) {
+  return Linear(at::silu(Linear(x, gate)) * Linear(x, up), down);
+}
+
+at::Tensor CausalConv(const at::Tensor& x, const at::Tensor& taps, at::Tensor* tail) {
+  const int64_t T = x.size(1), K = taps.size(1);
+  at::Tensor padded = at::cat({*tail, x}, 1);  // [B, K-1+T, C]
+  at::Tensor out = padded.slice(1, 0, T) * taps.select(1, 0);
+  for (int64_t k = 1; k < K; ++k) out = out + padded.slice(1, k, k + T) * taps.select(1, k);
+  *tail = padded.slice(1, T, T + K - 1);
+  return out;
+}
+
+at::Tensor Rotary(const at::Tensor& x, int64_t start, double theta) {
+  const int64_t T = x.size(2), half = x.size(3) / 2;
+  auto dbl = at::TensorOptions().dtype(at::kDouble).device(x.device());
+  at::Tensor inv_freq = at::pow(theta, -at::arange(0, half, dbl) * (2.0 / x.size(3)));  // [half]
+  at::Tensor pos = at::arange(start, start + T, dbl);                                  // [T]
+  at::Tensor angle = pos.unsqueeze(1) * inv_freq.unsqueeze(0);                          // [T, half]
+  at::Tensor cos = at::cos(angle).to(x.scalar_type());
+  at::Tensor sin = at::sin(angle).to(x.scalar_type());
+  at::Tensor x1 = x.slice(3, 0, half), x2 = x.slice(3, half, 2 * half);
+  return at::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, 3);
+}
+
+at::Tensor Attend(const at::Tensor& q_plain, const at::Tensor& q, const at::Tensor& pk,
+                  const at::Tensor& pv, const at::Tensor& k, const at::Tensor& v,
+                  const at::Tensor& visible) {
+  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(3)));
+  at::Tensor scores = at::matmul(q, k.transpose(2, 3)) * scale;  // [B, H, T, S]
+  scores = scores.masked_fill(visible.logical_not(), -std::numeric_limits<float>::infinity());
+  at::Tensor values = v;
+  if (pk.defined()) {
+    scores = at::cat({at::matmul(q_plain, pk.transpose(2, 3)) * scale, scores}, 3);
+    values = at::cat({pv, v}, 2);
+  }
+  return at::matmul(at::softmax(scores, -1), values);
+}
+
+at::Tensor SplitHeads(const at::Tensor& x, int64_t heads) {
+  return x.reshape({x.size(0), x.size(1), heads, -1}).transpose(1, 2);
+}
+
+at::Tensor MergeHeads(const at::Tensor& x) {
+  return x.transpose(1, 2).reshape({x.size(0), x.size(2), -1});
+}
+
+}  // namespace titans

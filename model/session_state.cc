@@ -1,0 +1,289 @@
+#include "model/session_state.h"
+
+#include <cstring>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "model/crc32c.h"
+#include "model/safetensors.h"
+#include "model/status_macros.h"
+
+namespace titans {
+namespace {
+
+constexpr char kMagic[8] = {'T', 'T', 'N', 'S', 'T', 'A', 'T', 'E'};
+constexpr uint32_t kStateVersion = 1;
+constexpr size_t kHeaderBytes = 8 + 4 + 4 + 8;
+
+struct StateSlot {
+  std::string name;
+  at::Tensor* tensor;
+  std::vector<int64_t> shape;
+};
+
+bool IsMac(const ModelConfig& c) { return c.variant == Variant::kMAC; }
+bool HasSegmentWeights(const ModelConfig& c) {
+  return IsMac(c) && c.attention.segment_size > c.memory.chunk_size;
+}
+
+int64_t PendingTokens(const ModelConfig& c, int64_t position) {
+  return position % c.memory.chunk_size;
+}
+
+// Tokens in the attention cache after `position` tokens.
+int64_t CachedTokens(const ModelConfig& c, int64_t position) {
+  if (c.variant == Variant::kLMM) return 0;
+  if (IsMac(c)) return 2 * (position % c.attention.segment_size);  // h and x of the segment
+  return std::min<int64_t>(position, c.attention.window - 1);
+}
+
+// Every tensor of a state, with the shape `config` and `position` imply.
+std::vector<StateSlot> StateSlots(const ModelConfig& c, int64_t batch, SessionState* s) {
+  const int64_t B = batch, H = c.num_heads, dh = c.head_dim, hd = H * dh;
+  const int64_t G = B * H, K1 = c.memory.conv_kernel - 1;
+  const int64_t p = PendingTokens(c, s->position), n = CachedTokens(c, s->position);
+  const auto shapes = MemoryLayerShapes(c.memory.depth, dh, c.memory_hidden());
+  std::vector<StateSlot> slots;
+  s->layers.resize(c.num_layers);
+  for (int i = 0; i < c.num_layers; ++i) {
+    LayerState& L = s->layers[i];
+    MemoryState& m = L.memory;
+    const std::string pre = absl::StrCat("layers.", i, ".");
+    const size_t depth = shapes.size();
+    m.weights.resize(depth);
+    m.momentum.resize(depth);
+    m.pending_inputs.resize(depth);
+    m.pending_deltas.resize(depth);
+    for (size_t l = 0; l < depth; ++l) {
+      const auto [in, out] = shapes[l];
+      slots.push_back({absl::StrCat(pre, "memory.weights.", l), &m.weights[l], {G, out, in}});
+      slots.push_back({absl::StrCat(pre, "memory.momentum.", l), &m.momentum[l], {G, out, in}});
+      slots.push_back(
+          {absl::StrCat(pre, "memory.pending_inputs.", l), &m.pending_inputs[l], {G, p, in}});
+      slots.push_back(
+          {absl::StrCat(pre, "memory.pending_deltas.", l), &m.pending_deltas[l], {G, p, out}});
+    }
+    slots.push_back({pre + "memory.pending_log_keep", &m.pending_gates.log_keep, {G, p}});
+    slots.push_back({pre + "memory.pending_log_eta", &m.pending_gates.log_eta, {G, p}});
+    slots.push_back({pre + "memory.pending_theta", &m.pending_gates.theta, {G, p}});
+    if (HasSegmentWeights(c)) {
+      L.segment_weights.resize(depth);
+      for (size_t l = 0; l < depth; ++l) {
+        slots.push_back({absl::StrCat(pre, "segment_weights.", l), &L.segment_weights[l],
+                         {G, shapes[l].second, shapes[l].first}});
+      }
+    }
+    slots.push_back({pre + "q_tail", &L.q_tail, {B, K1, hd}});
+    slots.push_back({pre + "k_tail", &L.k_tail, {B, K1, hd}});
+    slots.push_back({pre + "v_tail", &L.v_tail, {B, K1, hd}});
+    if (IsMac(c)) slots.push_back({pre + "retrieval_tail", &L.retrieval_tail, {B, K1, hd}});
+    if (c.variant != Variant::kLMM) {
+      slots.push_back({pre + "attn_k", &L.attn_k, {B, H, n, dh}});
+      slots.push_back({pre + "attn_v", &L.attn_v, {B, H, n, dh}});
+    }
+  }
+  slots.push_back({"last_logits", &s->last_logits, {B, c.vocab_size}});
+  return slots;
+}
+
+std::string ShapeString(at::IntArrayRef shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) absl::StrAppend(&out, i ? ", " : "", shape[i]);
+  return out + "]";
+}
+
+void PutU32(std::string* out, uint32_t v) { out->append(reinterpret_cast<const char*>(&v), 4); }
+void PutU64(std::string* out, uint64_t v) { out->append(reinterpret_cast<const char*>(&v), 8); }
+
+}  // namespace
+
+SessionState NewSessionState(const ModelConfig& c, const ModelParams& params, int64_t batch,
+                             bool track_grad) {
+  SessionState s;
+  const int64_t B = batch, H = c.num_heads, dh = c.head_dim, hd = H * dh;
+  const int64_t K1 = c.memory.conv_kernel - 1;
+  const at::TensorOptions opt = params.embedding.options().requires_grad(false);
+  s.layers.resize(c.num_layers);
+  for (int i = 0; i < c.num_layers; ++i) {
+    LayerState& L = s.layers[i];
+    std::vector<at::Tensor> init;
+    for (const at::Tensor& w : params.layers[i].memory.initial_weights) {
+      at::Tensor src = track_grad ? w : w.detach();
+      // [H, out, in] -> [B*H, out, in], group index = b * H + h.
+      init.push_back(src.unsqueeze(0).expand({B, -1, -1, -1}).reshape({B * H, w.size(1), w.size(2)}));
+    }
+    L.memory = NewMemoryState(init);
+    if (HasSegmentWeights(c)) L.segment_weights = init;
+    L.q_tail = at::zeros({B, K1, hd}, opt);
+    L.k_tail = L.q_tail;
+    L.v_tail = L.q_tail;
+    if (IsMac(c)) L.retrieval_tail = L.q_tail;
+    if (c.variant != Variant::kLMM) {
+      L.attn_k = at::zeros({B, H, 0, dh}, opt);
+      L.attn_v = L.attn_k;
+    }
+  }
+  s.last_logits = at::zeros({B, c.vocab_size}, opt);
+  return s;
+}
+
+int64_t StateBytes(const SessionState& state) {
+  int64_t bytes = 0;
+  auto add = [&](const at::Tensor& t) {
+    if (t.defined()) bytes += t.numel() * static_cast<int64_t>(t.element_size());
+  };
+  for (const LayerState& L : state.layers) {
+    for (const auto* list : {&L.memory.weights, &L.memory.momentum, &L.memory.pending_inputs,
+                             &L.memory.pending_deltas, &L.segment_weights}) {
+      for (const at::Tensor& t : *list) add(t);
+    }
+    for (const at::Tensor* t :
+         {&L.memory.pending_gates.log_keep, &L.memory.pending_gates.log_eta,
+          &L.memory.pending_gates.theta, &L.q_tail, &L.k_tail, &L.v_tail, &L.retrieval_tail,
+          &L.attn_k, &L.attn_v}) {
+      add(*t);
+    }
+  }
+  add(state.last_logits);
+  return bytes;
+}
+
+absl::Status ValidateSessionState(const ModelConfig& config, const SessionState& state) {
+  if (state.position < 0) return absl::InvalidArgumentError("session state: negative position");
+  if (!state.last_logits.defined() || state.last_logits.dim() != 2) {
+    return absl::InvalidArgumentError("session state: last_logits must be [batch, vocab]");
+  }
+  if (static_cast<int>(state.layers.size()) != config.num_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("session state: has ", state.layers.size(),
+                                                   " layers, the model has ", config.num_layers));
+  }
+  SessionState copy = state;  // StateSlots resizes vectors; keep the caller's state untouched
+  for (const StateSlot& slot : StateSlots(config, state.batch(), &copy)) {
+    const at::Tensor& t = *slot.tensor;
+    if (!t.defined()) return absl::InvalidArgumentError("session state: missing " + slot.name);
+    if (t.sizes() != at::IntArrayRef(slot.shape)) {
+      return absl::InvalidArgumentError(absl::StrCat("session state: ", slot.name, " has shape ",
+                                                     ShapeString(t.sizes()), ", expected ",
+                                                     ShapeString(slot.shape)));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> SerializeSessionState(const ModelConfig& config,
+                                                  const SessionState& state,
+                                                  const std::string& model_fingerprint) {
+  if (state.batch() != 1) {
+    return absl::InvalidArgumentError("session state: only batch-1 states can be serialised");
+  }
+  TITANS_RETURN_IF_ERROR(ValidateSessionState(config, state));
+  SessionState copy = state;
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  for (const StateSlot& slot : StateSlots(config, 1, &copy)) {
+    tensors.emplace_back(slot.name, *slot.tensor);
+  }
+  for (auto& [name, t] : tensors) {
+    if (t.scalar_type() != at::kFloat) {
+      return absl::InvalidArgumentError("session state: " + name + " is not float32");
+    }
+  }
+  std::string recent;
+  for (size_t i = 0; i < state.recent_tokens.size(); ++i) {
+    absl::StrAppend(&recent, i ? "," : "", state.recent_tokens[i]);
+  }
+  std::map<std::string, std::string> metadata = {
+      {"format", "titans-session-state"},
+      {"position", absl::StrCat(state.position)},
+      {"model_fingerprint", model_fingerprint},
+      {"rng", absl::StrCat(state.rng_state[0], ",", state.rng_state[1], ",", state.rng_state[2],
+                           ",", state.rng_state[3])},
+      {"recent_tokens", recent}};
+  TITANS_ASSIGN_OR_RETURN(std::string payload, SerializeSafetensors(tensors, metadata));
+  std::string out(kMagic, sizeof(kMagic));
+  PutU32(&out, kStateVersion);
+  PutU32(&out, Crc32c(payload.data(), payload.size()));
+  PutU64(&out, payload.size());
+  out += payload;
+  return out;
+}
+
+absl::StatusOr<SessionState> DeserializeSessionState(std::string_view blob,
+                                                     const ModelConfig& config,
+                                                     const std::string& model_fingerprint) {
+  if (blob.size() < kHeaderBytes || std::memcmp(blob.data(), kMagic, sizeof(kMagic)) != 0) {
+    return absl::DataLossError("session state: not a Titans session state (bad magic or too short)");
+  }
+  uint32_t version, crc;
+  uint64_t length;
+  std::memcpy(&version, blob.data() + 8, 4);
+  std::memcpy(&crc, blob.data() + 12, 4);
+  std::memcpy(&length, blob.data() + 16, 8);
+  if (version != kStateVersion) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "session state: format version ", version, " is not supported (expected ", kStateVersion, ")"));
+  }
+  if (length != blob.size() - kHeaderBytes) {
+    return absl::DataLossError(absl::StrCat("session state: payload is ", blob.size() - kHeaderBytes,
+                                            " bytes, header says ", length, " (truncated?)"));
+  }
+  std::string_view payload = blob.substr(kHeaderBytes);
+  if (Crc32c(payload.data(), payload.size()) != crc) {
+    return absl::DataLossError("session state: checksum mismatch (corrupted)");
+  }
+  TITANS_ASSIGN_OR_RETURN(SafetensorsFile file, ParseSafetensors(payload));
+  auto meta = [&](const char* key) -> const std::string* {
+    auto it = file.metadata.find(key);
+    return it == file.metadata.end() ? nullptr : &it->second;
+  };
+  const std::string* fp = meta("model_fingerprint");
+  if (fp == nullptr || *fp != model_fingerprint) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "session state: made by model '", fp ? *fp : "?", "', this model is '", model_fingerprint, "'"));
+  }
+  SessionState s;
+  const std::string* pos = meta("position");
+  if (pos == nullptr || !absl::SimpleAtoi(*pos, &s.position) || s.position < 0) {
+    return absl::InvalidArgumentError("session state: missing or invalid position");
+  }
+  const std::string* rng = meta("rng");
+  std::vector<std::string> words = rng ? absl::StrSplit(*rng, ',') : std::vector<std::string>{};
+  if (words.size() != 4) return absl::InvalidArgumentError("session state: invalid rng");
+  for (int i = 0; i < 4; ++i) {
+    if (!absl::SimpleAtoi(words[i], &s.rng_state[i])) {
+      return absl::InvalidArgumentError("session state: invalid rng");
+    }
+  }
+  const std::string* recent = meta("recent_tokens");
+  if (recent != nullptr && !recent->empty()) {
+    for (absl::string_view w : absl::StrSplit(*recent, ',')) {
+      int32_t id;
+      if (!absl::SimpleAtoi(w, &id) || id < 0 || id >= config.vocab_size ||
+          s.recent_tokens.size() >= SessionState::kRecentTokens) {
+        return absl::InvalidArgumentError("session state: invalid recent_tokens");
+      }
+      s.recent_tokens.push_back(id);
+    }
+  }
+  std::vector<StateSlot> slots = StateSlots(config, 1, &s);
+  if (slots.size() != file.tensors.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("session state: has ", file.tensors.size(),
+                                                   " tensors, this model's state has ", slots.size()));
+  }
+  for (StateSlot& slot : slots) {
+    auto it = file.tensors.find(slot.name);
+    if (it == file.tensors.end()) {
+      return absl::InvalidArgumentError("session state: missing tensor " + slot.name);
+    }
+    const at::Tensor& t = it->second;
+    if (t.scalar_type() != at::kFloat || t.sizes() != at::IntArrayRef(slot.shape)) {
+      return absl::InvalidArgumentError(absl::StrCat("session state: ", slot.name, " is ",
+                                                     ShapeString(t.sizes()), ", expected float32 ",
+                                                     ShapeString(slot.shape)));
+    }
+    *slot.tensor = t;
+  }
+  return s;
+}
+
+}  // namespace titans

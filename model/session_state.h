@@ -1,0 +1,81 @@
+// A session's complete model state: everything needed to continue its stream exactly.
+//
+// Per layer: the memory's chunk-start weights and momentum, the open chunk's pending tokens, the
+// causal-conv tails, the attention cache (sliding window for MAG/MAL, current segment for MAC) and,
+// for MAC, the memory weights at the segment start. Plus the position, the logits of the last
+// token, the sampler's RNG and recent tokens (for repetition penalties).
+//
+// Size is bounded and independent of history length: about 2x the memory parameters plus at most
+// one chunk of pending tokens and one window (or segment) of attention cache per layer.
+//
+// The tensors are never modified in place by the model: copying a SessionState is cheap
+// (reference counted) and the copy stays valid while the model advances the original.
+// Thread safety: none; a state belongs to one session and is used by one thread at a time.
+#ifndef TITANS_MODEL_SESSION_STATE_H_
+#define TITANS_MODEL_SESSION_STATE_H_
+
+#include <ATen/ATen.h>
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "model/config.h"
+#include "model/memory_math.h"
+#include "model/params.h"
+
+namespace titans {
+
+struct LayerState {
+  MemoryState memory;
+  std::vector<at::Tensor> segment_weights;  // MAC with segment > chunk: Phi at segment start
+  at::Tensor q_tail, k_tail, v_tail;        // [B, K-1, H*dh] conv inputs of the last tokens
+  at::Tensor retrieval_tail;                // MAC: [B, K-1, H*dh]
+  at::Tensor attn_k, attn_v;                // [B, H, n, dh] rotated keys / values in the cache
+};
+
+struct SessionState {
+  int64_t position = 0;  // tokens consumed so far
+  std::vector<LayerState> layers;
+  at::Tensor last_logits;  // [B, V] logits after the last token; zeros while position == 0
+  std::array<uint64_t, 4> rng_state{};  // sampler RNG (see model/sampler.h)
+  std::vector<int32_t> recent_tokens;   // the last kRecentTokens tokens (batch 0), oldest first
+
+  static constexpr size_t kRecentTokens = 256;
+  int64_t batch() const { return last_logits.size(0); }
+};
+
+// A fresh state for `batch` sequences at position 0, with memory weights Phi_init. With
+// track_grad the initial weights stay attached to `params` (training); otherwise detached.
+SessionState NewSessionState(const ModelConfig& config, const ModelParams& params, int64_t batch,
+                             bool track_grad);
+
+// Bytes held by the state's tensors.
+int64_t StateBytes(const SessionState& state);
+
+// Checks that every tensor of `state` has the shape `config` implies (batch from last_logits) and
+// that the pending count is consistent with the position. INVALID_ARGUMENT names the tensor.
+absl::Status ValidateSessionState(const ModelConfig& config, const SessionState& state);
+
+// Serialises a batch-1 state to a versioned, checksummed blob:
+//   "TTNSTATE" | u32 version | u32 crc32c(payload) | u64 payload length | payload
+// where the payload is a safetensors file (tensors in float32, exact bits) whose metadata carries
+// the position, RNG, recent tokens and `model_fingerprint`. The round trip is bit-exact.
+// INVALID_ARGUMENT if the state does not match `config` (see ValidateSessionState).
+absl::StatusOr<std::string> SerializeSessionState(const ModelConfig& config,
+                                                  const SessionState& state,
+                                                  const std::string& model_fingerprint);
+
+// Parses a blob from SerializeSessionState. DATA_LOSS on a bad magic, checksum or truncation;
+// FAILED_PRECONDITION when it was made by a different model (fingerprint mismatch) or an
+// unsupported version; INVALID_ARGUMENT when a tensor is missing or has the wrong shape.
+// Never crashes on hostile input.
+absl::StatusOr<SessionState> DeserializeSessionState(std::string_view blob,
+                                                     const ModelConfig& config,
+                                                     const std::string& model_fingerprint);
+
+}  // namespace titans
+
+#endif  // TITANS_MODEL_SESSION_STATE_H_

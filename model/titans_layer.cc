@@ -1,0 +1,176 @@
+#include "model/titans_layer.h"
+
+#include "model/memory_math.h"
+#include "model/ops.h"
+
+namespace titans {
+namespace {
+
+// [B, T, H*dh] -> [B*H, T, dh] (group index b * H + h), and back.
+at::Tensor ToGroups(const at::Tensor& x, int64_t heads) {
+  const int64_t B = x.size(0), T = x.size(1);
+  return x.reshape({B, T, heads, -1}).transpose(1, 2).reshape({B * heads, T, -1});
+}
+at::Tensor FromGroups(const at::Tensor& g, int64_t batch) {
+  const int64_t heads = g.size(0) / batch, T = g.size(1);
+  return g.reshape({batch, heads, T, -1}).transpose(1, 2).reshape({batch, T, -1});
+}
+// Gate logits [B, T, H] -> [B*H, T].
+at::Tensor GateGroups(const at::Tensor& z) {
+  return z.transpose(1, 2).reshape({z.size(0) * z.size(2), z.size(1)});
+}
+
+at::Tensor L2Normalize(const at::Tensor& x) {
+  return x * at::rsqrt(x.pow(2).sum(-1, /*keepdim=*/true).clamp_min(1e-12));
+}
+
+// A memory query: Linear -> causal conv -> SiLU -> per-head L2 norm, as groups [B*H, T, dh].
+at::Tensor QueryGroups(const ModelConfig& c, const at::Tensor& x, const at::Tensor& proj,
+                       const at::Tensor& taps, at::Tensor* tail) {
+  return L2Normalize(ToGroups(at::silu(CausalConv(Linear(x, proj), taps, tail)), c.num_heads));
+}
+
+at::Tensor Combine(const ModelConfig& c, const LayerParams& p, const at::Tensor& y,
+                   const at::Tensor& m) {
+  return RmsNorm(y, p.combine_y_norm, c.norm_eps) *
+         at::sigmoid(RmsNorm(m, p.combine_m_norm, c.norm_eps));
+}
+
+// Keys and values of the persistent tokens, [B, H, N_p, dh] (position-free: no rotary);
+// undefined when the model has none.
+std::pair<at::Tensor, at::Tensor> PersistentKV(const ModelConfig& c, const AttentionParams& a,
+                                               int64_t batch) {
+  if (!a.persistent.defined()) return {};
+  at::Tensor p = a.persistent.unsqueeze(0);  // [1, N_p, d]
+  at::Tensor k = SplitHeads(Linear(p, a.wk), c.num_heads).expand({batch, -1, -1, -1});
+  at::Tensor v = SplitHeads(Linear(p, a.wv), c.num_heads).expand({batch, -1, -1, -1});
+  return {k, v};
+}
+
+// Sliding-window attention (MAG, MAL): token t sees the persistent tokens and the tokens s with
+// t - w < s <= t. The cache keeps the last w-1 rotated keys and values.
+at::Tensor SlidingWindowAttention(const ModelConfig& c, const AttentionParams& a,
+                                  LayerState* st, const at::Tensor& x, int64_t position) {
+  const int64_t B = x.size(0), T = x.size(1), H = c.num_heads, w = c.attention.window;
+  const double rope = c.attention.rope_theta;
+  at::Tensor q_plain = SplitHeads(Linear(x, a.wq), H);
+  at::Tensor q = Rotary(q_plain, position, rope);
+  at::Tensor k = Rotary(SplitHeads(Linear(x, a.wk), H), position, rope);
+  at::Tensor v = SplitHeads(Linear(x, a.wv), H);
+  const int64_t cached = st->attn_k.size(2);
+  at::Tensor keys = at::cat({st->attn_k, k}, 2);  // positions position-cached .. position+T-1
+  at::Tensor values = at::cat({st->attn_v, v}, 2);
+  auto iopt = at::TensorOptions().dtype(at::kLong).device(x.device());
+  at::Tensor tq = at::arange(T, iopt).unsqueeze(1) + cached;  // query index into keys
+  at::Tensor tk = at::arange(cached + T, iopt).unsqueeze(0);
+  at::Tensor visible = (tk <= tq).logical_and(tq - tk < w);  // [T, cached+T]
+  const int64_t keep = std::min<int64_t>(w - 1, cached + T);
+  st->attn_k = keys.slice(2, cached + T - keep, cached + T);
+  st->attn_v = values.slice(2, cached + T - keep, cached + T);
+  auto [pk, pv] = PersistentKV(c, a, B);
+  return Linear(MergeHeads(Attend(q_plain, q, pk, pv, keys, values, visible)), a.wo);
+}
+
+// MAC attention over [P || h || segment]: x and the retrieved memory tokens h (both [B, T, d])
+// share positions relative to the segment start; token t sees P, and h_j, x_j for j <= t of the
+// segment. The cache holds this segment's earlier h and x keys/values (all visible).
+at::Tensor SegmentAttention(const ModelConfig& c, const AttentionParams& a, LayerState* st,
+                            const at::Tensor& x, const at::Tensor& h, int64_t offset) {
+  const int64_t B = x.size(0), T = x.size(1), H = c.num_heads;
+  const double rope = c.attention.rope_theta;
+  at::Tensor q_plain = SplitHeads(Linear(x, a.wq), H);
+  at::Tensor q = Rotary(q_plain, offset, rope);
+  at::Tensor kx = Rotary(SplitHeads(Linear(x, a.wk), H), offset, rope);
+  at::Tensor kh = Rotary(SplitHeads(Linear(h, a.wk), H), offset, rope);
+  at::Tensor vx = SplitHeads(Linear(x, a.wv), H);
+  at::Tensor vh = SplitHeads(Linear(h, a.wv), H);
+  // Cache entries interleave h_j, x_j per token so that the cache (and so the session state) is
+  // the same however the segment was split into calls.
+  auto interleave = [](const at::Tensor& a, const at::Tensor& b) {  // [B,H,T,dh] x2 -> [B,H,2T,dh]
+    return at::stack({a, b}, 3).reshape({a.size(0), a.size(1), 2 * a.size(2), a.size(3)});
+  };
+  const int64_t cached = st->attn_k.size(2);
+  st->attn_k = at::cat({st->attn_k, interleave(kh, kx)}, 2);
+  st->attn_v = at::cat({st->attn_v, interleave(vh, vx)}, 2);
+  at::Tensor keys = st->attn_k, values = st->attn_v;
+  auto bopt = at::TensorOptions().dtype(at::kBool).device(x.device());
+  // New entry 2j (h_j) and 2j+1 (x_j) are visible to token t iff j <= t.
+  at::Tensor causal = at::ones({T, T}, bopt).tril().repeat_interleave(2, 1);
+  at::Tensor visible = at::cat({at::ones({T, cached}, bopt), causal}, 1);
+  auto [pk, pv] = PersistentKV(c, a, B);
+  return Linear(MergeHeads(Attend(q_plain, q, pk, pv, keys, values, visible)), a.wo);
+}
+
+// MAC block mixer for T tokens inside one segment, the first at `offset` within it.
+at::Tensor MacMixer(const ModelConfig& c, const LayerParams& p, LayerState* st,
+                    const at::Tensor& n, int64_t offset) {
+  const bool separate_segment_weights = !st->segment_weights.empty();
+  if (offset == 0) {
+    // Segment start: it is a chunk boundary (segment_size is a multiple of chunk_size), so the
+    // memory's chunk-start weights are Phi at the segment start. The attention cache is reset.
+    if (separate_segment_weights) st->segment_weights = st->memory.weights;
+    st->attn_k = st->attn_k.slice(2, 0, 0);
+    st->attn_v = st->attn_v.slice(2, 0, 0);
+  }
+  const std::vector<at::Tensor>& phi_segment =
+      separate_segment_weights ? st->segment_weights : st->memory.weights;
+  // h_t = M_{Phi_segment}(q_t): a read of the memory as it was at the segment start.
+  at::Tensor q = QueryGroups(c, n, p.retrieval.q_proj, p.retrieval.q_conv, &st->retrieval_tail);
+  MemorySpec spec = MemorySpec::FromConfig(c.memory);
+  at::Tensor h = Linear(FromGroups(MemoryRead(spec, phi_segment, q), n.size(0)),
+                        p.retrieval.out_proj);  // [B, T, d]
+  at::Tensor y = SegmentAttention(c, p.attn, st, n, h, offset);
+  // The attention outputs update the memory; the output reads the updated memory
+  // (o_t = y_t (x) M_t(y_t), read-after-write).
+  at::Tensor m = NeuralMemoryForward(c, p.memory, st, y);
+  return Combine(c, p, y, m);
+}
+
+}  // namespace
+
+at::Tensor NeuralMemoryForward(const ModelConfig& c, const NeuralMemoryParams& p,
+                               LayerState* st, const at::Tensor& x) {
+  const int64_t B = x.size(0), H = c.num_heads;
+  at::Tensor q = QueryGroups(c, x, p.q_proj, p.q_conv, &st->q_tail);
+  at::Tensor k = QueryGroups(c, x, p.k_proj, p.k_conv, &st->k_tail);
+  at::Tensor v = ToGroups(at::silu(CausalConv(Linear(x, p.v_proj), p.v_conv, &st->v_tail)), H);
+  // Data-dependent gates per token and head: alpha = sigmoid(.), eta = sigmoid(.),
+  // theta = theta_max * sigmoid(.); carried as log(1 - alpha) and log(eta).
+  MemoryGates gates;
+  gates.log_keep = GateGroups(at::log_sigmoid(-(Linear(x, p.alpha_w) + p.alpha_b)));
+  gates.log_eta = GateGroups(at::log_sigmoid(Linear(x, p.eta_w) + p.eta_b));
+  gates.theta = GateGroups(c.memory.theta_max * at::sigmoid(Linear(x, p.theta_w) + p.theta_b));
+  at::Tensor y = MemoryWriteRead(MemorySpec::FromConfig(c.memory), &st->memory, k, v, q, gates);
+  // Per-head RMSNorm, then o = W_o(norm(y) * SiLU(W_g x)).
+  at::Tensor y_heads = FromGroups(y, B).reshape({B, x.size(1), H, c.head_dim});
+  at::Tensor normed =
+      (y_heads * at::rsqrt(y_heads.pow(2).mean(-1, true) + c.norm_eps)).reshape({B, x.size(1), -1});
+  return Linear(normed * p.out_norm * at::silu(Linear(x, p.out_gate)), p.out_proj);
+}
+
+at::Tensor LayerForward(const ModelConfig& c, const LayerParams& p, LayerState* st,
+                        const at::Tensor& x, int64_t position) {
+  at::Tensor h = x;
+  at::Tensor n = RmsNorm(h, p.mixer_norm, c.norm_eps);
+  switch (c.variant) {
+    case Variant::kMAC:
+      h = h + MacMixer(c, p, st, n, position % c.attention.segment_size);
+      break;
+    case Variant::kMAG: {
+      at::Tensor y = SlidingWindowAttention(c, p.attn, st, n, position);
+      at::Tensor m = NeuralMemoryForward(c, p.memory, st, n);
+      h = h + Combine(c, p, y, m);
+      break;
+    }
+    case Variant::kMAL:
+      h = h + NeuralMemoryForward(c, p.memory, st, n);
+      h = h + SlidingWindowAttention(c, p.attn, st, RmsNorm(h, p.attn_norm, c.norm_eps), position);
+      break;
+    case Variant::kLMM:
+      h = h + NeuralMemoryForward(c, p.memory, st, n);
+      break;
+  }
+  return h + SwiGlu(RmsNorm(h, p.ffn_norm, c.norm_eps), p.ffn_gate, p.ffn_up, p.ffn_down);
+}
+
+}  // namespace titans

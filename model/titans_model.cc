@@ -1,0 +1,224 @@
+#include "model/titans_model.h"
+
+#include <c10/util/Exception.h>
+
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "model/crc32c.h"
+#include "model/file_util.h"
+#include "model/ops.h"
+#include "model/safetensors.h"
+#include "model/status_macros.h"
+#include "model/titans_layer.h"
+
+namespace titans {
+namespace {
+
+std::string ShapeString(at::IntArrayRef shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) absl::StrAppend(&out, i ? ", " : "", shape[i]);
+  return out + "]";
+}
+
+absl::StatusOr<at::Device> ParseDevice(const std::string& name) {
+  try {
+    at::Device device(name);
+    if (device.is_cuda() && !at::hasCUDA()) {
+      return absl::FailedPreconditionError(
+          "device '" + name + "' requested but this build has no CUDA (build with TITANS_CUDA=ON "
+          "against a CUDA-enabled LibTorch) or no GPU is visible");
+    }
+    return device;
+  } catch (const c10::Error& e) {
+    return absl::InvalidArgumentError("invalid device '" + name + "'");
+  }
+}
+
+// config.json bytes + every parameter's bytes, in slot order.
+std::string Fingerprint(const ModelConfig& config, ModelParams* params) {
+  std::string cfg = ModelConfigToJson(config);
+  uint32_t crc_config = Crc32c(cfg.data(), cfg.size());
+  uint32_t crc_weights = 0;
+  for (const ParamSlot& slot : ParamSlots(config, params)) {
+    at::Tensor t = slot.tensor->detach().to(at::kCPU).contiguous();
+    crc_weights = Crc32c(t.data_ptr(), t.numel() * t.element_size(), crc_weights);
+  }
+  return absl::StrFormat("%s-%08x%08x", config.name, crc_config, crc_weights);
+}
+
+}  // namespace
+
+TitansModel::TitansModel(ModelConfig config, ModelParams params,
+                         std::unique_ptr<Tokenizer> tokenizer, at::Device device)
+    : config_(std::move(config)),
+      params_(std::move(params)),
+      tokenizer_(std::move(tokenizer)),
+      device_(device) {}
+
+absl::StatusOr<std::unique_ptr<TitansModel>> TitansModel::Finish(
+    ModelConfig config, ModelParams params, std::unique_ptr<Tokenizer> tokenizer,
+    const LoadOptions& options) {
+  TITANS_ASSIGN_OR_RETURN(at::Device device, ParseDevice(options.device));
+  if (tokenizer->vocab_size() > config.vocab_size) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config.json: vocab_size ", config.vocab_size, " is smaller than the tokenizer's ",
+        tokenizer->vocab_size()));
+  }
+  std::string fingerprint = Fingerprint(config, &params);
+  try {
+    for (ParamSlot& slot : ParamSlots(config, &params)) *slot.tensor = slot.tensor->to(device);
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("moving parameters to ", options.device, ": ", e.what()));
+  }
+  auto model = std::unique_ptr<TitansModel>(
+      new TitansModel(std::move(config), std::move(params), std::move(tokenizer), device));
+  model->fingerprint_ = std::move(fingerprint);
+  return model;
+}
+
+absl::StatusOr<std::unique_ptr<TitansModel>> TitansModel::Load(const std::string& dir,
+                                                               const LoadOptions& options) {
+  TITANS_ASSIGN_OR_RETURN(std::string config_text, ReadFileToString(dir + "/config.json"));
+  TITANS_ASSIGN_OR_RETURN(ModelConfig config, ParseModelConfig(config_text));
+  TITANS_ASSIGN_OR_RETURN(SafetensorsFile file, ReadSafetensors(dir + "/model.safetensors"));
+  ModelParams params;
+  std::vector<ParamSlot> slots = ParamSlots(config, &params);
+  for (ParamSlot& slot : slots) {
+    auto it = file.tensors.find(slot.name);
+    if (it == file.tensors.end()) {
+      return absl::InvalidArgumentError("model.safetensors: missing tensor '" + slot.name + "'");
+    }
+    const at::Tensor& t = it->second;
+    if (t.scalar_type() != at::kFloat && t.scalar_type() != at::kBFloat16 &&
+        t.scalar_type() != at::kHalf) {
+      return absl::InvalidArgumentError(absl::StrCat("model.safetensors: tensor '", slot.name,
+                                                     "' has dtype ", c10::toString(t.scalar_type()),
+                                                     ", expected F32, BF16 or F16"));
+    }
+    if (t.sizes() != at::IntArrayRef(slot.shape)) {
+      return absl::InvalidArgumentError(absl::StrCat("model.safetensors: tensor '", slot.name,
+                                                     "' has shape ", ShapeString(t.sizes()),
+                                                     ", the config implies ",
+                                                     ShapeString(slot.shape)));
+    }
+    *slot.tensor = t.to(at::kFloat);
+  }
+  if (file.tensors.size() != slots.size()) {
+    for (const auto& [name, t] : file.tensors) {
+      bool known = false;
+      for (const ParamSlot& slot : slots) known = known || slot.name == name;
+      if (!known) {
+        return absl::InvalidArgumentError("model.safetensors: unexpected tensor '" + name +
+                                          "' (not part of a " +
+                                          std::string(VariantName(config.variant)) + " model)");
+      }
+    }
+  }
+  TokenizerConfig tc{config.tokenizer.type, config.tokenizer.model_file};
+  TITANS_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer, CreateTokenizer(tc, dir));
+  return Finish(std::move(config), std::move(params), std::move(tokenizer), options);
+}
+
+absl::StatusOr<std::unique_ptr<TitansModel>> TitansModel::CreateRandom(const ModelConfig& config,
+                                                                       uint64_t seed,
+                                                                       const LoadOptions& options) {
+  TITANS_RETURN_IF_ERROR(ValidateModelConfig(config));
+  ModelConfig c = config;
+  c.tokenizer = TokenizerSpec{};
+  c.initialization = "random";
+  TITANS_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer,
+                          CreateTokenizer(TokenizerConfig{"byte", ""}, ""));
+  return Finish(std::move(c), RandomParams(c, seed), std::move(tokenizer), options);
+}
+
+absl::Status TitansModel::Save(const std::string& dir) const {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return absl::InternalError("cannot create " + dir + ": " + ec.message());
+  ModelParams copy = params_;
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  for (const ParamSlot& slot : ParamSlots(config_, &copy)) {
+    tensors.emplace_back(slot.name, *slot.tensor);
+  }
+  std::map<std::string, std::string> metadata = {
+      {"format", "titans"},
+      {"variant", std::string(VariantName(config_.variant))},
+      {"initialization", config_.initialization}};
+  TITANS_RETURN_IF_ERROR(WriteSafetensors(dir + "/model.safetensors", tensors, metadata));
+  return WriteFileAtomic(dir + "/config.json", ModelConfigToJson(config_));
+}
+
+SessionState TitansModel::NewState(int64_t batch, bool track_grad) const {
+  return NewSessionState(config_, params_, batch, track_grad);
+}
+
+at::Tensor TitansModel::Step(SessionState* s, const at::Tensor& tokens, bool all_logits) const {
+  at::Tensor x = at::embedding(params_.embedding, tokens);  // [B, T, d]
+  for (int i = 0; i < config_.num_layers; ++i) {
+    x = LayerForward(config_, params_.layers[i], &s->layers[i], x, s->position);
+  }
+  if (!all_logits) x = x.slice(1, x.size(1) - 1, x.size(1));
+  at::Tensor logits = Linear(RmsNorm(x, params_.final_norm, config_.norm_eps), params_.embedding);
+  s->position += tokens.size(1);
+  return logits;
+}
+
+absl::StatusOr<at::Tensor> TitansModel::Forward(SessionState* state, const at::Tensor& tokens,
+                                                LogitsMode mode) const {
+  if (!tokens.defined() || tokens.dim() != 2 || tokens.scalar_type() != at::kLong) {
+    return absl::InvalidArgumentError("tokens must be an int64 tensor [batch, time]");
+  }
+  if (tokens.size(0) != state->batch()) {
+    return absl::InvalidArgumentError(absl::StrCat("tokens have batch ", tokens.size(0),
+                                                   ", the state has ", state->batch()));
+  }
+  const int64_t T = tokens.size(1);
+  if (T == 0) return absl::InvalidArgumentError("no tokens to consume");
+  try {
+    const int64_t lo = tokens.min().item<int64_t>(), hi = tokens.max().item<int64_t>();
+    if (lo < 0 || hi >= config_.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("token id ", lo < 0 ? lo : hi,
+                                                     " is outside the vocabulary [0, ",
+                                                     config_.vocab_size, ")"));
+    }
+    SessionState next = *state;  // shallow: the model never writes into state tensors
+    at::Tensor on_device = tokens.to(device_);
+    std::vector<at::Tensor> outputs;
+    int64_t begin = 0;
+    while (begin < T) {
+      // Steps end at segment boundaries (MAC processes a segment at a time) and are at most
+      // kMaxStepTokens long; neither choice changes results, only scratch memory and speed.
+      int64_t len = std::min(T - begin, kMaxStepTokens);
+      if (config_.variant == Variant::kMAC) {
+        const int64_t C = config_.attention.segment_size;
+        len = std::min(len, C - next.position % C);
+      }
+      const bool last = begin + len == T;
+      at::Tensor logits = Step(&next, on_device.slice(1, begin, begin + len),
+                               mode == LogitsMode::kAll);
+      if (mode == LogitsMode::kAll) outputs.push_back(logits);
+      if (last) {
+        next.last_logits = logits.select(1, logits.size(1) - 1).detach();
+        if (mode == LogitsMode::kLast) outputs.push_back(logits);
+      }
+      begin += len;
+    }
+    at::Tensor cpu_tokens = tokens.select(0, 0).to(at::kCPU);
+    const int64_t* ids = cpu_tokens.data_ptr<int64_t>();
+    for (int64_t t = std::max<int64_t>(0, T - SessionState::kRecentTokens); t < T; ++t) {
+      next.recent_tokens.push_back(static_cast<int32_t>(ids[t]));
+    }
+    if (next.recent_tokens.size() > SessionState::kRecentTokens) {
+      next.recent_tokens.erase(next.recent_tokens.begin(),
+                               next.recent_tokens.end() - SessionState::kRecentTokens);
+    }
+    *state = std::move(next);
+    return outputs.size() == 1 ? outputs[0] : at::cat(outputs, 1);
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("model forward failed: ", e.what_without_backtrace()));
+  }
+}
+
+}  // namespace titans

@@ -1,0 +1,90 @@
+// TitansModel: a loaded Titans language model (config + parameters + tokenizer) and its forward
+// pass over a session's stream.
+//
+// Forward consumes any number of tokens per call: a long append runs the chunked parallel form
+// (many tokens per GEMM), a single token the dual form over the open chunk's pending tokens.
+// Both give the same outputs and state (up to float reassociation), however a stream is split
+// into calls, because chunk and segment boundaries sit at absolute positions.
+//
+// Thread safety: after Load/Create a TitansModel is immutable and Forward may run concurrently
+// from many threads on distinct SessionStates. Mutating params() (training) requires exclusive use.
+#ifndef TITANS_MODEL_TITANS_MODEL_H_
+#define TITANS_MODEL_TITANS_MODEL_H_
+
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "model/config.h"
+#include "model/params.h"
+#include "model/session_state.h"
+#include "model/tokenizer.h"
+
+namespace titans {
+
+struct LoadOptions {
+  // "cpu" or "cuda" / "cuda:N" (needs a CUDA-enabled LibTorch build, TITANS_CUDA=ON).
+  std::string device = "cpu";
+};
+
+enum class LogitsMode { kLast, kAll };
+
+class TitansModel {
+ public:
+  // Loads <dir>/config.json and <dir>/model.safetensors. Errors: NOT_FOUND for a missing file,
+  // INVALID_ARGUMENT for a bad config, a missing / unexpected / misshapen / wrongly typed tensor
+  // (the message names it), DATA_LOSS for a truncated or corrupted file. Never crashes.
+  static absl::StatusOr<std::unique_ptr<TitansModel>> Load(const std::string& dir,
+                                                           const LoadOptions& options = {});
+
+  // A randomly initialised model (deterministic in seed) with a byte-level tokenizer.
+  static absl::StatusOr<std::unique_ptr<TitansModel>> CreateRandom(const ModelConfig& config,
+                                                                   uint64_t seed,
+                                                                   const LoadOptions& options = {});
+
+  // Writes config.json and model.safetensors into dir (created if missing), atomically per file.
+  absl::Status Save(const std::string& dir) const;
+
+  const ModelConfig& config() const { return config_; }
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+  const ModelParams& params() const { return params_; }
+  ModelParams& mutable_params() { return params_; }
+  // Identifies config + weights; session snapshots carry it and restore only into the same model.
+  const std::string& fingerprint() const { return fingerprint_; }
+  at::Device device() const { return device_; }
+
+  // A fresh state for `batch` sequences. With track_grad, gradients flow into Phi_init (training).
+  SessionState NewState(int64_t batch = 1, bool track_grad = false) const;
+
+  // Consumes tokens [B, T] (int64, ids in [0, vocab)) and advances *state. Returns logits
+  // [B, T, V] (kAll) or [B, 1, V] (kLast) for the consumed tokens. On any error *state is left
+  // exactly as it was: INVALID_ARGUMENT for bad ids / shapes, INTERNAL for a LibTorch failure.
+  // Runs under autograd only if the caller enabled it (training); serving should hold a
+  // NoGradGuard.
+  absl::StatusOr<at::Tensor> Forward(SessionState* state, const at::Tensor& tokens,
+                                     LogitsMode mode = LogitsMode::kLast) const;
+
+  // Longest run of tokens processed as one step (bounds attention scratch memory).
+  static constexpr int64_t kMaxStepTokens = 256;
+
+ private:
+  TitansModel(ModelConfig config, ModelParams params, std::unique_ptr<Tokenizer> tokenizer,
+              at::Device device);
+  static absl::StatusOr<std::unique_ptr<TitansModel>> Finish(ModelConfig config,
+                                                             ModelParams params,
+                                                             std::unique_ptr<Tokenizer> tokenizer,
+                                                             const LoadOptions& options);
+  at::Tensor Step(SessionState* state, const at::Tensor& tokens, bool all_logits) const;
+
+  ModelConfig config_;
+  ModelParams params_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  at::Device device_;
+  std::string fingerprint_;
+};
+
+}  // namespace titans
+
+#endif  // TITANS_MODEL_TITANS_MODEL_H_

@@ -1,0 +1,257 @@
+// Whole-model properties for every variant: the chunked and token-by-token paths agree, a stream
+// may be split anywhere, nothing sees the future, positions beyond 10^6 are handled, and the
+// chunked form trains like the per-token recurrence.
+#include "model/titans_model.h"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <random>
+
+#include "tests/model/model_test_util.h"
+
+namespace titans {
+namespace {
+
+using testing::MakeModel;
+using testing::MaxStateDiff;
+using testing::Name;
+using testing::RandomTokens;
+using testing::TinyConfig;
+
+const Variant kVariants[] = {Variant::kMAC, Variant::kMAG, Variant::kMAL, Variant::kLMM};
+
+double MaxDiff(const at::Tensor& a, const at::Tensor& b) {
+  return (a - b).abs().max().item<double>();
+}
+
+at::Tensor ForwardAll(const TitansModel& m, SessionState* s, const at::Tensor& tokens) {
+  auto out = m.Forward(s, tokens, LogitsMode::kAll);
+  EXPECT_TRUE(out.ok()) << out.status();
+  return out.ok() ? *out : at::Tensor();
+}
+
+at::Tensor TokenByToken(const TitansModel& m, SessionState* s, const at::Tensor& tokens) {
+  std::vector<at::Tensor> logits;
+  for (int64_t t = 0; t < tokens.size(1); ++t) {
+    logits.push_back(ForwardAll(m, s, tokens.slice(1, t, t + 1)));
+  }
+  return at::cat(logits, 1);
+}
+
+struct PathCase {
+  Variant variant;
+  int depth;
+  int chunk;
+};
+
+class ChunkedVsTokenByToken : public ::testing::TestWithParam<PathCase> {};
+
+// Double precision: the two paths evaluate the same sums in a different order, so they agree to
+// ~1e-15 relative; 1e-9 on logits of size ~10 is far below any real error (a wrong gate or a
+// missed pending token moves logits by >1e-3).
+TEST_P(ChunkedVsTokenByToken, OutputsAndStateAgreeInDouble) {
+  const PathCase p = GetParam();
+  auto model = MakeModel(TinyConfig(p.variant, p.depth, p.chunk), 3, /*dbl=*/true);
+  ASSERT_NE(model, nullptr);
+  at::NoGradGuard no_grad;
+  at::Tensor tokens = RandomTokens(1, 27, 5);
+  SessionState chunked = model->NewState(), stepped = model->NewState();
+  at::Tensor a = ForwardAll(*model, &chunked, tokens);
+  at::Tensor b = TokenByToken(*model, &stepped, tokens);
+  EXPECT_LT(MaxDiff(a, b), 1e-9);
+  EXPECT_LT(MaxStateDiff(chunked, stepped), 1e-9);
+  EXPECT_EQ(chunked.position, 27);
+  EXPECT_TRUE(ValidateSessionState(model->config(), chunked).ok());
+}
+
+std::vector<PathCase> PathCases() {
+  std::vector<PathCase> cases;
+  for (Variant v : kVariants) {
+    for (int depth = 1; depth <= 4; ++depth) {
+      for (int chunk : {1, 4, 8}) cases.push_back({v, depth, chunk});
+    }
+  }
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(AllVariants, ChunkedVsTokenByToken, ::testing::ValuesIn(PathCases()),
+                         [](const ::testing::TestParamInfo<PathCase>& info) {
+                           return std::string(Name(info.param.variant)) + "_depth" +
+                                  std::to_string(info.param.depth) + "_chunk" +
+                                  std::to_string(info.param.chunk);
+                         });
+
+// The served precision: fp32. Tolerance 2e-4 absolute on logits of magnitude ~10: fp32 epsilon
+// (1.2e-7) times reduction lengths (~100) through two layers, with margin.
+TEST(ChunkedVsTokenByTokenFloat, AgreeWithinFloatTolerance) {
+  for (Variant v : kVariants) {
+    auto model = MakeModel(TinyConfig(v), 4);
+    at::NoGradGuard no_grad;
+    at::Tensor tokens = RandomTokens(1, 40, 6);
+    SessionState chunked = model->NewState(), stepped = model->NewState();
+    at::Tensor a = ForwardAll(*model, &chunked, tokens);
+    at::Tensor b = TokenByToken(*model, &stepped, tokens);
+    EXPECT_LT(MaxDiff(a, b), 2e-4) << Name(v);
+    EXPECT_LT(MaxStateDiff(chunked, stepped), 2e-4) << Name(v);
+  }
+}
+
+// A stream fed in one call or in random splits yields the same outputs and state.
+TEST(AppendSplitInvariance, RandomSplitsMatchOneCall) {
+  for (Variant v : kVariants) {
+    auto model = MakeModel(TinyConfig(v, 2, 4), 7, /*dbl=*/true);
+    at::NoGradGuard no_grad;
+    at::Tensor tokens = RandomTokens(1, 70, 8);
+    SessionState whole = model->NewState();
+    at::Tensor expected = ForwardAll(*model, &whole, tokens);
+    std::mt19937 rng(static_cast<int>(v) + 1);
+    for (int trial = 0; trial < 4; ++trial) {
+      SessionState split = model->NewState();
+      std::vector<at::Tensor> parts;
+      int64_t begin = 0;
+      while (begin < 70) {
+        const int64_t end = std::min<int64_t>(70, begin + 1 + rng() % 23);
+        parts.push_back(ForwardAll(*model, &split, tokens.slice(1, begin, end)));
+        begin = end;
+      }
+      EXPECT_LT(MaxDiff(at::cat(parts, 1), expected), 1e-9) << Name(v) << " trial " << trial;
+      EXPECT_LT(MaxStateDiff(split, whole), 1e-9) << Name(v);
+    }
+  }
+}
+
+// A long append is cut into steps of kMaxStepTokens; crossing that boundary changes nothing.
+TEST(AppendSplitInvariance, LongAppendAcrossStepBoundaries) {
+  for (Variant v : {Variant::kMAG, Variant::kLMM}) {
+    auto model = MakeModel(TinyConfig(v), 9);
+    at::NoGradGuard no_grad;
+    const int64_t T = TitansModel::kMaxStepTokens + 37;
+    at::Tensor tokens = RandomTokens(1, T, 10);
+    SessionState whole = model->NewState(), parts = model->NewState();
+    at::Tensor a = ForwardAll(*model, &whole, tokens);
+    at::Tensor b1 = ForwardAll(*model, &parts, tokens.slice(1, 0, 100));
+    at::Tensor b2 = ForwardAll(*model, &parts, tokens.slice(1, 100, T));
+    EXPECT_LT(MaxDiff(a, at::cat({b1, b2}, 1)), 2e-4) << Name(v);
+  }
+}
+
+// Changing token j never changes an output before j (MAC's retrieved-memory tokens, the memory's
+// open chunk and the conv tails included), and does change outputs from j on.
+TEST(Causality, FutureTokensDoNotChangeThePast) {
+  for (Variant v : kVariants) {
+    auto model = MakeModel(TinyConfig(v, 2, 4), 11, /*dbl=*/true);
+    at::NoGradGuard no_grad;
+    const int64_t T = 30;
+    at::Tensor tokens = RandomTokens(1, T, 12);
+    SessionState s0 = model->NewState();
+    at::Tensor base = ForwardAll(*model, &s0, tokens);
+    for (int64_t j : {0, 3, 7, 8, 13, 29}) {
+      at::Tensor changed = tokens.clone();
+      changed[0][j] = (changed[0][j].item<int64_t>() + 1) % 256;
+      SessionState s1 = model->NewState();
+      at::Tensor out = ForwardAll(*model, &s1, changed);
+      if (j > 0) {
+        EXPECT_EQ(MaxDiff(out.slice(1, 0, j), base.slice(1, 0, j)), 0.0)
+            << Name(v) << " j=" << j;
+      }
+      EXPECT_GT(MaxDiff(out.select(1, j), base.select(1, j)), 1e-6) << Name(v) << " j=" << j;
+    }
+  }
+}
+
+// Rotary angles are computed in double: attention at positions past 10^6 (and past 2^31) gives
+// the same result as near 0, since only relative positions matter.
+TEST(Positions, AttentionIsExactBeyondOneMillion) {
+  for (Variant v : {Variant::kMAG, Variant::kMAL}) {
+    ModelConfig c = TinyConfig(v);
+    auto model = MakeModel(c, 13);
+    at::NoGradGuard no_grad;
+    at::Tensor tokens = RandomTokens(1, 20, 14);
+    SessionState near_zero = model->NewState();
+    at::Tensor expected = ForwardAll(*model, &near_zero, tokens);
+    // A fresh stream placed at a large position that is a multiple of the chunk size: memory,
+    // conv tails and the (empty) attention cache are identical, only rotary phases differ.
+    for (int64_t offset : {int64_t{1} << 20, int64_t{3000000}, (int64_t{1} << 31) + 8}) {
+      SessionState far = model->NewState();
+      far.position = offset;
+      at::Tensor out = ForwardAll(*model, &far, tokens);
+      EXPECT_LT(MaxDiff(out, expected), 1e-4) << Name(v) << " offset " << offset;
+      EXPECT_EQ(far.position, offset + 20);
+    }
+  }
+}
+
+// The gradient of a loss through the chunked form (one call over the sequence) equals the
+// gradient through the token-by-token recurrence, for every parameter (double precision).
+TEST(Training, ChunkedGradientEqualsTokenByTokenAutograd) {
+  for (Variant v : kVariants) {
+    auto model = MakeModel(TinyConfig(v, 2, 4), 15, /*dbl=*/true);
+    ModelParams& params = model->mutable_params();
+    std::vector<at::Tensor*> leaves;
+    for (ParamSlot& s : ParamSlots(model->config(), &params)) {
+      s.tensor->requires_grad_(true);
+      leaves.push_back(s.tensor);
+    }
+    at::Tensor tokens = RandomTokens(2, 18, 16);
+    at::Tensor probe = at::randn({2, 18, 260}, at::kDouble);
+    auto grads = [&](bool chunked) {
+      for (at::Tensor* t : leaves) {
+        if (t->grad().defined()) t->mutable_grad() = at::Tensor();
+      }
+      SessionState s = model->NewState(2, /*track_grad=*/true);
+      at::Tensor logits = chunked ? ForwardAll(*model, &s, tokens) : TokenByToken(*model, &s, tokens);
+      (logits * probe).sum().backward();
+      std::vector<at::Tensor> g;
+      for (at::Tensor* t : leaves) g.push_back(t->grad().clone());
+      return g;
+    };
+    std::vector<at::Tensor> a = grads(true), b = grads(false);
+    double worst = 0;
+    for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, MaxDiff(a[i], b[i]));
+    EXPECT_LT(worst, 1e-8) << Name(v);
+    // Gradients really reach the learned initial memory and the gates.
+    const NeuralMemoryParams& m = params.layers[0].memory;
+    EXPECT_GT(m.initial_weights[0].grad().abs().sum().item<double>(), 0) << Name(v);
+    EXPECT_GT(m.alpha_w.grad().abs().sum().item<double>(), 0) << Name(v);
+  }
+}
+
+TEST(Forward, RejectsBadTokensAndLeavesStateUntouched) {
+  auto model = MakeModel(TinyConfig(Variant::kMAC));
+  at::NoGradGuard no_grad;
+  SessionState s = model->NewState();
+  ASSERT_TRUE(model->Forward(&s, RandomTokens(1, 5, 1)).ok());
+  SessionState before = s;
+  at::Tensor bad = RandomTokens(1, 5, 2);
+  bad[0][3] = 260;
+  auto r = model->Forward(&s, bad);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("260"), std::string::npos);
+  bad[0][3] = -1;
+  EXPECT_EQ(model->Forward(&s, bad).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(model->Forward(&s, at::zeros({1, 0}, at::kLong)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(model->Forward(&s, at::zeros({1, 3}, at::kInt)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(model->Forward(&s, at::zeros({2, 3}, at::kLong)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.position, before.position);
+  EXPECT_EQ(MaxStateDiff(s, before), 0.0);
+}
+
+// State size does not grow with history.
+TEST(SessionStateSize, BoundedIndependentOfHistory) {
+  for (Variant v : kVariants) {
+    auto model = MakeModel(TinyConfig(v));
+    at::NoGradGuard no_grad;
+    SessionState s = model->NewState();
+    ASSERT_TRUE(model->Forward(&s, RandomTokens(1, 64, 3)).ok());
+    const int64_t at64 = StateBytes(s);
+    ASSERT_TRUE(model->Forward(&s, RandomTokens(1, 600, 4)).ok());
+    EXPECT_EQ(StateBytes(s), at64) << Name(v);  // 64 and 664 are both on chunk/segment boundaries
+  }
+}
+
+}  // namespace
+}  // namespace titans
