@@ -74,10 +74,10 @@ absl::Status CheckRange(absl::string_view key, double v, double lo, double hi) {
 
 absl::Status ParseMemory(const json& m, MemoryConfig* out) {
   if (!m.is_object()) return Invalid("memory", "must be an object");
-  TITANS_RETURN_IF_ERROR(CheckKeys(m, "memory",
-                                   {"depth", "expansion", "activation", "residual", "chunk_size",
-                                    "theta_max", "conv_kernel", "alpha_bias_init", "eta_bias_init",
-                                    "theta_bias_init"}));
+  TITANS_RETURN_IF_ERROR(
+      CheckKeys(m, "memory",
+                {"depth", "expansion", "activation", "residual", "chunk_size", "theta_max",
+                 "conv_kernel", "alpha_bias_init", "eta_bias_init", "theta_bias_init"}));
   TITANS_RETURN_IF_ERROR(ReadInt(m, "depth", "memory.depth", &out->depth));
   TITANS_RETURN_IF_ERROR(ReadInt(m, "expansion", "memory.expansion", &out->expansion));
   std::string act = std::string(ActivationName(out->activation));
@@ -87,7 +87,8 @@ absl::Status ParseMemory(const json& m, MemoryConfig* out) {
   } else if (act == "gelu") {
     out->activation = Activation::kGELU;
   } else {
-    return Invalid("memory.activation", absl::StrCat("must be \"silu\" or \"gelu\", got \"", act, "\""));
+    return Invalid("memory.activation",
+                   absl::StrCat("must be \"silu\" or \"gelu\", got \"", act, "\""));
   }
   TITANS_RETURN_IF_ERROR(ReadBool(m, "residual", "memory.residual", &out->residual));
   TITANS_RETURN_IF_ERROR(ReadInt(m, "chunk_size", "memory.chunk_size", &out->chunk_size));
@@ -138,14 +139,13 @@ std::string_view VariantName(Variant v) {
   return "unknown";
 }
 
-std::string_view ActivationName(Activation a) {
-  return a == Activation::kSiLU ? "silu" : "gelu";
-}
+std::string_view ActivationName(Activation a) { return a == Activation::kSiLU ? "silu" : "gelu"; }
 
 absl::Status ValidateModelConfig(const ModelConfig& c) {
   if (c.format_version != ModelConfig::kFormatVersion) {
-    return Invalid("format_version", absl::StrCat("must be ", ModelConfig::kFormatVersion,
-                                                  " (this build's format), got ", c.format_version));
+    return Invalid("format_version",
+                   absl::StrCat("must be ", ModelConfig::kFormatVersion,
+                                " (this build's format), got ", c.format_version));
   }
   TITANS_RETURN_IF_ERROR(CheckRange("vocab_size", c.vocab_size, 2, 1 << 20));
   TITANS_RETURN_IF_ERROR(CheckRange("d_model", c.d_model, 1, 1 << 16));
@@ -196,10 +196,11 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
   json j = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return absl::InvalidArgumentError("config.json: not valid JSON");
   if (!j.is_object()) return absl::InvalidArgumentError("config.json: must be a JSON object");
-  TITANS_RETURN_IF_ERROR(CheckKeys(
-      j, "", {"format_version", "name", "variant", "vocab_size", "d_model", "num_layers",
-              "num_heads", "head_dim", "ffn_hidden", "norm_eps", "memory", "attention", "tokenizer",
-              "initialization", "description"}));
+  TITANS_RETURN_IF_ERROR(
+      CheckKeys(j, "",
+                {"format_version", "name", "variant", "vocab_size", "d_model", "num_layers",
+                 "num_heads", "head_dim", "ffn_hidden", "norm_eps", "memory", "attention",
+                 "tokenizer", "initialization", "description"}));
   ModelConfig c;
   if (!j.contains("format_version")) return Invalid("format_version", "is required");
   TITANS_RETURN_IF_ERROR(ReadInt(j, "format_version", "format_version", &c.format_version));

@@ -24,13 +24,13 @@ std::string_view VariantName(Variant v);
 std::string_view ActivationName(Activation a);
 
 struct MemoryConfig {
-  int depth = 2;                    // L_M, layers of the memory MLP, 1..4.
-  int expansion = 4;                // hidden width = expansion * head_dim (depth >= 2).
+  int depth = 2;      // L_M, layers of the memory MLP, 1..4.
+  int expansion = 4;  // hidden width = expansion * head_dim (depth >= 2).
   Activation activation = Activation::kSiLU;
-  bool residual = false;            // M(z) = z + MLP(z).
-  int chunk_size = 16;              // b: gradients inside a chunk are taken at its start weights.
-  double theta_max = 0.1;           // inner learning rate theta_t in (0, theta_max).
-  int conv_kernel = 4;              // causal depthwise conv on q, k, v.
+  bool residual = false;   // M(z) = z + MLP(z).
+  int chunk_size = 16;     // b: gradients inside a chunk are taken at its start weights.
+  double theta_max = 0.1;  // inner learning rate theta_t in (0, theta_max).
+  int conv_kernel = 4;     // causal depthwise conv on q, k, v.
   // Gate bias initialisation (sigmoid space): alpha ~ sigmoid(alpha_bias) etc.
   double alpha_bias_init = -4.0;
   double eta_bias_init = 2.0;
@@ -38,9 +38,9 @@ struct MemoryConfig {
 };
 
 struct AttentionConfig {
-  int window = 64;          // w: sliding window of MAG and MAL (a token sees w tokens, itself included).
-  int segment_size = 64;    // C: MAC segment length, a multiple of memory.chunk_size.
-  int num_persistent = 4;   // N_p: learned persistent-memory tokens per layer.
+  int window = 64;  // w: sliding window of MAG and MAL (a token sees w tokens, itself included).
+  int segment_size = 64;   // C: MAC segment length, a multiple of memory.chunk_size.
+  int num_persistent = 4;  // N_p: learned persistent-memory tokens per layer.
   double rope_theta = 10000.0;
 };
 

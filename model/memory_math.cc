@@ -23,17 +23,19 @@ at::Tensor ActivationGrad(Activation act, const at::Tensor& a) {
 }
 
 // x [G, r, in] times W^T for W [G, out, in] -> [G, r, out].
-at::Tensor ApplyT(const at::Tensor& x, const at::Tensor& w) { return at::matmul(x, w.transpose(1, 2)); }
+at::Tensor ApplyT(const at::Tensor& x, const at::Tensor& w) {
+  return at::matmul(x, w.transpose(1, 2));
+}
 
 // Cumulative-gate coefficients over the m tokens of the open chunk (positions 1..m):
 //   E[t,i] = beta_t / beta_i (i <= t),  R[i,j] = m_i / m_j (j <= i),
 //   G[t,j] = theta_j * sum_{i=j..t} E[t,i] R[i,j],  f_t = sum_{i<=t} E[t,i] m_i.
 // Every ratio is formed as exp(difference of log cumulative sums) and is <= 1.
 struct ChunkCoefficients {
-  at::Tensor beta;  // [G, m]
-  at::Tensor f;     // [G, m]
-  at::Tensor G;     // [G, m, m] lower triangular
-  at::Tensor R;     // [G, m, m] lower triangular
+  at::Tensor beta;   // [G, m]
+  at::Tensor f;      // [G, m]
+  at::Tensor G;      // [G, m, m] lower triangular
+  at::Tensor R;      // [G, m, m] lower triangular
   at::Tensor log_m;  // [G, m]
 };
 
@@ -87,7 +89,8 @@ at::Tensor ChunkPiece(const MemorySpec& spec, MemoryState* st, const at::Tensor&
   std::vector<at::Tensor> deltas(L);
   deltas[L - 1] = prediction - v;
   for (int l = L - 2; l >= 0; --l) {
-    deltas[l] = at::matmul(deltas[l + 1], st->weights[l + 1]) * ActivationGrad(spec.activation, pre[l]);
+    deltas[l] =
+        at::matmul(deltas[l + 1], st->weights[l + 1]) * ActivationGrad(spec.activation, pre[l]);
   }
 
   // The open chunk now holds m = p + n tokens.
@@ -123,8 +126,8 @@ at::Tensor ChunkPiece(const MemorySpec& spec, MemoryState* st, const at::Tensor&
     at::Tensor s_last = (all_gates.theta * c.R.select(1, m - 1)).unsqueeze(2);  // [G, m, 1]
     for (int l = 0; l < L; ++l) {
       at::Tensor d_t = all_deltas[l].transpose(1, 2);  // [G, out_l, m]
-      at::Tensor w_new = beta_b * st->weights[l] + f_b * st->momentum[l] -
-                         at::matmul(d_t, g_last * all_inputs[l]);
+      at::Tensor w_new =
+          beta_b * st->weights[l] + f_b * st->momentum[l] - at::matmul(d_t, g_last * all_inputs[l]);
       at::Tensor s_new = m_b * st->momentum[l] - at::matmul(d_t, s_last * all_inputs[l]);
       st->weights[l] = w_new;
       st->momentum[l] = s_new;

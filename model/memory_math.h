@@ -45,8 +45,8 @@ struct MemoryGates {
 struct MemoryState {
   std::vector<at::Tensor> weights;   // Phi_0 at the open chunk's start, per layer [G, out_l, in_l]
   std::vector<at::Tensor> momentum;  // S_0 at the open chunk's start, same shapes
-  // The open chunk's p pending tokens: per layer, the layer input at Phi_0 of each key ([G, p, in_l])
-  // and the loss gradient w.r.t. that layer's output ([G, p, out_l]); gates [G, p].
+  // The open chunk's p pending tokens: per layer, the layer input at Phi_0 of each key ([G, p,
+  // in_l]) and the loss gradient w.r.t. that layer's output ([G, p, out_l]); gates [G, p].
   std::vector<at::Tensor> pending_inputs;
   std::vector<at::Tensor> pending_deltas;
   MemoryGates pending_gates;

@@ -30,7 +30,7 @@ at::Tensor Rotary(const at::Tensor& x, int64_t start, double theta) {
   const int64_t T = x.size(2), half = x.size(3) / 2;
   auto dbl = at::TensorOptions().dtype(at::kDouble).device(x.device());
   at::Tensor inv_freq = at::pow(theta, -at::arange(0, half, dbl) * (2.0 / x.size(3)));  // [half]
-  at::Tensor pos = at::arange(start, start + T, dbl);                                  // [T]
+  at::Tensor pos = at::arange(start, start + T, dbl);                                   // [T]
   at::Tensor angle = pos.unsqueeze(1) * inv_freq.unsqueeze(0);                          // [T, half]
   at::Tensor cos = at::cos(angle).to(x.scalar_type());
   at::Tensor sin = at::sin(angle).to(x.scalar_type());

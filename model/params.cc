@@ -31,7 +31,9 @@ std::vector<ParamSlot> ParamSlots(const ModelConfig& c, ModelParams* p) {
       s.push_back({a + "wv.weight", &L.attn.wv, {hd, d}, InitKind::kLinear});
       s.push_back({a + "wo.weight", &L.attn.wo, {d, hd}, InitKind::kOutput});
       if (c.attention.num_persistent > 0) {
-        s.push_back({a + "persistent", &L.attn.persistent, {c.attention.num_persistent, d},
+        s.push_back({a + "persistent",
+                     &L.attn.persistent,
+                     {c.attention.num_persistent, d},
                      InitKind::kPersistent});
       }
     }
@@ -50,19 +52,20 @@ std::vector<ParamSlot> ParamSlots(const ModelConfig& c, ModelParams* p) {
     s.push_back({m + "k_conv.weight", &M.k_conv, {hd, K}, InitKind::kConv});
     s.push_back({m + "v_conv.weight", &M.v_conv, {hd, K}, InitKind::kConv});
     s.push_back({m + "alpha_proj.weight", &M.alpha_w, {H, d}, InitKind::kLinear});
-    s.push_back({m + "alpha_proj.bias", &M.alpha_b, {H}, InitKind::kConstant,
-                 c.memory.alpha_bias_init});
-    s.push_back({m + "eta_proj.weight", &M.eta_w, {H, d}, InitKind::kLinear});
     s.push_back(
-        {m + "eta_proj.bias", &M.eta_b, {H}, InitKind::kConstant, c.memory.eta_bias_init});
+        {m + "alpha_proj.bias", &M.alpha_b, {H}, InitKind::kConstant, c.memory.alpha_bias_init});
+    s.push_back({m + "eta_proj.weight", &M.eta_w, {H, d}, InitKind::kLinear});
+    s.push_back({m + "eta_proj.bias", &M.eta_b, {H}, InitKind::kConstant, c.memory.eta_bias_init});
     s.push_back({m + "theta_proj.weight", &M.theta_w, {H, d}, InitKind::kLinear});
-    s.push_back({m + "theta_proj.bias", &M.theta_b, {H}, InitKind::kConstant,
-                 c.memory.theta_bias_init});
+    s.push_back(
+        {m + "theta_proj.bias", &M.theta_b, {H}, InitKind::kConstant, c.memory.theta_bias_init});
     const auto shapes = MemoryLayerShapes(c.memory.depth, c.head_dim, c.memory_hidden());
     M.initial_weights.resize(shapes.size());
     for (size_t l = 0; l < shapes.size(); ++l) {
-      s.push_back({absl::StrCat(m, "initial_weights.", l), &M.initial_weights[l],
-                   {H, shapes[l].second, shapes[l].first}, InitKind::kMemory});
+      s.push_back({absl::StrCat(m, "initial_weights.", l),
+                   &M.initial_weights[l],
+                   {H, shapes[l].second, shapes[l].first},
+                   InitKind::kMemory});
     }
     s.push_back({m + "out_norm.weight", &M.out_norm, {hd}, InitKind::kOnes});
     s.push_back({m + "out_gate.weight", &M.out_gate, {hd, d}, InitKind::kLinear});

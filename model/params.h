@@ -30,9 +30,9 @@ struct NeuralMemoryParams {
 };
 
 struct AttentionParams {
-  at::Tensor wq, wk, wv;   // [H*dh, d]
-  at::Tensor wo;           // [d, H*dh]
-  at::Tensor persistent;   // [N_p, d] persistent-memory tokens (keys/values via wk, wv)
+  at::Tensor wq, wk, wv;  // [H*dh, d]
+  at::Tensor wo;          // [d, H*dh]
+  at::Tensor persistent;  // [N_p, d] persistent-memory tokens (keys/values via wk, wv)
 };
 
 // MAC only: the query that reads the memory at the segment start, and the map from the retrieved
@@ -50,14 +50,14 @@ struct LayerParams {
   at::Tensor combine_m_norm;  // [d]
   AttentionParams attn;       // absent for LMM
   NeuralMemoryParams memory;
-  RetrievalParams retrieval;  // MAC only
-  at::Tensor ffn_norm;        // [d]
+  RetrievalParams retrieval;    // MAC only
+  at::Tensor ffn_norm;          // [d]
   at::Tensor ffn_gate, ffn_up;  // [f, d] SwiGLU
   at::Tensor ffn_down;          // [d, f]
 };
 
 struct ModelParams {
-  at::Tensor embedding;   // [V, d], tied with the output head
+  at::Tensor embedding;  // [V, d], tied with the output head
   std::vector<LayerParams> layers;
   at::Tensor final_norm;  // [d]
 };

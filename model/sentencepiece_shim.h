@@ -3,10 +3,10 @@
 // Why a plug-in: Debian's libsentencepiece.so statically embeds its own protobuf-lite and exports
 // those symbols. A process that also links the system libprotobuf.so (LibTorch, gRPC) and links
 // SentencePiece directly crashes before main: the two protobuf copies interpose on each other.
-// The tokenizer therefore never links SentencePiece; it dlopen()s this plug-in with RTLD_LOCAL |
-// RTLD_DEEPBIND so the plug-in and its dependencies bind to SentencePiece's embedded protobuf and
-// nothing else in the process sees it (see model/sentencepiece_loader.h). This header is
-// plain C and includes no Abseil or SentencePiece headers.
+// The tokenizer therefore never links SentencePiece; it loads this plug-in into a link-map
+// namespace of its own (dlmopen), where SentencePiece binds to its embedded protobuf and nothing
+// else in the process sees it (see model/sentencepiece_loader.h). This header is plain C and
+// includes no Abseil or SentencePiece headers.
 //
 // Only plain C types cross the boundary. Buffers returned through `char**` / `int32_t**`
 // out-parameters are allocated by the plug-in and must be released with titans_sp_free().
@@ -50,8 +50,8 @@ void titans_sp_destroy(TitansSentencePiece* sp);
 int titans_sp_encode(const TitansSentencePiece* sp, const char* text, size_t len, int32_t** ids,
                      size_t* num_ids, char** error);
 // Decodes ids into *text / *len (*text is always NUL-terminated as well). Ids must be valid.
-int titans_sp_decode(const TitansSentencePiece* sp, const int32_t* ids, size_t num_ids,
-                     char** text, size_t* len, char** error);
+int titans_sp_decode(const TitansSentencePiece* sp, const int32_t* ids, size_t num_ids, char** text,
+                     size_t* len, char** error);
 
 int32_t titans_sp_vocab_size(const TitansSentencePiece* sp);
 // Reserved ids; -1 when the model has no such token.

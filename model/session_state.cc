@@ -70,7 +70,8 @@ std::vector<StateSlot> StateSlots(const ModelConfig& c, int64_t batch, SessionSt
     if (HasSegmentWeights(c)) {
       L.segment_weights.resize(depth);
       for (size_t l = 0; l < depth; ++l) {
-        slots.push_back({absl::StrCat(pre, "segment_weights.", l), &L.segment_weights[l],
+        slots.push_back({absl::StrCat(pre, "segment_weights.", l),
+                         &L.segment_weights[l],
                          {G, shapes[l].second, shapes[l].first}});
       }
     }
@@ -111,7 +112,8 @@ SessionState NewSessionState(const ModelConfig& c, const ModelParams& params, in
     for (const at::Tensor& w : params.layers[i].memory.initial_weights) {
       at::Tensor src = track_grad ? w : w.detach();
       // [H, out, in] -> [B*H, out, in], group index = b * H + h.
-      init.push_back(src.unsqueeze(0).expand({B, -1, -1, -1}).reshape({B * H, w.size(1), w.size(2)}));
+      init.push_back(
+          src.unsqueeze(0).expand({B, -1, -1, -1}).reshape({B * H, w.size(1), w.size(2)}));
     }
     L.memory = NewMemoryState(init);
     if (HasSegmentWeights(c)) L.segment_weights = init;
@@ -138,10 +140,9 @@ int64_t StateBytes(const SessionState& state) {
                              &L.memory.pending_deltas, &L.segment_weights}) {
       for (const at::Tensor& t : *list) add(t);
     }
-    for (const at::Tensor* t :
-         {&L.memory.pending_gates.log_keep, &L.memory.pending_gates.log_eta,
-          &L.memory.pending_gates.theta, &L.q_tail, &L.k_tail, &L.v_tail, &L.retrieval_tail,
-          &L.attn_k, &L.attn_v}) {
+    for (const at::Tensor* t : {&L.memory.pending_gates.log_keep, &L.memory.pending_gates.log_eta,
+                                &L.memory.pending_gates.theta, &L.q_tail, &L.k_tail, &L.v_tail,
+                                &L.retrieval_tail, &L.attn_k, &L.attn_v}) {
       add(*t);
     }
   }
@@ -212,7 +213,8 @@ absl::StatusOr<SessionState> DeserializeSessionState(std::string_view blob,
                                                      const ModelConfig& config,
                                                      const std::string& model_fingerprint) {
   if (blob.size() < kHeaderBytes || std::memcmp(blob.data(), kMagic, sizeof(kMagic)) != 0) {
-    return absl::DataLossError("session state: not a Titans session state (bad magic or too short)");
+    return absl::DataLossError(
+        "session state: not a Titans session state (bad magic or too short)");
   }
   uint32_t version, crc;
   uint64_t length;
@@ -220,12 +222,14 @@ absl::StatusOr<SessionState> DeserializeSessionState(std::string_view blob,
   std::memcpy(&crc, blob.data() + 12, 4);
   std::memcpy(&length, blob.data() + 16, 8);
   if (version != kStateVersion) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "session state: format version ", version, " is not supported (expected ", kStateVersion, ")"));
+    return absl::FailedPreconditionError(absl::StrCat("session state: format version ", version,
+                                                      " is not supported (expected ", kStateVersion,
+                                                      ")"));
   }
   if (length != blob.size() - kHeaderBytes) {
-    return absl::DataLossError(absl::StrCat("session state: payload is ", blob.size() - kHeaderBytes,
-                                            " bytes, header says ", length, " (truncated?)"));
+    return absl::DataLossError(absl::StrCat("session state: payload is ",
+                                            blob.size() - kHeaderBytes, " bytes, header says ",
+                                            length, " (truncated?)"));
   }
   std::string_view payload = blob.substr(kHeaderBytes);
   if (Crc32c(payload.data(), payload.size()) != crc) {
@@ -238,8 +242,9 @@ absl::StatusOr<SessionState> DeserializeSessionState(std::string_view blob,
   };
   const std::string* fp = meta("model_fingerprint");
   if (fp == nullptr || *fp != model_fingerprint) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "session state: made by model '", fp ? *fp : "?", "', this model is '", model_fingerprint, "'"));
+    return absl::FailedPreconditionError(absl::StrCat("session state: made by model '",
+                                                      fp ? *fp : "?", "', this model is '",
+                                                      model_fingerprint, "'"));
   }
   SessionState s;
   const std::string* pos = meta("position");
@@ -268,7 +273,8 @@ absl::StatusOr<SessionState> DeserializeSessionState(std::string_view blob,
   std::vector<StateSlot> slots = StateSlots(config, 1, &s);
   if (slots.size() != file.tensors.size()) {
     return absl::InvalidArgumentError(absl::StrCat("session state: has ", file.tensors.size(),
-                                                   " tensors, this model's state has ", slots.size()));
+                                                   " tensors, this model's state has ",
+                                                   slots.size()));
   }
   for (StateSlot& slot : slots) {
     auto it = file.tensors.find(slot.name);

@@ -9,9 +9,9 @@
 #define TITANS_STATUS_CONCAT(a, b) TITANS_STATUS_CONCAT_INNER(a, b)
 
 // Returns the status of `expr` from the enclosing function if it is not OK.
-#define TITANS_RETURN_IF_ERROR(expr)              \
-  do {                                            \
-    const absl::Status titans_status_ = (expr);   \
+#define TITANS_RETURN_IF_ERROR(expr)                 \
+  do {                                               \
+    const absl::Status titans_status_ = (expr);      \
     if (!titans_status_.ok()) return titans_status_; \
   } while (0)
 

@@ -49,8 +49,8 @@ std::pair<at::Tensor, at::Tensor> PersistentKV(const ModelConfig& c, const Atten
 
 // Sliding-window attention (MAG, MAL): token t sees the persistent tokens and the tokens s with
 // t - w < s <= t. The cache keeps the last w-1 rotated keys and values.
-at::Tensor SlidingWindowAttention(const ModelConfig& c, const AttentionParams& a,
-                                  LayerState* st, const at::Tensor& x, int64_t position) {
+at::Tensor SlidingWindowAttention(const ModelConfig& c, const AttentionParams& a, LayerState* st,
+                                  const at::Tensor& x, int64_t position) {
   const int64_t B = x.size(0), T = x.size(1), H = c.num_heads, w = c.attention.window;
   const double rope = c.attention.rope_theta;
   at::Tensor q_plain = SplitHeads(Linear(x, a.wq), H);
@@ -102,8 +102,8 @@ at::Tensor SegmentAttention(const ModelConfig& c, const AttentionParams& a, Laye
 }
 
 // MAC block mixer for T tokens inside one segment, the first at `offset` within it.
-at::Tensor MacMixer(const ModelConfig& c, const LayerParams& p, LayerState* st,
-                    const at::Tensor& n, int64_t offset) {
+at::Tensor MacMixer(const ModelConfig& c, const LayerParams& p, LayerState* st, const at::Tensor& n,
+                    int64_t offset) {
   const bool separate_segment_weights = !st->segment_weights.empty();
   if (offset == 0) {
     // Segment start: it is a chunk boundary (segment_size is a multiple of chunk_size), so the
@@ -128,8 +128,8 @@ at::Tensor MacMixer(const ModelConfig& c, const LayerParams& p, LayerState* st,
 
 }  // namespace
 
-at::Tensor NeuralMemoryForward(const ModelConfig& c, const NeuralMemoryParams& p,
-                               LayerState* st, const at::Tensor& x) {
+at::Tensor NeuralMemoryForward(const ModelConfig& c, const NeuralMemoryParams& p, LayerState* st,
+                               const at::Tensor& x) {
   const int64_t B = x.size(0), H = c.num_heads;
   at::Tensor q = QueryGroups(c, x, p.q_proj, p.q_conv, &st->q_tail);
   at::Tensor k = QueryGroups(c, x, p.k_proj, p.k_conv, &st->k_tail);

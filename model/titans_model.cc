@@ -27,7 +27,8 @@ absl::StatusOr<at::Device> ParseDevice(const std::string& name) {
     at::Device device(name);
     if (device.is_cuda() && !at::hasCUDA()) {
       return absl::FailedPreconditionError(
-          "device '" + name + "' requested but this build has no CUDA (build with TITANS_CUDA=ON "
+          "device '" + name +
+          "' requested but this build has no CUDA (build with TITANS_CUDA=ON "
           "against a CUDA-enabled LibTorch) or no GPU is visible");
     }
     return device;
@@ -62,15 +63,16 @@ absl::StatusOr<std::unique_ptr<TitansModel>> TitansModel::Finish(
     const LoadOptions& options) {
   TITANS_ASSIGN_OR_RETURN(at::Device device, ParseDevice(options.device));
   if (tokenizer->vocab_size() > config.vocab_size) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "config.json: vocab_size ", config.vocab_size, " is smaller than the tokenizer's ",
-        tokenizer->vocab_size()));
+    return absl::InvalidArgumentError(absl::StrCat("config.json: vocab_size ", config.vocab_size,
+                                                   " is smaller than the tokenizer's ",
+                                                   tokenizer->vocab_size()));
   }
   std::string fingerprint = Fingerprint(config, &params);
   try {
     for (ParamSlot& slot : ParamSlots(config, &params)) *slot.tensor = slot.tensor->to(device);
   } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("moving parameters to ", options.device, ": ", e.what()));
+    return absl::InternalError(
+        absl::StrCat("moving parameters to ", options.device, ": ", e.what()));
   }
   auto model = std::unique_ptr<TitansModel>(
       new TitansModel(std::move(config), std::move(params), std::move(tokenizer), device));
@@ -98,10 +100,9 @@ absl::StatusOr<std::unique_ptr<TitansModel>> TitansModel::Load(const std::string
                                                      ", expected F32, BF16 or F16"));
     }
     if (t.sizes() != at::IntArrayRef(slot.shape)) {
-      return absl::InvalidArgumentError(absl::StrCat("model.safetensors: tensor '", slot.name,
-                                                     "' has shape ", ShapeString(t.sizes()),
-                                                     ", the config implies ",
-                                                     ShapeString(slot.shape)));
+      return absl::InvalidArgumentError(
+          absl::StrCat("model.safetensors: tensor '", slot.name, "' has shape ",
+                       ShapeString(t.sizes()), ", the config implies ", ShapeString(slot.shape)));
     }
     *slot.tensor = t.to(at::kFloat);
   }
@@ -171,8 +172,8 @@ absl::StatusOr<at::Tensor> TitansModel::Forward(SessionState* state, const at::T
     return absl::InvalidArgumentError("tokens must be an int64 tensor [batch, time]");
   }
   if (tokens.size(0) != state->batch()) {
-    return absl::InvalidArgumentError(absl::StrCat("tokens have batch ", tokens.size(0),
-                                                   ", the state has ", state->batch()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("tokens have batch ", tokens.size(0), ", the state has ", state->batch()));
   }
   const int64_t T = tokens.size(1);
   if (T == 0) return absl::InvalidArgumentError("no tokens to consume");
@@ -196,8 +197,8 @@ absl::StatusOr<at::Tensor> TitansModel::Forward(SessionState* state, const at::T
         len = std::min(len, C - next.position % C);
       }
       const bool last = begin + len == T;
-      at::Tensor logits = Step(&next, on_device.slice(1, begin, begin + len),
-                               mode == LogitsMode::kAll);
+      at::Tensor logits =
+          Step(&next, on_device.slice(1, begin, begin + len), mode == LogitsMode::kAll);
       if (mode == LogitsMode::kAll) outputs.push_back(logits);
       if (last) {
         next.last_logits = logits.select(1, logits.size(1) - 1).detach();

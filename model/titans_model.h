@@ -72,8 +72,7 @@ class TitansModel {
  private:
   TitansModel(ModelConfig config, ModelParams params, std::unique_ptr<Tokenizer> tokenizer,
               at::Device device);
-  static absl::StatusOr<std::unique_ptr<TitansModel>> Finish(ModelConfig config,
-                                                             ModelParams params,
+  static absl::StatusOr<std::unique_ptr<TitansModel>> Finish(ModelConfig config, ModelParams params,
                                                              std::unique_ptr<Tokenizer> tokenizer,
                                                              const LoadOptions& options);
   at::Tensor Step(SessionState* state, const at::Tensor& tokens, bool all_logits) const;

@@ -7,14 +7,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-
-// Debian's sentencepiece_processor.h declares `namespace absl { using std::string_view; }`,
-// which collides with Abseil's own absl::string_view class (this Abseil build does not alias
-// std::string_view). Renaming the namespace while the header is parsed keeps both usable; the
-// header's signatures still name std::string_view, so the mangled symbols match the library.
-#define absl titans_sentencepiece_absl
-#include <sentencepiece_processor.h>
-#undef absl
+#include "model/sentencepiece_loader.h"
 
 namespace titans {
 namespace {
@@ -135,108 +128,52 @@ class ByteTokenizer final : public Tokenizer {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Minimal protobuf wire-format reader, used only to find USER_DEFINED pieces (the Debian
-// SentencePiece package ships no ModelProto header and the processor has no IsUserDefined()).
-
-bool ReadVarint(std::string_view data, size_t* pos, uint64_t* value) {
-  *value = 0;
-  for (int shift = 0; shift < 64 && *pos < data.size(); shift += 7) {
-    const auto byte = static_cast<unsigned char>(data[(*pos)++]);
-    *value |= static_cast<uint64_t>(byte & 0x7f) << shift;
-    if ((byte & 0x80) == 0) return true;
-  }
-  return false;
-}
-
-// Reads one field key at *pos; returns false on malformed input. Length-delimited payloads are
-// returned in *payload, varints in *varint; other wire types are skipped.
-bool ReadField(std::string_view data, size_t* pos, uint64_t* field, uint64_t* varint,
-               std::string_view* payload) {
-  uint64_t key = 0;
-  if (!ReadVarint(data, pos, &key)) return false;
-  *field = key >> 3;
-  switch (key & 7) {
-    case 0:
-      return ReadVarint(data, pos, varint);
-    case 1:
-    case 5: {
-      const size_t size = (key & 7) == 1 ? 8 : 4;
-      if (data.size() - *pos < size) return false;
-      *pos += size;
-      return true;
-    }
-    case 2: {
-      uint64_t len = 0;
-      if (!ReadVarint(data, pos, &len) || len > data.size() - *pos) return false;
-      *payload = data.substr(*pos, len);
-      *pos += len;
-      return true;
-    }
-    default:
-      return false;
-  }
-}
-
-// Returns the SentencePiece.Type of every piece in a serialized ModelProto (field 1: pieces;
-// within a piece, field 3: type, default NORMAL = 1), or an empty vector if parsing fails.
-std::vector<int> ParsePieceTypes(std::string_view proto) {
-  std::vector<int> types;
-  size_t pos = 0;
-  while (pos < proto.size()) {
-    uint64_t field = 0, varint = 0;
-    std::string_view piece;
-    if (!ReadField(proto, &pos, &field, &varint, &piece)) return {};
-    if (field != 1 || piece.data() == nullptr) continue;
-    int type = 1;
-    for (size_t p = 0; p < piece.size();) {
-      uint64_t sub_field = 0, sub_varint = 0;
-      std::string_view unused;
-      if (!ReadField(piece, &p, &sub_field, &sub_varint, &unused)) return {};
-      if (sub_field == 3) type = static_cast<int>(sub_varint);
-    }
-    types.push_back(type);
-  }
-  return types;
-}
-
-constexpr int kUserDefinedPieceType = 4;
-
-// ---------------------------------------------------------------------------------------------
 // SentencePiece tokenizer.
+//
+// SentencePiece is never linked into this library: its Debian build embeds a protobuf copy that
+// clashes with the system libprotobuf loaded by LibTorch / gRPC. The tokenizer goes through the
+// libtitans_sentencepiece.so plug-in instead (model/sentencepiece_loader.h).
 
 class SentencePieceTokenizer final : public Tokenizer {
  public:
   static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(const std::string& path) {
-    auto tok = std::unique_ptr<SentencePieceTokenizer>(new SentencePieceTokenizer());
-    const auto status = tok->sp_.Load(path);
-    if (!status.ok()) {
+    absl::StatusOr<const SentencePieceShim*> shim = LoadSentencePieceShim();
+    if (!shim.ok()) return shim.status();
+    auto tok = std::unique_ptr<SentencePieceTokenizer>(new SentencePieceTokenizer(*shim));
+    char* error = nullptr;
+    tok->sp_ = tok->shim_->create(path.c_str(), &error);
+    if (tok->sp_ == nullptr) {
       return absl::InvalidArgumentError(
-          absl::StrCat("failed to load sentencepiece model ", path, ": ", status.ToString()));
+          absl::StrCat("failed to load sentencepiece model ", path, ": ", tok->TakeError(error)));
     }
-    const int32_t n = tok->sp_.GetPieceSize();
+    const int32_t n = tok->shim_->vocab_size(tok->sp_);
     if (n <= 0) {
       return absl::InvalidArgumentError(
           absl::StrCat("sentencepiece model ", path, " has an empty vocabulary"));
     }
-    const std::vector<int> types = ParsePieceTypes(tok->sp_.serialized_model_proto());
+    tok->bos_id_ = tok->shim_->bos_id(tok->sp_);
+    tok->eos_id_ = tok->shim_->eos_id(tok->sp_);
+    tok->pad_id_ = tok->shim_->pad_id(tok->sp_);
+    tok->control_ids_.assign(n, false);
     tok->special_.assign(n, false);
     tok->token_bytes_.resize(n);
     for (int32_t id = 0; id < n; ++id) {
-      const std::string& piece = tok->sp_.IdToPiece(id);
-      const bool user_defined =
-          static_cast<int32_t>(types.size()) == n && types[id] == kUserDefinedPieceType;
-      if (tok->sp_.IsControl(id)) {
+      const std::string piece = tok->Piece(id);
+      const int32_t flags = tok->shim_->piece_flags(tok->sp_, id);
+      if (flags & TITANS_SP_PIECE_CONTROL) {
+        tok->control_ids_[id] = true;
         tok->special_[id] = true;
         tok->token_bytes_[id] = piece;
         tok->control_.Add(piece, id);
-      } else if (user_defined) {
+      } else if (flags & TITANS_SP_PIECE_USER_DEFINED) {
         tok->special_[id] = true;
         tok->token_bytes_[id] = piece;
-      } else if (tok->sp_.IsByte(id) && piece.size() == 6) {  // "<0xAB>"
+      } else if ((flags & TITANS_SP_PIECE_BYTE) && piece.size() == 6) {  // "<0xAB>"
         tok->token_bytes_[id] =
             std::string(1, static_cast<char>(HexDigit(piece[3]) * 16 + HexDigit(piece[4])));
-      } else if (tok->sp_.IsUnknown(id)) {
-        tok->token_bytes_[id] = tok->sp_.DecodeIds({id});
+      } else if (flags & TITANS_SP_PIECE_UNKNOWN) {
+        absl::StatusOr<std::string> text = tok->DecodeRun({id});
+        tok->token_bytes_[id] = text.ok() ? *std::move(text) : std::string();
       } else {
         tok->token_bytes_[id] = ReplaceSpaceSymbol(piece);
       }
@@ -244,16 +181,25 @@ class SentencePieceTokenizer final : public Tokenizer {
     return std::unique_ptr<Tokenizer>(std::move(tok));
   }
 
+  ~SentencePieceTokenizer() override {
+    if (sp_ != nullptr) shim_->destroy(sp_);
+  }
+
+  SentencePieceTokenizer(const SentencePieceTokenizer&) = delete;
+  SentencePieceTokenizer& operator=(const SentencePieceTokenizer&) = delete;
+
   absl::StatusOr<std::vector<int32_t>> Encode(std::string_view text,
                                               bool parse_special) const override {
     std::vector<int32_t> ids;
     auto plain = [this, &ids](std::string_view segment) -> absl::Status {
-      std::vector<int> piece_ids;
-      const auto status = sp_.Encode(segment, &piece_ids);
-      if (!status.ok()) {
-        return absl::InternalError(absl::StrCat("sentencepiece encode: ", status.ToString()));
+      int32_t* piece_ids = nullptr;
+      size_t num_ids = 0;
+      char* error = nullptr;
+      if (shim_->encode(sp_, segment.data(), segment.size(), &piece_ids, &num_ids, &error) != 0) {
+        return absl::InternalError(absl::StrCat("sentencepiece encode: ", TakeError(error)));
       }
-      ids.insert(ids.end(), piece_ids.begin(), piece_ids.end());
+      if (piece_ids != nullptr) ids.insert(ids.end(), piece_ids, piece_ids + num_ids);
+      shim_->free(piece_ids);
       return absl::OkStatus();
     };
     absl::Status status =
@@ -271,20 +217,17 @@ class SentencePieceTokenizer final : public Tokenizer {
       if (id < 0 || id >= n) return IdOutOfRange(id, n);
     }
     std::string out;
-    std::vector<int> run;
+    std::vector<int32_t> run;
     auto flush = [this, &out, &run]() -> absl::Status {
       if (run.empty()) return absl::OkStatus();
-      std::string text;
-      const auto status = sp_.Decode(run, &text);
-      if (!status.ok()) {
-        return absl::InternalError(absl::StrCat("sentencepiece decode: ", status.ToString()));
-      }
-      out += text;
+      absl::StatusOr<std::string> text = DecodeRun(run);
+      if (!text.ok()) return text.status();
+      out += *text;
       run.clear();
       return absl::OkStatus();
     };
     for (int32_t id : ids) {
-      if (!sp_.IsControl(id)) {
+      if (!control_ids_[id]) {
         run.push_back(id);
         continue;
       }
@@ -303,14 +246,44 @@ class SentencePieceTokenizer final : public Tokenizer {
   }
 
   int32_t vocab_size() const override { return static_cast<int32_t>(token_bytes_.size()); }
-  int32_t bos_id() const override { return sp_.bos_id(); }
-  int32_t eos_id() const override { return sp_.eos_id(); }
-  int32_t pad_id() const override { return sp_.pad_id(); }
+  int32_t bos_id() const override { return bos_id_; }
+  int32_t eos_id() const override { return eos_id_; }
+  int32_t pad_id() const override { return pad_id_; }
   bool IsSpecial(int32_t id) const override { return id >= 0 && id < vocab_size() && special_[id]; }
   std::string type() const override { return "sentencepiece"; }
 
  private:
-  SentencePieceTokenizer() = default;
+  explicit SentencePieceTokenizer(const SentencePieceShim* shim) : shim_(shim) {}
+
+  // Takes ownership of a plug-in error message (possibly null) and returns it.
+  std::string TakeError(char* error) const {
+    std::string message = error != nullptr ? error : "unknown error";
+    shim_->free(error);
+    return message;
+  }
+
+  // The piece string of `id`; "" if the plug-in fails.
+  std::string Piece(int32_t id) const {
+    char* piece = nullptr;
+    size_t len = 0;
+    if (shim_->id_to_piece(sp_, id, &piece, &len) != 0) return "";
+    std::string out(piece, len);
+    shim_->free(piece);
+    return out;
+  }
+
+  // Decodes in-range ids with SentencePiece.
+  absl::StatusOr<std::string> DecodeRun(const std::vector<int32_t>& ids) const {
+    char* text = nullptr;
+    size_t len = 0;
+    char* error = nullptr;
+    if (shim_->decode(sp_, ids.data(), ids.size(), &text, &len, &error) != 0) {
+      return absl::InternalError(absl::StrCat("sentencepiece decode: ", TakeError(error)));
+    }
+    std::string out(text, len);
+    shim_->free(text);
+    return out;
+  }
 
   static int HexDigit(char c) {
     if (c >= '0' && c <= '9') return c - '0';
@@ -334,10 +307,15 @@ class SentencePieceTokenizer final : public Tokenizer {
     return out;
   }
 
-  sentencepiece::SentencePieceProcessor sp_;
+  const SentencePieceShim* shim_;
+  TitansSentencePiece* sp_ = nullptr;
+  int32_t bos_id_ = -1;
+  int32_t eos_id_ = -1;
+  int32_t pad_id_ = -1;
   std::vector<std::string> token_bytes_;
-  std::vector<bool> special_;
-  SpecialMatcher control_;  // Control symbols (<s>, </s>, ...), for parse_special.
+  std::vector<bool> control_ids_;  // Control symbols (<s>, </s>, ...).
+  std::vector<bool> special_;      // Control and user-defined symbols.
+  SpecialMatcher control_;         // Control symbols, for parse_special.
 };
 
 }  // namespace

@@ -17,11 +17,12 @@ using testing::ReferenceMemory;
 using testing::ReferenceStep;
 
 struct Inputs {
-  at::Tensor k, v, q;        // [G, T, d]
+  at::Tensor k, v, q;            // [G, T, d]
   at::Tensor alpha, eta, theta;  // [G, T]
 };
 
-Inputs RandomInputs(int64_t groups, int64_t tokens, int64_t d, at::ScalarType dtype, uint64_t seed) {
+Inputs RandomInputs(int64_t groups, int64_t tokens, int64_t d, at::ScalarType dtype,
+                    uint64_t seed) {
   torch::manual_seed(seed);
   auto opt = torch::TensorOptions().dtype(dtype);
   Inputs in;
@@ -79,9 +80,9 @@ TEST_P(DualFormVsReference, OutputsAndStateMatchPerTokenRecurrence) {
 
   ReferenceMemory ref = NewReferenceMemory(init);
   for (int64_t t = 0; t < T; ++t) {
-    at::Tensor y_ref = ReferenceStep(spec, &ref, in.k.select(1, t), in.v.select(1, t),
-                                     in.q.select(1, t), in.alpha.select(1, t), in.eta.select(1, t),
-                                     in.theta.select(1, t));
+    at::Tensor y_ref =
+        ReferenceStep(spec, &ref, in.k.select(1, t), in.v.select(1, t), in.q.select(1, t),
+                      in.alpha.select(1, t), in.eta.select(1, t), in.theta.select(1, t));
     ASSERT_LT(MaxAbsDiff(y.select(1, t), y_ref), 1e-9) << "token " << t;
   }
   const bool closed = T % c.chunk == 0;
@@ -114,7 +115,8 @@ INSTANTIATE_TEST_SUITE_P(AllDepthsAndChunks, DualFormVsReference, ::testing::Val
                          });
 
 // Feeding the same tokens in random splits (token by token included) changes nothing but float
-// reassociation: fp32 tolerance 2e-5 on O(1) values (a few ulps times the chunk's reduction length).
+// reassociation: fp32 tolerance 2e-5 on O(1) values (a few ulps times the chunk's reduction
+// length).
 TEST(MemoryWriteRead, SplitInvariance) {
   for (int depth = 1; depth <= 4; ++depth) {
     MemorySpec spec{depth, Activation::kSiLU, false, 8};
@@ -169,8 +171,8 @@ TEST(MemoryWriteRead, RetrievalErrorFallsAfterWriting) {
       MemoryWriteRead(spec, &st, in.k, in.v, in.k, GatesOf(in, 0, pairs));
     }
     const double learned = error(st.weights);
-    EXPECT_LT(learned, 0.5 * fresh) << "depth " << depth << " fresh " << fresh << " learned "
-                                    << learned;
+    EXPECT_LT(learned, 0.5 * fresh)
+        << "depth " << depth << " fresh " << fresh << " learned " << learned;
   }
 }
 
@@ -233,9 +235,12 @@ TEST(MemoryWriteRead, ChunkedGradientMatchesPerTokenAutograd) {
     loss_b.backward();
 
     EXPECT_NEAR(loss_a.item<double>(), loss_b.item<double>(), 1e-9);
-    for (auto [a, b, name] : {std::tuple{in_a.k, in_b.k, "k"}, {in_a.v, in_b.v, "v"},
-                              {in_a.q, in_b.q, "q"}, {in_a.alpha, in_b.alpha, "alpha"},
-                              {in_a.eta, in_b.eta, "eta"}, {in_a.theta, in_b.theta, "theta"}}) {
+    for (auto [a, b, name] : {std::tuple{in_a.k, in_b.k, "k"},
+                              {in_a.v, in_b.v, "v"},
+                              {in_a.q, in_b.q, "q"},
+                              {in_a.alpha, in_b.alpha, "alpha"},
+                              {in_a.eta, in_b.eta, "eta"},
+                              {in_a.theta, in_b.theta, "theta"}}) {
       EXPECT_LT(MaxAbsDiff(a.grad(), b.grad()), 1e-8) << name << " depth " << depth;
     }
     for (int l = 0; l < depth; ++l) {

@@ -14,11 +14,11 @@
 namespace titans::testing {
 
 struct ReferenceMemory {
-  std::vector<at::Tensor> weights;   // Phi_{t}, per layer [G, out, in]
-  std::vector<at::Tensor> momentum;  // S_{t}
+  std::vector<at::Tensor> weights;               // Phi_{t}, per layer [G, out, in]
+  std::vector<at::Tensor> momentum;              // S_{t}
   std::vector<at::Tensor> chunk_start;           // Phi at the current chunk's start
   std::vector<at::Tensor> chunk_start_momentum;  // S at the current chunk's start
-  int64_t position = 0;             // tokens written so far
+  int64_t position = 0;                          // tokens written so far
 };
 
 inline ReferenceMemory NewReferenceMemory(const std::vector<at::Tensor>& init) {
@@ -64,8 +64,8 @@ inline at::Tensor ReferenceStep(const MemorySpec& spec, ReferenceMemory* r, cons
       torch::autograd::grad({loss}, phi0, {}, /*retain_graph=*/true, /*create_graph=*/true);
   for (size_t l = 0; l < r->weights.size(); ++l) {
     auto e = eta.view({-1, 1, 1}), th = theta.view({-1, 1, 1}), a = alpha.view({-1, 1, 1});
-    r->momentum[l] = e * r->momentum[l] - th * grads[l];          // eq. 14: S_t
-    r->weights[l] = (1 - a) * r->weights[l] + r->momentum[l];     // eq. 13: Phi_t
+    r->momentum[l] = e * r->momentum[l] - th * grads[l];       // eq. 14: S_t
+    r->weights[l] = (1 - a) * r->weights[l] + r->momentum[l];  // eq. 13: Phi_t
   }
   r->position += 1;
   return ReferenceMlp(spec, r->weights, q);

@@ -152,8 +152,7 @@ TEST(Causality, FutureTokensDoNotChangeThePast) {
       SessionState s1 = model->NewState();
       at::Tensor out = ForwardAll(*model, &s1, changed);
       if (j > 0) {
-        EXPECT_EQ(MaxDiff(out.slice(1, 0, j), base.slice(1, 0, j)), 0.0)
-            << Name(v) << " j=" << j;
+        EXPECT_EQ(MaxDiff(out.slice(1, 0, j), base.slice(1, 0, j)), 0.0) << Name(v) << " j=" << j;
       }
       EXPECT_GT(MaxDiff(out.select(1, j), base.select(1, j)), 1e-6) << Name(v) << " j=" << j;
     }
@@ -200,7 +199,8 @@ TEST(Training, ChunkedGradientEqualsTokenByTokenAutograd) {
         if (t->grad().defined()) t->mutable_grad() = at::Tensor();
       }
       SessionState s = model->NewState(2, /*track_grad=*/true);
-      at::Tensor logits = chunked ? ForwardAll(*model, &s, tokens) : TokenByToken(*model, &s, tokens);
+      at::Tensor logits =
+          chunked ? ForwardAll(*model, &s, tokens) : TokenByToken(*model, &s, tokens);
       (logits * probe).sum().backward();
       std::vector<at::Tensor> g;
       for (at::Tensor* t : leaves) g.push_back(t->grad().clone());

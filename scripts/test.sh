@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Sets up (Debian packages), builds everything, and runs every test through CTest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+scripts/build.sh
+cd "${TITANS_BUILD_DIR:-build}"
+ctest --output-on-failure -j "${TITANS_TEST_JOBS:-2}" "$@"
