@@ -37,17 +37,30 @@ absl::StatusOr<at::Device> ParseDevice(const std::string& name) {
   }
 }
 
+// CRC-32C over the raw bytes of `tensors` in order (the parameters in slot order).
+uint32_t TensorsCrc(const std::vector<at::Tensor>& tensors) {
+  uint32_t crc = 0;
+  for (const at::Tensor& tensor : tensors) {
+    at::Tensor t = tensor.detach().to(at::kCPU).contiguous();
+    crc = Crc32c(t.data_ptr(), t.numel() * t.element_size(), crc);
+  }
+  return crc;
+}
+
+std::vector<at::Tensor> SlotTensors(const ModelConfig& config, ModelParams* params) {
+  std::vector<at::Tensor> out;
+  for (const ParamSlot& slot : ParamSlots(config, params)) out.push_back(*slot.tensor);
+  return out;
+}
+
 // config.json bytes + every parameter's bytes, in slot order.
 std::string Fingerprint(const ModelConfig& config, ModelParams* params) {
   std::string cfg = ModelConfigToJson(config);
-  uint32_t crc_config = Crc32c(cfg.data(), cfg.size());
-  uint32_t crc_weights = 0;
-  for (const ParamSlot& slot : ParamSlots(config, params)) {
-    at::Tensor t = slot.tensor->detach().to(at::kCPU).contiguous();
-    crc_weights = Crc32c(t.data_ptr(), t.numel() * t.element_size(), crc_weights);
-  }
-  return absl::StrFormat("%s-%08x%08x", config.name, crc_config, crc_weights);
+  return absl::StrFormat("%s-%08x%08x", config.name, Crc32c(cfg.data(), cfg.size()),
+                         TensorsCrc(SlotTensors(config, params)));
 }
+
+constexpr char kWeightsCrcKey[] = "weights_crc32c";
 
 }  // namespace
 
@@ -104,7 +117,7 @@ absl::StatusOr<std::unique_ptr<TitansModel>> TitansModel::Load(const std::string
           absl::StrCat("model.safetensors: tensor '", slot.name, "' has shape ",
                        ShapeString(t.sizes()), ", the config implies ", ShapeString(slot.shape)));
     }
-    *slot.tensor = t.to(at::kFloat);
+    *slot.tensor = t;
   }
   if (file.tensors.size() != slots.size()) {
     for (const auto& [name, t] : file.tensors) {
@@ -115,6 +128,23 @@ absl::StatusOr<std::unique_ptr<TitansModel>> TitansModel::Load(const std::string
                                           "' (not part of a " +
                                           std::string(VariantName(config.variant)) + " model)");
       }
+    }
+  }
+  // The safetensors layout has no checksum of its own: Save records one in the metadata, so a
+  // flipped bit in the data is caught here instead of serving a silently different model.
+  if (auto it = file.metadata.find(kWeightsCrcKey); it != file.metadata.end()) {
+    const std::string actual = absl::StrFormat("%08x", TensorsCrc(SlotTensors(config, &params)));
+    if (it->second != actual) {
+      return absl::DataLossError(absl::StrCat("model.safetensors: weights checksum ", actual,
+                                              " does not match the recorded ", it->second,
+                                              " (corrupted file)"));
+    }
+  }
+  for (ParamSlot& slot : slots) {
+    *slot.tensor = slot.tensor->to(at::kFloat);
+    if (!at::isfinite(*slot.tensor).all().item<bool>()) {
+      return absl::InvalidArgumentError("model.safetensors: tensor '" + slot.name +
+                                        "' contains NaN or infinite values");
     }
   }
   TokenizerConfig tc{config.tokenizer.type, config.tokenizer.model_file};
@@ -146,7 +176,8 @@ absl::Status TitansModel::Save(const std::string& dir) const {
   std::map<std::string, std::string> metadata = {
       {"format", "titans"},
       {"variant", std::string(VariantName(config_.variant))},
-      {"initialization", config_.initialization}};
+      {"initialization", config_.initialization},
+      {kWeightsCrcKey, absl::StrFormat("%08x", TensorsCrc(SlotTensors(config_, &copy)))}};
   TITANS_RETURN_IF_ERROR(WriteSafetensors(dir + "/model.safetensors", tensors, metadata));
   return WriteFileAtomic(dir + "/config.json", ModelConfigToJson(config_));
 }
@@ -219,6 +250,8 @@ absl::StatusOr<at::Tensor> TitansModel::Forward(SessionState* state, const at::T
     return outputs.size() == 1 ? outputs[0] : at::cat(outputs, 1);
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("model forward failed: ", e.what_without_backtrace()));
+  } catch (const std::exception& e) {  // e.g. std::bad_alloc
+    return absl::InternalError(absl::StrCat("model forward failed: ", e.what()));
   }
 }
 

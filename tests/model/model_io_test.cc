@@ -2,11 +2,13 @@
 // a clear error naming the problem.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 
 #include "model/file_util.h"
 #include "model/safetensors.h"
+#include "model/sentencepiece_loader.h"
 #include "model/titans_model.h"
 #include "tests/model/model_test_util.h"
 
@@ -71,6 +73,29 @@ TEST_F(ModelDir, TruncatedWeightsAreErrorsNotCrashes) {
   }
 }
 
+TEST_F(ModelDir, FlippedDataBitIsDataLoss) {
+  std::string weights = Read("model.safetensors");
+  weights[weights.size() - 1000] ^= 0x10;  // inside the tensor data, not the header
+  Write("model.safetensors", weights);
+  absl::Status st = LoadStatus();
+  EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << st;
+  EXPECT_NE(st.message().find("checksum"), std::string::npos) << st;
+}
+
+TEST_F(ModelDir, NonFiniteWeightsAreRejected) {
+  auto file = ReadSafetensors(dir_ + "/model.safetensors");
+  ASSERT_TRUE(file.ok());
+  std::vector<std::pair<std::string, at::Tensor>> tensors(file->tensors.begin(),
+                                                          file->tensors.end());
+  for (auto& [name, t] : tensors) {
+    if (name == "layers.1.memory.out_gate.weight") t[0][0] = std::nan("");
+  }
+  ASSERT_TRUE(WriteSafetensors(dir_ + "/model.safetensors", tensors, {}).ok());  // no checksum
+  absl::Status st = LoadStatus();
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("layers.1.memory.out_gate.weight"), std::string::npos) << st;
+}
+
 TEST_F(ModelDir, ConfigMismatchNamesTheTensor) {
   std::string config = Read("config.json");
   const std::string from = "\"ffn_hidden\": 64", to = "\"ffn_hidden\": 65";
@@ -112,6 +137,45 @@ TEST_F(ModelDir, BadConfigValuesAreRejected) {
   absl::Status st = LoadStatus();
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(st.message().find("memory.depth"), std::string::npos) << st;
+}
+
+// config.json selects a SentencePiece tokenizer shipped inside the model directory.
+TEST_F(ModelDir, SentencePieceTokenizerFromConfig) {
+  {
+    std::ofstream corpus(dir_ + "/corpus.txt");
+    for (int i = 0; i < 300; ++i)
+      corpus << "the memory remembers long context number " << i << "\n";
+  }
+  auto shim = LoadSentencePieceShim();
+  ASSERT_TRUE(shim.ok()) << shim.status();
+  const std::string args = "--input=" + dir_ + "/corpus.txt --model_prefix=" + dir_ +
+                           "/tok --vocab_size=64 --model_type=bpe --minloglevel=2";
+  char* error = nullptr;
+  ASSERT_EQ((*shim)->train(args.c_str(), &error), 0) << (error ? error : "");
+  (*shim)->free(error);
+
+  std::string config = Read("config.json");
+  const std::string from = "\"type\": \"byte\"";
+  ASSERT_NE(config.find(from), std::string::npos);
+  config.replace(config.find(from), from.size(), "\"type\": \"sentencepiece\"");
+  const std::string empty_file = "\"model_file\": \"\"";
+  ASSERT_NE(config.find(empty_file), std::string::npos);
+  config.replace(config.find(empty_file), empty_file.size(), "\"model_file\": \"tok.model\"");
+  Write("config.json", config);
+  auto model = TitansModel::Load(dir_);
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ((*model)->tokenizer().type(), "sentencepiece");
+  EXPECT_EQ((*model)->tokenizer().vocab_size(), 64);
+  auto ids = (*model)->tokenizer().Encode("the memory remembers", false);
+  ASSERT_TRUE(ids.ok());
+  EXPECT_LT(ids->size(), 20u);  // subwords, not bytes
+  at::NoGradGuard no_grad;
+  SessionState s = (*model)->NewState();
+  at::Tensor t = at::tensor(std::vector<int64_t>(ids->begin(), ids->end())).unsqueeze(0);
+  ASSERT_TRUE((*model)->Forward(&s, t).ok());
+
+  std::filesystem::remove(dir_ + "/tok.model");
+  EXPECT_EQ(LoadStatus().code(), absl::StatusCode::kNotFound);
 }
 
 TEST(DefaultModel, ShippedModelLoadsAndGenerates) {
