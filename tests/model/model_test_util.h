@@ -96,19 +96,7 @@ inline double MaxStateDiff(const SessionState& a, const SessionState& b) {
   return worst;
 }
 
-inline const char* Name(Variant v) {
-  switch (v) {
-    case Variant::kMAC:
-      return "MAC";
-    case Variant::kMAG:
-      return "MAG";
-    case Variant::kMAL:
-      return "MAL";
-    case Variant::kLMM:
-      return "LMM";
-  }
-  return "?";
-}
+inline std::string Name(Variant v) { return std::string(VariantName(v)); }
 
 }  // namespace titans::testing
 
