@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "kernels/memory_kernel.h"
+
 namespace titans {
 namespace {
 
@@ -143,6 +145,100 @@ at::Tensor ChunkPiece(const MemorySpec& spec, MemoryState* st, const at::Tensor&
   return y;
 }
 
+bool KernelApplies(const MemoryState& st, const at::Tensor& k) {
+  if (at::GradMode::is_enabled() || !k.device().is_cpu() || k.scalar_type() != at::kFloat) {
+    return false;
+  }
+  return st.weights[0].device().is_cpu() && st.weights[0].scalar_type() == at::kFloat &&
+         st.pending_inputs[0].scalar_type() == at::kFloat;
+}
+
+// Inference on CPU: the fused kernel (kernels/memory_kernel.h), one task per group. Outputs go to
+// fresh tensors (the old state stays intact): weights / momentum only when a chunk closes,
+// pending rows into buffers with room for a whole chunk.
+at::Tensor KernelWriteRead(const MemorySpec& spec, MemoryState* st, const at::Tensor& k_in,
+                           const at::Tensor& v_in, const at::Tensor& q_in,
+                           const MemoryGates& gates_in) {
+  const int L = spec.depth;
+  const int64_t G = k_in.size(0), n = k_in.size(1), d = k_in.size(2);
+  const int64_t p = st->pending(), b = spec.chunk_size;
+  at::Tensor k = k_in.contiguous(), v = v_in.contiguous(), q = q_in.contiguous();
+  at::Tensor log_keep = gates_in.log_keep.contiguous(), log_eta = gates_in.log_eta.contiguous(),
+             theta = gates_in.theta.contiguous();
+  kernels::MemoryShape shape;
+  shape.depth = L;
+  shape.head_dim = static_cast<int>(d);
+  shape.hidden = L > 1 ? static_cast<int>(st->weights[0].size(1)) : static_cast<int>(d);
+  shape.chunk = spec.chunk_size;
+  shape.gelu = spec.activation == Activation::kGELU;
+  shape.residual = spec.residual;
+
+  const bool closes = p + n >= b;
+  const int64_t p_out = (p + n) % b;
+  std::vector<at::Tensor> w_in(L), s_in(L), w_out(L), s_out(L), z_in(L), d_in(L), z_out(L),
+      d_out(L);
+  for (int l = 0; l < L; ++l) {
+    w_in[l] = st->weights[l].contiguous();
+    s_in[l] = st->momentum[l].contiguous();
+    w_out[l] = closes ? at::empty_like(w_in[l]) : w_in[l];
+    s_out[l] = closes ? at::empty_like(s_in[l]) : s_in[l];
+    z_in[l] = st->pending_inputs[l];
+    d_in[l] = st->pending_deltas[l];
+    z_out[l] = at::empty({G, b, w_in[l].size(2)}, k.options());
+    d_out[l] = at::empty({G, b, w_in[l].size(1)}, k.options());
+    TORCH_CHECK(p == 0 || (z_in[l].stride(2) == 1 && z_in[l].stride(1) == z_in[l].size(2) &&
+                           d_in[l].stride(2) == 1 && d_in[l].stride(1) == d_in[l].size(2)),
+                "pending rows must be row-contiguous");
+  }
+  at::Tensor gates_prev =
+      at::stack({st->pending_gates.log_keep, st->pending_gates.log_eta, st->pending_gates.theta}, 2)
+          .contiguous();  // [G, p, 3]
+  at::Tensor gates_out = at::empty({G, b, 3}, k.options());
+  at::Tensor y = at::empty({G, n, d}, k.options());
+
+  std::vector<kernels::MemoryTask> tasks(G);
+  for (int64_t g = 0; g < G; ++g) {
+    kernels::MemoryTask& t = tasks[g];
+    for (int l = 0; l < L; ++l) {
+      t.weights_in[l] = w_in[l].data_ptr<float>() + g * w_in[l].stride(0);
+      t.momentum_in[l] = s_in[l].data_ptr<float>() + g * s_in[l].stride(0);
+      t.weights_out[l] = w_out[l].data_ptr<float>() + g * w_out[l].stride(0);
+      t.momentum_out[l] = s_out[l].data_ptr<float>() + g * s_out[l].stride(0);
+      if (p > 0) {
+        t.pending_inputs_in[l] = z_in[l].data_ptr<float>() + g * z_in[l].stride(0);
+        t.pending_deltas_in[l] = d_in[l].data_ptr<float>() + g * d_in[l].stride(0);
+      }
+      t.pending_inputs_out[l] = z_out[l].data_ptr<float>() + g * z_out[l].stride(0);
+      t.pending_deltas_out[l] = d_out[l].data_ptr<float>() + g * d_out[l].stride(0);
+    }
+    if (p > 0) t.pending_gates_in = gates_prev.data_ptr<float>() + g * gates_prev.stride(0);
+    t.pending_gates_out = gates_out.data_ptr<float>() + g * gates_out.stride(0);
+    t.pending_in = static_cast<int>(p);
+    t.n = static_cast<int>(n);
+    t.keys = k.data_ptr<float>() + g * n * d;
+    t.values = v.data_ptr<float>() + g * n * d;
+    t.queries = q.data_ptr<float>() + g * n * d;
+    t.kvq_stride = d;
+    t.log_keep = log_keep.data_ptr<float>() + g * n;
+    t.log_eta = log_eta.data_ptr<float>() + g * n;
+    t.theta = theta.data_ptr<float>() + g * n;
+    t.gate_stride = 1;
+    t.output = y.data_ptr<float>() + g * n * d;
+    t.output_stride = d;
+  }
+  kernels::RunMemoryTasks(shape, tasks.data(), G);
+
+  for (int l = 0; l < L; ++l) {
+    st->weights[l] = w_out[l];
+    st->momentum[l] = s_out[l];
+    st->pending_inputs[l] = z_out[l].slice(1, 0, p_out);
+    st->pending_deltas[l] = d_out[l].slice(1, 0, p_out);
+  }
+  at::Tensor g_out = gates_out.slice(1, 0, p_out);
+  st->pending_gates = MemoryGates{g_out.select(2, 0), g_out.select(2, 1), g_out.select(2, 2)};
+  return y;
+}
+
 }  // namespace
 
 std::vector<std::pair<int64_t, int64_t>> MemoryLayerShapes(int depth, int64_t head_dim,
@@ -182,6 +278,13 @@ at::Tensor MemoryRead(const MemorySpec& spec, const std::vector<at::Tensor>& wei
 
 at::Tensor MemoryWriteRead(const MemorySpec& spec, MemoryState* state, const at::Tensor& k,
                            const at::Tensor& v, const at::Tensor& q, const MemoryGates& gates) {
+  if (KernelApplies(*state, k)) return KernelWriteRead(spec, state, k, v, q, gates);
+  return MemoryWriteReadTorch(spec, state, k, v, q, gates);
+}
+
+at::Tensor MemoryWriteReadTorch(const MemorySpec& spec, MemoryState* state, const at::Tensor& k,
+                                const at::Tensor& v, const at::Tensor& q,
+                                const MemoryGates& gates) {
   const int64_t n = k.size(1);
   std::vector<at::Tensor> outputs;
   int64_t begin = 0;

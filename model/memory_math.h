@@ -69,8 +69,14 @@ at::Tensor MemoryRead(const MemorySpec& spec, const std::vector<at::Tensor>& wei
 // q [G, n, d] with read-after-write semantics: y_t = M_{Phi_t}(q_t), where Phi_t already holds
 // token t. Handles any n: tokens are split at absolute chunk boundaries, each full chunk is closed
 // (Phi_b, S_b materialised) and the rest stays pending. Returns y [G, n, d]; updates *state.
+// Float32 CPU inference (no autograd) runs the fused kernel (kernels/memory_kernel.h); anything
+// else (training, double, CUDA) runs MemoryWriteReadTorch.
 at::Tensor MemoryWriteRead(const MemorySpec& spec, MemoryState* state, const at::Tensor& k,
                            const at::Tensor& v, const at::Tensor& q, const MemoryGates& gates);
+
+// The same in plain LibTorch ops: differentiable, any dtype / device; the kernels' reference.
+at::Tensor MemoryWriteReadTorch(const MemorySpec& spec, MemoryState* state, const at::Tensor& k,
+                                const at::Tensor& v, const at::Tensor& q, const MemoryGates& gates);
 
 }  // namespace titans
 

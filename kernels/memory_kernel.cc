@@ -1,0 +1,90 @@
+#include "kernels/memory_kernel.h"
+
+#include "kernels/thread_pool.h"
+
+namespace titans::kernels {
+
+// One RunTasks per ISA, from memory_kernel_impl.h compiled with different target flags.
+namespace avx512 {
+void RunTasks(const MemoryShape&, const MemoryTask*, int64_t, int64_t);
+}
+namespace avx2 {
+void RunTasks(const MemoryShape&, const MemoryTask*, int64_t, int64_t);
+}
+namespace generic {
+void RunTasks(const MemoryShape&, const MemoryTask*, int64_t, int64_t);
+}
+
+namespace {
+
+using RunFn = void (*)(const MemoryShape&, const MemoryTask*, int64_t, int64_t);
+
+struct Isa {
+  const char* name;
+  RunFn run;
+};
+
+Isa ChooseIsa() {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) {
+    return {"avx512", &avx512::RunTasks};
+  }
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    return {"avx2", &avx2::RunTasks};
+  }
+  return {"generic", &generic::RunTasks};
+}
+
+const Isa& ActiveIsa() {
+  static const Isa isa = ChooseIsa();
+  return isa;
+}
+
+}  // namespace
+
+void RunMemoryTasks(const MemoryShape& shape, const MemoryTask* tasks, int64_t count,
+                    int num_threads) {
+  const RunFn run = ActiveIsa().run;
+  ThreadPool& pool = ThreadPool::Default();
+  pool.ParallelFor(count, num_threads > 0 ? num_threads : pool.size(),
+                   [&](int64_t begin, int64_t end) { run(shape, tasks, begin, end); });
+}
+
+std::string MemoryKernelIsa() { return ActiveIsa().name; }
+
+bool RunMemoryTasksOnIsa(const std::string& isa, const MemoryShape& shape, const MemoryTask* tasks,
+                         int64_t count) {
+  __builtin_cpu_init();
+  RunFn run = nullptr;
+  if (isa == "avx512" && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) {
+    run = &avx512::RunTasks;
+  } else if (isa == "avx2" && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    run = &avx2::RunTasks;
+  } else if (isa == "generic") {
+    run = &generic::RunTasks;
+  }
+  if (run == nullptr) return false;
+  run(shape, tasks, 0, count);
+  return true;
+}
+
+double MemoryTaskFlops(const MemoryShape& s, int pending_in, int n) {
+  double flops = 0;
+  int p = pending_in;
+  for (int t0 = 0; t0 < n;) {
+    const int cnt = std::min(n - t0, s.chunk - p), m = p + cnt;
+    for (int l = 0; l < s.depth; ++l) {
+      const double w = static_cast<double>(s.weight_size(l));
+      flops += 2.0 * cnt * w;                                          // keys forward
+      if (l + 1 < s.depth) flops += 2.0 * cnt * s.weight_size(l + 1);  // deltas backward
+      flops += 2.0 * 2.0 * cnt * w;                                    // queries: H W^T and H S^T
+      flops += 2.0 * cnt * m * (s.in(l) + s.out(l));                   // scores and scores * Delta
+      if (m == s.chunk) flops += 2.0 * 2.0 * m * w;                    // close: W_b and S_b
+    }
+    p = m == s.chunk ? 0 : m;
+    t0 += cnt;
+  }
+  return flops;
+}
+
+}  // namespace titans::kernels

@@ -1,0 +1,50 @@
+// A small fixed pool of worker threads for the kernels' "parallel for". Work is split into
+// contiguous static ranges, so which thread runs an item never changes its result.
+// Thread safety: ParallelFor may be called from several threads; calls are serialised.
+#ifndef TITANS_KERNELS_THREAD_POOL_H_
+#define TITANS_KERNELS_THREAD_POOL_H_
+
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace titans::kernels {
+
+class ThreadPool {
+ public:
+  // Starts `threads - 1` workers (the caller is the last one). threads >= 1.
+  explicit ThreadPool(int threads);
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  int size() const { return static_cast<int>(workers_.size()) + 1; }
+
+  // Calls fn(begin, end) on up to `max_parts` disjoint ranges covering [0, count) and returns when
+  // all are done. Ranges are split evenly by count.
+  void ParallelFor(int64_t count, int max_parts, const std::function<void(int64_t, int64_t)>& fn);
+
+  // The process-wide pool, sized to the hardware threads.
+  static ThreadPool& Default();
+
+ private:
+  void WorkerLoop(int index);
+
+  std::mutex call_mu_;  // one ParallelFor at a time
+  std::mutex mu_;
+  std::condition_variable start_cv_, done_cv_;
+  std::vector<std::thread> workers_;
+  const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
+  int64_t count_ = 0;
+  int parts_ = 0;
+  int pending_ = 0;
+  uint64_t generation_ = 0;
+  bool stop_ = false;
+};
+
+}  // namespace titans::kernels
+
+#endif  // TITANS_KERNELS_THREAD_POOL_H_
