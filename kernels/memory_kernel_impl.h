@@ -21,11 +21,11 @@
 namespace titans::kernels::TITANS_KERNEL_ISA {
 namespace {
 
-// C[M x N] (+)= alpha * A[M x K] * B[K x N]; all row-major with leading dimensions.
+// C[M x N] (+)= alpha * A[M x K] * B[K x N] for the rows / columns outside full 4 x 32 tiles.
 // Four rows of B per pass so each load / store of a C row feeds four FMAs.
-inline void MatMulNN(int M, int N, int K, const float* __restrict A, int lda,
-                     const float* __restrict B, int ldb, float* __restrict C, int ldc, float alpha,
-                     bool accumulate) {
+inline void MatMulNNSimple(int M, int N, int K, const float* __restrict A, int lda,
+                           const float* __restrict B, int ldb, float* __restrict C, int ldc,
+                           float alpha, bool accumulate) {
   for (int m = 0; m < M; ++m) {
     float* __restrict c = C + int64_t{m} * ldc;
     const float* a = A + int64_t{m} * lda;
@@ -48,15 +48,67 @@ inline void MatMulNN(int M, int N, int K, const float* __restrict A, int lda,
   }
 }
 
-// C[M x N] = A[M x K] * B[N x K]^T (dot form; for few rows, avoids transposing B).
+// One 4 x 32 tile of C kept in registers across the whole K loop: each row of B loaded once
+// feeds four rows of FMAs (constant bounds, so the compiler unrolls into vector registers).
+constexpr int kTileRows = 4, kTileCols = 32;
+inline void MatMulNNTile(int K, const float* __restrict A, int lda, const float* __restrict B,
+                         int ldb, float* __restrict C, int ldc, float alpha, bool accumulate) {
+  float acc[kTileRows][kTileCols];
+  for (int r = 0; r < kTileRows; ++r) {
+    for (int j = 0; j < kTileCols; ++j) acc[r][j] = accumulate ? C[int64_t{r} * ldc + j] : 0.0f;
+  }
+  for (int k = 0; k < K; ++k) {
+    const float* __restrict b = B + int64_t{k} * ldb;
+    for (int r = 0; r < kTileRows; ++r) {
+      const float a = alpha * A[int64_t{r} * lda + k];
+      for (int j = 0; j < kTileCols; ++j) acc[r][j] += a * b[j];
+    }
+  }
+  for (int r = 0; r < kTileRows; ++r) {
+    for (int j = 0; j < kTileCols; ++j) C[int64_t{r} * ldc + j] = acc[r][j];
+  }
+}
+
+// C[M x N] (+)= alpha * A[M x K] * B[K x N]; all row-major with leading dimensions. The result
+// of each element depends only on (M, N, K) and the data, never on other tasks.
+inline void MatMulNN(int M, int N, int K, const float* __restrict A, int lda,
+                     const float* __restrict B, int ldb, float* __restrict C, int ldc, float alpha,
+                     bool accumulate) {
+  const int m_tiles = M / kTileRows * kTileRows, n_tiles = N / kTileCols * kTileCols;
+  for (int m = 0; m < m_tiles; m += kTileRows) {
+    for (int n = 0; n < n_tiles; n += kTileCols) {
+      MatMulNNTile(K, A + int64_t{m} * lda, lda, B + n, ldb, C + int64_t{m} * ldc + n, ldc, alpha,
+                   accumulate);
+    }
+    if (n_tiles < N) {
+      MatMulNNSimple(kTileRows, N - n_tiles, K, A + int64_t{m} * lda, lda, B + n_tiles, ldb,
+                     C + int64_t{m} * ldc + n_tiles, ldc, alpha, accumulate);
+    }
+  }
+  if (m_tiles < M) {
+    MatMulNNSimple(M - m_tiles, N, K, A + int64_t{m_tiles} * lda, lda, B, ldb,
+                   C + int64_t{m_tiles} * ldc, ldc, alpha, accumulate);
+  }
+}
+
+// C[M x N] = A[M x K] * B[N x K]^T (dot form; for few rows, avoids transposing B). Sixteen
+// independent partial sums per dot product, so the compiler can vectorise it without
+// reassociating (the order of additions is fixed by this code, not by the ISA).
 inline void MatMulNT(int M, int N, int K, const float* __restrict A, int lda,
                      const float* __restrict B, int ldb, float* __restrict C, int ldc) {
+  constexpr int kLanes = 16;
   for (int m = 0; m < M; ++m) {
     const float* __restrict a = A + int64_t{m} * lda;
     for (int n = 0; n < N; ++n) {
       const float* __restrict b = B + int64_t{n} * ldb;
+      float lanes[kLanes] = {};
+      int k = 0;
+      for (; k + kLanes <= K; k += kLanes) {
+        for (int j = 0; j < kLanes; ++j) lanes[j] += a[k + j] * b[k + j];
+      }
       float acc = 0;
-      for (int k = 0; k < K; ++k) acc += a[k] * b[k];
+      for (; k < K; ++k) acc += a[k] * b[k];
+      for (int j = 0; j < kLanes; ++j) acc += lanes[j];
       C[int64_t{m} * ldc + n] = acc;
     }
   }
@@ -69,20 +121,44 @@ inline void Transpose(int rows, int cols, const float* __restrict src, float* __
   }
 }
 
-// C[M x N] = A[M x K] * W^T for W [N x K]: dot form for few rows, else transpose + NN.
-inline void TimesTransposed(int M, int N, int K, const float* A, int lda, const float* W, float* C,
-                            int ldc, float* transpose_scratch) {
+// C[M x N] = A[M x K] * W^T for W [N x K]: the dot form for fewer than 4 rows, else the GEMM
+// over w_t = W^T [K x N], which the caller has transposed (and may reuse).
+inline void TimesTransposedOnce(int M, int N, int K, const float* A, int lda, const float* W,
+                                const float* w_t, float* C, int ldc) {
   if (M < 4) {
     MatMulNT(M, N, K, A, lda, W, K, C, ldc);
   } else {
-    Transpose(N, K, W, transpose_scratch);  // [K x N]
-    MatMulNN(M, N, K, A, lda, transpose_scratch, N, C, ldc, 1.0f, false);
+    MatMulNN(M, N, K, A, lda, w_t, N, C, ldc, 1.0f, false);
   }
 }
 
+// exp(x) for float, branch-free so the loops that call it vectorise (libm's expf does not):
+// x = n ln2 + r, |r| <= ln2/2, e^r by a degree-6 polynomial, 2^n through the exponent bits.
+// Relative error < 3e-7 over the float range; inputs below -87 flush to 0, above 88 saturate.
+inline float FastExp(float x) {
+  x = std::min(88.0f, std::max(-87.0f, x));
+  const float n = std::nearbyint(x * 1.44269504088896341f);
+  const float r = x - n * 0.693145751953125f - n * 1.428606765330187e-06f;
+  float p = 1.0f / 720;
+  p = p * r + 1.0f / 120;
+  p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  int32_t bits;
+  std::memcpy(&bits, &p, sizeof(bits));
+  bits += static_cast<int32_t>(n) << 23;
+  float out;
+  std::memcpy(&out, &bits, sizeof(out));
+  return out;
+}
+
+inline float Sigmoid(float a) { return 1.0f / (1.0f + FastExp(-a)); }
+
 inline float Activate(bool gelu, float a) {
   if (gelu) return 0.5f * a * (1.0f + std::erf(a * 0.70710678118654752f));
-  return a / (1.0f + std::exp(-a));
+  return a * Sigmoid(a);
 }
 
 inline float ActivationGrad(bool gelu, float a) {
@@ -90,19 +166,42 @@ inline float ActivationGrad(bool gelu, float a) {
     return 0.5f * (1.0f + std::erf(a * 0.70710678118654752f)) +
            a * std::exp(-0.5f * a * a) * 0.39894228040143268f;
   }
-  const float s = 1.0f / (1.0f + std::exp(-a));
+  const float s = Sigmoid(a);
   return s * (1.0f + a * (1.0f - s));
 }
 
+// act(x) over n values (the SiLU branch is a separate loop so it vectorises).
+inline void ActivateAll(bool gelu, const float* __restrict in, float* __restrict out, int64_t n) {
+  if (gelu) {
+    for (int64_t i = 0; i < n; ++i) out[i] = Activate(true, in[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) out[i] = in[i] * Sigmoid(in[i]);
+  }
+}
+
+// d[i] *= act'(pre[i]).
+inline void MultiplyActivationGrad(bool gelu, const float* __restrict pre, float* __restrict d,
+                                   int64_t n) {
+  if (gelu) {
+    for (int64_t i = 0; i < n; ++i) d[i] *= ActivationGrad(true, pre[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      const float s = Sigmoid(pre[i]);
+      d[i] *= s * (1.0f + pre[i] * (1.0f - s));
+    }
+  }
+}
+
 struct Scratch {
-  std::vector<float> pre[kMaxMemoryDepth];  // [b x out_l] key pre-activations
-  std::vector<float> hq, next;              // [b x max width] query activations
-  std::vector<float> tmp_w, tmp_s;          // [b x max width]
-  std::vector<float> scores;                // [b x b]
-  std::vector<float> transposed;            // [max weight]
-  std::vector<float> coef_w, coef_s;        // [max out x b] close coefficients (Delta^T scaled)
-  std::vector<float> row_w, row_s;          // [max in]
-  std::vector<double> lb, lm, E, R, G, beta, f;
+  std::vector<float> pre[kMaxMemoryDepth];        // [b x out_l] key pre-activations
+  std::vector<float> hq, next;                    // [b x max width] query activations
+  std::vector<float> tmp_w, tmp_s;                // [b x max width]
+  std::vector<float> scores;                      // [b x b]
+  std::vector<float> transposed;                  // [max weight]
+  std::vector<float> weights_t[kMaxMemoryDepth];  // W_l^T of the current piece
+  std::vector<float> coef_w, coef_s;  // [max out x b] close coefficients (Delta^T scaled)
+  std::vector<float> new_w, new_s;    // [max weight] the closed chunk's matrices
+  std::vector<double> keep, eta, E, R, G, beta, f;  // gates in linear space, coefficients
 
   void Resize(const MemoryShape& s) {
     const int b = s.chunk, wide = std::max(s.head_dim, s.hidden);
@@ -110,11 +209,12 @@ struct Scratch {
     for (auto* v : {&hq, &next, &tmp_w, &tmp_s}) v->resize(int64_t{b} * wide);
     scores.resize(int64_t{b} * b);
     transposed.resize(int64_t{wide} * wide);
+    for (int l = 0; l < s.depth; ++l) weights_t[l].resize(s.weight_size(l));
     coef_w.resize(int64_t{wide} * b);
     coef_s.resize(int64_t{wide} * b);
-    row_w.resize(wide);
-    row_s.resize(wide);
-    for (auto* v : {&lb, &lm, &beta, &f}) v->resize(b);
+    new_w.resize(int64_t{wide} * wide);
+    new_s.resize(int64_t{wide} * wide);
+    for (auto* v : {&keep, &eta, &beta, &f}) v->resize(b);
     for (auto* v : {&E, &R, &G}) v->resize(int64_t{b} * b);
   }
 };
@@ -159,11 +259,12 @@ void RunTask(const MemoryShape& s, const MemoryTask& task, Scratch& sc) {
     for (int l = 0; l < L; ++l) {
       const int in = s.in(l), out = s.out(l);
       float* pre = sc.pre[l].data();
-      TimesTransposed(cnt, out, in, Z[l] + int64_t{p} * in, in, W[l], pre, out,
-                      sc.transposed.data());
+      // W^T is kept for the query read of the same piece (step 4).
+      if (cnt >= 4) Transpose(out, in, W[l], sc.weights_t[l].data());
+      TimesTransposedOnce(cnt, out, in, Z[l] + int64_t{p} * in, in, W[l], sc.weights_t[l].data(),
+                          pre, out);
       if (l + 1 < L) {
-        float* next_in = Z[l + 1] + int64_t{p} * out;
-        for (int64_t i = 0; i < int64_t{cnt} * out; ++i) next_in[i] = Activate(s.gelu, pre[i]);
+        ActivateAll(s.gelu, pre, Z[l + 1] + int64_t{p} * out, int64_t{cnt} * out);
       }
     }
     // 2. Deltas of l = 1/2 ||M(k) - v||^2 at Phi_0, backward through the layers.
@@ -184,8 +285,7 @@ void RunTask(const MemoryShape& s, const MemoryTask& task, Scratch& sc) {
       float* d = D[l] + int64_t{p} * out;
       MatMulNN(cnt, out, out_next, D[l + 1] + int64_t{p} * out_next, out_next, W[l + 1], out, d,
                out, 1.0f, false);
-      const float* pre = sc.pre[l].data();
-      for (int64_t i = 0; i < int64_t{cnt} * out; ++i) d[i] *= ActivationGrad(s.gelu, pre[i]);
+      MultiplyActivationGrad(s.gelu, sc.pre[l].data(), d, int64_t{cnt} * out);
     }
     // 3. Gates and coefficients over the m rows of the open chunk.
     for (int t = 0; t < cnt; ++t) {
@@ -193,25 +293,25 @@ void RunTask(const MemoryShape& s, const MemoryTask& task, Scratch& sc) {
       gates[(p + t) * 3 + 1] = task.log_eta[(t0 + t) * task.gate_stride];
       gates[(p + t) * 3 + 2] = task.theta[(t0 + t) * task.gate_stride];
     }
-    double acc_b = 0, acc_m = 0;
+    // E[t, i] = prod_{i < u <= t} (1 - alpha_u) and R[i, j] = prod_{j < u <= i} eta_u as running
+    // products (every factor in (0, 1], no division); f_t = sum_i E[t, i] m_i, m_i = R[i, 0] eta_0.
     for (int i = 0; i < m; ++i) {
-      acc_b += gates[i * 3 + 0];
-      acc_m += gates[i * 3 + 1];
-      sc.lb[i] = acc_b;
-      sc.lm[i] = acc_m;
+      sc.keep[i] = std::exp(static_cast<double>(gates[i * 3 + 0]));  // 1 - alpha_i
+      sc.eta[i] = std::exp(static_cast<double>(gates[i * 3 + 1]));   // eta_i
     }
     for (int i = 0; i < m; ++i) {
-      for (int j = 0; j <= i; ++j) sc.R[i * b + j] = std::exp(sc.lm[i] - sc.lm[j]);
+      double* R = &sc.R[i * b];
+      R[i] = 1.0;
+      for (int j = i - 1; j >= 0; --j) R[j] = R[j + 1] * sc.eta[j + 1];
     }
+    for (int i = 0; i < m; ++i) sc.beta[i] = (i ? sc.beta[i - 1] : 1.0) * sc.keep[i];  // beta_i
     for (int t = p; t < m; ++t) {  // rows read now; row m-1 also closes the chunk
       double* E = &sc.E[t * b];
+      E[t] = 1.0;
+      for (int i = t - 1; i >= 0; --i) E[i] = E[i + 1] * sc.keep[i + 1];
       double f = 0;
-      for (int i = 0; i <= t; ++i) {
-        E[i] = std::exp(sc.lb[t] - sc.lb[i]);
-        f += E[i] * std::exp(sc.lm[i]);
-      }
+      for (int i = 0; i <= t; ++i) f += E[i] * sc.R[i * b] * sc.eta[0];
       sc.f[t] = f;
-      sc.beta[t] = std::exp(sc.lb[t]);
       for (int j = 0; j <= t; ++j) {
         double g = 0;
         for (int i = j; i <= t; ++i) g += E[i] * sc.R[i * b + j];
@@ -229,8 +329,9 @@ void RunTask(const MemoryShape& s, const MemoryTask& task, Scratch& sc) {
     for (int l = 0; l < L; ++l) {
       const int in = s.in(l), out = s.out(l);
       float* a = sc.next.data();
-      TimesTransposed(cnt, out, in, hq, in, W[l], sc.tmp_w.data(), out, sc.transposed.data());
-      TimesTransposed(cnt, out, in, hq, in, S[l], sc.tmp_s.data(), out, sc.transposed.data());
+      TimesTransposedOnce(cnt, out, in, hq, in, W[l], sc.weights_t[l].data(), sc.tmp_w.data(), out);
+      if (cnt >= 4) Transpose(out, in, S[l], sc.transposed.data());
+      TimesTransposedOnce(cnt, out, in, hq, in, S[l], sc.transposed.data(), sc.tmp_s.data(), out);
       for (int t = 0; t < cnt; ++t) {
         const float bt = static_cast<float>(sc.beta[p + t]), ft = static_cast<float>(sc.f[p + t]);
         const float* tw = sc.tmp_w.data() + int64_t{t} * out;
@@ -247,7 +348,7 @@ void RunTask(const MemoryShape& s, const MemoryTask& task, Scratch& sc) {
       }
       MatMulNN(cnt, out, m, sc.scores.data(), m, D[l], out, a, out, -1.0f, true);
       if (l + 1 < L) {
-        for (int64_t i = 0; i < int64_t{cnt} * out; ++i) hq[i] = Activate(s.gelu, a[i]);
+        ActivateAll(s.gelu, a, hq, int64_t{cnt} * out);
       } else {
         for (int t = 0; t < cnt; ++t) {
           float* y = task.output + (t0 + t) * task.output_stride;
@@ -259,7 +360,8 @@ void RunTask(const MemoryShape& s, const MemoryTask& task, Scratch& sc) {
 
     // 5. Close the chunk: materialise Phi_b and S_b, row by row (safe in place).
     if (m == b) {
-      const double beta_b = sc.beta[m - 1], f_b = sc.f[m - 1], m_b = std::exp(sc.lm[m - 1]);
+      const double beta_b = sc.beta[m - 1], f_b = sc.f[m - 1];
+      const double m_b = sc.R[(m - 1) * b] * sc.eta[0];
       for (int l = 0; l < L; ++l) {
         const int in = s.in(l), out = s.out(l);
         // coef_w[o, j] = Delta[j, o] * G[b-1, j];  coef_s[o, j] = Delta[j, o] * theta_j m_b / m_j.
@@ -273,20 +375,22 @@ void RunTask(const MemoryShape& s, const MemoryTask& task, Scratch& sc) {
         }
         float* w_out = task.weights_out[l];
         float* s_out = task.momentum_out[l];
-        for (int o = 0; o < out; ++o) {
-          const float* w = W[l] + int64_t{o} * in;
-          const float* sm = S[l] + int64_t{o} * in;
-          float* rw = sc.row_w.data();
-          float* rs = sc.row_s.data();
-          for (int i = 0; i < in; ++i) {
-            rw[i] = static_cast<float>(beta_b) * w[i] + static_cast<float>(f_b) * sm[i];
-            rs[i] = static_cast<float>(m_b) * sm[i];
-          }
-          MatMulNN(1, in, m, &sc.coef_w[int64_t{o} * m], m, Z[l], in, rw, in, -1.0f, true);
-          MatMulNN(1, in, m, &sc.coef_s[int64_t{o} * m], m, Z[l], in, rs, in, -1.0f, true);
-          std::memcpy(w_out + int64_t{o} * in, rw, sizeof(float) * in);
-          std::memcpy(s_out + int64_t{o} * in, rs, sizeof(float) * in);
+        // Build the new matrices in scratch, then copy: the output may alias W / S.
+        float* nw = sc.new_w.data();
+        float* ns = sc.new_s.data();
+        const int64_t size = int64_t{out} * in;
+        const float bb = static_cast<float>(beta_b), fb = static_cast<float>(f_b),
+                    mb = static_cast<float>(m_b);
+        const float* __restrict w = W[l];
+        const float* __restrict sm = S[l];
+        for (int64_t i = 0; i < size; ++i) {
+          nw[i] = bb * w[i] + fb * sm[i];
+          ns[i] = mb * sm[i];
         }
+        MatMulNN(out, in, m, sc.coef_w.data(), m, Z[l], in, nw, in, -1.0f, true);
+        MatMulNN(out, in, m, sc.coef_s.data(), m, Z[l], in, ns, in, -1.0f, true);
+        std::memcpy(w_out, nw, sizeof(float) * size);
+        std::memcpy(s_out, ns, sizeof(float) * size);
         W[l] = w_out;
         S[l] = s_out;
       }
