@@ -15,6 +15,13 @@
 #include <cstdint>
 #include <string>
 
+// Shape helpers are also used on the device by memory_kernel.cu.
+#ifdef __CUDACC__
+#define TITANS_HOST_DEVICE __host__ __device__
+#else
+#define TITANS_HOST_DEVICE
+#endif
+
 namespace titans::kernels {
 
 constexpr int kMaxMemoryDepth = 4;
@@ -27,10 +34,10 @@ struct MemoryShape {
   bool gelu = false;  // activation: SiLU (false) or GELU, erf form (true)
   bool residual = false;
 
-  int in(int l) const { return l == 0 ? head_dim : hidden; }
-  int out(int l) const { return l + 1 == depth ? head_dim : hidden; }
+  TITANS_HOST_DEVICE int in(int l) const { return l == 0 ? head_dim : hidden; }
+  TITANS_HOST_DEVICE int out(int l) const { return l + 1 == depth ? head_dim : hidden; }
   // Floats in one layer's weight matrix [out, in].
-  int64_t weight_size(int l) const { return int64_t{in(l)} * out(l); }
+  TITANS_HOST_DEVICE int64_t weight_size(int l) const { return int64_t{in(l)} * out(l); }
 };
 
 // One group's work. Weights are row-major [out_l, in_l]; pending rows are row-major

@@ -75,15 +75,16 @@ inline void MatMulNN(int M, int N, int K, const float* __restrict A, int lda,
                      const float* __restrict B, int ldb, float* __restrict C, int ldc, float alpha,
                      bool accumulate) {
   const int m_tiles = M / kTileRows * kTileRows, n_tiles = N / kTileCols * kTileCols;
-  for (int m = 0; m < m_tiles; m += kTileRows) {
-    for (int n = 0; n < n_tiles; n += kTileCols) {
+  // Column panels outside, row tiles inside: a K x 32 panel of B stays in L1 for all rows.
+  for (int n = 0; n < n_tiles; n += kTileCols) {
+    for (int m = 0; m < m_tiles; m += kTileRows) {
       MatMulNNTile(K, A + int64_t{m} * lda, lda, B + n, ldb, C + int64_t{m} * ldc + n, ldc, alpha,
                    accumulate);
     }
-    if (n_tiles < N) {
-      MatMulNNSimple(kTileRows, N - n_tiles, K, A + int64_t{m} * lda, lda, B + n_tiles, ldb,
-                     C + int64_t{m} * ldc + n_tiles, ldc, alpha, accumulate);
-    }
+  }
+  if (n_tiles < N && m_tiles > 0) {
+    MatMulNNSimple(m_tiles, N - n_tiles, K, A, lda, B + n_tiles, ldb, C + n_tiles, ldc, alpha,
+                   accumulate);
   }
   if (m_tiles < M) {
     MatMulNNSimple(M - m_tiles, N, K, A + int64_t{m_tiles} * lda, lda, B, ldb,
@@ -114,10 +115,17 @@ inline void MatMulNT(int M, int N, int K, const float* __restrict A, int lda,
   }
 }
 
-// dst[cols x rows] = src[rows x cols]^T.
+// dst[cols x rows] = src[rows x cols]^T, in 16 x 16 blocks so both sides stay in cache lines.
 inline void Transpose(int rows, int cols, const float* __restrict src, float* __restrict dst) {
-  for (int r = 0; r < rows; ++r) {
-    for (int c = 0; c < cols; ++c) dst[int64_t{c} * rows + r] = src[int64_t{r} * cols + c];
+  constexpr int kBlock = 16;
+  for (int r0 = 0; r0 < rows; r0 += kBlock) {
+    const int r1 = std::min(rows, r0 + kBlock);
+    for (int c0 = 0; c0 < cols; c0 += kBlock) {
+      const int c1 = std::min(cols, c0 + kBlock);
+      for (int r = r0; r < r1; ++r) {
+        for (int c = c0; c < c1; ++c) dst[int64_t{c} * rows + r] = src[int64_t{r} * cols + c];
+      }
+    }
   }
 }
 

@@ -3,6 +3,11 @@
 #include <cmath>
 
 #include "kernels/memory_kernel.h"
+#include "kernels/memory_kernel_cuda.h"
+
+#ifdef TITANS_WITH_CUDA
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 namespace titans {
 namespace {
@@ -145,15 +150,40 @@ at::Tensor ChunkPiece(const MemorySpec& spec, MemoryState* st, const at::Tensor&
   return y;
 }
 
+// Inference in float32 runs the fused kernels: on CPU always, on CUDA when this build has them
+// (and LibTorch has CUDA). Training (autograd), double precision and anything else run the
+// plain LibTorch form.
 bool KernelApplies(const MemoryState& st, const at::Tensor& k) {
-  if (at::GradMode::is_enabled() || !k.device().is_cpu() || k.scalar_type() != at::kFloat) {
+  if (at::GradMode::is_enabled() || k.scalar_type() != at::kFloat ||
+      st.weights[0].scalar_type() != at::kFloat ||
+      st.pending_inputs[0].scalar_type() != at::kFloat || st.weights[0].device() != k.device()) {
     return false;
   }
-  return st.weights[0].device().is_cpu() && st.weights[0].scalar_type() == at::kFloat &&
-         st.pending_inputs[0].scalar_type() == at::kFloat;
+  if (k.device().is_cpu()) return true;
+#ifdef TITANS_WITH_CUDA
+  return k.device().is_cuda() && kernels::CudaKernelsBuilt();
+#else
+  return false;
+#endif
 }
 
-// Inference on CPU: the fused kernel (kernels/memory_kernel.h), one task per group. Outputs go to
+void RunTasks(const kernels::MemoryShape& shape, const std::vector<kernels::MemoryTask>& tasks,
+              const at::Device& device) {
+  if (device.is_cpu()) {
+    kernels::RunMemoryTasks(shape, tasks.data(), static_cast<int64_t>(tasks.size()));
+    return;
+  }
+#ifdef TITANS_WITH_CUDA
+  const std::string error =
+      kernels::RunMemoryTasksCuda(shape, tasks.data(), static_cast<int64_t>(tasks.size()),
+                                  c10::cuda::getCurrentCUDAStream(device.index()).stream());
+  TORCH_CHECK(error.empty(), error);
+#else
+  TORCH_CHECK(false, "no CUDA kernels in this build");
+#endif
+}
+
+// Inference: the fused kernel (kernels/memory_kernel.h), one task per group. Outputs go to
 // fresh tensors (the old state stays intact): weights / momentum only when a chunk closes,
 // pending rows into buffers with room for a whole chunk.
 at::Tensor KernelWriteRead(const MemorySpec& spec, MemoryState* st, const at::Tensor& k_in,
@@ -226,7 +256,7 @@ at::Tensor KernelWriteRead(const MemorySpec& spec, MemoryState* st, const at::Te
     t.output = y.data_ptr<float>() + g * n * d;
     t.output_stride = d;
   }
-  kernels::RunMemoryTasks(shape, tasks.data(), G);
+  RunTasks(shape, tasks, k.device());
 
   for (int l = 0; l < L; ++l) {
     st->weights[l] = w_out[l];

@@ -26,9 +26,14 @@
 #include <vector>
 
 #include "kernels/memory_kernel.h"
+#include "kernels/memory_kernel_cuda.h"
 #include "kernels/state_pool.h"
 #include "kernels/thread_pool.h"
 #include "model/memory_math.h"
+
+#ifdef TITANS_WITH_CUDA_KERNELS
+#include <cuda_runtime_api.h>
+#endif
 
 namespace titans::kernels {
 namespace {
@@ -159,6 +164,78 @@ void BM_Reference(benchmark::State& state, std::string shape_name, int tokens) {
   SetCounters(state, s, sessions, tokens, flops / std::max<double>(1, state.iterations()));
 }
 
+#ifdef TITANS_WITH_CUDA_KERNELS
+// The CUDA kernel: every session's state and inputs in device memory, one launch per step.
+void BM_CudaKernel(benchmark::State& state, std::string shape_name, int tokens) {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    state.SkipWithError("no GPU");
+    return;
+  }
+  const MemoryShape s = ShapeNamed(shape_name);
+  const int sessions = static_cast<int>(state.range(0));
+  const int64_t tasks_n = int64_t{sessions} * kHeads;
+  // Per task: W, S per layer, pending rows, gates; then inputs and outputs.
+  int64_t per_task = 3 * int64_t{s.chunk};
+  for (int l = 0; l < s.depth; ++l) {
+    per_task += 2 * s.weight_size(l) + int64_t{s.chunk} * (s.in(l) + s.out(l));
+  }
+  per_task += int64_t{tokens} * (4 * s.head_dim + 3);
+  float* base = nullptr;
+  const size_t bytes = sizeof(float) * per_task * tasks_n;
+  if (cudaMalloc(reinterpret_cast<void**>(&base), bytes) != cudaSuccess) {
+    state.SkipWithError("cudaMalloc failed");
+    return;
+  }
+  // Small random-ish contents: weights 0.01, inputs 0.1, gates mild.
+  std::vector<float> host(per_task * tasks_n, 0.01f);
+  cudaMemcpy(base, host.data(), bytes, cudaMemcpyHostToDevice);
+  std::vector<MemoryTask> tasks(tasks_n);
+  for (int64_t i = 0; i < tasks_n; ++i) {
+    float* p = base + i * per_task;
+    MemoryTask& t = tasks[i];
+    for (int l = 0; l < s.depth; ++l) {
+      t.weights_in[l] = t.weights_out[l] = p;
+      p += s.weight_size(l);
+      t.momentum_in[l] = t.momentum_out[l] = p;
+      p += s.weight_size(l);
+      t.pending_inputs_in[l] = t.pending_inputs_out[l] = p;
+      p += int64_t{s.chunk} * s.in(l);
+      t.pending_deltas_in[l] = t.pending_deltas_out[l] = p;
+      p += int64_t{s.chunk} * s.out(l);
+    }
+    t.pending_gates_in = t.pending_gates_out = p;
+    p += 3 * s.chunk;
+    t.n = tokens;
+    t.keys = p;
+    t.values = p + int64_t{tokens} * s.head_dim;
+    t.queries = p + 2 * int64_t{tokens} * s.head_dim;
+    t.output = const_cast<float*>(p + 3 * int64_t{tokens} * s.head_dim);
+    t.kvq_stride = t.output_stride = s.head_dim;
+    const float* g = p + 4 * int64_t{tokens} * s.head_dim;
+    t.log_keep = g;
+    t.log_eta = g + tokens;
+    t.theta = g + 2 * tokens;
+    t.gate_stride = 1;
+  }
+  int pending = 0;
+  double flops = 0;
+  for (auto _ : state) {
+    for (MemoryTask& t : tasks) t.pending_in = pending;
+    flops += StepFlops(s, sessions, tokens, pending);
+    const std::string err = RunMemoryTasksCuda(s, tasks.data(), tasks_n, nullptr);
+    cudaDeviceSynchronize();
+    if (!err.empty()) {
+      state.SkipWithError(err.c_str());
+      break;
+    }
+    pending = (pending + tokens) % s.chunk;
+  }
+  cudaFree(base);
+  SetCounters(state, s, sessions, tokens, flops / std::max<double>(1, state.iterations()));
+}
+#endif
+
 void BM_PeakSgemm2048(benchmark::State& state) {
   at::Tensor a = torch::randn({2048, 2048}), b = torch::randn({2048, 2048});
   for (auto _ : state) benchmark::DoNotOptimize(at::mm(a, b));
@@ -223,6 +300,7 @@ void BM_MemoryBandwidth(benchmark::State& state) {
 // Keeps each run's counters so the summary can print ratios measured in this same process.
 class RatioReporter : public benchmark::ConsoleReporter {
  public:
+  RatioReporter() : ConsoleReporter(OO_Tabular) {}  // no colour codes: the output is committed
   void ReportRuns(const std::vector<Run>& runs) override {
     for (const Run& run : runs) {
       // Drop the "/min_time:..." suffix Google Benchmark appends to the name.
@@ -270,6 +348,20 @@ void RegisterAll() {
     }
     for (auto* b : {k, r}) b->Unit(benchmark::kMicrosecond)->MinTime(0.2);
   }
+#ifdef TITANS_WITH_CUDA_KERNELS
+  // GPU cases only where the build has the CUDA kernels; they skip when no GPU is present.
+  for (std::string shape : {"default", "large"}) {
+    auto* d =
+        benchmark::RegisterBenchmark(("CudaDecode/" + shape).c_str(), BM_CudaKernel, shape, 1);
+    for (int64_t n : {1, 64, 256, 1024}) d->Arg(n);
+    for (int tokens : {64, 1024}) {
+      auto* a = benchmark::RegisterBenchmark(
+          ("CudaAppend" + std::to_string(tokens) + "/" + shape).c_str(), BM_CudaKernel, shape,
+          tokens);
+      for (int64_t n : {1, 64}) a->Arg(n);
+    }
+  }
+#endif
   benchmark::RegisterBenchmark("PeakSgemm2048", BM_PeakSgemm2048)->Unit(benchmark::kMillisecond);
   benchmark::RegisterBenchmark("KernelGemmBlock", BM_KernelGemmBlock)->MinTime(0.2);
   benchmark::RegisterBenchmark("MemoryBandwidth", BM_MemoryBandwidth)
