@@ -217,6 +217,34 @@ TEST(Training, ChunkedGradientEqualsTokenByTokenAutograd) {
   }
 }
 
+// Serving (no autograd, fp32 CPU) runs the fused kernel; training runs the LibTorch form. Both
+// give the same logits and state for every variant and memory depth (fp32 tolerance as above).
+TEST(Forward, KernelPathMatchesLibTorchPath) {
+  for (Variant v : kVariants) {
+    for (int depth = 1; depth <= 4; ++depth) {
+      auto model = MakeModel(TinyConfig(v, depth, 4), 17);
+      at::Tensor tokens = RandomTokens(1, 45, 18);
+      SessionState kernel_state = model->NewState(), torch_state = model->NewState();
+      at::Tensor kernel_logits, torch_logits;
+      {
+        at::NoGradGuard no_grad;  // -> kernels::RunMemoryTasks
+        kernel_logits = ForwardAll(*model, &kernel_state, tokens.slice(1, 0, 30));
+        kernel_logits =
+            at::cat({kernel_logits, ForwardAll(*model, &kernel_state, tokens.slice(1, 30, 45))}, 1);
+      }
+      {
+        at::AutoGradMode grad(true);  // -> MemoryWriteReadTorch
+        torch_logits = ForwardAll(*model, &torch_state, tokens.slice(1, 0, 30));
+        torch_logits =
+            at::cat({torch_logits, ForwardAll(*model, &torch_state, tokens.slice(1, 30, 45))}, 1);
+      }
+      EXPECT_LT(MaxDiff(kernel_logits, torch_logits.detach()), 2e-4)
+          << Name(v) << " depth " << depth;
+      EXPECT_LT(MaxStateDiff(kernel_state, torch_state), 2e-4) << Name(v) << " depth " << depth;
+    }
+  }
+}
+
 TEST(Forward, RejectsBadTokensAndLeavesStateUntouched) {
   auto model = MakeModel(TinyConfig(Variant::kMAC));
   at::NoGradGuard no_grad;
