@@ -21,16 +21,18 @@ std::string_view FinishReasonName(FinishReason r) {
   return "unknown";
 }
 
-absl::StatusOr<GenerationResult> Generate(const TitansModel& model, SessionState* state,
-                                          const SamplingParams& params,
-                                          const TokenCallback& on_token) {
+TokenGenerator::TokenGenerator(const TitansModel& model, const SamplingParams& params, Rng rng)
+    : model_(&model), params_(params), rng_(rng), stops_(params.stop) {}
+
+absl::StatusOr<TokenGenerator> TokenGenerator::Start(const TitansModel& model,
+                                                     SessionState* state,
+                                                     const SamplingParams& params) {
   TITANS_RETURN_IF_ERROR(ValidateSamplingParams(params, model.config().vocab_size));
   if (state->batch() != 1) return absl::InvalidArgumentError("generation needs a batch-1 state");
   const Tokenizer& tokenizer = model.tokenizer();
-  at::NoGradGuard no_grad;
-
   // An empty session has no logits yet: start it with the beginning-of-sequence token.
   if (state->position == 0 && tokenizer.bos_id() >= 0) {
+    at::NoGradGuard no_grad;
     at::Tensor bos = at::full({1, 1}, int64_t{tokenizer.bos_id()}, at::kLong);
     TITANS_RETURN_IF_ERROR(model.Forward(state, bos).status());
   }
@@ -39,50 +41,69 @@ absl::StatusOr<GenerationResult> Generate(const TitansModel& model, SessionState
     absl::StatusOr<Rng> saved = Rng::FromState(state->rng_state);
     rng = saved.ok() ? *saved : Rng(std::random_device{}());
   }
+  return TokenGenerator(model, params, rng);
+}
 
+absl::StatusOr<TokenGenerator::StepResult> TokenGenerator::Step(SessionState* state) {
+  at::NoGradGuard no_grad;
+  const Tokenizer& tokenizer = model_->tokenizer();
+  StepResult out;
+  at::Tensor logits = state->last_logits.select(0, 0).to(at::kCPU).contiguous();
+  out.token = SampleToken(logits.data_ptr<float>(), model_->config().vocab_size, params_,
+                          state->recent_tokens, &rng_);
+  at::Tensor input = at::full({1, 1}, int64_t{out.token}, at::kLong);
+  absl::Status st = model_->Forward(state, input).status();
+  state->rng_state = rng_.state();
+  if (!st.ok()) return st;
+  ++generated_;
+  if (params_.stop_at_eos && out.token == tokenizer.eos_id()) {
+    out.finished = true;
+    out.finish_reason = FinishReason::kEndOfSequence;
+    out.text_delta = Flush();
+    return out;
+  }
+  if (!tokenizer.IsSpecial(out.token)) {
+    pending_bytes_ += tokenizer.TokenBytes(out.token);
+    const size_t complete = CompleteUtf8Prefix(pending_bytes_);
+    bool stopped = false;
+    out.text_delta = stops_.Feed(std::string_view(pending_bytes_).substr(0, complete), &stopped);
+    pending_bytes_.erase(0, complete);
+    if (stopped) {
+      out.finished = true;
+      out.finish_reason = FinishReason::kStop;
+      return out;
+    }
+  }
+  if (generated_ >= params_.max_tokens) {
+    out.text_delta += Flush();
+    out.finished = true;
+    out.finish_reason = FinishReason::kLength;
+  }
+  return out;
+}
+
+std::string TokenGenerator::Flush() {
+  std::string rest = stops_.Flush() + pending_bytes_;
+  pending_bytes_.clear();
+  return rest;
+}
+
+absl::StatusOr<GenerationResult> Generate(const TitansModel& model, SessionState* state,
+                                          const SamplingParams& params,
+                                          const TokenCallback& on_token) {
+  TITANS_ASSIGN_OR_RETURN(TokenGenerator generator, TokenGenerator::Start(model, state, params));
   GenerationResult result;
-  StopMatcher stops(params.stop);
-  std::string pending_bytes;  // bytes of an incomplete UTF-8 sequence
-  auto emit = [&](int32_t token, const std::string& delta) {
-    result.text += delta;
-    return on_token ? on_token(token, delta) : true;
-  };
   while (true) {
-    at::Tensor logits = state->last_logits.select(0, 0).to(at::kCPU).contiguous();
-    const int32_t token = SampleToken(logits.data_ptr<float>(), model.config().vocab_size, params,
-                                      state->recent_tokens, &rng);
-    at::Tensor input = at::full({1, 1}, int64_t{token}, at::kLong);
-    absl::Status st = model.Forward(state, input).status();
-    state->rng_state = rng.state();
-    if (!st.ok()) return st;
-    result.tokens.push_back(token);
-
-    if (params.stop_at_eos && token == tokenizer.eos_id()) {
-      result.finish_reason = FinishReason::kEndOfSequence;
-      emit(token, stops.Flush() + pending_bytes);
+    TITANS_ASSIGN_OR_RETURN(TokenGenerator::StepResult step, generator.Step(state));
+    result.tokens.push_back(step.token);
+    result.text += step.text_delta;
+    const bool go_on = on_token ? on_token(step.token, step.text_delta) : true;
+    if (step.finished) {
+      result.finish_reason = step.finish_reason;
       break;
     }
-    std::string delta;
-    if (!tokenizer.IsSpecial(token)) {
-      pending_bytes += tokenizer.TokenBytes(token);
-      const size_t complete = CompleteUtf8Prefix(pending_bytes);
-      bool stopped = false;
-      delta = stops.Feed(std::string_view(pending_bytes).substr(0, complete), &stopped);
-      pending_bytes.erase(0, complete);
-      if (stopped) {
-        result.finish_reason = FinishReason::kStop;
-        emit(token, delta);
-        break;
-      }
-    }
-    const bool last = static_cast<int32_t>(result.tokens.size()) >= params.max_tokens;
-    if (last) delta += stops.Flush() + pending_bytes;
-    if (!emit(token, delta)) {
+    if (!go_on) {
       result.finish_reason = FinishReason::kCancelled;
-      break;
-    }
-    if (last) {
-      result.finish_reason = FinishReason::kLength;
       break;
     }
   }

@@ -31,6 +31,38 @@ struct GenerationResult {
   FinishReason finish_reason = FinishReason::kLength;
 };
 
+// One generation, advanced a token at a time (the server's scheduler interleaves many of them).
+// Start() validates the parameters and, for an empty session, feeds the BOS token; each Step()
+// samples one token from the state's last logits, feeds it, and returns the text that became
+// safe to emit. Not thread-safe; one per request.
+class TokenGenerator {
+ public:
+  struct StepResult {
+    int32_t token = -1;
+    std::string text_delta;  // possibly empty (partial UTF-8 / possible stop prefix held back)
+    bool finished = false;
+    FinishReason finish_reason = FinishReason::kLength;
+  };
+
+  // INVALID_ARGUMENT for bad parameters (state untouched).
+  static absl::StatusOr<TokenGenerator> Start(const TitansModel& model, SessionState* state,
+                                              const SamplingParams& params);
+  absl::StatusOr<StepResult> Step(SessionState* state);
+  // The text held back so far (call when ending early, e.g. on cancellation).
+  std::string Flush();
+  int32_t generated() const { return generated_; }
+
+ private:
+  TokenGenerator(const TitansModel& model, const SamplingParams& params, Rng rng);
+
+  const TitansModel* model_;
+  SamplingParams params_;
+  Rng rng_;
+  StopMatcher stops_;
+  std::string pending_bytes_;  // bytes of an incomplete UTF-8 sequence
+  int32_t generated_ = 0;
+};
+
 // Called once per generated token with the text that became safe to emit (possibly empty: a
 // partial UTF-8 sequence or a possible stop-string prefix is held back). Return false to cancel.
 using TokenCallback = std::function<bool(int32_t token, std::string_view text_delta)>;
