@@ -1,0 +1,977 @@
+#include "server/engine/engine.h"
+
+#include <ATen/ATen.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <unordered_map>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "model/generator.h"
+#include "model/params.h"
+#include "model/session_state.h"
+#include "model/status_macros.h"
+#include "model/titans_model.h"
+#include "server/engine/scheduler.h"
+#include "server/engine/session_files.h"
+
+namespace titans::engine {
+namespace {
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+using Clock = std::chrono::steady_clock;
+
+std::string NewSessionId() {
+  static thread_local std::random_device device;
+  return absl::StrFormat("s-%08x%08x%08x%08x", device(), device(), device(), device());
+}
+
+absl::Status ValidateId(const std::string& id, const char* field) {
+  if (id.empty() || id.size() > 128) {
+    return absl::InvalidArgumentError(absl::StrCat(field, " must be 1..128 characters"));
+  }
+  for (char c : id) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-')) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, " may contain only letters, digits, '.', '_' and '-'"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateLabels(const std::map<std::string, std::string>& labels) {
+  if (labels.size() > 16) return absl::InvalidArgumentError("at most 16 labels");
+  for (const auto& [k, v] : labels) {
+    if (k.empty() || k.size() > 64 || v.size() > 64) {
+      return absl::InvalidArgumentError("label keys must be 1..64 bytes and values at most 64");
+    }
+  }
+  return absl::OkStatus();
+}
+
+bool ValidUtf8(const std::string& s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const unsigned char c = s[i];
+    int len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    if (len == 0 || i + len > s.size()) return false;
+    for (int k = 1; k < len; ++k) {
+      if ((static_cast<unsigned char>(s[i + k]) >> 6) != 2) return false;
+    }
+    i += len;
+  }
+  return true;
+}
+
+enum class OpKind { kAppend, kGenerate, kScore, kClose, kFork, kExport };
+
+struct Op {
+  OpKind kind;
+  std::vector<int32_t> tokens;  // append tokens, generate prompt, score tokens
+  size_t consumed = 0;
+  CancelFlag cancel;
+  Clock::time_point arrival = Clock::now();
+  // Append: the state before the operation, restored on failure or cancellation (atomicity).
+  std::unique_ptr<SessionState> backup;
+  std::function<void(absl::StatusOr<AppendResult>)> append_done;
+  // Generate.
+  GenerateParams generate;
+  SamplingParams sampling;
+  std::optional<TokenGenerator> generator;
+  std::function<void(const GenerateEvent&)> on_event;
+  Engine::Done done;
+  std::optional<Clock::time_point> first_token;
+  // Score.
+  bool commit = false;
+  std::function<void(absl::StatusOr<ScoreResult>)> score_done;
+  // Fork / export.
+  std::string new_id;
+  std::function<void(absl::StatusOr<SessionInfo>)> fork_done;
+  std::function<void(absl::StatusOr<std::string>)> export_done;
+
+  bool finished = false;  // set by the engine thread; Update() then pops it
+
+  int64_t remaining() const { return static_cast<int64_t>(tokens.size() - consumed); }
+};
+
+struct Session {
+  SessionRecord record;
+  std::optional<SamplingParams> sampling;
+  std::unique_ptr<SessionState> state;  // null while spilled
+  std::deque<std::unique_ptr<Op>> ops;
+  bool busy = false;     // the engine thread is executing its head operation
+  bool spilled = false;  // mirror of state == nullptr, kept under mu_ for readers
+  int64_t state_bytes = 0;
+};
+
+}  // namespace
+
+class Engine::Impl {
+ public:
+  Impl(EngineOptions options, std::unique_ptr<TitansModel> model)
+      : options_(std::move(options)), model_(std::move(model)) {
+    const ModelConfig& c = model_->config();
+    info_.name = c.name;
+    info_.variant = std::string(VariantName(c.variant));
+    info_.parameters = CountParameters(c);
+    info_.vocab_size = c.vocab_size;
+    info_.tokenizer = model_->tokenizer().type();
+    info_.initialization = c.initialization;
+    info_.fingerprint = model_->fingerprint();
+    info_.description = c.description;
+    info_.config_json = ModelConfigToJson(c);
+    if (!options_.state_dir.empty()) files_.emplace(options_.state_dir + "/sessions");
+  }
+
+  absl::Status Start() {
+    if (files_) {
+      TITANS_RETURN_IF_ERROR(files_->Init());
+      std::vector<std::string> errors;
+      for (SessionRecord& r : files_->List(&errors)) {
+        auto s = std::make_unique<Session>();
+        s->state_bytes = r.state_bytes;
+        s->spilled = true;
+        s->record = std::move(r);
+        sessions_.emplace(s->record.id, std::move(s));
+      }
+      for (const std::string& e : errors) std::fprintf(stderr, "engine: skipped %s\n", e.c_str());
+    }
+    thread_ = std::thread([this] { Loop(); });
+    return absl::OkStatus();
+  }
+
+  ~Impl() { Shutdown(0); }
+
+  const ModelInfo& info() const { return info_; }
+
+  // ---- Admission (caller threads) -----------------------------------------------------------
+
+  absl::Status CheckOpen() const {
+    if (draining_) return absl::UnavailableError("server is shutting down");
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<Session*> Find(const std::string& principal, const std::string& id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto it = sessions_.find(id);
+    if (it == sessions_.end() || it->second->record.principal != principal) {
+      return absl::NotFoundError(absl::StrCat("session '", id, "' not found"));
+    }
+    return it->second.get();
+  }
+
+  SessionInfo InfoOf(const Session& s) const {
+    SessionInfo info;
+    info.id = s.record.id;
+    info.model = info_.name;
+    info.position = s.record.position;
+    info.state_bytes = s.state_bytes;
+    info.created_unix_ms = s.record.created_unix_ms;
+    info.last_used_unix_ms = s.record.last_used_unix_ms;
+    info.idle_ttl_seconds = s.record.idle_ttl_seconds;
+    info.labels = s.record.labels;
+    info.spilled = s.spilled;
+    info.queued_operations = static_cast<int32_t>(s.ops.size());
+    return info;
+  }
+
+  absl::StatusOr<int64_t> ResolveTtl(int64_t ttl) const {
+    if (ttl < 0 || ttl > options_.max_idle_ttl_seconds) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("idle_ttl_seconds must be at most ", options_.max_idle_ttl_seconds));
+    }
+    return ttl == 0 ? options_.default_idle_ttl_seconds : ttl;
+  }
+
+  // Registers a new session holding `state`. Requires mu_.
+  absl::StatusOr<SessionInfo> AddSession(const CreateParams& p, std::unique_ptr<SessionState> state)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    TITANS_RETURN_IF_ERROR(CheckOpen());
+    std::string id = p.id;
+    if (id.empty()) {
+      do id = NewSessionId();
+      while (sessions_.count(id));
+    } else {
+      TITANS_RETURN_IF_ERROR(ValidateId(id, "session_id"));
+      if (sessions_.count(id)) {
+        return absl::AlreadyExistsError(absl::StrCat("session '", id, "' already exists"));
+      }
+    }
+    TITANS_RETURN_IF_ERROR(ValidateLabels(p.labels));
+    TITANS_ASSIGN_OR_RETURN(int64_t ttl, ResolveTtl(p.idle_ttl_seconds));
+    if (static_cast<int64_t>(sessions_.size()) >= options_.max_sessions) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("session limit reached (", options_.max_sessions, ")"));
+    }
+    if (p.sampling) {
+      TITANS_RETURN_IF_ERROR(ValidateSamplingParams(*p.sampling, model_->config().vocab_size));
+    }
+    auto s = std::make_unique<Session>();
+    s->record.id = id;
+    s->record.principal = p.principal;
+    s->record.labels = p.labels;
+    s->record.idle_ttl_seconds = ttl;
+    s->record.created_unix_ms = s->record.last_used_unix_ms = NowMs();
+    s->record.position = state->position;
+    s->sampling = p.sampling;
+    s->state_bytes = StateBytes(*state);
+    s->state = std::move(state);
+    SessionInfo info = InfoOf(*s);
+    sessions_.emplace(id, std::move(s));
+    return info;
+  }
+
+  absl::StatusOr<SessionInfo> CreateSession(const CreateParams& p) {
+    auto state = std::make_unique<SessionState>(model_->NewState());
+    std::lock_guard<std::mutex> lock(mu_);
+    return AddSession(p, std::move(state));
+  }
+
+  absl::StatusOr<SessionInfo> GetSession(const std::string& principal, const std::string& id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    TITANS_ASSIGN_OR_RETURN(Session * s, Find(principal, id));
+    return InfoOf(*s);
+  }
+
+  std::vector<SessionInfo> List(const std::string& principal,
+                                const std::map<std::string, std::string>& filter,
+                                const std::string& after, int limit, bool* more) {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<const Session*> matching;
+    for (const auto& [id, s] : sessions_) {
+      if (s->record.principal != principal || id <= after) continue;
+      bool ok = true;
+      for (const auto& [k, v] : filter) {
+        auto it = s->record.labels.find(k);
+        ok = ok && it != s->record.labels.end() && it->second == v;
+      }
+      if (ok) matching.push_back(s.get());
+    }
+    std::sort(matching.begin(), matching.end(),
+              [](const Session* a, const Session* b) { return a->record.id < b->record.id; });
+    *more = static_cast<int>(matching.size()) > limit;
+    std::vector<SessionInfo> out;
+    for (int i = 0; i < std::min<int>(limit, matching.size()); ++i)
+      out.push_back(InfoOf(*matching[i]));
+    return out;
+  }
+
+  absl::StatusOr<std::vector<int32_t>> Tokenize(const Input& input, bool allow_empty) {
+    std::vector<int32_t> tokens;
+    if (input.has_tokens) {
+      for (int32_t id : input.tokens) {
+        if (id < 0 || id >= model_->config().vocab_size) {
+          return absl::InvalidArgumentError(absl::StrCat("token id ", id,
+                                                         " is outside the vocabulary [0, ",
+                                                         model_->config().vocab_size, ")"));
+        }
+      }
+      tokens = input.tokens;
+    } else {
+      if (!ValidUtf8(input.text)) return absl::InvalidArgumentError("text is not valid UTF-8");
+      TITANS_ASSIGN_OR_RETURN(tokens, model_->tokenizer().Encode(input.text, false));
+    }
+    if (tokens.empty() && !allow_empty) return absl::InvalidArgumentError("input is empty");
+    if (static_cast<int64_t>(tokens.size()) > options_.max_tokens_per_request) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("input has ", tokens.size(), " tokens; at most ",
+                       options_.max_tokens_per_request, " per request (split it)"));
+    }
+    return tokens;
+  }
+
+  // Queues `op` on the session; on failure the op is returned to the caller to report.
+  absl::Status Enqueue(const std::string& principal, const std::string& id,
+                       std::unique_ptr<Op>& op) {
+    std::lock_guard<std::mutex> lock(mu_);
+    TITANS_RETURN_IF_ERROR(CheckOpen());
+    TITANS_ASSIGN_OR_RETURN(Session * s, Find(principal, id));
+    if (static_cast<int32_t>(s->ops.size()) >= options_.max_ops_per_session) {
+      return absl::ResourceExhaustedError(absl::StrCat("session '", id, "' has ", s->ops.size(),
+                                                       " operations queued (limit reached)"));
+    }
+    if (QueuedTokens() + op->remaining() > options_.max_queued_tokens) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "server queue is full (", options_.max_queued_tokens, " tokens); retry later"));
+    }
+    s->ops.push_back(std::move(op));
+    cv_.notify_all();
+    return absl::OkStatus();
+  }
+
+  // ---- Engine thread ---------------------------------------------------------------------------
+
+  void Loop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    auto last_sweep = Clock::now();
+    while (!stop_) {
+      if (!HasRunnable()) {
+        cv_.wait_for(lock, std::chrono::milliseconds(500));
+      }
+      if (stop_) break;
+      if (Clock::now() - last_sweep > std::chrono::seconds(1)) {
+        Sweep();
+        last_sweep = Clock::now();
+      }
+      if (!HasRunnable()) continue;
+      // Schedule (plain data), execute (no lock held), update.
+      std::vector<Session*> order;
+      std::vector<Candidate> candidates;
+      for (auto& [id, s] : sessions_) {
+        if (s->ops.empty()) continue;
+        order.push_back(s.get());
+      }
+      std::rotate(order.begin(), order.begin() + (rr_cursor_++ % order.size()), order.end());
+      for (size_t i = 0; i < order.size(); ++i) {
+        const Op& op = *order[i]->ops.front();
+        Candidate c{static_cast<int64_t>(i), 0, false};
+        switch (op.kind) {
+          case OpKind::kAppend:
+            c.wanted_tokens = std::max<int64_t>(op.remaining(), 2);
+            break;
+          case OpKind::kGenerate:
+            c.wanted_tokens = op.remaining() > 0 ? std::max<int64_t>(op.remaining(), 2) : 1;
+            break;
+          case OpKind::kScore:
+            c.wanted_tokens = std::max<int64_t>(op.remaining(), 2);
+            c.indivisible = true;
+            break;
+          default:
+            c.wanted_tokens = 0;
+        }
+        candidates.push_back(c);
+      }
+      std::vector<Assignment> plan = PlanStep(candidates, options_.step_token_budget);
+      for (const Assignment& a : plan) order[a.session]->busy = true;
+      ++steps_;
+      lock.unlock();
+      std::vector<std::function<void()>> callbacks;
+      for (const Assignment& a : plan) Execute(order[a.session], a.tokens, &callbacks);
+      lock.lock();
+      Update(order, plan, &callbacks);
+      lock.unlock();
+      for (auto& cb : callbacks) cb();
+      lock.lock();
+    }
+  }
+
+  // Tokens accepted but not yet consumed, over all sessions.
+  int64_t QueuedTokens() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    int64_t total = 0;
+    for (auto& [id, s] : sessions_) {
+      for (auto& op : s->ops) total += op->remaining();
+    }
+    return total;
+  }
+
+  bool HasRunnable() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    for (auto& [id, s] : sessions_) {
+      if (!s->ops.empty()) return true;
+    }
+    return false;
+  }
+
+  // Runs on the engine thread without mu_: only it touches states and head operations.
+  absl::Status EnsureResident(Session* s) {
+    if (s->state) return absl::OkStatus();
+    TITANS_ASSIGN_OR_RETURN(std::string blob, files_->ReadState(s->record.id));
+    TITANS_ASSIGN_OR_RETURN(SessionState state,
+                            DeserializeSessionState(blob, model_->config(), model_->fingerprint()));
+    s->state = std::make_unique<SessionState>(std::move(state));
+    return absl::OkStatus();
+  }
+
+  void Execute(Session* s, int64_t tokens, std::vector<std::function<void()>>* callbacks) {
+    Op& op = *s->ops.front();
+    at::NoGradGuard no_grad;
+    absl::Status resident = EnsureResident(s);
+    if (!resident.ok()) {
+      Fail(op,
+           absl::DataLossError(
+               absl::StrCat("session state could not be restored: ", resident.message())),
+           callbacks);
+      return;
+    }
+    SessionState& state = *s->state;
+    const bool cancelled = op.cancel && op.cancel->load();
+    switch (op.kind) {
+      case OpKind::kAppend: {
+        if (!op.backup) op.backup = std::make_unique<SessionState>(state);
+        if (cancelled || draining_deadline_passed_) {
+          state = *op.backup;
+          Fail(op,
+               cancelled ? absl::CancelledError("append cancelled; the session is unchanged")
+                         : absl::UnavailableError("server is shutting down"),
+               callbacks);
+          return;
+        }
+        absl::Status st = Consume(&state, &op, tokens);
+        if (!st.ok()) {
+          state = *op.backup;
+          Fail(op, st, callbacks);
+          return;
+        }
+        if (op.remaining() == 0) {
+          AppendResult r{static_cast<int64_t>(op.tokens.size()), state.position};
+          auto done = std::move(op.append_done);
+          callbacks->push_back([done, r] { done(r); });
+          op.tokens.clear();
+          op.consumed = 0;
+          MarkDone(op);
+        }
+        return;
+      }
+      case OpKind::kGenerate:
+        ExecuteGenerate(s, &op, tokens, cancelled, callbacks);
+        return;
+      case OpKind::kScore:
+        ExecuteScore(s, &op, callbacks);
+        return;
+      case OpKind::kExport: {
+        auto blob = SerializeSessionState(model_->config(), state, model_->fingerprint());
+        auto done = std::move(op.export_done);
+        callbacks->push_back([done, blob] { done(blob); });
+        MarkDone(op);
+        return;
+      }
+      case OpKind::kFork: {
+        CreateParams p;
+        p.principal = s->record.principal;
+        p.id = op.new_id;
+        p.idle_ttl_seconds = s->record.idle_ttl_seconds;
+        p.labels = s->record.labels;
+        p.sampling = s->sampling;
+        absl::StatusOr<SessionInfo> info;
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          // Tensors are never written in place, so sharing them is a copy-on-write fork.
+          info = AddSession(p, std::make_unique<SessionState>(state));
+        }
+        auto done = std::move(op.fork_done);
+        callbacks->push_back([done, info] { done(info); });
+        MarkDone(op);
+        return;
+      }
+      case OpKind::kClose:
+        MarkDone(op);  // Update() erases the session and answers the queued operations
+        return;
+    }
+  }
+
+  // Feeds up to `tokens` of op->tokens into the state.
+  absl::Status Consume(SessionState* state, Op* op, int64_t tokens) {
+    const int64_t n = std::min<int64_t>(tokens, op->remaining());
+    if (n <= 0) return absl::OkStatus();
+    std::vector<int64_t> ids(op->tokens.begin() + op->consumed,
+                             op->tokens.begin() + op->consumed + n);
+    TITANS_RETURN_IF_ERROR(model_->Forward(state, at::tensor(ids).unsqueeze(0)).status());
+    op->consumed += n;
+    return absl::OkStatus();
+  }
+
+  SamplingParams Resolve(const Session& s, const GenerateParams& g) const {
+    SamplingParams p = s.sampling.value_or(options_.default_sampling);
+    const SamplingOverrides& o = g.sampling;
+    if (o.temperature) p.temperature = *o.temperature;
+    if (o.top_k) p.top_k = *o.top_k;
+    if (o.top_p) p.top_p = *o.top_p;
+    if (o.min_p) p.min_p = *o.min_p;
+    if (o.repetition_penalty) p.repetition_penalty = *o.repetition_penalty;
+    p.has_seed = o.seed.has_value();
+    p.seed = o.seed.value_or(0);
+    p.max_tokens = g.max_tokens;
+    p.stop = g.stop;
+    p.stop_at_eos = g.stop_at_eos;
+    return p;
+  }
+
+  void ExecuteGenerate(Session* s, Op* op, int64_t tokens, bool cancelled,
+                       std::vector<std::function<void()>>* callbacks) {
+    SessionState& state = *s->state;
+    auto finish_event = [&](Finish f, std::vector<int32_t> toks, std::string text) {
+      GenerateEvent e;
+      e.tokens = std::move(toks);
+      e.text = std::move(text);
+      e.finish = f;
+      e.position = state.position;
+      e.prompt_tokens = static_cast<int32_t>(op->tokens.size());
+      e.generated_tokens = op->generator ? op->generator->generated() : 0;
+      const auto now = Clock::now();
+      e.total_seconds = std::chrono::duration<double>(now - op->arrival).count();
+      if (op->first_token) {
+        e.time_to_first_token_seconds =
+            std::chrono::duration<double>(*op->first_token - op->arrival).count();
+      }
+      return e;
+    };
+    if (cancelled || draining_deadline_passed_) {
+      std::string rest = op->generator ? op->generator->Flush() : "";
+      GenerateEvent e = finish_event(Finish::kCancelled, {}, rest);
+      auto on_event = op->on_event;
+      auto done = std::move(op->done);
+      const absl::Status st = cancelled ? absl::CancelledError("generation cancelled")
+                                        : absl::UnavailableError("server is shutting down");
+      callbacks->push_back([on_event, done, e, st] {
+        on_event(e);
+        done(st);
+      });
+      MarkDone(*op);
+      return;
+    }
+    if (op->remaining() > 0) {  // prompt first, in pieces like an append
+      absl::Status st = Consume(&state, op, tokens);
+      if (!st.ok()) Fail(*op, st, callbacks);
+      return;
+    }
+    if (!op->generator) {
+      auto g = TokenGenerator::Start(*model_, &state, op->sampling);
+      if (!g.ok()) {
+        Fail(*op, g.status(), callbacks);
+        return;
+      }
+      op->generator.emplace(std::move(*g));
+    }
+    auto step = op->generator->Step(&state);
+    if (!step.ok()) {
+      Fail(*op, step.status(), callbacks);
+      return;
+    }
+    if (!op->first_token) op->first_token = Clock::now();
+    Finish f = Finish::kNone;
+    if (step->finished) {
+      switch (step->finish_reason) {
+        case FinishReason::kLength:
+          f = Finish::kLength;
+          break;
+        case FinishReason::kStop:
+          f = Finish::kStop;
+          break;
+        case FinishReason::kEndOfSequence:
+          f = Finish::kEndOfSequence;
+          break;
+        case FinishReason::kCancelled:
+          f = Finish::kCancelled;
+          break;
+      }
+    }
+    GenerateEvent e = finish_event(f, {step->token}, step->text_delta);
+    auto on_event = op->on_event;
+    if (f == Finish::kNone) {
+      callbacks->push_back([on_event, e] { on_event(e); });
+      return;
+    }
+    auto done = std::move(op->done);
+    callbacks->push_back([on_event, done, e] {
+      on_event(e);
+      done(absl::OkStatus());
+    });
+    MarkDone(*op);
+  }
+
+  void ExecuteScore(Session* s, Op* op, std::vector<std::function<void()>>* callbacks) {
+    SessionState& live = *s->state;
+    SessionState work = live;  // shallow; committed only if asked
+    auto result = [&]() -> absl::StatusOr<ScoreResult> {
+      if (work.position == 0) {
+        at::Tensor bos = at::full({1, 1}, int64_t{model_->tokenizer().bos_id()}, at::kLong);
+        TITANS_RETURN_IF_ERROR(model_->Forward(&work, bos).status());
+      }
+      at::Tensor first = work.last_logits;  // [1, V]
+      std::vector<int64_t> ids(op->tokens.begin(), op->tokens.end());
+      at::Tensor t = at::tensor(ids).unsqueeze(0);
+      TITANS_ASSIGN_OR_RETURN(at::Tensor logits, model_->Forward(&work, t, LogitsMode::kAll));
+      // Logits predicting token i: after the context for i = 0, after token i-1 otherwise.
+      at::Tensor pred = at::cat({first.unsqueeze(1), logits.slice(1, 0, logits.size(1) - 1)}, 1);
+      at::Tensor lp = at::log_softmax(pred.to(at::kCPU).to(at::kFloat), -1)
+                          .gather(2, t.unsqueeze(2))
+                          .reshape({-1})
+                          .contiguous();
+      ScoreResult r;
+      r.logprobs.assign(lp.data_ptr<float>(), lp.data_ptr<float>() + lp.numel());
+      if (op->commit) live = work;
+      r.position = live.position;
+      return r;
+    }();
+    auto done = std::move(op->score_done);
+    callbacks->push_back([done, result] { done(result); });
+    op->tokens.clear();
+    MarkDone(*op);
+  }
+
+  void Fail(Op& op, absl::Status status, std::vector<std::function<void()>>* callbacks) {
+    switch (op.kind) {
+      case OpKind::kAppend:
+        callbacks->push_back([done = std::move(op.append_done), status] { done(status); });
+        break;
+      case OpKind::kGenerate:
+        callbacks->push_back([done = std::move(op.done), status] { done(status); });
+        break;
+      case OpKind::kScore:
+        callbacks->push_back([done = std::move(op.score_done), status] { done(status); });
+        break;
+      case OpKind::kFork:
+        callbacks->push_back([done = std::move(op.fork_done), status] { done(status); });
+        break;
+      case OpKind::kExport:
+        callbacks->push_back([done = std::move(op.export_done), status] { done(status); });
+        break;
+      case OpKind::kClose:
+        callbacks->push_back([done = std::move(op.done), status] { done(status); });
+        break;
+    }
+    MarkDone(op);
+  }
+
+  void MarkDone(Op& op) { op.finished = true; }
+
+  // With mu_: pops finished operations, refreshes session metadata, erases closed sessions.
+  void Update(const std::vector<Session*>& order, const std::vector<Assignment>& plan,
+              std::vector<std::function<void()>>* callbacks) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const int64_t now = NowMs();
+    for (const Assignment& a : plan) {
+      Session* s = order[a.session];
+      s->busy = false;
+      Op& op = *s->ops.front();
+      s->record.last_used_unix_ms = now;
+      if (s->state) {
+        s->record.position = s->state->position;
+        s->state_bytes = StateBytes(*s->state);
+        s->spilled = false;
+      }
+      if (!op.finished) continue;
+      const bool close = op.kind == OpKind::kClose;
+      Done close_done = close ? std::move(op.done) : nullptr;
+      s->ops.pop_front();
+      if (close) {
+        std::vector<std::unique_ptr<Op>> rest;
+        for (auto& o : s->ops) rest.push_back(std::move(o));
+        const std::string id = s->record.id;
+        if (files_) files_->Remove(id);
+        sessions_.erase(id);
+        callbacks->push_back([close_done] { close_done(absl::OkStatus()); });
+        for (auto& o : rest) {
+          Fail(*o, absl::NotFoundError("session '" + id + "' was closed"), callbacks);
+        }
+      }
+    }
+    SpillIfNeeded(callbacks);
+  }
+
+  // With mu_: keeps at most max_resident_sessions states in RAM by spilling the least recently
+  // used idle ones to state_dir (without a state_dir nothing is spilled).
+  void SpillIfNeeded(std::vector<std::function<void()>>* callbacks)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    (void)callbacks;
+    if (!files_) return;
+    std::vector<Session*> resident;
+    for (auto& [id, s] : sessions_) {
+      if (s->state) resident.push_back(s.get());
+    }
+    const int64_t excess = static_cast<int64_t>(resident.size()) - options_.max_resident_sessions;
+    if (excess <= 0) return;
+    std::sort(resident.begin(), resident.end(), [](const Session* a, const Session* b) {
+      return a->record.last_used_unix_ms < b->record.last_used_unix_ms;
+    });
+    int64_t spilled = 0;
+    for (Session* s : resident) {
+      if (spilled >= excess) break;
+      if (!s->ops.empty() || s->busy) continue;
+      if (Persist(s).ok()) {
+        s->state.reset();
+        s->spilled = true;
+        ++spilled;
+      }
+    }
+  }
+
+  absl::Status Persist(Session* s) {
+    TITANS_ASSIGN_OR_RETURN(std::string blob, SerializeSessionState(model_->config(), *s->state,
+                                                                    model_->fingerprint()));
+    s->record.position = s->state->position;
+    s->record.state_bytes = s->state_bytes;
+    return files_->Write(s->record, blob);
+  }
+
+  // With mu_: expires idle sessions past their TTL (never ones with queued work). With a
+  // state_dir, the state is persisted to <state_dir>/expired first.
+  void Sweep() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const int64_t now = NowMs();
+    std::vector<std::string> expired;
+    for (auto& [id, s] : sessions_) {
+      if (!s->ops.empty() || s->busy) continue;
+      if (now - s->record.last_used_unix_ms > s->record.idle_ttl_seconds * 1000) {
+        expired.push_back(id);
+      }
+    }
+    for (const std::string& id : expired) {
+      Session* s = sessions_[id].get();
+      if (files_) {
+        SessionFiles graveyard(options_.state_dir + "/expired");
+        if (graveyard.Init().ok() && EnsureResident(s).ok()) {
+          auto blob = SerializeSessionState(model_->config(), *s->state, model_->fingerprint());
+          if (blob.ok()) (void)graveyard.Write(s->record, *blob);
+        }
+        files_->Remove(id);
+      }
+      sessions_.erase(id);
+      ++expired_total_;
+    }
+  }
+
+  void Shutdown(int64_t deadline_ms) {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (stopped_) return;
+      draining_ = true;
+      const auto deadline = Clock::now() + std::chrono::milliseconds(deadline_ms);
+      while (HasRunnable() && Clock::now() < deadline) {
+        lock.unlock();
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        lock.lock();
+      }
+      draining_deadline_passed_ = true;  // the engine thread now fails what is left
+      while (HasRunnable()) {
+        lock.unlock();
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        lock.lock();
+      }
+      stop_ = true;
+      stopped_ = true;
+      cv_.notify_all();
+    }
+    if (thread_.joinable()) thread_.join();
+    std::lock_guard<std::mutex> lock(mu_);
+    if (files_) {
+      for (auto& [id, s] : sessions_) {
+        if (s->state) {
+          absl::Status st = Persist(s.get());
+          if (!st.ok()) {
+            std::fprintf(stderr, "engine: could not persist %s: %s\n", id.c_str(),
+                         st.ToString().c_str());
+          }
+        }
+      }
+    }
+  }
+
+  Engine::Stats stats() {
+    std::lock_guard<std::mutex> lock(mu_);
+    Engine::Stats st;
+    st.sessions = static_cast<int64_t>(sessions_.size());
+    for (auto& [id, s] : sessions_) (s->spilled ? st.spilled : st.resident) += 1;
+    st.queued_tokens = QueuedTokens();
+    st.steps = steps_;
+    return st;
+  }
+
+  // ---- Operations (caller threads) -----------------------------------------------------------
+
+  void Append(const std::string& principal, const std::string& id, Input input, CancelFlag cancel,
+              std::function<void(absl::StatusOr<AppendResult>)> done) {
+    auto tokens = Tokenize(input, false);
+    if (!tokens.ok()) return done(tokens.status());
+    auto op = std::make_unique<Op>();
+    op->kind = OpKind::kAppend;
+    op->tokens = std::move(*tokens);
+    op->cancel = std::move(cancel);
+    op->append_done = done;
+    absl::Status st = Enqueue(principal, id, op);
+    if (!st.ok()) done(st);
+  }
+
+  void Generate(const std::string& principal, const std::string& id, GenerateParams params,
+                CancelFlag cancel, std::function<void(const GenerateEvent&)> on_event, Done done) {
+    auto prompt = Tokenize(params.prompt, true);
+    if (!prompt.ok()) return done(prompt.status());
+    if (params.max_tokens == 0) params.max_tokens = 256;
+    if (params.max_tokens < 0 || params.max_tokens > options_.max_generate_tokens) {
+      return done(absl::InvalidArgumentError(
+          absl::StrCat("max_tokens must be in [1, ", options_.max_generate_tokens, "]")));
+    }
+    auto op = std::make_unique<Op>();
+    op->kind = OpKind::kGenerate;
+    op->tokens = std::move(*prompt);
+    op->cancel = std::move(cancel);
+    op->on_event = std::move(on_event);
+    op->done = done;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto s = Find(principal, id);
+      if (!s.ok()) return done(s.status());
+      op->sampling = Resolve(**s, params);
+    }
+    op->generate = std::move(params);
+    absl::Status valid = ValidateSamplingParams(op->sampling, model_->config().vocab_size);
+    if (!valid.ok()) return done(valid);
+    absl::Status st = Enqueue(principal, id, op);
+    if (!st.ok()) done(st);
+  }
+
+  void Score(const std::string& principal, const std::string& id, std::vector<int32_t> tokens,
+             bool commit, std::function<void(absl::StatusOr<ScoreResult>)> done) {
+    Input in;
+    in.tokens = std::move(tokens);
+    in.has_tokens = true;
+    auto checked = Tokenize(in, false);
+    if (!checked.ok()) return done(checked.status());
+    auto op = std::make_unique<Op>();
+    op->kind = OpKind::kScore;
+    op->tokens = std::move(*checked);
+    op->commit = commit;
+    op->score_done = done;
+    if (id.empty()) {  // stateless: a temporary session of its own
+      auto tmp = CreateSession(CreateParams{principal, "", 0, {}, std::nullopt});
+      if (!tmp.ok()) return done(tmp.status());
+      const std::string tmp_id = tmp->id;
+      op->commit = false;
+      op->score_done = [this, principal, tmp_id, done](absl::StatusOr<ScoreResult> r) {
+        if (r.ok()) r->position = 0;
+        done(std::move(r));
+        Close(principal, tmp_id, [](absl::Status) {});
+      };
+      absl::Status st = Enqueue(principal, tmp_id, op);
+      if (!st.ok()) op->score_done(st);
+      return;
+    }
+    absl::Status st = Enqueue(principal, id, op);
+    if (!st.ok()) done(st);
+  }
+
+  void Close(const std::string& principal, const std::string& id, Done done) {
+    auto op = std::make_unique<Op>();
+    op->kind = OpKind::kClose;
+    op->done = done;
+    absl::Status st = Enqueue(principal, id, op);
+    if (!st.ok()) done(st);
+  }
+
+  void Fork(const std::string& principal, const std::string& id, const std::string& new_id,
+            std::function<void(absl::StatusOr<SessionInfo>)> done) {
+    auto op = std::make_unique<Op>();
+    op->kind = OpKind::kFork;
+    op->new_id = new_id;
+    op->fork_done = done;
+    absl::Status st = Enqueue(principal, id, op);
+    if (!st.ok()) done(st);
+  }
+
+  void Export(const std::string& principal, const std::string& id,
+              std::function<void(absl::StatusOr<std::string>)> done) {
+    auto op = std::make_unique<Op>();
+    op->kind = OpKind::kExport;
+    op->export_done = done;
+    absl::Status st = Enqueue(principal, id, op);
+    if (!st.ok()) done(st);
+  }
+
+  absl::StatusOr<SessionInfo> Import(const CreateParams& p, const std::string& snapshot) {
+    TITANS_ASSIGN_OR_RETURN(SessionState state, DeserializeSessionState(snapshot, model_->config(),
+                                                                        model_->fingerprint()));
+    std::lock_guard<std::mutex> lock(mu_);
+    return AddSession(p, std::make_unique<SessionState>(std::move(state)));
+  }
+
+ private:
+  EngineOptions options_;
+  std::unique_ptr<TitansModel> model_;
+  ModelInfo info_;
+  std::optional<SessionFiles> files_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<std::string, std::unique_ptr<Session>> sessions_ ABSL_GUARDED_BY(mu_);
+  int64_t steps_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t expired_total_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t rr_cursor_ = 0;
+  std::atomic<bool> draining_{false};
+  std::atomic<bool> draining_deadline_passed_{false};
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  bool stopped_ = false;
+  std::thread thread_;
+};
+
+// ---- Engine -------------------------------------------------------------------------------------
+
+Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Engine::~Engine() { impl_->Shutdown(0); }
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& options) {
+  LoadOptions load;
+  load.device = options.device;
+  TITANS_ASSIGN_OR_RETURN(std::unique_ptr<TitansModel> model,
+                          TitansModel::Load(options.model_dir, load));
+  auto impl = std::make_unique<Impl>(options, std::move(model));
+  TITANS_RETURN_IF_ERROR(impl->Start());
+  return std::unique_ptr<Engine>(new Engine(std::move(impl)));
+}
+
+const ModelInfo& Engine::model_info() const { return impl_->info(); }
+
+absl::StatusOr<SessionInfo> Engine::CreateSession(const CreateParams& params) {
+  return impl_->CreateSession(params);
+}
+
+absl::StatusOr<SessionInfo> Engine::GetSession(const std::string& principal,
+                                               const std::string& id) {
+  return impl_->GetSession(principal, id);
+}
+
+std::vector<SessionInfo> Engine::ListSessions(const std::string& principal,
+                                              const std::map<std::string, std::string>& filter,
+                                              const std::string& after_id, int limit, bool* more) {
+  return impl_->List(principal, filter, after_id, limit, more);
+}
+
+void Engine::CloseSession(const std::string& principal, const std::string& id, Done done) {
+  impl_->Close(principal, id, std::move(done));
+}
+
+void Engine::ForkSession(const std::string& principal, const std::string& id,
+                         const std::string& new_id,
+                         std::function<void(absl::StatusOr<SessionInfo>)> done) {
+  impl_->Fork(principal, id, new_id, std::move(done));
+}
+
+void Engine::Append(const std::string& principal, const std::string& id, Input input,
+                    CancelFlag cancel, std::function<void(absl::StatusOr<AppendResult>)> done) {
+  impl_->Append(principal, id, std::move(input), std::move(cancel), std::move(done));
+}
+
+void Engine::Generate(const std::string& principal, const std::string& id, GenerateParams params,
+                      CancelFlag cancel, std::function<void(const GenerateEvent&)> on_event,
+                      Done done) {
+  impl_->Generate(principal, id, std::move(params), std::move(cancel), std::move(on_event),
+                  std::move(done));
+}
+
+void Engine::Score(const std::string& principal, const std::string& id, std::vector<int32_t> tokens,
+                   bool commit, std::function<void(absl::StatusOr<ScoreResult>)> done) {
+  impl_->Score(principal, id, std::move(tokens), commit, std::move(done));
+}
+
+void Engine::Export(const std::string& principal, const std::string& id,
+                    std::function<void(absl::StatusOr<std::string>)> done) {
+  impl_->Export(principal, id, std::move(done));
+}
+
+absl::StatusOr<SessionInfo> Engine::Import(const CreateParams& params,
+                                           const std::string& snapshot) {
+  return impl_->Import(params, snapshot);
+}
+
+void Engine::Shutdown(int64_t deadline_ms) { impl_->Shutdown(deadline_ms); }
+
+Engine::Stats Engine::stats() const { return impl_->stats(); }
+
+}  // namespace titans::engine

@@ -1,0 +1,179 @@
+// Engine: sessions, continuous batching and storage behind the gRPC handlers. Torch-free header.
+//
+// Every operation on a session is queued on that session and runs in arrival order; the engine
+// thread takes work from all sessions in each step under a token budget (round-robin), so no
+// session waits behind a long append on another. Completion is reported through callbacks that
+// run on the engine thread: they must not block (enqueue and return).
+//
+// Errors are absl::Status: INVALID_ARGUMENT, NOT_FOUND (unknown / closed / expired / another
+// principal's session), ALREADY_EXISTS, RESOURCE_EXHAUSTED (limits), UNAVAILABLE (shutting
+// down), CANCELLED, FAILED_PRECONDITION / DATA_LOSS (snapshots).
+//
+// Thread safety: all public methods are safe to call from any thread.
+#ifndef TITANS_SERVER_ENGINE_ENGINE_H_
+#define TITANS_SERVER_ENGINE_ENGINE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "model/sampler.h"
+
+namespace titans::engine {
+
+struct EngineOptions {
+  std::string model_dir;
+  std::string device = "cpu";
+  int64_t max_sessions = 10000;
+  // Sessions whose state stays in RAM; beyond it the least recently used spill to state_dir.
+  int64_t max_resident_sessions = 1000;
+  // Where spilled and persisted states live; empty = memory only (no spilling, nothing persisted).
+  std::string state_dir;
+  int64_t default_idle_ttl_seconds = 6 * 3600;
+  int64_t max_idle_ttl_seconds = 30 * 24 * 3600;
+  // Tokens queued (not yet consumed) across all sessions; beyond it requests are refused at once.
+  int64_t max_queued_tokens = 1 << 22;
+  int64_t max_tokens_per_request = 1 << 20;
+  int32_t max_generate_tokens = 4096;
+  int32_t max_ops_per_session = 64;
+  // Tokens processed per scheduler step, over all sessions.
+  int64_t step_token_budget = 512;
+  SamplingParams default_sampling;
+};
+
+struct SessionInfo {
+  std::string id;
+  std::string model;
+  int64_t position = 0;
+  int64_t state_bytes = 0;
+  int64_t created_unix_ms = 0;
+  int64_t last_used_unix_ms = 0;
+  int64_t idle_ttl_seconds = 0;
+  std::map<std::string, std::string> labels;
+  bool spilled = false;
+  int32_t queued_operations = 0;
+};
+
+struct CreateParams {
+  std::string principal;
+  std::string id;  // empty = assign
+  int64_t idle_ttl_seconds = 0;
+  std::map<std::string, std::string> labels;
+  std::optional<SamplingParams> sampling;  // session defaults
+};
+
+// Text or token ids (exactly one is used: tokens if has_tokens).
+struct Input {
+  std::string text;
+  std::vector<int32_t> tokens;
+  bool has_tokens = false;
+};
+
+struct AppendResult {
+  int64_t tokens_consumed = 0;
+  int64_t position = 0;
+};
+
+// Partial sampling settings: unset fields come from the session, then the server defaults.
+struct SamplingOverrides {
+  std::optional<float> temperature, top_p, min_p, repetition_penalty;
+  std::optional<int32_t> top_k;
+  std::optional<uint64_t> seed;
+};
+
+struct GenerateParams {
+  Input prompt;  // optional (empty text and no tokens = none)
+  SamplingOverrides sampling;
+  int32_t max_tokens = 256;
+  std::vector<std::string> stop;
+  bool stop_at_eos = true;
+};
+
+enum class Finish { kNone, kLength, kStop, kEndOfSequence, kCancelled };
+
+struct GenerateEvent {
+  std::vector<int32_t> tokens;
+  std::string text;
+  Finish finish = Finish::kNone;  // set on the last event
+  int64_t position = 0;
+  double time_to_first_token_seconds = 0;
+  double total_seconds = 0;
+  int32_t prompt_tokens = 0;
+  int32_t generated_tokens = 0;
+};
+
+struct ScoreResult {
+  std::vector<float> logprobs;
+  int64_t position = 0;
+};
+
+struct ModelInfo {
+  std::string name, variant, tokenizer, initialization, fingerprint, description, config_json;
+  int64_t parameters = 0;
+  int32_t vocab_size = 0;
+};
+
+// Set by the caller to stop an operation between steps (client cancelled or deadline passed).
+using CancelFlag = std::shared_ptr<std::atomic<bool>>;
+
+class Engine {
+ public:
+  // Loads the model and starts the engine thread. Sessions persisted in state_dir by an earlier
+  // run (graceful shutdown, spilling) are registered again.
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(const EngineOptions& options);
+  ~Engine();  // Shutdown() if not done
+
+  const ModelInfo& model_info() const;
+
+  absl::StatusOr<SessionInfo> CreateSession(const CreateParams& params);
+  absl::StatusOr<SessionInfo> GetSession(const std::string& principal, const std::string& id);
+  // Sessions of `principal` with all labels in `filter`, ordered by id, starting after
+  // `after_id`; at most `limit`. *more is set if further sessions exist.
+  std::vector<SessionInfo> ListSessions(const std::string& principal,
+                                        const std::map<std::string, std::string>& filter,
+                                        const std::string& after_id, int limit, bool* more);
+
+  using Done = std::function<void(absl::Status)>;
+  void CloseSession(const std::string& principal, const std::string& id, Done done);
+  void ForkSession(const std::string& principal, const std::string& id, const std::string& new_id,
+                   std::function<void(absl::StatusOr<SessionInfo>)> done);
+
+  void Append(const std::string& principal, const std::string& id, Input input, CancelFlag cancel,
+              std::function<void(absl::StatusOr<AppendResult>)> done);
+  // on_event is called for every batch of new tokens; the last call has finish != kNone or the
+  // operation ends with done(error). done(OK) follows the last event.
+  void Generate(const std::string& principal, const std::string& id, GenerateParams params,
+                CancelFlag cancel, std::function<void(const GenerateEvent&)> on_event, Done done);
+  void Score(const std::string& principal, const std::string& id, std::vector<int32_t> tokens,
+             bool commit, std::function<void(absl::StatusOr<ScoreResult>)> done);
+
+  void Export(const std::string& principal, const std::string& id,
+              std::function<void(absl::StatusOr<std::string>)> done);
+  absl::StatusOr<SessionInfo> Import(const CreateParams& params, const std::string& snapshot);
+
+  // Stops admitting work (UNAVAILABLE), lets queued operations finish until `deadline_ms` from
+  // now, then cancels the rest, persists resident sessions when a state_dir is set, and stops
+  // the engine thread. Idempotent.
+  void Shutdown(int64_t deadline_ms);
+
+  struct Stats {
+    int64_t sessions = 0, resident = 0, spilled = 0, queued_tokens = 0, steps = 0;
+  };
+  Stats stats() const;
+
+  class Impl;
+
+ private:
+  explicit Engine(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace titans::engine
+
+#endif  // TITANS_SERVER_ENGINE_ENGINE_H_

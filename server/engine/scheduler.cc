@@ -1,0 +1,37 @@
+#include "server/engine/scheduler.h"
+
+#include <algorithm>
+
+namespace titans::engine {
+
+std::vector<Assignment> PlanStep(const std::vector<Candidate>& candidates, int64_t budget) {
+  std::vector<Assignment> plan;
+  int64_t left = budget;
+  // Pass 1: control operations and single-token decodes (cheap, latency-sensitive).
+  for (const Candidate& c : candidates) {
+    if (c.wanted_tokens == 0) {
+      plan.push_back({c.session, 0});
+    } else if (c.wanted_tokens == 1 && left > 0) {
+      plan.push_back({c.session, 1});
+      --left;
+    }
+  }
+  // Pass 2: appends, prompts and scores share what is left, in round-robin order.
+  for (const Candidate& c : candidates) {
+    if (c.wanted_tokens <= 1) continue;
+    if (c.indivisible) {
+      if (c.wanted_tokens <= left || plan.empty()) {
+        plan.push_back({c.session, c.wanted_tokens});
+        left -= std::min(left, c.wanted_tokens);
+      }
+      continue;
+    }
+    if (left <= 0 && !plan.empty()) break;
+    const int64_t grant = std::max<int64_t>(1, std::min(left, c.wanted_tokens));
+    plan.push_back({c.session, grant});
+    left -= std::min(left, grant);
+  }
+  return plan;
+}
+
+}  // namespace titans::engine

@@ -1,0 +1,137 @@
+// titans-server: serves a Titans model over gRPC (titans.v1.Titans, grpc.health.v1, reflection).
+// Flags can also come from a file: --flagfile=server.flags (one --flag=value per line).
+// SIGTERM / SIGINT: health turns NOT_SERVING, new work is refused (UNAVAILABLE), queued work gets
+// --shutdown_grace_seconds to finish, resident sessions are persisted to --state_dir, then exit.
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "model/file_util.h"
+#include "server/auth.h"
+#include "server/engine/engine.h"
+#include "server/service.h"
+
+ABSL_FLAG(std::string, host, "0.0.0.0", "address to listen on");
+ABSL_FLAG(int32_t, port, 50051, "gRPC port");
+ABSL_FLAG(std::string, model_dir, TITANS_DEFAULT_MODEL_DIR, "model directory");
+ABSL_FLAG(std::string, device, "cpu", "cpu or cuda[:N]");
+ABSL_FLAG(std::string, state_dir, "",
+          "directory for spilled and persisted session states (empty: memory only)");
+ABSL_FLAG(int64_t, max_sessions, 10000, "sessions the server holds at most");
+ABSL_FLAG(int64_t, max_resident_sessions, 1000,
+          "session states kept in RAM; the least recently used beyond it spill to --state_dir");
+ABSL_FLAG(int64_t, default_idle_ttl_seconds, 6 * 3600, "idle TTL of sessions that set none");
+ABSL_FLAG(int64_t, max_idle_ttl_seconds, 30 * 24 * 3600, "largest idle TTL a session may ask");
+ABSL_FLAG(int64_t, max_queued_tokens, 1 << 22,
+          "tokens accepted but not yet processed, over all sessions; beyond: RESOURCE_EXHAUSTED");
+ABSL_FLAG(int64_t, max_tokens_per_request, 1 << 20, "tokens one Append / prompt may carry");
+ABSL_FLAG(int32_t, max_generate_tokens, 4096, "largest max_tokens of a Generate");
+ABSL_FLAG(int32_t, max_ops_per_session, 64, "operations queued on one session at most");
+ABSL_FLAG(int64_t, step_token_budget, 512, "tokens per scheduler step over all sessions");
+ABSL_FLAG(int32_t, max_message_bytes, 16 << 20, "largest gRPC message received");
+ABSL_FLAG(std::string, auth_tokens_file, "",
+          "file of '<token> <principal>' lines; with it (or TITANS_AUTH_TOKENS) bearer tokens are "
+          "required");
+ABSL_FLAG(std::string, tls_cert, "", "PEM server certificate (enables TLS)");
+ABSL_FLAG(std::string, tls_key, "", "PEM server private key");
+ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA for client certificates (enables mTLS)");
+ABSL_FLAG(double, shutdown_grace_seconds, 25, "time queued work gets to finish on SIGTERM");
+
+namespace {
+
+int Fail(const std::string& what) {
+  std::fprintf(stderr, "titans-server: %s\n", what.c_str());
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "Serves a Titans model with server-side session memory over gRPC.\n"
+      "  titans-server --port 50051 --model_dir models/default --state_dir /var/lib/titans");
+  absl::ParseCommandLine(argc, argv);
+
+  // Signals are taken by a dedicated thread (sigwait): block them before any thread starts.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  auto auth = titans::server::Authenticator::Load(absl::GetFlag(FLAGS_auth_tokens_file),
+                                                  std::getenv("TITANS_AUTH_TOKENS"));
+  if (!auth.ok()) return Fail(auth.status().ToString());
+
+  titans::engine::EngineOptions options;
+  options.model_dir = absl::GetFlag(FLAGS_model_dir);
+  options.device = absl::GetFlag(FLAGS_device);
+  options.state_dir = absl::GetFlag(FLAGS_state_dir);
+  options.max_sessions = absl::GetFlag(FLAGS_max_sessions);
+  options.max_resident_sessions = absl::GetFlag(FLAGS_max_resident_sessions);
+  options.default_idle_ttl_seconds = absl::GetFlag(FLAGS_default_idle_ttl_seconds);
+  options.max_idle_ttl_seconds = absl::GetFlag(FLAGS_max_idle_ttl_seconds);
+  options.max_queued_tokens = absl::GetFlag(FLAGS_max_queued_tokens);
+  options.max_tokens_per_request = absl::GetFlag(FLAGS_max_tokens_per_request);
+  options.max_generate_tokens = absl::GetFlag(FLAGS_max_generate_tokens);
+  options.max_ops_per_session = absl::GetFlag(FLAGS_max_ops_per_session);
+  options.step_token_budget = absl::GetFlag(FLAGS_step_token_budget);
+  auto engine = titans::engine::Engine::Create(options);
+  if (!engine.ok()) return Fail(engine.status().ToString());
+  const titans::engine::ModelInfo& model = (*engine)->model_info();
+
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (!absl::GetFlag(FLAGS_tls_cert).empty()) {
+    auto cert = titans::ReadFileToString(absl::GetFlag(FLAGS_tls_cert));
+    auto key = titans::ReadFileToString(absl::GetFlag(FLAGS_tls_key));
+    if (!cert.ok() || !key.ok()) return Fail("cannot read --tls_cert / --tls_key");
+    grpc::SslServerCredentialsOptions ssl;
+    ssl.pem_key_cert_pairs.push_back({*key, *cert});
+    if (!absl::GetFlag(FLAGS_tls_client_ca).empty()) {
+      auto ca = titans::ReadFileToString(absl::GetFlag(FLAGS_tls_client_ca));
+      if (!ca.ok()) return Fail("cannot read --tls_client_ca");
+      ssl.pem_root_certs = *ca;
+      ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+    }
+    credentials = grpc::SslServerCredentials(ssl);
+  }
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  auto service = titans::server::MakeTitansService(engine->get(), &*auth);
+  grpc::ServerBuilder builder;
+  const std::string address =
+      absl::GetFlag(FLAGS_host) + ":" + std::to_string(absl::GetFlag(FLAGS_port));
+  int bound_port = 0;
+  builder.AddListeningPort(address, credentials, &bound_port);
+  builder.SetMaxReceiveMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
+  builder.RegisterService(service.get());
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || bound_port == 0) return Fail("cannot listen on " + address);
+  server->GetHealthCheckService()->SetServingStatus(true);
+  std::printf("titans-server listening on %s:%d (model %s, %s, %s; auth %s; state dir %s)\n",
+              absl::GetFlag(FLAGS_host).c_str(), bound_port, model.name.c_str(),
+              model.variant.c_str(), model.initialization.c_str(),
+              auth->enabled() ? "bearer tokens" : "off",
+              options.state_dir.empty() ? "none" : options.state_dir.c_str());
+  std::fflush(stdout);
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  std::printf("titans-server: signal %d, draining\n", sig);
+  std::fflush(stdout);
+  server->GetHealthCheckService()->SetServingStatus(false);
+  const double grace = absl::GetFlag(FLAGS_shutdown_grace_seconds);
+  (*engine)->Shutdown(static_cast<int64_t>(grace * 1000));
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  std::printf("titans-server: stopped\n");
+  return 0;
+}

@@ -1,0 +1,28 @@
+// The titans.v1.Titans gRPC service over an Engine. Handlers are thin: authenticate, translate
+// the request, hand it to the engine, wait (watching for cancellation and deadlines), convert the
+// status once. Generated protobuf headers stay inside service.cc.
+#ifndef TITANS_SERVER_SERVICE_H_
+#define TITANS_SERVER_SERVICE_H_
+
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/impl/codegen/service_type.h>
+
+#include <memory>
+
+#include "server/auth.h"
+#include "server/engine/engine.h"
+
+namespace titans::server {
+
+struct ServiceOptions {
+  // Upper bound on the bytes of text one AppendStream may accumulate.
+  int64_t max_stream_bytes = int64_t{256} << 20;
+};
+
+// The engine and authenticator must outlive the service. Thread-safe.
+std::unique_ptr<grpc::Service> MakeTitansService(engine::Engine* engine, const Authenticator* auth,
+                                                 ServiceOptions options = {});
+
+}  // namespace titans::server
+
+#endif  // TITANS_SERVER_SERVICE_H_
