@@ -7,6 +7,7 @@
 #include <mutex>
 
 #include "absl/strings/str_cat.h"
+#include "model/utf8.h"
 #include "titans/v1/titans.grpc.pb.h"
 
 namespace titans::server {
@@ -65,7 +66,7 @@ pb::FinishReason ToProto(engine::Finish f) {
 
 void ToProto(const engine::GenerateEvent& e, pb::GenerateResponse* out) {
   for (int32_t t : e.tokens) out->add_token_ids(t);
-  out->set_text(e.text);
+  out->set_text(ToValidUtf8(e.text));  // proto3 strings must be UTF-8
   out->set_position(e.position);
   if (e.finish != engine::Finish::kNone) {
     out->set_finish_reason(ToProto(e.finish));

@@ -18,6 +18,7 @@
 #include "model/session_state.h"
 #include "model/status_macros.h"
 #include "model/titans_model.h"
+#include "model/utf8.h"
 #include "server/engine/scheduler.h"
 #include "server/engine/session_files.h"
 
@@ -58,20 +59,6 @@ absl::Status ValidateLabels(const std::map<std::string, std::string>& labels) {
     }
   }
   return absl::OkStatus();
-}
-
-bool ValidUtf8(const std::string& s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    const unsigned char c = s[i];
-    int len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-    if (len == 0 || i + len > s.size()) return false;
-    for (int k = 1; k < len; ++k) {
-      if ((static_cast<unsigned char>(s[i + k]) >> 6) != 2) return false;
-    }
-    i += len;
-  }
-  return true;
 }
 
 enum class OpKind { kAppend, kGenerate, kScore, kClose, kFork, kExport };
@@ -279,7 +266,7 @@ class Engine::Impl {
       }
       tokens = input.tokens;
     } else {
-      if (!ValidUtf8(input.text)) return absl::InvalidArgumentError("text is not valid UTF-8");
+      if (!IsValidUtf8(input.text)) return absl::InvalidArgumentError("text is not valid UTF-8");
       TITANS_ASSIGN_OR_RETURN(tokens, model_->tokenizer().Encode(input.text, false));
     }
     if (tokens.empty() && !allow_empty) return absl::InvalidArgumentError("input is empty");

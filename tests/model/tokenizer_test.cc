@@ -14,6 +14,7 @@
 
 #include "gtest/gtest.h"
 #include "model/sentencepiece_loader.h"
+#include "model/utf8.h"
 
 namespace titans {
 namespace {
@@ -289,6 +290,24 @@ TEST_F(SentencePieceTokenizerTest, CorruptModelFileIsInvalidArgument) {
   EXPECT_NE(tok.status().message().find("bad.model"), std::string::npos) << tok.status();
   config.model_file = "missing.model";
   EXPECT_EQ(CreateTokenizer(config, *dir_).status().code(), absl::StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace titans
+
+namespace titans {
+namespace {
+
+TEST(Utf8, StrictValidation) {
+  EXPECT_TRUE(IsValidUtf8("plain ascii"));
+  EXPECT_TRUE(IsValidUtf8("\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80"));  // é € 😀
+  EXPECT_FALSE(IsValidUtf8("\xff"));
+  EXPECT_FALSE(IsValidUtf8("\xc0\x80"));          // overlong NUL
+  EXPECT_FALSE(IsValidUtf8("\xe0\x80\xaf"));      // overlong '/'
+  EXPECT_FALSE(IsValidUtf8("\xed\xa0\x80"));      // surrogate
+  EXPECT_FALSE(IsValidUtf8("\xf4\x90\x80\x80"));  // above U+10FFFF
+  EXPECT_FALSE(IsValidUtf8("\xe2\x82"));          // truncated
+  EXPECT_EQ(ToValidUtf8("a\xffz\xc3\xa9"), "a\xef\xbf\xbdz\xc3\xa9");
 }
 
 }  // namespace

@@ -1,0 +1,480 @@
+// The session service end to end through the generated C++ stubs: the happy paths and every
+// kind of bad input the API must answer with a precise status, without corrupting sessions.
+#include <thread>
+
+#include "tests/server/server_fixture.h"
+
+namespace titans::testing {
+namespace {
+
+using grpc::StatusCode;
+
+TEST_F(ServerTest, AppendGenerateAndSessionInfo) {
+  Start();
+  pb::Session s = Create("", "");
+  EXPECT_EQ(s.session_id().size(), 34u);  // "s-" + 128 random bits in hex
+  pb::AppendResponse r;
+  ASSERT_TRUE(AppendText(s.session_id(), "hello world", &r).ok());
+  EXPECT_EQ(r.tokens_consumed(), 11u);
+  EXPECT_EQ(r.position(), 11u);
+  grpc::Status st;
+  pb::GenerateResponse last;
+  GenerateText(s.session_id(), 7, &st, &last);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(last.finish_reason(), pb::FINISH_REASON_LENGTH);
+  EXPECT_EQ(last.timings().generated_tokens(), 7u);
+  EXPECT_EQ(Position(s.session_id()), 18);
+}
+
+// The same context appended in one call or in many gives the same session: same position and the
+// same continuation (greedy).
+TEST_F(ServerTest, SplitAppendsMatchOneAppend) {
+  Start();
+  const std::string text = "The quick brown fox jumps over the lazy dog, again and again. ";
+  std::string whole;
+  for (int i = 0; i < 8; ++i) whole += text;
+  pb::Session a = Create("one"), b = Create("many");
+  ASSERT_TRUE(AppendText("one", whole).ok());
+  for (int i = 0; i < 8; ++i) ASSERT_TRUE(AppendText("many", text).ok());
+  EXPECT_EQ(Position("one"), Position("many"));
+  grpc::Status s1, s2;
+  EXPECT_EQ(GenerateText("one", 20, &s1), GenerateText("many", 20, &s2));
+  EXPECT_TRUE(s1.ok() && s2.ok());
+}
+
+TEST_F(ServerTest, UnknownClosedAndDuplicateSessions) {
+  Start();
+  EXPECT_EQ(AppendText("nope", "x").error_code(), StatusCode::NOT_FOUND);
+  Create("dup");
+  pb::CreateSessionRequest req;
+  req.set_session_id("dup");
+  pb::Session out;
+  EXPECT_EQ(stub_->CreateSession(Ctx().get(), req, &out).error_code(), StatusCode::ALREADY_EXISTS);
+  req.set_session_id("bad id!");
+  EXPECT_EQ(stub_->CreateSession(Ctx().get(), req, &out).error_code(),
+            StatusCode::INVALID_ARGUMENT);
+  pb::CloseSessionRequest close;
+  close.set_session_id("dup");
+  pb::CloseSessionResponse closed;
+  ASSERT_TRUE(stub_->CloseSession(Ctx().get(), close, &closed).ok());
+  EXPECT_EQ(AppendText("dup", "x").error_code(), StatusCode::NOT_FOUND);
+  EXPECT_EQ(stub_->CloseSession(Ctx().get(), close, &closed).error_code(), StatusCode::NOT_FOUND);
+}
+
+TEST_F(ServerTest, ExpiredSessionIsNotFound) {
+  Start();
+  pb::CreateSessionRequest req;
+  req.set_session_id("short");
+  req.set_idle_ttl_seconds(1);
+  pb::Session out;
+  ASSERT_TRUE(stub_->CreateSession(Ctx().get(), req, &out).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(2600));
+  EXPECT_EQ(AppendText("short", "x").error_code(), StatusCode::NOT_FOUND);
+  req.set_idle_ttl_seconds(uint64_t{1} << 40);  // absurd TTL
+  req.set_session_id("long");
+  EXPECT_EQ(stub_->CreateSession(Ctx().get(), req, &out).error_code(),
+            StatusCode::INVALID_ARGUMENT);
+}
+
+TEST_F(ServerTest, BadInputsAreInvalidArgumentAndLeaveTheSessionIntact) {
+  options_.max_tokens_per_request = 1000;
+  Start();
+  Create("s");
+  ASSERT_TRUE(AppendText("s", "context").ok());
+  const int64_t before = Position("s");
+  EXPECT_EQ(AppendText("s", "").error_code(), StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(AppendText("s", std::string(1001, 'a')).error_code(), StatusCode::INVALID_ARGUMENT);
+  pb::AppendRequest req;
+  req.set_session_id("s");
+  pb::AppendResponse resp;
+  EXPECT_EQ(stub_->Append(Ctx().get(), req, &resp).error_code(), StatusCode::INVALID_ARGUMENT);
+  req.mutable_tokens()->add_ids(5);
+  req.mutable_tokens()->add_ids(260);  // vocabulary is [0, 260)
+  grpc::Status st = stub_->Append(Ctx().get(), req, &resp);
+  EXPECT_EQ(st.error_code(), StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("260"), std::string::npos);
+  req.mutable_tokens()->set_ids(1, -3);
+  EXPECT_EQ(stub_->Append(Ctx().get(), req, &resp).error_code(), StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(Position("s"), before);
+}
+
+TEST_F(ServerTest, InvalidUtf8TextIsRejected) {
+  Start();
+  Create("s");
+  grpc::Status st = AppendText("s", std::string("ok \xff\xfe bad"));
+  EXPECT_NE(st.error_code(), StatusCode::OK);
+  EXPECT_EQ(st.error_code(), StatusCode::INVALID_ARGUMENT) << st.error_message();
+  EXPECT_EQ(Position("s"), 0);
+  EXPECT_TRUE(AppendText("s", "still serving").ok());
+}
+
+TEST_F(ServerTest, AbsurdSamplingParametersAreRejected) {
+  Start();
+  Create("s");
+  auto generate = [&](const std::function<void(pb::GenerateRequest*)>& edit) {
+    pb::GenerateRequest req;
+    req.set_session_id("s");
+    req.set_max_tokens(3);
+    edit(&req);
+    auto ctx = Ctx();
+    auto reader = stub_->Generate(ctx.get(), req);
+    pb::GenerateResponse msg;
+    while (reader->Read(&msg)) {
+    }
+    return reader->Finish();
+  };
+  EXPECT_EQ(generate([](auto* r) { r->mutable_sampling()->set_temperature(-1); }).error_code(),
+            StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(generate([](auto* r) { r->mutable_sampling()->set_top_p(2); }).error_code(),
+            StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(generate([](auto* r) { r->mutable_sampling()->set_top_k(-5); }).error_code(),
+            StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(generate([](auto* r) { r->mutable_sampling()->set_temperature(NAN); }).error_code(),
+            StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(generate([](auto* r) { r->set_max_tokens(1000000); }).error_code(),
+            StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(generate([](auto* r) { r->add_stop(""); }).error_code(), StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(Position("s"), 0);
+  EXPECT_TRUE(generate([](auto*) {}).ok());
+}
+
+TEST_F(ServerTest, UnknownModel) {
+  Start();
+  pb::CreateSessionRequest req;
+  req.set_model("gpt-17");
+  pb::Session out;
+  EXPECT_EQ(stub_->CreateSession(Ctx().get(), req, &out).error_code(), StatusCode::NOT_FOUND);
+  pb::GetModelRequest get;
+  get.set_model("gpt-17");
+  pb::ModelInfo info;
+  EXPECT_EQ(stub_->GetModel(Ctx().get(), get, &info).error_code(), StatusCode::NOT_FOUND);
+  get.set_model("");
+  ASSERT_TRUE(stub_->GetModel(Ctx().get(), get, &info).ok());
+  EXPECT_EQ(info.variant(), "mag");
+  EXPECT_EQ(info.initialization(), "random");
+}
+
+// Operations on one session from many threads run one at a time, in arrival order: nothing is
+// lost or interleaved, and the final position is the sum.
+TEST_F(ServerTest, ConcurrentOperationsOnOneSession) {
+  options_.max_ops_per_session = 64;
+  Start();
+  Create("s");
+  std::vector<std::thread> threads;
+  std::atomic<int> ok{0};
+  for (int i = 0; i < 8; ++i) {
+    threads.emplace_back([&, i] {
+      if (AppendText("s", std::string(50 + i, 'a' + i)).ok()) ++ok;
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), 8);
+  EXPECT_EQ(Position("s"), 8 * 50 + 28);
+}
+
+TEST_F(ServerTest, PerSessionQueueLimitIsResourceExhausted) {
+  options_.max_ops_per_session = 1;
+  options_.step_token_budget = 8;
+  Start();
+  Create("s");
+  // A long append occupies the queue while a second one arrives.
+  std::thread slow([&] { EXPECT_TRUE(AppendText("s", std::string(20000, 'x')).ok()); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(AppendText("s", "y").error_code(), StatusCode::RESOURCE_EXHAUSTED);
+  slow.join();
+  EXPECT_EQ(Position("s"), 20000);
+}
+
+TEST_F(ServerTest, SessionAndQueueCapacity) {
+  options_.max_sessions = 2;
+  options_.max_queued_tokens = 100;
+  Start();
+  Create("a");
+  Create("b");
+  pb::CreateSessionRequest req;
+  pb::Session out;
+  EXPECT_EQ(stub_->CreateSession(Ctx().get(), req, &out).error_code(),
+            StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(AppendText("a", std::string(101, 'z')).error_code(), StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_TRUE(AppendText("a", std::string(100, 'z')).ok());
+}
+
+// A client that gives up on an append (deadline) gets its status; the session is unchanged.
+TEST_F(ServerTest, CancelledAppendLeavesSessionUnchanged) {
+  options_.step_token_budget = 16;
+  Start();
+  Create("s");
+  ASSERT_TRUE(AppendText("s", "before").ok());
+  pb::AppendRequest req;
+  req.set_session_id("s");
+  req.set_text(std::string(100000, 'q'));
+  pb::AppendResponse resp;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
+  grpc::Status st = stub_->Append(&ctx, req, &resp);
+  EXPECT_EQ(st.error_code(), StatusCode::DEADLINE_EXCEEDED);
+  // The engine notices between steps and restores the session.
+  int64_t pos = -1;
+  for (int i = 0; i < 100 && pos != 6; ++i) {
+    pos = Position("s");
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(pos, 6);
+  EXPECT_TRUE(AppendText("s", "after").ok());
+  EXPECT_EQ(Position("s"), 11);
+}
+
+// A client that disconnects mid-stream: generation stops, the server keeps serving, and the
+// session keeps the tokens generated so far.
+TEST_F(ServerTest, ClientDisconnectMidGenerate) {
+  Start();
+  Create("s");
+  ASSERT_TRUE(AppendText("s", "prompt").ok());
+  pb::GenerateRequest req;
+  req.set_session_id("s");
+  req.set_max_tokens(4000);
+  req.set_stop_at_eos(false);
+  auto ctx = Ctx();
+  auto reader = stub_->Generate(ctx.get(), req);
+  pb::GenerateResponse msg;
+  int received = 0;
+  while (received < 3 && reader->Read(&msg)) ++received;
+  ctx->TryCancel();
+  while (reader->Read(&msg)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), StatusCode::CANCELLED);
+  int64_t pos = 0, prev = -1;
+  for (int i = 0; i < 100 && pos != prev; ++i) {  // wait until the engine has stopped
+    prev = pos;
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    pos = Position("s");
+  }
+  EXPECT_GE(pos, 6 + 3);
+  EXPECT_LT(pos, 6 + 4000);
+  EXPECT_TRUE(AppendText("s", "more").ok());
+  EXPECT_EQ(Position("s"), pos + 4);
+}
+
+TEST_F(ServerTest, ExportImportForkAndMalformedSnapshots) {
+  Start();
+  Create("src");
+  ASSERT_TRUE(AppendText("src", "a shared past").ok());
+  pb::ExportSessionRequest ex;
+  ex.set_session_id("src");
+  pb::ExportSessionResponse snap;
+  ASSERT_TRUE(stub_->ExportSession(Ctx().get(), ex, &snap).ok());
+  EXPECT_EQ(snap.position(), 13u);
+
+  pb::ImportSessionRequest im;
+  im.set_snapshot(snap.snapshot());
+  im.set_session_id("copy");
+  pb::Session copy;
+  ASSERT_TRUE(stub_->ImportSession(Ctx().get(), im, &copy).ok());
+  EXPECT_EQ(copy.position(), 13u);
+  pb::ForkSessionRequest fork;
+  fork.set_session_id("src");
+  fork.set_new_session_id("fork");
+  pb::Session forked;
+  ASSERT_TRUE(stub_->ForkSession(Ctx().get(), fork, &forked).ok());
+  // The fork diverges without touching its source.
+  ASSERT_TRUE(AppendText("fork", " and a different future").ok());
+  EXPECT_EQ(Position("src"), 13);
+  grpc::Status s1, s2;
+  EXPECT_EQ(GenerateText("src", 12, &s1), GenerateText("copy", 12, &s2));
+
+  std::string bad = snap.snapshot();
+  bad[bad.size() / 2] ^= 0x40;
+  im.set_snapshot(bad);
+  im.set_session_id("bad");
+  EXPECT_EQ(stub_->ImportSession(Ctx().get(), im, &copy).error_code(), StatusCode::DATA_LOSS);
+  im.set_snapshot("garbage");
+  EXPECT_EQ(stub_->ImportSession(Ctx().get(), im, &copy).error_code(), StatusCode::DATA_LOSS);
+  im.set_snapshot(snap.snapshot().substr(0, 100));
+  EXPECT_EQ(stub_->ImportSession(Ctx().get(), im, &copy).error_code(), StatusCode::DATA_LOSS);
+}
+
+TEST_F(ServerTest, SnapshotFromAnotherModelIsFailedPrecondition) {
+  Start();
+  auto other = MakeModel(TinyConfig(Variant::kMAG), 8);  // same shapes, other weights
+  SessionState state = other->NewState();
+  auto blob = SerializeSessionState(other->config(), state, other->fingerprint());
+  ASSERT_TRUE(blob.ok());
+  pb::ImportSessionRequest im;
+  im.set_snapshot(*blob);
+  pb::Session out;
+  EXPECT_EQ(stub_->ImportSession(Ctx().get(), im, &out).error_code(),
+            StatusCode::FAILED_PRECONDITION);
+}
+
+TEST_F(ServerTest, BearerTokensAndOwnership) {
+  auth_env_ = "alice-token=alice,bob-token-x=bob";
+  Start();
+  pb::CreateSessionRequest req;
+  pb::Session out;
+  EXPECT_EQ(stub_->CreateSession(Ctx().get(), req, &out).error_code(), StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(stub_->CreateSession(Ctx("wrong-token").get(), req, &out).error_code(),
+            StatusCode::UNAUTHENTICATED);
+  pb::Session mine = Create("alices", "alice-token");
+  pb::GetSessionRequest get;
+  get.set_session_id("alices");
+  EXPECT_TRUE(stub_->GetSession(Ctx("alice-token").get(), get, &out).ok());
+  EXPECT_EQ(stub_->GetSession(Ctx("bob-token-x").get(), get, &out).error_code(),
+            StatusCode::NOT_FOUND);
+  grpc::Status st;
+  GenerateText("alices", 2, &st, nullptr, "bob-token-x");
+  EXPECT_EQ(st.error_code(), StatusCode::NOT_FOUND);
+  pb::ListSessionsRequest list;
+  pb::ListSessionsResponse sessions;
+  ASSERT_TRUE(stub_->ListSessions(Ctx("bob-token-x").get(), list, &sessions).ok());
+  EXPECT_EQ(sessions.sessions_size(), 0);
+}
+
+TEST_F(ServerTest, ListSessionsPagesAndFilters) {
+  Start();
+  for (int i = 0; i < 7; ++i) {
+    pb::CreateSessionRequest req;
+    req.set_session_id("s" + std::to_string(i));
+    (*req.mutable_labels())["team"] = i % 2 ? "odd" : "even";
+    pb::Session out;
+    ASSERT_TRUE(stub_->CreateSession(Ctx().get(), req, &out).ok());
+  }
+  pb::ListSessionsRequest req;
+  req.set_page_size(3);
+  std::vector<std::string> seen;
+  while (true) {
+    pb::ListSessionsResponse resp;
+    ASSERT_TRUE(stub_->ListSessions(Ctx().get(), req, &resp).ok());
+    for (const auto& s : resp.sessions()) seen.push_back(s.session_id());
+    if (resp.next_page_token().empty()) break;
+    req.set_page_token(resp.next_page_token());
+  }
+  EXPECT_EQ(seen.size(), 7u);
+  pb::ListSessionsRequest filtered;
+  (*filtered.mutable_label_filter())["team"] = "odd";
+  pb::ListSessionsResponse resp;
+  ASSERT_TRUE(stub_->ListSessions(Ctx().get(), filtered, &resp).ok());
+  EXPECT_EQ(resp.sessions_size(), 3);
+}
+
+// Large inputs stream in many messages, past the 4 MiB default message limit.
+TEST_F(ServerTest, AppendStreamBeyondFourMiB) {
+  options_.max_tokens_per_request = 8 << 20;
+  options_.max_queued_tokens = 8 << 20;
+  options_.step_token_budget = 4096;
+  Start();
+  Create("big");
+  pb::AppendResponse resp;
+  auto ctx = Ctx();
+  auto writer = stub_->AppendStream(ctx.get(), &resp);
+  pb::AppendRequest msg;
+  msg.set_session_id("big");
+  msg.set_text(std::string((1 << 20) + (1 << 16), 'b'));  // 4 x 1.0625 MiB = 4.25 MiB
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(writer->Write(msg));
+  writer->WritesDone();
+  grpc::Status st = writer->Finish();
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(resp.tokens_consumed(), 4u * ((1 << 20) + (1 << 16)));
+  EXPECT_EQ(Position("big"), 4 * ((1 << 20) + (1 << 16)));
+}
+
+TEST_F(ServerTest, BidirectionalStreamAnswersInOrder) {
+  Start();
+  Create("s");
+  auto ctx = Ctx();
+  auto stream = stub_->Stream(ctx.get());
+  pb::StreamRequest a;
+  a.set_request_id(1);
+  a.mutable_append()->set_session_id("s");
+  a.mutable_append()->set_text("abc");
+  pb::StreamRequest bad;
+  bad.set_request_id(2);
+  bad.mutable_append()->set_session_id("missing");
+  bad.mutable_append()->set_text("x");
+  pb::StreamRequest g;
+  g.set_request_id(3);
+  g.mutable_generate()->set_session_id("s");
+  g.mutable_generate()->set_max_tokens(4);
+  g.mutable_generate()->set_stop_at_eos(false);
+  ASSERT_TRUE(stream->Write(a) && stream->Write(bad) && stream->Write(g));
+  stream->WritesDone();
+  std::vector<uint64_t> ids;
+  pb::StreamResponse r;
+  int errors = 0, generated = 0;
+  while (stream->Read(&r)) {
+    ids.push_back(r.request_id());
+    if (r.has_error()) {
+      ++errors;
+      EXPECT_EQ(r.error().code(), static_cast<int>(StatusCode::NOT_FOUND));
+    }
+    if (r.has_generate()) generated += r.generate().token_ids_size();
+  }
+  EXPECT_TRUE(stream->Finish().ok());
+  ASSERT_GE(ids.size(), 3u);
+  EXPECT_EQ(ids[0], 1u);
+  EXPECT_EQ(ids[1], 2u);
+  EXPECT_EQ(ids.back(), 3u);
+  EXPECT_EQ(errors, 1);
+  EXPECT_EQ(generated, 4);
+}
+
+TEST_F(ServerTest, ScoreWithAndWithoutCommit) {
+  Start();
+  Create("s");
+  ASSERT_TRUE(AppendText("s", "context").ok());
+  pb::ScoreRequest req;
+  req.set_session_id("s");
+  for (int id : {104, 105, 33}) req.mutable_tokens()->add_ids(id);
+  pb::ScoreResponse a, b;
+  ASSERT_TRUE(stub_->Score(Ctx().get(), req, &a).ok());
+  EXPECT_EQ(a.logprobs_size(), 3);
+  EXPECT_EQ(Position("s"), 7);
+  for (float lp : a.logprobs()) EXPECT_LT(lp, 0.0f);
+  req.set_commit(true);
+  ASSERT_TRUE(stub_->Score(Ctx().get(), req, &b).ok());
+  EXPECT_EQ(Position("s"), 10);
+  for (int i = 0; i < 3; ++i) EXPECT_FLOAT_EQ(a.logprobs(i), b.logprobs(i));
+  req.set_session_id("");  // stateless
+  ASSERT_TRUE(stub_->Score(Ctx().get(), req, &a).ok());
+  EXPECT_EQ(a.logprobs_size(), 3);
+}
+
+// With a state directory, states beyond max_resident_sessions spill to disk and come back
+// transparently, giving the same results as sessions that stayed in RAM.
+TEST_F(ServerTest, SpilledSessionsReturnTransparently) {
+  options_.state_dir = root_ + "/state";
+  options_.max_resident_sessions = 1;
+  Start();
+  for (const char* id : {"x", "y", "z"}) {
+    Create(id);
+    ASSERT_TRUE(AppendText(id, "identical context for all three").ok());
+  }
+  pb::ListSessionsRequest req;
+  pb::ListSessionsResponse resp;
+  ASSERT_TRUE(stub_->ListSessions(Ctx().get(), req, &resp).ok());
+  int spilled = 0;
+  for (const auto& s : resp.sessions()) spilled += s.spilled();
+  EXPECT_GE(spilled, 2);
+  grpc::Status sx, sz;
+  EXPECT_EQ(GenerateText("x", 10, &sx), GenerateText("z", 10, &sz));
+  EXPECT_TRUE(sx.ok() && sz.ok());
+}
+
+// Sessions persisted at shutdown are served again by the next engine on the same directory.
+TEST_F(ServerTest, GracefulShutdownPersistsSessions) {
+  options_.state_dir = root_ + "/state";
+  Start();
+  Create("keep");
+  ASSERT_TRUE(AppendText("keep", "remember me").ok());
+  engine_->Shutdown(1000);
+  EXPECT_EQ(AppendText("keep", "refused").error_code(), StatusCode::UNAVAILABLE);
+  server_->Shutdown(std::chrono::system_clock::now());
+  server_.reset();
+  engine_.reset();
+  Start();
+  EXPECT_EQ(Position("keep"), 11);
+  EXPECT_TRUE(AppendText("keep", "!").ok());
+  EXPECT_EQ(Position("keep"), 12);
+}
+
+}  // namespace
+}  // namespace titans::testing
