@@ -1,0 +1,188 @@
+#!/usr/bin/python3
+"""End-to-end test of titans-server with an independent client: Python's grpcio (Debian
+python3-grpcio), with stubs generated at test time by protoc + grpc_python_plugin.
+
+It starts the real server binary on a free loopback port, checks health (grpc.health.v1) and
+reflection, drives sessions through every RPC including bad input, drives titans-cli, then stops
+the server with SIGTERM and checks that a restarted server still has the sessions.
+
+Usage: e2e_test.py SERVER_BINARY CLI_BINARY MODEL_DIR PROTO_DIR
+Prints "N passed, M failed" and exits non-zero on any failure.
+"""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+SERVER, CLI, MODEL_DIR, PROTO_DIR = sys.argv[1:5]
+GRPC_PROTO = "/usr/share/grpc-proto"
+work = tempfile.mkdtemp(prefix="titans_e2e_")
+stubs = os.path.join(work, "stubs")
+os.makedirs(stubs)
+# The standard protos are copied under "grpc_std/" so their Python modules do not collide with
+# the installed grpc package (the proto package, and so the service names, stay grpc.*).
+std = os.path.join(work, "std")
+for rel in ("health/v1/health.proto", "reflection/v1alpha/reflection.proto"):
+    os.makedirs(os.path.join(std, "grpc_std", os.path.dirname(rel)), exist_ok=True)
+    with open(os.path.join(GRPC_PROTO, "grpc", rel)) as src, \
+            open(os.path.join(std, "grpc_std", rel), "w") as dst:
+        dst.write(src.read())
+subprocess.run(
+    ["protoc", f"-I{PROTO_DIR}", f"-I{std}", f"--python_out={stubs}",
+     f"--grpc_out={stubs}", "--plugin=protoc-gen-grpc=/usr/bin/grpc_python_plugin",
+     os.path.join(PROTO_DIR, "titans/v1/titans.proto"),
+     os.path.join(std, "grpc_std/health/v1/health.proto"),
+     os.path.join(std, "grpc_std/reflection/v1alpha/reflection.proto")],
+    check=True)
+sys.path.insert(0, stubs)
+
+import grpc  # noqa: E402
+from grpc_std.health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+from grpc_std.reflection.v1alpha import reflection_pb2, reflection_pb2_grpc  # noqa: E402
+from titans.v1 import titans_pb2 as pb, titans_pb2_grpc as rpc  # noqa: E402
+
+results = {"passed": 0, "failed": 0}
+
+
+def check(name, condition, detail=""):
+    if condition:
+        results["passed"] += 1
+        print(f"PASS {name}")
+    else:
+        results["failed"] += 1
+        print(f"FAIL {name} {detail}")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(port, state_dir):
+    proc = subprocess.Popen(
+        [SERVER, f"--port={port}", "--host=127.0.0.1", f"--model_dir={MODEL_DIR}",
+         f"--state_dir={state_dir}", "--shutdown_grace_seconds=5"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    grpc.channel_ready_future(channel).result(timeout=60)
+    return proc, channel
+
+
+def code_of(fn):
+    try:
+        fn()
+        return grpc.StatusCode.OK
+    except grpc.RpcError as e:
+        return e.code()
+
+
+port, state_dir = free_port(), os.path.join(work, "state")
+proc, channel = start_server(port, state_dir)
+stub = rpc.TitansStub(channel)
+try:
+    health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+    check("health SERVING", health.status == health_pb2.HealthCheckResponse.SERVING)
+
+    refl = reflection_pb2_grpc.ServerReflectionStub(channel)
+    responses = refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(
+        list_services="")]))
+    services = [s.name for r in responses for s in r.list_services_response.service]
+    check("reflection lists titans.v1.Titans", "titans.v1.Titans" in services, services)
+
+    model = stub.GetModel(pb.GetModelRequest())
+    check("model metadata", model.variant == "mac" and model.parameters > 0, model)
+
+    s = stub.CreateSession(pb.CreateSessionRequest(labels={"suite": "e2e"}))
+    sid = s.session_id
+    check("server-assigned id is long", len(sid) >= 32, sid)
+    text = "In the beginning God created the heaven and the earth. " * 20
+    r = stub.Append(pb.AppendRequest(session_id=sid, text=text.encode()))
+    check("append consumed", r.tokens_consumed == len(text) and r.position == len(text), r)
+
+    def chunks():
+        for _ in range(10):
+            yield pb.AppendRequest(session_id=sid, text=b"streamed context " * 100)
+    r = stub.AppendStream(chunks())
+    check("append stream", r.tokens_consumed == 17 * 100 * 10, r)
+
+    msgs = list(stub.Generate(pb.GenerateRequest(
+        session_id=sid, max_tokens=16, sampling=pb.SamplingParams(temperature=0.7, seed=5),
+        stop_at_eos=False)))
+    tokens = [t for m in msgs for t in m.token_ids]
+    check("generate streams 16 tokens", len(tokens) == 16, len(tokens))
+    check("finish reason length", msgs[-1].finish_reason == pb.FINISH_REASON_LENGTH)
+    position = stub.GetSession(pb.GetSessionRequest(session_id=sid)).position
+    check("generated tokens join the session", position == len(text) + 17000 + 16, position)
+
+    snap = stub.ExportSession(pb.ExportSessionRequest(session_id=sid))
+    a = stub.ImportSession(pb.ImportSessionRequest(snapshot=snap.snapshot, session_id="copy-a"))
+    b = stub.ForkSession(pb.ForkSessionRequest(session_id=sid, new_session_id="fork-b"))
+    def greedy(session):
+        return [t for m in stub.Generate(pb.GenerateRequest(
+            session_id=session, max_tokens=12, sampling=pb.SamplingParams(temperature=0),
+            stop_at_eos=False)) for t in m.token_ids]
+    check("import and fork continue identically", greedy("copy-a") == greedy("fork-b"))
+
+    check("unknown session NOT_FOUND", code_of(lambda: stub.Append(
+        pb.AppendRequest(session_id="missing", text=b"x"))) == grpc.StatusCode.NOT_FOUND)
+    check("invalid UTF-8 INVALID_ARGUMENT", code_of(lambda: stub.Append(
+        pb.AppendRequest(session_id=sid, text=b"\xff\xfe"))) == grpc.StatusCode.INVALID_ARGUMENT)
+    check("token out of vocabulary INVALID_ARGUMENT", code_of(lambda: stub.Append(
+        pb.AppendRequest(session_id=sid, tokens=pb.TokenIds(ids=[70000])))) ==
+        grpc.StatusCode.INVALID_ARGUMENT)
+    check("bad temperature INVALID_ARGUMENT", code_of(lambda: list(stub.Generate(
+        pb.GenerateRequest(session_id=sid, sampling=pb.SamplingParams(temperature=-2))))) ==
+        grpc.StatusCode.INVALID_ARGUMENT)
+    check("duplicate id ALREADY_EXISTS", code_of(lambda: stub.CreateSession(
+        pb.CreateSessionRequest(session_id="copy-a"))) == grpc.StatusCode.ALREADY_EXISTS)
+    check("corrupt snapshot DATA_LOSS", code_of(lambda: stub.ImportSession(
+        pb.ImportSessionRequest(snapshot=snap.snapshot[:-7]))) == grpc.StatusCode.DATA_LOSS)
+    after = stub.GetSession(pb.GetSessionRequest(session_id=sid)).position
+    check("bad input left the session intact", after == position, (after, position))
+
+    score = stub.Score(pb.ScoreRequest(session_id=sid, tokens=pb.TokenIds(ids=[72, 105])))
+    check("score", len(score.logprobs) == 2 and all(lp < 0 for lp in score.logprobs), score)
+
+    # titans-cli against the same server.
+    ctx_file = os.path.join(work, "context.txt")
+    with open(ctx_file, "w") as f:
+        f.write("a long document for the command-line client. " * 2000)
+    cli = [CLI, f"--server=127.0.0.1:{port}"]
+    created = subprocess.run(cli + ["create", "--id=cli-session"], capture_output=True, text=True)
+    check("cli create", created.returncode == 0 and created.stdout.strip() == "cli-session",
+          created.stderr)
+    appended = subprocess.run(cli + ["append", "cli-session", ctx_file], capture_output=True,
+                              text=True)
+    check("cli append from file", appended.returncode == 0 and "position 90000" in appended.stdout,
+          appended.stdout + appended.stderr)
+    generated = subprocess.run(cli + ["generate", "cli-session", "--max_tokens=5", "--seed=1"],
+                               capture_output=True, text=True)
+    check("cli generate", generated.returncode == 0 and "5 tokens" in generated.stderr,
+          generated.stderr)
+    missing = subprocess.run(cli + ["get", "nope"], capture_output=True, text=True)
+    check("cli reports NOT_FOUND", missing.returncode == 1 and "not found" in missing.stderr)
+
+    # Graceful shutdown: SIGTERM persists sessions; a new server serves them.
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    check("SIGTERM exits cleanly", proc.returncode == 0, out)
+    port = free_port()
+    proc, channel = start_server(port, state_dir)
+    stub = rpc.TitansStub(channel)
+    again = stub.GetSession(pb.GetSessionRequest(session_id=sid))
+    check("session survives restart", again.position == position, again)
+    check("restored session generates", len(greedy(sid)) == 12)
+finally:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+print(f"{results['passed']} passed, {results['failed']} failed")
+sys.exit(1 if results["failed"] else 0)
