@@ -3,7 +3,8 @@
 FROM debian:bookworm
 WORKDIR /opt/titans
 COPY . .
-RUN scripts/setup.sh && scripts/build.sh titans-generate titans-init-model
+RUN scripts/setup.sh && scripts/build.sh titans-server titans-cli titans-generate
 RUN useradd --system --uid 10001 titans
 USER titans
-ENTRYPOINT ["/opt/titans/build/tools/titans-generate", "--model_dir", "/opt/titans/models/default"]
+EXPOSE 50051
+ENTRYPOINT ["/opt/titans/build/server/titans-server", "--model_dir", "/opt/titans/models/default"]

@@ -9,6 +9,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <string>
 
 #include "absl/flags/flag.h"
@@ -25,6 +26,8 @@ ABSL_FLAG(std::string, model_dir, TITANS_DEFAULT_MODEL_DIR, "model directory");
 ABSL_FLAG(std::string, device, "cpu", "cpu or cuda[:N]");
 ABSL_FLAG(std::string, state_dir, "",
           "directory for spilled and persisted session states (empty: memory only)");
+ABSL_FLAG(std::string, snapshot_dir, "",
+          "directory for ExportSession / ImportSession snapshot files (empty: bytes only)");
 ABSL_FLAG(int64_t, max_sessions, 10000, "sessions the server holds at most");
 ABSL_FLAG(int64_t, max_resident_sessions, 1000,
           "session states kept in RAM; the least recently used beyond it spill to --state_dir");
@@ -106,7 +109,14 @@ int main(int argc, char** argv) {
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  auto service = titans::server::MakeTitansService(engine->get(), &*auth);
+  titans::server::ServiceOptions service_options;
+  service_options.snapshot_dir = absl::GetFlag(FLAGS_snapshot_dir);
+  if (!service_options.snapshot_dir.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(service_options.snapshot_dir, ec);
+    if (ec) return Fail("cannot create --snapshot_dir: " + ec.message());
+  }
+  auto service = titans::server::MakeTitansService(engine->get(), &*auth, service_options);
   grpc::ServerBuilder builder;
   const std::string address =
       absl::GetFlag(FLAGS_host) + ":" + std::to_string(absl::GetFlag(FLAGS_port));

@@ -7,6 +7,7 @@
 #include <mutex>
 
 #include "absl/strings/str_cat.h"
+#include "model/file_util.h"
 #include "model/utf8.h"
 #include "titans/v1/titans.grpc.pb.h"
 
@@ -347,7 +348,14 @@ class TitansService final : public pb::Titans::Service {
                     [&done](absl::StatusOr<std::string> r) { done.set_value(std::move(r)); });
     auto blob = result.get();
     if (!blob.ok()) return ToGrpc(blob.status());
-    resp->set_snapshot(std::move(*blob));
+    if (!req->file_name().empty()) {
+      auto path = SnapshotPath(req->file_name());
+      if (!path.ok()) return ToGrpc(path.status());
+      absl::Status st = WriteFileAtomic(*path, *blob);
+      if (!st.ok()) return ToGrpc(st);
+    } else {
+      resp->set_snapshot(std::move(*blob));
+    }
     resp->set_model_fingerprint(engine_->model_info().fingerprint);
     auto info = engine_->GetSession(*principal, req->session_id());
     if (info.ok()) resp->set_position(info->position);
@@ -363,7 +371,15 @@ class TitansService final : public pb::Titans::Service {
     p.id = req->session_id();
     p.idle_ttl_seconds = static_cast<int64_t>(req->idle_ttl_seconds());
     p.labels.insert(req->labels().begin(), req->labels().end());
-    auto info = engine_->Import(p, req->snapshot());
+    std::string from_file;
+    if (!req->file_name().empty()) {
+      auto path = SnapshotPath(req->file_name());
+      if (!path.ok()) return ToGrpc(path.status());
+      auto blob = ReadFileToString(*path);
+      if (!blob.ok()) return ToGrpc(blob.status());
+      from_file = std::move(*blob);
+    }
+    auto info = engine_->Import(p, req->file_name().empty() ? req->snapshot() : from_file);
     if (!info.ok()) return ToGrpc(info.status());
     ToProto(*info, resp);
     return Status::OK;
@@ -396,6 +412,21 @@ class TitansService final : public pb::Titans::Service {
     std::string value;
     if (it != md.end()) value.assign(it->second.data(), it->second.size());
     return auth_->Authenticate(it == md.end() ? nullptr : &value);
+  }
+
+  absl::StatusOr<std::string> SnapshotPath(const std::string& name) const {
+    if (options_.snapshot_dir.empty()) {
+      return absl::FailedPreconditionError("this server has no --snapshot_dir");
+    }
+    bool ok = !name.empty() && name.size() <= 128 && name[0] != '.';
+    for (char c : name) {
+      ok = ok && (std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-');
+    }
+    if (!ok) {
+      return absl::InvalidArgumentError(
+          "file_name must be 1..128 characters of [A-Za-z0-9._-] not starting with '.'");
+    }
+    return options_.snapshot_dir + "/" + name;
   }
 
   void FillModel(pb::ModelInfo* m) const {

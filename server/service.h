@@ -17,6 +17,8 @@ namespace titans::server {
 struct ServiceOptions {
   // Upper bound on the bytes of text one AppendStream may accumulate.
   int64_t max_stream_bytes = int64_t{256} << 20;
+  // Where ExportSession / ImportSession read and write snapshot files; empty disables files.
+  std::string snapshot_dir;
 };
 
 // The engine and authenticator must outlive the service. Thread-safe.

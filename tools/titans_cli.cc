@@ -84,8 +84,9 @@ void PrintSession(const pb::Session& s) {
   std::printf("%s\tposition %llu\tstate %.2f MiB\t%s%s\n", s.session_id().c_str(),
               static_cast<unsigned long long>(s.position()), s.state_bytes() / 1048576.0,
               s.spilled() ? "spilled" : "resident",
-              s.queued_operations() ? (" (" + std::to_string(s.queued_operations()) + " queued)").c_str()
-                                    : "");
+              s.queued_operations()
+                  ? (" (" + std::to_string(s.queued_operations()) + " queued)").c_str()
+                  : "");
 }
 
 int Append(Client& c, const std::string& id, const std::string& path) {
@@ -163,7 +164,8 @@ int Generate(Client& c, const std::string& id) {
   }
   grpc::Status st = reader->Finish();
   if (!st.ok()) return Report(st);
-  std::fprintf(stderr, "\n[%u tokens, first after %.3f s, %.3f s total, finish %s, position %llu]\n",
+  std::fprintf(stderr,
+               "\n[%u tokens, first after %.3f s, %.3f s total, finish %s, position %llu]\n",
                last.timings().generated_tokens(), last.timings().time_to_first_token_seconds(),
                last.timings().total_seconds(), pb::FinishReason_Name(last.finish_reason()).c_str(),
                static_cast<unsigned long long>(last.position()));

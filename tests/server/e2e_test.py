@@ -62,14 +62,26 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_server(port, state_dir):
+def start_server(port, state_dir, extra=(), credentials=None):
     proc = subprocess.Popen(
         [SERVER, f"--port={port}", "--host=127.0.0.1", f"--model_dir={MODEL_DIR}",
-         f"--state_dir={state_dir}", "--shutdown_grace_seconds=5"],
+         f"--state_dir={state_dir}", "--shutdown_grace_seconds=5", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    if credentials is None:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    else:
+        channel = grpc.secure_channel(f"localhost:{port}", credentials)
     grpc.channel_ready_future(channel).result(timeout=60)
     return proc, channel
+
+
+def self_signed(name):
+    key, cert = os.path.join(work, name + ".key"), os.path.join(work, name + ".pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj",
+                    "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                    "-keyout", key, "-out", cert], check=True, capture_output=True)
+    return open(key, "rb").read(), open(cert, "rb").read(), key, cert
 
 
 def code_of(fn):
@@ -176,6 +188,31 @@ try:
     again = stub.GetSession(pb.GetSessionRequest(session_id=sid))
     check("session survives restart", again.position == position, again)
     check("restored session generates", len(greedy(sid)) == 12)
+
+    # TLS with client certificates (mTLS): a client presenting the trusted certificate gets in,
+    # one without a certificate does not.
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    server_key, server_cert, server_key_file, server_cert_file = self_signed("server")
+    client_key, client_cert, _, client_cert_file = self_signed("client")
+    port = free_port()
+    good = grpc.ssl_channel_credentials(root_certificates=server_cert, private_key=client_key,
+                                        certificate_chain=client_cert)
+    proc, channel = start_server(
+        port, os.path.join(work, "tls-state"),
+        [f"--tls_cert={server_cert_file}", f"--tls_key={server_key_file}",
+         f"--tls_client_ca={client_cert_file}"], good)
+    tls_stub = rpc.TitansStub(channel)
+    check("mTLS call succeeds", tls_stub.GetModel(pb.GetModelRequest()).parameters > 0)
+    anonymous = grpc.secure_channel(f"localhost:{port}",
+                                    grpc.ssl_channel_credentials(root_certificates=server_cert))
+    check("mTLS without client certificate is refused", code_of(
+        lambda: rpc.TitansStub(anonymous).GetModel(pb.GetModelRequest(), timeout=10)) ==
+        grpc.StatusCode.UNAVAILABLE)
+    plain = grpc.insecure_channel(f"127.0.0.1:{port}")
+    check("plaintext client is refused", code_of(
+        lambda: rpc.TitansStub(plain).GetModel(pb.GetModelRequest(), timeout=10)) ==
+        grpc.StatusCode.UNAVAILABLE)
 finally:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)

@@ -50,7 +50,7 @@ class ServerTest : public ::testing::Test {
     auto engine = engine::Engine::Create(options_);
     ASSERT_TRUE(engine.ok()) << engine.status();
     engine_ = std::move(*engine);
-    service_ = server::MakeTitansService(engine_.get(), auth_.get());
+    service_ = server::MakeTitansService(engine_.get(), auth_.get(), service_options_);
     grpc::ServerBuilder builder;
     int port = 0;
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
@@ -128,6 +128,7 @@ class ServerTest : public ::testing::Test {
 
   std::string root_, model_dir_, auth_env_;
   engine::EngineOptions options_;
+  server::ServiceOptions service_options_;
   std::unique_ptr<server::Authenticator> auth_;
   std::unique_ptr<engine::Engine> engine_;
   std::unique_ptr<grpc::Service> service_;

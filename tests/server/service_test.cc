@@ -293,6 +293,32 @@ TEST_F(ServerTest, ExportImportForkAndMalformedSnapshots) {
   EXPECT_EQ(stub_->ImportSession(Ctx().get(), im, &copy).error_code(), StatusCode::DATA_LOSS);
 }
 
+TEST_F(ServerTest, SnapshotFilesInTheSnapshotDirectory) {
+  service_options_.snapshot_dir = root_ + "/snapshots";
+  std::filesystem::create_directories(service_options_.snapshot_dir);
+  Start();
+  Create("src");
+  ASSERT_TRUE(AppendText("src", "to disk").ok());
+  pb::ExportSessionRequest ex;
+  ex.set_session_id("src");
+  ex.set_file_name("src-7.snapshot");
+  pb::ExportSessionResponse out;
+  ASSERT_TRUE(stub_->ExportSession(Ctx().get(), ex, &out).ok());
+  EXPECT_TRUE(out.snapshot().empty());
+  EXPECT_TRUE(std::filesystem::exists(service_options_.snapshot_dir + "/src-7.snapshot"));
+  pb::ImportSessionRequest im;
+  im.set_file_name("src-7.snapshot");
+  im.set_session_id("back");
+  pb::Session back;
+  ASSERT_TRUE(stub_->ImportSession(Ctx().get(), im, &back).ok());
+  EXPECT_EQ(back.position(), 7u);
+  im.set_file_name("../../etc/passwd");
+  EXPECT_EQ(stub_->ImportSession(Ctx().get(), im, &back).error_code(),
+            StatusCode::INVALID_ARGUMENT);
+  im.set_file_name("missing.snapshot");
+  EXPECT_EQ(stub_->ImportSession(Ctx().get(), im, &back).error_code(), StatusCode::NOT_FOUND);
+}
+
 TEST_F(ServerTest, SnapshotFromAnotherModelIsFailedPrecondition) {
   Start();
   auto other = MakeModel(TinyConfig(Variant::kMAG), 8);  // same shapes, other weights
