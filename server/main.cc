@@ -15,6 +15,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "model/file_util.h"
 #include "server/auth.h"
 #include "server/engine/engine.h"
@@ -58,6 +60,12 @@ int Fail(const std::string& what) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // --help lists this program's flags (not Abseil's own).
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view path) {
+    return !absl::StrContains(path, "absl/");
+  };
+  absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage(
       "Serves a Titans model with server-side session memory over gRPC.\n"
       "  titans-server --port 50051 --model_dir models/default --state_dir /var/lib/titans");

@@ -9,6 +9,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "model/file_util.h"
 #include "model/generator.h"
 #include "model/session_state.h"
@@ -26,6 +28,12 @@ ABSL_FLAG(uint64_t, seed, 0, "sampling seed");
 ABSL_FLAG(std::vector<std::string>, stop, {}, "comma-separated stop strings");
 
 int main(int argc, char** argv) {
+  // --help lists this program's flags (not Abseil's own).
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view path) {
+    return !absl::StrContains(path, "absl/");
+  };
+  absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage("Generates text from a Titans model directory.");
   absl::ParseCommandLine(argc, argv);
   titans::LoadOptions options;

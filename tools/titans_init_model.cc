@@ -7,6 +7,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "model/config.h"
 #include "model/file_util.h"
 #include "model/params.h"
@@ -18,6 +20,12 @@ ABSL_FLAG(std::string, variant, "", "override the variant: mac, mag, mal or lmm"
 ABSL_FLAG(uint64_t, seed, 20261129, "initialisation seed");
 
 int main(int argc, char** argv) {
+  // --help lists this program's flags (not Abseil's own).
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view path) {
+    return !absl::StrContains(path, "absl/");
+  };
+  absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage("Writes a randomly initialised Titans model directory.");
   absl::ParseCommandLine(argc, argv);
   const std::string out = absl::GetFlag(FLAGS_out);
