@@ -24,8 +24,7 @@ std::string_view FinishReasonName(FinishReason r) {
 TokenGenerator::TokenGenerator(const TitansModel& model, const SamplingParams& params, Rng rng)
     : model_(&model), params_(params), rng_(rng), stops_(params.stop) {}
 
-absl::StatusOr<TokenGenerator> TokenGenerator::Start(const TitansModel& model,
-                                                     SessionState* state,
+absl::StatusOr<TokenGenerator> TokenGenerator::Start(const TitansModel& model, SessionState* state,
                                                      const SamplingParams& params) {
   TITANS_RETURN_IF_ERROR(ValidateSamplingParams(params, model.config().vocab_size));
   if (state->batch() != 1) return absl::InvalidArgumentError("generation needs a batch-1 state");
@@ -44,26 +43,27 @@ absl::StatusOr<TokenGenerator> TokenGenerator::Start(const TitansModel& model,
   return TokenGenerator(model, params, rng);
 }
 
-absl::StatusOr<TokenGenerator::StepResult> TokenGenerator::Step(SessionState* state) {
-  at::NoGradGuard no_grad;
+int32_t TokenGenerator::Sample(SessionState* state) {
+  at::Tensor logits = state->last_logits.select(0, 0).to(at::kCPU).contiguous();
+  const int32_t token = SampleToken(logits.data_ptr<float>(), model_->config().vocab_size, params_,
+                                    state->recent_tokens, &rng_);
+  state->rng_state = rng_.state();
+  return token;
+}
+
+TokenGenerator::StepResult TokenGenerator::Commit(int32_t token) {
   const Tokenizer& tokenizer = model_->tokenizer();
   StepResult out;
-  at::Tensor logits = state->last_logits.select(0, 0).to(at::kCPU).contiguous();
-  out.token = SampleToken(logits.data_ptr<float>(), model_->config().vocab_size, params_,
-                          state->recent_tokens, &rng_);
-  at::Tensor input = at::full({1, 1}, int64_t{out.token}, at::kLong);
-  absl::Status st = model_->Forward(state, input).status();
-  state->rng_state = rng_.state();
-  if (!st.ok()) return st;
+  out.token = token;
   ++generated_;
-  if (params_.stop_at_eos && out.token == tokenizer.eos_id()) {
+  if (params_.stop_at_eos && token == tokenizer.eos_id()) {
     out.finished = true;
     out.finish_reason = FinishReason::kEndOfSequence;
     out.text_delta = Flush();
     return out;
   }
-  if (!tokenizer.IsSpecial(out.token)) {
-    pending_bytes_ += tokenizer.TokenBytes(out.token);
+  if (!tokenizer.IsSpecial(token)) {
+    pending_bytes_ += tokenizer.TokenBytes(token);
     const size_t complete = CompleteUtf8Prefix(pending_bytes_);
     bool stopped = false;
     out.text_delta = stops_.Feed(std::string_view(pending_bytes_).substr(0, complete), &stopped);
@@ -80,6 +80,14 @@ absl::StatusOr<TokenGenerator::StepResult> TokenGenerator::Step(SessionState* st
     out.finish_reason = FinishReason::kLength;
   }
   return out;
+}
+
+absl::StatusOr<TokenGenerator::StepResult> TokenGenerator::Step(SessionState* state) {
+  at::NoGradGuard no_grad;
+  const int32_t token = Sample(state);
+  TITANS_RETURN_IF_ERROR(
+      model_->Forward(state, at::full({1, 1}, int64_t{token}, at::kLong)).status());
+  return Commit(token);
 }
 
 std::string TokenGenerator::Flush() {

@@ -48,6 +48,12 @@ class TokenGenerator {
   static absl::StatusOr<TokenGenerator> Start(const TitansModel& model, SessionState* state,
                                               const SamplingParams& params);
   absl::StatusOr<StepResult> Step(SessionState* state);
+  // Step() in two halves, for callers that feed the token themselves (the server batches the
+  // forward passes of many sessions): Sample() draws the next token from the state's last
+  // logits; after the token has been consumed into the state, Commit() does the text and
+  // stopping logic.
+  int32_t Sample(SessionState* state);
+  StepResult Commit(int32_t token);
   // The text held back so far (call when ending early, e.g. on cancellation).
   std::string Flush();
   int32_t generated() const { return generated_; }

@@ -183,91 +183,125 @@ void RunTasks(const kernels::MemoryShape& shape, const std::vector<kernels::Memo
 #endif
 }
 
-// Inference: the fused kernel (kernels/memory_kernel.h), one task per group. Outputs go to
-// fresh tensors (the old state stays intact): weights / momentum only when a chunk closes,
-// pending rows into buffers with room for a whole chunk.
-at::Tensor KernelWriteRead(const MemorySpec& spec, MemoryState* st, const at::Tensor& k_in,
-                           const at::Tensor& v_in, const at::Tensor& q_in,
-                           const MemoryGates& gates_in) {
-  const int L = spec.depth;
-  const int64_t G = k_in.size(0), n = k_in.size(1), d = k_in.size(2);
-  const int64_t p = st->pending(), b = spec.chunk_size;
-  at::Tensor k = k_in.contiguous(), v = v_in.contiguous(), q = q_in.contiguous();
-  at::Tensor log_keep = gates_in.log_keep.contiguous(), log_eta = gates_in.log_eta.contiguous(),
-             theta = gates_in.theta.contiguous();
-  kernels::MemoryShape shape;
-  shape.depth = L;
-  shape.head_dim = static_cast<int>(d);
-  shape.hidden = L > 1 ? static_cast<int>(st->weights[0].size(1)) : static_cast<int>(d);
-  shape.chunk = spec.chunk_size;
-  shape.gelu = spec.activation == Activation::kGELU;
-  shape.residual = spec.residual;
+// Inference: the fused kernel (kernels/memory_kernel.h), one task per group, over any number
+// of memory states at once (the server batches sessions this way). Outputs go to fresh tensors
+// (the old states stay intact): weights / momentum only when a chunk closes, pending rows into
+// buffers with room for a whole chunk.
+class KernelBatch {
+ public:
+  explicit KernelBatch(const MemorySpec& spec) : spec_(spec) {}
 
-  const bool closes = p + n >= b;
-  const int64_t p_out = (p + n) % b;
-  std::vector<at::Tensor> w_in(L), s_in(L), w_out(L), s_out(L), z_in(L), d_in(L), z_out(L),
-      d_out(L);
-  for (int l = 0; l < L; ++l) {
-    w_in[l] = st->weights[l].contiguous();
-    s_in[l] = st->momentum[l].contiguous();
-    w_out[l] = closes ? at::empty_like(w_in[l]) : w_in[l];
-    s_out[l] = closes ? at::empty_like(s_in[l]) : s_in[l];
-    z_in[l] = st->pending_inputs[l];
-    d_in[l] = st->pending_deltas[l];
-    z_out[l] = at::empty({G, b, w_in[l].size(2)}, k.options());
-    d_out[l] = at::empty({G, b, w_in[l].size(1)}, k.options());
-    TORCH_CHECK(p == 0 || (z_in[l].stride(2) == 1 && z_in[l].stride(1) == z_in[l].size(2) &&
-                           d_in[l].stride(2) == 1 && d_in[l].stride(1) == d_in[l].size(2)),
-                "pending rows must be row-contiguous");
-  }
-  at::Tensor gates_prev =
-      at::stack({st->pending_gates.log_keep, st->pending_gates.log_eta, st->pending_gates.theta}, 2)
-          .contiguous();  // [G, p, 3]
-  at::Tensor gates_out = at::empty({G, b, 3}, k.options());
-  at::Tensor y = at::empty({G, n, d}, k.options());
+  // Queues n tokens of `st` (k, v, q [G, n, d], gates [G, n]).
+  void Add(MemoryState* st, const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& q_in,
+           const MemoryGates& gates_in) {
+    const int L = spec_.depth;
+    Entry e;
+    e.state = st;
+    e.k = k_in.contiguous();
+    e.v = v_in.contiguous();
+    e.q = q_in.contiguous();
+    e.log_keep = gates_in.log_keep.contiguous();
+    e.log_eta = gates_in.log_eta.contiguous();
+    e.theta = gates_in.theta.contiguous();
+    const int64_t G = e.k.size(0), n = e.k.size(1), d = e.k.size(2);
+    const int64_t p = st->pending(), b = spec_.chunk_size;
+    shape_.depth = L;
+    shape_.head_dim = static_cast<int>(d);
+    shape_.hidden = L > 1 ? static_cast<int>(st->weights[0].size(1)) : static_cast<int>(d);
+    shape_.chunk = spec_.chunk_size;
+    shape_.gelu = spec_.activation == Activation::kGELU;
+    shape_.residual = spec_.residual;
+    device_ = e.k.device();
 
-  std::vector<kernels::MemoryTask> tasks(G);
-  for (int64_t g = 0; g < G; ++g) {
-    kernels::MemoryTask& t = tasks[g];
+    const bool closes = p + n >= b;
+    e.p_out = (p + n) % b;
     for (int l = 0; l < L; ++l) {
-      t.weights_in[l] = w_in[l].data_ptr<float>() + g * w_in[l].stride(0);
-      t.momentum_in[l] = s_in[l].data_ptr<float>() + g * s_in[l].stride(0);
-      t.weights_out[l] = w_out[l].data_ptr<float>() + g * w_out[l].stride(0);
-      t.momentum_out[l] = s_out[l].data_ptr<float>() + g * s_out[l].stride(0);
-      if (p > 0) {
-        t.pending_inputs_in[l] = z_in[l].data_ptr<float>() + g * z_in[l].stride(0);
-        t.pending_deltas_in[l] = d_in[l].data_ptr<float>() + g * d_in[l].stride(0);
-      }
-      t.pending_inputs_out[l] = z_out[l].data_ptr<float>() + g * z_out[l].stride(0);
-      t.pending_deltas_out[l] = d_out[l].data_ptr<float>() + g * d_out[l].stride(0);
+      e.w_in.push_back(st->weights[l].contiguous());
+      e.s_in.push_back(st->momentum[l].contiguous());
+      e.w_out.push_back(closes ? at::empty_like(e.w_in[l]) : e.w_in[l]);
+      e.s_out.push_back(closes ? at::empty_like(e.s_in[l]) : e.s_in[l]);
+      e.z_out.push_back(at::empty({G, b, e.w_in[l].size(2)}, e.k.options()));
+      e.d_out.push_back(at::empty({G, b, e.w_in[l].size(1)}, e.k.options()));
+      const at::Tensor& z = st->pending_inputs[l];
+      const at::Tensor& dl = st->pending_deltas[l];
+      TORCH_CHECK(p == 0 || (z.stride(2) == 1 && z.stride(1) == z.size(2) && dl.stride(2) == 1 &&
+                             dl.stride(1) == dl.size(2)),
+                  "pending rows must be row-contiguous");
     }
-    if (p > 0) t.pending_gates_in = gates_prev.data_ptr<float>() + g * gates_prev.stride(0);
-    t.pending_gates_out = gates_out.data_ptr<float>() + g * gates_out.stride(0);
-    t.pending_in = static_cast<int>(p);
-    t.n = static_cast<int>(n);
-    t.keys = k.data_ptr<float>() + g * n * d;
-    t.values = v.data_ptr<float>() + g * n * d;
-    t.queries = q.data_ptr<float>() + g * n * d;
-    t.kvq_stride = d;
-    t.log_keep = log_keep.data_ptr<float>() + g * n;
-    t.log_eta = log_eta.data_ptr<float>() + g * n;
-    t.theta = theta.data_ptr<float>() + g * n;
-    t.gate_stride = 1;
-    t.output = y.data_ptr<float>() + g * n * d;
-    t.output_stride = d;
-  }
-  RunTasks(shape, tasks, k.device());
+    e.gates_prev =
+        at::stack({st->pending_gates.log_keep, st->pending_gates.log_eta, st->pending_gates.theta},
+                  2)
+            .contiguous();  // [G, p, 3]
+    e.gates_out = at::empty({G, b, 3}, e.k.options());
+    e.y = at::empty({G, n, d}, e.k.options());
 
-  for (int l = 0; l < L; ++l) {
-    st->weights[l] = w_out[l];
-    st->momentum[l] = s_out[l];
-    st->pending_inputs[l] = z_out[l].slice(1, 0, p_out);
-    st->pending_deltas[l] = d_out[l].slice(1, 0, p_out);
+    for (int64_t g = 0; g < G; ++g) {
+      kernels::MemoryTask t;
+      for (int l = 0; l < L; ++l) {
+        t.weights_in[l] = e.w_in[l].data_ptr<float>() + g * e.w_in[l].stride(0);
+        t.momentum_in[l] = e.s_in[l].data_ptr<float>() + g * e.s_in[l].stride(0);
+        t.weights_out[l] = e.w_out[l].data_ptr<float>() + g * e.w_out[l].stride(0);
+        t.momentum_out[l] = e.s_out[l].data_ptr<float>() + g * e.s_out[l].stride(0);
+        if (p > 0) {
+          const at::Tensor& z = st->pending_inputs[l];
+          const at::Tensor& dl = st->pending_deltas[l];
+          t.pending_inputs_in[l] = z.data_ptr<float>() + g * z.stride(0);
+          t.pending_deltas_in[l] = dl.data_ptr<float>() + g * dl.stride(0);
+        }
+        t.pending_inputs_out[l] = e.z_out[l].data_ptr<float>() + g * e.z_out[l].stride(0);
+        t.pending_deltas_out[l] = e.d_out[l].data_ptr<float>() + g * e.d_out[l].stride(0);
+      }
+      if (p > 0) t.pending_gates_in = e.gates_prev.data_ptr<float>() + g * e.gates_prev.stride(0);
+      t.pending_gates_out = e.gates_out.data_ptr<float>() + g * e.gates_out.stride(0);
+      t.pending_in = static_cast<int>(p);
+      t.n = static_cast<int>(n);
+      t.keys = e.k.data_ptr<float>() + g * n * d;
+      t.values = e.v.data_ptr<float>() + g * n * d;
+      t.queries = e.q.data_ptr<float>() + g * n * d;
+      t.kvq_stride = d;
+      t.log_keep = e.log_keep.data_ptr<float>() + g * n;
+      t.log_eta = e.log_eta.data_ptr<float>() + g * n;
+      t.theta = e.theta.data_ptr<float>() + g * n;
+      t.gate_stride = 1;
+      t.output = e.y.data_ptr<float>() + g * n * d;
+      t.output_stride = d;
+      tasks_.push_back(t);
+    }
+    entries_.push_back(std::move(e));
   }
-  at::Tensor g_out = gates_out.slice(1, 0, p_out);
-  st->pending_gates = MemoryGates{g_out.select(2, 0), g_out.select(2, 1), g_out.select(2, 2)};
-  return y;
-}
+
+  // Runs every queued task in one kernel call, updates the states, returns each entry's y.
+  std::vector<at::Tensor> Run() {
+    RunTasks(shape_, tasks_, device_);
+    std::vector<at::Tensor> ys;
+    for (Entry& e : entries_) {
+      MemoryState* st = e.state;
+      for (int l = 0; l < spec_.depth; ++l) {
+        st->weights[l] = e.w_out[l];
+        st->momentum[l] = e.s_out[l];
+        st->pending_inputs[l] = e.z_out[l].slice(1, 0, e.p_out);
+        st->pending_deltas[l] = e.d_out[l].slice(1, 0, e.p_out);
+      }
+      at::Tensor g_out = e.gates_out.slice(1, 0, e.p_out);
+      st->pending_gates = MemoryGates{g_out.select(2, 0), g_out.select(2, 1), g_out.select(2, 2)};
+      ys.push_back(e.y);
+    }
+    return ys;
+  }
+
+ private:
+  struct Entry {
+    MemoryState* state;
+    at::Tensor k, v, q, log_keep, log_eta, theta, gates_prev, gates_out, y;
+    std::vector<at::Tensor> w_in, s_in, w_out, s_out, z_out, d_out;
+    int64_t p_out = 0;
+  };
+  MemorySpec spec_;
+  kernels::MemoryShape shape_;
+  at::Device device_ = at::kCPU;
+  std::vector<Entry> entries_;
+  std::vector<kernels::MemoryTask> tasks_;
+};
 
 }  // namespace
 
@@ -308,8 +342,30 @@ at::Tensor MemoryRead(const MemorySpec& spec, const std::vector<at::Tensor>& wei
 
 at::Tensor MemoryWriteRead(const MemorySpec& spec, MemoryState* state, const at::Tensor& k,
                            const at::Tensor& v, const at::Tensor& q, const MemoryGates& gates) {
-  if (KernelApplies(*state, k)) return KernelWriteRead(spec, state, k, v, q, gates);
-  return MemoryWriteReadTorch(spec, state, k, v, q, gates);
+  return MemoryWriteReadMany(spec, {state}, {MemoryInputs{k, v, q, gates}})[0];
+}
+
+std::vector<at::Tensor> MemoryWriteReadMany(const MemorySpec& spec,
+                                            const std::vector<MemoryState*>& states,
+                                            const std::vector<MemoryInputs>& inputs) {
+  bool kernel = true;
+  for (size_t i = 0; i < states.size(); ++i) {
+    kernel = kernel && KernelApplies(*states[i], inputs[i].k) &&
+             inputs[i].k.device() == inputs[0].k.device();
+  }
+  std::vector<at::Tensor> ys;
+  if (kernel) {
+    KernelBatch batch(spec);
+    for (size_t i = 0; i < states.size(); ++i) {
+      batch.Add(states[i], inputs[i].k, inputs[i].v, inputs[i].q, inputs[i].gates);
+    }
+    return batch.Run();
+  }
+  for (size_t i = 0; i < states.size(); ++i) {
+    const MemoryInputs& in = inputs[i];
+    ys.push_back(MemoryWriteReadTorch(spec, states[i], in.k, in.v, in.q, in.gates));
+  }
+  return ys;
 }
 
 at::Tensor MemoryWriteReadTorch(const MemorySpec& spec, MemoryState* state, const at::Tensor& k,

@@ -74,6 +74,16 @@ at::Tensor MemoryRead(const MemorySpec& spec, const std::vector<at::Tensor>& wei
 at::Tensor MemoryWriteRead(const MemorySpec& spec, MemoryState* state, const at::Tensor& k,
                            const at::Tensor& v, const at::Tensor& q, const MemoryGates& gates);
 
+// MemoryWriteRead for many independent states (one per session), in one kernel call when the
+// kernel applies. states[i] receives inputs[i]; returns each state's y.
+struct MemoryInputs {
+  at::Tensor k, v, q;
+  MemoryGates gates;
+};
+std::vector<at::Tensor> MemoryWriteReadMany(const MemorySpec& spec,
+                                            const std::vector<MemoryState*>& states,
+                                            const std::vector<MemoryInputs>& inputs);
+
 // The same in plain LibTorch ops: differentiable, any dtype / device; the kernels' reference.
 at::Tensor MemoryWriteReadTorch(const MemorySpec& spec, MemoryState* state, const at::Tensor& k,
                                 const at::Tensor& v, const at::Tensor& q, const MemoryGates& gates);

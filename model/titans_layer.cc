@@ -20,14 +20,35 @@ at::Tensor GateGroups(const at::Tensor& z) {
   return z.transpose(1, 2).reshape({z.size(0) * z.size(2), z.size(1)});
 }
 
+// Applies fn(slice, rows of x) to every slice and joins the results along time.
+template <typename Fn>
+at::Tensor PerSlice(const std::vector<StreamSlice>& slices, const at::Tensor& x, Fn fn) {
+  if (slices.size() == 1) return fn(slices[0], x);
+  std::vector<at::Tensor> parts;
+  for (const StreamSlice& s : slices)
+    parts.push_back(fn(s, x.slice(1, s.begin, s.begin + s.length)));
+  return at::cat(parts, 1);
+}
+
+// The causal conv, each slice with its own tail (`tail` selects which of the layer's tails).
+at::Tensor ConvSlices(const std::vector<StreamSlice>& slices, const at::Tensor& x,
+                      const at::Tensor& taps, at::Tensor LayerState::*tail) {
+  return PerSlice(slices, x, [&](const StreamSlice& s, const at::Tensor& rows) {
+    return CausalConv(rows, taps, &(s.state->*tail));
+  });
+}
+
 at::Tensor L2Normalize(const at::Tensor& x) {
   return x * at::rsqrt(x.pow(2).sum(-1, /*keepdim=*/true).clamp_min(1e-12));
 }
 
-// A memory query: Linear -> causal conv -> SiLU -> per-head L2 norm, as groups [B*H, T, dh].
-at::Tensor QueryGroups(const ModelConfig& c, const at::Tensor& x, const at::Tensor& proj,
-                       const at::Tensor& taps, at::Tensor* tail) {
-  return L2Normalize(ToGroups(at::silu(CausalConv(Linear(x, proj), taps, tail)), c.num_heads));
+// A memory query or key: Linear -> causal conv -> SiLU -> per-head L2 norm, [B, T, H*dh].
+at::Tensor QueryRows(const ModelConfig& c, const std::vector<StreamSlice>& slices,
+                     const at::Tensor& x, const at::Tensor& proj, const at::Tensor& taps,
+                     at::Tensor LayerState::*tail) {
+  at::Tensor h = at::silu(ConvSlices(slices, Linear(x, proj), taps, tail));
+  const int64_t B = h.size(0), T = h.size(1);
+  return L2Normalize(h.reshape({B, T, c.num_heads, c.head_dim})).reshape({B, T, -1});
 }
 
 at::Tensor Combine(const ModelConfig& c, const LayerParams& p, const at::Tensor& y,
@@ -101,73 +122,103 @@ at::Tensor SegmentAttention(const ModelConfig& c, const AttentionParams& a, Laye
   return Linear(MergeHeads(Attend(q_plain, q, pk, pv, keys, values, visible)), a.wo);
 }
 
-// MAC block mixer for T tokens inside one segment, the first at `offset` within it.
-at::Tensor MacMixer(const ModelConfig& c, const LayerParams& p, LayerState* st, const at::Tensor& n,
-                    int64_t offset) {
-  const bool separate_segment_weights = !st->segment_weights.empty();
-  if (offset == 0) {
-    // Segment start: it is a chunk boundary (segment_size is a multiple of chunk_size), so the
-    // memory's chunk-start weights are Phi at the segment start. The attention cache is reset.
-    if (separate_segment_weights) st->segment_weights = st->memory.weights;
-    st->attn_k = st->attn_k.slice(2, 0, 0);
-    st->attn_v = st->attn_v.slice(2, 0, 0);
-  }
-  const std::vector<at::Tensor>& phi_segment =
-      separate_segment_weights ? st->segment_weights : st->memory.weights;
-  // h_t = M_{Phi_segment}(q_t): a read of the memory as it was at the segment start.
-  at::Tensor q = QueryGroups(c, n, p.retrieval.q_proj, p.retrieval.q_conv, &st->retrieval_tail);
-  MemorySpec spec = MemorySpec::FromConfig(c.memory);
-  at::Tensor h = Linear(FromGroups(MemoryRead(spec, phi_segment, q), n.size(0)),
-                        p.retrieval.out_proj);  // [B, T, d]
-  at::Tensor y = SegmentAttention(c, p.attn, st, n, h, offset);
+// Sliding-window attention over every slice (each with its own cache and positions).
+at::Tensor WindowAttention(const ModelConfig& c, const AttentionParams& a,
+                           const std::vector<StreamSlice>& slices, const at::Tensor& x) {
+  return PerSlice(slices, x, [&](const StreamSlice& s, const at::Tensor& rows) {
+    return SlidingWindowAttention(c, a, s.state, rows, s.position);
+  });
+}
+
+// MAC block mixer; each slice lies inside one segment of its stream.
+at::Tensor MacMixer(const ModelConfig& c, const LayerParams& p,
+                    const std::vector<StreamSlice>& slices, const at::Tensor& n) {
+  const int64_t B = n.size(0);
+  const MemorySpec spec = MemorySpec::FromConfig(c.memory);
+  at::Tensor q =
+      QueryRows(c, slices, n, p.retrieval.q_proj, p.retrieval.q_conv, &LayerState::retrieval_tail);
+  at::Tensor y = PerSlice(slices, n, [&](const StreamSlice& s, const at::Tensor& rows) {
+    LayerState* st = s.state;
+    const int64_t offset = s.position % c.attention.segment_size;
+    const bool separate_segment_weights = !st->segment_weights.empty();
+    if (offset == 0) {
+      // Segment start: a chunk boundary (segment_size is a multiple of chunk_size), so the
+      // memory's chunk-start weights are Phi at the segment start. The attention cache resets.
+      if (separate_segment_weights) st->segment_weights = st->memory.weights;
+      st->attn_k = st->attn_k.slice(2, 0, 0);
+      st->attn_v = st->attn_v.slice(2, 0, 0);
+    }
+    const std::vector<at::Tensor>& phi_segment =
+        separate_segment_weights ? st->segment_weights : st->memory.weights;
+    // h_t = M_{Phi_segment}(q_t): a read of the memory as it was at the segment start.
+    at::Tensor q_rows = slices.size() == 1 ? q : q.slice(1, s.begin, s.begin + s.length);
+    at::Tensor h =
+        Linear(FromGroups(MemoryRead(spec, phi_segment, ToGroups(q_rows, c.num_heads)), B),
+               p.retrieval.out_proj);  // [B, T, d]
+    return SegmentAttention(c, p.attn, st, rows, h, offset);
+  });
   // The attention outputs update the memory; the output reads the updated memory
   // (o_t = y_t (x) M_t(y_t), read-after-write).
-  at::Tensor m = NeuralMemoryForward(c, p.memory, st, y);
+  at::Tensor m = NeuralMemoryForward(c, p.memory, slices, y);
   return Combine(c, p, y, m);
 }
 
 }  // namespace
 
-at::Tensor NeuralMemoryForward(const ModelConfig& c, const NeuralMemoryParams& p, LayerState* st,
-                               const at::Tensor& x) {
-  const int64_t B = x.size(0), H = c.num_heads;
-  at::Tensor q = QueryGroups(c, x, p.q_proj, p.q_conv, &st->q_tail);
-  at::Tensor k = QueryGroups(c, x, p.k_proj, p.k_conv, &st->k_tail);
-  at::Tensor v = ToGroups(at::silu(CausalConv(Linear(x, p.v_proj), p.v_conv, &st->v_tail)), H);
+at::Tensor NeuralMemoryForward(const ModelConfig& c, const NeuralMemoryParams& p,
+                               const std::vector<StreamSlice>& slices, const at::Tensor& x) {
+  const int64_t B = x.size(0), T = x.size(1), H = c.num_heads;
+  at::Tensor q = QueryRows(c, slices, x, p.q_proj, p.q_conv, &LayerState::q_tail);
+  at::Tensor k = QueryRows(c, slices, x, p.k_proj, p.k_conv, &LayerState::k_tail);
+  at::Tensor v = at::silu(ConvSlices(slices, Linear(x, p.v_proj), p.v_conv, &LayerState::v_tail));
   // Data-dependent gates per token and head: alpha = sigmoid(.), eta = sigmoid(.),
-  // theta = theta_max * sigmoid(.); carried as log(1 - alpha) and log(eta).
-  MemoryGates gates;
-  gates.log_keep = GateGroups(at::log_sigmoid(-(Linear(x, p.alpha_w) + p.alpha_b)));
-  gates.log_eta = GateGroups(at::log_sigmoid(Linear(x, p.eta_w) + p.eta_b));
-  gates.theta = GateGroups(c.memory.theta_max * at::sigmoid(Linear(x, p.theta_w) + p.theta_b));
-  at::Tensor y = MemoryWriteRead(MemorySpec::FromConfig(c.memory), &st->memory, k, v, q, gates);
+  // theta = theta_max * sigmoid(.); carried as log(1 - alpha) and log(eta). [B, T, H]
+  at::Tensor log_keep = at::log_sigmoid(-(Linear(x, p.alpha_w) + p.alpha_b));
+  at::Tensor log_eta = at::log_sigmoid(Linear(x, p.eta_w) + p.eta_b);
+  at::Tensor theta = c.memory.theta_max * at::sigmoid(Linear(x, p.theta_w) + p.theta_b);
+  // One memory update for all slices (one kernel call).
+  std::vector<MemoryState*> states;
+  std::vector<MemoryInputs> inputs;
+  for (const StreamSlice& s : slices) {
+    auto rows = [&](const at::Tensor& t) {
+      return slices.size() == 1 ? t : t.slice(1, s.begin, s.begin + s.length);
+    };
+    states.push_back(&s.state->memory);
+    inputs.push_back(MemoryInputs{ToGroups(rows(k), H), ToGroups(rows(v), H), ToGroups(rows(q), H),
+                                  MemoryGates{GateGroups(rows(log_keep)), GateGroups(rows(log_eta)),
+                                              GateGroups(rows(theta))}});
+  }
+  std::vector<at::Tensor> ys =
+      MemoryWriteReadMany(MemorySpec::FromConfig(c.memory), states, inputs);
+  for (at::Tensor& y : ys) y = FromGroups(y, B);
+  at::Tensor y = ys.size() == 1 ? ys[0] : at::cat(ys, 1);
   // Per-head RMSNorm, then o = W_o(norm(y) * SiLU(W_g x)).
-  at::Tensor y_heads = FromGroups(y, B).reshape({B, x.size(1), H, c.head_dim});
+  at::Tensor y_heads = y.reshape({B, T, H, c.head_dim});
   at::Tensor normed =
-      (y_heads * at::rsqrt(y_heads.pow(2).mean(-1, true) + c.norm_eps)).reshape({B, x.size(1), -1});
+      (y_heads * at::rsqrt(y_heads.pow(2).mean(-1, true) + c.norm_eps)).reshape({B, T, -1});
   return Linear(normed * p.out_norm * at::silu(Linear(x, p.out_gate)), p.out_proj);
 }
 
-at::Tensor LayerForward(const ModelConfig& c, const LayerParams& p, LayerState* st,
-                        const at::Tensor& x, int64_t position) {
+at::Tensor LayerForward(const ModelConfig& c, const LayerParams& p,
+                        const std::vector<StreamSlice>& slices, const at::Tensor& x) {
   at::Tensor h = x;
   at::Tensor n = RmsNorm(h, p.mixer_norm, c.norm_eps);
   switch (c.variant) {
     case Variant::kMAC:
-      h = h + MacMixer(c, p, st, n, position % c.attention.segment_size);
+      h = h + MacMixer(c, p, slices, n);
       break;
     case Variant::kMAG: {
-      at::Tensor y = SlidingWindowAttention(c, p.attn, st, n, position);
-      at::Tensor m = NeuralMemoryForward(c, p.memory, st, n);
+      at::Tensor y = WindowAttention(c, p.attn, slices, n);
+      at::Tensor m = NeuralMemoryForward(c, p.memory, slices, n);
       h = h + Combine(c, p, y, m);
       break;
     }
     case Variant::kMAL:
-      h = h + NeuralMemoryForward(c, p.memory, st, n);
-      h = h + SlidingWindowAttention(c, p.attn, st, RmsNorm(h, p.attn_norm, c.norm_eps), position);
+      h = h + NeuralMemoryForward(c, p.memory, slices, n);
+      h = h + WindowAttention(c, p.attn, slices, RmsNorm(h, p.attn_norm, c.norm_eps));
       break;
     case Variant::kLMM:
-      h = h + NeuralMemoryForward(c, p.memory, st, n);
+      h = h + NeuralMemoryForward(c, p.memory, slices, n);
       break;
   }
   return h + SwiGlu(RmsNorm(h, p.ffn_norm, c.norm_eps), p.ffn_gate, p.ffn_up, p.ffn_down);

@@ -4,10 +4,17 @@
 //   MAL  x += LMM(norm(x)); x += SWA(norm(x))                                then SwiGLU
 //   LMM  x += LMM(norm(x))                                                   then SwiGLU
 // with combine(y, m) = norm(y) * sigmoid(norm(m)), pre-RMSNorm residual blocks throughout.
+//
+// A call may carry several independent streams (sessions) packed along the time axis: each
+// StreamSlice names its state and its rows. Token-wise work (norms, projections, feed-forward)
+// runs once over all rows; state-dependent work (conv tails, attention caches) runs per slice;
+// the memory update runs for all slices in one kernel call.
 #ifndef TITANS_MODEL_TITANS_LAYER_H_
 #define TITANS_MODEL_TITANS_LAYER_H_
 
 #include <ATen/ATen.h>
+
+#include <vector>
 
 #include "model/config.h"
 #include "model/params.h"
@@ -15,16 +22,24 @@
 
 namespace titans {
 
-// Runs x [B, T, d] (tokens at absolute positions position .. position+T-1) through one block and
-// advances *state. For MAC the T tokens must lie inside one segment. Returns [B, T, d].
-at::Tensor LayerForward(const ModelConfig& config, const LayerParams& params, LayerState* state,
-                        const at::Tensor& x, int64_t position);
+struct StreamSlice {
+  LayerState* state;
+  int64_t begin;     // first row (time index) of this stream in x
+  int64_t length;    // rows
+  int64_t position;  // absolute position of the first row in its stream
+};
+
+// Runs x [B, T, d] through one block and advances each slice's state. Slices partition [0, T);
+// with B > 1 there is exactly one slice (the state then has batch B). For MAC each slice must lie
+// inside one segment of its stream. Returns [B, T, d].
+at::Tensor LayerForward(const ModelConfig& config, const LayerParams& params,
+                        const std::vector<StreamSlice>& slices, const at::Tensor& x);
 
 // The long-term memory module alone (section 1): q/k/v projections, causal conv, SiLU, L2-norm of
 // q and k, data-dependent gates, the chunked memory update with read-after-write retrieval, then
 // per-head RMSNorm, SiLU output gate and projection. x [B, T, d] -> [B, T, d].
 at::Tensor NeuralMemoryForward(const ModelConfig& config, const NeuralMemoryParams& params,
-                               LayerState* state, const at::Tensor& x);
+                               const std::vector<StreamSlice>& slices, const at::Tensor& x);
 
 }  // namespace titans
 

@@ -186,15 +186,110 @@ SessionState TitansModel::NewState(int64_t batch, bool track_grad) const {
   return NewSessionState(config_, params_, batch, track_grad);
 }
 
-at::Tensor TitansModel::Step(SessionState* s, const at::Tensor& tokens, bool all_logits) const {
-  at::Tensor x = at::embedding(params_.embedding, tokens);  // [B, T, d]
-  for (int i = 0; i < config_.num_layers; ++i) {
-    x = LayerForward(config_, params_.layers[i], &s->layers[i], x, s->position);
+at::Tensor TitansModel::Step(const std::vector<SessionState*>& states, const at::Tensor& tokens,
+                             const std::vector<int64_t>& lengths, bool all_logits) const {
+  at::Tensor x = at::embedding(params_.embedding, tokens);  // [B, N, d]
+  std::vector<int64_t> begins;
+  int64_t begin = 0;
+  for (int64_t len : lengths) {
+    begins.push_back(begin);
+    begin += len;
   }
-  if (!all_logits) x = x.slice(1, x.size(1) - 1, x.size(1));
-  at::Tensor logits = Linear(RmsNorm(x, params_.final_norm, config_.norm_eps), params_.embedding);
-  s->position += tokens.size(1);
-  return logits;
+  std::vector<StreamSlice> slices(states.size());
+  for (int i = 0; i < config_.num_layers; ++i) {
+    for (size_t k = 0; k < states.size(); ++k) {
+      slices[k] = StreamSlice{&states[k]->layers[i], begins[k], lengths[k], states[k]->position};
+    }
+    x = LayerForward(config_, params_.layers[i], slices, x);
+  }
+  if (!all_logits) {
+    std::vector<int64_t> last;
+    for (size_t k = 0; k < states.size(); ++k) last.push_back(begins[k] + lengths[k] - 1);
+    x = x.index_select(1, at::tensor(last).to(x.device()));  // [B, streams, d]
+  }
+  for (size_t k = 0; k < states.size(); ++k) states[k]->position += lengths[k];
+  return Linear(RmsNorm(x, params_.final_norm, config_.norm_eps), params_.embedding);
+}
+
+namespace {
+
+// Tokens the stream at `position` may take in one step: at most kMaxStepTokens and, for MAC,
+// not past its segment's end. Neither limit changes results, only scratch memory and speed.
+int64_t StepLength(const ModelConfig& c, int64_t position, int64_t remaining, int64_t max_step) {
+  int64_t len = std::min(remaining, max_step);
+  if (c.variant == Variant::kMAC) {
+    const int64_t C = c.attention.segment_size;
+    len = std::min(len, C - position % C);
+  }
+  return len;
+}
+
+void AppendRecent(SessionState* s, const int64_t* ids, int64_t n) {
+  for (int64_t t = std::max<int64_t>(0, n - SessionState::kRecentTokens); t < n; ++t) {
+    s->recent_tokens.push_back(static_cast<int32_t>(ids[t]));
+  }
+  if (s->recent_tokens.size() > SessionState::kRecentTokens) {
+    s->recent_tokens.erase(s->recent_tokens.begin(),
+                           s->recent_tokens.end() - SessionState::kRecentTokens);
+  }
+}
+
+}  // namespace
+
+absl::Status TitansModel::ForwardMany(const std::vector<SessionState*>& states,
+                                      const std::vector<std::vector<int64_t>>& tokens) const {
+  if (states.size() != tokens.size()) {
+    return absl::InvalidArgumentError("ForwardMany: one token list per state");
+  }
+  for (size_t i = 0; i < states.size(); ++i) {
+    if (states[i]->batch() != 1)
+      return absl::InvalidArgumentError("ForwardMany needs batch-1 states");
+    if (tokens[i].empty()) return absl::InvalidArgumentError("no tokens to consume");
+    for (int64_t id : tokens[i]) {
+      if (id < 0 || id >= config_.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "token id ", id, " is outside the vocabulary [0, ", config_.vocab_size, ")"));
+      }
+    }
+  }
+  try {
+    std::vector<SessionState> next;
+    next.reserve(states.size());
+    for (SessionState* s : states) next.push_back(*s);  // shallow; committed at the end
+    std::vector<int64_t> done(states.size(), 0);
+    while (true) {
+      std::vector<SessionState*> active;
+      std::vector<int64_t> lengths, packed;
+      std::vector<size_t> which;
+      for (size_t i = 0; i < next.size(); ++i) {
+        const int64_t remaining = static_cast<int64_t>(tokens[i].size()) - done[i];
+        if (remaining == 0) continue;
+        const int64_t len = StepLength(config_, next[i].position, remaining, kMaxStepTokens);
+        active.push_back(&next[i]);
+        lengths.push_back(len);
+        which.push_back(i);
+        packed.insert(packed.end(), tokens[i].begin() + done[i], tokens[i].begin() + done[i] + len);
+      }
+      if (active.empty()) break;
+      at::Tensor logits = Step(active, at::tensor(packed).unsqueeze(0).to(device_), lengths, false);
+      for (size_t k = 0; k < active.size(); ++k) {
+        const size_t i = which[k];
+        done[i] += lengths[k];
+        if (done[i] == static_cast<int64_t>(tokens[i].size())) {
+          next[i].last_logits = logits.select(1, k).detach();  // [1, V]
+        }
+      }
+    }
+    for (size_t i = 0; i < states.size(); ++i) {
+      AppendRecent(&next[i], tokens[i].data(), static_cast<int64_t>(tokens[i].size()));
+      *states[i] = std::move(next[i]);
+    }
+    return absl::OkStatus();
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("model forward failed: ", e.what_without_backtrace()));
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("model forward failed: ", e.what()));
+  }
 }
 
 absl::StatusOr<at::Tensor> TitansModel::Forward(SessionState* state, const at::Tensor& tokens,
@@ -220,16 +315,10 @@ absl::StatusOr<at::Tensor> TitansModel::Forward(SessionState* state, const at::T
     std::vector<at::Tensor> outputs;
     int64_t begin = 0;
     while (begin < T) {
-      // Steps end at segment boundaries (MAC processes a segment at a time) and are at most
-      // kMaxStepTokens long; neither choice changes results, only scratch memory and speed.
-      int64_t len = std::min(T - begin, kMaxStepTokens);
-      if (config_.variant == Variant::kMAC) {
-        const int64_t C = config_.attention.segment_size;
-        len = std::min(len, C - next.position % C);
-      }
+      const int64_t len = StepLength(config_, next.position, T - begin, kMaxStepTokens);
       const bool last = begin + len == T;
       at::Tensor logits =
-          Step(&next, on_device.slice(1, begin, begin + len), mode == LogitsMode::kAll);
+          Step({&next}, on_device.slice(1, begin, begin + len), {len}, mode == LogitsMode::kAll);
       if (mode == LogitsMode::kAll) outputs.push_back(logits);
       if (last) {
         next.last_logits = logits.select(1, logits.size(1) - 1).detach();
@@ -237,15 +326,8 @@ absl::StatusOr<at::Tensor> TitansModel::Forward(SessionState* state, const at::T
       }
       begin += len;
     }
-    at::Tensor cpu_tokens = tokens.select(0, 0).to(at::kCPU);
-    const int64_t* ids = cpu_tokens.data_ptr<int64_t>();
-    for (int64_t t = std::max<int64_t>(0, T - SessionState::kRecentTokens); t < T; ++t) {
-      next.recent_tokens.push_back(static_cast<int32_t>(ids[t]));
-    }
-    if (next.recent_tokens.size() > SessionState::kRecentTokens) {
-      next.recent_tokens.erase(next.recent_tokens.begin(),
-                               next.recent_tokens.end() - SessionState::kRecentTokens);
-    }
+    at::Tensor cpu_tokens = tokens.select(0, 0).to(at::kCPU).contiguous();
+    AppendRecent(&next, cpu_tokens.data_ptr<int64_t>(), T);
     *state = std::move(next);
     return outputs.size() == 1 ? outputs[0] : at::cat(outputs, 1);
   } catch (const c10::Error& e) {

@@ -66,6 +66,13 @@ class TitansModel {
   absl::StatusOr<at::Tensor> Forward(SessionState* state, const at::Tensor& tokens,
                                      LogitsMode mode = LogitsMode::kLast) const;
 
+  // Inference for many sessions at once (the server's continuous batching): states[i] (batch 1)
+  // consumes tokens[i]; token-wise work runs once over all sessions' tokens and the memory
+  // update is one kernel call per layer. Afterwards each state's last_logits is set. All or
+  // nothing: on error no state changes. Caller holds a NoGradGuard.
+  absl::Status ForwardMany(const std::vector<SessionState*>& states,
+                           const std::vector<std::vector<int64_t>>& tokens) const;
+
   // Longest run of tokens processed as one step (bounds attention scratch memory).
   static constexpr int64_t kMaxStepTokens = 256;
 
@@ -75,7 +82,9 @@ class TitansModel {
   static absl::StatusOr<std::unique_ptr<TitansModel>> Finish(ModelConfig config, ModelParams params,
                                                              std::unique_ptr<Tokenizer> tokenizer,
                                                              const LoadOptions& options);
-  at::Tensor Step(SessionState* state, const at::Tensor& tokens, bool all_logits) const;
+  // One pass of the layer stack over packed tokens [B, sum(lengths)] of several streams.
+  at::Tensor Step(const std::vector<SessionState*>& states, const at::Tensor& tokens,
+                  const std::vector<int64_t>& lengths, bool all_logits) const;
 
   ModelConfig config_;
   ModelParams params_;

@@ -344,7 +344,9 @@ class Engine::Impl {
       ++steps_;
       lock.unlock();
       std::vector<std::function<void()>> callbacks;
-      for (const Assignment& a : plan) Execute(order[a.session], a.tokens, &callbacks);
+      std::vector<Forwarding> batch;
+      for (const Assignment& a : plan) Prepare(order[a.session], a.tokens, &batch, &callbacks);
+      RunBatch(batch, &callbacks);
       lock.lock();
       Update(order, plan, &callbacks);
       lock.unlock();
@@ -379,7 +381,18 @@ class Engine::Impl {
     return absl::OkStatus();
   }
 
-  void Execute(Session* s, int64_t tokens, std::vector<std::function<void()>>* callbacks) {
+  // Tokens of one session to feed in this step's batched forward pass.
+  struct Forwarding {
+    Session* session;
+    Op* op;
+    std::vector<int64_t> tokens;
+    bool decode = false;  // a sampled token of a generation (else a piece of an append / prompt)
+  };
+
+  // Engine thread, without mu_ (only this thread touches states and head operations). Runs
+  // control operations, scores and failures directly; queues token work into *batch.
+  void Prepare(Session* s, int64_t tokens, std::vector<Forwarding>* batch,
+               std::vector<std::function<void()>>* callbacks) {
     Op& op = *s->ops.front();
     at::NoGradGuard no_grad;
     absl::Status resident = EnsureResident(s);
@@ -403,24 +416,11 @@ class Engine::Impl {
                callbacks);
           return;
         }
-        absl::Status st = Consume(&state, &op, tokens);
-        if (!st.ok()) {
-          state = *op.backup;
-          Fail(op, st, callbacks);
-          return;
-        }
-        if (op.remaining() == 0) {
-          AppendResult r{static_cast<int64_t>(op.tokens.size()), state.position};
-          auto done = std::move(op.append_done);
-          callbacks->push_back([done, r] { done(r); });
-          op.tokens.clear();
-          op.consumed = 0;
-          MarkDone(op);
-        }
+        batch->push_back(Forwarding{s, &op, NextPiece(op, tokens), false});
         return;
       }
       case OpKind::kGenerate:
-        ExecuteGenerate(s, &op, tokens, cancelled, callbacks);
+        PrepareGenerate(s, &op, tokens, cancelled, batch, callbacks);
         return;
       case OpKind::kScore:
         ExecuteScore(s, &op, callbacks);
@@ -456,15 +456,50 @@ class Engine::Impl {
     }
   }
 
-  // Feeds up to `tokens` of op->tokens into the state.
-  absl::Status Consume(SessionState* state, Op* op, int64_t tokens) {
-    const int64_t n = std::min<int64_t>(tokens, op->remaining());
-    if (n <= 0) return absl::OkStatus();
-    std::vector<int64_t> ids(op->tokens.begin() + op->consumed,
-                             op->tokens.begin() + op->consumed + n);
-    TITANS_RETURN_IF_ERROR(model_->Forward(state, at::tensor(ids).unsqueeze(0)).status());
-    op->consumed += n;
-    return absl::OkStatus();
+  // The next up-to-`tokens` tokens of an append or prompt.
+  static std::vector<int64_t> NextPiece(const Op& op, int64_t tokens) {
+    const int64_t n = std::max<int64_t>(1, std::min<int64_t>(tokens, op.remaining()));
+    return std::vector<int64_t>(op.tokens.begin() + op.consumed,
+                                op.tokens.begin() + op.consumed + n);
+  }
+
+  // One forward pass for every session's tokens of this step (continuous batching), then each
+  // operation's bookkeeping. If the pass fails, every operation in it fails (appends are rolled
+  // back to their state before the operation).
+  void RunBatch(std::vector<Forwarding>& batch, std::vector<std::function<void()>>* callbacks) {
+    if (batch.empty()) return;
+    std::vector<SessionState*> states;
+    std::vector<std::vector<int64_t>> tokens;
+    for (Forwarding& f : batch) {
+      states.push_back(f.session->state.get());
+      tokens.push_back(f.tokens);
+    }
+    absl::Status st;
+    {
+      at::NoGradGuard no_grad;
+      st = model_->ForwardMany(states, tokens);
+    }
+    for (Forwarding& f : batch) {
+      Op& op = *f.op;
+      if (!st.ok()) {
+        if (op.kind == OpKind::kAppend && op.backup) *f.session->state = *op.backup;
+        Fail(op, st, callbacks);
+        continue;
+      }
+      if (f.decode) {
+        FinishDecode(f.session, &op, f.tokens[0], callbacks);
+        continue;
+      }
+      op.consumed += f.tokens.size();
+      if (op.kind == OpKind::kAppend && op.remaining() == 0) {
+        AppendResult r{static_cast<int64_t>(op.tokens.size()), f.session->state->position};
+        auto done = std::move(op.append_done);
+        callbacks->push_back([done, r] { done(r); });
+        op.tokens.clear();
+        op.consumed = 0;
+        MarkDone(op);
+      }
+    }
   }
 
   SamplingParams Resolve(const Session& s, const GenerateParams& g) const {
@@ -483,28 +518,30 @@ class Engine::Impl {
     return p;
   }
 
-  void ExecuteGenerate(Session* s, Op* op, int64_t tokens, bool cancelled,
+  GenerateEvent Event(const SessionState& state, const Op& op, Finish f,
+                      std::vector<int32_t> tokens, std::string text) const {
+    GenerateEvent e;
+    e.tokens = std::move(tokens);
+    e.text = std::move(text);
+    e.finish = f;
+    e.position = state.position;
+    e.prompt_tokens = static_cast<int32_t>(op.tokens.size());
+    e.generated_tokens = op.generator ? op.generator->generated() : 0;
+    e.total_seconds = std::chrono::duration<double>(Clock::now() - op.arrival).count();
+    if (op.first_token) {
+      e.time_to_first_token_seconds =
+          std::chrono::duration<double>(*op.first_token - op.arrival).count();
+    }
+    return e;
+  }
+
+  void PrepareGenerate(Session* s, Op* op, int64_t tokens, bool cancelled,
+                       std::vector<Forwarding>* batch,
                        std::vector<std::function<void()>>* callbacks) {
     SessionState& state = *s->state;
-    auto finish_event = [&](Finish f, std::vector<int32_t> toks, std::string text) {
-      GenerateEvent e;
-      e.tokens = std::move(toks);
-      e.text = std::move(text);
-      e.finish = f;
-      e.position = state.position;
-      e.prompt_tokens = static_cast<int32_t>(op->tokens.size());
-      e.generated_tokens = op->generator ? op->generator->generated() : 0;
-      const auto now = Clock::now();
-      e.total_seconds = std::chrono::duration<double>(now - op->arrival).count();
-      if (op->first_token) {
-        e.time_to_first_token_seconds =
-            std::chrono::duration<double>(*op->first_token - op->arrival).count();
-      }
-      return e;
-    };
     if (cancelled || draining_deadline_passed_) {
       std::string rest = op->generator ? op->generator->Flush() : "";
-      GenerateEvent e = finish_event(Finish::kCancelled, {}, rest);
+      GenerateEvent e = Event(state, *op, Finish::kCancelled, {}, rest);
       auto on_event = op->on_event;
       auto done = std::move(op->done);
       const absl::Status st = cancelled ? absl::CancelledError("generation cancelled")
@@ -516,9 +553,8 @@ class Engine::Impl {
       MarkDone(*op);
       return;
     }
-    if (op->remaining() > 0) {  // prompt first, in pieces like an append
-      absl::Status st = Consume(&state, op, tokens);
-      if (!st.ok()) Fail(*op, st, callbacks);
+    if (op->remaining() > 0) {  // the prompt first, in pieces like an append
+      batch->push_back(Forwarding{s, op, NextPiece(*op, tokens), false});
       return;
     }
     if (!op->generator) {
@@ -529,15 +565,17 @@ class Engine::Impl {
       }
       op->generator.emplace(std::move(*g));
     }
-    auto step = op->generator->Step(&state);
-    if (!step.ok()) {
-      Fail(*op, step.status(), callbacks);
-      return;
-    }
+    const int32_t token = op->generator->Sample(&state);
+    batch->push_back(Forwarding{s, op, {token}, true});
+  }
+
+  void FinishDecode(Session* s, Op* op, int64_t token,
+                    std::vector<std::function<void()>>* callbacks) {
+    TokenGenerator::StepResult step = op->generator->Commit(static_cast<int32_t>(token));
     if (!op->first_token) op->first_token = Clock::now();
     Finish f = Finish::kNone;
-    if (step->finished) {
-      switch (step->finish_reason) {
+    if (step.finished) {
+      switch (step.finish_reason) {
         case FinishReason::kLength:
           f = Finish::kLength;
           break;
@@ -552,7 +590,7 @@ class Engine::Impl {
           break;
       }
     }
-    GenerateEvent e = finish_event(f, {step->token}, step->text_delta);
+    GenerateEvent e = Event(*s->state, *op, f, {step.token}, step.text_delta);
     auto on_event = op->on_event;
     if (f == Finish::kNone) {
       callbacks->push_back([on_event, e] { on_event(e); });

@@ -245,6 +245,43 @@ TEST(Forward, KernelPathMatchesLibTorchPath) {
   }
 }
 
+// Continuous batching: several sessions at different positions, each with its own number of
+// tokens, in one ForwardMany give what each gets alone (fp32; same tolerance as above).
+TEST(ForwardMany, MatchesSessionsRunAlone) {
+  for (Variant v : kVariants) {
+    auto model = MakeModel(TinyConfig(v, 2, 4), 19);
+    at::NoGradGuard no_grad;
+    const std::vector<int64_t> history = {0, 3, 8, 13, 30};
+    const std::vector<int64_t> counts = {1, 5, 9, 1, 20};
+    std::vector<SessionState> batched, alone;
+    std::vector<std::vector<int64_t>> tokens;
+    for (size_t i = 0; i < history.size(); ++i) {
+      SessionState s = model->NewState();
+      if (history[i] > 0) {
+        ASSERT_TRUE(model->Forward(&s, RandomTokens(1, history[i], 40 + i)).ok());
+      }
+      batched.push_back(s);
+      alone.push_back(s);
+      at::Tensor t = RandomTokens(1, counts[i], 50 + i);
+      tokens.emplace_back(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + counts[i]);
+    }
+    std::vector<SessionState*> ptrs;
+    for (SessionState& s : batched) ptrs.push_back(&s);
+    ASSERT_TRUE(model->ForwardMany(ptrs, tokens).ok());
+    for (size_t i = 0; i < history.size(); ++i) {
+      ASSERT_TRUE(model->Forward(&alone[i], at::tensor(tokens[i]).unsqueeze(0)).ok());
+      EXPECT_EQ(batched[i].position, history[i] + counts[i]);
+      EXPECT_LT(MaxStateDiff(batched[i], alone[i]), 2e-4) << Name(v) << " session " << i;
+      EXPECT_EQ(batched[i].recent_tokens, alone[i].recent_tokens);
+    }
+    // All or nothing: one bad token leaves every state as it was.
+    std::vector<SessionState> before = batched;
+    tokens[2][0] = 9999;
+    EXPECT_EQ(model->ForwardMany(ptrs, tokens).code(), absl::StatusCode::kInvalidArgument);
+    for (size_t i = 0; i < history.size(); ++i) EXPECT_EQ(MaxStateDiff(batched[i], before[i]), 0.0);
+  }
+}
+
 TEST(Forward, RejectsBadTokensAndLeavesStateUntouched) {
   auto model = MakeModel(TinyConfig(Variant::kMAC));
   at::NoGradGuard no_grad;

@@ -172,6 +172,33 @@ TEST_F(ServerTest, ConcurrentOperationsOnOneSession) {
   EXPECT_EQ(Position("s"), 8 * 50 + 28);
 }
 
+// Continuous batching: concurrent generations share engine steps (one batched forward pass per
+// step), so the number of steps is far below the number of generated tokens.
+TEST_F(ServerTest, ConcurrentGenerationsShareSteps) {
+  Start();
+  const int sessions = 8, tokens = 100;
+  for (int i = 0; i < sessions; ++i) {
+    Create("g" + std::to_string(i));
+    ASSERT_TRUE(AppendText("g" + std::to_string(i), "prompt " + std::to_string(i)).ok());
+  }
+  const int64_t steps_before = engine_->stats().steps;
+  std::vector<std::thread> threads;
+  std::atomic<int> ok{0};
+  for (int i = 0; i < sessions; ++i) {
+    threads.emplace_back([&, i] {
+      grpc::Status st;
+      GenerateText("g" + std::to_string(i), tokens, &st);
+      if (st.ok()) ++ok;
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), sessions);
+  const int64_t steps = engine_->stats().steps - steps_before;
+  EXPECT_LE(steps, sessions * tokens / 2)
+      << steps << " steps for " << sessions * tokens << " tokens";
+  for (int i = 0; i < sessions; ++i) EXPECT_EQ(Position("g" + std::to_string(i)), 8 + tokens);
+}
+
 TEST_F(ServerTest, PerSessionQueueLimitIsResourceExhausted) {
   options_.max_ops_per_session = 1;
   options_.step_token_budget = 8;
