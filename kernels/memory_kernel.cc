@@ -1,5 +1,8 @@
 #include "kernels/memory_kernel.h"
 
+#include <atomic>
+#include <chrono>
+
 #include "kernels/thread_pool.h"
 
 namespace titans::kernels {
@@ -40,14 +43,25 @@ const Isa& ActiveIsa() {
   return isa;
 }
 
+std::atomic<int64_t> kernel_nanos{0};
+
 }  // namespace
+
+int64_t MemoryKernelNanos() { return kernel_nanos.load(std::memory_order_relaxed); }
+void AddMemoryKernelNanos(int64_t nanos) {
+  kernel_nanos.fetch_add(nanos, std::memory_order_relaxed);
+}
 
 void RunMemoryTasks(const MemoryShape& shape, const MemoryTask* tasks, int64_t count,
                     int num_threads) {
+  const auto start = std::chrono::steady_clock::now();
   const RunFn run = ActiveIsa().run;
   ThreadPool& pool = ThreadPool::Default();
   pool.ParallelFor(count, num_threads > 0 ? num_threads : pool.size(),
                    [&](int64_t begin, int64_t end) { run(shape, tasks, begin, end); });
+  AddMemoryKernelNanos(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start)
+          .count());
 }
 
 std::string MemoryKernelIsa() { return ActiveIsa().name; }

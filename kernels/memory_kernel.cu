@@ -293,6 +293,7 @@ std::string RunMemoryTasksCuda(const MemoryShape& shape, const MemoryTask* host_
     err = cudaGetLastError();
   }
   if (device_tasks != nullptr) cudaFreeAsync(device_tasks, stream);
+  // Kernel time here is the launch (asynchronous); the engine's step time covers execution.
   return err == cudaSuccess ? "" : std::string("memory kernel: ") + cudaGetErrorString(err);
 }
 

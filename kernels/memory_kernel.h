@@ -92,6 +92,11 @@ std::string MemoryKernelIsa();
 bool RunMemoryTasksOnIsa(const std::string& isa, const MemoryShape& shape, const MemoryTask* tasks,
                          int64_t count);
 
+// Wall time spent in RunMemoryTasks / RunMemoryTasksCuda since the process started (for the
+// server's per-step kernel-time metric). Thread-safe.
+int64_t MemoryKernelNanos();
+void AddMemoryKernelNanos(int64_t nanos);
+
 // Floating-point operations of one task (for GFLOP/s reports): the chunked form's GEMMs.
 double MemoryTaskFlops(const MemoryShape& shape, int pending_in, int n);
 

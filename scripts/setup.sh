@@ -8,7 +8,7 @@ PACKAGES=(
   build-essential cmake ninja-build pkg-config git ca-certificates
   libtorch-dev libopenblas0-pthread
   libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc grpc-proto
-  libabsl-dev nlohmann-json3-dev libsentencepiece-dev
+  libabsl-dev nlohmann-json3-dev libsentencepiece-dev prometheus-cpp-dev prometheus
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-numpy python3-grpcio python3-protobuf openssl
 )

@@ -20,6 +20,10 @@
 #include "model/file_util.h"
 #include "server/auth.h"
 #include "server/engine/engine.h"
+#include "server/http_endpoint.h"
+#include "server/log.h"
+#include "server/metrics.h"
+#include "server/rpc_observer.h"
 #include "server/service.h"
 
 ABSL_FLAG(std::string, host, "0.0.0.0", "address to listen on");
@@ -49,6 +53,11 @@ ABSL_FLAG(std::string, tls_cert, "", "PEM server certificate (enables TLS)");
 ABSL_FLAG(std::string, tls_key, "", "PEM server private key");
 ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA for client certificates (enables mTLS)");
 ABSL_FLAG(double, shutdown_grace_seconds, 25, "time queued work gets to finish on SIGTERM");
+ABSL_FLAG(int32_t, metrics_port, 9464,
+          "HTTP port for Prometheus (/metrics) and /healthz; -1 disables it");
+ABSL_FLAG(std::string, metrics_host, "0.0.0.0", "IPv4 address the metrics endpoint listens on");
+ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error");
+ABSL_FLAG(std::string, log_format, "text", "text or json (one JSON object per line)");
 
 namespace {
 
@@ -78,6 +87,14 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  auto level = titans::server::ParseLogLevel(absl::GetFlag(FLAGS_log_level));
+  if (!level.ok()) return Fail(level.status().ToString());
+  if (absl::GetFlag(FLAGS_log_format) != "text" && absl::GetFlag(FLAGS_log_format) != "json") {
+    return Fail("--log_format must be text or json");
+  }
+  titans::server::ConfigureLogging(*level, absl::GetFlag(FLAGS_log_format) == "json");
+  titans::server::ServerMetrics metrics;
+
   auto auth = titans::server::Authenticator::Load(absl::GetFlag(FLAGS_auth_tokens_file),
                                                   std::getenv("TITANS_AUTH_TOKENS"));
   if (!auth.ok()) return Fail(auth.status().ToString());
@@ -95,9 +112,20 @@ int main(int argc, char** argv) {
   options.max_generate_tokens = absl::GetFlag(FLAGS_max_generate_tokens);
   options.max_ops_per_session = absl::GetFlag(FLAGS_max_ops_per_session);
   options.step_token_budget = absl::GetFlag(FLAGS_step_token_budget);
+  options.observer = &metrics;
   auto engine = titans::engine::Engine::Create(options);
   if (!engine.ok()) return Fail(engine.status().ToString());
   const titans::engine::ModelInfo& model = (*engine)->model_info();
+  metrics.SetModelInfo(model);
+  metrics.SetStatsSource([e = engine->get()] { return e->stats(); });
+  std::atomic<bool> serving{false};
+  titans::server::HttpEndpoint http([&metrics] { return metrics.Scrape(); },
+                                    [&serving] { return serving.load(); });
+  if (absl::GetFlag(FLAGS_metrics_port) >= 0) {
+    absl::Status st =
+        http.Start(absl::GetFlag(FLAGS_metrics_host), absl::GetFlag(FLAGS_metrics_port));
+    if (!st.ok()) return Fail(st.ToString());
+  }
 
   std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
   if (!absl::GetFlag(FLAGS_tls_cert).empty()) {
@@ -132,24 +160,33 @@ int main(int argc, char** argv) {
   builder.AddListeningPort(address, credentials, &bound_port);
   builder.SetMaxReceiveMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
   builder.RegisterService(service.get());
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> observers;
+  observers.push_back(titans::server::MakeRpcObserverFactory(&metrics));
+  builder.experimental().SetInterceptorCreators(std::move(observers));
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || bound_port == 0) return Fail("cannot listen on " + address);
   server->GetHealthCheckService()->SetServingStatus(true);
-  std::printf("titans-server listening on %s:%d (model %s, %s, %s; auth %s; state dir %s)\n",
-              absl::GetFlag(FLAGS_host).c_str(), bound_port, model.name.c_str(),
-              model.variant.c_str(), model.initialization.c_str(),
-              auth->enabled() ? "bearer tokens" : "off",
-              options.state_dir.empty() ? "none" : options.state_dir.c_str());
-  std::fflush(stdout);
+  serving = true;
+  titans::server::Log(titans::server::LogLevel::kInfo, "listening",
+                      {{"address", absl::GetFlag(FLAGS_host) + ":" + std::to_string(bound_port)},
+                       {"metrics_port", std::to_string(http.port())},
+                       {"model", model.name},
+                       {"variant", model.variant},
+                       {"initialization", model.initialization},
+                       {"auth", auth->enabled() ? "bearer" : "off"},
+                       {"state_dir", options.state_dir}});
 
   int sig = 0;
   sigwait(&signals, &sig);
-  std::printf("titans-server: signal %d, draining\n", sig);
-  std::fflush(stdout);
+  titans::server::Log(titans::server::LogLevel::kInfo, "draining",
+                      {{"signal", std::to_string(sig)}});
+  serving = false;
+  metrics.SetServing(false);
   server->GetHealthCheckService()->SetServingStatus(false);
   const double grace = absl::GetFlag(FLAGS_shutdown_grace_seconds);
   (*engine)->Shutdown(static_cast<int64_t>(grace * 1000));
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  std::printf("titans-server: stopped\n");
+  http.Stop();
+  titans::server::Log(titans::server::LogLevel::kInfo, "stopped");
   return 0;
 }

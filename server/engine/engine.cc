@@ -13,6 +13,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "kernels/memory_kernel.h"
 #include "model/generator.h"
 #include "model/params.h"
 #include "model/session_state.h"
@@ -88,6 +89,8 @@ struct Op {
   std::function<void(absl::StatusOr<std::string>)> export_done;
 
   bool finished = false;  // set by the engine thread; Update() then pops it
+  bool started = false;   // has been scheduled at least once (queue-time metric)
+  Clock::time_point last_token;
 
   int64_t remaining() const { return static_cast<int64_t>(tokens.size() - consumed); }
 };
@@ -97,8 +100,9 @@ struct Session {
   std::optional<SamplingParams> sampling;
   std::unique_ptr<SessionState> state;  // null while spilled
   std::deque<std::unique_ptr<Op>> ops;
-  bool busy = false;     // the engine thread is executing its head operation
-  bool spilled = false;  // mirror of state == nullptr, kept under mu_ for readers
+  bool busy = false;               // the engine thread is executing its head operation
+  bool spilled = false;            // mirror of state == nullptr, kept under mu_ for readers
+  int64_t persisted_position = 0;  // position of the last state written to disk
   int64_t state_bytes = 0;
 };
 
@@ -129,6 +133,7 @@ class Engine::Impl {
         auto s = std::make_unique<Session>();
         s->state_bytes = r.state_bytes;
         s->spilled = true;
+        s->persisted_position = r.position;
         s->record = std::move(r);
         sessions_.emplace(s->record.id, std::move(s));
       }
@@ -141,6 +146,8 @@ class Engine::Impl {
   ~Impl() { Shutdown(0); }
 
   const ModelInfo& info() const { return info_; }
+
+  EngineObserver& observer() { return options_.observer ? *options_.observer : null_observer_; }
 
   // ---- Admission (caller threads) -----------------------------------------------------------
 
@@ -216,6 +223,7 @@ class Engine::Impl {
     s->state = std::move(state);
     SessionInfo info = InfoOf(*s);
     sessions_.emplace(id, std::move(s));
+    observer().OnSessionOpened();
     return info;
   }
 
@@ -345,8 +353,15 @@ class Engine::Impl {
       lock.unlock();
       std::vector<std::function<void()>> callbacks;
       std::vector<Forwarding> batch;
+      const auto step_start = Clock::now();
+      const int64_t kernel_start = kernels::MemoryKernelNanos();
       for (const Assignment& a : plan) Prepare(order[a.session], a.tokens, &batch, &callbacks);
       RunBatch(batch, &callbacks);
+      int64_t step_tokens = 0;
+      for (const Forwarding& f : batch) step_tokens += static_cast<int64_t>(f.tokens.size());
+      observer().OnStep(static_cast<int>(plan.size()), step_tokens,
+                        std::chrono::duration<double>(Clock::now() - step_start).count(),
+                        (kernels::MemoryKernelNanos() - kernel_start) * 1e-9);
       lock.lock();
       Update(order, plan, &callbacks);
       lock.unlock();
@@ -394,6 +409,10 @@ class Engine::Impl {
   void Prepare(Session* s, int64_t tokens, std::vector<Forwarding>* batch,
                std::vector<std::function<void()>>* callbacks) {
     Op& op = *s->ops.front();
+    if (!op.started) {
+      op.started = true;
+      observer().OnQueueTime(std::chrono::duration<double>(Clock::now() - op.arrival).count());
+    }
     at::NoGradGuard no_grad;
     absl::Status resident = EnsureResident(s);
     if (!resident.ok()) {
@@ -487,9 +506,12 @@ class Engine::Impl {
         continue;
       }
       if (f.decode) {
+        observer().OnTokens("generated", 1);
         FinishDecode(f.session, &op, f.tokens[0], callbacks);
         continue;
       }
+      observer().OnTokens(op.kind == OpKind::kAppend ? "appended" : "prompt",
+                          static_cast<int64_t>(f.tokens.size()));
       op.consumed += f.tokens.size();
       if (op.kind == OpKind::kAppend && op.remaining() == 0) {
         AppendResult r{static_cast<int64_t>(op.tokens.size()), f.session->state->position};
@@ -572,7 +594,14 @@ class Engine::Impl {
   void FinishDecode(Session* s, Op* op, int64_t token,
                     std::vector<std::function<void()>>* callbacks) {
     TokenGenerator::StepResult step = op->generator->Commit(static_cast<int32_t>(token));
-    if (!op->first_token) op->first_token = Clock::now();
+    const auto now = Clock::now();
+    if (!op->first_token) {
+      op->first_token = now;
+      observer().OnTimeToFirstToken(std::chrono::duration<double>(now - op->arrival).count());
+    } else {
+      observer().OnInterTokenLatency(std::chrono::duration<double>(now - op->last_token).count());
+    }
+    op->last_token = now;
     Finish f = Finish::kNone;
     if (step.finished) {
       switch (step.finish_reason) {
@@ -625,6 +654,7 @@ class Engine::Impl {
       ScoreResult r;
       r.logprobs.assign(lp.data_ptr<float>(), lp.data_ptr<float>() + lp.numel());
       if (op->commit) live = work;
+      observer().OnTokens("scored", static_cast<int64_t>(op->tokens.size()));
       r.position = live.position;
       return r;
     }();
@@ -684,6 +714,7 @@ class Engine::Impl {
         const std::string id = s->record.id;
         if (files_) files_->Remove(id);
         sessions_.erase(id);
+        observer().OnSessionClosed("closed");
         callbacks->push_back([close_done] { close_done(absl::OkStatus()); });
         for (auto& o : rest) {
           Fail(*o, absl::NotFoundError("session '" + id + "' was closed"), callbacks);
@@ -721,11 +752,16 @@ class Engine::Impl {
   }
 
   absl::Status Persist(Session* s) {
+    const auto start = Clock::now();
     TITANS_ASSIGN_OR_RETURN(std::string blob, SerializeSessionState(model_->config(), *s->state,
                                                                     model_->fingerprint()));
     s->record.position = s->state->position;
     s->record.state_bytes = s->state_bytes;
-    return files_->Write(s->record, blob);
+    absl::Status st = files_->Write(s->record, blob);
+    if (st.ok()) s->persisted_position = s->record.position;
+    observer().OnCheckpoint(static_cast<int64_t>(blob.size()),
+                            std::chrono::duration<double>(Clock::now() - start).count(), st.ok());
+    return st;
   }
 
   // With mu_: expires idle sessions past their TTL (never ones with queued work). With a
@@ -751,6 +787,7 @@ class Engine::Impl {
       }
       sessions_.erase(id);
       ++expired_total_;
+      observer().OnSessionClosed("expired");
     }
   }
 
@@ -794,7 +831,12 @@ class Engine::Impl {
     std::lock_guard<std::mutex> lock(mu_);
     Engine::Stats st;
     st.sessions = static_cast<int64_t>(sessions_.size());
-    for (auto& [id, s] : sessions_) (s->spilled ? st.spilled : st.resident) += 1;
+    for (auto& [id, s] : sessions_) {
+      (s->spilled ? st.spilled : st.resident) += 1;
+      (s->spilled ? st.spilled_state_bytes : st.resident_state_bytes) += s->state_bytes;
+      st.queued_operations += static_cast<int64_t>(s->ops.size());
+      st.unpersisted_tokens += s->record.position - s->persisted_position;
+    }
     st.queued_tokens = QueuedTokens();
     st.steps = steps_;
     return st;
@@ -909,6 +951,7 @@ class Engine::Impl {
 
  private:
   EngineOptions options_;
+  EngineObserver null_observer_;
   std::unique_ptr<TitansModel> model_;
   ModelInfo info_;
   std::optional<SessionFiles> files_;

@@ -24,6 +24,7 @@
 
 #include "absl/status/statusor.h"
 #include "model/sampler.h"
+#include "server/engine/observer.h"
 
 namespace titans::engine {
 
@@ -45,6 +46,8 @@ struct EngineOptions {
   // Tokens processed per scheduler step, over all sessions.
   int64_t step_token_budget = 512;
   SamplingParams default_sampling;
+  // Receives metrics events; not owned; may be null.
+  EngineObserver* observer = nullptr;
 };
 
 struct SessionInfo {
@@ -163,7 +166,10 @@ class Engine {
   void Shutdown(int64_t deadline_ms);
 
   struct Stats {
-    int64_t sessions = 0, resident = 0, spilled = 0, queued_tokens = 0, steps = 0;
+    int64_t sessions = 0, resident = 0, spilled = 0, queued_tokens = 0, queued_operations = 0;
+    int64_t resident_state_bytes = 0, spilled_state_bytes = 0, steps = 0;
+    // Acknowledged tokens of open sessions not yet in a persisted state (the durability lag).
+    int64_t unpersisted_tokens = 0;
   };
   Stats stats() const;
 
