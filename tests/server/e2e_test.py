@@ -278,10 +278,13 @@ try:
     port = free_port()
     good = grpc.ssl_channel_credentials(root_certificates=server_cert, private_key=client_key,
                                         certificate_chain=client_cert)
-    proc, channel = start_server(
-        port, os.path.join(work, "tls-state"),
-        [f"--tls_cert={server_cert_file}", f"--tls_key={server_key_file}",
-         f"--tls_client_ca={client_cert_file}"], good)
+    # The TLS settings come from a config file (--flagfile), as an operator would keep them.
+    flagfile = os.path.join(work, "tls.flags")
+    with open(flagfile, "w") as f:
+        f.write(f"--tls_cert={server_cert_file}\n--tls_key={server_key_file}\n"
+                f"--tls_client_ca={client_cert_file}\n")
+    proc, channel = start_server(port, os.path.join(work, "tls-state"), [f"--flagfile={flagfile}"],
+                                 good)
     tls_stub = rpc.TitansStub(channel)
     check("mTLS call succeeds", tls_stub.GetModel(pb.GetModelRequest()).parameters > 0)
     anonymous = grpc.secure_channel(f"localhost:{port}",

@@ -194,6 +194,7 @@ TEST_F(ServerTest, ConcurrentGenerationsShareSteps) {
   for (auto& t : threads) t.join();
   EXPECT_EQ(ok.load(), sessions);
   const int64_t steps = engine_->stats().steps - steps_before;
+  RecordProperty("steps", static_cast<int>(steps));
   EXPECT_LE(steps, sessions * tokens / 2)
       << steps << " steps for " << sessions * tokens << " tokens";
   for (int i = 0; i < sessions; ++i) EXPECT_EQ(Position("g" + std::to_string(i)), 8 + tokens);
