@@ -34,6 +34,14 @@ ABSL_FLAG(std::string, state_dir, "",
           "directory for spilled and persisted session states (empty: memory only)");
 ABSL_FLAG(std::string, snapshot_dir, "",
           "directory for ExportSession / ImportSession snapshot files (empty: bytes only)");
+ABSL_FLAG(std::string, durability, "none",
+          "none | periodic (checkpoints every --checkpoint_interval_*) | sync (write-ahead log, "
+          "fsync'd before every acknowledgement); periodic and sync need --state_dir");
+ABSL_FLAG(int64_t, checkpoint_interval_tokens, 65536,
+          "checkpoint a session after this many tokens");
+ABSL_FLAG(double, checkpoint_interval_seconds, 300, "or after this many seconds");
+ABSL_FLAG(int64_t, wal_max_bytes, int64_t{256} << 20,
+          "log size that triggers a checkpoint of every session and deletes the old log");
 ABSL_FLAG(int64_t, max_sessions, 10000, "sessions the server holds at most");
 ABSL_FLAG(int64_t, max_resident_sessions, 1000,
           "session states kept in RAM; the least recently used beyond it spill to --state_dir");
@@ -113,6 +121,19 @@ int main(int argc, char** argv) {
   options.max_ops_per_session = absl::GetFlag(FLAGS_max_ops_per_session);
   options.step_token_budget = absl::GetFlag(FLAGS_step_token_budget);
   options.observer = &metrics;
+  const std::string durability = absl::GetFlag(FLAGS_durability);
+  if (durability == "none") {
+    options.durability = titans::engine::Durability::kNone;
+  } else if (durability == "periodic") {
+    options.durability = titans::engine::Durability::kPeriodic;
+  } else if (durability == "sync") {
+    options.durability = titans::engine::Durability::kSync;
+  } else {
+    return Fail("--durability must be none, periodic or sync");
+  }
+  options.checkpoint_interval_tokens = absl::GetFlag(FLAGS_checkpoint_interval_tokens);
+  options.checkpoint_interval_seconds = absl::GetFlag(FLAGS_checkpoint_interval_seconds);
+  options.wal_max_bytes = absl::GetFlag(FLAGS_wal_max_bytes);
   auto engine = titans::engine::Engine::Create(options);
   if (!engine.ok()) return Fail(engine.status().ToString());
   const titans::engine::ModelInfo& model = (*engine)->model_info();

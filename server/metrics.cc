@@ -138,6 +138,36 @@ struct ServerMetrics::Impl {
           .Name("titans_restore_failures_total")
           .Help("Spilled or persisted session states that could not be restored")
           .Register(registry);
+  prometheus::Family<prometheus::Counter>& log_bytes =
+      BuildCounter()
+          .Name("titans_log_bytes_total")
+          .Help("Bytes committed to the write-ahead log")
+          .Register(registry);
+  prometheus::Family<prometheus::Histogram>& log_commit =
+      BuildHistogram()
+          .Name("titans_log_commit_duration_seconds")
+          .Help("Write + fdatasync of one group commit")
+          .Register(registry);
+  prometheus::Family<prometheus::Counter>& log_failures =
+      BuildCounter()
+          .Name("titans_log_commit_failures_total")
+          .Help("Group commits that failed (their operations were refused)")
+          .Register(registry);
+  prometheus::Family<prometheus::Gauge>& recovery_seconds =
+      BuildGauge()
+          .Name("titans_recovery_duration_seconds")
+          .Help("Time the start-up recovery (log replay) took")
+          .Register(registry);
+  prometheus::Family<prometheus::Gauge>& recovered_records =
+      BuildGauge()
+          .Name("titans_recovery_records")
+          .Help("Log records replayed at start-up")
+          .Register(registry);
+  prometheus::Family<prometheus::Gauge>& unrecoverable =
+      BuildGauge()
+          .Name("titans_unrecoverable_sessions")
+          .Help("Sessions whose log could not be replayed completely at start-up")
+          .Register(registry);
   prometheus::Family<prometheus::Gauge>& durability_lag =
       BuildGauge()
           .Name("titans_durability_lag_tokens")
@@ -179,6 +209,8 @@ ServerMetrics::ServerMetrics() : impl_(std::make_unique<Impl>()) {
   impl_->checkpoint_bytes.Add({});
   impl_->checkpoint_failures.Add({});
   impl_->restore_failures.Add({});
+  impl_->log_bytes.Add({});
+  impl_->log_failures.Add({});
   impl_->serving.Add({}).Set(1);
 }
 
@@ -246,6 +278,15 @@ void ServerMetrics::OnCheckpoint(int64_t bytes, double seconds, bool ok) {
   impl_->checkpoint_duration.Add({}, LatencyBuckets()).Observe(seconds);
 }
 
+void ServerMetrics::OnLogCommit(int64_t bytes, double seconds, bool ok) {
+  if (!ok) {
+    impl_->log_failures.Add({}).Increment();
+    return;
+  }
+  impl_->log_bytes.Add({}).Increment(static_cast<double>(bytes));
+  impl_->log_commit.Add({}, LatencyBuckets()).Observe(seconds);
+}
+
 void ServerMetrics::OnRestore(int64_t /*bytes*/, double seconds, bool ok) {
   if (!ok) impl_->restore_failures.Add({}).Increment();
   impl_->restore_duration.Add({}, LatencyBuckets()).Observe(seconds);
@@ -267,6 +308,9 @@ std::string ServerMetrics::Scrape() {
     impl_->queue_tokens.Add({}).Set(static_cast<double>(st.queued_tokens));
     impl_->queue_ops.Add({}).Set(static_cast<double>(st.queued_operations));
     impl_->durability_lag.Add({}).Set(static_cast<double>(st.unpersisted_tokens));
+    impl_->recovery_seconds.Add({}).Set(st.recovery_seconds);
+    impl_->recovered_records.Add({}).Set(static_cast<double>(st.recovered_records));
+    impl_->unrecoverable.Add({}).Set(static_cast<double>(st.unrecoverable_sessions));
   }
   // Process CPU (utime + stime, fields 14 and 15 of /proc/self/stat) and resident memory.
   std::ifstream stat("/proc/self/stat");

@@ -40,6 +40,7 @@ class ServerMetrics : public engine::EngineObserver {
   void OnInterTokenLatency(double seconds) override;
   void OnCheckpoint(int64_t bytes, double seconds, bool ok) override;
   void OnRestore(int64_t bytes, double seconds, bool ok) override;
+  void OnLogCommit(int64_t bytes, double seconds, bool ok) override;
 
  private:
   struct Impl;

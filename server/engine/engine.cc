@@ -7,6 +7,7 @@
 #include <deque>
 #include <mutex>
 #include <random>
+#include <set>
 #include <thread>
 #include <unordered_map>
 
@@ -22,6 +23,7 @@
 #include "model/utf8.h"
 #include "server/engine/scheduler.h"
 #include "server/engine/session_files.h"
+#include "server/engine/wal.h"
 
 namespace titans::engine {
 namespace {
@@ -91,6 +93,9 @@ struct Op {
   bool finished = false;  // set by the engine thread; Update() then pops it
   bool started = false;   // has been scheduled at least once (queue-time metric)
   Clock::time_point last_token;
+  // What the operation consumed, in the pieces it was consumed in (the write-ahead log record).
+  int64_t position_before = -1;
+  std::vector<int32_t> log_tokens, log_pieces;
 
   int64_t remaining() const { return static_cast<int64_t>(tokens.size() - consumed); }
 };
@@ -103,6 +108,7 @@ struct Session {
   bool busy = false;               // the engine thread is executing its head operation
   bool spilled = false;            // mirror of state == nullptr, kept under mu_ for readers
   int64_t persisted_position = 0;  // position of the last state written to disk
+  std::chrono::steady_clock::time_point last_checkpoint = std::chrono::steady_clock::now();
   int64_t state_bytes = 0;
 };
 
@@ -139,7 +145,76 @@ class Engine::Impl {
       }
       for (const std::string& e : errors) std::fprintf(stderr, "engine: skipped %s\n", e.c_str());
     }
+    if (options_.durability != Durability::kNone && !files_) {
+      return absl::InvalidArgumentError("periodic and sync durability need a state directory");
+    }
+    if (options_.durability == Durability::kSync) {
+      TITANS_RETURN_IF_ERROR(Recover());
+    }
     thread_ = std::thread([this] { Loop(); });
+    return absl::OkStatus();
+  }
+
+  // Replays the write-ahead log onto the latest checkpoints, checkpoints the result and starts a
+  // fresh log. A session whose records do not continue its checkpoint (a gap) keeps its last
+  // consistent state and is counted as unrecoverable.
+  absl::Status Recover() {
+    const auto start = Clock::now();
+    const std::string dir = options_.state_dir + "/wal";
+    std::vector<std::string> warnings;
+    std::vector<WalRecord> records = Wal::ReadAll(dir, &warnings);
+    for (const std::string& w : warnings) std::fprintf(stderr, "engine: log: %s\n", w.c_str());
+    std::set<Session*> touched;
+    std::set<Session*> broken;
+    at::NoGradGuard no_grad;
+    for (const WalRecord& r : records) {
+      auto it = sessions_.find(r.session_id);
+      if (it == sessions_.end()) continue;  // closed after it was logged
+      Session* s = it->second.get();
+      if (broken.count(s)) continue;
+      if (!EnsureResident(s).ok()) {
+        broken.insert(s);
+        continue;
+      }
+      SessionState& state = *s->state;
+      const int64_t end = r.position_before + static_cast<int64_t>(r.tokens.size());
+      if (end <= state.position) continue;  // already in the checkpoint
+      if (r.position_before != state.position) {
+        std::fprintf(stderr, "engine: session %s: log resumes at %lld, state is at %lld\n",
+                     s->record.id.c_str(), static_cast<long long>(r.position_before),
+                     static_cast<long long>(state.position));
+        broken.insert(s);
+        continue;
+      }
+      size_t at = 0;
+      absl::Status st;
+      for (int32_t piece : r.pieces) {
+        std::vector<int64_t> ids(r.tokens.begin() + at, r.tokens.begin() + at + piece);
+        st = model_->ForwardMany({&state}, {ids});
+        if (!st.ok()) break;
+        at += piece;
+      }
+      if (!st.ok()) {
+        broken.insert(s);
+        continue;
+      }
+      if (r.has_rng) state.rng_state = r.rng;
+      s->record.position = state.position;
+      s->state_bytes = StateBytes(state);
+      touched.insert(s);
+      ++recovered_records_;
+    }
+    for (Session* s : touched) {
+      absl::Status st = Persist(s);
+      if (!st.ok()) return st;
+    }
+    for (size_t i = 0; i < broken.size(); ++i) observer().OnRestore(0, 0, false);
+    unrecoverable_sessions_ = static_cast<int64_t>(broken.size());
+    TITANS_ASSIGN_OR_RETURN(wal_, Wal::Open(dir));
+    TITANS_RETURN_IF_ERROR(wal_->DropOldSegments());
+    recovery_seconds_ = std::chrono::duration<double>(Clock::now() - start).count();
+    std::fprintf(stderr, "engine: recovered %lld log records into %zu sessions in %.3f s\n",
+                 static_cast<long long>(recovered_records_), touched.size(), recovery_seconds_);
     return absl::OkStatus();
   }
 
@@ -221,8 +296,17 @@ class Engine::Impl {
     s->sampling = p.sampling;
     s->state_bytes = StateBytes(*state);
     s->state = std::move(state);
+    Session* added = s.get();
     SessionInfo info = InfoOf(*s);
     sessions_.emplace(id, std::move(s));
+    if (options_.durability == Durability::kSync) {
+      // The session must exist after a crash before any of its operations is acknowledged.
+      absl::Status st = Persist(added);
+      if (!st.ok()) {
+        sessions_.erase(id);
+        return st;
+      }
+    }
     observer().OnSessionOpened();
     return info;
   }
@@ -357,6 +441,7 @@ class Engine::Impl {
       const int64_t kernel_start = kernels::MemoryKernelNanos();
       for (const Assignment& a : plan) Prepare(order[a.session], a.tokens, &batch, &callbacks);
       RunBatch(batch, &callbacks);
+      CommitDurable(&callbacks);
       int64_t step_tokens = 0;
       for (const Forwarding& f : batch) step_tokens += static_cast<int64_t>(f.tokens.size());
       observer().OnStep(static_cast<int>(plan.size()), step_tokens,
@@ -423,6 +508,7 @@ class Engine::Impl {
       return;
     }
     SessionState& state = *s->state;
+    if (op.position_before < 0) op.position_before = state.position;
     const bool cancelled = op.cancel && op.cancel->load();
     switch (op.kind) {
       case OpKind::kAppend: {
@@ -482,6 +568,55 @@ class Engine::Impl {
                                 op.tokens.begin() + op.consumed + n);
   }
 
+  // Finishes an operation that changed the session. Without a log its callback runs now; in sync
+  // mode it waits for this step's group commit, and if that fails the session is rolled back to
+  // its state before the operation and the operation fails.
+  void Complete(Session* s, Op& op, std::function<void()> on_done,
+                std::function<void(absl::Status)> on_error,
+                std::vector<std::function<void()>>* callbacks) {
+    MarkDone(op);
+    if (!wal_ || op.log_tokens.empty()) {
+      callbacks->push_back(std::move(on_done));
+      return;
+    }
+    WalRecord record;
+    record.session_id = s->record.id;
+    record.position_before = op.position_before;
+    record.tokens = std::move(op.log_tokens);
+    record.pieces = std::move(op.log_pieces);
+    record.has_rng = op.kind == OpKind::kGenerate;
+    record.rng = s->state->rng_state;
+    std::shared_ptr<SessionState> before =
+        op.backup ? std::make_shared<SessionState>(*op.backup) : nullptr;
+    pending_durable_.push_back(
+        PendingDurable{std::move(record), std::move(on_done),
+                       [this, s, before, on_error, callbacks](absl::Status st) {
+                         if (before) *s->state = *before;
+                         callbacks->push_back([on_error, st] { on_error(st); });
+                       }});
+  }
+
+  // The step's group commit: every completed operation's record, one write and one fdatasync.
+  void CommitDurable(std::vector<std::function<void()>>* callbacks) {
+    if (pending_durable_.empty()) return;
+    const auto start = Clock::now();
+    const int64_t before = wal_->bytes_total();
+    for (const PendingDurable& d : pending_durable_) (void)wal_->Append(d.record);
+    absl::Status st = wal_->Sync();
+    observer().OnLogCommit(wal_->bytes_total() - before,
+                           std::chrono::duration<double>(Clock::now() - start).count(), st.ok());
+    for (PendingDurable& d : pending_durable_) {
+      if (st.ok()) {
+        callbacks->push_back(std::move(d.on_durable));
+      } else {
+        d.on_failure(absl::Status(st.code(), absl::StrCat("the operation could not be made durable "
+                                                          "(the session is unchanged): ",
+                                                          st.message())));
+      }
+    }
+    pending_durable_.clear();
+  }
+
   // One forward pass for every session's tokens of this step (continuous batching), then each
   // operation's bookkeeping. If the pass fails, every operation in it fails (appends are rolled
   // back to their state before the operation).
@@ -505,6 +640,8 @@ class Engine::Impl {
         Fail(op, st, callbacks);
         continue;
       }
+      op.log_tokens.insert(op.log_tokens.end(), f.tokens.begin(), f.tokens.end());
+      op.log_pieces.push_back(static_cast<int32_t>(f.tokens.size()));
       if (f.decode) {
         observer().OnTokens("generated", 1);
         FinishDecode(f.session, &op, f.tokens[0], callbacks);
@@ -516,10 +653,11 @@ class Engine::Impl {
       if (op.kind == OpKind::kAppend && op.remaining() == 0) {
         AppendResult r{static_cast<int64_t>(op.tokens.size()), f.session->state->position};
         auto done = std::move(op.append_done);
-        callbacks->push_back([done, r] { done(r); });
+        Complete(
+            f.session, op, [done, r] { done(r); }, [done](absl::Status st) { done(st); },
+            callbacks);
         op.tokens.clear();
         op.consumed = 0;
-        MarkDone(op);
       }
     }
   }
@@ -575,15 +713,21 @@ class Engine::Impl {
       MarkDone(*op);
       return;
     }
+    if (!op->backup) op->backup = std::make_unique<SessionState>(state);
     if (op->remaining() > 0) {  // the prompt first, in pieces like an append
       batch->push_back(Forwarding{s, op, NextPiece(*op, tokens), false});
       return;
     }
     if (!op->generator) {
+      const int64_t position = state.position;
       auto g = TokenGenerator::Start(*model_, &state, op->sampling);
       if (!g.ok()) {
         Fail(*op, g.status(), callbacks);
         return;
+      }
+      if (state.position > position) {  // Start() fed the beginning-of-sequence token
+        op->log_tokens.push_back(model_->tokenizer().bos_id());
+        op->log_pieces.push_back(1);
       }
       op->generator.emplace(std::move(*g));
     }
@@ -626,20 +770,25 @@ class Engine::Impl {
       return;
     }
     auto done = std::move(op->done);
-    callbacks->push_back([on_event, done, e] {
-      on_event(e);
-      done(absl::OkStatus());
-    });
-    MarkDone(*op);
+    Complete(
+        s, *op,
+        [on_event, done, e] {
+          on_event(e);
+          done(absl::OkStatus());
+        },
+        [done](absl::Status st) { done(st); }, callbacks);
   }
 
   void ExecuteScore(Session* s, Op* op, std::vector<std::function<void()>>* callbacks) {
     SessionState& live = *s->state;
     SessionState work = live;  // shallow; committed only if asked
+    if (op->commit) op->backup = std::make_unique<SessionState>(live);
     auto result = [&]() -> absl::StatusOr<ScoreResult> {
       if (work.position == 0) {
         at::Tensor bos = at::full({1, 1}, int64_t{model_->tokenizer().bos_id()}, at::kLong);
         TITANS_RETURN_IF_ERROR(model_->Forward(&work, bos).status());
+        op->log_tokens.push_back(model_->tokenizer().bos_id());
+        op->log_pieces.push_back(1);
       }
       at::Tensor first = work.last_logits;  // [1, V]
       std::vector<int64_t> ids(op->tokens.begin(), op->tokens.end());
@@ -659,9 +808,17 @@ class Engine::Impl {
       return r;
     }();
     auto done = std::move(op->score_done);
-    callbacks->push_back([done, result] { done(result); });
+    if (result.ok() && op->commit) {
+      op->log_tokens.insert(op->log_tokens.end(), op->tokens.begin(), op->tokens.end());
+      op->log_pieces.push_back(static_cast<int32_t>(op->tokens.size()));
+      Complete(
+          s, *op, [done, result] { done(result); }, [done](absl::Status st) { done(st); },
+          callbacks);
+    } else {
+      callbacks->push_back([done, result] { done(result); });
+      MarkDone(*op);
+    }
     op->tokens.clear();
-    MarkDone(*op);
   }
 
   void Fail(Op& op, absl::Status status, std::vector<std::function<void()>>* callbacks) {
@@ -721,7 +878,32 @@ class Engine::Impl {
         }
       }
     }
+    CheckpointIfDue();
     SpillIfNeeded(callbacks);
+  }
+
+  // With mu_: periodic checkpoints (kPeriodic, kSync) of sessions with unpersisted tokens, and in
+  // sync mode, once the log is large, a checkpoint of every session so the old log can go.
+  void CheckpointIfDue() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (options_.durability == Durability::kNone) return;
+    const auto now = Clock::now();
+    for (auto& [id, s] : sessions_) {
+      if (!s->state || s->busy) continue;
+      const int64_t lag = s->record.position - s->persisted_position;
+      if (lag <= 0) continue;
+      const bool due = lag >= options_.checkpoint_interval_tokens ||
+                       std::chrono::duration<double>(now - s->last_checkpoint).count() >=
+                           options_.checkpoint_interval_seconds;
+      if (due) (void)Persist(s.get());
+    }
+    if (wal_ && wal_->bytes_since_drop() > options_.wal_max_bytes) {
+      bool all = true;
+      for (auto& [id, s] : sessions_) {
+        if (s->state && s->record.position > s->persisted_position)
+          all = Persist(s.get()).ok() && all;
+      }
+      if (all) (void)wal_->DropOldSegments();
+    }
   }
 
   // With mu_: keeps at most max_resident_sessions states in RAM by spilling the least recently
@@ -758,7 +940,10 @@ class Engine::Impl {
     s->record.position = s->state->position;
     s->record.state_bytes = s->state_bytes;
     absl::Status st = files_->Write(s->record, blob);
-    if (st.ok()) s->persisted_position = s->record.position;
+    if (st.ok()) {
+      s->persisted_position = s->record.position;
+      s->last_checkpoint = Clock::now();
+    }
     observer().OnCheckpoint(static_cast<int64_t>(blob.size()),
                             std::chrono::duration<double>(Clock::now() - start).count(), st.ok());
     return st;
@@ -838,6 +1023,10 @@ class Engine::Impl {
       st.unpersisted_tokens += s->record.position - s->persisted_position;
     }
     st.queued_tokens = QueuedTokens();
+    st.log_bytes = wal_ ? wal_->bytes_total() : 0;
+    st.recovery_seconds = recovery_seconds_;
+    st.recovered_records = recovered_records_;
+    st.unrecoverable_sessions = unrecoverable_sessions_;
     st.steps = steps_;
     return st;
   }
@@ -962,6 +1151,18 @@ class Engine::Impl {
   int64_t steps_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t expired_total_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t rr_cursor_ = 0;
+  std::unique_ptr<Wal> wal_;
+  // Operations complete only after their log record is durable (sync mode): the step's records
+  // are committed together, then these callbacks run (or, if the commit failed, the failures).
+  struct PendingDurable {
+    WalRecord record;
+    std::function<void()> on_durable;
+    std::function<void(absl::Status)> on_failure;
+  };
+  std::vector<PendingDurable> pending_durable_;
+  int64_t recovered_records_ = 0;
+  int64_t unrecoverable_sessions_ = 0;
+  double recovery_seconds_ = 0;
   std::atomic<bool> draining_{false};
   std::atomic<bool> draining_deadline_passed_{false};
   bool stop_ ABSL_GUARDED_BY(mu_) = false;

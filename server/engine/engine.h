@@ -28,6 +28,15 @@
 
 namespace titans::engine {
 
+// What survives a crash (kill -9, OOM, power loss) of the server process:
+//   kNone      nothing beyond what spilling and graceful shutdown wrote;
+//   kPeriodic  session states are checkpointed every checkpoint_interval_tokens tokens or
+//              checkpoint_interval_seconds seconds (a crash loses at most that much);
+//   kSync      additionally, every acknowledged Append / Generate / committed Score is in the
+//              write-ahead log (fsync'd, one group commit per scheduler step) before the RPC
+//              returns; recovery replays the log after the latest checkpoints.
+enum class Durability { kNone, kPeriodic, kSync };
+
 struct EngineOptions {
   std::string model_dir;
   std::string device = "cpu";
@@ -36,6 +45,11 @@ struct EngineOptions {
   int64_t max_resident_sessions = 1000;
   // Where spilled and persisted states live; empty = memory only (no spilling, nothing persisted).
   std::string state_dir;
+  Durability durability = Durability::kNone;  // kPeriodic / kSync need a state_dir
+  int64_t checkpoint_interval_tokens = 65536;
+  double checkpoint_interval_seconds = 300;
+  // Past this many log bytes every session is checkpointed and the old log deleted.
+  int64_t wal_max_bytes = int64_t{256} << 20;
   int64_t default_idle_ttl_seconds = 6 * 3600;
   int64_t max_idle_ttl_seconds = 30 * 24 * 3600;
   // Tokens queued (not yet consumed) across all sessions; beyond it requests are refused at once.
@@ -168,8 +182,13 @@ class Engine {
   struct Stats {
     int64_t sessions = 0, resident = 0, spilled = 0, queued_tokens = 0, queued_operations = 0;
     int64_t resident_state_bytes = 0, spilled_state_bytes = 0, steps = 0;
-    // Acknowledged tokens of open sessions not yet in a persisted state (the durability lag).
+    // Acknowledged tokens of open sessions not yet in a persisted state (the durability lag;
+    // with kSync they are in the log, so lag counts what a crash would have to replay).
     int64_t unpersisted_tokens = 0;
+    int64_t log_bytes = 0;               // written to the write-ahead log since start
+    double recovery_seconds = 0;         // time the start-up recovery took
+    int64_t recovered_records = 0;       // log records replayed at start-up
+    int64_t unrecoverable_sessions = 0;  // sessions whose log could not be replayed completely
   };
   Stats stats() const;
 

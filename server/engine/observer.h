@@ -26,6 +26,9 @@ class EngineObserver {
   virtual void OnInterTokenLatency(double /*seconds*/) {}
   // A session state written to disk (spill, persist, expiry); ok=false for a failed write.
   virtual void OnCheckpoint(int64_t /*bytes*/, double /*seconds*/, bool /*ok*/) {}
+  // The write-ahead log committed `bytes` in one group commit taking `seconds` (ok=false: the
+  // write or fsync failed and the step's operations were refused).
+  virtual void OnLogCommit(int64_t /*bytes*/, double /*seconds*/, bool /*ok*/) {}
   // A spilled state was read back (ok=false: it could not be restored).
   virtual void OnRestore(int64_t /*bytes*/, double /*seconds*/, bool /*ok*/) {}
 };
