@@ -51,12 +51,12 @@ std::vector<ParamSlot> ParamSlots(const ModelConfig& c, ModelParams* p) {
     s.push_back({m + "q_conv.weight", &M.q_conv, {hd, K}, InitKind::kConv});
     s.push_back({m + "k_conv.weight", &M.k_conv, {hd, K}, InitKind::kConv});
     s.push_back({m + "v_conv.weight", &M.v_conv, {hd, K}, InitKind::kConv});
-    s.push_back({m + "alpha_proj.weight", &M.alpha_w, {H, d}, InitKind::kLinear});
+    s.push_back({m + "alpha_proj.weight", &M.alpha_w, {H, d}, InitKind::kGate});
     s.push_back(
         {m + "alpha_proj.bias", &M.alpha_b, {H}, InitKind::kConstant, c.memory.alpha_bias_init});
-    s.push_back({m + "eta_proj.weight", &M.eta_w, {H, d}, InitKind::kLinear});
+    s.push_back({m + "eta_proj.weight", &M.eta_w, {H, d}, InitKind::kGate});
     s.push_back({m + "eta_proj.bias", &M.eta_b, {H}, InitKind::kConstant, c.memory.eta_bias_init});
-    s.push_back({m + "theta_proj.weight", &M.theta_w, {H, d}, InitKind::kLinear});
+    s.push_back({m + "theta_proj.weight", &M.theta_w, {H, d}, InitKind::kGate});
     s.push_back(
         {m + "theta_proj.bias", &M.theta_b, {H}, InitKind::kConstant, c.memory.theta_bias_init});
     const auto shapes = MemoryLayerShapes(c.memory.depth, c.head_dim, c.memory_hidden());
@@ -89,6 +89,12 @@ ModelParams RandomParams(const ModelConfig& c, uint64_t seed) {
     switch (slot.init) {
       case InitKind::kLinear:
         t = at::normal(0.0, 1.0 / std::sqrt(fan_in), slot.shape, gen, opt);
+        break;
+      case InitKind::kGate:
+        // Data-dependent gates start close to their biases (alpha ~ 0.018, eta ~ 0.88,
+        // theta ~ theta_max / 2): with N(0, 1/fan_in) weights an untrained model's effective
+        // inner step theta / (1 - eta) reaches ~10 on some inputs and the memory diverges.
+        t = at::normal(0.0, 0.02 / std::sqrt(fan_in), slot.shape, gen, opt);
         break;
       case InitKind::kOutput:
         t = at::normal(0.0, 1.0 / std::sqrt(fan_in * 2 * c.num_layers), slot.shape, gen, opt);

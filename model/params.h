@@ -64,6 +64,7 @@ struct ModelParams {
 
 enum class InitKind {
   kLinear,      // normal(0, 1/sqrt(fan_in))
+  kGate,        // normal(0, 0.02/sqrt(fan_in)): gates start near their bias values
   kOutput,      // normal(0, 1/sqrt(fan_in * 2 * num_layers)): residual-branch outputs
   kEmbedding,   // normal(0, 1)
   kOnes,        // norms

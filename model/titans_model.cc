@@ -224,6 +224,11 @@ int64_t StepLength(const ModelConfig& c, int64_t position, int64_t remaining, in
   return len;
 }
 
+absl::Status NonFinite() {
+  return absl::InternalError(
+      "the model's values overflowed (non-finite logits) on this input; the session is unchanged");
+}
+
 void AppendRecent(SessionState* s, const int64_t* ids, int64_t n) {
   for (int64_t t = std::max<int64_t>(0, n - SessionState::kRecentTokens); t < n; ++t) {
     s->recent_tokens.push_back(static_cast<int32_t>(ids[t]));
@@ -237,7 +242,8 @@ void AppendRecent(SessionState* s, const int64_t* ids, int64_t n) {
 }  // namespace
 
 absl::Status TitansModel::ForwardMany(const std::vector<SessionState*>& states,
-                                      const std::vector<std::vector<int64_t>>& tokens) const {
+                                      const std::vector<std::vector<int64_t>>& tokens,
+                                      std::vector<absl::Status>* statuses) const {
   if (states.size() != tokens.size()) {
     return absl::InvalidArgumentError("ForwardMany: one token list per state");
   }
@@ -280,10 +286,21 @@ absl::Status TitansModel::ForwardMany(const std::vector<SessionState*>& states,
         }
       }
     }
+    std::vector<absl::Status> result(states.size());
     for (size_t i = 0; i < states.size(); ++i) {
+      if (!at::isfinite(next[i].last_logits).all().item<bool>()) result[i] = NonFinite();
+    }
+    if (statuses == nullptr) {
+      for (const absl::Status& st : result) {
+        if (!st.ok()) return st;
+      }
+    }
+    for (size_t i = 0; i < states.size(); ++i) {
+      if (!result[i].ok()) continue;
       AppendRecent(&next[i], tokens[i].data(), static_cast<int64_t>(tokens[i].size()));
       *states[i] = std::move(next[i]);
     }
+    if (statuses) *statuses = std::move(result);
     return absl::OkStatus();
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("model forward failed: ", e.what_without_backtrace()));
@@ -326,6 +343,7 @@ absl::StatusOr<at::Tensor> TitansModel::Forward(SessionState* state, const at::T
       }
       begin += len;
     }
+    if (!at::isfinite(next.last_logits).all().item<bool>()) return NonFinite();
     at::Tensor cpu_tokens = tokens.select(0, 0).to(at::kCPU).contiguous();
     AppendRecent(&next, cpu_tokens.data_ptr<int64_t>(), T);
     *state = std::move(next);

@@ -60,7 +60,8 @@ class TitansModel {
 
   // Consumes tokens [B, T] (int64, ids in [0, vocab)) and advances *state. Returns logits
   // [B, T, V] (kAll) or [B, 1, V] (kLast) for the consumed tokens. On any error *state is left
-  // exactly as it was: INVALID_ARGUMENT for bad ids / shapes, INTERNAL for a LibTorch failure.
+  // exactly as it was: INVALID_ARGUMENT for bad ids / shapes, INTERNAL for a LibTorch failure or
+  // a numerical overflow (non-finite logits).
   // Runs under autograd only if the caller enabled it (training); serving should hold a
   // NoGradGuard.
   absl::StatusOr<at::Tensor> Forward(SessionState* state, const at::Tensor& tokens,
@@ -70,8 +71,12 @@ class TitansModel {
   // consumes tokens[i]; token-wise work runs once over all sessions' tokens and the memory
   // update is one kernel call per layer. Afterwards each state's last_logits is set. All or
   // nothing: on error no state changes. Caller holds a NoGradGuard.
+  // If the model's numbers overflow for a session (non-finite logits), that session is left
+  // unchanged: with `statuses` it gets INTERNAL there and the others are committed; without,
+  // the whole call fails with INTERNAL.
   absl::Status ForwardMany(const std::vector<SessionState*>& states,
-                           const std::vector<std::vector<int64_t>>& tokens) const;
+                           const std::vector<std::vector<int64_t>>& tokens,
+                           std::vector<absl::Status>* statuses = nullptr) const;
 
   // Longest run of tokens processed as one step (bounds attention scratch memory).
   static constexpr int64_t kMaxStepTokens = 256;

@@ -629,15 +629,19 @@ class Engine::Impl {
       tokens.push_back(f.tokens);
     }
     absl::Status st;
+    std::vector<absl::Status> per_session;
     {
       at::NoGradGuard no_grad;
-      st = model_->ForwardMany(states, tokens);
+      st = model_->ForwardMany(states, tokens, &per_session);
     }
-    for (Forwarding& f : batch) {
+    for (size_t i = 0; i < batch.size(); ++i) {
+      Forwarding& f = batch[i];
       Op& op = *f.op;
+      if (st.ok() && !per_session[i].ok()) st = per_session[i];  // this session only
       if (!st.ok()) {
-        if (op.kind == OpKind::kAppend && op.backup) *f.session->state = *op.backup;
+        if (op.backup) *f.session->state = *op.backup;
         Fail(op, st, callbacks);
+        st = per_session.empty() ? st : absl::OkStatus();
         continue;
       }
       op.log_tokens.insert(op.log_tokens.end(), f.tokens.begin(), f.tokens.end());
@@ -882,13 +886,20 @@ class Engine::Impl {
     SpillIfNeeded(callbacks);
   }
 
+  // No operation of the session has started changing its state.
+  static bool Quiescent(const Session& s) {
+    return s.ops.empty() || s.ops.front()->position_before < 0;
+  }
+
   // With mu_: periodic checkpoints (kPeriodic, kSync) of sessions with unpersisted tokens, and in
   // sync mode, once the log is large, a checkpoint of every session so the old log can go.
   void CheckpointIfDue() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (options_.durability == Durability::kNone) return;
     const auto now = Clock::now();
     for (auto& [id, s] : sessions_) {
-      if (!s->state || s->busy) continue;
+      // Only between operations: a started operation may have partly changed the state (an
+      // unfinished append must never reach a checkpoint).
+      if (!s->state || s->busy || !Quiescent(*s)) continue;
       const int64_t lag = s->record.position - s->persisted_position;
       if (lag <= 0) continue;
       const bool due = lag >= options_.checkpoint_interval_tokens ||
@@ -899,8 +910,9 @@ class Engine::Impl {
     if (wal_ && wal_->bytes_since_drop() > options_.wal_max_bytes) {
       bool all = true;
       for (auto& [id, s] : sessions_) {
-        if (s->state && s->record.position > s->persisted_position)
-          all = Persist(s.get()).ok() && all;
+        if (s->state && s->record.position > s->persisted_position) {
+          all = Quiescent(*s) && Persist(s.get()).ok() && all;
+        }
       }
       if (all) (void)wal_->DropOldSegments();
     }

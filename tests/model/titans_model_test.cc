@@ -282,6 +282,44 @@ TEST(ForwardMany, MatchesSessionsRunAlone) {
   }
 }
 
+// A model whose memory diverges (absurd inner learning rate) must not poison the session: the
+// call fails with INTERNAL and the state stays as it was; in ForwardMany only that session fails.
+TEST(Forward, NumericalOverflowLeavesStateUntouched) {
+  ModelConfig c = TinyConfig(Variant::kLMM);
+  c.memory.theta_max = 100;
+  c.memory.theta_bias_init = 10;
+  c.memory.eta_bias_init = 10;
+  auto unstable = MakeModel(c, 3);
+  at::NoGradGuard no_grad;
+  SessionState s = unstable->NewState();
+  absl::Status st;
+  int64_t consumed = 0;
+  for (int i = 0; i < 50 && st.ok(); ++i) {
+    SessionState before = s;
+    st = unstable->Forward(&s, RandomTokens(1, 16, 100 + i)).status();
+    if (st.ok()) {
+      consumed += 16;
+    } else {
+      EXPECT_EQ(MaxStateDiff(s, before), 0.0);
+    }
+  }
+  ASSERT_EQ(st.code(), absl::StatusCode::kInternal) << "the memory never overflowed";
+  EXPECT_NE(st.message().find("non-finite"), std::string::npos);
+  EXPECT_EQ(s.position, consumed);
+  EXPECT_TRUE(at::isfinite(s.last_logits).all().item<bool>());
+
+  SessionState a = unstable->NewState();
+  std::vector<absl::Status> statuses;
+  SessionState fresh = unstable->NewState();
+  std::vector<int64_t> few = {1, 2, 3};
+  std::vector<int64_t> many(consumed + 64, 7);
+  ASSERT_TRUE(unstable->ForwardMany({&fresh, &a}, {few, many}, &statuses).ok());
+  EXPECT_TRUE(statuses[0].ok());
+  EXPECT_EQ(fresh.position, 3);
+  EXPECT_EQ(statuses[1].code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(a.position, 0);
+}
+
 TEST(Forward, RejectsBadTokensAndLeavesStateUntouched) {
   auto model = MakeModel(TinyConfig(Variant::kMAC));
   at::NoGradGuard no_grad;
