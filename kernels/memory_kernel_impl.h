@@ -156,7 +156,7 @@ inline float FastExp(float x) {
   p = p * r + 1.0f;
   int32_t bits;
   std::memcpy(&bits, &p, sizeof(bits));
-  bits += static_cast<int32_t>(n) << 23;
+  bits += static_cast<int32_t>(n) * (1 << 23);  // add n to the exponent (|n| <= 127, no overflow)
   float out;
   std::memcpy(&out, &bits, sizeof(out));
   return out;

@@ -5,7 +5,7 @@
 set -euo pipefail
 
 PACKAGES=(
-  build-essential cmake ninja-build pkg-config git ca-certificates
+  build-essential cmake ninja-build pkg-config git ca-certificates clang libclang-rt-14-dev
   libtorch-dev libopenblas0-pthread
   libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc grpc-proto
   libabsl-dev nlohmann-json3-dev libsentencepiece-dev prometheus-cpp-dev prometheus

@@ -6,3 +6,6 @@ scripts/setup.sh
 scripts/build.sh
 cd "${TITANS_BUILD_DIR:-build}"
 ctest --output-on-failure -j "${TITANS_TEST_JOBS:-2}" "$@"
+cd - > /dev/null
+# Bounded fuzzing of the parsers and decoders (libFuzzer + ASan + UBSan), part of every test run.
+scripts/fuzz.sh "${TITANS_FUZZ_SECONDS:-15}"

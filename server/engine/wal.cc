@@ -171,6 +171,26 @@ absl::Status Wal::Sync() {
   return absl::OkStatus();
 }
 
+std::string ParseWalSegment(std::string_view in, std::vector<WalRecord>* out) {
+  while (!in.empty()) {
+    uint32_t len, crc;
+    std::string_view frame = in;
+    if (!Get(&frame, &len) || !Get(&frame, &crc) || len > kMaxPayload || frame.size() < len) {
+      return absl::StrCat("torn tail of ", in.size(), " bytes cut");
+    }
+    std::string_view payload = frame.substr(0, len);
+    if (Crc32c(payload.data(), payload.size()) != crc) {
+      return absl::StrCat("checksum mismatch; the rest of the segment (", in.size(),
+                          " bytes) is ignored");
+    }
+    auto record = DecodeWalPayload(payload);
+    if (!record.ok()) return std::string(record.status().message());
+    out->push_back(std::move(*record));
+    in.remove_prefix(8 + len);
+  }
+  return "";
+}
+
 std::vector<WalRecord> Wal::ReadAll(const std::string& dir, std::vector<std::string>* warnings) {
   std::vector<WalRecord> out;
   for (const auto& [seq, path] : Segments(dir)) {
@@ -179,28 +199,8 @@ std::vector<WalRecord> Wal::ReadAll(const std::string& dir, std::vector<std::str
       warnings->push_back(std::string(data.status().message()));
       continue;
     }
-    std::string_view in = *data;
-    while (!in.empty()) {
-      uint32_t len, crc;
-      std::string_view frame = in;
-      if (!Get(&frame, &len) || !Get(&frame, &crc) || len > kMaxPayload || frame.size() < len) {
-        warnings->push_back(absl::StrCat(path, ": torn tail of ", in.size(), " bytes cut"));
-        break;
-      }
-      std::string_view payload = frame.substr(0, len);
-      if (Crc32c(payload.data(), payload.size()) != crc) {
-        warnings->push_back(absl::StrCat(path, ": checksum mismatch; the rest of the segment (",
-                                         in.size(), " bytes) is ignored"));
-        break;
-      }
-      auto record = DecodeWalPayload(payload);
-      if (!record.ok()) {
-        warnings->push_back(absl::StrCat(path, ": ", record.status().message()));
-        break;
-      }
-      out.push_back(std::move(*record));
-      in.remove_prefix(8 + len);
-    }
+    const std::string warning = ParseWalSegment(*data, &out);
+    if (!warning.empty()) warnings->push_back(absl::StrCat(path, ": ", warning));
   }
   return out;
 }

@@ -35,6 +35,10 @@ std::string EncodeWalRecord(const WalRecord& record);
 // Decodes one payload (without the length / checksum frame). INVALID_ARGUMENT if malformed.
 absl::StatusOr<WalRecord> DecodeWalPayload(std::string_view payload);
 
+// Parses one segment's bytes: appends its whole records to *out and returns "" or, if the
+// segment ends in a torn or damaged record, a description of what was cut.
+std::string ParseWalSegment(std::string_view data, std::vector<WalRecord>* out);
+
 class Wal {
  public:
   // Opens (creating if needed) the log directory and starts a new segment after the existing
