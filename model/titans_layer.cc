@@ -160,6 +160,15 @@ at::Tensor MacMixer(const ModelConfig& c, const LayerParams& p,
   // The attention outputs update the memory; the output reads the updated memory
   // (o_t = y_t (x) M_t(y_t), read-after-write).
   at::Tensor m = NeuralMemoryForward(c, p.memory, slices, y);
+  // A stream that ends exactly at a segment boundary starts the next segment now, so that its
+  // state is canonical (empty cache, segment weights = memory at the boundary) and validates.
+  for (const StreamSlice& s : slices) {
+    if ((s.position + s.length) % c.attention.segment_size != 0) continue;
+    LayerState* st = s.state;
+    if (!st->segment_weights.empty()) st->segment_weights = st->memory.weights;
+    st->attn_k = st->attn_k.slice(2, 0, 0);
+    st->attn_v = st->attn_v.slice(2, 0, 0);
+  }
   return Combine(c, p, y, m);
 }
 
