@@ -274,8 +274,8 @@ std::string RunMemoryTasksCuda(const MemoryShape& shape, const MemoryTask* host_
   cudaStream_t stream = static_cast<cudaStream_t>(cuda_stream);
   const Layout lay = MakeLayout(shape);
   if (lay.bytes > 48 * 1024) {
-    cudaError_t err = cudaFuncSetAttribute(MemoryKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(lay.bytes));
+    cudaError_t err = cudaFuncSetAttribute(
+        MemoryKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(lay.bytes));
     if (err != cudaSuccess) {
       return std::string("memory kernel needs ") + std::to_string(lay.bytes) +
              " bytes of shared memory: " + cudaGetErrorString(err);

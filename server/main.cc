@@ -15,8 +15,6 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "absl/flags/usage_config.h"
-#include "absl/strings/match.h"
 #include "model/file_util.h"
 #include "server/auth.h"
 #include "server/engine/engine.h"
@@ -25,6 +23,7 @@
 #include "server/metrics.h"
 #include "server/rpc_observer.h"
 #include "server/service.h"
+#include "tools/program_flags.h"
 
 ABSL_FLAG(std::string, host, "0.0.0.0", "address to listen on");
 ABSL_FLAG(int32_t, port, 50051, "gRPC port");
@@ -77,12 +76,7 @@ int Fail(const std::string& what) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // --help lists this program's flags (not Abseil's own).
-  absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = [](absl::string_view path) {
-    return !absl::StrContains(path, "absl/");
-  };
-  absl::SetFlagsUsageConfig(usage);
+  titans::ShowOwnFlagsInHelp();
   absl::SetProgramUsageMessage(
       "Serves a Titans model with server-side session memory over gRPC.\n"
       "  titans-server --port 50051 --model_dir models/default --state_dir /var/lib/titans");

@@ -20,10 +20,9 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "absl/flags/usage_config.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
 #include "titans/v1/titans.grpc.pb.h"
+#include "tools/program_flags.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051", "server address");
 ABSL_FLAG(std::string, token, "", "bearer token (default: $TITANS_TOKEN)");
@@ -177,12 +176,7 @@ int Generate(Client& c, const std::string& id) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // --help lists this program's flags (not Abseil's own).
-  absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = [](absl::string_view path) {
-    return !absl::StrContains(path, "absl/");
-  };
-  absl::SetFlagsUsageConfig(usage);
+  titans::ShowOwnFlagsInHelp();
   absl::SetProgramUsageMessage(
       "titans-cli [--server host:port] [--token T] <command> [args]\n"
       "  create [--id ID] [--ttl S] [--label k=v,..]   append ID [FILE|-] | append ID --text T\n"

@@ -9,12 +9,11 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "absl/flags/usage_config.h"
-#include "absl/strings/match.h"
 #include "model/file_util.h"
 #include "model/generator.h"
 #include "model/session_state.h"
 #include "model/titans_model.h"
+#include "tools/program_flags.h"
 
 ABSL_FLAG(std::string, model_dir, TITANS_DEFAULT_MODEL_DIR, "model directory");
 ABSL_FLAG(std::string, device, "cpu", "cpu or cuda[:N]");
@@ -28,12 +27,7 @@ ABSL_FLAG(uint64_t, seed, 0, "sampling seed");
 ABSL_FLAG(std::vector<std::string>, stop, {}, "comma-separated stop strings");
 
 int main(int argc, char** argv) {
-  // --help lists this program's flags (not Abseil's own).
-  absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = [](absl::string_view path) {
-    return !absl::StrContains(path, "absl/");
-  };
-  absl::SetFlagsUsageConfig(usage);
+  titans::ShowOwnFlagsInHelp();
   absl::SetProgramUsageMessage("Generates text from a Titans model directory.");
   absl::ParseCommandLine(argc, argv);
   titans::LoadOptions options;

@@ -7,12 +7,11 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "absl/flags/usage_config.h"
-#include "absl/strings/match.h"
 #include "model/config.h"
 #include "model/file_util.h"
 #include "model/params.h"
 #include "model/titans_model.h"
+#include "tools/program_flags.h"
 
 ABSL_FLAG(std::string, out, "", "output model directory (required)");
 ABSL_FLAG(std::string, config, "", "config.json to start from (default: built-in defaults)");
@@ -20,12 +19,7 @@ ABSL_FLAG(std::string, variant, "", "override the variant: mac, mag, mal or lmm"
 ABSL_FLAG(uint64_t, seed, 20261129, "initialisation seed");
 
 int main(int argc, char** argv) {
-  // --help lists this program's flags (not Abseil's own).
-  absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = [](absl::string_view path) {
-    return !absl::StrContains(path, "absl/");
-  };
-  absl::SetFlagsUsageConfig(usage);
+  titans::ShowOwnFlagsInHelp();
   absl::SetProgramUsageMessage("Writes a randomly initialised Titans model directory.");
   absl::ParseCommandLine(argc, argv);
   const std::string out = absl::GetFlag(FLAGS_out);
