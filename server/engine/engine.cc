@@ -704,17 +704,22 @@ class Engine::Impl {
                        std::vector<std::function<void()>>* callbacks) {
     SessionState& state = *s->state;
     if (cancelled || draining_deadline_passed_) {
+      // The session keeps what was consumed so far; in sync mode that part is logged like a
+      // finished operation (otherwise recovery would find a gap in the session's log).
       std::string rest = op->generator ? op->generator->Flush() : "";
       GenerateEvent e = Event(state, *op, Finish::kCancelled, {}, rest);
       auto on_event = op->on_event;
       auto done = std::move(op->done);
       const absl::Status st = cancelled ? absl::CancelledError("generation cancelled")
                                         : absl::UnavailableError("server is shutting down");
-      callbacks->push_back([on_event, done, e, st] {
-        on_event(e);
-        done(st);
-      });
-      MarkDone(*op);
+      op->backup.reset();  // keep, do not roll back, if the log commit fails: report its error
+      Complete(
+          s, *op,
+          [on_event, done, e, st] {
+            on_event(e);
+            done(st);
+          },
+          [done](absl::Status failed) { done(failed); }, callbacks);
       return;
     }
     if (!op->backup) op->backup = std::make_unique<SessionState>(state);
@@ -726,6 +731,7 @@ class Engine::Impl {
       const int64_t position = state.position;
       auto g = TokenGenerator::Start(*model_, &state, op->sampling);
       if (!g.ok()) {
+        state = *op->backup;  // Start() may have fed the BOS token
         Fail(*op, g.status(), callbacks);
         return;
       }

@@ -75,11 +75,27 @@ def client(sid, seed):
             else:
                 in_flight[sid] = ("generate", None)
                 ids = []
-                for m in stub.Generate(pb.GenerateRequest(
-                        session_id=sid, max_tokens=rnd.randint(1, 8), stop_at_eos=False,
-                        sampling=pb.SamplingParams(temperature=0.9, seed=rnd.randint(0, 1 << 30))),
-                        timeout=30):
-                    ids.extend(m.token_ids)
+                call = stub.Generate(pb.GenerateRequest(
+                    session_id=sid, max_tokens=rnd.randint(1, 8), stop_at_eos=False,
+                    sampling=pb.SamplingParams(temperature=0.9, seed=rnd.randint(0, 1 << 30))),
+                    timeout=30)
+                cancel_after = (rnd.randint(1, 3) if sid in ("c2", "c3") and rnd.random() < 0.4
+                                else None)
+                try:
+                    for m in call:
+                        ids.extend(m.token_ids)
+                        if cancel_after is not None and len(ids) >= cancel_after:
+                            call.cancel()  # the session keeps what was generated so far
+                except grpc.RpcError as e:
+                    if e.code() != grpc.StatusCode.CANCELLED:
+                        raise
+                    # A cancelled generation keeps an unknown number of tokens (the server may
+                    # have produced more than we read): re-synchronise with the server.
+                    position = stub.GetSession(pb.GetSessionRequest(session_id=sid)).position
+                    have = sum(len(v) for _, v in acked[sid])
+                    acked[sid].append(("sync", position - have))
+                    in_flight[sid] = None
+                    continue
                 acked[sid].append(("ids", ids))
             in_flight[sid] = None
         except grpc.RpcError:
@@ -104,7 +120,7 @@ ref_proc, ref = start(free_port(), reference_dir, durability="none")
 probe = pb.TokenIds(ids=[ord(c) for c in "the memory remembers"])
 try:
     for sid, ops in acked.items():
-        count = sum(len(v) for _, v in ops)
+        count = sum(v if kind == "sync" else len(v) for kind, v in ops)
         position = stub.GetSession(pb.GetSessionRequest(session_id=sid)).position
         extra = 0
         pending = in_flight[sid]
@@ -116,6 +132,8 @@ try:
               (position, count, pending and pending[0]))
         if position != count + extra and position != count:
             continue
+        if any(kind == "sync" for kind, _ in ops):
+            continue  # tokens kept by a cancelled generation are not known to the client
         # The uninterrupted reference: the acknowledged operations replayed into a fresh session.
         ref.CreateSession(pb.CreateSessionRequest(session_id=sid))
         replay = list(ops) + ([pending] if extra else [])
