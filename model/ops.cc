@@ -52,6 +52,12 @@ at::Tensor Attend(const at::Tensor& q_plain, const at::Tensor& q, const at::Tens
   return at::matmul(at::softmax(scores, -1), values);
 }
 
+std::string ShapeString(at::IntArrayRef shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + "]";
+}
+
 at::Tensor SplitHeads(const at::Tensor& x, int64_t heads) {
   return x.reshape({x.size(0), x.size(1), heads, -1}).transpose(1, 2);
 }

@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <string>
 
 namespace titans {
 
@@ -37,6 +38,9 @@ at::Tensor Rotary(const at::Tensor& x, int64_t start, double theta);
 at::Tensor Attend(const at::Tensor& q_plain, const at::Tensor& q, const at::Tensor& pk,
                   const at::Tensor& pv, const at::Tensor& k, const at::Tensor& v,
                   const at::Tensor& visible);
+
+// "[2, 3]": shapes in error messages.
+std::string ShapeString(at::IntArrayRef shape);
 
 // [B, T, H*dh] <-> [B, H, T, dh].
 at::Tensor SplitHeads(const at::Tensor& x, int64_t heads);

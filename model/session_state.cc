@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "model/crc32c.h"
+#include "model/ops.h"
 #include "model/safetensors.h"
 #include "model/status_macros.h"
 
@@ -86,12 +87,6 @@ std::vector<StateSlot> StateSlots(const ModelConfig& c, int64_t batch, SessionSt
   }
   slots.push_back({"last_logits", &s->last_logits, {B, c.vocab_size}});
   return slots;
-}
-
-std::string ShapeString(at::IntArrayRef shape) {
-  std::string out = "[";
-  for (size_t i = 0; i < shape.size(); ++i) absl::StrAppend(&out, i ? ", " : "", shape[i]);
-  return out + "]";
 }
 
 void PutU32(std::string* out, uint32_t v) { out->append(reinterpret_cast<const char*>(&v), 4); }

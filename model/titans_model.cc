@@ -16,12 +16,6 @@
 namespace titans {
 namespace {
 
-std::string ShapeString(at::IntArrayRef shape) {
-  std::string out = "[";
-  for (size_t i = 0; i < shape.size(); ++i) absl::StrAppend(&out, i ? ", " : "", shape[i]);
-  return out + "]";
-}
-
 absl::StatusOr<at::Device> ParseDevice(const std::string& name) {
   try {
     at::Device device(name);

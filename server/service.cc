@@ -164,14 +164,7 @@ class TitansService final : public pb::Titans::Service {
     p.idle_ttl_seconds = static_cast<int64_t>(req->idle_ttl_seconds());
     p.labels.insert(req->labels().begin(), req->labels().end());
     if (req->has_sampling()) {
-      SamplingParams s;
-      const engine::SamplingOverrides o = FromProto(req->sampling());
-      if (o.temperature) s.temperature = *o.temperature;
-      if (o.top_k) s.top_k = *o.top_k;
-      if (o.top_p) s.top_p = *o.top_p;
-      if (o.min_p) s.min_p = *o.min_p;
-      if (o.repetition_penalty) s.repetition_penalty = *o.repetition_penalty;
-      p.sampling = s;
+      p.sampling = engine::ApplySamplingOverrides(SamplingParams{}, FromProto(req->sampling()));
     }
     auto info = engine_->CreateSession(p);
     if (!info.ok()) return ToGrpc(info.status());
@@ -418,14 +411,7 @@ class TitansService final : public pb::Titans::Service {
     if (options_.snapshot_dir.empty()) {
       return absl::FailedPreconditionError("this server has no --snapshot_dir");
     }
-    bool ok = !name.empty() && name.size() <= 128 && name[0] != '.';
-    for (char c : name) {
-      ok = ok && (std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-');
-    }
-    if (!ok) {
-      return absl::InvalidArgumentError(
-          "file_name must be 1..128 characters of [A-Za-z0-9._-] not starting with '.'");
-    }
+    if (absl::Status st = engine::ValidateName(name, "file_name"); !st.ok()) return st;
     return options_.snapshot_dir + "/" + name;
   }
 

@@ -41,19 +41,6 @@ std::string NewSessionId() {
   return absl::StrFormat("s-%08x%08x%08x%08x", device(), device(), device(), device());
 }
 
-absl::Status ValidateId(const std::string& id, const char* field) {
-  if (id.empty() || id.size() > 128) {
-    return absl::InvalidArgumentError(absl::StrCat(field, " must be 1..128 characters"));
-  }
-  for (char c : id) {
-    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-')) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(field, " may contain only letters, digits, '.', '_' and '-'"));
-    }
-  }
-  return absl::OkStatus();
-}
-
 absl::Status ValidateLabels(const std::map<std::string, std::string>& labels) {
   if (labels.size() > 16) return absl::InvalidArgumentError("at most 16 labels");
   for (const auto& [k, v] : labels) {
@@ -272,7 +259,7 @@ class Engine::Impl {
       do id = NewSessionId();
       while (sessions_.count(id));
     } else {
-      TITANS_RETURN_IF_ERROR(ValidateId(id, "session_id"));
+      TITANS_RETURN_IF_ERROR(ValidateName(id, "session_id"));
       if (sessions_.count(id)) {
         return absl::AlreadyExistsError(absl::StrCat("session '", id, "' already exists"));
       }
@@ -667,15 +654,10 @@ class Engine::Impl {
   }
 
   SamplingParams Resolve(const Session& s, const GenerateParams& g) const {
-    SamplingParams p = s.sampling.value_or(options_.default_sampling);
-    const SamplingOverrides& o = g.sampling;
-    if (o.temperature) p.temperature = *o.temperature;
-    if (o.top_k) p.top_k = *o.top_k;
-    if (o.top_p) p.top_p = *o.top_p;
-    if (o.min_p) p.min_p = *o.min_p;
-    if (o.repetition_penalty) p.repetition_penalty = *o.repetition_penalty;
-    p.has_seed = o.seed.has_value();
-    p.seed = o.seed.value_or(0);
+    SamplingParams p =
+        ApplySamplingOverrides(s.sampling.value_or(options_.default_sampling), g.sampling);
+    p.has_seed = g.sampling.seed.has_value();
+    p.seed = g.sampling.seed.value_or(0);
     p.max_tokens = g.max_tokens;
     p.stop = g.stop;
     p.stop_at_eos = g.stop_at_eos;
@@ -1187,6 +1169,27 @@ class Engine::Impl {
   bool stopped_ = false;
   std::thread thread_;
 };
+
+// ---- Free functions --------------------------------------------------------------------------
+
+SamplingParams ApplySamplingOverrides(SamplingParams p, const SamplingOverrides& o) {
+  if (o.temperature) p.temperature = *o.temperature;
+  if (o.top_k) p.top_k = *o.top_k;
+  if (o.top_p) p.top_p = *o.top_p;
+  if (o.min_p) p.min_p = *o.min_p;
+  if (o.repetition_penalty) p.repetition_penalty = *o.repetition_penalty;
+  return p;
+}
+
+absl::Status ValidateName(const std::string& name, const char* field) {
+  bool ok = !name.empty() && name.size() <= 128 && name[0] != '.';
+  for (char c : name) {
+    ok = ok && (std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-');
+  }
+  if (ok) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(field, " must be 1..128 characters of [A-Za-z0-9._-] not starting with '.'"));
+}
 
 // ---- Engine -------------------------------------------------------------------------------------
 

@@ -104,6 +104,15 @@ struct SamplingOverrides {
   std::optional<uint64_t> seed;
 };
 
+// `base` with every field set in `overrides` replaced (the seed is not part of it: an unset seed
+// means "continue the session's RNG", see Engine::Generate).
+SamplingParams ApplySamplingOverrides(SamplingParams base, const SamplingOverrides& overrides);
+
+// The one naming rule for client-chosen session ids and snapshot file names (both become file
+// names): 1..128 characters of [A-Za-z0-9._-], not starting with '.'. INVALID_ARGUMENT names
+// `field`.
+absl::Status ValidateName(const std::string& name, const char* field);
+
 struct GenerateParams {
   Input prompt;  // optional (empty text and no tokens = none)
   SamplingOverrides sampling;

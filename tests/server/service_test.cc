@@ -53,6 +53,9 @@ TEST_F(ServerTest, UnknownClosedAndDuplicateSessions) {
   req.set_session_id("bad id!");
   EXPECT_EQ(stub_->CreateSession(Ctx().get(), req, &out).error_code(),
             StatusCode::INVALID_ARGUMENT);
+  req.set_session_id("..");  // ids become file names: no leading dot
+  EXPECT_EQ(stub_->CreateSession(Ctx().get(), req, &out).error_code(),
+            StatusCode::INVALID_ARGUMENT);
   pb::CloseSessionRequest close;
   close.set_session_id("dup");
   pb::CloseSessionResponse closed;
