@@ -41,6 +41,11 @@ ABSL_FLAG(int64_t, checkpoint_interval_tokens, 65536,
 ABSL_FLAG(double, checkpoint_interval_seconds, 300, "or after this many seconds");
 ABSL_FLAG(int64_t, wal_max_bytes, int64_t{256} << 20,
           "log size that triggers a checkpoint of every session and deletes the old log");
+ABSL_FLAG(int64_t, rewind_window_tokens, 32768,
+          "RewindSession / ForkSession(position) reach this many tokens back; 0 disables");
+ABSL_FLAG(int64_t, rewind_interval_tokens, 8192,
+          "a rewind point (one state copy, on --state_dir or else in RAM) every this many tokens; "
+          "bounds the replay of a rewind");
 ABSL_FLAG(int64_t, max_sessions, 10000, "sessions the server holds at most");
 ABSL_FLAG(int64_t, max_resident_sessions, 1000,
           "session states kept in RAM; the least recently used beyond it spill to --state_dir");
@@ -128,6 +133,8 @@ int main(int argc, char** argv) {
   options.checkpoint_interval_tokens = absl::GetFlag(FLAGS_checkpoint_interval_tokens);
   options.checkpoint_interval_seconds = absl::GetFlag(FLAGS_checkpoint_interval_seconds);
   options.wal_max_bytes = absl::GetFlag(FLAGS_wal_max_bytes);
+  options.rewind_window_tokens = absl::GetFlag(FLAGS_rewind_window_tokens);
+  options.rewind_interval_tokens = absl::GetFlag(FLAGS_rewind_interval_tokens);
   auto engine = titans::engine::Engine::Create(options);
   if (!engine.ok()) return Fail(engine.status().ToString());
   const titans::engine::ModelInfo& model = (*engine)->model_info();

@@ -36,6 +36,7 @@ void ToProto(const engine::SessionInfo& in, pb::Session* out) {
   for (const auto& [k, v] : in.labels) (*out->mutable_labels())[k] = v;
   out->set_spilled(in.spilled);
   out->set_queued_operations(in.queued_operations);
+  out->set_rewind_floor(in.rewind_floor);
 }
 
 engine::SamplingOverrides FromProto(const pb::SamplingParams& p) {
@@ -216,8 +217,29 @@ class TitansService final : public pb::Titans::Service {
     if (!principal.ok()) return ToGrpc(principal.status());
     std::promise<absl::StatusOr<engine::SessionInfo>> done;
     auto result = done.get_future();
-    engine_->ForkSession(*principal, req->session_id(), req->new_session_id(),
+    if (req->has_position() && req->position() > uint64_t{INT64_MAX}) {
+      return Status(grpc::StatusCode::OUT_OF_RANGE, "position is beyond the session's position");
+    }
+    const int64_t position = req->has_position() ? static_cast<int64_t>(req->position()) : -1;
+    engine_->ForkSession(*principal, req->session_id(), req->new_session_id(), position,
                          [&done](absl::StatusOr<engine::SessionInfo> s) { done.set_value(s); });
+    auto info = result.get();
+    if (!info.ok()) return ToGrpc(info.status());
+    ToProto(*info, resp);
+    return Status::OK;
+  }
+
+  Status RewindSession(ServerContext* ctx, const pb::RewindSessionRequest* req,
+                       pb::Session* resp) override {
+    auto principal = Principal(ctx);
+    if (!principal.ok()) return ToGrpc(principal.status());
+    if (req->position() > uint64_t{INT64_MAX}) {
+      return Status(grpc::StatusCode::OUT_OF_RANGE, "position is beyond the session's position");
+    }
+    std::promise<absl::StatusOr<engine::SessionInfo>> done;
+    auto result = done.get_future();
+    engine_->Rewind(*principal, req->session_id(), static_cast<int64_t>(req->position()),
+                    [&done](absl::StatusOr<engine::SessionInfo> s) { done.set_value(s); });
     auto info = result.get();
     if (!info.ok()) return ToGrpc(info.status());
     ToProto(*info, resp);

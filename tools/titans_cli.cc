@@ -6,6 +6,7 @@
 //   append ID --text "..."  appends a string
 //   generate ID [--prompt P] [--max_tokens N] [--temperature T] [--seed S] [--stop a,b]
 //   fork ID [NEW_ID]        snapshot ID FILE         restore FILE [NEW_ID]
+//   rewind ID POSITION
 //   get ID                  list                     close ID                models
 #include <grpcpp/grpcpp.h>
 
@@ -181,7 +182,8 @@ int main(int argc, char** argv) {
       "titans-cli [--server host:port] [--token T] <command> [args]\n"
       "  create [--id ID] [--ttl S] [--label k=v,..]   append ID [FILE|-] | append ID --text T\n"
       "  generate ID [--prompt P] [--max_tokens N] [--temperature T] [--seed S] [--stop a,b]\n"
-      "  fork ID [NEW_ID]   snapshot ID FILE   restore FILE [NEW_ID]   get ID   list   close ID"
+      "  fork ID [NEW_ID]   rewind ID POSITION   snapshot ID FILE   restore FILE [NEW_ID]   get ID"
+      "   list   close ID"
       "   models");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() < 2) return Usage();
@@ -210,6 +212,15 @@ int main(int argc, char** argv) {
     pb::Session s;
     grpc::Status st = c.stub().ForkSession(c.Ctx().get(), req, &s);
     if (st.ok()) std::printf("%s\n", s.session_id().c_str());
+    return Report(st);
+  }
+  if (cmd == "rewind" && args.size() >= 4) {
+    pb::RewindSessionRequest req;
+    req.set_session_id(arg(2));
+    req.set_position(std::strtoull(arg(3).c_str(), nullptr, 10));
+    pb::Session s;
+    grpc::Status st = c.stub().RewindSession(c.Ctx().get(), req, &s);
+    if (st.ok()) std::printf("%llu\n", static_cast<unsigned long long>(s.position()));
     return Report(st);
   }
   if (cmd == "snapshot" && args.size() >= 4) {

@@ -21,6 +21,7 @@
 #include "model/status_macros.h"
 #include "model/titans_model.h"
 #include "model/utf8.h"
+#include "server/engine/rewind_history.h"
 #include "server/engine/scheduler.h"
 #include "server/engine/session_files.h"
 #include "server/engine/wal.h"
@@ -51,7 +52,7 @@ absl::Status ValidateLabels(const std::map<std::string, std::string>& labels) {
   return absl::OkStatus();
 }
 
-enum class OpKind { kAppend, kGenerate, kScore, kClose, kFork, kExport };
+enum class OpKind { kAppend, kGenerate, kScore, kClose, kFork, kExport, kRewind };
 
 struct Op {
   OpKind kind;
@@ -72,9 +73,10 @@ struct Op {
   // Score.
   bool commit = false;
   std::function<void(absl::StatusOr<ScoreResult>)> score_done;
-  // Fork / export.
+  // Fork / export / rewind.
   std::string new_id;
-  std::function<void(absl::StatusOr<SessionInfo>)> fork_done;
+  int64_t target_position = -1;  // fork / rewind: the position to go to (-1: the current one)
+  std::function<void(absl::StatusOr<SessionInfo>)> fork_done;  // also rewind
   std::function<void(absl::StatusOr<std::string>)> export_done;
 
   bool finished = false;  // set by the engine thread; Update() then pops it
@@ -88,6 +90,7 @@ struct Op {
 };
 
 struct Session {
+  Session(int64_t rewind_window, int64_t rewind_interval) : history(rewind_window, rewind_interval) {}
   SessionRecord record;
   std::optional<SamplingParams> sampling;
   std::unique_ptr<SessionState> state;  // null while spilled
@@ -97,6 +100,9 @@ struct Session {
   int64_t persisted_position = 0;  // position of the last state written to disk
   std::chrono::steady_clock::time_point last_checkpoint = std::chrono::steady_clock::now();
   int64_t state_bytes = 0;
+  // Engine thread only (loaded with the state, dropped when spilled).
+  RewindHistory history;
+  int64_t rewind_floor = 0;  // history.first_position(), kept under mu_ for readers
 };
 
 }  // namespace
@@ -119,11 +125,16 @@ class Engine::Impl {
   }
 
   absl::Status Start() {
+    if (options_.rewind_window_tokens < 0 ||
+        (options_.rewind_window_tokens > 0 && options_.rewind_interval_tokens < 1)) {
+      return absl::InvalidArgumentError(
+          "rewind_window_tokens must be >= 0 and rewind_interval_tokens >= 1");
+    }
     if (files_) {
       TITANS_RETURN_IF_ERROR(files_->Init());
       std::vector<std::string> errors;
       for (SessionRecord& r : files_->List(&errors)) {
-        auto s = std::make_unique<Session>();
+        auto s = NewSession();
         s->state_bytes = r.state_bytes;
         s->spilled = true;
         s->persisted_position = r.position;
@@ -165,8 +176,9 @@ class Engine::Impl {
       }
       SessionState& state = *s->state;
       const int64_t end = r.position_before + static_cast<int64_t>(r.tokens.size());
-      if (end <= state.position) continue;  // already in the checkpoint
-      if (r.position_before != state.position) {
+      if (r.epoch < s->record.epoch) continue;  // logged before a rewind the checkpoint holds
+      if (end <= state.position && r.epoch == s->record.epoch) continue;  // in the checkpoint
+      if (r.position_before != state.position || r.epoch != s->record.epoch) {
         std::fprintf(stderr, "engine: session %s: log resumes at %lld, state is at %lld\n",
                      s->record.id.c_str(), static_cast<long long>(r.position_before),
                      static_cast<long long>(state.position));
@@ -186,6 +198,7 @@ class Engine::Impl {
         continue;
       }
       if (r.has_rng) state.rng_state = r.rng;
+      s->history.Record(r.tokens);
       s->record.position = state.position;
       s->state_bytes = StateBytes(state);
       touched.insert(s);
@@ -206,6 +219,11 @@ class Engine::Impl {
   }
 
   ~Impl() { Shutdown(0); }
+
+  std::unique_ptr<Session> NewSession() const {
+    return std::make_unique<Session>(options_.rewind_window_tokens,
+                                     options_.rewind_interval_tokens);
+  }
 
   const ModelInfo& info() const { return info_; }
 
@@ -239,6 +257,7 @@ class Engine::Impl {
     info.labels = s.record.labels;
     info.spilled = s.spilled;
     info.queued_operations = static_cast<int32_t>(s.ops.size());
+    info.rewind_floor = s.rewind_floor;
     return info;
   }
 
@@ -250,8 +269,11 @@ class Engine::Impl {
     return ttl == 0 ? options_.default_idle_ttl_seconds : ttl;
   }
 
-  // Registers a new session holding `state`. Requires mu_.
-  absl::StatusOr<SessionInfo> AddSession(const CreateParams& p, std::unique_ptr<SessionState> state)
+  // Registers a new session holding `state`. Its rewind history starts at `state`, or is
+  // `history` (a fork's: stored points are those of session `history_owner`). Requires mu_.
+  absl::StatusOr<SessionInfo> AddSession(const CreateParams& p, std::unique_ptr<SessionState> state,
+                                         const RewindHistory* history = nullptr,
+                                         const std::string& history_owner = "")
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     TITANS_RETURN_IF_ERROR(CheckOpen());
     std::string id = p.id;
@@ -273,7 +295,7 @@ class Engine::Impl {
     if (p.sampling) {
       TITANS_RETURN_IF_ERROR(ValidateSamplingParams(*p.sampling, model_->config().vocab_size));
     }
-    auto s = std::make_unique<Session>();
+    auto s = NewSession();
     s->record.id = id;
     s->record.principal = p.principal;
     s->record.labels = p.labels;
@@ -282,6 +304,17 @@ class Engine::Impl {
     s->record.position = state->position;
     s->sampling = p.sampling;
     s->state_bytes = StateBytes(*state);
+    if (history) {
+      s->history = *history;
+      if (files_) {  // the fork gets its own copies of the stored points
+        for (const RewindPoint& point : s->history.points()) {
+          if (!point.state) (void)files_->CopyRewindPoint(history_owner, id, point.position);
+        }
+      }
+    } else {
+      s->history.Reset(RewindPoint{state->position, std::make_shared<SessionState>(*state)});
+    }
+    s->rewind_floor = s->history.first_position();
     s->state = std::move(state);
     Session* added = s.get();
     SessionInfo info = InfoOf(*s);
@@ -465,7 +498,164 @@ class Engine::Impl {
     TITANS_ASSIGN_OR_RETURN(SessionState state,
                             DeserializeSessionState(blob, model_->config(), model_->fingerprint()));
     s->state = std::make_unique<SessionState>(std::move(state));
+    LoadHistory(s);
     return absl::OkStatus();
+  }
+
+  // ---- Rewind history (engine thread) ---------------------------------------------------------
+
+  // Restores the session's rewind history from the store. Whatever cannot be restored
+  // consistently (missing or damaged tokens file, no point at its start, a different end) is
+  // dropped and the history restarts at the current state: rewinding less far, never wrongly.
+  void LoadHistory(Session* s) {
+    const SessionState& state = *s->state;
+    const std::string& id = s->record.id;
+    bool restored = false;
+    if (s->history.enabled()) {
+      auto tokens = files_->ReadRewindTokens(id);
+      std::vector<int64_t> stored = files_->ListRewindPoints(id);
+      if (tokens.ok()) {
+        std::vector<RewindPoint> points;
+        for (int64_t p : stored) points.push_back(RewindPoint{p, nullptr});
+        const int64_t end = tokens->first_position + static_cast<int64_t>(tokens->tokens.size());
+        restored = end == state.position &&
+                   s->history.Restore(tokens->first_position, std::move(tokens->tokens),
+                                      std::move(points));
+      }
+      // Points past the restored end belong to a timeline that was not persisted.
+      for (int64_t p : stored) {
+        if (!restored || p > s->history.end() || p < s->history.first_position()) {
+          files_->RemoveRewindPoint(id, p);
+        }
+      }
+      if (!restored && tokens.status().code() != absl::StatusCode::kNotFound) {
+        std::fprintf(stderr, "engine: session %s: rewind history not restored; it restarts at %lld\n",
+                     id.c_str(), static_cast<long long>(state.position));
+      }
+    }
+    if (!restored) ResetHistory(s);
+  }
+
+  void ResetHistory(Session* s) {
+    s->history.Reset(RewindPoint{s->state->position, std::make_shared<SessionState>(*s->state)});
+  }
+
+  // Between operations: takes a rewind point if one is due, and writes new points to the store
+  // (then only their positions stay in memory).
+  void MaybeTakePoint(Session* s) {
+    if (!s->history.enabled()) return;
+    if (s->history.end() != s->state->position) ResetHistory(s);  // never out of step
+    if (s->history.PointDue()) {
+      std::vector<int64_t> dropped = s->history.AddPoint(
+          RewindPoint{s->state->position, std::make_shared<SessionState>(*s->state)});
+      if (files_) {
+        for (int64_t p : dropped) files_->RemoveRewindPoint(s->record.id, p);
+      }
+    }
+    StorePoints(s);
+  }
+
+  void StorePoints(Session* s) {
+    if (!files_) return;
+    for (const RewindPoint& point : s->history.points()) {
+      if (!point.state) continue;
+      auto blob = SerializeSessionState(model_->config(), *point.state, model_->fingerprint());
+      if (blob.ok() && files_->WriteRewindPoint(s->record.id, point.position, *blob).ok()) {
+        s->history.MarkStored(point.position);
+      }
+    }
+  }
+
+  // The session's state at `position` <= its position: the nearest rewind point at or before
+  // it with the tokens up to `position` replayed (in pieces; the result equals the original
+  // state at that position up to float rounding). OUT_OF_RANGE outside the history,
+  // FAILED_PRECONDITION when rewinding is disabled, DATA_LOSS when a stored point is damaged.
+  absl::StatusOr<std::unique_ptr<SessionState>> StateAt(Session* s, int64_t position) {
+    SessionState& live = *s->state;
+    if (position < 0 || position == live.position) return std::make_unique<SessionState>(live);
+    if (position > live.position) {
+      return absl::OutOfRangeError(absl::StrCat("position ", position,
+                                                " is beyond the session's position ",
+                                                live.position));
+    }
+    if (!s->history.enabled()) {
+      return absl::FailedPreconditionError(
+          "rewinding is disabled on this server (--rewind_window_tokens=0)");
+    }
+    if (s->history.end() != live.position) ResetHistory(s);
+    TITANS_ASSIGN_OR_RETURN(RewindHistory::Plan plan, s->history.PlanRewind(position));
+    std::unique_ptr<SessionState> work;
+    if (plan.start.state) {
+      work = std::make_unique<SessionState>(*plan.start.state);
+    } else {
+      auto blob = files_->ReadRewindPoint(s->record.id, plan.start.position);
+      absl::StatusOr<SessionState> state =
+          blob.ok() ? DeserializeSessionState(*blob, model_->config(), model_->fingerprint())
+                    : absl::StatusOr<SessionState>(blob.status());
+      if (!state.ok() || state->position != plan.start.position) {
+        return absl::DataLossError(absl::StrCat(
+            "the rewind point at position ", plan.start.position, " could not be read: ",
+            state.ok() ? "wrong position" : state.status().message()));
+      }
+      work = std::make_unique<SessionState>(std::move(*state));
+    }
+    constexpr size_t kReplayPiece = 4096;
+    for (size_t at = 0; at < plan.replay.size(); at += kReplayPiece) {
+      const size_t n = std::min(kReplayPiece, plan.replay.size() - at);
+      std::vector<int64_t> ids(plan.replay.begin() + at, plan.replay.begin() + at + n);
+      TITANS_RETURN_IF_ERROR(model_->ForwardMany({work.get()}, {ids}));
+    }
+    return work;
+  }
+
+  // Rewind op: the session goes back to op.target_position. Persisted at once (with a new epoch,
+  // so that log records of the abandoned tokens are never replayed onto it); in sync mode a
+  // failed write leaves the session as it was and fails the operation.
+  void ExecuteRewind(Session* s, Op& op, std::vector<std::function<void()>>* callbacks) {
+    auto done = std::move(op.fork_done);
+    auto target = StateAt(s, op.target_position);
+    if (!target.ok()) {
+      callbacks->push_back([done, st = target.status()] { done(st); });
+      MarkDone(op);
+      return;
+    }
+    SessionState before = *s->state;
+    RewindHistory history_before = s->history;
+    const int64_t position_before = s->history.end();
+    std::vector<int64_t> dropped;
+    for (const RewindPoint& p : s->history.points()) {
+      if (p.position > op.target_position) dropped.push_back(p.position);
+    }
+    *s->state = std::move(**target);
+    s->history.TruncateTo(s->state->position);
+    std::lock_guard<std::mutex> lock(mu_);
+    ++s->record.epoch;
+    absl::Status st = files_ ? Persist(s) : absl::OkStatus();
+    if (!st.ok() && options_.durability == Durability::kSync) {
+      *s->state = std::move(before);
+      s->history = std::move(history_before);
+      --s->record.epoch;
+      s->record.position = position_before;
+      s->state_bytes = StateBytes(*s->state);
+      callbacks->push_back([done, st] {
+        done(absl::Status(st.code(), absl::StrCat("the rewind could not be made durable (the "
+                                                  "session is unchanged): ",
+                                                  st.message())));
+      });
+      MarkDone(op);
+      return;
+    }
+    if (files_) {
+      for (int64_t p : dropped) files_->RemoveRewindPoint(s->record.id, p);
+    }
+    s->record.position = s->state->position;
+    s->state_bytes = StateBytes(*s->state);
+    s->rewind_floor = s->history.first_position();
+    s->ops.front()->finished = true;
+    SessionInfo info = InfoOf(*s);
+    info.queued_operations -= 1;  // this operation is done
+    observer().OnTokens("rewound", position_before - s->state->position);
+    callbacks->push_back([done, info] { done(info); });
   }
 
   // Tokens of one session to feed in this step's batched forward pass.
@@ -524,7 +714,17 @@ class Engine::Impl {
         MarkDone(op);
         return;
       }
+      case OpKind::kRewind:
+        ExecuteRewind(s, op, callbacks);
+        return;
       case OpKind::kFork: {
+        auto forked = StateAt(s, op.target_position);
+        if (!forked.ok()) {
+          Fail(op, forked.status(), callbacks);
+          return;
+        }
+        if (s->history.end() != state.position) ResetHistory(s);
+        RewindHistory history = s->history.CopyUpTo((*forked)->position);
         CreateParams p;
         p.principal = s->record.principal;
         p.id = op.new_id;
@@ -535,7 +735,7 @@ class Engine::Impl {
         {
           std::lock_guard<std::mutex> lock(mu_);
           // Tensors are never written in place, so sharing them is a copy-on-write fork.
-          info = AddSession(p, std::make_unique<SessionState>(state));
+          info = AddSession(p, std::move(*forked), &history, s->record.id);
         }
         auto done = std::move(op.fork_done);
         callbacks->push_back([done, info] { done(info); });
@@ -562,6 +762,7 @@ class Engine::Impl {
                 std::function<void(absl::Status)> on_error,
                 std::vector<std::function<void()>>* callbacks) {
     MarkDone(op);
+    s->history.Record(op.log_tokens);
     if (!wal_ || op.log_tokens.empty()) {
       callbacks->push_back(std::move(on_done));
       return;
@@ -569,6 +770,7 @@ class Engine::Impl {
     WalRecord record;
     record.session_id = s->record.id;
     record.position_before = op.position_before;
+    record.epoch = s->record.epoch;
     record.tokens = std::move(op.log_tokens);
     record.pieces = std::move(op.log_pieces);
     record.has_rng = op.kind == OpKind::kGenerate;
@@ -578,7 +780,10 @@ class Engine::Impl {
     pending_durable_.push_back(
         PendingDurable{std::move(record), std::move(on_done),
                        [this, s, before, on_error, callbacks](absl::Status st) {
-                         if (before) *s->state = *before;
+                         if (before) {
+                           *s->state = *before;
+                           s->history.TruncateTo(before->position);
+                         }
                          callbacks->push_back([on_error, st] { on_error(st); });
                        }});
   }
@@ -825,6 +1030,7 @@ class Engine::Impl {
         callbacks->push_back([done = std::move(op.score_done), status] { done(status); });
         break;
       case OpKind::kFork:
+      case OpKind::kRewind:
         callbacks->push_back([done = std::move(op.fork_done), status] { done(status); });
         break;
       case OpKind::kExport:
@@ -854,6 +1060,8 @@ class Engine::Impl {
         s->spilled = false;
       }
       if (!op.finished) continue;
+      if (s->state && op.kind != OpKind::kClose) MaybeTakePoint(s);
+      s->rewind_floor = s->history.first_position();
       const bool close = op.kind == OpKind::kClose;
       Done close_done = close ? std::move(op.done) : nullptr;
       s->ops.pop_front();
@@ -927,6 +1135,7 @@ class Engine::Impl {
       if (!s->ops.empty() || s->busy) continue;
       if (Persist(s).ok()) {
         s->state.reset();
+        s->history = RewindHistory(options_.rewind_window_tokens, options_.rewind_interval_tokens);
         s->spilled = true;
         ++spilled;
       }
@@ -940,6 +1149,12 @@ class Engine::Impl {
     s->record.position = s->state->position;
     s->record.state_bytes = s->state_bytes;
     absl::Status st = files_->Write(s->record, blob);
+    if (st.ok() && s->history.enabled() && s->history.end() == s->state->position) {
+      // The tokens file pairs with this checkpoint (LoadHistory checks that they meet).
+      StorePoints(s);
+      st = files_->WriteRewindTokens(
+          s->record.id, RewindTokens{s->history.first_position(), s->history.tokens()});
+    }
     if (st.ok()) {
       s->persisted_position = s->record.position;
       s->last_checkpoint = Clock::now();
@@ -1113,10 +1328,25 @@ class Engine::Impl {
   }
 
   void Fork(const std::string& principal, const std::string& id, const std::string& new_id,
-            std::function<void(absl::StatusOr<SessionInfo>)> done) {
+            int64_t position, std::function<void(absl::StatusOr<SessionInfo>)> done) {
+    if (position < -1) {
+      return done(absl::InvalidArgumentError("position must not be negative"));
+    }
     auto op = std::make_unique<Op>();
     op->kind = OpKind::kFork;
     op->new_id = new_id;
+    op->target_position = position;
+    op->fork_done = done;
+    absl::Status st = Enqueue(principal, id, op);
+    if (!st.ok()) done(st);
+  }
+
+  void Rewind(const std::string& principal, const std::string& id, int64_t position,
+              std::function<void(absl::StatusOr<SessionInfo>)> done) {
+    if (position < 0) return done(absl::InvalidArgumentError("position must not be negative"));
+    auto op = std::make_unique<Op>();
+    op->kind = OpKind::kRewind;
+    op->target_position = position;
     op->fork_done = done;
     absl::Status st = Enqueue(principal, id, op);
     if (!st.ok()) done(st);
@@ -1228,9 +1458,14 @@ void Engine::CloseSession(const std::string& principal, const std::string& id, D
 }
 
 void Engine::ForkSession(const std::string& principal, const std::string& id,
-                         const std::string& new_id,
+                         const std::string& new_id, int64_t position,
                          std::function<void(absl::StatusOr<SessionInfo>)> done) {
-  impl_->Fork(principal, id, new_id, std::move(done));
+  impl_->Fork(principal, id, new_id, position, std::move(done));
+}
+
+void Engine::Rewind(const std::string& principal, const std::string& id, int64_t position,
+                    std::function<void(absl::StatusOr<SessionInfo>)> done) {
+  impl_->Rewind(principal, id, position, std::move(done));
 }
 
 void Engine::Append(const std::string& principal, const std::string& id, Input input,

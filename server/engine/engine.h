@@ -57,6 +57,13 @@ struct EngineOptions {
   int64_t max_tokens_per_request = 1 << 20;
   int32_t max_generate_tokens = 4096;
   int32_t max_ops_per_session = 64;
+  // Rewinding (Rewind, Fork at a past position) reaches back this many tokens behind a session's
+  // position; 0 disables it. The session keeps a rewind point (a copy of its state, written to
+  // state_dir when there is one, else held in RAM: about one state size each) every
+  // rewind_interval_tokens tokens, which also bounds the tokens replayed by a rewind, and the
+  // tokens since its oldest point (4 bytes each).
+  int64_t rewind_window_tokens = 32768;
+  int64_t rewind_interval_tokens = 8192;
   // Tokens processed per scheduler step, over all sessions.
   int64_t step_token_budget = 512;
   SamplingParams default_sampling;
@@ -75,6 +82,8 @@ struct SessionInfo {
   std::map<std::string, std::string> labels;
   bool spilled = false;
   int32_t queued_operations = 0;
+  // The oldest position Rewind / Fork at a position can reach now.
+  int64_t rewind_floor = 0;
 };
 
 struct CreateParams {
@@ -167,8 +176,18 @@ class Engine {
 
   using Done = std::function<void(absl::Status)>;
   void CloseSession(const std::string& principal, const std::string& id, Done done);
+  // A new session with the state `id` had at `position` (-1: its current state). The fork's
+  // rewind history is the source's up to that position. OUT_OF_RANGE beyond the session's
+  // position or before its rewind floor.
   void ForkSession(const std::string& principal, const std::string& id, const std::string& new_id,
-                   std::function<void(absl::StatusOr<SessionInfo>)> done);
+                   int64_t position, std::function<void(absl::StatusOr<SessionInfo>)> done);
+  // Takes the session back to `position` (0 <= position <= its position, and >= its rewind
+  // floor): the nearest rewind point at or before it, then replay of the tokens up to it. The
+  // sampler's random state is the rewind point's. Durable before done(OK) in every mode that has
+  // a state_dir (the abandoned tokens are never recovered). OUT_OF_RANGE outside the history,
+  // FAILED_PRECONDITION when rewinding is disabled, DATA_LOSS when a stored point is damaged.
+  void Rewind(const std::string& principal, const std::string& id, int64_t position,
+              std::function<void(absl::StatusOr<SessionInfo>)> done);
 
   void Append(const std::string& principal, const std::string& id, Input input, CancelFlag cancel,
               std::function<void(absl::StatusOr<AppendResult>)> done);

@@ -59,6 +59,7 @@ std::string EncodeWalRecord(const WalRecord& r) {
   Put<uint16_t>(&p, static_cast<uint16_t>(r.session_id.size()));
   p += r.session_id;
   Put<int64_t>(&p, r.position_before);
+  Put<int64_t>(&p, r.epoch);
   Put<uint32_t>(&p, static_cast<uint32_t>(r.tokens.size()));
   for (int32_t t : r.tokens) Put<int32_t>(&p, t);
   Put<uint32_t>(&p, static_cast<uint32_t>(r.pieces.size()));
@@ -82,7 +83,8 @@ absl::StatusOr<WalRecord> DecodeWalPayload(std::string_view in) {
   if (!Get(&in, &id_len) || in.size() < id_len) return bad();
   r.session_id.assign(in.data(), id_len);
   in.remove_prefix(id_len);
-  if (!Get(&in, &r.position_before) || r.position_before < 0 || !Get(&in, &n) ||
+  if (!Get(&in, &r.position_before) || r.position_before < 0 || !Get(&in, &r.epoch) ||
+      r.epoch < 0 || !Get(&in, &n) ||
       in.size() < uint64_t{n} * 4) {
     return bad();
   }

@@ -3,7 +3,8 @@
 //
 // Files: <dir>/<sequence>.wal segments (20-digit sequence, appended in order). A record is
 //   u32 payload length | u32 crc32c(payload) | payload
-// and the payload holds the session id, the session position before the operation, its tokens,
+// and the payload holds the session id, the session position before the operation, the session's
+// rewind epoch, its tokens,
 // the piece lengths they were consumed in (so replay repeats the same computation), and the
 // sampler state after it. Reading stops at the first damaged record of a segment: a torn tail
 // (crash mid-write) is cut there and reported.
@@ -25,6 +26,7 @@ namespace titans::engine {
 struct WalRecord {
   std::string session_id;
   int64_t position_before = 0;
+  int64_t epoch = 0;  // the session's rewind epoch (SessionRecord::epoch) when it was logged
   std::vector<int32_t> tokens;
   std::vector<int32_t> pieces;  // lengths summing to tokens.size()
   bool has_rng = false;
