@@ -10,6 +10,7 @@ PACKAGES=(
   libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc grpc-proto
   libabsl-dev nlohmann-json3-dev libsentencepiece-dev prometheus-cpp-dev prometheus
   libgtest-dev libgmock-dev libbenchmark-dev
+  libhiredis-dev redis-server haproxy
   python3 python3-numpy python3-grpcio python3-protobuf openssl
 )
 

@@ -31,6 +31,10 @@ ABSL_FLAG(std::string, model_dir, TITANS_DEFAULT_MODEL_DIR, "model directory");
 ABSL_FLAG(std::string, device, "cpu", "cpu or cuda[:N]");
 ABSL_FLAG(std::string, state_dir, "",
           "directory for spilled and persisted session states (empty: memory only)");
+ABSL_FLAG(std::string, session_store, "",
+          "where session states live: empty = <state_dir>/sessions, or redis://HOST:PORT[/PREFIX] "
+          "to share sessions between replicas (run Redis with appendfsync always for sync "
+          "durability)");
 ABSL_FLAG(std::string, snapshot_dir, "",
           "directory for ExportSession / ImportSession snapshot files (empty: bytes only)");
 ABSL_FLAG(std::string, durability, "none",
@@ -110,6 +114,7 @@ int main(int argc, char** argv) {
   options.model_dir = absl::GetFlag(FLAGS_model_dir);
   options.device = absl::GetFlag(FLAGS_device);
   options.state_dir = absl::GetFlag(FLAGS_state_dir);
+  options.session_store = absl::GetFlag(FLAGS_session_store);
   options.max_sessions = absl::GetFlag(FLAGS_max_sessions);
   options.max_resident_sessions = absl::GetFlag(FLAGS_max_resident_sessions);
   options.default_idle_ttl_seconds = absl::GetFlag(FLAGS_default_idle_ttl_seconds);

@@ -23,7 +23,8 @@
 #include "model/utf8.h"
 #include "server/engine/rewind_history.h"
 #include "server/engine/scheduler.h"
-#include "server/engine/session_files.h"
+#include "server/engine/directory_store.h"
+#include "server/engine/session_store.h"
 #include "server/engine/wal.h"
 
 namespace titans::engine {
@@ -103,6 +104,11 @@ struct Session {
   // Engine thread only (loaded with the state, dropped when spilled).
   RewindHistory history;
   int64_t rewind_floor = 0;  // history.first_position(), kept under mu_ for readers
+  // Shared store: another replica acquired the session; the resident copy is dropped between
+  // operations (and the session acquired again if a request comes here).
+  bool moved = false;
+  // The session no longer exists in the (shared) store: closed or expired elsewhere.
+  bool gone = false;
 };
 
 }  // namespace
@@ -121,7 +127,6 @@ class Engine::Impl {
     info_.fingerprint = model_->fingerprint();
     info_.description = c.description;
     info_.config_json = ModelConfigToJson(c);
-    if (!options_.state_dir.empty()) files_.emplace(options_.state_dir + "/sessions");
   }
 
   absl::Status Start() {
@@ -130,24 +135,24 @@ class Engine::Impl {
       return absl::InvalidArgumentError(
           "rewind_window_tokens must be >= 0 and rewind_interval_tokens >= 1");
     }
-    if (files_) {
-      TITANS_RETURN_IF_ERROR(files_->Init());
+    std::string spec = options_.session_store;
+    if (spec.empty() && !options_.state_dir.empty()) spec = options_.state_dir + "/sessions";
+    if (!spec.empty()) {
+      TITANS_ASSIGN_OR_RETURN(files_, OpenSessionStore(spec));
+      shared_ = files_->shared();
       std::vector<std::string> errors;
-      for (SessionRecord& r : files_->List(&errors)) {
-        auto s = NewSession();
-        s->state_bytes = r.state_bytes;
-        s->spilled = true;
-        s->persisted_position = r.position;
-        s->record = std::move(r);
-        sessions_.emplace(s->record.id, std::move(s));
-      }
+      for (SessionRecord& r : files_->List(&errors)) Register(std::move(r));
       for (const std::string& e : errors) std::fprintf(stderr, "engine: skipped %s\n", e.c_str());
     }
     if (options_.durability != Durability::kNone && !files_) {
-      return absl::InvalidArgumentError("periodic and sync durability need a state directory");
+      return absl::InvalidArgumentError(
+          "periodic and sync durability need a state directory or a session store");
     }
-    if (options_.durability == Durability::kSync) {
-      TITANS_RETURN_IF_ERROR(Recover());
+    if (options_.durability == Durability::kSync && !shared_) {
+      if (options_.state_dir.empty()) {
+        return absl::InvalidArgumentError("sync durability needs a state directory for its log");
+      }
+      TITANS_RETURN_IF_ERROR(Recover());  // a shared store's log is replayed per session on load
     }
     thread_ = std::thread([this] { Loop(); });
     return absl::OkStatus();
@@ -174,35 +179,14 @@ class Engine::Impl {
         broken.insert(s);
         continue;
       }
-      SessionState& state = *s->state;
-      const int64_t end = r.position_before + static_cast<int64_t>(r.tokens.size());
-      if (r.epoch < s->record.epoch) continue;  // logged before a rewind the checkpoint holds
-      if (end <= state.position && r.epoch == s->record.epoch) continue;  // in the checkpoint
-      if (r.position_before != state.position || r.epoch != s->record.epoch) {
-        std::fprintf(stderr, "engine: session %s: log resumes at %lld, state is at %lld\n",
-                     s->record.id.c_str(), static_cast<long long>(r.position_before),
-                     static_cast<long long>(state.position));
+      absl::StatusOr<bool> applied = ReplayRecord(s, r);
+      if (!applied.ok()) {
+        std::fprintf(stderr, "engine: %s\n", applied.status().ToString().c_str());
         broken.insert(s);
-        continue;
+      } else if (*applied) {
+        touched.insert(s);
+        ++recovered_records_;
       }
-      size_t at = 0;
-      absl::Status st;
-      for (int32_t piece : r.pieces) {
-        std::vector<int64_t> ids(r.tokens.begin() + at, r.tokens.begin() + at + piece);
-        st = model_->ForwardMany({&state}, {ids});
-        if (!st.ok()) break;
-        at += piece;
-      }
-      if (!st.ok()) {
-        broken.insert(s);
-        continue;
-      }
-      if (r.has_rng) state.rng_state = r.rng;
-      s->history.Record(r.tokens);
-      s->record.position = state.position;
-      s->state_bytes = StateBytes(state);
-      touched.insert(s);
-      ++recovered_records_;
     }
     for (Session* s : touched) {
       absl::Status st = Persist(s);
@@ -219,6 +203,31 @@ class Engine::Impl {
   }
 
   ~Impl() { Shutdown(0); }
+
+  // Registers a stored session (not resident). Requires mu_ once the engine thread runs.
+  void Register(SessionRecord r) {
+    auto s = NewSession();
+    s->state_bytes = r.state_bytes;
+    s->spilled = true;
+    s->persisted_position = r.position;
+    s->record = std::move(r);
+    s->rewind_floor = s->record.position;
+    sessions_.emplace(s->record.id, std::move(s));
+  }
+
+  // Shared stores: a session this replica has not seen may have been created by another one;
+  // register it so that it can be acquired. No-op otherwise.
+  void Discover(const std::string& id) {
+    if (!shared_) return;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (sessions_.count(id)) return;
+    }
+    auto record = files_->ReadRecord(id);
+    if (!record.ok()) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!sessions_.count(id)) Register(std::move(*record));
+  }
 
   std::unique_ptr<Session> NewSession() const {
     return std::make_unique<Session>(options_.rewind_window_tokens,
@@ -319,9 +328,10 @@ class Engine::Impl {
     Session* added = s.get();
     SessionInfo info = InfoOf(*s);
     sessions_.emplace(id, std::move(s));
-    if (options_.durability == Durability::kSync) {
-      // The session must exist after a crash before any of its operations is acknowledged.
-      absl::Status st = Persist(added);
+    if (options_.durability == Durability::kSync || shared_) {
+      // The session must exist after a crash before any of its operations is acknowledged; in a
+      // shared store, also so that other replicas can find it (and the id stays unique).
+      absl::Status st = Persist(added, /*create=*/true);
       if (!st.ok()) {
         sessions_.erase(id);
         return st;
@@ -338,6 +348,7 @@ class Engine::Impl {
   }
 
   absl::StatusOr<SessionInfo> GetSession(const std::string& principal, const std::string& id) {
+    Discover(id);
     std::lock_guard<std::mutex> lock(mu_);
     TITANS_ASSIGN_OR_RETURN(Session * s, Find(principal, id));
     return InfoOf(*s);
@@ -346,6 +357,13 @@ class Engine::Impl {
   std::vector<SessionInfo> List(const std::string& principal,
                                 const std::map<std::string, std::string>& filter,
                                 const std::string& after, int limit, bool* more) {
+    if (shared_) {  // sessions created by other replicas too
+      std::vector<SessionRecord> stored = files_->List(nullptr);
+      std::lock_guard<std::mutex> lock(mu_);
+      for (SessionRecord& r : stored) {
+        if (!sessions_.count(r.id)) Register(std::move(r));
+      }
+    }
     std::lock_guard<std::mutex> lock(mu_);
     std::vector<const Session*> matching;
     for (const auto& [id, s] : sessions_) {
@@ -393,6 +411,7 @@ class Engine::Impl {
   // Queues `op` on the session; on failure the op is returned to the caller to report.
   absl::Status Enqueue(const std::string& principal, const std::string& id,
                        std::unique_ptr<Op>& op) {
+    Discover(id);
     std::lock_guard<std::mutex> lock(mu_);
     TITANS_RETURN_IF_ERROR(CheckOpen());
     TITANS_ASSIGN_OR_RETURN(Session * s, Find(principal, id));
@@ -492,14 +511,72 @@ class Engine::Impl {
   }
 
   // Runs on the engine thread without mu_: only it touches states and head operations.
+  // With a shared store the session is first acquired (fencing off any replica that held it),
+  // its record re-read (another replica may have changed it) and its log since the checkpoint
+  // replayed. NOT_FOUND when the session no longer exists in the store.
   absl::Status EnsureResident(Session* s) {
     if (s->state) return absl::OkStatus();
-    TITANS_ASSIGN_OR_RETURN(std::string blob, files_->ReadState(s->record.id));
+    const std::string id = s->record.id;
+    if (shared_) {
+      TITANS_RETURN_IF_ERROR(files_->Acquire(id));
+      TITANS_ASSIGN_OR_RETURN(SessionRecord record, files_->ReadRecord(id));
+      std::lock_guard<std::mutex> lock(mu_);
+      record.last_used_unix_ms = s->record.last_used_unix_ms;
+      s->record = std::move(record);
+      s->persisted_position = s->record.position;
+    }
+    TITANS_ASSIGN_OR_RETURN(std::string blob, files_->ReadState(id));
     TITANS_ASSIGN_OR_RETURN(SessionState state,
                             DeserializeSessionState(blob, model_->config(), model_->fingerprint()));
     s->state = std::make_unique<SessionState>(std::move(state));
     LoadHistory(s);
+    if (shared_ && options_.durability == Durability::kSync) {
+      TITANS_ASSIGN_OR_RETURN(std::vector<WalRecord> log, files_->ReadLog(id));
+      int64_t replayed = 0;
+      for (const WalRecord& r : log) {
+        absl::StatusOr<bool> applied = ReplayRecord(s, r);
+        if (!applied.ok()) {  // keeps the last consistent state, reported like Recover()
+          std::fprintf(stderr, "engine: %s\n", applied.status().ToString().c_str());
+          observer().OnRestore(0, 0, false);
+          std::lock_guard<std::mutex> lock(mu_);
+          ++unrecoverable_sessions_;
+          break;
+        }
+        replayed += *applied;
+      }
+      if (replayed > 0) {
+        std::lock_guard<std::mutex> lock(mu_);
+        recovered_records_ += replayed;
+        TITANS_RETURN_IF_ERROR(Persist(s));  // the checkpoint clears the log
+      }
+    }
     return absl::OkStatus();
+  }
+
+  // Applies one log record to the session's state. False if the state already contains it (or
+  // it belongs to an abandoned epoch); DATA_LOSS if it does not continue the state (a gap).
+  absl::StatusOr<bool> ReplayRecord(Session* s, const WalRecord& r) {
+    SessionState& state = *s->state;
+    const int64_t end = r.position_before + static_cast<int64_t>(r.tokens.size());
+    if (r.epoch < s->record.epoch) return false;  // logged before a rewind the checkpoint holds
+    if (end <= state.position && r.epoch == s->record.epoch) return false;  // in the checkpoint
+    if (r.position_before != state.position || r.epoch != s->record.epoch) {
+      return absl::DataLossError(absl::StrCat(
+          "session ", s->record.id, ": log resumes at ", r.position_before, " (epoch ", r.epoch,
+          "), state is at ", state.position, " (epoch ", s->record.epoch, ")"));
+    }
+    at::NoGradGuard no_grad;
+    size_t at = 0;
+    for (int32_t piece : r.pieces) {
+      std::vector<int64_t> ids(r.tokens.begin() + at, r.tokens.begin() + at + piece);
+      TITANS_RETURN_IF_ERROR(model_->ForwardMany({&state}, {ids}));
+      at += piece;
+    }
+    if (r.has_rng) state.rng_state = r.rng;
+    s->history.Record(r.tokens);
+    s->record.position = state.position;
+    s->state_bytes = StateBytes(state);
+    return true;
   }
 
   // ---- Rewind history (engine thread) ---------------------------------------------------------
@@ -631,7 +708,8 @@ class Engine::Impl {
     std::lock_guard<std::mutex> lock(mu_);
     ++s->record.epoch;
     absl::Status st = files_ ? Persist(s) : absl::OkStatus();
-    if (!st.ok() && options_.durability == Durability::kSync) {
+    if (st.code() == absl::StatusCode::kAborted) st = MovedError(s->record.id);
+    if (!st.ok() && (options_.durability == Durability::kSync || s->moved)) {
       *s->state = std::move(before);
       s->history = std::move(history_before);
       --s->record.epoch;
@@ -678,10 +756,18 @@ class Engine::Impl {
     at::NoGradGuard no_grad;
     absl::Status resident = EnsureResident(s);
     if (!resident.ok()) {
-      Fail(op,
-           absl::DataLossError(
-               absl::StrCat("session state could not be restored: ", resident.message())),
-           callbacks);
+      if (resident.code() == absl::StatusCode::kNotFound && shared_) {
+        s->gone = true;  // closed or expired on another replica
+        Fail(op, absl::NotFoundError(absl::StrCat("session '", s->record.id, "' not found")),
+             callbacks);
+      } else if (resident.code() == absl::StatusCode::kUnavailable) {
+        Fail(op, resident, callbacks);
+      } else {
+        Fail(op,
+             absl::DataLossError(
+                 absl::StrCat("session state could not be restored: ", resident.message())),
+             callbacks);
+      }
       return;
     }
     SessionState& state = *s->state;
@@ -763,7 +849,7 @@ class Engine::Impl {
                 std::vector<std::function<void()>>* callbacks) {
     MarkDone(op);
     s->history.Record(op.log_tokens);
-    if (!wal_ || op.log_tokens.empty()) {
+    if (options_.durability != Durability::kSync || op.log_tokens.empty()) {
       callbacks->push_back(std::move(on_done));
       return;
     }
@@ -778,7 +864,7 @@ class Engine::Impl {
     std::shared_ptr<SessionState> before =
         op.backup ? std::make_shared<SessionState>(*op.backup) : nullptr;
     pending_durable_.push_back(
-        PendingDurable{std::move(record), std::move(on_done),
+        PendingDurable{s, std::move(record), std::move(on_done),
                        [this, s, before, on_error, callbacks](absl::Status st) {
                          if (before) {
                            *s->state = *before;
@@ -792,14 +878,34 @@ class Engine::Impl {
   void CommitDurable(std::vector<std::function<void()>>* callbacks) {
     if (pending_durable_.empty()) return;
     const auto start = Clock::now();
-    const int64_t before = wal_->bytes_total();
-    for (const PendingDurable& d : pending_durable_) (void)wal_->Append(d.record);
-    absl::Status st = wal_->Sync();
-    observer().OnLogCommit(wal_->bytes_total() - before,
-                           std::chrono::duration<double>(Clock::now() - start).count(), st.ok());
-    for (PendingDurable& d : pending_durable_) {
+    int64_t bytes = 0;
+    std::vector<absl::Status> statuses;
+    if (shared_) {
+      std::vector<WalRecord> records;
+      for (const PendingDurable& d : pending_durable_) {
+        records.push_back(d.record);
+        bytes += static_cast<int64_t>(EncodeWalRecord(d.record).size());
+      }
+      statuses = files_->AppendLog(records);
+    } else {
+      const int64_t before = wal_->bytes_total();
+      for (const PendingDurable& d : pending_durable_) (void)wal_->Append(d.record);
+      statuses.assign(pending_durable_.size(), wal_->Sync());
+      bytes = wal_->bytes_total() - before;
+    }
+    log_bytes_ += bytes;
+    const bool all_ok = std::all_of(statuses.begin(), statuses.end(),
+                                    [](const absl::Status& st) { return st.ok(); });
+    observer().OnLogCommit(bytes, std::chrono::duration<double>(Clock::now() - start).count(),
+                           all_ok);
+    for (size_t i = 0; i < pending_durable_.size(); ++i) {
+      PendingDurable& d = pending_durable_[i];
+      const absl::Status& st = statuses[i];
       if (st.ok()) {
         callbacks->push_back(std::move(d.on_durable));
+      } else if (st.code() == absl::StatusCode::kAborted) {
+        d.on_failure(MovedError(d.record.session_id));
+        d.session->moved = true;
       } else {
         d.on_failure(absl::Status(st.code(), absl::StrCat("the operation could not be made durable "
                                                           "(the session is unchanged): ",
@@ -1060,19 +1166,23 @@ class Engine::Impl {
         s->spilled = false;
       }
       if (!op.finished) continue;
-      if (s->state && op.kind != OpKind::kClose) MaybeTakePoint(s);
+      if (s->state && op.kind != OpKind::kClose && !s->moved) MaybeTakePoint(s);
       s->rewind_floor = s->history.first_position();
-      const bool close = op.kind == OpKind::kClose;
+      if (s->moved) DropResident(s);
+      const bool close = op.kind == OpKind::kClose || s->gone;
       Done close_done = close ? std::move(op.done) : nullptr;
       s->ops.pop_front();
       if (close) {
         std::vector<std::unique_ptr<Op>> rest;
         for (auto& o : s->ops) rest.push_back(std::move(o));
         const std::string id = s->record.id;
-        if (files_) files_->Remove(id);
+        const bool gone = s->gone;
+        if (files_ && !gone) files_->Remove(id);
         sessions_.erase(id);
-        observer().OnSessionClosed("closed");
-        callbacks->push_back([close_done] { close_done(absl::OkStatus()); });
+        if (!gone) {
+          observer().OnSessionClosed("closed");
+          callbacks->push_back([close_done] { close_done(absl::OkStatus()); });
+        }
         for (auto& o : rest) {
           Fail(*o, absl::NotFoundError("session '" + id + "' was closed"), callbacks);
         }
@@ -1080,6 +1190,21 @@ class Engine::Impl {
     }
     CheckpointIfDue();
     SpillIfNeeded(callbacks);
+  }
+
+  // Forgets the resident state (another replica holds the session now); a later operation here
+  // acquires the session again and loads it from the store.
+  void DropResident(Session* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    s->state.reset();
+    s->history = RewindHistory(options_.rewind_window_tokens, options_.rewind_interval_tokens);
+    s->spilled = true;
+    s->moved = false;
+  }
+
+  static absl::Status MovedError(const std::string& id) {
+    return absl::UnavailableError(absl::StrCat(
+        "session '", id, "' was taken over by another replica; the operation was not applied "
+        "(retry)"));
   }
 
   // No operation of the session has started changing its state.
@@ -1142,13 +1267,16 @@ class Engine::Impl {
     }
   }
 
-  absl::Status Persist(Session* s) {
+  // Checkpoints the session (with `create`: stores a new session). In a shared store an ABORTED
+  // result means another replica acquired the session: this replica's copy must be dropped.
+  absl::Status Persist(Session* s, bool create = false) {
     const auto start = Clock::now();
     TITANS_ASSIGN_OR_RETURN(std::string blob, SerializeSessionState(model_->config(), *s->state,
                                                                     model_->fingerprint()));
     s->record.position = s->state->position;
     s->record.state_bytes = s->state_bytes;
-    absl::Status st = files_->Write(s->record, blob);
+    absl::Status st = create ? files_->Create(s->record, blob) : files_->Write(s->record, blob);
+    if (st.code() == absl::StatusCode::kAborted) s->moved = true;
     if (st.ok() && s->history.enabled() && s->history.end() == s->state->position) {
       // The tokens file pairs with this checkpoint (LoadHistory checks that they meet).
       StorePoints(s);
@@ -1177,9 +1305,15 @@ class Engine::Impl {
     }
     for (const std::string& id : expired) {
       Session* s = sessions_[id].get();
+      if (shared_) {
+        // Another replica may be using it: only the local copy goes (Redis expires the keys of
+        // sessions that nobody uses).
+        sessions_.erase(id);
+        continue;
+      }
       if (files_) {
-        SessionFiles graveyard(options_.state_dir + "/expired");
-        if (graveyard.Init().ok() && EnsureResident(s).ok()) {
+        DirectoryStore graveyard(options_.state_dir + "/expired");
+        if (!options_.state_dir.empty() && graveyard.Init().ok() && EnsureResident(s).ok()) {
           auto blob = SerializeSessionState(model_->config(), *s->state, model_->fingerprint());
           if (blob.ok()) (void)graveyard.Write(s->record, *blob);
         }
@@ -1238,7 +1372,7 @@ class Engine::Impl {
       st.unpersisted_tokens += s->record.position - s->persisted_position;
     }
     st.queued_tokens = QueuedTokens();
-    st.log_bytes = wal_ ? wal_->bytes_total() : 0;
+    st.log_bytes = log_bytes_;
     st.recovery_seconds = recovery_seconds_;
     st.recovered_records = recovered_records_;
     st.unrecoverable_sessions = unrecoverable_sessions_;
@@ -1276,6 +1410,7 @@ class Engine::Impl {
     op->cancel = std::move(cancel);
     op->on_event = std::move(on_event);
     op->done = done;
+    Discover(id);
     {
       std::lock_guard<std::mutex> lock(mu_);
       auto s = Find(principal, id);
@@ -1373,7 +1508,7 @@ class Engine::Impl {
   EngineObserver null_observer_;
   std::unique_ptr<TitansModel> model_;
   ModelInfo info_;
-  std::optional<SessionFiles> files_;
+  std::unique_ptr<SessionStore> files_;
 
   std::mutex mu_;
   std::condition_variable cv_;
@@ -1385,12 +1520,15 @@ class Engine::Impl {
   // Operations complete only after their log record is durable (sync mode): the step's records
   // are committed together, then these callbacks run (or, if the commit failed, the failures).
   struct PendingDurable {
+    Session* session;
     WalRecord record;
     std::function<void()> on_durable;
     std::function<void(absl::Status)> on_failure;
   };
   std::vector<PendingDurable> pending_durable_;
   int64_t recovered_records_ = 0;
+  int64_t log_bytes_ = 0;
+  bool shared_ = false;  // files_ is shared with other replicas
   int64_t unrecoverable_sessions_ = 0;
   double recovery_seconds_ = 0;
   std::atomic<bool> draining_{false};

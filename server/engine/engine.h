@@ -45,6 +45,11 @@ struct EngineOptions {
   int64_t max_resident_sessions = 1000;
   // Where spilled and persisted states live; empty = memory only (no spilling, nothing persisted).
   std::string state_dir;
+  // Where session states are stored: empty = <state_dir>/sessions (a local directory), or
+  // "redis://HOST:PORT[/PREFIX]" to share sessions between replicas (see redis_store.h). With a
+  // shared store, a session can be served by any replica: the one that gets a request for it
+  // acquires it (fencing off the previous holder) and loads it, replaying its log in sync mode.
+  std::string session_store;
   Durability durability = Durability::kNone;  // kPeriodic / kSync need a state_dir
   int64_t checkpoint_interval_tokens = 65536;
   double checkpoint_interval_seconds = 300;
