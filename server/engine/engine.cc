@@ -349,9 +349,37 @@ class Engine::Impl {
 
   absl::StatusOr<SessionInfo> GetSession(const std::string& principal, const std::string& id) {
     Discover(id);
+    if (shared_) Refresh(id);
     std::lock_guard<std::mutex> lock(mu_);
     TITANS_ASSIGN_OR_RETURN(Session * s, Find(principal, id));
     return InfoOf(*s);
+  }
+
+  // Shared stores: updates the registry's view of a session that another replica may be serving
+  // (not resident here, or resident but taken over): its record from the store.
+  void Refresh(const std::string& id) {
+    bool resident;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = sessions_.find(id);
+      if (it == sessions_.end() || it->second->busy || !it->second->ops.empty()) return;
+      resident = !it->second->spilled;
+    }
+    if (resident && files_->Moved({id}).empty()) return;  // held here: the local view is current
+    auto record = files_->ReadRecord(id);
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = sessions_.find(id);
+    if (it == sessions_.end() || it->second->busy || !it->second->ops.empty()) return;
+    if (!record.ok()) {
+      if (record.status().code() == absl::StatusCode::kNotFound) sessions_.erase(it);
+      return;
+    }
+    Session* s = it->second.get();
+    if (resident) DropResident(s);
+    const int64_t last_used = s->record.last_used_unix_ms;
+    s->record = std::move(*record);
+    s->record.last_used_unix_ms = std::max(last_used, s->record.last_used_unix_ms);
+    s->rewind_floor = std::min(s->rewind_floor, s->record.position);
   }
 
   std::vector<SessionInfo> List(const std::string& principal,
@@ -474,6 +502,7 @@ class Engine::Impl {
       for (const Assignment& a : plan) order[a.session]->busy = true;
       ++steps_;
       lock.unlock();
+      if (shared_) DropMoved(order, plan);
       std::vector<std::function<void()>> callbacks;
       std::vector<Forwarding> batch;
       const auto step_start = Clock::now();
@@ -492,6 +521,25 @@ class Engine::Impl {
       for (auto& cb : callbacks) cb();
       lock.lock();
     }
+  }
+
+  // Shared stores, before a step: a session this replica holds in RAM may have been taken over
+  // by another replica since; such copies are dropped so that the step acquires and loads the
+  // current state (one round trip to the store per step).
+  void DropMoved(const std::vector<Session*>& order, const std::vector<Assignment>& plan) {
+    std::vector<std::string> ids;
+    std::map<std::string, Session*> by_id;
+    for (const Assignment& a : plan) {
+      Session* s = order[a.session];
+      if (!s->state || s->ops.front()->position_before >= 0) continue;  // not loaded / mid-op
+      ids.push_back(s->record.id);
+      by_id[s->record.id] = s;
+    }
+    if (ids.empty()) return;
+    std::vector<std::string> moved = files_->Moved(ids);
+    if (moved.empty()) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const std::string& id : moved) DropResident(by_id[id]);
   }
 
   // Tokens accepted but not yet consumed, over all sessions.

@@ -52,7 +52,7 @@ constexpr char kCreateScript[] =
 
 // KEYS: counter fence rec | ARGV: ttl
 constexpr char kAcquireScript[] =
-    "if redis.call('EXISTS', KEYS[3]) == 0 then return redis.error_reply('NOTFOUND') end "
+    "if redis.call('EXISTS', KEYS[3]) == 0 then return redis.error_reply('NOTFOUND no such session') end "
     "local f = redis.call('INCR', KEYS[1]) "
     "redis.call('SET', KEYS[2], f) "
     "local ttl = tonumber(ARGV[1]) if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end "
@@ -271,9 +271,22 @@ absl::StatusOr<std::string> RedisStore::ReadState(const std::string& id) {
 }
 
 absl::StatusOr<SessionRecord> RedisStore::ReadRecord(const std::string& id) {
-  TITANS_ASSIGN_OR_RETURN(Reply r, Command({"GET", Key(id, "rec")}));
-  if (r.kind != Reply::kString) return absl::NotFoundError("session '" + id + "' not in the store");
-  TITANS_ASSIGN_OR_RETURN(SessionRecord record, DecodeSessionRecord(r.str));
+  std::vector<absl::StatusOr<Reply>> replies =
+      Pipeline({{"GET", Key(id, "rec")}, {"LINDEX", Key(id, "log"), "-1"}});
+  TITANS_RETURN_IF_ERROR(replies[0].status());
+  if (replies[0]->kind != Reply::kString) {
+    return absl::NotFoundError("session '" + id + "' not in the store");
+  }
+  TITANS_ASSIGN_OR_RETURN(SessionRecord record, DecodeSessionRecord(replies[0]->str));
+  if (replies[1].ok() && replies[1]->kind == Reply::kString) {  // the last logged operation
+    std::vector<WalRecord> last;
+    ParseWalSegment(replies[1]->str, &last);
+    if (last.size() == 1 && last[0].epoch == record.epoch) {
+      record.position = std::max(record.position,
+                                 last[0].position_before +
+                                     static_cast<int64_t>(last[0].tokens.size()));
+    }
+  }
   std::lock_guard<std::mutex> lock(fences_mu_);
   ttl_ms_[id] = record.idle_ttl_seconds * 1000;
   return record;
@@ -323,6 +336,21 @@ absl::Status RedisStore::Acquire(const std::string& id) {
   std::lock_guard<std::mutex> lock(fences_mu_);
   fences_[id] = std::to_string(fence.integer);
   return absl::OkStatus();
+}
+
+std::vector<std::string> RedisStore::Moved(const std::vector<std::string>& ids) {
+  std::vector<std::vector<std::string>> gets;
+  for (const std::string& id : ids) gets.push_back({"GET", Key(id, "fence")});
+  std::vector<absl::StatusOr<Reply>> fences = Pipeline(gets);
+  std::vector<std::string> moved;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    // Unreachable Redis: assume nothing moved (writes are fenced anyway).
+    if (!fences[i].ok()) continue;
+    if (fences[i]->kind != Reply::kString || fences[i]->str != FenceOf(ids[i])) {
+      moved.push_back(ids[i]);
+    }
+  }
+  return moved;
 }
 
 std::vector<absl::Status> RedisStore::AppendLog(const std::vector<WalRecord>& records) {

@@ -68,12 +68,17 @@ class SessionStore {
   // also clears the session's log (the checkpoint contains every logged record).
   virtual absl::Status Write(const SessionRecord& record, const std::string& state_blob) = 0;
   virtual absl::StatusOr<std::string> ReadState(const std::string& id) = 0;
+  // The record; in a shared store its position includes the operations logged since the
+  // checkpoint (the record itself is only rewritten by checkpoints).
   virtual absl::StatusOr<SessionRecord> ReadRecord(const std::string& id) = 0;
   // Removes everything of the session.
   virtual void Remove(const std::string& id) = 0;
   // Records of every stored session (unreadable ones are skipped and reported in *errors).
   virtual std::vector<SessionRecord> List(std::vector<std::string>* errors) = 0;
 
+  // Shared stores: which of `ids` (sessions this replica acquired) another replica has acquired
+  // since. Local stores: none.
+  virtual std::vector<std::string> Moved(const std::vector<std::string>& ids) = 0;
   // Shared stores: takes the session over from whichever replica held it. No-op otherwise.
   virtual absl::Status Acquire(const std::string& id) = 0;
   // Shared stores: appends records to their sessions' logs, durably on return; one status per
