@@ -1,10 +1,29 @@
 #include "model/ops.h"
 
 #include <cmath>
+#include <vector>
+
+#include "kernels/linear.h"
 
 namespace titans {
 
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight) {
+  const bool inference = !at::GradMode::is_enabled() ||
+                         (!x.requires_grad() && !weight.requires_grad());
+  if (inference && x.device().is_cpu() && weight.device().is_cpu() &&
+      x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat && x.dim() >= 1) {
+    // Batch-invariant kernel: a row's result does not depend on the other rows (sessions) in
+    // the call, so a session computes the same bits alone or in any scheduler step.
+    const int64_t k = x.size(-1), n = weight.size(0);
+    const at::Tensor x2 = x.reshape({-1, k}).contiguous();
+    const at::Tensor w = weight.contiguous();
+    std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+    shape.back() = n;
+    at::Tensor y = at::empty(shape, x.options());
+    kernels::InvariantLinear(x2.data_ptr<float>(), x2.size(0), k, w.data_ptr<float>(), n,
+                             y.data_ptr<float>());
+    return y;
+  }
   return at::matmul(x, weight.t());
 }
 

@@ -10,7 +10,8 @@
 
 namespace titans {
 
-// y = x W^T for W [out, in].
+// y = x W^T for W [out, in]. Float CPU inference (no autograd) runs the batch-invariant kernel
+// (kernels/linear.h): each row's result is independent of the other rows; otherwise at::matmul.
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight);
 
 // RMSNorm over the last dimension: x / sqrt(mean(x^2) + eps) * weight.

@@ -87,7 +87,11 @@ struct Op {
   int64_t position_before = -1;
   std::vector<int32_t> log_tokens, log_pieces;
 
+  // Engine thread only (it changes `consumed` without holding mu_).
   int64_t remaining() const { return static_cast<int64_t>(tokens.size() - consumed); }
+  // remaining() as of the end of the last step, for readers holding mu_ on other threads
+  // (admission control). Written by the engine thread under mu_.
+  int64_t queued_tokens = 0;
 };
 
 struct Session {
@@ -447,7 +451,8 @@ class Engine::Impl {
       return absl::ResourceExhaustedError(absl::StrCat("session '", id, "' has ", s->ops.size(),
                                                        " operations queued (limit reached)"));
     }
-    if (QueuedTokens() + op->remaining() > options_.max_queued_tokens) {
+    op->queued_tokens = op->remaining();  // not yet visible to the engine thread
+    if (QueuedTokens() + op->queued_tokens > options_.max_queued_tokens) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "server queue is full (", options_.max_queued_tokens, " tokens); retry later"));
     }
@@ -546,7 +551,7 @@ class Engine::Impl {
   int64_t QueuedTokens() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     int64_t total = 0;
     for (auto& [id, s] : sessions_) {
-      for (auto& op : s->ops) total += op->remaining();
+      for (auto& op : s->ops) total += op->queued_tokens;
     }
     return total;
   }
@@ -1207,6 +1212,7 @@ class Engine::Impl {
       Session* s = order[a.session];
       s->busy = false;
       Op& op = *s->ops.front();
+      op.queued_tokens = op.remaining();
       s->record.last_used_unix_ms = now;
       if (s->state) {
         s->record.position = s->state->position;

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "model/determinism.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "server/engine/engine.h"
@@ -24,6 +25,7 @@ ABSL_FLAG(int, sessions, 8, "concurrent sessions");
 ABSL_FLAG(int, appends, 40, "appends per session");
 ABSL_FLAG(int, tokens, 64, "tokens per append");
 ABSL_FLAG(int, repeats, 3, "runs per mode (the best is reported)");
+ABSL_FLAG(bool, batch_invariant, true, "as titans-server --batch_invariant");
 
 namespace {
 
@@ -88,6 +90,7 @@ double RunOnce(Durability mode, const std::string& dir) {
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
+  if (absl::GetFlag(FLAGS_batch_invariant)) titans::UseBatchInvariantCpuKernels();
   const std::string dir =
       (std::filesystem::temp_directory_path() / "titans_bench_durability").string();
   struct Mode {
