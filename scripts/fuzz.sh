@@ -10,7 +10,7 @@ if [ ! -f "$dir/build.ninja" ]; then
   CC=clang CXX=clang++ cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DTITANS_FUZZ=ON -DTITANS_BUILD_TESTS=OFF -DTITANS_BUILD_SERVER=OFF -DTITANS_CUDA_KERNELS=OFF
 fi
-targets=(config safetensors session_state wal tokenizer sampling)
+targets=(config safetensors session_state wal tokenizer sampling session_records)
 cmake --build "$dir" -j "${TITANS_BUILD_JOBS:-2}" -- $(printf '%s_fuzz ' "${targets[@]}")
 passed=0
 failed=0

@@ -1603,15 +1603,6 @@ SamplingParams ApplySamplingOverrides(SamplingParams p, const SamplingOverrides&
   return p;
 }
 
-absl::Status ValidateName(const std::string& name, const char* field) {
-  bool ok = !name.empty() && name.size() <= 128 && name[0] != '.';
-  for (char c : name) {
-    ok = ok && (std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-');
-  }
-  if (ok) return absl::OkStatus();
-  return absl::InvalidArgumentError(
-      absl::StrCat(field, " must be 1..128 characters of [A-Za-z0-9._-] not starting with '.'"));
-}
 
 // ---- Engine -------------------------------------------------------------------------------------
 
