@@ -2,11 +2,13 @@
 // in one run on the same model, sessions and inputs.
 //
 //   build/tools/titans-bench-durability [--model_dir DIR] [--sessions 8] [--appends 40]
-//                                       [--tokens 64] [--repeats 3]
+//                                       [--tokens 64] [--repeats 3] [--redis HOST:PORT]
 //
 // Each session appends closed-loop (the next append when the previous is acknowledged); all
 // sessions run concurrently through one engine. sync = write-ahead log with one fdatasync per
 // scheduler step (group commit) before acknowledging.
+#include <unistd.h>
+
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -26,16 +28,24 @@ ABSL_FLAG(int, appends, 40, "appends per session");
 ABSL_FLAG(int, tokens, 64, "tokens per append");
 ABSL_FLAG(int, repeats, 3, "runs per mode (the best is reported)");
 ABSL_FLAG(bool, batch_invariant, true, "as titans-server --batch_invariant");
+ABSL_FLAG(std::string, redis, "",
+          "HOST:PORT of a Redis server: also measure sync durability through it (shared store)");
 
 namespace {
 
 using titans::engine::Durability;
 
-double RunOnce(Durability mode, const std::string& dir) {
+double RunOnce(Durability mode, const std::string& dir, const std::string& store) {
   std::filesystem::remove_all(dir);
+  static int run = 0;
   titans::engine::EngineOptions options;
   options.model_dir = absl::GetFlag(FLAGS_model_dir);
   options.state_dir = dir;
+  if (!store.empty()) {
+    options.session_store = store + "/bench" + std::to_string(::getpid()) + "-" +
+                            std::to_string(run++);  // fresh keys each run
+    options.state_dir.clear();
+  }
   options.durability = mode;
   options.checkpoint_interval_tokens = 2048;
   auto engine = titans::engine::Engine::Create(options);
@@ -96,15 +106,20 @@ int main(int argc, char** argv) {
   struct Mode {
     const char* name;
     Durability mode;
-  } modes[] = {{"none", Durability::kNone},
-               {"periodic", Durability::kPeriodic},
-               {"sync", Durability::kSync}};
+    std::string store;
+  };
+  std::vector<Mode> modes = {{"none", Durability::kNone, ""},
+                             {"periodic", Durability::kPeriodic, ""},
+                             {"sync", Durability::kSync, ""}};
+  if (!absl::GetFlag(FLAGS_redis).empty()) {
+    modes.push_back({"sync-redis", Durability::kSync, "redis://" + absl::GetFlag(FLAGS_redis)});
+  }
   double baseline = 0;
   std::printf("%-10s %14s %10s\n", "mode", "tokens/s", "vs none");
   for (const Mode& m : modes) {
     double best = 0;
     for (int r = 0; r < absl::GetFlag(FLAGS_repeats); ++r)
-      best = std::max(best, RunOnce(m.mode, dir));
+      best = std::max(best, RunOnce(m.mode, dir, m.store));
     if (m.mode == Durability::kNone) baseline = best;
     std::printf("%-10s %14.0f %9.2fx\n", m.name, best, best / baseline);
   }

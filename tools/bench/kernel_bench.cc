@@ -12,6 +12,8 @@
 //   PeakSgemm2048                     a 2048^3 sgemm through LibTorch (at::mm)
 //   KernelGemmBlock                   the kernel's own GEMM building block on cache-resident data
 //   MemoryBandwidth                   streaming read of a 1 GiB buffer
+//   Linear{Invariant,Torch}/<M>/<K>/<N> the batch-invariant linear kernel vs at::linear (BLAS)
+//                                     on the model's projection shapes (M rows = tokens in a step)
 // After the runs a summary prints the ratios the kernel is judged by.
 #include <benchmark/benchmark.h>
 #include <torch/torch.h>
@@ -25,6 +27,7 @@
 #include <thread>
 #include <vector>
 
+#include "kernels/linear.h"
 #include "kernels/memory_kernel.h"
 #include "kernels/memory_kernel_cuda.h"
 #include "kernels/state_pool.h"
@@ -297,6 +300,25 @@ void BM_MemoryBandwidth(benchmark::State& state) {
       double(n) * sizeof(uint64_t) * state.iterations() / 1e9, benchmark::Counter::kIsRate);
 }
 
+// Y[M, N] = X[M, K] W[N, K]^T: the batch-invariant kernel or LibTorch's GEMM (BLAS).
+void BM_Linear(benchmark::State& state, bool invariant) {
+  const int64_t m = state.range(0), k = state.range(1), n = state.range(2);
+  at::manual_seed(0);
+  at::NoGradGuard no_grad;
+  const at::Tensor x = at::randn({m, k}), w = at::randn({n, k});
+  at::Tensor y = at::empty({m, n});
+  for (auto _ : state) {
+    if (invariant) {
+      InvariantLinear(x.data_ptr<float>(), m, k, w.data_ptr<float>(), n, y.data_ptr<float>());
+    } else {
+      y = at::matmul(x, w.t());
+    }
+    benchmark::DoNotOptimize(y.data_ptr<float>());
+  }
+  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * m * k * n * state.iterations() / 1e9,
+                                                 benchmark::Counter::kIsRate);
+}
+
 // Keeps each run's counters so the summary can print ratios measured in this same process.
 class RatioReporter : public benchmark::ConsoleReporter {
  public:
@@ -362,6 +384,15 @@ void RegisterAll() {
     }
   }
 #endif
+  // The default model's projections: d 128 -> 128 (q/k/v/o), 128 -> 384 (SwiGLU), 384 -> 128.
+  for (bool invariant : {true, false}) {
+    auto* b = benchmark::RegisterBenchmark(invariant ? "LinearInvariant" : "LinearTorch",
+                                           BM_Linear, invariant);
+    for (int64_t m : {1, 64, 512}) {
+      b->Args({m, 128, 128})->Args({m, 128, 384})->Args({m, 384, 128});
+    }
+    b->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+  }
   benchmark::RegisterBenchmark("PeakSgemm2048", BM_PeakSgemm2048)->Unit(benchmark::kMillisecond);
   benchmark::RegisterBenchmark("KernelGemmBlock", BM_KernelGemmBlock)->MinTime(0.2);
   benchmark::RegisterBenchmark("MemoryBandwidth", BM_MemoryBandwidth)
@@ -378,6 +409,19 @@ void PrintSummary(const RatioReporter& r) {
       "machine: sgemm 2048^3 peak %.1f GFLOP/s; kernel GEMM block %.1f GFLOP/s "
       "(1 thread); memory read bandwidth %.1f GB/s\n",
       peak, block, bw);
+  for (int64_t m : {1, 64, 512}) {
+    for (auto [k, n] : {std::pair<int64_t, int64_t>{128, 128}, {128, 384}, {384, 128}}) {
+      const std::string args =
+          "/" + std::to_string(m) + "/" + std::to_string(k) + "/" + std::to_string(n);
+      const double inv = r.Get("LinearInvariant" + args, "GFLOP/s");
+      const double blas = r.Get("LinearTorch" + args, "GFLOP/s");
+      if (inv > 0 && blas > 0) {
+        std::printf("linear M=%lld K=%lld N=%lld: invariant %.1f GFLOP/s vs LibTorch %.1f = %.2fx\n",
+                    static_cast<long long>(m), static_cast<long long>(k),
+                    static_cast<long long>(n), inv, blas, inv / blas);
+      }
+    }
+  }
   for (std::string shape : {"default", "large"}) {
     const std::string d64 = "Decode/" + shape + "/64", r64 = "ReferenceDecode/" + shape + "/64";
     const double kd = r.Get(d64, "tokens/s"), rd = r.Get(r64, "tokens/s");
