@@ -252,6 +252,23 @@ __global__ void MemoryKernel(MemoryShape s, const MemoryTask* __restrict__ tasks
           s_out[i] = ns;
         }
         __syncthreads();
+        if (s.max_weight_rms > 0) {  // the weight bound: a fixed-order tree sum of squares
+          __shared__ double sum_sq[kThreads];
+          double acc = 0;
+          for (int i = tid; i < out * in; i += nt) acc += double(w_out[i]) * w_out[i];
+          sum_sq[tid] = acc;
+          __syncthreads();
+          for (int stride = nt / 2; stride > 0; stride >>= 1) {
+            if (tid < stride) sum_sq[tid] += sum_sq[tid + stride];
+            __syncthreads();
+          }
+          const double limit = double(s.max_weight_rms) * sqrt(double(out * in));
+          if (sum_sq[0] > limit * limit) {
+            const float scale = float(limit / sqrt(sum_sq[0]));
+            for (int i = tid; i < out * in; i += nt) w_out[i] *= scale;
+          }
+          __syncthreads();
+        }
         W[l] = w_out;
         S[l] = s_out;
       }

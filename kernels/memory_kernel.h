@@ -33,6 +33,9 @@ struct MemoryShape {
   int chunk = 16;     // b
   bool gelu = false;  // activation: SiLU (false) or GELU, erf form (true)
   bool residual = false;
+  // When a chunk closes, a weight matrix whose entries' RMS exceeds this is scaled down to it
+  // (0 = unbounded); see MemoryConfig::max_weight_rms.
+  float max_weight_rms = 0;
 
   TITANS_HOST_DEVICE int in(int l) const { return l == 0 ? head_dim : hidden; }
   TITANS_HOST_DEVICE int out(int l) const { return l + 1 == depth ? head_dim : hidden; }

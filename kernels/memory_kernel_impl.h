@@ -397,6 +397,15 @@ void RunTask(const MemoryShape& s, const MemoryTask& task, Scratch& sc) {
         }
         MatMulNN(out, in, m, sc.coef_w.data(), m, Z[l], in, nw, in, -1.0f, true);
         MatMulNN(out, in, m, sc.coef_s.data(), m, Z[l], in, ns, in, -1.0f, true);
+        if (s.max_weight_rms > 0) {  // the weight bound, summed in a fixed order
+          double sum_sq = 0;
+          for (int64_t i = 0; i < size; ++i) sum_sq += double{nw[i]} * nw[i];
+          const double limit = double{s.max_weight_rms} * std::sqrt(static_cast<double>(size));
+          if (sum_sq > limit * limit) {
+            const float scale = static_cast<float>(limit / std::sqrt(sum_sq));
+            for (int64_t i = 0; i < size; ++i) nw[i] *= scale;
+          }
+        }
         std::memcpy(w_out, nw, sizeof(float) * size);
         std::memcpy(s_out, ns, sizeof(float) * size);
         W[l] = w_out;

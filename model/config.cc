@@ -77,7 +77,7 @@ absl::Status ParseMemory(const json& m, MemoryConfig* out) {
   TITANS_RETURN_IF_ERROR(
       CheckKeys(m, "memory",
                 {"depth", "expansion", "activation", "residual", "chunk_size", "theta_max",
-                 "conv_kernel", "alpha_bias_init", "eta_bias_init", "theta_bias_init"}));
+                 "max_weight_rms", "conv_kernel", "alpha_bias_init", "eta_bias_init", "theta_bias_init"}));
   TITANS_RETURN_IF_ERROR(ReadInt(m, "depth", "memory.depth", &out->depth));
   TITANS_RETURN_IF_ERROR(ReadInt(m, "expansion", "memory.expansion", &out->expansion));
   std::string act = std::string(ActivationName(out->activation));
@@ -93,6 +93,8 @@ absl::Status ParseMemory(const json& m, MemoryConfig* out) {
   TITANS_RETURN_IF_ERROR(ReadBool(m, "residual", "memory.residual", &out->residual));
   TITANS_RETURN_IF_ERROR(ReadInt(m, "chunk_size", "memory.chunk_size", &out->chunk_size));
   TITANS_RETURN_IF_ERROR(ReadDouble(m, "theta_max", "memory.theta_max", &out->theta_max));
+  TITANS_RETURN_IF_ERROR(
+      ReadDouble(m, "max_weight_rms", "memory.max_weight_rms", &out->max_weight_rms));
   TITANS_RETURN_IF_ERROR(ReadInt(m, "conv_kernel", "memory.conv_kernel", &out->conv_kernel));
   TITANS_RETURN_IF_ERROR(
       ReadDouble(m, "alpha_bias_init", "memory.alpha_bias_init", &out->alpha_bias_init));
@@ -161,6 +163,10 @@ absl::Status ValidateModelConfig(const ModelConfig& c) {
   TITANS_RETURN_IF_ERROR(CheckRange("memory.chunk_size", m.chunk_size, 1, 256));
   if (!(m.theta_max > 0 && m.theta_max <= 100)) {
     return Invalid("memory.theta_max", absl::StrCat("must be in (0, 100], got ", m.theta_max));
+  }
+  if (!(m.max_weight_rms >= 0 && m.max_weight_rms <= 1e6)) {
+    return Invalid("memory.max_weight_rms",
+                   absl::StrCat("must be in [0, 1e6] (0 = unbounded), got ", m.max_weight_rms));
   }
   TITANS_RETURN_IF_ERROR(CheckRange("memory.conv_kernel", m.conv_kernel, 1, 16));
   for (auto [key, v] : {std::pair<const char*, double>{"memory.alpha_bias_init", m.alpha_bias_init},
@@ -259,6 +265,7 @@ std::string ModelConfigToJson(const ModelConfig& c) {
                  {"residual", c.memory.residual},
                  {"chunk_size", c.memory.chunk_size},
                  {"theta_max", c.memory.theta_max},
+                 {"max_weight_rms", c.memory.max_weight_rms},
                  {"conv_kernel", c.memory.conv_kernel},
                  {"alpha_bias_init", c.memory.alpha_bias_init},
                  {"eta_bias_init", c.memory.eta_bias_init},

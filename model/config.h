@@ -31,6 +31,12 @@ struct MemoryConfig {
   int chunk_size = 16;     // b: gradients inside a chunk are taken at its start weights.
   double theta_max = 0.1;  // inner learning rate theta_t in (0, theta_max).
   int conv_kernel = 4;     // causal depthwise conv on q, k, v.
+  // Bound on each memory weight matrix when a chunk closes: if the RMS of its entries exceeds this,
+  // the matrix is scaled down to it (0 = unbounded). Inside a chunk every gradient is taken at the
+  // chunk-start weights, so a run of near-identical keys adds up to ~b / (1 - eta) times one step
+  // and the memory can diverge (a few hundred repeated bytes did, with the default gates); the
+  // bound turns that into saturation. Far above what real text reaches.
+  double max_weight_rms = 1.0;
   // Gate bias initialisation (sigmoid space): alpha ~ sigmoid(alpha_bias) etc.
   double alpha_bias_init = -4.0;
   double eta_bias_init = 2.0;

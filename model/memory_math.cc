@@ -136,6 +136,13 @@ at::Tensor ChunkPiece(const MemorySpec& spec, MemoryState* st, const at::Tensor&
       at::Tensor w_new =
           beta_b * st->weights[l] + f_b * st->momentum[l] - at::matmul(d_t, g_last * all_inputs[l]);
       at::Tensor s_new = m_b * st->momentum[l] - at::matmul(d_t, s_last * all_inputs[l]);
+      if (spec.max_weight_rms > 0) {
+        // The bound (MemoryConfig::max_weight_rms): scale each group's matrix down to it.
+        const double limit =
+            spec.max_weight_rms * std::sqrt(static_cast<double>(w_new.size(1) * w_new.size(2)));
+        at::Tensor norm = w_new.pow(2).sum({1, 2}, /*keepdim=*/true).sqrt();
+        w_new = w_new * at::clamp_max(limit / norm, 1.0);
+      }
       st->weights[l] = w_new;
       st->momentum[l] = s_new;
       st->pending_inputs[l] = all_inputs[l].slice(1, 0, 0);
@@ -211,6 +218,7 @@ class KernelBatch {
     shape_.chunk = spec_.chunk_size;
     shape_.gelu = spec_.activation == Activation::kGELU;
     shape_.residual = spec_.residual;
+    shape_.max_weight_rms = static_cast<float>(spec_.max_weight_rms);
     device_ = e.k.device();
 
     const bool closes = p + n >= b;

@@ -27,9 +27,10 @@ struct MemorySpec {
   Activation activation = Activation::kSiLU;
   bool residual = false;
   int chunk_size = 16;
+  double max_weight_rms = 0;  // MemoryConfig::max_weight_rms (0 = unbounded)
 
   static MemorySpec FromConfig(const MemoryConfig& m) {
-    return MemorySpec{m.depth, m.activation, m.residual, m.chunk_size};
+    return MemorySpec{m.depth, m.activation, m.residual, m.chunk_size, m.max_weight_rms};
   }
 };
 
