@@ -11,6 +11,7 @@ PACKAGES=(
   libabsl-dev nlohmann-json3-dev libsentencepiece-dev prometheus-cpp-dev prometheus
   libgtest-dev libgmock-dev libbenchmark-dev
   libhiredis-dev redis-server haproxy
+  golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v3-dev python3-yaml
   python3 python3-numpy python3-grpcio python3-protobuf openssl
 )
 

@@ -363,17 +363,22 @@ class Engine::Impl {
   // (not resident here, or resident but taken over): its record from the store.
   void Refresh(const std::string& id) {
     bool resident;
+    int64_t seen_use;
     {
       std::lock_guard<std::mutex> lock(mu_);
       auto it = sessions_.find(id);
       if (it == sessions_.end() || it->second->busy || !it->second->ops.empty()) return;
       resident = !it->second->spilled;
+      seen_use = it->second->record.last_used_unix_ms;
     }
     if (resident && files_->Moved({id}).empty()) return;  // held here: the local view is current
     auto record = files_->ReadRecord(id);
     std::lock_guard<std::mutex> lock(mu_);
     auto it = sessions_.find(id);
     if (it == sessions_.end() || it->second->busy || !it->second->ops.empty()) return;
+    // Loaded (or reloaded) by the engine thread meanwhile: its record is newer than the one read
+    // above (a rewind may even have advanced the epoch), so leave it.
+    if (it->second->spilled == resident || it->second->record.last_used_unix_ms != seen_use) return;
     if (!record.ok()) {
       if (record.status().code() == absl::StatusCode::kNotFound) sessions_.erase(it);
       return;

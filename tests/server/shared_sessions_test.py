@@ -68,10 +68,11 @@ replicas = {"A": stub_a, "B": stub_b}
 a_alive = threading.Event()
 a_alive.set()
 
-SESSIONS = 3
+SESSIONS = int(os.environ.get("SHARED_TEST_SESSIONS", "3"))
 acked = {f"s{i}": [] for i in range(SESSIONS)}     # ("text", bytes) | ("rewind", position)
 in_flight = {sid: None for sid in acked}
 errors = []
+trace = {sid: [] for sid in acked}
 for sid in acked:
     replicas[random.choice("AB")].CreateSession(pb.CreateSessionRequest(session_id=sid))
 stop = threading.Event()
@@ -100,17 +101,29 @@ def client(sid, seed):
         in_flight[sid] = (name, op)
         try:
             if op[0] == "text":
-                stub.Append(pb.AppendRequest(session_id=sid, text=op[1]), timeout=30)
+                reply = stub.Append(pb.AppendRequest(session_id=sid, text=op[1]), timeout=30)
             else:
-                stub.RewindSession(pb.RewindSessionRequest(session_id=sid, position=op[1]),
-                                   timeout=30)
+                reply = stub.RewindSession(
+                    pb.RewindSessionRequest(session_id=sid, position=op[1]), timeout=30)
             acked[sid].append(op)
+            # What each acknowledgement said, to localise a divergence if one shows up.
+            trace[sid].append((name, op[0], len(op[1]) if op[0] == "text" else op[1],
+                               reply.position, count_of(acked[sid])))
             in_flight[sid] = None
             moves += last is not None and last != name
             last = name
         except grpc.RpcError as e:
             if name == "A" and not a_alive.is_set():
-                continue  # A died under this call: the outcome is unknown (checked below)
+                # A died under this call: it may or may not have made it durable. Find out from
+                # the store through B before going on (a forgotten rewind would make the client's
+                # view of the session's tokens wrong from here on).
+                time.sleep(0.3)  # let anything A had already sent reach Redis
+                position = stub_b.GetSession(pb.GetSessionRequest(session_id=sid)).position
+                if position != have and position == count_of(acked[sid] + [op]):
+                    acked[sid].append(op)
+                    trace[sid].append(("A", op[0] + " (applied as A died)", 0, position, position))
+                in_flight[sid] = None
+                continue
             if e.code() == grpc.StatusCode.UNAVAILABLE and "taken over" in (e.details() or ""):
                 in_flight[sid] = None
                 continue  # lost a race with the other replica: not applied, retry
@@ -122,7 +135,7 @@ def client(sid, seed):
 threads = [threading.Thread(target=client, args=(sid, i)) for i, sid in enumerate(acked)]
 for t in threads:
     t.start()
-time.sleep(3)
+time.sleep(float(os.environ.get("SHARED_TEST_SECONDS", "3")))
 a_alive.clear()
 proc_a.send_signal(signal.SIGKILL)
 proc_a.wait()
@@ -161,6 +174,11 @@ try:
         worst = max(abs(x - y) for x, y in zip(a, b))
         check(f"{sid}: state on B matches the reference (max |dlogprob| {worst:.2e})",
               worst < 1e-3, worst)
+        if worst >= 1e-3 or position != count_of(replay):
+            print(f"  trace of {sid} (replica, op, length/target, server position, client count):")
+            for entry in trace[sid]:
+                print("   ", entry, "" if entry[3] == entry[4] else "<-- differs")
+            print("  pending at the kill:", pending and (pending[0], pending[1][0]))
     # A comes back and serves the sessions as B left them.
     proc_a, stub_a = start(port_a)
     for sid in acked:
