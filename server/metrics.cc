@@ -51,6 +51,11 @@ struct ServerMetrics::Impl {
           .Name("titans_sessions_opened_total")
           .Help("Sessions created, forked or imported")
           .Register(registry);
+  prometheus::Family<prometheus::Counter>& acquired =
+      BuildCounter()
+          .Name("titans_sessions_acquired_total")
+          .Help("Sessions taken over from a shared session store (migrations between replicas)")
+          .Register(registry);
   prometheus::Family<prometheus::Counter>& closed = BuildCounter()
                                                         .Name("titans_sessions_closed_total")
                                                         .Help("Sessions ended, by reason")
@@ -205,6 +210,7 @@ ServerMetrics::ServerMetrics() : impl_(std::make_unique<Impl>()) {
     impl_->tokens.Add({{"kind", kind}});
   }
   impl_->opened.Add({});
+  impl_->acquired.Add({});
   impl_->steps.Add({});
   impl_->checkpoint_bytes.Add({});
   impl_->checkpoint_failures.Add({});
@@ -248,6 +254,7 @@ void ServerMetrics::OnStep(int sessions, int64_t tokens, double seconds, double 
 }
 
 void ServerMetrics::OnSessionOpened() { impl_->opened.Add({}).Increment(); }
+void ServerMetrics::OnSessionAcquired() { impl_->acquired.Add({}).Increment(); }
 
 void ServerMetrics::OnSessionClosed(std::string_view reason) {
   impl_->closed.Add({{"reason", std::string(reason)}}).Increment();

@@ -33,6 +33,7 @@ class ServerMetrics : public engine::EngineObserver {
 
   void OnStep(int sessions, int64_t tokens, double seconds, double kernel_seconds) override;
   void OnSessionOpened() override;
+  void OnSessionAcquired() override;
   void OnSessionClosed(std::string_view reason) override;
   void OnTokens(std::string_view kind, int64_t n) override;
   void OnQueueTime(double seconds) override;

@@ -70,9 +70,12 @@ class Client {
     token_ = absl::GetFlag(FLAGS_token);
     if (token_.empty() && std::getenv("TITANS_TOKEN")) token_ = std::getenv("TITANS_TOKEN");
   }
-  std::unique_ptr<grpc::ClientContext> Ctx() {
+  // `session`: the id of the session the call is about, sent as the x-titans-session header so
+  // that a router (helm/titans) keeps the session on one replica.
+  std::unique_ptr<grpc::ClientContext> Ctx(const std::string& session = "") {
     auto ctx = std::make_unique<grpc::ClientContext>();
     if (!token_.empty()) ctx->AddMetadata("authorization", "Bearer " + token_);
+    if (!session.empty()) ctx->AddMetadata("x-titans-session", session);
     return ctx;
   }
   pb::Titans::Stub& stub() { return *stub_; }
@@ -93,7 +96,7 @@ void PrintSession(const pb::Session& s) {
 
 int Append(Client& c, const std::string& id, const std::string& path) {
   pb::AppendResponse resp;
-  auto ctx = c.Ctx();
+  auto ctx = c.Ctx(id);
   if (!absl::GetFlag(FLAGS_text).empty()) {
     pb::AppendRequest req;
     req.set_session_id(id);
@@ -156,7 +159,7 @@ int Generate(Client& c, const std::string& id) {
     req.mutable_sampling()->set_seed(static_cast<uint64_t>(absl::GetFlag(FLAGS_seed)));
   }
   for (const std::string& s : absl::GetFlag(FLAGS_stop)) req.add_stop(s);
-  auto ctx = c.Ctx();
+  auto ctx = c.Ctx(req.session_id());
   auto reader = c.stub().Generate(ctx.get(), req);
   pb::GenerateResponse msg, last;
   while (reader->Read(&msg)) {
@@ -199,7 +202,7 @@ int main(int argc, char** argv) {
       if (p.size() == 2) (*req.mutable_labels())[p[0]] = p[1];
     }
     pb::Session s;
-    grpc::Status st = c.stub().CreateSession(c.Ctx().get(), req, &s);
+    grpc::Status st = c.stub().CreateSession(c.Ctx(req.session_id()).get(), req, &s);
     if (st.ok()) std::printf("%s\n", s.session_id().c_str());
     return Report(st);
   }
@@ -210,7 +213,7 @@ int main(int argc, char** argv) {
     req.set_session_id(arg(2));
     req.set_new_session_id(arg(3));
     pb::Session s;
-    grpc::Status st = c.stub().ForkSession(c.Ctx().get(), req, &s);
+    grpc::Status st = c.stub().ForkSession(c.Ctx(req.session_id()).get(), req, &s);
     if (st.ok()) std::printf("%s\n", s.session_id().c_str());
     return Report(st);
   }
@@ -219,7 +222,7 @@ int main(int argc, char** argv) {
     req.set_session_id(arg(2));
     req.set_position(std::strtoull(arg(3).c_str(), nullptr, 10));
     pb::Session s;
-    grpc::Status st = c.stub().RewindSession(c.Ctx().get(), req, &s);
+    grpc::Status st = c.stub().RewindSession(c.Ctx(req.session_id()).get(), req, &s);
     if (st.ok()) std::printf("%llu\n", static_cast<unsigned long long>(s.position()));
     return Report(st);
   }
@@ -227,7 +230,7 @@ int main(int argc, char** argv) {
     pb::ExportSessionRequest req;
     req.set_session_id(arg(2));
     pb::ExportSessionResponse resp;
-    grpc::Status st = c.stub().ExportSession(c.Ctx().get(), req, &resp);
+    grpc::Status st = c.stub().ExportSession(c.Ctx(req.session_id()).get(), req, &resp);
     if (!st.ok()) return Report(st);
     std::ofstream(arg(3), std::ios::binary) << resp.snapshot();
     std::printf("wrote %zu bytes (position %llu, model %s)\n", resp.snapshot().size(),
@@ -251,7 +254,7 @@ int main(int argc, char** argv) {
     pb::GetSessionRequest req;
     req.set_session_id(arg(2));
     pb::Session s;
-    grpc::Status st = c.stub().GetSession(c.Ctx().get(), req, &s);
+    grpc::Status st = c.stub().GetSession(c.Ctx(req.session_id()).get(), req, &s);
     if (st.ok()) PrintSession(s);
     return Report(st);
   }
@@ -270,7 +273,7 @@ int main(int argc, char** argv) {
     pb::CloseSessionRequest req;
     req.set_session_id(arg(2));
     pb::CloseSessionResponse resp;
-    return Report(c.stub().CloseSession(c.Ctx().get(), req, &resp));
+    return Report(c.stub().CloseSession(c.Ctx(req.session_id()).get(), req, &resp));
   }
   if (cmd == "models") {
     pb::ListModelsResponse resp;

@@ -32,7 +32,7 @@ class DirectoryStore : public SessionStore {
   void Remove(const std::string& id) override;
   std::vector<SessionRecord> List(std::vector<std::string>* errors) override;
 
-  absl::Status Acquire(const std::string&) override { return absl::OkStatus(); }
+  absl::StatusOr<bool> Acquire(const std::string&) override { return false; }
   std::vector<std::string> Moved(const std::vector<std::string>&) override { return {}; }
   std::vector<absl::Status> AppendLog(const std::vector<WalRecord>& records) override;
   absl::StatusOr<std::vector<WalRecord>> ReadLog(const std::string& id) override;

@@ -576,7 +576,8 @@ class Engine::Impl {
     if (s->state) return absl::OkStatus();
     const std::string id = s->record.id;
     if (shared_) {
-      TITANS_RETURN_IF_ERROR(files_->Acquire(id));
+      TITANS_ASSIGN_OR_RETURN(const bool migrated, files_->Acquire(id));
+      if (migrated) observer().OnSessionAcquired();
       TITANS_ASSIGN_OR_RETURN(SessionRecord record, files_->ReadRecord(id));
       std::lock_guard<std::mutex> lock(mu_);
       record.last_used_unix_ms = s->record.last_used_unix_ms;

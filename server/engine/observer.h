@@ -16,6 +16,9 @@ class EngineObserver {
   virtual void OnStep(int /*sessions*/, int64_t /*tokens*/, double /*seconds*/,
                       double /*kernel_seconds*/) {}
   virtual void OnSessionOpened() {}
+  // A session this replica loaded from a shared store after another replica had held it (or
+  // after a restart): a session migration.
+  virtual void OnSessionAcquired() {}
   // reason: "closed", "expired".
   virtual void OnSessionClosed(std::string_view /*reason*/) {}
   // kind: "appended", "prompt", "generated", "scored".

@@ -50,13 +50,14 @@ constexpr char kCreateScript[] =
     "  redis.call('PEXPIRE', KEYS[i], ttl) end end "
     "return f";
 
-// KEYS: counter fence rec | ARGV: ttl
+// KEYS: counter fence rec | ARGV: ttl. Returns {new fence, previous fence or ""}.
 constexpr char kAcquireScript[] =
     "if redis.call('EXISTS', KEYS[3]) == 0 then return redis.error_reply('NOTFOUND no such session') end "
+    "local previous = redis.call('GET', KEYS[2]) or '' "
     "local f = redis.call('INCR', KEYS[1]) "
     "redis.call('SET', KEYS[2], f) "
     "local ttl = tonumber(ARGV[1]) if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end "
-    "return f";
+    "return {f, previous}";
 
 // KEYS: fence log | ARGV: fence record ttl
 const std::string kAppendLogScript =
@@ -328,14 +329,18 @@ std::vector<SessionRecord> RedisStore::List(std::vector<std::string>* errors) {
   return out;
 }
 
-absl::Status RedisStore::Acquire(const std::string& id) {
+absl::StatusOr<bool> RedisStore::Acquire(const std::string& id) {
   const int64_t ttl = TtlMs(id);
-  TITANS_ASSIGN_OR_RETURN(Reply fence,
+  TITANS_ASSIGN_OR_RETURN(Reply reply,
                           Command({"EVAL", kAcquireScript, "3", prefix_ + ":fence_counter",
                                    Key(id, "fence"), Key(id, "rec"), std::to_string(ttl)}));
+  if (reply.elements.size() != 2) return absl::UnavailableError("redis: unexpected acquire reply");
+  const std::string previous = reply.elements[1].str;
   std::lock_guard<std::mutex> lock(fences_mu_);
-  fences_[id] = std::to_string(fence.integer);
-  return absl::OkStatus();
+  auto it = fences_.find(id);
+  const bool migrated = it == fences_.end() || it->second != previous;
+  fences_[id] = std::to_string(reply.elements[0].integer);
+  return migrated;
 }
 
 std::vector<std::string> RedisStore::Moved(const std::vector<std::string>& ids) {

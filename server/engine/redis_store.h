@@ -49,7 +49,7 @@ class RedisStore : public SessionStore {
   void Remove(const std::string& id) override;
   std::vector<SessionRecord> List(std::vector<std::string>* errors) override;
 
-  absl::Status Acquire(const std::string& id) override;
+  absl::StatusOr<bool> Acquire(const std::string& id) override;
   std::vector<std::string> Moved(const std::vector<std::string>& ids) override;
   std::vector<absl::Status> AppendLog(const std::vector<WalRecord>& records) override;
   absl::StatusOr<std::vector<WalRecord>> ReadLog(const std::string& id) override;

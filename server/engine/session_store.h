@@ -79,8 +79,9 @@ class SessionStore {
   // Shared stores: which of `ids` (sessions this replica acquired) another replica has acquired
   // since. Local stores: none.
   virtual std::vector<std::string> Moved(const std::vector<std::string>& ids) = 0;
-  // Shared stores: takes the session over from whichever replica held it. No-op otherwise.
-  virtual absl::Status Acquire(const std::string& id) = 0;
+  // Shared stores: takes the session over from whichever replica held it; true when that was
+  // another replica (or this one before a restart): a migration. Local stores: false, no-op.
+  virtual absl::StatusOr<bool> Acquire(const std::string& id) = 0;
   // Shared stores: appends records to their sessions' logs, durably on return; one status per
   // record (ABORTED for sessions acquired elsewhere). Local stores: UNIMPLEMENTED (they use Wal).
   virtual std::vector<absl::Status> AppendLog(const std::vector<WalRecord>& records) = 0;

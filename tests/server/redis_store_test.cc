@@ -74,22 +74,25 @@ TEST_F(RedisStoreTest, CreateReadListAndRemove) {
   EXPECT_TRUE(errors.empty());
   b_->Remove("s1");
   EXPECT_EQ(a_->ReadState("s1").status().code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(a_->Acquire("s1").code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(a_->Acquire("s1").status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(a_->List(nullptr).size(), 1u);
 }
 
 TEST_F(RedisStoreTest, AcquireFencesOffThePreviousHolder) {
   ASSERT_TRUE(a_->Create(Record("s", 0), "v0").ok());
   ASSERT_TRUE(a_->Write(Record("s", 5), "v1").ok());
-  ASSERT_TRUE(b_->Acquire("s").ok());
+  auto taken = b_->Acquire("s");
+  ASSERT_TRUE(taken.ok());
+  EXPECT_TRUE(*taken);  // a migration: A held it
   // A lost the session: none of its writes may land any more.
   EXPECT_EQ(a_->Write(Record("s", 9), "stale").code(), absl::StatusCode::kAborted);
   EXPECT_EQ(a_->AppendLog({Log("s", 5, {1, 2})})[0].code(), absl::StatusCode::kAborted);
   EXPECT_EQ(a_->WriteRewindPoint("s", 5, "p").code(), absl::StatusCode::kAborted);
   EXPECT_EQ(*b_->ReadState("s"), "v1");
   ASSERT_TRUE(b_->Write(Record("s", 7), "v2").ok());
-  // A takes it back: now B is fenced off.
-  ASSERT_TRUE(a_->Acquire("s").ok());
+  // B loading it again is no migration; A taking it back is, and fences B off.
+  EXPECT_FALSE(*b_->Acquire("s"));
+  ASSERT_TRUE(*a_->Acquire("s"));
   EXPECT_EQ(b_->Write(Record("s", 8), "stale").code(), absl::StatusCode::kAborted);
   EXPECT_EQ(*a_->ReadState("s"), "v2");
   // A session that was never acquired by this store cannot be written either.
