@@ -48,6 +48,12 @@ class TitansModel {
   absl::Status Save(const std::string& dir) const;
 
   const ModelConfig& config() const { return config_; }
+  // Records how the weights came to be (config.json "initialization" and "description"), e.g.
+  // after training. Changes nothing else.
+  void SetProvenance(std::string initialization, std::string description) {
+    config_.initialization = std::move(initialization);
+    config_.description = std::move(description);
+  }
   const Tokenizer& tokenizer() const { return *tokenizer_; }
   const ModelParams& params() const { return params_; }
   ModelParams& mutable_params() { return params_; }

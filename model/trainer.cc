@@ -1,0 +1,282 @@
+#include "model/trainer.h"
+
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "model/file_util.h"
+#include "model/params.h"
+#include "model/session_state.h"
+#include "model/status_macros.h"
+
+namespace titans {
+namespace {
+
+// Parameters that get weight decay: the weight matrices of projections, gates and outputs.
+// Embeddings, norms, biases, convolution taps, persistent tokens and Phi_init do not.
+bool Decays(InitKind kind) {
+  return kind == InitKind::kLinear || kind == InitKind::kGate || kind == InitKind::kOutput;
+}
+
+}  // namespace
+
+// ---- Corpus -----------------------------------------------------------------------------------
+
+TextCorpus TextCorpus::FromString(std::string text, double test_fraction) {
+  TextCorpus c;
+  const size_t test = static_cast<size_t>(static_cast<double>(text.size()) * test_fraction);
+  c.test_ = text.substr(text.size() - test);
+  text.resize(text.size() - test);
+  c.train_ = std::move(text);
+  return c;
+}
+
+absl::StatusOr<TextCorpus> TextCorpus::Load(const std::vector<std::string>& paths,
+                                            double test_fraction, int64_t seq_len) {
+  if (paths.empty()) return absl::InvalidArgumentError("no training text given");
+  TextCorpus all;
+  for (const std::string& path : paths) {
+    TITANS_ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
+    TextCorpus part = FromString(std::move(text), test_fraction);
+    all.train_ += part.train_;
+    all.test_ += part.test_;
+  }
+  if (static_cast<int64_t>(all.train_.size()) < 4 * (seq_len + 1) ||
+      static_cast<int64_t>(all.test_.size()) < seq_len + 1) {
+    return absl::InvalidArgumentError(absl::StrCat("too little text (", all.train_.size(),
+                                                   " training bytes, ", all.test_.size(),
+                                                   " test bytes) for sequences of ", seq_len));
+  }
+  return all;
+}
+
+// ---- Synthetic passkey task ---------------------------------------------------------------------
+
+PasskeyTask MakePasskeyTask(const std::string& filler, int64_t length, int digits, double depth,
+                            std::mt19937_64* rng) {
+  std::string key;
+  std::uniform_int_distribution<int> digit(0, 9);
+  for (int i = 0; i < digits; ++i) key += static_cast<char>('0' + (i == 0 ? 1 + digit(*rng) % 9 : digit(*rng)));
+  const std::string needle = absl::StrCat(" The pass key is ", key, ". Remember it. ", key,
+                                          " is the pass key. ");
+  const std::string question = " What is the pass key? The pass key is ";
+  PasskeyTask task;
+  task.answer = key + ".";
+  const int64_t fixed = static_cast<int64_t>(needle.size() + question.size() + task.answer.size());
+  const int64_t hay = std::max<int64_t>(0, length - fixed);
+  // Filler: one random window of the text (contiguous, so it reads like text).
+  std::string haystack;
+  if (hay > 0) {
+    const int64_t span = static_cast<int64_t>(filler.size()) - hay;
+    std::uniform_int_distribution<int64_t> start(0, std::max<int64_t>(0, span));
+    haystack = filler.substr(static_cast<size_t>(start(*rng)), static_cast<size_t>(hay));
+    while (static_cast<int64_t>(haystack.size()) < hay) haystack += haystack;  // tiny fillers
+    haystack.resize(static_cast<size_t>(hay));
+  }
+  const size_t at = static_cast<size_t>(depth * static_cast<double>(haystack.size()));
+  task.text = haystack.substr(0, at) + needle + haystack.substr(at) + question;
+  task.answer_begin = static_cast<int64_t>(task.text.size());
+  task.text += task.answer;
+  return task;
+}
+
+// ---- Trainer ------------------------------------------------------------------------------------
+
+struct Trainer::Optimizer {
+  std::vector<at::Tensor> params;
+  std::unique_ptr<torch::optim::AdamW> adam;
+};
+
+Trainer::Trainer(TitansModel* model, const TextCorpus* corpus, TrainOptions options,
+                 std::string checkpoint_dir)
+    : model_(model),
+      corpus_(corpus),
+      options_(options),
+      checkpoint_dir_(std::move(checkpoint_dir)),
+      rng_(options.seed),
+      optimizer_(std::make_unique<Optimizer>()) {
+  torch::manual_seed(options_.seed);
+  std::vector<at::Tensor> decay, no_decay;
+  for (ParamSlot& slot : ParamSlots(model_->config(), &model_->mutable_params())) {
+    slot.tensor->set_requires_grad(true);
+    optimizer_->params.push_back(*slot.tensor);
+    (Decays(slot.init) ? decay : no_decay).push_back(*slot.tensor);
+  }
+  auto opts = [&](double wd) {
+    return std::make_unique<torch::optim::AdamWOptions>(
+        torch::optim::AdamWOptions(options_.lr)
+            .betas({options_.beta1, options_.beta2})
+            .weight_decay(wd));
+  };
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(decay, opts(options_.weight_decay));
+  groups.emplace_back(no_decay, opts(0.0));
+  optimizer_->adam = std::make_unique<torch::optim::AdamW>(
+      groups, torch::optim::AdamWOptions(options_.lr));
+}
+
+Trainer::~Trainer() = default;
+
+double Trainer::LearningRate(int64_t step) const {
+  if (step < options_.warmup) {
+    return options_.lr * static_cast<double>(step + 1) / static_cast<double>(options_.warmup);
+  }
+  const double span = static_cast<double>(std::max<int64_t>(1, options_.steps - options_.warmup));
+  const double progress = std::min(1.0, static_cast<double>(step - options_.warmup) / span);
+  return options_.min_lr +
+         0.5 * (options_.lr - options_.min_lr) * (1.0 + std::cos(M_PI * progress));
+}
+
+at::Tensor Trainer::SampleBatch() {
+  const int64_t B = options_.batch, T = options_.seq_len;
+  std::uniform_real_distribution<double> unit(0.0, 1.0);
+  const std::string& text = corpus_->train();
+  std::uniform_int_distribution<int64_t> start(0, static_cast<int64_t>(text.size()) - (T + 1));
+  std::vector<int64_t> ids;
+  ids.reserve(static_cast<size_t>(B * (T + 1)));
+  for (int64_t b = 0; b < B; ++b) {
+    std::string row;
+    if (unit(rng_) < options_.passkey_fraction) {
+      row = MakePasskeyTask(text, T + 1, 5, unit(rng_) * 0.5, &rng_).text;
+    } else {
+      row = text.substr(static_cast<size_t>(start(rng_)), static_cast<size_t>(T + 1));
+    }
+    auto tokens = model_->tokenizer().Encode(row, false);
+    std::vector<int32_t> t = tokens.ok() ? *tokens : std::vector<int32_t>();
+    t.resize(static_cast<size_t>(T + 1), t.empty() ? 32 : t.back());
+    ids.insert(ids.end(), t.begin(), t.end());
+  }
+  return at::tensor(ids, at::kLong).view({B, T + 1}).to(model_->device());
+}
+
+absl::StatusOr<double> Trainer::Step() {
+  const int64_t T = options_.seq_len;
+  at::Tensor batch = SampleBatch();
+  const double lr = LearningRate(step_);
+  for (auto& group : optimizer_->adam->param_groups()) {
+    static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
+  }
+  optimizer_->adam->zero_grad();
+  SessionState state = model_->NewState(options_.batch, /*track_grad=*/true);
+  TITANS_ASSIGN_OR_RETURN(at::Tensor logits,
+                          model_->Forward(&state, batch.slice(1, 0, T), LogitsMode::kAll));
+  at::Tensor loss = at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}),
+                                           batch.slice(1, 1, T + 1).reshape({-1}));
+  const double value = loss.item<double>();
+  if (!std::isfinite(value)) {
+    return absl::InternalError(absl::StrCat("training loss is not finite at step ", step_));
+  }
+  loss.backward();
+  if (options_.clip > 0) torch::nn::utils::clip_grad_norm_(optimizer_->params, options_.clip);
+  optimizer_->adam->step();
+  ++step_;
+  return value;
+}
+
+absl::StatusOr<double> Trainer::EvaluateBitsPerByte(int64_t sequences) {
+  at::NoGradGuard no_grad;
+  const int64_t T = options_.seq_len;
+  const std::string& test = corpus_->test();
+  const int64_t available = static_cast<int64_t>(test.size()) / (T + 1);
+  double total = 0;
+  int64_t count = 0;
+  for (int64_t i = 0; i < std::min(sequences, available); ++i) {
+    const std::string window = test.substr(static_cast<size_t>(i * (T + 1)), static_cast<size_t>(T + 1));
+    TITANS_ASSIGN_OR_RETURN(std::vector<int32_t> tokens, model_->tokenizer().Encode(window, false));
+    std::vector<int64_t> ids(tokens.begin(), tokens.end());
+    at::Tensor t = at::tensor(ids, at::kLong).unsqueeze(0).to(model_->device());
+    SessionState state = model_->NewState();
+    TITANS_ASSIGN_OR_RETURN(at::Tensor logits,
+                            model_->Forward(&state, t.slice(1, 0, t.size(1) - 1), LogitsMode::kAll));
+    at::Tensor nats = at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}),
+                                             t.slice(1, 1).reshape({-1}), {}, at::Reduction::Sum);
+    total += nats.item<double>();
+    count += t.size(1) - 1;
+  }
+  if (count == 0) return absl::FailedPreconditionError("no held-out text to evaluate on");
+  return total / static_cast<double>(count) / std::log(2.0);
+}
+
+absl::Status Trainer::Checkpoint() {
+  if (checkpoint_dir_.empty()) return absl::OkStatus();
+  std::error_code ec;
+  std::filesystem::create_directories(checkpoint_dir_, ec);
+  TITANS_RETURN_IF_ERROR(model_->Save(checkpoint_dir_ + "/model"));
+  try {
+    torch::serialize::OutputArchive archive;
+    optimizer_->adam->save(archive);
+    archive.write("step", torch::tensor(step_));
+    std::ostringstream rng;
+    rng << rng_;
+    const std::string s = rng.str();
+    archive.write("rng", torch::tensor(std::vector<int64_t>(s.begin(), s.end())));
+    const std::string tmp = checkpoint_dir_ + "/trainer.pt.tmp";
+    archive.save_to(tmp);
+    std::filesystem::rename(tmp, checkpoint_dir_ + "/trainer.pt", ec);
+    if (ec) return absl::InternalError("cannot write " + checkpoint_dir_ + "/trainer.pt");
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("checkpoint failed: ", e.what_without_backtrace()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::Resume() {
+  const std::string path = checkpoint_dir_ + "/trainer.pt";
+  if (checkpoint_dir_.empty() || !std::filesystem::exists(path)) {
+    return absl::NotFoundError("no checkpoint in " + checkpoint_dir_);
+  }
+  TITANS_ASSIGN_OR_RETURN(std::unique_ptr<TitansModel> saved,
+                          TitansModel::Load(checkpoint_dir_ + "/model"));
+  if (ModelConfigToJson(saved->config()) != ModelConfigToJson(model_->config())) {
+    return absl::FailedPreconditionError("the checkpoint was made with another configuration");
+  }
+  {
+    at::NoGradGuard no_grad;
+    std::vector<ParamSlot> mine = ParamSlots(model_->config(), &model_->mutable_params());
+    std::vector<ParamSlot> theirs = ParamSlots(saved->config(), &saved->mutable_params());
+    for (size_t i = 0; i < mine.size(); ++i) mine[i].tensor->copy_(*theirs[i].tensor);
+  }
+  try {
+    torch::serialize::InputArchive archive;
+    archive.load_from(path);
+    optimizer_->adam->load(archive);
+    at::Tensor step, rng;
+    archive.read("step", step);
+    archive.read("rng", rng);
+    step_ = step.item<int64_t>();
+    std::string s;
+    for (int64_t i = 0; i < rng.numel(); ++i) s += static_cast<char>(rng[i].item<int64_t>());
+    std::istringstream in(s);
+    in >> rng_;
+  } catch (const c10::Error& e) {
+    return absl::DataLossError(absl::StrCat("unreadable checkpoint: ", e.what_without_backtrace()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::Run(const std::function<void(const TrainProgress&)>& progress) {
+  while (step_ < options_.steps) {
+    const auto start = std::chrono::steady_clock::now();
+    TrainProgress p;
+    p.lr = LearningRate(step_);
+    TITANS_ASSIGN_OR_RETURN(p.loss, Step());
+    p.step = step_;
+    p.tokens_per_second = static_cast<double>(options_.batch * options_.seq_len) /
+                          std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+                              .count();
+    if (options_.eval_every > 0 && (step_ % options_.eval_every == 0 || step_ == options_.steps)) {
+      TITANS_ASSIGN_OR_RETURN(p.eval_bits_per_byte, EvaluateBitsPerByte(options_.eval_sequences));
+    }
+    if (progress) progress(p);
+    if (options_.checkpoint_every > 0 && step_ % options_.checkpoint_every == 0) {
+      TITANS_RETURN_IF_ERROR(Checkpoint());
+    }
+  }
+  return Checkpoint();
+}
+
+}  // namespace titans

@@ -1,0 +1,123 @@
+// Training a Titans model (CPU; CUDA when the model is on a CUDA device): next-byte prediction on
+// text plus synthetic long-context tasks, AdamW with linear warm-up and cosine decay, global
+// gradient-norm clipping, periodic held-out evaluation, checkpoint and exact resume.
+//
+// Determinism: everything random (initialisation, data order, synthetic tasks) comes from the
+// seed; a run resumed from a checkpoint continues exactly as if it had not stopped (same data,
+// same optimizer state), given the same thread count.
+//
+// Thread safety: a Trainer is used from one thread.
+#ifndef TITANS_MODEL_TRAINER_H_
+#define TITANS_MODEL_TRAINER_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "model/titans_model.h"
+
+namespace titans {
+
+struct TrainOptions {
+  int64_t batch = 8;        // sequences per step
+  int64_t seq_len = 512;    // tokens per sequence
+  int64_t steps = 1000;     // optimizer steps in total
+  int64_t warmup = 100;     // linear warm-up steps
+  double lr = 3e-3;         // peak learning rate
+  double min_lr = 3e-4;     // cosine decay floor
+  double weight_decay = 0.1;  // AdamW, on matrices only (not norms, biases, gates' biases)
+  double beta1 = 0.9, beta2 = 0.95;
+  double clip = 1.0;        // global gradient-norm clip (0 = none)
+  uint64_t seed = 1;
+  // Share of sequences that are synthetic passkey tasks (the rest: windows of the training text).
+  double passkey_fraction = 0.25;
+  int64_t eval_every = 100;       // steps between held-out evaluations (0 = never)
+  int64_t eval_sequences = 16;    // held-out windows per evaluation
+  int64_t checkpoint_every = 200; // steps between checkpoints (0 = only at the end)
+};
+
+// Text split into a training part and a held-out test part (the last `test_fraction` of each
+// file, so no test byte is ever trained on), with deterministic sampling.
+class TextCorpus {
+ public:
+  // Reads the files; INVALID_ARGUMENT if there is too little text for `seq_len`.
+  static absl::StatusOr<TextCorpus> Load(const std::vector<std::string>& paths,
+                                         double test_fraction, int64_t seq_len);
+  static TextCorpus FromString(std::string text, double test_fraction);
+
+  const std::string& train() const { return train_; }
+  const std::string& test() const { return test_; }
+
+ private:
+  std::string train_, test_;
+};
+
+// One synthetic passkey task (the paper's S-NIAH-PK): filler text with "The pass key is N.
+// Remember it. N is the pass key." planted near the start, and "What is the pass key? The pass
+// key is " at the end, followed by the answer. `answer_begin` is where the answer's bytes start.
+struct PasskeyTask {
+  std::string text;
+  std::string answer;
+  int64_t answer_begin = 0;
+};
+// `length` bytes in total (at least ~120); the key has `digits` digits; filler comes from
+// `filler` (random windows). The needle sits at depth `depth` in [0, 1) of the haystack.
+PasskeyTask MakePasskeyTask(const std::string& filler, int64_t length, int digits, double depth,
+                            std::mt19937_64* rng);
+
+struct TrainProgress {
+  int64_t step = 0;
+  double loss = 0;           // training loss (nats per token) of this step
+  double lr = 0;
+  double tokens_per_second = 0;
+  double eval_bits_per_byte = -1;  // set on steps with an evaluation
+};
+
+class Trainer {
+ public:
+  // Trains `model` (its parameters are updated in place). A checkpoint directory, if given, is
+  // where Checkpoint() writes and Resume() reads.
+  Trainer(TitansModel* model, const TextCorpus* corpus, TrainOptions options,
+          std::string checkpoint_dir);
+  ~Trainer();
+
+  // Runs steps until options.steps, calling `progress` after each. Checkpoints every
+  // checkpoint_every steps and at the end (when a checkpoint directory is set). INTERNAL if the
+  // loss stops being finite.
+  absl::Status Run(const std::function<void(const TrainProgress&)>& progress);
+
+  // One optimizer step; returns its training loss.
+  absl::StatusOr<double> Step();
+  // Mean bits per byte of the model on `sequences` held-out windows of seq_len bytes (from the
+  // start of the test text onward, deterministic), each read from a fresh session.
+  absl::StatusOr<double> EvaluateBitsPerByte(int64_t sequences);
+
+  // Writes <dir>/model (the model) and <dir>/trainer.pt (optimizer, step, data RNG).
+  absl::Status Checkpoint();
+  // Restores a checkpoint written by Checkpoint() into this trainer and its model. NOT_FOUND if
+  // there is none.
+  absl::Status Resume();
+
+  int64_t step() const { return step_; }
+  double LearningRate(int64_t step) const;
+
+ private:
+  struct Optimizer;
+  at::Tensor SampleBatch();  // [B, T + 1] int64
+
+  TitansModel* model_;
+  const TextCorpus* corpus_;
+  TrainOptions options_;
+  std::string checkpoint_dir_;
+  std::mt19937_64 rng_;
+  int64_t step_ = 0;
+  std::unique_ptr<Optimizer> optimizer_;
+};
+
+}  // namespace titans
+
+#endif  // TITANS_MODEL_TRAINER_H_
