@@ -75,7 +75,11 @@ std::vector<ParamSlot> ParamSlots(const ModelConfig& c, ModelParams* p) {
     s.push_back({pre + "ffn.up.weight", &L.ffn_up, {f, d}, InitKind::kLinear});
     s.push_back({pre + "ffn.down.weight", &L.ffn_down, {d, f}, InitKind::kOutput});
   }
-  s.push_back({"final_norm.weight", &p->final_norm, {d}, InitKind::kOnes});
+  // The output head is the embedding (tied, rows ~ N(0, 1), norm ~sqrt(d)); starting the final
+  // norm's gain at 1/sqrt(d) makes the initial logits ~N(0, 1), so an untrained model starts near
+  // the uniform loss ln(V) instead of ~100 nats per token.
+  s.push_back({"final_norm.weight", &p->final_norm, {d}, InitKind::kConstant,
+               1.0 / std::sqrt(static_cast<double>(d))});
   return s;
 }
 
