@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <chrono>
+#include <limits>
 #include <cmath>
 #include <filesystem>
 #include <sstream>
@@ -162,8 +163,17 @@ absl::StatusOr<double> Trainer::Step() {
   }
   optimizer_->adam->zero_grad();
   SessionState state = model_->NewState(options_.batch, /*track_grad=*/true);
-  TITANS_ASSIGN_OR_RETURN(at::Tensor logits,
-                          model_->Forward(&state, batch.slice(1, 0, T), LogitsMode::kAll));
+  absl::StatusOr<at::Tensor> forward =
+      model_->Forward(&state, batch.slice(1, 0, T), LogitsMode::kAll);
+  if (!forward.ok() && forward.status().code() == absl::StatusCode::kInternal &&
+      ++skipped_in_a_row_ <= kMaxSkippedSteps) {
+    // An overflowing batch (non-finite logits) is skipped, not trained on; a run of them means
+    // the model has diverged.
+    ++step_;
+    return std::numeric_limits<double>::quiet_NaN();
+  }
+  TITANS_ASSIGN_OR_RETURN(at::Tensor logits, std::move(forward));
+  skipped_in_a_row_ = 0;
   at::Tensor loss = at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}),
                                            batch.slice(1, 1, T + 1).reshape({-1}));
   const double value = loss.item<double>();

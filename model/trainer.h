@@ -90,7 +90,8 @@ class Trainer {
   // loss stops being finite.
   absl::Status Run(const std::function<void(const TrainProgress&)>& progress);
 
-  // One optimizer step; returns its training loss.
+  // One optimizer step; returns its training loss, or NaN when the batch overflowed the model
+  // (non-finite logits) and was skipped. INTERNAL after kMaxSkippedSteps such batches in a row.
   absl::StatusOr<double> Step();
   // Mean bits per byte of the model on `sequences` held-out windows of seq_len bytes (from the
   // start of the test text onward, deterministic), each read from a fresh session.
@@ -115,6 +116,8 @@ class Trainer {
   std::string checkpoint_dir_;
   std::mt19937_64 rng_;
   int64_t step_ = 0;
+  int skipped_in_a_row_ = 0;
+  static constexpr int kMaxSkippedSteps = 10;
   std::unique_ptr<Optimizer> optimizer_;
 };
 

@@ -106,6 +106,11 @@ int main(int argc, char** argv) {
                static_cast<long long>(options.steps), static_cast<long long>(options.batch),
                static_cast<long long>(options.seq_len));
   absl::Status st = trainer.Run([](const titans::TrainProgress& p) {
+    if (std::isnan(p.loss)) {
+      std::printf("step %6lld  skipped: the batch overflowed the model\n",
+                  static_cast<long long>(p.step));
+      return;
+    }
     std::printf("step %6lld  loss %.4f  (%.3f bits/byte)  lr %.2e  %7.0f tok/s", static_cast<long long>(p.step),
                 p.loss, p.loss / std::log(2.0), p.lr, p.tokens_per_second);
     if (p.eval_bits_per_byte >= 0) std::printf("  | held-out %.4f bits/byte", p.eval_bits_per_byte);
