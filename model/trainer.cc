@@ -241,7 +241,13 @@ absl::Status Trainer::Resume() {
   }
   TITANS_ASSIGN_OR_RETURN(std::unique_ptr<TitansModel> saved,
                           TitansModel::Load(checkpoint_dir_ + "/model"));
-  if (ModelConfigToJson(saved->config()) != ModelConfigToJson(model_->config())) {
+  auto structure = [](ModelConfig c) {  // what the weights depend on (not names, provenance)
+    c.name.clear();
+    c.description.clear();
+    c.initialization.clear();
+    return ModelConfigToJson(c);
+  };
+  if (structure(saved->config()) != structure(model_->config())) {
     return absl::FailedPreconditionError("the checkpoint was made with another configuration");
   }
   {
