@@ -181,7 +181,19 @@ absl::StatusOr<double> Trainer::Step() {
     return absl::InternalError(absl::StrCat("training loss is not finite at step ", step_));
   }
   loss.backward();
-  if (options_.clip > 0) torch::nn::utils::clip_grad_norm_(optimizer_->params, options_.clip);
+  // The gradient norm, clipping to options_.clip when set (a huge limit otherwise just measures).
+  const double norm = torch::nn::utils::clip_grad_norm_(
+      optimizer_->params, options_.clip > 0 ? options_.clip : std::numeric_limits<double>::max());
+  if (!std::isfinite(norm)) {
+    // A non-finite gradient would poison every weight through Adam: skip this batch.
+    optimizer_->adam->zero_grad();
+    ++step_;
+    if (++skipped_in_a_row_ > kMaxSkippedSteps) {
+      return absl::InternalError(absl::StrCat("gradients not finite ", skipped_in_a_row_,
+                                              " steps in a row (step ", step_, ")"));
+    }
+    return std::numeric_limits<double>::quiet_NaN();
+  }
   optimizer_->adam->step();
   ++step_;
   return value;

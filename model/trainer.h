@@ -90,8 +90,9 @@ class Trainer {
   // loss stops being finite.
   absl::Status Run(const std::function<void(const TrainProgress&)>& progress);
 
-  // One optimizer step; returns its training loss, or NaN when the batch overflowed the model
-  // (non-finite logits) and was skipped. INTERNAL after kMaxSkippedSteps such batches in a row.
+  // One optimizer step; returns its training loss, or NaN when the batch was skipped because it
+  // overflowed the model (non-finite logits) or gave non-finite gradients (no weight changes).
+  // INTERNAL after kMaxSkippedSteps such batches in a row.
   absl::StatusOr<double> Step();
   // Mean bits per byte of the model on `sequences` held-out windows of seq_len bytes (from the
   // start of the test text onward, deterministic), each read from a fresh session.
