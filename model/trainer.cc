@@ -173,7 +173,6 @@ absl::StatusOr<double> Trainer::Step() {
     return std::numeric_limits<double>::quiet_NaN();
   }
   TITANS_ASSIGN_OR_RETURN(at::Tensor logits, std::move(forward));
-  skipped_in_a_row_ = 0;
   at::Tensor loss = at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}),
                                            batch.slice(1, 1, T + 1).reshape({-1}));
   const double value = loss.item<double>();
@@ -195,6 +194,7 @@ absl::StatusOr<double> Trainer::Step() {
     return std::numeric_limits<double>::quiet_NaN();
   }
   optimizer_->adam->step();
+  skipped_in_a_row_ = 0;  // only an actual update ends a run of skipped batches
   ++step_;
   return value;
 }
