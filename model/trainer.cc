@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <chrono>
+#include <cstdio>
 #include <limits>
 #include <cmath>
 #include <filesystem>
@@ -169,6 +170,8 @@ absl::StatusOr<double> Trainer::Step() {
       ++skipped_in_a_row_ <= kMaxSkippedSteps) {
     // An overflowing batch (non-finite logits) is skipped, not trained on; a run of them means
     // the model has diverged.
+    std::fprintf(stderr, "trainer: step %lld: non-finite logits, batch skipped\n",
+                 static_cast<long long>(step_ + 1));
     ++step_;
     return std::numeric_limits<double>::quiet_NaN();
   }
@@ -185,6 +188,8 @@ absl::StatusOr<double> Trainer::Step() {
       optimizer_->params, options_.clip > 0 ? options_.clip : std::numeric_limits<double>::max());
   if (!std::isfinite(norm)) {
     // A non-finite gradient would poison every weight through Adam: skip this batch.
+    std::fprintf(stderr, "trainer: step %lld: non-finite gradients (loss %.4f), batch skipped\n",
+                 static_cast<long long>(step_ + 1), value);
     optimizer_->adam->zero_grad();
     ++step_;
     if (++skipped_in_a_row_ > kMaxSkippedSteps) {

@@ -107,7 +107,7 @@ int main(int argc, char** argv) {
                static_cast<long long>(options.seq_len));
   absl::Status st = trainer.Run([](const titans::TrainProgress& p) {
     if (std::isnan(p.loss)) {
-      std::printf("step %6lld  skipped: the batch overflowed the model\n",
+      std::printf("step %6lld  skipped (non-finite logits or gradients)\n",
                   static_cast<long long>(p.step));
       return;
     }
