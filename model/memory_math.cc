@@ -140,8 +140,10 @@ at::Tensor ChunkPiece(const MemorySpec& spec, MemoryState* st, const at::Tensor&
         // The bound (MemoryConfig::max_weight_rms): scale each group's matrix down to it.
         const double limit =
             spec.max_weight_rms * std::sqrt(static_cast<double>(w_new.size(1) * w_new.size(2)));
-        at::Tensor norm = w_new.pow(2).sum({1, 2}, /*keepdim=*/true).sqrt();
-        w_new = w_new * at::clamp_max(limit / norm, 1.0);
+        // In double, like the kernels: a diverging matrix's sum of squares overflows float
+        // (norm = inf), which made the forward silently saturate and backward produce NaN.
+        at::Tensor norm = w_new.to(at::kDouble).pow(2).sum({1, 2}, /*keepdim=*/true).sqrt();
+        w_new = w_new * at::clamp_max(limit / norm, 1.0).to(w_new.scalar_type());
       }
       st->weights[l] = w_new;
       st->momentum[l] = s_new;
