@@ -74,10 +74,10 @@ absl::Status CheckRange(absl::string_view key, double v, double lo, double hi) {
 
 absl::Status ParseMemory(const json& m, MemoryConfig* out) {
   if (!m.is_object()) return Invalid("memory", "must be an object");
-  TITANS_RETURN_IF_ERROR(
-      CheckKeys(m, "memory",
-                {"depth", "expansion", "activation", "residual", "chunk_size", "theta_max",
-                 "max_weight_rms", "conv_kernel", "alpha_bias_init", "eta_bias_init", "theta_bias_init"}));
+  TITANS_RETURN_IF_ERROR(CheckKeys(
+      m, "memory",
+      {"depth", "expansion", "activation", "residual", "chunk_size", "theta_max", "max_weight_rms",
+       "conv_kernel", "alpha_bias_init", "eta_bias_init", "theta_bias_init"}));
   TITANS_RETURN_IF_ERROR(ReadInt(m, "depth", "memory.depth", &out->depth));
   TITANS_RETURN_IF_ERROR(ReadInt(m, "expansion", "memory.expansion", &out->expansion));
   std::string act = std::string(ActivationName(out->activation));

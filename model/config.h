@@ -27,13 +27,13 @@ struct MemoryConfig {
   int depth = 2;      // L_M, layers of the memory MLP, 1..4.
   int expansion = 4;  // hidden width = expansion * head_dim (depth >= 2).
   Activation activation = Activation::kSiLU;
-  bool residual = false;   // M(z) = z + MLP(z).
-  int chunk_size = 16;     // b: gradients inside a chunk are taken at its start weights.
-  // Inner learning rate theta_t in (0, theta_max). 0.01: with chunk 16 and eta ~0.88 a chunk adds up
-  // to ~80 single steps along a consistent gradient, so theta ~0.005 keeps the per-chunk gain ~0.4
-  // (0.1 made the memory chaotic on ordinary text: docs/model.md, "Stability").
+  bool residual = false;  // M(z) = z + MLP(z).
+  int chunk_size = 16;    // b: gradients inside a chunk are taken at its start weights.
+  // Inner learning rate theta_t in (0, theta_max). 0.01: with chunk 16 and eta ~0.88 a chunk adds
+  // up to ~80 single steps along a consistent gradient, so theta ~0.005 keeps the per-chunk gain
+  // ~0.4 (0.1 made the memory chaotic on ordinary text: docs/model.md, "Stability").
   double theta_max = 0.01;
-  int conv_kernel = 4;     // causal depthwise conv on q, k, v.
+  int conv_kernel = 4;  // causal depthwise conv on q, k, v.
   // Bound on each memory weight matrix when a chunk closes: if the RMS of its entries exceeds this,
   // the matrix is scaled down to it (0 = unbounded). Inside a chunk every gradient is taken at the
   // chunk-start weights, so a run of near-identical keys adds up to ~b / (1 - eta) times one step

@@ -25,9 +25,9 @@ absl::StatusOr<double> StreamBitsPerByte(const TitansModel& model, const std::st
     const int64_t end = std::min(n - 1, begin + piece);
     std::vector<int64_t> in(tokens.begin() + begin, tokens.begin() + end);
     std::vector<int64_t> target(tokens.begin() + begin + 1, tokens.begin() + end + 1);
-    TITANS_ASSIGN_OR_RETURN(at::Tensor logits,
-                            model.Forward(&state, at::tensor(in).unsqueeze(0).to(model.device()),
-                                          LogitsMode::kAll));
+    TITANS_ASSIGN_OR_RETURN(
+        at::Tensor logits,
+        model.Forward(&state, at::tensor(in).unsqueeze(0).to(model.device()), LogitsMode::kAll));
     at::Tensor lp = at::log_softmax(logits.squeeze(0).to(at::kCPU).to(at::kDouble), -1);
     at::Tensor t = at::tensor(target);
     at::Tensor picked = lp.gather(1, t.unsqueeze(1)).squeeze(1);  // [len]

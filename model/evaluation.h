@@ -18,9 +18,9 @@ absl::StatusOr<double> StreamBitsPerByte(const TitansModel& model, const std::st
                                          int64_t piece = 4096, int64_t skip = 0);
 
 struct PasskeyResult {
-  int64_t length = 0;   // haystack bytes
+  int64_t length = 0;  // haystack bytes
   int trials = 0;
-  int correct = 0;      // all digits right
+  int correct = 0;  // all digits right
   double accuracy() const { return trials ? static_cast<double>(correct) / trials : 0; }
 };
 

@@ -8,8 +8,8 @@
 namespace titans {
 
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight) {
-  const bool inference = !at::GradMode::is_enabled() ||
-                         (!x.requires_grad() && !weight.requires_grad());
+  const bool inference =
+      !at::GradMode::is_enabled() || (!x.requires_grad() && !weight.requires_grad());
   if (inference && x.device().is_cpu() && weight.device().is_cpu() &&
       x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat && x.dim() >= 1) {
     // Batch-invariant kernel: a row's result does not depend on the other rows (sessions) in

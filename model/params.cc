@@ -78,7 +78,10 @@ std::vector<ParamSlot> ParamSlots(const ModelConfig& c, ModelParams* p) {
   // The output head is the embedding (tied, rows ~ N(0, 1), norm ~sqrt(d)); starting the final
   // norm's gain at 1/sqrt(d) makes the initial logits ~N(0, 1), so an untrained model starts near
   // the uniform loss ln(V) instead of ~100 nats per token.
-  s.push_back({"final_norm.weight", &p->final_norm, {d}, InitKind::kConstant,
+  s.push_back({"final_norm.weight",
+               &p->final_norm,
+               {d},
+               InitKind::kConstant,
                1.0 / std::sqrt(static_cast<double>(d))});
   return s;
 }

@@ -3,10 +3,10 @@
 #include <torch/torch.h>
 
 #include <chrono>
-#include <cstdio>
-#include <limits>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
+#include <limits>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -62,9 +62,10 @@ PasskeyTask MakePasskeyTask(const std::string& filler, int64_t length, int digit
                             std::mt19937_64* rng) {
   std::string key;
   std::uniform_int_distribution<int> digit(0, 9);
-  for (int i = 0; i < digits; ++i) key += static_cast<char>('0' + (i == 0 ? 1 + digit(*rng) % 9 : digit(*rng)));
-  const std::string needle = absl::StrCat(" The pass key is ", key, ". Remember it. ", key,
-                                          " is the pass key. ");
+  for (int i = 0; i < digits; ++i)
+    key += static_cast<char>('0' + (i == 0 ? 1 + digit(*rng) % 9 : digit(*rng)));
+  const std::string needle =
+      absl::StrCat(" The pass key is ", key, ". Remember it. ", key, " is the pass key. ");
   const std::string question = " What is the pass key? The pass key is ";
   PasskeyTask task;
   task.answer = key + ".";
@@ -109,16 +110,15 @@ Trainer::Trainer(TitansModel* model, const TextCorpus* corpus, TrainOptions opti
     (Decays(slot.init) ? decay : no_decay).push_back(*slot.tensor);
   }
   auto opts = [&](double wd) {
-    return std::make_unique<torch::optim::AdamWOptions>(
-        torch::optim::AdamWOptions(options_.lr)
-            .betas({options_.beta1, options_.beta2})
-            .weight_decay(wd));
+    return std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(options_.lr)
+                                                            .betas({options_.beta1, options_.beta2})
+                                                            .weight_decay(wd));
   };
   std::vector<torch::optim::OptimizerParamGroup> groups;
   groups.emplace_back(decay, opts(options_.weight_decay));
   groups.emplace_back(no_decay, opts(0.0));
-  optimizer_->adam = std::make_unique<torch::optim::AdamW>(
-      groups, torch::optim::AdamWOptions(options_.lr));
+  optimizer_->adam =
+      std::make_unique<torch::optim::AdamW>(groups, torch::optim::AdamWOptions(options_.lr));
 }
 
 Trainer::~Trainer() = default;
@@ -212,13 +212,14 @@ absl::StatusOr<double> Trainer::EvaluateBitsPerByte(int64_t sequences) {
   double total = 0;
   int64_t count = 0;
   for (int64_t i = 0; i < std::min(sequences, available); ++i) {
-    const std::string window = test.substr(static_cast<size_t>(i * (T + 1)), static_cast<size_t>(T + 1));
+    const std::string window =
+        test.substr(static_cast<size_t>(i * (T + 1)), static_cast<size_t>(T + 1));
     TITANS_ASSIGN_OR_RETURN(std::vector<int32_t> tokens, model_->tokenizer().Encode(window, false));
     std::vector<int64_t> ids(tokens.begin(), tokens.end());
     at::Tensor t = at::tensor(ids, at::kLong).unsqueeze(0).to(model_->device());
     SessionState state = model_->NewState();
-    TITANS_ASSIGN_OR_RETURN(at::Tensor logits,
-                            model_->Forward(&state, t.slice(1, 0, t.size(1) - 1), LogitsMode::kAll));
+    TITANS_ASSIGN_OR_RETURN(
+        at::Tensor logits, model_->Forward(&state, t.slice(1, 0, t.size(1) - 1), LogitsMode::kAll));
     at::Tensor nats = at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}),
                                              t.slice(1, 1).reshape({-1}), {}, at::Reduction::Sum);
     total += nats.item<double>();
@@ -298,9 +299,9 @@ absl::Status Trainer::Run(const std::function<void(const TrainProgress&)>& progr
     p.lr = LearningRate(step_);
     TITANS_ASSIGN_OR_RETURN(p.loss, Step());
     p.step = step_;
-    p.tokens_per_second = static_cast<double>(options_.batch * options_.seq_len) /
-                          std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
-                              .count();
+    p.tokens_per_second =
+        static_cast<double>(options_.batch * options_.seq_len) /
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (options_.eval_every > 0 && (step_ % options_.eval_every == 0 || step_ == options_.steps)) {
       TITANS_ASSIGN_OR_RETURN(p.eval_bits_per_byte, EvaluateBitsPerByte(options_.eval_sequences));
     }

@@ -23,21 +23,21 @@
 namespace titans {
 
 struct TrainOptions {
-  int64_t batch = 8;        // sequences per step
-  int64_t seq_len = 512;    // tokens per sequence
-  int64_t steps = 1000;     // optimizer steps in total
-  int64_t warmup = 100;     // linear warm-up steps
-  double lr = 3e-3;         // peak learning rate
-  double min_lr = 3e-4;     // cosine decay floor
+  int64_t batch = 8;          // sequences per step
+  int64_t seq_len = 512;      // tokens per sequence
+  int64_t steps = 1000;       // optimizer steps in total
+  int64_t warmup = 100;       // linear warm-up steps
+  double lr = 3e-3;           // peak learning rate
+  double min_lr = 3e-4;       // cosine decay floor
   double weight_decay = 0.1;  // AdamW, on matrices only (not norms, biases, gates' biases)
   double beta1 = 0.9, beta2 = 0.95;
-  double clip = 1.0;        // global gradient-norm clip (0 = none)
+  double clip = 1.0;  // global gradient-norm clip (0 = none)
   uint64_t seed = 1;
   // Share of sequences that are synthetic passkey tasks (the rest: windows of the training text).
   double passkey_fraction = 0.25;
-  int64_t eval_every = 100;       // steps between held-out evaluations (0 = never)
-  int64_t eval_sequences = 16;    // held-out windows per evaluation
-  int64_t checkpoint_every = 200; // steps between checkpoints (0 = only at the end)
+  int64_t eval_every = 100;        // steps between held-out evaluations (0 = never)
+  int64_t eval_sequences = 16;     // held-out windows per evaluation
+  int64_t checkpoint_every = 200;  // steps between checkpoints (0 = only at the end)
 };
 
 // Text split into a training part and a held-out test part (the last `test_fraction` of each
@@ -71,7 +71,7 @@ PasskeyTask MakePasskeyTask(const std::string& filler, int64_t length, int digit
 
 struct TrainProgress {
   int64_t step = 0;
-  double loss = 0;           // training loss (nats per token) of this step
+  double loss = 0;  // training loss (nats per token) of this step
   double lr = 0;
   double tokens_per_second = 0;
   double eval_bits_per_byte = -1;  // set on steps with an evaluation

@@ -25,7 +25,8 @@ ABSL_FLAG(std::string, baseline, "", "a second model to compare (e.g. attention-
 ABSL_FLAG(std::vector<std::string>, data, {}, "the training data files (held-out part is used)");
 ABSL_FLAG(double, test_fraction, 0.05, "held-out share at the end of each file (as titans-train)");
 ABSL_FLAG(int64_t, bpb_bytes, 65536, "held-out bytes scored for bits per byte (0: all)");
-ABSL_FLAG(std::vector<std::string>, lengths, (std::vector<std::string>{"1024", "4096", "16384", "65536", "262144"}),
+ABSL_FLAG(std::vector<std::string>, lengths,
+          (std::vector<std::string>{"1024", "4096", "16384", "65536", "262144"}),
           "passkey haystack lengths in bytes");
 ABSL_FLAG(int, trials, 10, "passkey tasks per length");
 ABSL_FLAG(uint64_t, seed, 7, "seed for the passkey tasks");
@@ -57,8 +58,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "titans-eval: %s\n", m.c_str());
     return 1;
   };
-  auto corpus = titans::TextCorpus::Load(absl::GetFlag(FLAGS_data),
-                                         absl::GetFlag(FLAGS_test_fraction), 1024);
+  auto corpus =
+      titans::TextCorpus::Load(absl::GetFlag(FLAGS_data), absl::GetFlag(FLAGS_test_fraction), 1024);
   if (!corpus.ok()) return fail(corpus.status().ToString());
   std::string held_out = corpus->test();
   if (absl::GetFlag(FLAGS_bpb_bytes) > 0 &&

@@ -101,18 +101,19 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "titans-train: resumed at step %lld\n",
                  static_cast<long long>(trainer.step()));
   }
-  std::fprintf(stderr, "titans-train: %zu training / %zu held-out bytes, %lld steps of %lld x %lld\n",
-               corpus->train().size(), corpus->test().size(),
-               static_cast<long long>(options.steps), static_cast<long long>(options.batch),
-               static_cast<long long>(options.seq_len));
+  std::fprintf(stderr,
+               "titans-train: %zu training / %zu held-out bytes, %lld steps of %lld x %lld\n",
+               corpus->train().size(), corpus->test().size(), static_cast<long long>(options.steps),
+               static_cast<long long>(options.batch), static_cast<long long>(options.seq_len));
   absl::Status st = trainer.Run([](const titans::TrainProgress& p) {
     if (std::isnan(p.loss)) {
       std::printf("step %6lld  skipped (non-finite logits or gradients)\n",
                   static_cast<long long>(p.step));
       return;
     }
-    std::printf("step %6lld  loss %.4f  (%.3f bits/byte)  lr %.2e  %7.0f tok/s", static_cast<long long>(p.step),
-                p.loss, p.loss / std::log(2.0), p.lr, p.tokens_per_second);
+    std::printf("step %6lld  loss %.4f  (%.3f bits/byte)  lr %.2e  %7.0f tok/s",
+                static_cast<long long>(p.step), p.loss, p.loss / std::log(2.0), p.lr,
+                p.tokens_per_second);
     if (p.eval_bits_per_byte >= 0) std::printf("  | held-out %.4f bits/byte", p.eval_bits_per_byte);
     std::printf("\n");
     std::fflush(stdout);

@@ -42,7 +42,7 @@ std::string DirectoryStore::PointPath(const std::string& id, int64_t position) c
 }
 
 absl::Status DirectoryStore::WriteRewindPoint(const std::string& id, int64_t position,
-                                            const std::string& blob) {
+                                              const std::string& blob) {
   std::error_code ec;
   fs::create_directories(RewindDir(id), ec);
   if (ec) return absl::InternalError("cannot create " + RewindDir(id) + ": " + ec.message());
@@ -50,7 +50,7 @@ absl::Status DirectoryStore::WriteRewindPoint(const std::string& id, int64_t pos
 }
 
 absl::StatusOr<std::string> DirectoryStore::ReadRewindPoint(const std::string& id,
-                                                          int64_t position) {
+                                                            int64_t position) {
   return ReadFileToString(PointPath(id, position));
 }
 
@@ -73,7 +73,7 @@ std::vector<int64_t> DirectoryStore::ListRewindPoints(const std::string& id) {
 }
 
 absl::Status DirectoryStore::CopyRewindPoint(const std::string& from_id, const std::string& to_id,
-                                           int64_t position) {
+                                             int64_t position) {
   std::error_code ec;
   fs::create_directories(RewindDir(to_id), ec);
   if (ec) return absl::InternalError("cannot create " + RewindDir(to_id) + ": " + ec.message());

@@ -21,9 +21,9 @@
 #include "model/status_macros.h"
 #include "model/titans_model.h"
 #include "model/utf8.h"
+#include "server/engine/directory_store.h"
 #include "server/engine/rewind_history.h"
 #include "server/engine/scheduler.h"
-#include "server/engine/directory_store.h"
 #include "server/engine/session_store.h"
 #include "server/engine/wal.h"
 
@@ -95,7 +95,8 @@ struct Op {
 };
 
 struct Session {
-  Session(int64_t rewind_window, int64_t rewind_interval) : history(rewind_window, rewind_interval) {}
+  Session(int64_t rewind_window, int64_t rewind_interval)
+      : history(rewind_window, rewind_interval) {}
   SessionRecord record;
   std::optional<SamplingParams> sampling;
   std::unique_ptr<SessionState> state;  // null while spilled
@@ -665,7 +666,8 @@ class Engine::Impl {
         }
       }
       if (!restored && tokens.status().code() != absl::StatusCode::kNotFound) {
-        std::fprintf(stderr, "engine: session %s: rewind history not restored; it restarts at %lld\n",
+        std::fprintf(stderr,
+                     "engine: session %s: rewind history not restored; it restarts at %lld\n",
                      id.c_str(), static_cast<long long>(state.position));
       }
     }
@@ -710,9 +712,8 @@ class Engine::Impl {
     SessionState& live = *s->state;
     if (position < 0 || position == live.position) return std::make_unique<SessionState>(live);
     if (position > live.position) {
-      return absl::OutOfRangeError(absl::StrCat("position ", position,
-                                                " is beyond the session's position ",
-                                                live.position));
+      return absl::OutOfRangeError(
+          absl::StrCat("position ", position, " is beyond the session's position ", live.position));
     }
     if (!s->history.enabled()) {
       return absl::FailedPreconditionError(
@@ -730,8 +731,8 @@ class Engine::Impl {
                     : absl::StatusOr<SessionState>(blob.status());
       if (!state.ok() || state->position != plan.start.position) {
         return absl::DataLossError(absl::StrCat(
-            "the rewind point at position ", plan.start.position, " could not be read: ",
-            state.ok() ? "wrong position" : state.status().message()));
+            "the rewind point at position ", plan.start.position,
+            " could not be read: ", state.ok() ? "wrong position" : state.status().message()));
       }
       work = std::make_unique<SessionState>(std::move(*state));
     }
@@ -1262,9 +1263,10 @@ class Engine::Impl {
   }
 
   static absl::Status MovedError(const std::string& id) {
-    return absl::UnavailableError(absl::StrCat(
-        "session '", id, "' was taken over by another replica; the operation was not applied "
-        "(retry)"));
+    return absl::UnavailableError(
+        absl::StrCat("session '", id,
+                     "' was taken over by another replica; the operation was not applied "
+                     "(retry)"));
   }
 
   // No operation of the session has started changing its state.
@@ -1608,7 +1610,6 @@ SamplingParams ApplySamplingOverrides(SamplingParams p, const SamplingOverrides&
   if (o.repetition_penalty) p.repetition_penalty = *o.repetition_penalty;
   return p;
 }
-
 
 // ---- Engine -------------------------------------------------------------------------------------
 

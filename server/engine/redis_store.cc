@@ -52,7 +52,8 @@ constexpr char kCreateScript[] =
 
 // KEYS: counter fence rec | ARGV: ttl. Returns {new fence, previous fence or ""}.
 constexpr char kAcquireScript[] =
-    "if redis.call('EXISTS', KEYS[3]) == 0 then return redis.error_reply('NOTFOUND no such session') end "
+    "if redis.call('EXISTS', KEYS[3]) == 0 then return redis.error_reply('NOTFOUND no such "
+    "session') end "
     "local previous = redis.call('GET', KEYS[2]) or '' "
     "local f = redis.call('INCR', KEYS[1]) "
     "redis.call('SET', KEYS[2], f) "
@@ -179,8 +180,8 @@ std::vector<absl::StatusOr<RedisStore::Reply>> RedisStore::Pipeline(
     for (size_t i = 0; i < cmds.size(); ++i) {
       void* raw = nullptr;
       if (redisGetReply(context_, &raw) != REDIS_OK || raw == nullptr) {
-        st = absl::UnavailableError(absl::StrCat("redis ", host_, ":", port_, ": ",
-                                                 context_->errstr));
+        st = absl::UnavailableError(
+            absl::StrCat("redis ", host_, ":", port_, ": ", context_->errstr));
         break;
       }
       auto* reply = static_cast<redisReply*>(raw);
@@ -257,11 +258,11 @@ absl::Status RedisStore::Write(const SessionRecord& r, const std::string& state_
     std::lock_guard<std::mutex> lock(fences_mu_);
     ttl_ms_[r.id] = ttl;
   }
-  return Command(Fenced(kWriteScript, r.id,
-                        {Key(r.id, "rec"), Key(r.id, "state"), Key(r.id, "log"), Key(r.id, "rwt"),
-                         Key(r.id, "rwp")},
-                        {EncodeSessionRecord(r), state_blob, std::to_string(ttl),
-                         Key(r.id, "rw:")}))
+  return Command(
+             Fenced(kWriteScript, r.id,
+                    {Key(r.id, "rec"), Key(r.id, "state"), Key(r.id, "log"), Key(r.id, "rwt"),
+                     Key(r.id, "rwp")},
+                    {EncodeSessionRecord(r), state_blob, std::to_string(ttl), Key(r.id, "rw:")}))
       .status();
 }
 
@@ -283,9 +284,8 @@ absl::StatusOr<SessionRecord> RedisStore::ReadRecord(const std::string& id) {
     std::vector<WalRecord> last;
     ParseWalSegment(replies[1]->str, &last);
     if (last.size() == 1 && last[0].epoch == record.epoch) {
-      record.position = std::max(record.position,
-                                 last[0].position_before +
-                                     static_cast<int64_t>(last[0].tokens.size()));
+      record.position = std::max(
+          record.position, last[0].position_before + static_cast<int64_t>(last[0].tokens.size()));
     }
   }
   std::lock_guard<std::mutex> lock(fences_mu_);
@@ -318,8 +318,9 @@ std::vector<SessionRecord> RedisStore::List(std::vector<std::string>* errors) {
       (void)Command({"SREM", prefix_ + ":sessions", id});
       continue;
     }
-    absl::StatusOr<SessionRecord> r = recs[i].ok() ? DecodeSessionRecord(recs[i]->str)
-                                                   : absl::StatusOr<SessionRecord>(recs[i].status());
+    absl::StatusOr<SessionRecord> r = recs[i].ok()
+                                          ? DecodeSessionRecord(recs[i]->str)
+                                          : absl::StatusOr<SessionRecord>(recs[i].status());
     if (r.ok()) {
       out.push_back(std::move(*r));
     } else if (errors) {

@@ -5,9 +5,9 @@
 //   PREFIX:{id}:rec    SessionRecord JSON          PREFIX:{id}:state   state snapshot
 //   PREFIX:{id}:log    list of log records since the checkpoint (sync durability)
 //   PREFIX:{id}:fence  integer, incremented by every Acquire; writes carry the writer's value
-//   PREFIX:{id}:rwt    rewind tokens               PREFIX:{id}:rwp     sorted set of point positions
-//   PREFIX:{id}:rw:<position>  rewind point state
-//   PREFIX:sessions    set of session ids (for List)
+//   PREFIX:{id}:rwt    rewind tokens               PREFIX:{id}:rwp     sorted set of point
+//   positions PREFIX:{id}:rw:<position>  rewind point state PREFIX:sessions    set of session ids
+//   (for List)
 // Every write is a Lua script that first checks the fence, so a replica that lost a session to
 // another (failover, re-routing) can never overwrite it: its write fails with ABORTED. Every
 // write also renews the session's keys' expiry to its idle TTL, so sessions nobody uses expire

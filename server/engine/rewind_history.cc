@@ -85,10 +85,10 @@ absl::StatusOr<RewindHistory::Plan> RewindHistory::PlanRewind(int64_t target) co
         absl::StrCat("position ", target, " is outside the session's history [0, ", end_, "]"));
   }
   if (points_.empty() || target < points_.front().position) {
-    return absl::OutOfRangeError(absl::StrCat(
-        "position ", target, " is before the oldest rewind point (",
-        points_.empty() ? end_ : points_.front().position, "); the server keeps ", window_,
-        " tokens of history (--rewind_window_tokens)"));
+    return absl::OutOfRangeError(
+        absl::StrCat("position ", target, " is before the oldest rewind point (",
+                     points_.empty() ? end_ : points_.front().position, "); the server keeps ",
+                     window_, " tokens of history (--rewind_window_tokens)"));
   }
   auto it = std::upper_bound(points_.begin(), points_.end(), target,
                              [](int64_t t, const RewindPoint& p) { return t < p.position; });

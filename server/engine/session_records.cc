@@ -5,8 +5,8 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 
-#include "model/crc32c.h"
 #include "absl/strings/str_cat.h"
+#include "model/crc32c.h"
 #include "server/engine/engine.h"
 #include "server/engine/session_store.h"
 
@@ -94,6 +94,5 @@ absl::StatusOr<RewindTokens> DecodeRewindTokens(std::string_view blob) {
   if (n) std::memcpy(t.tokens.data(), body.data() + 12, 4 * static_cast<size_t>(n));
   return t;
 }
-
 
 }  // namespace titans::engine

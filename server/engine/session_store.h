@@ -90,8 +90,7 @@ class SessionStore {
 
   virtual absl::Status WriteRewindPoint(const std::string& id, int64_t position,
                                         const std::string& blob) = 0;
-  virtual absl::StatusOr<std::string> ReadRewindPoint(const std::string& id,
-                                                      int64_t position) = 0;
+  virtual absl::StatusOr<std::string> ReadRewindPoint(const std::string& id, int64_t position) = 0;
   virtual void RemoveRewindPoint(const std::string& id, int64_t position) = 0;
   // Positions of the stored rewind points, ascending.
   virtual std::vector<int64_t> ListRewindPoints(const std::string& id) = 0;

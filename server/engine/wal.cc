@@ -84,8 +84,7 @@ absl::StatusOr<WalRecord> DecodeWalPayload(std::string_view in) {
   r.session_id.assign(in.data(), id_len);
   in.remove_prefix(id_len);
   if (!Get(&in, &r.position_before) || r.position_before < 0 || !Get(&in, &r.epoch) ||
-      r.epoch < 0 || !Get(&in, &n) ||
-      in.size() < uint64_t{n} * 4) {
+      r.epoch < 0 || !Get(&in, &n) || in.size() < uint64_t{n} * 4) {
     return bad();
   }
   r.tokens.resize(n);

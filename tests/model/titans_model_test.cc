@@ -4,12 +4,11 @@
 #include "model/titans_model.h"
 
 #include <gtest/gtest.h>
-
-#include "model/determinism.h"
 #include <torch/torch.h>
 
 #include <random>
 
+#include "model/determinism.h"
 #include "tests/model/model_test_util.h"
 
 namespace titans {

@@ -66,9 +66,9 @@ TEST(Trainer, LossAndHeldOutBitsPerByteFall) {
 }
 
 TEST(Trainer, ResumeContinuesExactly) {
-  const std::string dir = (std::filesystem::temp_directory_path() /
-                           ("titans_trainer_" + std::to_string(::getpid())))
-                              .string();
+  const std::string dir =
+      (std::filesystem::temp_directory_path() / ("titans_trainer_" + std::to_string(::getpid())))
+          .string();
   std::filesystem::remove_all(dir);
   TextCorpus corpus = TextCorpus::FromString(RepetitiveText(), 0.1);
   // Straight through: 12 steps.

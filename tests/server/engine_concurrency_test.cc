@@ -68,10 +68,10 @@ class EngineConcurrencyTest : public ::testing::Test {
 bool Allowed(const absl::Status& st) {
   switch (st.code()) {
     case absl::StatusCode::kOk:
-    case absl::StatusCode::kCancelled:       // we cancelled it
-    case absl::StatusCode::kOutOfRange:      // rewind past a position another client changed
-    case absl::StatusCode::kNotFound:        // a fork another thread closed
-    case absl::StatusCode::kAlreadyExists:   // two threads forking to the same name
+    case absl::StatusCode::kCancelled:          // we cancelled it
+    case absl::StatusCode::kOutOfRange:         // rewind past a position another client changed
+    case absl::StatusCode::kNotFound:           // a fork another thread closed
+    case absl::StatusCode::kAlreadyExists:      // two threads forking to the same name
     case absl::StatusCode::kResourceExhausted:  // per-session queue limit
       return true;
     default:
@@ -115,15 +115,17 @@ TEST_F(EngineConcurrencyTest, RandomOperationsFromManyThreads) {
           auto cancel = std::make_shared<std::atomic<bool>>(pick(4) == 0);
           std::promise<absl::Status> done;
           int events = 0;
-          engine_->Generate("", id, g, cancel, [&](const engine::GenerateEvent&) { ++events; },
-                            [&](absl::Status s) { done.set_value(s); });
+          engine_->Generate(
+              "", id, g, cancel, [&](const engine::GenerateEvent&) { ++events; },
+              [&](absl::Status s) { done.set_value(s); });
           st = done.get_future().get();
           break;
         }
         case 3: {
           std::promise<absl::Status> done;
-          engine_->Score("", id, {104, 105}, pick(2) == 0,
-                         [&](absl::StatusOr<engine::ScoreResult> r) { done.set_value(r.status()); });
+          engine_->Score(
+              "", id, {104, 105}, pick(2) == 0,
+              [&](absl::StatusOr<engine::ScoreResult> r) { done.set_value(r.status()); });
           st = done.get_future().get();
           break;
         }
@@ -133,18 +135,18 @@ TEST_F(EngineConcurrencyTest, RandomOperationsFromManyThreads) {
           if (!st.ok()) break;
           std::promise<absl::Status> done;
           const int64_t target = info->position - pick(60);
-          engine_->Rewind("", id, std::max<int64_t>(0, target),
-                          [&](absl::StatusOr<engine::SessionInfo> r) { done.set_value(r.status()); });
+          engine_->Rewind(
+              "", id, std::max<int64_t>(0, target),
+              [&](absl::StatusOr<engine::SessionInfo> r) { done.set_value(r.status()); });
           st = done.get_future().get();
           break;
         }
         case 5: {
           const std::string fork = id + "-fork" + std::to_string(seed);
           std::promise<absl::Status> forked;
-          engine_->ForkSession("", id, fork, -1,
-                               [&](absl::StatusOr<engine::SessionInfo> r) {
-                                 forked.set_value(r.status());
-                               });
+          engine_->ForkSession("", id, fork, -1, [&](absl::StatusOr<engine::SessionInfo> r) {
+            forked.set_value(r.status());
+          });
           st = forked.get_future().get();
           if (st.ok()) {
             st = Append(fork, text);
@@ -164,7 +166,8 @@ TEST_F(EngineConcurrencyTest, RandomOperationsFromManyThreads) {
         }
         default: {
           std::promise<absl::Status> done;
-          engine_->Export("", id, [&](absl::StatusOr<std::string> r) { done.set_value(r.status()); });
+          engine_->Export("", id,
+                          [&](absl::StatusOr<std::string> r) { done.set_value(r.status()); });
           st = done.get_future().get();
         }
       }

@@ -3,9 +3,9 @@
 #ifndef TITANS_TESTS_SERVER_REDIS_FIXTURE_H_
 #define TITANS_TESTS_SERVER_REDIS_FIXTURE_H_
 
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
-#include <fcntl.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -24,9 +24,20 @@ class RedisServer {
   explicit RedisServer(const std::string& dir) {
     port_ = FreePort();
     const std::string port = std::to_string(port_);
-    std::vector<std::string> args = {"/usr/bin/redis-server", "--port", port, "--bind",
-                                     "127.0.0.1", "--dir", dir, "--save", "", "--appendonly",
-                                     "yes", "--appendfsync", "always", "--logfile",
+    std::vector<std::string> args = {"/usr/bin/redis-server",
+                                     "--port",
+                                     port,
+                                     "--bind",
+                                     "127.0.0.1",
+                                     "--dir",
+                                     dir,
+                                     "--save",
+                                     "",
+                                     "--appendonly",
+                                     "yes",
+                                     "--appendfsync",
+                                     "always",
+                                     "--logfile",
                                      dir + "/redis.log"};
     std::vector<char*> argv;
     for (std::string& a : args) argv.push_back(a.data());

@@ -14,8 +14,9 @@ using grpc::StatusCode;
 
 const std::string kT1 = "In the beginning the memory was empty and then it l";  // 51 bytes
 const std::string kT2 = "earned a few words about the river and the hills,";
-const std::string kT3 = " then a long story about ships that crossed the sea at night, carrying "
-                        "salt and letters and one stubborn cat.";
+const std::string kT3 =
+    " then a long story about ships that crossed the sea at night, carrying "
+    "salt and letters and one stubborn cat.";
 
 class RewindTest : public ServerTest {
  protected:

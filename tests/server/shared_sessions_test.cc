@@ -84,8 +84,8 @@ class SharedSessionsTest : public ::testing::Test {
     req.set_session_id(id);
     pb::Session s;
     grpc::Status st = r.stub->GetSession(Ctx().get(), req, &s);
-    if (!st.ok()) return absl::Status(static_cast<absl::StatusCode>(st.error_code()),
-                                      st.error_message());
+    if (!st.ok())
+      return absl::Status(static_cast<absl::StatusCode>(st.error_code()), st.error_message());
     return s;
   }
   static std::vector<float> Probe(Replica& r, const std::string& id) {
@@ -132,11 +132,16 @@ TEST_F(SharedSessionsTest, SessionsMoveBetweenReplicasWithNothingAcknowledgedLos
   EXPECT_EQ(Get(*a_, "s")->position(), 21u + 19u + 10u);
 
   // The state equals one fed the acknowledged appends in one place.
-  ASSERT_TRUE(b_->stub->CreateSession(Ctx().get(), [] {
-    pb::CreateSessionRequest r;
-    r.set_session_id("ref");
-    return r;
-  }(), &created).ok());
+  ASSERT_TRUE(b_->stub
+                  ->CreateSession(
+                      Ctx().get(),
+                      [] {
+                        pb::CreateSessionRequest r;
+                        r.set_session_id("ref");
+                        return r;
+                      }(),
+                      &created)
+                  .ok());
   ASSERT_TRUE(Append(*b_, "ref", "first, on replica A. then on replica B. back on A.").ok());
   EXPECT_LT(Distance(Probe(*a_, "s"), Probe(*b_, "ref")), 1e-4);
   // And B sees A's latest state when it serves the session again.
@@ -149,11 +154,16 @@ TEST_F(SharedSessionsTest, SessionsMoveBetweenReplicasWithNothingAcknowledgedLos
   pb::Session rewound;
   ASSERT_TRUE(a_->stub->RewindSession(Ctx().get(), rewind, &rewound).ok());
   ASSERT_TRUE(Append(*b_, "s", "then on replica B. ").ok());
-  ASSERT_TRUE(b_->stub->CreateSession(Ctx().get(), [] {
-    pb::CreateSessionRequest r;
-    r.set_session_id("ref2");
-    return r;
-  }(), &created).ok());
+  ASSERT_TRUE(b_->stub
+                  ->CreateSession(
+                      Ctx().get(),
+                      [] {
+                        pb::CreateSessionRequest r;
+                        r.set_session_id("ref2");
+                        return r;
+                      }(),
+                      &created)
+                  .ok());
   ASSERT_TRUE(Append(*b_, "ref2", "first, on replica A. then on replica B. ").ok());
   EXPECT_LT(Distance(Probe(*b_, "s"), Probe(*b_, "ref2")), 1e-4);
 

@@ -17,9 +17,9 @@
 #include <string>
 #include <vector>
 
-#include "model/determinism.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "model/determinism.h"
 #include "server/engine/engine.h"
 
 ABSL_FLAG(std::string, model_dir, TITANS_DEFAULT_MODEL_DIR, "model directory");

@@ -315,8 +315,8 @@ void BM_Linear(benchmark::State& state, bool invariant) {
     }
     benchmark::DoNotOptimize(y.data_ptr<float>());
   }
-  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * m * k * n * state.iterations() / 1e9,
-                                                 benchmark::Counter::kIsRate);
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(2.0 * m * k * n * state.iterations() / 1e9, benchmark::Counter::kIsRate);
 }
 
 // Keeps each run's counters so the summary can print ratios measured in this same process.
@@ -386,8 +386,8 @@ void RegisterAll() {
 #endif
   // The default model's projections: d 128 -> 128 (q/k/v/o), 128 -> 384 (SwiGLU), 384 -> 128.
   for (bool invariant : {true, false}) {
-    auto* b = benchmark::RegisterBenchmark(invariant ? "LinearInvariant" : "LinearTorch",
-                                           BM_Linear, invariant);
+    auto* b = benchmark::RegisterBenchmark(invariant ? "LinearInvariant" : "LinearTorch", BM_Linear,
+                                           invariant);
     for (int64_t m : {1, 64, 512}) {
       b->Args({m, 128, 128})->Args({m, 128, 384})->Args({m, 384, 128});
     }
@@ -416,9 +416,10 @@ void PrintSummary(const RatioReporter& r) {
       const double inv = r.Get("LinearInvariant" + args, "GFLOP/s");
       const double blas = r.Get("LinearTorch" + args, "GFLOP/s");
       if (inv > 0 && blas > 0) {
-        std::printf("linear M=%lld K=%lld N=%lld: invariant %.1f GFLOP/s vs LibTorch %.1f = %.2fx\n",
-                    static_cast<long long>(m), static_cast<long long>(k),
-                    static_cast<long long>(n), inv, blas, inv / blas);
+        std::printf(
+            "linear M=%lld K=%lld N=%lld: invariant %.1f GFLOP/s vs LibTorch %.1f = %.2fx\n",
+            static_cast<long long>(m), static_cast<long long>(k), static_cast<long long>(n), inv,
+            blas, inv / blas);
       }
     }
   }
