@@ -18,12 +18,11 @@ import yaml
 REPO = os.path.abspath(sys.argv[1])
 CHART = os.path.join(REPO, "helm/titans")
 work = tempfile.mkdtemp(prefix="titans_chart_")
-results = {"passed": 0, "failed": 0}
+sys.path.insert(0, os.path.join(REPO, "tests", "pyutil"))
+from titans_testutil import Checks  # noqa: E402
 
-
-def check(name, ok, detail=""):
-    results["passed" if ok else "failed"] += 1
-    print(("PASS " if ok else "FAIL ") + name + ("" if ok else f"  {detail}"), flush=True)
+checks = Checks()
+check = checks.check
 
 
 render_bin = os.path.join(work, "chart-render")
@@ -200,5 +199,4 @@ with open(os.path.join(REPO, "helm/README.md")) as f:
 undocumented = [p for p in leaves(values) if f"`{p}`" not in readme]
 check("every value is documented in helm/README.md", not undocumented, undocumented)
 
-print(f"{results['passed']} passed, {results['failed']} failed")
-sys.exit(1 if results["failed"] else 0)
+checks.finish()

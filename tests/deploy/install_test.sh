@@ -34,7 +34,7 @@ for _ in $(seq 1 100); do "${cli[@]}" models > /dev/null 2>&1 && break; sleep 0.
 check "the installed server serves the built-in model" \
   "$("${cli[@]}" models 2>/dev/null | grep -q titans-default && echo 0 || echo 1)"
 "${cli[@]}" create --id smoke > /dev/null 2>&1 && "${cli[@]}" append smoke --text "hello from the image" > /dev/null 2>&1
-check "a session takes appends" "$("${cli[@]}" get smoke 2>/dev/null | grep -q 20 && echo 0 || echo 1)"
+check "a session takes appends" "$("${cli[@]}" get smoke 2>/dev/null | grep -qP "\tposition 20\t" && echo 0 || echo 1)"
 kill -TERM "$server"; wait "$server"; rc=$?
 check "SIGTERM stops it cleanly and persists the session" \
   "$([ "$rc" -eq 0 ] && ls "$work/state/sessions/smoke.state" > /dev/null 2>&1 && echo 0 || echo 1)"

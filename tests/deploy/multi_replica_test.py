@@ -15,7 +15,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,27 +24,13 @@ import urllib.request
 
 SERVER, MODEL_DIR, PROTO_DIR, REPO = sys.argv[1:5]
 work = tempfile.mkdtemp(prefix="titans_multi_")
-stubs = os.path.join(work, "stubs")
-os.makedirs(stubs)
-subprocess.run(["protoc", f"-I{PROTO_DIR}", f"--python_out={stubs}", f"--grpc_out={stubs}",
-                "--plugin=protoc-gen-grpc=/usr/bin/grpc_python_plugin",
-                os.path.join(PROTO_DIR, "titans/v1/titans.proto")], check=True)
-sys.path.insert(0, stubs)
-import grpc  # noqa: E402
-from titans.v1 import titans_pb2 as pb, titans_pb2_grpc as rpc  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pyutil"))
+from titans_testutil import Checks, free_port, stop as stop_processes, titans_stubs  # noqa: E402
+grpc, pb, rpc = titans_stubs(PROTO_DIR, work)
 
-results = {"passed": 0, "failed": 0}
+checks = Checks()
+check = checks.check
 
-
-def check(name, ok, detail=""):
-    results["passed" if ok else "failed"] += 1
-    print(("PASS " if ok else "FAIL ") + name + ("" if ok else f"  {detail}"), flush=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 procs = []
@@ -281,13 +266,5 @@ for sid in ids:
         except (grpc.RpcError, StopIteration) as e:
             print(f"  {sid}: could not localise: {e}")
 
-for p in procs:
-    if p.poll() is None:
-        p.send_signal(signal.SIGTERM)
-for p in procs:
-    try:
-        p.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        p.kill()
-print(f"{results['passed']} passed, {results['failed']} failed")
-sys.exit(1 if results["failed"] else 0)
+stop_processes(procs)
+checks.finish()

@@ -10,7 +10,6 @@ Prints "N passed, M failed"; exits non-zero on any failure.
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,27 +18,12 @@ import time
 
 SERVER, MODEL_DIR, PROTO_DIR = sys.argv[1:4]
 work = tempfile.mkdtemp(prefix="titans_crash_")
-stubs = os.path.join(work, "stubs")
-os.makedirs(stubs)
-subprocess.run(["protoc", f"-I{PROTO_DIR}", f"--python_out={stubs}", f"--grpc_out={stubs}",
-                "--plugin=protoc-gen-grpc=/usr/bin/grpc_python_plugin",
-                os.path.join(PROTO_DIR, "titans/v1/titans.proto")], check=True)
-sys.path.insert(0, stubs)
-import grpc  # noqa: E402
-from titans.v1 import titans_pb2 as pb, titans_pb2_grpc as rpc  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pyutil"))
+from titans_testutil import Checks, free_port, titans_stubs  # noqa: E402
+grpc, pb, rpc = titans_stubs(PROTO_DIR, work)
 
-results = {"passed": 0, "failed": 0}
-
-
-def check(name, ok, detail=""):
-    results["passed" if ok else "failed"] += 1
-    print(("PASS " if ok else "FAIL ") + name + ("" if ok else f" {detail}"))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+checks = Checks()
+check = checks.check
 
 
 def start(port, state_dir, durability="sync"):
@@ -177,7 +161,5 @@ try:
 finally:
     for p in (proc, ref_proc):
         p.send_signal(signal.SIGTERM)
-        out, _ = p.communicate(timeout=60)
-recovered = [l for l in out.splitlines() if "recovered" in l]
-print(f"{results['passed']} passed, {results['failed']} failed")
-sys.exit(1 if results["failed"] else 0)
+        p.communicate(timeout=60)
+checks.finish()

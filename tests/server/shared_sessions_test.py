@@ -11,7 +11,6 @@ Prints "N passed, M failed"; exits non-zero on any failure.
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,27 +19,13 @@ import time
 
 SERVER, MODEL_DIR, PROTO_DIR = sys.argv[1:4]
 work = tempfile.mkdtemp(prefix="titans_shared_")
-stubs = os.path.join(work, "stubs")
-os.makedirs(stubs)
-subprocess.run(["protoc", f"-I{PROTO_DIR}", f"--python_out={stubs}", f"--grpc_out={stubs}",
-                "--plugin=protoc-gen-grpc=/usr/bin/grpc_python_plugin",
-                os.path.join(PROTO_DIR, "titans/v1/titans.proto")], check=True)
-sys.path.insert(0, stubs)
-import grpc  # noqa: E402
-from titans.v1 import titans_pb2 as pb, titans_pb2_grpc as rpc  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pyutil"))
+from titans_testutil import Checks, free_port, titans_stubs  # noqa: E402
+grpc, pb, rpc = titans_stubs(PROTO_DIR, work)
 
-results = {"passed": 0, "failed": 0}
+checks = Checks()
+check = checks.check
 
-
-def check(name, ok, detail=""):
-    results["passed" if ok else "failed"] += 1
-    print(("PASS " if ok else "FAIL ") + name + ("" if ok else f" {detail}"), flush=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 redis_port = free_port()
@@ -197,5 +182,4 @@ finally:
         except Exception:  # noqa: BLE001
             p.kill()
     redis.kill()
-print(f"{results['passed']} passed, {results['failed']} failed")
-sys.exit(1 if results["failed"] else 0)
+checks.finish()
