@@ -137,6 +137,8 @@ std::string_view VariantName(Variant v) {
       return "mal";
     case Variant::kLMM:
       return "lmm";
+    case Variant::kSWA:
+      return "swa";
   }
   return "unknown";
 }
@@ -175,7 +177,7 @@ absl::Status ValidateModelConfig(const ModelConfig& c) {
     TITANS_RETURN_IF_ERROR(CheckRange(key, v, -30, 30));
   }
   const AttentionConfig& a = c.attention;
-  TITANS_RETURN_IF_ERROR(CheckRange("attention.window", a.window, 1, 1 << 20));
+  TITANS_RETURN_IF_ERROR(CheckRange("attention.window", a.window, 1, 1 << 30));
   TITANS_RETURN_IF_ERROR(CheckRange("attention.segment_size", a.segment_size, 1, 1 << 16));
   if (c.variant == Variant::kMAC && a.segment_size % m.chunk_size != 0) {
     return Invalid("attention.segment_size",
@@ -221,9 +223,11 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
     c.variant = Variant::kMAL;
   } else if (variant == "lmm") {
     c.variant = Variant::kLMM;
+  } else if (variant == "swa") {
+    c.variant = Variant::kSWA;
   } else {
     return Invalid("variant",
-                   absl::StrCat("must be one of mac, mag, mal, lmm, got \"", variant, "\""));
+                   absl::StrCat("must be one of mac, mag, mal, lmm, swa, got \"", variant, "\""));
   }
   TITANS_RETURN_IF_ERROR(ReadInt(j, "vocab_size", "vocab_size", &c.vocab_size));
   TITANS_RETURN_IF_ERROR(ReadInt(j, "d_model", "d_model", &c.d_model));

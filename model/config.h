@@ -15,8 +15,10 @@
 namespace titans {
 
 // The four architectures of the paper (section 4): memory as context, as gate, as layer, and the
-// long-term memory module alone.
-enum class Variant { kMAC, kMAG, kMAL, kLMM };
+// long-term memory module alone; plus kSWA, the baseline without neural memory: a transformer of
+// sliding-window attention (attention.window, persistent tokens) and SwiGLU blocks. With a window
+// as long as the history it is a full-attention transformer (its cache grows with the session).
+enum class Variant { kMAC, kMAG, kMAL, kLMM, kSWA };
 
 enum class Activation { kSiLU, kGELU };
 
@@ -47,7 +49,7 @@ struct MemoryConfig {
 };
 
 struct AttentionConfig {
-  int window = 64;  // w: sliding window of MAG and MAL (a token sees w tokens, itself included).
+  int window = 64;  // w: sliding window of MAG, MAL and SWA (a token sees w tokens, itself included).
   int segment_size = 64;   // C: MAC segment length, a multiple of memory.chunk_size.
   int num_persistent = 4;  // N_p: learned persistent-memory tokens per layer.
   double rope_theta = 10000.0;

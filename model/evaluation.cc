@@ -60,17 +60,21 @@ absl::StatusOr<PasskeyResult> PasskeyAccuracy(const TitansModel& model, const st
       TITANS_RETURN_IF_ERROR(
           model.Forward(&state, at::tensor(ids).unsqueeze(0).to(model.device())).status());
     }
-    // Greedy decoding of the five digits.
-    std::string decoded;
+    // Greedy prediction of each digit, then the true digit is fed (teacher forcing).
+    int right = 0;
     for (int d = 0; d < 5; ++d) {
-      const int64_t next = state.last_logits.argmax(-1).item<int64_t>();
-      auto text = model.tokenizer().Decode({static_cast<int32_t>(next)});
-      decoded += text.ok() ? *text : "?";
+      const int64_t predicted = state.last_logits.argmax(-1).item<int64_t>();
+      TITANS_ASSIGN_OR_RETURN(std::vector<int32_t> truth,
+                              model.tokenizer().Encode(task.answer.substr(d, 1), false));
+      if (truth.size() != 1) return absl::FailedPreconditionError("digits must be single tokens");
+      right += predicted == truth[0];
       TITANS_RETURN_IF_ERROR(
-          model.Forward(&state, at::full({1, 1}, next, at::kLong).to(model.device())).status());
+          model.Forward(&state, at::full({1, 1}, int64_t{truth[0]}, at::kLong).to(model.device()))
+              .status());
     }
     ++result.trials;
-    result.correct += decoded == task.answer.substr(0, 5);
+    result.correct += right == 5;
+    result.digits_correct += right;
   }
   return result;
 }

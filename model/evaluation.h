@@ -20,13 +20,20 @@ absl::StatusOr<double> StreamBitsPerByte(const TitansModel& model, const std::st
 struct PasskeyResult {
   int64_t length = 0;  // haystack bytes
   int trials = 0;
-  int correct = 0;  // all digits right
+  int correct = 0;         // all digits right
+  int digits_correct = 0;  // digits right in their place, over all trials (5 per trial)
   double accuracy() const { return trials ? static_cast<double>(correct) / trials : 0; }
+  // Per-digit accuracy: chance is 0.1 (the first digit: 1/9), so it shows partial recall.
+  double digit_accuracy() const {
+    return trials ? static_cast<double>(digits_correct) / (5.0 * trials) : 0;
+  }
 };
 
 // `trials` passkey tasks (MakePasskeyTask, 5 digits, needle depth uniform in [0, 0.5)) of
 // `length` bytes with filler from `filler`: the text up to the answer is fed to a fresh session,
-// then the answer is decoded greedily; correct when the decoded digits equal the key.
+// then the answer is decoded greedily (teacher-forced: each digit is predicted after the key's
+// true earlier digits, so one wrong digit does not spoil the rest); correct when all five are.
+// `filler` is e.g. held-out text or PasskeyNoise() (the paper's S-NIAH-PK haystack).
 absl::StatusOr<PasskeyResult> PasskeyAccuracy(const TitansModel& model, const std::string& filler,
                                               int64_t length, int trials, uint64_t seed);
 

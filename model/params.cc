@@ -43,33 +43,36 @@ std::vector<ParamSlot> ParamSlots(const ModelConfig& c, ModelParams* p) {
       s.push_back({r + "q_conv.weight", &L.retrieval.q_conv, {hd, K}, InitKind::kConv});
       s.push_back({r + "out_proj.weight", &L.retrieval.out_proj, {d, hd}, InitKind::kLinear});
     }
-    NeuralMemoryParams& M = L.memory;
-    const std::string m = pre + "memory.";
-    s.push_back({m + "q_proj.weight", &M.q_proj, {hd, d}, InitKind::kLinear});
-    s.push_back({m + "k_proj.weight", &M.k_proj, {hd, d}, InitKind::kLinear});
-    s.push_back({m + "v_proj.weight", &M.v_proj, {hd, d}, InitKind::kLinear});
-    s.push_back({m + "q_conv.weight", &M.q_conv, {hd, K}, InitKind::kConv});
-    s.push_back({m + "k_conv.weight", &M.k_conv, {hd, K}, InitKind::kConv});
-    s.push_back({m + "v_conv.weight", &M.v_conv, {hd, K}, InitKind::kConv});
-    s.push_back({m + "alpha_proj.weight", &M.alpha_w, {H, d}, InitKind::kGate});
-    s.push_back(
-        {m + "alpha_proj.bias", &M.alpha_b, {H}, InitKind::kConstant, c.memory.alpha_bias_init});
-    s.push_back({m + "eta_proj.weight", &M.eta_w, {H, d}, InitKind::kGate});
-    s.push_back({m + "eta_proj.bias", &M.eta_b, {H}, InitKind::kConstant, c.memory.eta_bias_init});
-    s.push_back({m + "theta_proj.weight", &M.theta_w, {H, d}, InitKind::kGate});
-    s.push_back(
-        {m + "theta_proj.bias", &M.theta_b, {H}, InitKind::kConstant, c.memory.theta_bias_init});
-    const auto shapes = MemoryLayerShapes(c.memory.depth, c.head_dim, c.memory_hidden());
-    M.initial_weights.resize(shapes.size());
-    for (size_t l = 0; l < shapes.size(); ++l) {
-      s.push_back({absl::StrCat(m, "initial_weights.", l),
-                   &M.initial_weights[l],
-                   {H, shapes[l].second, shapes[l].first},
-                   InitKind::kMemory});
+    if (c.variant != Variant::kSWA) {  // the baseline has no neural memory
+      NeuralMemoryParams& M = L.memory;
+      const std::string m = pre + "memory.";
+      s.push_back({m + "q_proj.weight", &M.q_proj, {hd, d}, InitKind::kLinear});
+      s.push_back({m + "k_proj.weight", &M.k_proj, {hd, d}, InitKind::kLinear});
+      s.push_back({m + "v_proj.weight", &M.v_proj, {hd, d}, InitKind::kLinear});
+      s.push_back({m + "q_conv.weight", &M.q_conv, {hd, K}, InitKind::kConv});
+      s.push_back({m + "k_conv.weight", &M.k_conv, {hd, K}, InitKind::kConv});
+      s.push_back({m + "v_conv.weight", &M.v_conv, {hd, K}, InitKind::kConv});
+      s.push_back({m + "alpha_proj.weight", &M.alpha_w, {H, d}, InitKind::kGate});
+      s.push_back(
+          {m + "alpha_proj.bias", &M.alpha_b, {H}, InitKind::kConstant, c.memory.alpha_bias_init});
+      s.push_back({m + "eta_proj.weight", &M.eta_w, {H, d}, InitKind::kGate});
+      s.push_back(
+          {m + "eta_proj.bias", &M.eta_b, {H}, InitKind::kConstant, c.memory.eta_bias_init});
+      s.push_back({m + "theta_proj.weight", &M.theta_w, {H, d}, InitKind::kGate});
+      s.push_back(
+          {m + "theta_proj.bias", &M.theta_b, {H}, InitKind::kConstant, c.memory.theta_bias_init});
+      const auto shapes = MemoryLayerShapes(c.memory.depth, c.head_dim, c.memory_hidden());
+      M.initial_weights.resize(shapes.size());
+      for (size_t l = 0; l < shapes.size(); ++l) {
+        s.push_back({absl::StrCat(m, "initial_weights.", l),
+                     &M.initial_weights[l],
+                     {H, shapes[l].second, shapes[l].first},
+                     InitKind::kMemory});
+      }
+      s.push_back({m + "out_norm.weight", &M.out_norm, {hd}, InitKind::kOnes});
+      s.push_back({m + "out_gate.weight", &M.out_gate, {hd, d}, InitKind::kLinear});
+      s.push_back({m + "out_proj.weight", &M.out_proj, {d, hd}, InitKind::kOutput});
     }
-    s.push_back({m + "out_norm.weight", &M.out_norm, {hd}, InitKind::kOnes});
-    s.push_back({m + "out_gate.weight", &M.out_gate, {hd, d}, InitKind::kLinear});
-    s.push_back({m + "out_proj.weight", &M.out_proj, {d, hd}, InitKind::kOutput});
     s.push_back({pre + "ffn_norm.weight", &L.ffn_norm, {d}, InitKind::kOnes});
     s.push_back({pre + "ffn.gate.weight", &L.ffn_gate, {f, d}, InitKind::kLinear});
     s.push_back({pre + "ffn.up.weight", &L.ffn_up, {f, d}, InitKind::kLinear});

@@ -24,6 +24,7 @@ struct StateSlot {
 };
 
 bool IsMac(const ModelConfig& c) { return c.variant == Variant::kMAC; }
+bool HasMemory(const ModelConfig& c) { return c.variant != Variant::kSWA; }
 bool HasSegmentWeights(const ModelConfig& c) {
   return IsMac(c) && c.attention.segment_size > c.memory.chunk_size;
 }
@@ -49,36 +50,38 @@ std::vector<StateSlot> StateSlots(const ModelConfig& c, int64_t batch, SessionSt
   s->layers.resize(c.num_layers);
   for (int i = 0; i < c.num_layers; ++i) {
     LayerState& L = s->layers[i];
-    MemoryState& m = L.memory;
     const std::string pre = absl::StrCat("layers.", i, ".");
-    const size_t depth = shapes.size();
-    m.weights.resize(depth);
-    m.momentum.resize(depth);
-    m.pending_inputs.resize(depth);
-    m.pending_deltas.resize(depth);
-    for (size_t l = 0; l < depth; ++l) {
-      const auto [in, out] = shapes[l];
-      slots.push_back({absl::StrCat(pre, "memory.weights.", l), &m.weights[l], {G, out, in}});
-      slots.push_back({absl::StrCat(pre, "memory.momentum.", l), &m.momentum[l], {G, out, in}});
-      slots.push_back(
-          {absl::StrCat(pre, "memory.pending_inputs.", l), &m.pending_inputs[l], {G, p, in}});
-      slots.push_back(
-          {absl::StrCat(pre, "memory.pending_deltas.", l), &m.pending_deltas[l], {G, p, out}});
-    }
-    slots.push_back({pre + "memory.pending_log_keep", &m.pending_gates.log_keep, {G, p}});
-    slots.push_back({pre + "memory.pending_log_eta", &m.pending_gates.log_eta, {G, p}});
-    slots.push_back({pre + "memory.pending_theta", &m.pending_gates.theta, {G, p}});
-    if (HasSegmentWeights(c)) {
-      L.segment_weights.resize(depth);
+    if (HasMemory(c)) {
+      MemoryState& m = L.memory;
+      const size_t depth = shapes.size();
+      m.weights.resize(depth);
+      m.momentum.resize(depth);
+      m.pending_inputs.resize(depth);
+      m.pending_deltas.resize(depth);
       for (size_t l = 0; l < depth; ++l) {
-        slots.push_back({absl::StrCat(pre, "segment_weights.", l),
-                         &L.segment_weights[l],
-                         {G, shapes[l].second, shapes[l].first}});
+        const auto [in, out] = shapes[l];
+        slots.push_back({absl::StrCat(pre, "memory.weights.", l), &m.weights[l], {G, out, in}});
+        slots.push_back({absl::StrCat(pre, "memory.momentum.", l), &m.momentum[l], {G, out, in}});
+        slots.push_back(
+            {absl::StrCat(pre, "memory.pending_inputs.", l), &m.pending_inputs[l], {G, p, in}});
+        slots.push_back(
+            {absl::StrCat(pre, "memory.pending_deltas.", l), &m.pending_deltas[l], {G, p, out}});
       }
+      slots.push_back({pre + "memory.pending_log_keep", &m.pending_gates.log_keep, {G, p}});
+      slots.push_back({pre + "memory.pending_log_eta", &m.pending_gates.log_eta, {G, p}});
+      slots.push_back({pre + "memory.pending_theta", &m.pending_gates.theta, {G, p}});
+      if (HasSegmentWeights(c)) {
+        L.segment_weights.resize(depth);
+        for (size_t l = 0; l < depth; ++l) {
+          slots.push_back({absl::StrCat(pre, "segment_weights.", l),
+                           &L.segment_weights[l],
+                           {G, shapes[l].second, shapes[l].first}});
+        }
+      }
+      slots.push_back({pre + "q_tail", &L.q_tail, {B, K1, hd}});
+      slots.push_back({pre + "k_tail", &L.k_tail, {B, K1, hd}});
+      slots.push_back({pre + "v_tail", &L.v_tail, {B, K1, hd}});
     }
-    slots.push_back({pre + "q_tail", &L.q_tail, {B, K1, hd}});
-    slots.push_back({pre + "k_tail", &L.k_tail, {B, K1, hd}});
-    slots.push_back({pre + "v_tail", &L.v_tail, {B, K1, hd}});
     if (IsMac(c)) slots.push_back({pre + "retrieval_tail", &L.retrieval_tail, {B, K1, hd}});
     if (c.variant != Variant::kLMM) {
       slots.push_back({pre + "attn_k", &L.attn_k, {B, H, n, dh}});
@@ -103,6 +106,11 @@ SessionState NewSessionState(const ModelConfig& c, const ModelParams& params, in
   s.layers.resize(c.num_layers);
   for (int i = 0; i < c.num_layers; ++i) {
     LayerState& L = s.layers[i];
+    if (c.variant != Variant::kLMM) {
+      L.attn_k = at::zeros({B, H, 0, dh}, opt);
+      L.attn_v = L.attn_k;
+    }
+    if (!HasMemory(c)) continue;
     std::vector<at::Tensor> init;
     for (const at::Tensor& w : params.layers[i].memory.initial_weights) {
       at::Tensor src = track_grad ? w : w.detach();
@@ -116,10 +124,6 @@ SessionState NewSessionState(const ModelConfig& c, const ModelParams& params, in
     L.k_tail = L.q_tail;
     L.v_tail = L.q_tail;
     if (IsMac(c)) L.retrieval_tail = L.q_tail;
-    if (c.variant != Variant::kLMM) {
-      L.attn_k = at::zeros({B, H, 0, dh}, opt);
-      L.attn_v = L.attn_k;
-    }
   }
   s.last_logits = at::zeros({B, c.vocab_size}, opt);
   return s;

@@ -68,8 +68,8 @@ std::pair<at::Tensor, at::Tensor> PersistentKV(const ModelConfig& c, const Atten
   return {k, v};
 }
 
-// Sliding-window attention (MAG, MAL): token t sees the persistent tokens and the tokens s with
-// t - w < s <= t. The cache keeps the last w-1 rotated keys and values.
+// Sliding-window attention (MAG, MAL, SWA): token t sees the persistent tokens and the tokens s
+// with t - w < s <= t. The cache keeps the last w-1 rotated keys and values.
 at::Tensor SlidingWindowAttention(const ModelConfig& c, const AttentionParams& a, LayerState* st,
                                   const at::Tensor& x, int64_t position) {
   const int64_t B = x.size(0), T = x.size(1), H = c.num_heads, w = c.attention.window;
@@ -228,6 +228,9 @@ at::Tensor LayerForward(const ModelConfig& c, const LayerParams& p,
       break;
     case Variant::kLMM:
       h = h + NeuralMemoryForward(c, p.memory, slices, n);
+      break;
+    case Variant::kSWA:  // the baseline: attention only
+      h = h + WindowAttention(c, p.attn, slices, n);
       break;
   }
   return h + SwiGlu(RmsNorm(h, p.ffn_norm, c.norm_eps), p.ffn_gate, p.ffn_up, p.ffn_down);

@@ -87,6 +87,16 @@ PasskeyTask MakePasskeyTask(const std::string& filler, int64_t length, int digit
   return task;
 }
 
+std::string PasskeyNoise(int64_t bytes) {
+  // RULER's niah "repeat" haystack (Hsieh et al. 2024), used by the Titans paper's S-NIAH-PK.
+  static const std::string kSentence =
+      "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ";
+  std::string out;
+  out.reserve(static_cast<size_t>(bytes) + kSentence.size());
+  while (static_cast<int64_t>(out.size()) < bytes) out += kSentence;
+  return out;
+}
+
 // ---- Trainer ------------------------------------------------------------------------------------
 
 struct Trainer::Optimizer {
@@ -101,6 +111,7 @@ Trainer::Trainer(TitansModel* model, const TextCorpus* corpus, TrainOptions opti
       options_(options),
       checkpoint_dir_(std::move(checkpoint_dir)),
       rng_(options.seed),
+      noise_(PasskeyNoise(2 * options.seq_len + 256)),
       optimizer_(std::make_unique<Optimizer>()) {
   torch::manual_seed(options_.seed);
   std::vector<at::Tensor> decay, no_decay;
@@ -133,17 +144,27 @@ double Trainer::LearningRate(int64_t step) const {
          0.5 * (options_.lr - options_.min_lr) * (1.0 + std::cos(M_PI * progress));
 }
 
-at::Tensor Trainer::SampleBatch() {
+Trainer::Batch Trainer::SampleBatch() {
   const int64_t B = options_.batch, T = options_.seq_len;
   std::uniform_real_distribution<double> unit(0.0, 1.0);
   const std::string& text = corpus_->train();
   std::uniform_int_distribution<int64_t> start(0, static_cast<int64_t>(text.size()) - (T + 1));
   std::vector<int64_t> ids;
   ids.reserve(static_cast<size_t>(B * (T + 1)));
+  std::vector<float> mask(static_cast<size_t>(B * T), 0.0f);
   for (int64_t b = 0; b < B; ++b) {
     std::string row;
+    int64_t answer_begin = -1, answer_digits = 0;  // token positions of the answer
     if (unit(rng_) < options_.passkey_fraction) {
-      row = MakePasskeyTask(text, T + 1, 5, unit(rng_) * 0.5, &rng_).text;
+      const bool noise = unit(rng_) < options_.passkey_noise_fraction;
+      PasskeyTask task = MakePasskeyTask(noise ? noise_ : text, T + 1, 5, unit(rng_) * 0.5, &rng_);
+      auto prefix = model_->tokenizer().Encode(task.text.substr(0, task.answer_begin), false);
+      auto digits = model_->tokenizer().Encode(task.answer.substr(0, 5), false);
+      if (prefix.ok() && digits.ok()) {
+        answer_begin = static_cast<int64_t>(prefix->size());
+        answer_digits = static_cast<int64_t>(digits->size());
+      }
+      row = std::move(task.text);
     } else {
       row = text.substr(static_cast<size_t>(start(rng_)), static_cast<size_t>(T + 1));
     }
@@ -151,13 +172,22 @@ at::Tensor Trainer::SampleBatch() {
     std::vector<int32_t> t = tokens.ok() ? *tokens : std::vector<int32_t>();
     t.resize(static_cast<size_t>(T + 1), t.empty() ? 32 : t.back());
     ids.insert(ids.end(), t.begin(), t.end());
+    // Token j is predicted at input position j - 1.
+    for (int64_t j = answer_begin; answer_begin > 0 && j < answer_begin + answer_digits; ++j) {
+      if (j - 1 < T) mask[static_cast<size_t>(b * T + j - 1)] = 1.0f;
+    }
   }
-  return at::tensor(ids, at::kLong).view({B, T + 1}).to(model_->device());
+  Batch batch;
+  batch.tokens = at::tensor(ids, at::kLong).view({B, T + 1}).to(model_->device());
+  batch.answer_mask = at::tensor(mask).view({B, T}).to(model_->device());
+  return batch;
 }
 
 absl::StatusOr<double> Trainer::Step() {
   const int64_t T = options_.seq_len;
-  at::Tensor batch = SampleBatch();
+  const Batch sampled = SampleBatch();
+  const at::Tensor& batch = sampled.tokens;
+  last_answer_loss_ = -1;
   const double lr = LearningRate(step_);
   for (auto& group : optimizer_->adam->param_groups()) {
     static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
@@ -176,13 +206,23 @@ absl::StatusOr<double> Trainer::Step() {
     return std::numeric_limits<double>::quiet_NaN();
   }
   TITANS_ASSIGN_OR_RETURN(at::Tensor logits, std::move(forward));
-  at::Tensor loss = at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}),
-                                           batch.slice(1, 1, T + 1).reshape({-1}));
+  at::Tensor nats = at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}),
+                                           batch.slice(1, 1, T + 1).reshape({-1}), {},
+                                           at::Reduction::None);  // [B*T]
+  at::Tensor loss = nats.mean();
   const double value = loss.item<double>();
   if (!std::isfinite(value)) {
     return absl::InternalError(absl::StrCat("training loss is not finite at step ", step_));
   }
-  loss.backward();
+  at::Tensor mask = sampled.answer_mask.reshape({-1});
+  const double answer_tokens = mask.sum().item<double>();
+  at::Tensor objective = loss;
+  if (answer_tokens > 0) {
+    at::Tensor answer_loss = (nats * mask).sum() / answer_tokens;
+    last_answer_loss_ = answer_loss.item<double>();
+    if (options_.answer_weight > 0) objective = loss + options_.answer_weight * answer_loss;
+  }
+  objective.backward();
   // The gradient norm, clipping to options_.clip when set (a huge limit otherwise just measures).
   const double norm = torch::nn::utils::clip_grad_norm_(
       optimizer_->params, options_.clip > 0 ? options_.clip : std::numeric_limits<double>::max());
@@ -298,6 +338,7 @@ absl::Status Trainer::Run(const std::function<void(const TrainProgress&)>& progr
     TrainProgress p;
     p.lr = LearningRate(step_);
     TITANS_ASSIGN_OR_RETURN(p.loss, Step());
+    p.answer_loss = last_answer_loss_;
     p.step = step_;
     p.tokens_per_second =
         static_cast<double>(options_.batch * options_.seq_len) /

@@ -35,6 +35,13 @@ struct TrainOptions {
   uint64_t seed = 1;
   // Share of sequences that are synthetic passkey tasks (the rest: windows of the training text).
   double passkey_fraction = 0.25;
+  // Share of passkey tasks whose haystack is the repeated noise of RULER's S-NIAH-PK
+  // (PasskeyNoise(); the paper's passkey task); the others hide the key in training text.
+  double passkey_noise_fraction = 0.5;
+  // Extra weight of the passkey answer: the objective is mean cross-entropy over all tokens plus
+  // answer_weight x the mean over the answer's digits (5 of seq_len tokens would otherwise give
+  // retrieval almost no gradient). 0 = plain language modelling.
+  double answer_weight = 1.0;
   int64_t eval_every = 100;        // steps between held-out evaluations (0 = never)
   int64_t eval_sequences = 16;     // held-out windows per evaluation
   int64_t checkpoint_every = 200;  // steps between checkpoints (0 = only at the end)
@@ -69,9 +76,15 @@ struct PasskeyTask {
 PasskeyTask MakePasskeyTask(const std::string& filler, int64_t length, int digits, double depth,
                             std::mt19937_64* rng);
 
+// RULER's passkey noise ("The grass is green. The sky is blue. ...") repeated to at least
+// `bytes` bytes: the haystack of the paper's S-NIAH-PK. Random windows of it start at random
+// phases of the sentence cycle.
+std::string PasskeyNoise(int64_t bytes);
+
 struct TrainProgress {
   int64_t step = 0;
-  double loss = 0;  // training loss (nats per token) of this step
+  double loss = 0;          // training loss (nats per token, all tokens) of this step
+  double answer_loss = -1;  // nats per passkey answer digit this step (-1: no passkey task)
   double lr = 0;
   double tokens_per_second = 0;
   double eval_bits_per_byte = -1;  // set on steps with an evaluation
@@ -92,8 +105,10 @@ class Trainer {
 
   // One optimizer step; returns its training loss, or NaN when the batch was skipped because it
   // overflowed the model (non-finite logits) or gave non-finite gradients (no weight changes).
-  // INTERNAL after kMaxSkippedSteps such batches in a row.
+  // INTERNAL after kMaxSkippedSteps such batches in a row. last_answer_loss() is the step's
+  // passkey answer loss (-1 when the batch had no passkey task).
   absl::StatusOr<double> Step();
+  double last_answer_loss() const { return last_answer_loss_; }
   // Mean bits per byte of the model on `sequences` held-out windows of seq_len bytes (from the
   // start of the test text onward, deterministic), each read from a fresh session.
   absl::StatusOr<double> EvaluateBitsPerByte(int64_t sequences);
@@ -109,7 +124,11 @@ class Trainer {
 
  private:
   struct Optimizer;
-  at::Tensor SampleBatch();  // [B, T + 1] int64
+  struct Batch {
+    at::Tensor tokens;       // [B, T + 1] int64
+    at::Tensor answer_mask;  // [B, T] float: 1 where the target is a passkey answer digit
+  };
+  Batch SampleBatch();
 
   TitansModel* model_;
   const TextCorpus* corpus_;
@@ -118,6 +137,8 @@ class Trainer {
   std::mt19937_64 rng_;
   int64_t step_ = 0;
   int skipped_in_a_row_ = 0;
+  double last_answer_loss_ = -1;
+  std::string noise_;  // PasskeyNoise, long enough for any window
   static constexpr int kMaxSkippedSteps = 10;
   std::unique_ptr<Optimizer> optimizer_;
 };

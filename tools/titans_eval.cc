@@ -5,7 +5,9 @@
 //
 // Held-out text: the last --test_fraction of each data file (the part titans-train never trains
 // on). Reports bits per byte on it (read as one stream), gzip -9 and xz -9 on the same bytes for
-// scale, and passkey accuracy against haystack length with filler from the held-out text.
+// scale, and passkey accuracy against haystack length for each --fillers haystack: "noise"
+// (RULER's repeated sentences, the paper's S-NIAH-PK) and "text" (held-out text, harder).
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -14,6 +16,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "model/evaluation.h"
 #include "model/file_util.h"
@@ -28,6 +31,8 @@ ABSL_FLAG(int64_t, bpb_bytes, 65536, "held-out bytes scored for bits per byte (0
 ABSL_FLAG(std::vector<std::string>, lengths,
           (std::vector<std::string>{"1024", "4096", "16384", "65536", "262144"}),
           "passkey haystack lengths in bytes");
+ABSL_FLAG(std::vector<std::string>, fillers, (std::vector<std::string>{"noise", "text"}),
+          "passkey haystacks: noise (the paper's S-NIAH-PK) and/or text (held-out text)");
 ABSL_FLAG(int, trials, 10, "passkey tasks per length");
 ABSL_FLAG(uint64_t, seed, 7, "seed for the passkey tasks");
 ABSL_FLAG(std::string, tsv, "", "also write the results as TSV to this file");
@@ -87,25 +92,43 @@ int main(int argc, char** argv) {
     std::printf("| `%s` | %.4f |\n", tool, bpb);
     absl::StrAppend(&tsv, "bpb\t", tool, "\t", held_out.size(), "\t", bpb, "\n");
   }
-  std::printf("\n## Passkey accuracy (%d tasks per length, 5 digits; chance 1e-5)\n\n",
-              absl::GetFlag(FLAGS_trials));
-  std::printf("| haystack bytes |");
-  for (auto& [dir, model] : models) std::printf(" %s |", dir.c_str());
-  std::printf("\n|---|");
-  for (size_t i = 0; i < models.size(); ++i) std::printf("---|");
-  std::printf("\n");
+  int64_t longest = 0;
   for (const std::string& l : absl::GetFlag(FLAGS_lengths)) {
-    const int64_t length = std::stoll(l);
-    std::printf("| %lld |", static_cast<long long>(length));
-    for (auto& [dir, model] : models) {
-      auto r = titans::PasskeyAccuracy(*model, corpus->test(), length, absl::GetFlag(FLAGS_trials),
-                                       absl::GetFlag(FLAGS_seed));
-      if (!r.ok()) return fail(r.status().ToString());
-      std::printf(" %d/%d |", r->correct, r->trials);
-      std::fflush(stdout);
-      absl::StrAppend(&tsv, "passkey\t", dir, "\t", length, "\t", r->accuracy(), "\n");
-    }
+    int64_t length = 0;
+    if (!absl::SimpleAtoi(l, &length) || length < 128) return fail("bad --lengths entry " + l);
+    longest = std::max(longest, length);
+  }
+  for (const std::string& filler : absl::GetFlag(FLAGS_fillers)) {
+    if (filler != "noise" && filler != "text")
+      return fail("--fillers: noise or text, got " + filler);
+    const std::string haystack =
+        filler == "noise" ? titans::PasskeyNoise(longest + 256) : corpus->test();
+    std::printf("\n## Passkey accuracy, %s haystack (%d tasks per length, 5-digit key)\n\n",
+                filler == "noise" ? "noise (S-NIAH-PK)" : "held-out text",
+                absl::GetFlag(FLAGS_trials));
+    std::printf(
+        "Whole key right (chance 1e-5), and in parentheses digits right (chance ~0.1).\n\n");
+    std::printf("| haystack bytes |");
+    for (auto& [dir, model] : models) std::printf(" %s |", dir.c_str());
+    std::printf("\n|---|");
+    for (size_t i = 0; i < models.size(); ++i) std::printf("---|");
     std::printf("\n");
+    for (const std::string& l : absl::GetFlag(FLAGS_lengths)) {
+      const int64_t length = std::stoll(l);
+      std::printf("| %lld |", static_cast<long long>(length));
+      for (auto& [dir, model] : models) {
+        auto r = titans::PasskeyAccuracy(*model, haystack, length, absl::GetFlag(FLAGS_trials),
+                                         absl::GetFlag(FLAGS_seed));
+        if (!r.ok()) return fail(r.status().ToString());
+        std::printf(" %d/%d (%.2f) |", r->correct, r->trials, r->digit_accuracy());
+        std::fflush(stdout);
+        absl::StrAppend(&tsv, "passkey-", filler, "\t", dir, "\t", length, "\t", r->accuracy(),
+                        "\n");
+        absl::StrAppend(&tsv, "digits-", filler, "\t", dir, "\t", length, "\t", r->digit_accuracy(),
+                        "\n");
+      }
+      std::printf("\n");
+    }
   }
   if (!absl::GetFlag(FLAGS_tsv).empty()) {
     absl::Status st = titans::WriteFileAtomic(absl::GetFlag(FLAGS_tsv), tsv);

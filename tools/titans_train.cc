@@ -36,6 +36,10 @@ ABSL_FLAG(double, min_lr, 3e-4, "final learning rate (cosine decay)");
 ABSL_FLAG(double, weight_decay, 0.1, "AdamW weight decay (matrices only)");
 ABSL_FLAG(double, clip, 1.0, "gradient-norm clip (0: none)");
 ABSL_FLAG(double, passkey_fraction, 0.25, "share of sequences that are synthetic passkey tasks");
+ABSL_FLAG(double, passkey_noise_fraction, 0.5,
+          "share of passkey tasks hidden in RULER's repeated noise (the rest: in training text)");
+ABSL_FLAG(double, answer_weight, 1.0,
+          "extra weight of the passkey answer digits in the objective (0: plain LM loss)");
 ABSL_FLAG(double, test_fraction, 0.05, "held-out share at the end of each file");
 ABSL_FLAG(int64_t, eval_every, 100, "steps between held-out evaluations");
 ABSL_FLAG(int64_t, eval_sequences, 16, "held-out windows per evaluation");
@@ -62,6 +66,8 @@ int main(int argc, char** argv) {
   options.weight_decay = absl::GetFlag(FLAGS_weight_decay);
   options.clip = absl::GetFlag(FLAGS_clip);
   options.passkey_fraction = absl::GetFlag(FLAGS_passkey_fraction);
+  options.passkey_noise_fraction = absl::GetFlag(FLAGS_passkey_noise_fraction);
+  options.answer_weight = absl::GetFlag(FLAGS_answer_weight);
   options.eval_every = absl::GetFlag(FLAGS_eval_every);
   options.eval_sequences = absl::GetFlag(FLAGS_eval_sequences);
   options.checkpoint_every = absl::GetFlag(FLAGS_checkpoint_every);
@@ -114,6 +120,7 @@ int main(int argc, char** argv) {
     std::printf("step %6lld  loss %.4f  (%.3f bits/byte)  lr %.2e  %7.0f tok/s",
                 static_cast<long long>(p.step), p.loss, p.loss / std::log(2.0), p.lr,
                 p.tokens_per_second);
+    if (p.answer_loss >= 0) std::printf("  passkey %.3f", p.answer_loss);
     if (p.eval_bits_per_byte >= 0) std::printf("  | held-out %.4f bits/byte", p.eval_bits_per_byte);
     std::printf("\n");
     std::fflush(stdout);

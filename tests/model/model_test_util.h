@@ -71,12 +71,14 @@ inline void ForEachStateTensor(
     for (size_t l = 0; l < x.segment_weights.size(); ++l) {
       fn(pre + "segment_weights", x.segment_weights[l], y.segment_weights[l]);
     }
-    fn(pre + "log_keep", x.memory.pending_gates.log_keep, y.memory.pending_gates.log_keep);
-    fn(pre + "log_eta", x.memory.pending_gates.log_eta, y.memory.pending_gates.log_eta);
-    fn(pre + "theta", x.memory.pending_gates.theta, y.memory.pending_gates.theta);
-    fn(pre + "q_tail", x.q_tail, y.q_tail);
-    fn(pre + "k_tail", x.k_tail, y.k_tail);
-    fn(pre + "v_tail", x.v_tail, y.v_tail);
+    if (x.q_tail.defined()) {  // every variant but the memory-less baseline (SWA)
+      fn(pre + "log_keep", x.memory.pending_gates.log_keep, y.memory.pending_gates.log_keep);
+      fn(pre + "log_eta", x.memory.pending_gates.log_eta, y.memory.pending_gates.log_eta);
+      fn(pre + "theta", x.memory.pending_gates.theta, y.memory.pending_gates.theta);
+      fn(pre + "q_tail", x.q_tail, y.q_tail);
+      fn(pre + "k_tail", x.k_tail, y.k_tail);
+      fn(pre + "v_tail", x.v_tail, y.v_tail);
+    }
     if (x.retrieval_tail.defined()) fn(pre + "retrieval_tail", x.retrieval_tail, y.retrieval_tail);
     if (x.attn_k.defined()) {
       fn(pre + "attn_k", x.attn_k, y.attn_k);

@@ -26,7 +26,7 @@ bool BitEqual(const at::Tensor& a, const at::Tensor& b) {
 }
 
 TEST(SessionStateSerialization, RoundTripIsBitExactAndContinuesIdentically) {
-  for (Variant v : {Variant::kMAC, Variant::kMAG, Variant::kMAL, Variant::kLMM}) {
+  for (Variant v : {Variant::kMAC, Variant::kMAG, Variant::kMAL, Variant::kLMM, Variant::kSWA}) {
     auto model = MakeModel(TinyConfig(v, 3, 4));
     at::NoGradGuard no_grad;
     SessionState s = model->NewState();

@@ -20,7 +20,8 @@ using testing::Name;
 using testing::RandomTokens;
 using testing::TinyConfig;
 
-const Variant kVariants[] = {Variant::kMAC, Variant::kMAG, Variant::kMAL, Variant::kLMM};
+const Variant kVariants[] = {Variant::kMAC, Variant::kMAG, Variant::kMAL, Variant::kLMM,
+                             Variant::kSWA};
 
 double MaxDiff(const at::Tensor& a, const at::Tensor& b) {
   return (a - b).abs().max().item<double>();
