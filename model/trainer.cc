@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <limits>
+#include <set>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -87,6 +88,45 @@ PasskeyTask MakePasskeyTask(const std::string& filler, int64_t length, int digit
   return task;
 }
 
+RecallTask MakeRecallTask(const std::string& filler, int64_t length, int64_t filler_bytes,
+                          std::mt19937_64* rng) {
+  constexpr int64_t kPairBytes = 8;  // "kqz=47, "
+  const int64_t pairs = std::max<int64_t>(1, (length - filler_bytes - 16) / (2 * kPairBytes));
+  std::uniform_int_distribution<int> letter(0, 25), digit(0, 9);
+  std::vector<std::string> keys, values;
+  std::set<std::string> used;
+  while (static_cast<int64_t>(keys.size()) < pairs) {
+    std::string k = {static_cast<char>('a' + letter(*rng)), static_cast<char>('a' + letter(*rng)),
+                     static_cast<char>('a' + letter(*rng))};
+    if (!used.insert(k).second) continue;
+    keys.push_back(k);
+    values.push_back({static_cast<char>('0' + digit(*rng)), static_cast<char>('0' + digit(*rng))});
+  }
+  RecallTask task;
+  for (int64_t i = 0; i < pairs; ++i) absl::StrAppend(&task.text, keys[i], "=", values[i], ", ");
+  // Filler: a random window, so that the queries sit beyond the attention window of the pairs.
+  std::string gap;
+  if (filler_bytes > 0 && !filler.empty()) {
+    const int64_t span = static_cast<int64_t>(filler.size()) - filler_bytes;
+    std::uniform_int_distribution<int64_t> start(0, std::max<int64_t>(0, span));
+    gap = filler.substr(static_cast<size_t>(start(*rng)), static_cast<size_t>(filler_bytes));
+  }
+  absl::StrAppend(&task.text, gap, " Recall: ");
+  std::vector<int64_t> order(static_cast<size_t>(pairs));
+  for (int64_t i = 0; i < pairs; ++i) order[static_cast<size_t>(i)] = i;
+  std::shuffle(order.begin(), order.end(), *rng);
+  for (int64_t i : order) {
+    absl::StrAppend(&task.text, keys[i], "=");
+    task.answers.push_back(static_cast<int64_t>(task.text.size()));
+    task.answers.push_back(static_cast<int64_t>(task.text.size()) + 1);
+    absl::StrAppend(&task.text, values[i], ", ");
+  }
+  while (static_cast<int64_t>(task.text.size()) < length) task.text += ' ';
+  task.text.resize(static_cast<size_t>(std::max<int64_t>(length, 0)));
+  while (!task.answers.empty() && task.answers.back() >= length) task.answers.pop_back();
+  return task;
+}
+
 std::string PasskeyNoise(int64_t bytes) {
   // RULER's niah "repeat" haystack (Hsieh et al. 2024), used by the Titans paper's S-NIAH-PK.
   static const std::string kSentence =
@@ -155,7 +195,16 @@ Trainer::Batch Trainer::SampleBatch() {
   for (int64_t b = 0; b < B; ++b) {
     std::string row;
     int64_t answer_begin = -1, answer_digits = 0;  // token positions of the answer
-    if (unit(rng_) < options_.passkey_fraction) {
+    const double kind = unit(rng_);
+    if (kind < options_.recall_fraction && model_->config().tokenizer.type == "byte") {
+      // Byte tokens: token positions are byte offsets. Filler a quarter of the row.
+      const bool noise = unit(rng_) < options_.passkey_noise_fraction;
+      RecallTask task = MakeRecallTask(noise ? noise_ : text, T + 1, (T + 1) / 4, &rng_);
+      for (int64_t j : task.answers) {
+        if (j >= 1 && j - 1 < T) mask[static_cast<size_t>(b * T + j - 1)] = 1.0f;
+      }
+      row = std::move(task.text);
+    } else if (kind < options_.recall_fraction + options_.passkey_fraction) {
       const bool noise = unit(rng_) < options_.passkey_noise_fraction;
       PasskeyTask task = MakePasskeyTask(noise ? noise_ : text, T + 1, 5, unit(rng_) * 0.5, &rng_);
       auto prefix = model_->tokenizer().Encode(task.text.substr(0, task.answer_begin), false);

@@ -38,9 +38,12 @@ struct TrainOptions {
   // Share of passkey tasks whose haystack is the repeated noise of RULER's S-NIAH-PK
   // (PasskeyNoise(); the paper's passkey task); the others hide the key in training text.
   double passkey_noise_fraction = 0.5;
-  // Extra weight of the passkey answer: the objective is mean cross-entropy over all tokens plus
-  // answer_weight x the mean over the answer's digits (5 of seq_len tokens would otherwise give
-  // retrieval almost no gradient). 0 = plain language modelling.
+  // Share of sequences that are multi-query associative recall tasks (MakeRecallTask): dense
+  // practice at storing and retrieving associations across more than the attention window.
+  double recall_fraction = 0.0;
+  // Extra weight of the passkey and recall answers: the objective is mean cross-entropy over all
+  // tokens plus answer_weight x the mean over the answer's digits (5 of seq_len tokens would
+  // otherwise give retrieval almost no gradient). 0 = plain language modelling.
   double answer_weight = 1.0;
   int64_t eval_every = 100;        // steps between held-out evaluations (0 = never)
   int64_t eval_sequences = 16;     // held-out windows per evaluation
@@ -75,6 +78,18 @@ struct PasskeyTask {
 // `filler` (random windows). The needle sits at depth `depth` in [0, 1) of the haystack.
 PasskeyTask MakePasskeyTask(const std::string& filler, int64_t length, int digits, double depth,
                             std::mt19937_64* rng);
+
+// One multi-query associative recall task (Zoology's MQAR, in bytes): key-value pairs
+// ("kqz=47, ..."), filler (random windows of `filler`, longer than an attention window), then the
+// keys again in another order, each followed by its value. `answers` are the byte offsets of the
+// recalled values' digits (what a model can only get right by remembering the pairs).
+struct RecallTask {
+  std::string text;
+  std::vector<int64_t> answers;
+};
+// `length` bytes (>= 160); `filler_bytes` of filler between the pairs and the queries.
+RecallTask MakeRecallTask(const std::string& filler, int64_t length, int64_t filler_bytes,
+                          std::mt19937_64* rng);
 
 // RULER's passkey noise ("The grass is green. The sky is blue. ...") repeated to at least
 // `bytes` bytes: the haystack of the paper's S-NIAH-PK. Random windows of it start at random

@@ -38,6 +38,8 @@ ABSL_FLAG(double, clip, 1.0, "gradient-norm clip (0: none)");
 ABSL_FLAG(double, passkey_fraction, 0.25, "share of sequences that are synthetic passkey tasks");
 ABSL_FLAG(double, passkey_noise_fraction, 0.5,
           "share of passkey tasks hidden in RULER's repeated noise (the rest: in training text)");
+ABSL_FLAG(double, recall_fraction, 0.0,
+          "share of sequences that are multi-query associative recall tasks");
 ABSL_FLAG(double, answer_weight, 1.0,
           "extra weight of the passkey answer digits in the objective (0: plain LM loss)");
 ABSL_FLAG(double, test_fraction, 0.05, "held-out share at the end of each file");
@@ -67,6 +69,7 @@ int main(int argc, char** argv) {
   options.clip = absl::GetFlag(FLAGS_clip);
   options.passkey_fraction = absl::GetFlag(FLAGS_passkey_fraction);
   options.passkey_noise_fraction = absl::GetFlag(FLAGS_passkey_noise_fraction);
+  options.recall_fraction = absl::GetFlag(FLAGS_recall_fraction);
   options.answer_weight = absl::GetFlag(FLAGS_answer_weight);
   options.eval_every = absl::GetFlag(FLAGS_eval_every);
   options.eval_sequences = absl::GetFlag(FLAGS_eval_sequences);
@@ -120,7 +123,7 @@ int main(int argc, char** argv) {
     std::printf("step %6lld  loss %.4f  (%.3f bits/byte)  lr %.2e  %7.0f tok/s",
                 static_cast<long long>(p.step), p.loss, p.loss / std::log(2.0), p.lr,
                 p.tokens_per_second);
-    if (p.answer_loss >= 0) std::printf("  passkey %.3f", p.answer_loss);
+    if (p.answer_loss >= 0) std::printf("  answers %.3f", p.answer_loss);
     if (p.eval_bits_per_byte >= 0) std::printf("  | held-out %.4f bits/byte", p.eval_bits_per_byte);
     std::printf("\n");
     std::fflush(stdout);
