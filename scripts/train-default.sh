@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Trains the shipped default model (models/default) and its attention-only baseline on the same
+# data and budget, exactly as they were made (docs/evaluation.md). About 50 minutes on 2 CPU cores
+# with both runs side by side (one thread each). Resumable: run it again after an interruption.
+#
+#   scripts/train-default.sh [RUNS_DIR]     (default runs/; the models end in RUNS_DIR/*/model)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS="${1:-runs}"
+[ -f data/kjv.txt ] || scripts/prepare-data.sh
+[ -x build/tools/titans-train ] || scripts/build.sh titans-train
+mkdir -p "$RUNS"
+COMMON=(--data data/kjv.txt --steps 3200 --batch 4 --seq_len 1024 --warmup 100 --lr 2e-3
+        --min_lr 2e-4 --passkey_fraction 0.3 --recall_fraction 0.2 --passkey_noise_fraction 0.6
+        --answer_weight 2 --eval_every 200 --checkpoint_every 100 --seed 11)
+train() {  # NAME CONFIG
+  local resume=()
+  [ -f "$RUNS/$1/trainer.pt" ] && resume=(--resume)
+  OMP_NUM_THREADS=1 build/tools/titans-train "${COMMON[@]}" --config "$2" --name "$1" \
+    --out "$RUNS/$1" "${resume[@]}" >> "$RUNS/$1.log" 2>&1
+}
+train titans-default models/configs/titans-default.json &
+train swa-baseline models/configs/swa-baseline.json &
+wait
+echo "trained: $RUNS/titans-default/model and $RUNS/swa-baseline/model"
