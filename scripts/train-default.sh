@@ -22,4 +22,13 @@ train() {  # NAME CONFIG
 train titans-default models/configs/titans-default.json &
 train swa-baseline models/configs/swa-baseline.json &
 wait
+# The curves for docs/evaluation.md: step, loss, answer loss, held-out bits/byte.
+mkdir -p docs/results
+for name in titans-default swa-baseline; do
+  awk 'BEGIN { print "step\tloss\tanswer_loss\theldout_bpb" }
+    $1 == "step" && $3 == "loss" {
+      a = ""; h = ""
+      for (i = 1; i <= NF; ++i) { if ($i == "answers") a = $(i + 1); if ($i == "held-out") h = $(i + 1) }
+      print $2 "\t" $4 "\t" a "\t" h }' "$RUNS/$name.log" > "docs/results/training-$name.tsv"
+done
 echo "trained: $RUNS/titans-default/model and $RUNS/swa-baseline/model"
