@@ -45,6 +45,18 @@ if [ -f sweep.tsv ]; then
          '$tmp/sweep.grpc' using 1:6 with linespoints lw 2 title 'append p99'"
 fi
 
+if [ -f sweep-chat.tsv ]; then
+  awk -F'\t' 'NR > 1 { print $2 "\t" $5 "\t" $17 "\t" $19 "\t" $20 "\t" $22 }' sweep-chat.tsv > "$tmp/chat"
+  gnuplot -e "$term; set output 'sweep-chat.png'; set logscale x 2; set logscale y;
+    set xlabel 'concurrent chat sessions'; set ylabel 'seconds';
+    set y2label 'tokens/s'; set y2tics; set logscale y2;
+    set title 'Chat turns (256-byte append + 32 generated tokens): batching across sessions';
+    plot '$tmp/chat' using 1:2 axes x1y2 with linespoints lw 2 title 'tokens/s (right)',
+         '$tmp/chat' using 1:3 with linespoints lw 2 title 'TTFT p50',
+         '$tmp/chat' using 1:5 with linespoints lw 2 title 'ITL p50',
+         '$tmp/chat' using 1:6 with linespoints lw 2 title 'ITL p99'"
+fi
+
 if [ -f history.tsv ]; then
   awk -F'\t' -v d="$tmp" 'NR > 1 { n = $1; gsub(/[^A-Za-z0-9]/, "_", n); print $2 "\t" $3 "\t" $4 "\t" $5 > (d "/history." n) }' history.tsv
   plots_a=""; plots_d=""

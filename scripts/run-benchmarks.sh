@@ -25,6 +25,11 @@ rm -f "$out/sweep.tsv"
 $bench --sessions "$sessions" --seconds "$seconds" --mix mixed --tsv "$out/sweep.tsv" |
   tee "$out/sweep.txt"
 
+echo "== decode-heavy sweep (chat turns only): what batching decode steps across sessions buys"
+rm -f "$out/sweep-chat.tsv"
+$bench --sessions "$sessions" --seconds "$seconds" --mix chat --baseline=false \
+  --tsv "$out/sweep-chat.tsv" | tee "$out/sweep-chat.txt"
+
 echo "== fixed rate: 16 chat sessions at 8 turns/s"
 $bench --sessions 16 --seconds "$((seconds * 3))" --mix chat --rate 8 | tee "$out/fixed-rate.txt"
 

@@ -4,7 +4,9 @@
 
 #include <gtest/gtest.h>
 
+#include <cctype>
 #include <filesystem>
+#include <random>
 
 #include "model/params.h"
 #include "tests/model/model_test_util.h"
@@ -123,6 +125,63 @@ TEST(PasskeyTask, NeedleQuestionAndAnswerAreWhereTheySayTheyAre) {
     EXPECT_EQ(t.text.rfind("What is the pass key? The pass key is "),
               static_cast<size_t>(t.answer_begin) - 38);
   }
+}
+
+TEST(RecallTask, EveryQueriedValueIsTheOneItsKeyWasGivenFarEarlier) {
+  std::mt19937_64 rng(9);
+  const std::string filler = PasskeyNoise(2000);
+  RecallTask t = MakeRecallTask(filler, 512, 128, &rng);
+  ASSERT_EQ(t.text.size(), 512u);
+  const size_t recall = t.text.find(" Recall: ");
+  ASSERT_NE(recall, std::string::npos);
+  ASSERT_FALSE(t.answers.empty());
+  ASSERT_EQ(t.answers.size() % 2, 0u);
+  for (size_t i = 0; i < t.answers.size(); i += 2) {
+    const size_t at = static_cast<size_t>(t.answers[i]);
+    EXPECT_GT(at, recall);
+    EXPECT_EQ(static_cast<size_t>(t.answers[i + 1]), at + 1);
+    ASSERT_EQ(t.text[at - 1], '=');
+    const std::string key = t.text.substr(at - 4, 3);
+    const std::string value = t.text.substr(at, 2);
+    EXPECT_TRUE(std::isdigit(value[0]) && std::isdigit(value[1])) << value;
+    // The pair appears exactly once before the filler, at least the filler's length earlier.
+    const size_t given = t.text.find(key + "=" + value);
+    ASSERT_LT(given, recall) << key;
+    EXPECT_EQ(t.text.find(key + "="), given) << "key defined twice: " << key;
+    EXPECT_GE(at - given, 128u);
+  }
+  // Deterministic for a seed; different across seeds.
+  std::mt19937_64 a(3), b(3), c(4);
+  EXPECT_EQ(MakeRecallTask(filler, 300, 64, &a).text, MakeRecallTask(filler, 300, 64, &b).text);
+  EXPECT_NE(MakeRecallTask(filler, 300, 64, &a).text, MakeRecallTask(filler, 300, 64, &c).text);
+}
+
+TEST(PasskeyNoise, RepeatsRulersSentencesToTheLength) {
+  const std::string noise = PasskeyNoise(1000);
+  EXPECT_GE(noise.size(), 1000u);
+  EXPECT_EQ(noise.rfind("The grass is green. The sky is blue. The sun is yellow.", 0), 0u);
+  EXPECT_EQ(noise.substr(0, 90), noise.substr(90, 90));  // a 90-byte cycle
+}
+
+// The objective's answer term: with a batch of passkey tasks only, the trainer reports the
+// answer loss (near ln 10 for an untrained model), and a batch of plain text reports none.
+TEST(Trainer, ReportsTheAnswerLossOfPasskeyBatches) {
+  auto model = MakeModel(TinyConfig(Variant::kLMM), 1);
+  TextCorpus corpus = TextCorpus::FromString(RepetitiveText(), 0.1);
+  TrainOptions o;
+  o.batch = 2;
+  o.seq_len = 160;
+  o.steps = 1;
+  o.lr = 1e-4;
+  o.passkey_fraction = 1.0;
+  Trainer with_tasks(model.get(), &corpus, o, "");
+  ASSERT_TRUE(with_tasks.Step().ok());
+  EXPECT_GT(with_tasks.last_answer_loss(), 0.5);
+  EXPECT_LT(with_tasks.last_answer_loss(), 20);
+  o.passkey_fraction = 0.0;
+  Trainer text_only(model.get(), &corpus, o, "");
+  ASSERT_TRUE(text_only.Step().ok());
+  EXPECT_EQ(text_only.last_answer_loss(), -1);
 }
 
 }  // namespace
