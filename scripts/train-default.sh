@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Trains the shipped default model (models/default) and its attention-only baseline on the same
-# data and budget, exactly as they were made (docs/evaluation.md). About 50 minutes on 2 CPU cores
-# with both runs side by side (one thread each). Resumable: run it again after an interruption.
+# Trains the candidate default models (Titans MAL and Titans LMM) and the attention-only baseline
+# on the same data and budget, exactly as they were made (docs/evaluation.md): about 50 minutes per
+# model on one core (one thread each; they run side by side). Resumable: run it again after an
+# interruption. Which candidate became models/default, and why: docs/evaluation.md.
 #
 #   scripts/train-default.sh [RUNS_DIR]     (default runs/; the models end in RUNS_DIR/*/model)
 set -euo pipefail
@@ -20,15 +21,16 @@ train() {  # NAME CONFIG
     --out "$RUNS/$1" "${resume[@]}" >> "$RUNS/$1.log" 2>&1
 }
 train titans-default models/configs/titans-default.json &
+train titans-lmm models/configs/titans-lmm.json &
 train swa-baseline models/configs/swa-baseline.json &
 wait
 # The curves for docs/evaluation.md: step, loss, answer loss, held-out bits/byte.
 mkdir -p docs/results
-for name in titans-default swa-baseline; do
+for name in titans-default titans-lmm swa-baseline; do
   awk 'BEGIN { print "step\tloss\tanswer_loss\theldout_bpb" }
     $1 == "step" && $3 == "loss" {
       a = ""; h = ""
       for (i = 1; i <= NF; ++i) { if ($i == "answers") a = $(i + 1); if ($i == "held-out") h = $(i + 1) }
       print $2 "\t" $4 "\t" a "\t" h }' "$RUNS/$name.log" > "docs/results/training-$name.tsv"
 done
-echo "trained: $RUNS/titans-default/model and $RUNS/swa-baseline/model"
+echo "trained: $RUNS/{titans-default,titans-lmm,swa-baseline}/model"
