@@ -1,17 +1,25 @@
 #!/usr/bin/env bash
-# Measures the default model against its attention-only baseline (docs/evaluation.md): bits per
-# byte on held-out text (with gzip and xz for scale) and passkey accuracy against haystack length
-# in both haystacks. Writes docs/results/evaluation.{md,tsv} and the PNG plots.
+# Measures the default model and the attention-only baseline (docs/evaluation.md): bits per byte
+# on held-out text (with gzip and xz for scale) and passkey accuracy against haystack length in
+# both haystacks. One titans-eval run per model (they can run in parallel: OMP_NUM_THREADS=1),
+# written to docs/results/evaluation-NAME.{md,tsv}; then the merged evaluation.tsv and the plots.
 #
-#   scripts/evaluate-default.sh [MODEL [BASELINE]]   (default models/default models/swa-baseline)
+#   scripts/evaluate-default.sh [MODEL_DIR ...]   (default: models/default models/swa-baseline)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MODEL="${1:-models/default}"
-BASELINE="${2:-models/swa-baseline}"
+[ "$#" -gt 0 ] || set -- models/default models/swa-baseline
 [ -f data/kjv.txt ] || scripts/prepare-data.sh
 [ -x build/tools/titans-eval ] || scripts/build.sh titans-eval
 mkdir -p docs/results
-build/tools/titans-eval --model "$MODEL" --baseline "$BASELINE" --data data/kjv.txt \
-  --lengths 1024,4096,16384,65536,262144 --trials 10 --seed 7 \
-  --tsv docs/results/evaluation.tsv | tee docs/results/evaluation.md
+for dir in "$@"; do
+  name="$(basename "$dir")"
+  [ "$name" = model ] && name="$(basename "$(dirname "$dir")")"
+  build/tools/titans-eval --model "$dir" --data data/kjv.txt \
+    --lengths 1024,4096,16384,65536,262144 --trials 10 --seed 7 \
+    --tsv "docs/results/evaluation-$name.tsv" | tee "docs/results/evaluation-$name.md"
+done
+{
+  printf 'what\tsubject\tlength\tvalue\n'
+  for f in docs/results/evaluation-*.tsv; do tail -n +2 "$f"; done | sort -u
+} > docs/results/evaluation.tsv
 scripts/plot-results.sh
