@@ -14,6 +14,7 @@ if [ -f evaluation.tsv ]; then
   # what subject length value -> one file per (what, subject)
   awk -F'\t' -v d="$tmp" 'NR > 1 && $1 ~ /^(passkey|digits)-/ {
       n = $2; gsub(/[^A-Za-z0-9]/, "_", n); print $3 "\t" $4 > (d "/" $1 "." n) }' evaluation.tsv
+  for f in "$tmp"/passkey-* "$tmp"/digits-*; do [ -f "$f" ] && sort -n -o "$f" "$f"; done
   for filler in noise text; do
     plots=""
     for f in "$tmp"/passkey-$filler.* "$tmp"/digits-$filler.*; do
