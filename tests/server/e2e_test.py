@@ -111,7 +111,10 @@ try:
     check("reflection lists titans.v1.Titans", "titans.v1.Titans" in services, services)
 
     model = stub.GetModel(pb.GetModelRequest())
-    check("model metadata", model.variant == "mac" and model.parameters > 0, model)
+    with open(os.path.join(MODEL_DIR, "config.json")) as f:
+        config = json.load(f)
+    check("model metadata", model.variant == config["variant"] and model.name == config["name"]
+          and model.initialization == config["initialization"] and model.parameters > 0, model)
 
     s = stub.CreateSession(pb.CreateSessionRequest(labels={"suite": "e2e"}))
     sid = s.session_id
