@@ -49,7 +49,8 @@ struct MemoryConfig {
 };
 
 struct AttentionConfig {
-  int window = 64;  // w: sliding window of MAG, MAL and SWA (a token sees w tokens, itself included).
+  int window =
+      64;  // w: sliding window of MAG, MAL and SWA (a token sees w tokens, itself included).
   int segment_size = 64;   // C: MAC segment length, a multiple of memory.chunk_size.
   int num_persistent = 4;  // N_p: learned persistent-memory tokens per layer.
   double rope_theta = 10000.0;

@@ -15,7 +15,8 @@
 
 ABSL_FLAG(std::string, out, "", "output model directory (required)");
 ABSL_FLAG(std::string, config, "", "config.json to start from (default: built-in defaults)");
-ABSL_FLAG(std::string, variant, "", "override the variant: mac, mag, mal, lmm or swa (the attention-only baseline)");
+ABSL_FLAG(std::string, variant, "",
+          "override the variant: mac, mag, mal, lmm or swa (the attention-only baseline)");
 ABSL_FLAG(uint64_t, seed, 20261129, "initialisation seed");
 
 int main(int argc, char** argv) {
