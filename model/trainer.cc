@@ -65,9 +65,8 @@ PasskeyTask MakePasskeyTask(const std::string& filler, int64_t length, int digit
   std::uniform_int_distribution<int> digit(0, 9);
   for (int i = 0; i < digits; ++i)
     key += static_cast<char>('0' + (i == 0 ? 1 + digit(*rng) % 9 : digit(*rng)));
-  const std::string needle =
-      absl::StrCat(" The pass key is ", key, ". Remember it. ", key, " is the pass key. ");
-  const std::string question = " What is the pass key? The pass key is ";
+  const std::string needle = PasskeyNeedle(key);
+  const std::string question = kPasskeyQuestion;
   PasskeyTask task;
   task.answer = key + ".";
   const int64_t fixed = static_cast<int64_t>(needle.size() + question.size() + task.answer.size());
@@ -125,6 +124,10 @@ RecallTask MakeRecallTask(const std::string& filler, int64_t length, int64_t fil
   task.text.resize(static_cast<size_t>(std::max<int64_t>(length, 0)));
   while (!task.answers.empty() && task.answers.back() >= length) task.answers.pop_back();
   return task;
+}
+
+std::string PasskeyNeedle(const std::string& key) {
+  return absl::StrCat(" The pass key is ", key, ". Remember it. ", key, " is the pass key. ");
 }
 
 std::string PasskeyNoise(int64_t bytes) {

@@ -91,6 +91,11 @@ struct RecallTask {
 RecallTask MakeRecallTask(const std::string& filler, int64_t length, int64_t filler_bytes,
                           std::mt19937_64* rng);
 
+// The needle (" The pass key is N. Remember it. N is the pass key. ") and the question that
+// ends every passkey task; shared by the trainer, titans-eval, titans-bench and the tests.
+std::string PasskeyNeedle(const std::string& key);
+inline constexpr char kPasskeyQuestion[] = " What is the pass key? The pass key is ";
+
 // RULER's passkey noise ("The grass is green. The sky is blue. ...") repeated to at least
 // `bytes` bytes: the haystack of the paper's S-NIAH-PK. Random windows of it start at random
 // phases of the sentence cycle.

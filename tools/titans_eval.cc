@@ -92,12 +92,13 @@ int main(int argc, char** argv) {
     std::printf("| `%s` | %.4f |\n", tool, bpb);
     absl::StrAppend(&tsv, "bpb\t", tool, "\t", held_out.size(), "\t", bpb, "\n");
   }
-  int64_t longest = 0;
+  std::vector<int64_t> lengths;
   for (const std::string& l : absl::GetFlag(FLAGS_lengths)) {
     int64_t length = 0;
     if (!absl::SimpleAtoi(l, &length) || length < 128) return fail("bad --lengths entry " + l);
-    longest = std::max(longest, length);
+    lengths.push_back(length);
   }
+  const int64_t longest = lengths.empty() ? 0 : *std::max_element(lengths.begin(), lengths.end());
   for (const std::string& filler : absl::GetFlag(FLAGS_fillers)) {
     if (filler != "noise" && filler != "text")
       return fail("--fillers: noise or text, got " + filler);
@@ -113,8 +114,7 @@ int main(int argc, char** argv) {
     std::printf("\n|---|");
     for (size_t i = 0; i < models.size(); ++i) std::printf("---|");
     std::printf("\n");
-    for (const std::string& l : absl::GetFlag(FLAGS_lengths)) {
-      const int64_t length = std::stoll(l);
+    for (const int64_t length : lengths) {
       std::printf("| %lld |", static_cast<long long>(length));
       for (auto& [dir, model] : models) {
         auto r = titans::PasskeyAccuracy(*model, haystack, length, absl::GetFlag(FLAGS_trials),

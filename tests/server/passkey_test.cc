@@ -49,7 +49,7 @@ TEST_F(PasskeyAcrossCallsTest, KeyPlantedFarOutsideTheWindowIsRecalledAfterManyA
       config.variant == Variant::kMAC ? config.attention.segment_size : config.attention.window;
   const int64_t length = 16 * span;
   const std::string noise = PasskeyNoise(length + 256);
-  const std::string question = " What is the pass key? The pass key is ";
+  const std::string question = kPasskeyQuestion;
   std::mt19937_64 rng(2026);
   std::uniform_int_distribution<int> piece(1, 97);
   constexpr int kTrials = 10;

@@ -240,9 +240,8 @@ int RunLong(Server& server) {
   const std::string id = absl::StrCat("long", ::getpid());
   if (absl::Status st = target->CreateSession(id); !st.ok()) return Fail(st.ToString());
   const std::string key = "71825";
-  const std::string needle =
-      absl::StrCat("The pass key is ", key, ". Remember it. ", key, " is the pass key. ");
-  const std::string question = " What is the pass key? The pass key is ";
+  const std::string needle = titans::PasskeyNeedle(key);
+  const std::string question = titans::kPasskeyQuestion;
   std::string filler;
   if (absl::GetFlag(FLAGS_long_filler) == "noise") {
     filler = titans::PasskeyNoise(piece + 128);
