@@ -438,6 +438,16 @@ void PrintSummary(const RatioReporter& r) {
           "[%s] decode, 64 sessions: state streamed at %.1f GB/s = %.2fx of measured "
           "bandwidth (target >= 0.5x, i.e. within 2x of the bound)\n",
           shape.c_str(), sbw, sbw / bw);
+      // A decode token must read every head's W and S once (the dual-form read uses both), so
+      // no kernel can beat bandwidth / state bytes; this says whether 10x is reachable at all.
+      const double ceiling = bw * 1e9 / (kHeads * StateBytesPerTask(ShapeNamed(shape)));
+      if (rd > 0) {
+        std::printf(
+            "[%s] decode bound: %.0f tok/s at measured bandwidth (%.2f MiB of state per token) "
+            "= %.1fx the reference at most\n",
+            shape.c_str(), ceiling, kHeads * StateBytesPerTask(ShapeNamed(shape)) / (1 << 20),
+            ceiling / rd);
+      }
     }
     for (int tokens : {64, 1024}) {
       const int64_t sessions = (shape == "large" && tokens == 1024) ? 16 : 64;
