@@ -25,7 +25,60 @@ bool Decays(InitKind kind) {
   return kind == InitKind::kLinear || kind == InitKind::kGate || kind == InitKind::kOutput;
 }
 
+// A copy of `state` cut off from the autograd graph (truncated backpropagation through time).
+SessionState DetachedState(const SessionState& state) {
+  auto detach = [](at::Tensor& t) {
+    if (t.defined()) t = t.detach();
+  };
+  auto detach_all = [&](std::vector<at::Tensor>& v) {
+    for (at::Tensor& t : v) detach(t);
+  };
+  SessionState out = state;
+  for (LayerState& layer : out.layers) {
+    detach_all(layer.memory.weights);
+    detach_all(layer.memory.momentum);
+    detach_all(layer.memory.pending_inputs);
+    detach_all(layer.memory.pending_deltas);
+    detach(layer.memory.pending_gates.log_keep);
+    detach(layer.memory.pending_gates.log_eta);
+    detach(layer.memory.pending_gates.theta);
+    detach_all(layer.segment_weights);
+    for (at::Tensor* t : {&layer.q_tail, &layer.k_tail, &layer.v_tail, &layer.retrieval_tail,
+                          &layer.attn_k, &layer.attn_v}) {
+      detach(*t);
+    }
+  }
+  detach(out.last_logits);
+  return out;
+}
+
 }  // namespace
+
+absl::Status ValidateTrainOptions(const TrainOptions& o) {
+  auto bad = [](const std::string& what) { return absl::InvalidArgumentError(what); };
+  if (o.batch < 1) return bad("batch must be at least 1");
+  if (o.seq_len < 8) return bad("seq_len must be at least 8");
+  if (o.steps < 1) return bad("steps must be at least 1");
+  if (!(o.lr > 0) || !(o.min_lr >= 0)) return bad("lr must be > 0 and min_lr >= 0");
+  for (double f : {o.passkey_fraction, o.recall_fraction, o.passkey_noise_fraction}) {
+    if (!(f >= 0 && f <= 1)) return bad("task fractions must be in [0, 1]");
+  }
+  if (o.passkey_fraction + o.recall_fraction > 1) {
+    return bad("passkey_fraction + recall_fraction must be at most 1");
+  }
+  if (o.stream_segments < 1) return bad("stream_segments must be at least 1");
+  if (o.stream_segments > 1) {
+    if (o.steps % o.stream_segments != 0) {
+      return bad(absl::StrCat("steps (", o.steps, ") must be a multiple of stream_segments (",
+                              o.stream_segments, ")"));
+    }
+    if (o.checkpoint_every % o.stream_segments != 0) {
+      return bad(absl::StrCat("checkpoint_every (", o.checkpoint_every,
+                              ") must be a multiple of stream_segments (", o.stream_segments, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
 
 // ---- Corpus -----------------------------------------------------------------------------------
 
@@ -187,47 +240,95 @@ double Trainer::LearningRate(int64_t step) const {
          0.5 * (options_.lr - options_.min_lr) * (1.0 + std::cos(M_PI * progress));
 }
 
-Trainer::Batch Trainer::SampleBatch() {
-  const int64_t B = options_.batch, T = options_.seq_len;
+Trainer::RowContent Trainer::SampleRow(int64_t length, int64_t* text_cursor) {
   std::uniform_real_distribution<double> unit(0.0, 1.0);
   const std::string& text = corpus_->train();
-  std::uniform_int_distribution<int64_t> start(0, static_cast<int64_t>(text.size()) - (T + 1));
+  RowContent content;
+  std::string row;
+  const double kind = unit(rng_);
+  if (kind < options_.recall_fraction && model_->config().tokenizer.type == "byte") {
+    // Byte tokens: token positions are byte offsets. Filler a quarter of the row.
+    const bool noise = unit(rng_) < options_.passkey_noise_fraction;
+    RecallTask task = MakeRecallTask(noise ? noise_ : text, length, length / 4, &rng_);
+    content.answers = std::move(task.answers);
+    row = std::move(task.text);
+  } else if (kind < options_.recall_fraction + options_.passkey_fraction) {
+    const bool noise = unit(rng_) < options_.passkey_noise_fraction;
+    PasskeyTask task = MakePasskeyTask(noise ? noise_ : text, length, 5, unit(rng_) * 0.5, &rng_);
+    auto prefix = model_->tokenizer().Encode(task.text.substr(0, task.answer_begin), false);
+    auto digits = model_->tokenizer().Encode(task.answer.substr(0, 5), false);
+    if (prefix.ok() && digits.ok()) {
+      for (size_t i = 0; i < digits->size(); ++i) {
+        content.answers.push_back(static_cast<int64_t>(prefix->size() + i));
+      }
+    }
+    row = std::move(task.text);
+  } else if (text_cursor != nullptr) {  // the row's passage goes on (wrapping at the end)
+    if (*text_cursor + length > static_cast<int64_t>(text.size())) *text_cursor = 0;
+    row = text.substr(static_cast<size_t>(*text_cursor), static_cast<size_t>(length));
+    *text_cursor += length;
+  } else {
+    std::uniform_int_distribution<int64_t> start(0, static_cast<int64_t>(text.size()) - length);
+    row = text.substr(static_cast<size_t>(start(rng_)), static_cast<size_t>(length));
+  }
+  auto tokens = model_->tokenizer().Encode(row, false);
+  content.tokens = tokens.ok() ? *tokens : std::vector<int32_t>();
+  content.tokens.resize(static_cast<size_t>(length),
+                        content.tokens.empty() ? 32 : content.tokens.back());
+  return content;
+}
+
+Trainer::Batch Trainer::SampleBatch() {
+  const int64_t B = options_.batch, T = options_.seq_len;
   std::vector<int64_t> ids;
   ids.reserve(static_cast<size_t>(B * (T + 1)));
   std::vector<float> mask(static_cast<size_t>(B * T), 0.0f);
   for (int64_t b = 0; b < B; ++b) {
-    std::string row;
-    int64_t answer_begin = -1, answer_digits = 0;  // token positions of the answer
-    const double kind = unit(rng_);
-    if (kind < options_.recall_fraction && model_->config().tokenizer.type == "byte") {
-      // Byte tokens: token positions are byte offsets. Filler a quarter of the row.
-      const bool noise = unit(rng_) < options_.passkey_noise_fraction;
-      RecallTask task = MakeRecallTask(noise ? noise_ : text, T + 1, (T + 1) / 4, &rng_);
-      for (int64_t j : task.answers) {
+    RowContent row = SampleRow(T + 1, nullptr);
+    ids.insert(ids.end(), row.tokens.begin(), row.tokens.end());
+    // Token j is predicted at input position j - 1.
+    for (int64_t j : row.answers) {
+      if (j >= 1 && j - 1 < T) mask[static_cast<size_t>(b * T + j - 1)] = 1.0f;
+    }
+  }
+  Batch batch;
+  batch.tokens = at::tensor(ids, at::kLong).view({B, T + 1}).to(model_->device());
+  batch.answer_mask = at::tensor(mask).view({B, T}).to(model_->device());
+  return batch;
+}
+
+Trainer::Batch Trainer::NextStreamBatch() {
+  const int64_t B = options_.batch, T = options_.seq_len;
+  const bool fresh = carried_ == nullptr;
+  const std::string& text = corpus_->train();
+  std::uniform_int_distribution<int64_t> start(0, static_cast<int64_t>(text.size()) - (T + 1));
+  if (fresh) {
+    text_cursor_.assign(static_cast<size_t>(B), 0);
+    last_token_.assign(static_cast<size_t>(B), 32);
+  }
+  std::vector<int64_t> ids;
+  ids.reserve(static_cast<size_t>(B * (T + 1)));
+  std::vector<float> mask(static_cast<size_t>(B * T), 0.0f);
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t* cursor = &text_cursor_[static_cast<size_t>(b)];
+    std::vector<int32_t> row;
+    if (fresh) {  // T + 1 new tokens: the first is only an input
+      *cursor = start(rng_);
+      RowContent c = SampleRow(T + 1, cursor);
+      row = std::move(c.tokens);
+      for (int64_t j : c.answers) {
         if (j >= 1 && j - 1 < T) mask[static_cast<size_t>(b * T + j - 1)] = 1.0f;
       }
-      row = std::move(task.text);
-    } else if (kind < options_.recall_fraction + options_.passkey_fraction) {
-      const bool noise = unit(rng_) < options_.passkey_noise_fraction;
-      PasskeyTask task = MakePasskeyTask(noise ? noise_ : text, T + 1, 5, unit(rng_) * 0.5, &rng_);
-      auto prefix = model_->tokenizer().Encode(task.text.substr(0, task.answer_begin), false);
-      auto digits = model_->tokenizer().Encode(task.answer.substr(0, 5), false);
-      if (prefix.ok() && digits.ok()) {
-        answer_begin = static_cast<int64_t>(prefix->size());
-        answer_digits = static_cast<int64_t>(digits->size());
+    } else {  // the previous segment's last token, then T new ones (new token j is target j)
+      RowContent c = SampleRow(T, cursor);
+      row.push_back(last_token_[static_cast<size_t>(b)]);
+      row.insert(row.end(), c.tokens.begin(), c.tokens.end());
+      for (int64_t j : c.answers) {
+        if (j >= 0 && j < T) mask[static_cast<size_t>(b * T + j)] = 1.0f;
       }
-      row = std::move(task.text);
-    } else {
-      row = text.substr(static_cast<size_t>(start(rng_)), static_cast<size_t>(T + 1));
     }
-    auto tokens = model_->tokenizer().Encode(row, false);
-    std::vector<int32_t> t = tokens.ok() ? *tokens : std::vector<int32_t>();
-    t.resize(static_cast<size_t>(T + 1), t.empty() ? 32 : t.back());
-    ids.insert(ids.end(), t.begin(), t.end());
-    // Token j is predicted at input position j - 1.
-    for (int64_t j = answer_begin; answer_begin > 0 && j < answer_begin + answer_digits; ++j) {
-      if (j - 1 < T) mask[static_cast<size_t>(b * T + j - 1)] = 1.0f;
-    }
+    last_token_[static_cast<size_t>(b)] = row.back();
+    ids.insert(ids.end(), row.begin(), row.end());
   }
   Batch batch;
   batch.tokens = at::tensor(ids, at::kLong).view({B, T + 1}).to(model_->device());
@@ -237,15 +338,19 @@ Trainer::Batch Trainer::SampleBatch() {
 
 absl::StatusOr<double> Trainer::Step() {
   const int64_t T = options_.seq_len;
-  const Batch sampled = SampleBatch();
+  const bool streaming = options_.stream_segments > 1;
+  if (streaming && step_ % options_.stream_segments == 0) carried_.reset();  // a new stream
+  const Batch sampled = streaming ? NextStreamBatch() : SampleBatch();
   const at::Tensor& batch = sampled.tokens;
+  last_tokens_ = batch;
   last_answer_loss_ = -1;
   const double lr = LearningRate(step_);
   for (auto& group : optimizer_->adam->param_groups()) {
     static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
   }
   optimizer_->adam->zero_grad();
-  SessionState state = model_->NewState(options_.batch, /*track_grad=*/true);
+  SessionState state = carried_ != nullptr ? *carried_
+                                            : model_->NewState(options_.batch, /*track_grad=*/true);
   absl::StatusOr<at::Tensor> forward =
       model_->Forward(&state, batch.slice(1, 0, T), LogitsMode::kAll);
   if (!forward.ok() && forward.status().code() == absl::StatusCode::kInternal &&
@@ -254,6 +359,7 @@ absl::StatusOr<double> Trainer::Step() {
     // the model has diverged.
     std::fprintf(stderr, "trainer: step %lld: non-finite logits, batch skipped\n",
                  static_cast<long long>(step_ + 1));
+    carried_.reset();  // the streams lost a segment: start them again
     ++step_;
     return std::numeric_limits<double>::quiet_NaN();
   }
@@ -275,6 +381,8 @@ absl::StatusOr<double> Trainer::Step() {
     if (options_.answer_weight > 0) objective = loss + options_.answer_weight * answer_loss;
   }
   objective.backward();
+  // The next segment starts where this one ended, without a path back into this graph.
+  if (streaming) carried_ = std::make_unique<SessionState>(DetachedState(state));
   // The gradient norm, clipping to options_.clip when set (a huge limit otherwise just measures).
   const double norm = torch::nn::utils::clip_grad_norm_(
       optimizer_->params, options_.clip > 0 ? options_.clip : std::numeric_limits<double>::max());
@@ -385,6 +493,7 @@ absl::Status Trainer::Resume() {
 }
 
 absl::Status Trainer::Run(const std::function<void(const TrainProgress&)>& progress) {
+  TITANS_RETURN_IF_ERROR(ValidateTrainOptions(options_));
   while (step_ < options_.steps) {
     const auto start = std::chrono::steady_clock::now();
     TrainProgress p;

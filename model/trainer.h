@@ -45,10 +45,24 @@ struct TrainOptions {
   // tokens plus answer_weight x the mean over the answer's digits (5 of seq_len tokens would
   // otherwise give retrieval almost no gradient). 0 = plain language modelling.
   double answer_weight = 1.0;
+  // Stateful training (truncated backpropagation through time): with stream_segments > 1 each
+  // batch row is a stream that lasts stream_segments steps of seq_len tokens. A step starts from
+  // the session state the previous step ended with (detached: gradients stay inside a segment),
+  // so the model learns to work with a memory that has already read up to
+  // stream_segments x seq_len tokens, as a long-lived session's has. A text row continues the
+  // same passage from segment to segment; a segment may instead hold a passkey or recall task
+  // (same fractions as above), after which the passage goes on. Every stream_segments steps all
+  // rows start again from a fresh state. 1 = every step starts fresh (stateless).
+  int64_t stream_segments = 1;
   int64_t eval_every = 100;        // steps between held-out evaluations (0 = never)
   int64_t eval_sequences = 16;     // held-out windows per evaluation
   int64_t checkpoint_every = 200;  // steps between checkpoints (0 = only at the end)
 };
+
+// Checks option ranges; INVALID_ARGUMENT names the first bad option. With stream_segments > 1,
+// steps and checkpoint_every must be multiples of it, so that a checkpoint (and a resume) always
+// falls on a stream boundary, where there is no carried state to lose.
+absl::Status ValidateTrainOptions(const TrainOptions& options);
 
 // Text split into a training part and a held-out test part (the last `test_fraction` of each
 // file, so no test byte is ever trained on), with deterministic sampling.
@@ -129,6 +143,8 @@ class Trainer {
   // passkey answer loss (-1 when the batch had no passkey task).
   absl::StatusOr<double> Step();
   double last_answer_loss() const { return last_answer_loss_; }
+  // The last step's tokens [batch, seq_len + 1] (inputs are [:, :T], targets [:, 1:]).
+  const at::Tensor& last_tokens() const { return last_tokens_; }
   // Mean bits per byte of the model on `sequences` held-out windows of seq_len bytes (from the
   // start of the test text onward, deterministic), each read from a fresh session.
   absl::StatusOr<double> EvaluateBitsPerByte(int64_t sequences);
@@ -148,7 +164,17 @@ class Trainer {
     at::Tensor tokens;       // [B, T + 1] int64
     at::Tensor answer_mask;  // [B, T] float: 1 where the target is a passkey answer digit
   };
+  // One row's new content: `length` tokens and the indices (into them) of answer tokens.
+  struct RowContent {
+    std::vector<int32_t> tokens;
+    std::vector<int64_t> answers;
+  };
+  // A text window (from *text_cursor when given, which then advances), or a passkey or recall
+  // task, drawn by the options' fractions.
+  RowContent SampleRow(int64_t length, int64_t* text_cursor);
   Batch SampleBatch();
+  // Stream mode: the next segment of every row (fresh rows at a stream's start).
+  Batch NextStreamBatch();
 
   TitansModel* model_;
   const TextCorpus* corpus_;
@@ -158,7 +184,13 @@ class Trainer {
   int64_t step_ = 0;
   int skipped_in_a_row_ = 0;
   double last_answer_loss_ = -1;
+  at::Tensor last_tokens_;
   std::string noise_;  // PasskeyNoise, long enough for any window
+  // Stream mode: the carried session state, each row's text position and its last token (the
+  // first input of its next segment).
+  std::unique_ptr<SessionState> carried_;
+  std::vector<int64_t> text_cursor_;
+  std::vector<int32_t> last_token_;
   static constexpr int kMaxSkippedSteps = 10;
   std::unique_ptr<Optimizer> optimizer_;
 };

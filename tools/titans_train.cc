@@ -42,6 +42,9 @@ ABSL_FLAG(double, recall_fraction, 0.0,
           "share of sequences that are multi-query associative recall tasks");
 ABSL_FLAG(double, answer_weight, 1.0,
           "extra weight of the passkey answer digits in the objective (0: plain LM loss)");
+ABSL_FLAG(int64_t, stream_segments, 1,
+          "stateful training: each row is a stream of this many seq_len segments, the state "
+          "carried from step to step (1: every step starts from a fresh state)");
 ABSL_FLAG(double, test_fraction, 0.05, "held-out share at the end of each file");
 ABSL_FLAG(int64_t, eval_every, 100, "steps between held-out evaluations");
 ABSL_FLAG(int64_t, eval_sequences, 16, "held-out windows per evaluation");
@@ -75,8 +78,9 @@ int main(int argc, char** argv) {
   options.eval_sequences = absl::GetFlag(FLAGS_eval_sequences);
   options.checkpoint_every = absl::GetFlag(FLAGS_checkpoint_every);
   options.seed = absl::GetFlag(FLAGS_seed);
-  if (options.batch < 1 || options.seq_len < 8 || options.steps < 1 || options.lr <= 0) {
-    return fail("--batch >= 1, --seq_len >= 8, --steps >= 1 and --lr > 0 are required");
+  options.stream_segments = absl::GetFlag(FLAGS_stream_segments);
+  if (absl::Status valid = titans::ValidateTrainOptions(options); !valid.ok()) {
+    return fail("bad options: " + std::string(valid.message()));
   }
 
   auto corpus = titans::TextCorpus::Load(absl::GetFlag(FLAGS_data),

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <random>
 
+#include "absl/strings/str_cat.h"
 #include "model/params.h"
 #include "tests/model/model_test_util.h"
 
@@ -182,6 +183,125 @@ TEST(Trainer, ReportsTheAnswerLossOfPasskeyBatches) {
   Trainer text_only(model.get(), &corpus, o, "");
   ASSERT_TRUE(text_only.Step().ok());
   EXPECT_EQ(text_only.last_answer_loss(), -1);
+}
+
+// Stateful training: a row's segments continue one passage of the training text, each step
+// starts from the state the previous one ended with, and a new stream starts from a fresh
+// state. With a learning rate too small to move a float, each step's loss must equal the loss
+// the model gives those tokens when it reads the whole stream in one pass.
+TEST(Trainer, StreamSegmentsCarryTheStateAcrossSteps) {
+  auto model = MakeModel(TinyConfig(Variant::kMAL), 7);
+  std::string text;
+  for (int i = 0; i < 2000; ++i) text += absl::StrCat(i * 7919 % 1000, " ");  // no short period
+  TextCorpus corpus = TextCorpus::FromString(text, 0.1);
+  TrainOptions o = TinyOptions(6);
+  o.batch = 2;
+  o.seq_len = 24;
+  o.passkey_fraction = 0;
+  o.stream_segments = 3;
+  o.lr = 1e-30;  // Adam moves each weight by about lr: nothing changes in float
+  o.min_lr = 0;
+  o.weight_decay = 0;
+  Trainer trainer(model.get(), &corpus, o, "");
+  const int64_t T = o.seq_len;
+  std::vector<at::Tensor> segments;
+  std::vector<double> losses;
+  for (int i = 0; i < 6; ++i) {
+    auto loss = trainer.Step();
+    ASSERT_TRUE(loss.ok()) << loss.status();
+    segments.push_back(trainer.last_tokens().clone());
+    losses.push_back(*loss);
+  }
+  auto to_string = [](const at::Tensor& row) {
+    std::string s;
+    for (int64_t i = 0; i < row.size(0); ++i) s += static_cast<char>(row[i].item<int64_t>());
+    return s;
+  };
+  for (int stream = 0; stream < 2; ++stream) {
+    // Inputs of the stream's three segments, then the last target: one contiguous passage.
+    std::vector<at::Tensor> parts;
+    for (int k = 0; k < 3; ++k) {
+      const at::Tensor& seg = segments[static_cast<size_t>(stream * 3 + k)];
+      if (k > 0) {  // a segment's first input is the previous segment's last target
+        EXPECT_TRUE(at::equal(seg.select(1, 0),
+                              segments[static_cast<size_t>(stream * 3 + k - 1)].select(1, T)));
+      }
+      parts.push_back(seg.slice(1, 0, T));
+    }
+    parts.push_back(segments[static_cast<size_t>(stream * 3 + 2)].slice(1, T, T + 1));
+    const at::Tensor whole = at::cat(parts, 1);  // [B, 3T + 1]
+    for (int64_t b = 0; b < o.batch; ++b) {
+      EXPECT_NE(corpus.train().find(to_string(whole[b])), std::string::npos)
+          << "row " << b << " of stream " << stream << " is not one passage";
+    }
+    // The same stream read in one pass from a fresh state.
+    at::NoGradGuard no_grad;
+    SessionState state = model->NewState(o.batch);
+    auto logits = model->Forward(&state, whole.slice(1, 0, 3 * T), LogitsMode::kAll);
+    ASSERT_TRUE(logits.ok()) << logits.status();
+    at::Tensor nats = at::cross_entropy_loss(logits->reshape({-1, logits->size(-1)}),
+                                             whole.slice(1, 1).reshape({-1}), {},
+                                             at::Reduction::None)
+                          .view({o.batch, 3 * T});
+    for (int k = 0; k < 3; ++k) {
+      const double expected = nats.slice(1, k * T, (k + 1) * T).mean().item<double>();
+      EXPECT_NEAR(losses[static_cast<size_t>(stream * 3 + k)], expected, 2e-4)
+          << "stream " << stream << " segment " << k;
+    }
+  }
+  // The second stream does not continue the first.
+  EXPECT_FALSE(at::equal(segments[3].select(1, 0), segments[2].select(1, T)));
+}
+
+TEST(Trainer, StreamSegmentsResumeExactlyAtAStreamBoundary) {
+  const std::string dir = (std::filesystem::temp_directory_path() /
+                           ("titans_trainer_stream_" + std::to_string(::getpid())))
+                              .string();
+  std::filesystem::remove_all(dir);
+  TextCorpus corpus = TextCorpus::FromString(RepetitiveText(), 0.1);
+  TrainOptions o = TinyOptions(8);
+  o.stream_segments = 2;
+  o.recall_fraction = 0.25;
+  auto straight = MakeModel(TinyConfig(Variant::kMAC), 5);
+  Trainer a(straight.get(), &corpus, o, "");
+  ASSERT_TRUE(a.Run(nullptr).ok());
+  auto first = MakeModel(TinyConfig(Variant::kMAC), 5);
+  Trainer b(first.get(), &corpus, o, dir);
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(b.Step().ok());
+  ASSERT_TRUE(b.Checkpoint().ok());
+  auto second = MakeModel(TinyConfig(Variant::kMAC), 99);
+  Trainer c(second.get(), &corpus, o, dir);
+  ASSERT_TRUE(c.Resume().ok());
+  ASSERT_TRUE(c.Run(nullptr).ok());
+  std::vector<at::Tensor> x = Params(straight.get()), y = Params(second.get());
+  ASSERT_EQ(x.size(), y.size());
+  for (size_t i = 0; i < x.size(); ++i) EXPECT_TRUE(at::equal(x[i], y[i])) << "parameter " << i;
+  std::filesystem::remove_all(dir);
+}
+
+TEST(Trainer, OptionsAreValidated) {
+  TrainOptions o = TinyOptions(12);
+  EXPECT_TRUE(ValidateTrainOptions(o).ok());
+  o.stream_segments = 5;  // 12 steps are not whole streams
+  EXPECT_EQ(ValidateTrainOptions(o).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(ValidateTrainOptions(o).message()).find("stream_segments"),
+            std::string::npos);
+  o.stream_segments = 4;
+  o.checkpoint_every = 6;  // a checkpoint inside a stream would lose the carried state
+  EXPECT_EQ(ValidateTrainOptions(o).code(), absl::StatusCode::kInvalidArgument);
+  o.checkpoint_every = 8;
+  EXPECT_TRUE(ValidateTrainOptions(o).ok());
+  o.stream_segments = 0;
+  EXPECT_FALSE(ValidateTrainOptions(o).ok());
+  o = TinyOptions(12);
+  o.passkey_fraction = 0.7;
+  o.recall_fraction = 0.5;
+  EXPECT_FALSE(ValidateTrainOptions(o).ok());
+  auto model = MakeModel(TinyConfig(Variant::kLMM), 1);
+  TextCorpus corpus = TextCorpus::FromString(RepetitiveText(), 0.1);
+  Trainer t(model.get(), &corpus, o, "");
+  EXPECT_EQ(t.Run(nullptr).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(t.step(), 0);
 }
 
 }  // namespace
