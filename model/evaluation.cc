@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 
@@ -11,15 +12,16 @@
 
 namespace titans {
 
-absl::StatusOr<double> StreamBitsPerByte(const TitansModel& model, const std::string& text,
-                                         int64_t piece, int64_t skip) {
+absl::StatusOr<std::vector<double>> StreamNatsPerToken(const TitansModel& model,
+                                                       const std::string& text, int64_t piece) {
   at::NoGradGuard no_grad;
   TITANS_ASSIGN_OR_RETURN(std::vector<int32_t> tokens, model.tokenizer().Encode(text, false));
   if (tokens.size() < 2) return absl::InvalidArgumentError("text too short to score");
+  if (piece < 1) return absl::InvalidArgumentError("piece must be at least 1");
   SessionState state = model.NewState();
-  double nats = 0;
-  int64_t scored = 0;
   const int64_t n = static_cast<int64_t>(tokens.size());
+  std::vector<double> nats;
+  nats.reserve(static_cast<size_t>(n - 1));
   // Predict token i+1 from tokens [0, i]: feed [begin, end) and score the targets [begin+1, end+1).
   for (int64_t begin = 0; begin < n - 1; begin += piece) {
     const int64_t end = std::min(n - 1, begin + piece);
@@ -29,16 +31,30 @@ absl::StatusOr<double> StreamBitsPerByte(const TitansModel& model, const std::st
         at::Tensor logits,
         model.Forward(&state, at::tensor(in).unsqueeze(0).to(model.device()), LogitsMode::kAll));
     at::Tensor lp = at::log_softmax(logits.squeeze(0).to(at::kCPU).to(at::kDouble), -1);
-    at::Tensor t = at::tensor(target);
-    at::Tensor picked = lp.gather(1, t.unsqueeze(1)).squeeze(1);  // [len]
-    const int64_t first_scored = std::max<int64_t>(0, skip - (begin + 1));
-    if (first_scored < picked.size(0)) {
-      nats -= picked.slice(0, first_scored).sum().item<double>();
-      scored += picked.size(0) - first_scored;
-    }
+    at::Tensor picked = lp.gather(1, at::tensor(target).unsqueeze(1)).squeeze(1).contiguous();
+    const double* p = picked.data_ptr<double>();
+    for (int64_t i = 0; i < picked.size(0); ++i) nats.push_back(-p[i]);
   }
-  if (scored == 0) return absl::InvalidArgumentError("nothing left to score after the skip");
-  return nats / static_cast<double>(scored) / std::log(2.0);
+  return nats;
+}
+
+double BitsPerByteOver(const std::vector<double>& nats, int64_t begin, int64_t end) {
+  begin = std::max<int64_t>(0, begin);
+  end = std::min<int64_t>(static_cast<int64_t>(nats.size()), end);
+  if (begin >= end) return -1;
+  double sum = 0;
+  for (int64_t i = begin; i < end; ++i) sum += nats[static_cast<size_t>(i)];
+  return sum / static_cast<double>(end - begin) / std::log(2.0);
+}
+
+absl::StatusOr<double> StreamBitsPerByte(const TitansModel& model, const std::string& text,
+                                         int64_t piece, int64_t skip) {
+  TITANS_ASSIGN_OR_RETURN(std::vector<double> nats, StreamNatsPerToken(model, text, piece));
+  // Prediction i is of token i+1: the first `skip` tokens are context only.
+  const double bpb = BitsPerByteOver(nats, std::max<int64_t>(0, skip - 1),
+                                     static_cast<int64_t>(nats.size()));
+  if (bpb < 0) return absl::InvalidArgumentError("nothing left to score after the skip");
+  return bpb;
 }
 
 absl::StatusOr<PasskeyResult> PasskeyAccuracy(const TitansModel& model, const std::string& filler,

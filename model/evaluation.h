@@ -6,11 +6,24 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "model/titans_model.h"
 
 namespace titans {
+
+// The loss of every prediction when `text` (byte-level models: one token per byte) is read from
+// a fresh session in pieces of `piece` tokens: entry i is -ln p(token i+1 | tokens 0..i), in nats.
+// INVALID_ARGUMENT for a text of fewer than two tokens.
+absl::StatusOr<std::vector<double>> StreamNatsPerToken(const TitansModel& model,
+                                                       const std::string& text,
+                                                       int64_t piece = 4096);
+
+// Bits per byte of predictions [begin, end) of StreamNatsPerToken's result (clamped to its size);
+// -1 if the range is empty. A model that uses its memory well gets better (lower) as the stream
+// goes on; one whose state drifts gets worse.
+double BitsPerByteOver(const std::vector<double>& nats, int64_t begin, int64_t end);
 
 // Mean bits per byte of `text` (byte-level models: one token per byte) read from a fresh session
 // in pieces of `piece` tokens; the first `skip` bytes are context only (not scored).

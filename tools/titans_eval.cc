@@ -28,6 +28,9 @@ ABSL_FLAG(std::string, baseline, "", "a second model to compare (e.g. attention-
 ABSL_FLAG(std::vector<std::string>, data, {}, "the training data files (held-out part is used)");
 ABSL_FLAG(double, test_fraction, 0.05, "held-out share at the end of each file (as titans-train)");
 ABSL_FLAG(int64_t, bpb_bytes, 65536, "held-out bytes scored for bits per byte (0: all)");
+ABSL_FLAG(std::vector<std::string>, bpb_ranges, std::vector<std::string>({"1024", "4096", "16384", "65536"}),
+          "ends of the stream position ranges whose bits per byte are reported separately (how "
+          "prediction changes as the session grows)");
 ABSL_FLAG(std::vector<std::string>, lengths,
           (std::vector<std::string>{"1024", "4096", "16384", "65536", "262144"}),
           "passkey haystack lengths in bytes");
@@ -78,19 +81,58 @@ int main(int argc, char** argv) {
     if (!m.ok()) return fail(dir + ": " + m.status().ToString());
     models.emplace_back(dir, std::move(*m));
   }
+  std::vector<int64_t> range_ends;
+  for (const std::string& e : absl::GetFlag(FLAGS_bpb_ranges)) {
+    int64_t end = 0;
+    if (!absl::SimpleAtoi(e, &end) || end < 1 || (!range_ends.empty() && end <= range_ends.back()))
+      return fail("--bpb_ranges: increasing positive byte offsets, got " + e);
+    range_ends.push_back(end);
+  }
   std::string tsv = "what\tsubject\tlength\tvalue\n";
   std::printf("## Bits per byte on %zu held-out bytes (lower is better)\n\n", held_out.size());
   std::printf("| model | bits/byte |\n|---|---|\n");
+  std::vector<std::vector<double>> nats;  // per model, the loss of every prediction
   for (auto& [dir, model] : models) {
-    auto bpb = titans::StreamBitsPerByte(*model, held_out);
-    if (!bpb.ok()) return fail(bpb.status().ToString());
-    std::printf("| %s (%s) | %.4f |\n", model->config().name.c_str(), dir.c_str(), *bpb);
-    absl::StrAppend(&tsv, "bpb\t", dir, "\t", held_out.size(), "\t", *bpb, "\n");
+    auto per_token = titans::StreamNatsPerToken(*model, held_out);
+    if (!per_token.ok()) return fail(per_token.status().ToString());
+    const double bpb =
+        titans::BitsPerByteOver(*per_token, 0, static_cast<int64_t>(per_token->size()));
+    std::printf("| %s (%s) | %.4f |\n", model->config().name.c_str(), dir.c_str(), bpb);
+    absl::StrAppend(&tsv, "bpb\t", dir, "\t", held_out.size(), "\t", bpb, "\n");
+    nats.push_back(std::move(*per_token));
   }
   for (const char* tool : {"gzip -9", "xz -9e"}) {
     const double bpb = CompressedBitsPerByte(held_out, tool);
     std::printf("| `%s` | %.4f |\n", tool, bpb);
     absl::StrAppend(&tsv, "bpb\t", tool, "\t", held_out.size(), "\t", bpb, "\n");
+  }
+  if (!range_ends.empty()) {
+    // Ranges of the one stream above, plus whatever follows the last given end.
+    std::vector<std::pair<int64_t, int64_t>> ranges;
+    int64_t begin = 0;
+    for (int64_t end : range_ends) {
+      if (begin < static_cast<int64_t>(held_out.size())) ranges.push_back({begin, end});
+      begin = end;
+    }
+    if (begin < static_cast<int64_t>(held_out.size()) - 1) {
+      ranges.push_back({begin, static_cast<int64_t>(held_out.size())});
+    }
+    std::printf("\n## Bits per byte by position in the same stream\n\n| bytes |");
+    for (auto& entry : models) std::printf(" %s |", entry.first.c_str());
+    std::printf("\n|---|");
+    for (size_t i = 0; i < models.size(); ++i) std::printf("---|");
+    std::printf("\n");
+    for (auto [from, to] : ranges) {
+      std::printf("| %lld-%lld |", static_cast<long long>(from),
+                  static_cast<long long>(std::min<int64_t>(to, held_out.size())));
+      for (size_t m = 0; m < models.size(); ++m) {
+        // Prediction i is of byte i+1.
+        const double bpb = titans::BitsPerByteOver(nats[m], from - 1, to - 1);
+        std::printf(" %.4f |", bpb);
+        absl::StrAppend(&tsv, "bpb-at\t", models[m].first, "\t", to, "\t", bpb, "\n");
+      }
+      std::printf("\n");
+    }
   }
   std::vector<int64_t> lengths;
   for (const std::string& l : absl::GetFlag(FLAGS_lengths)) {

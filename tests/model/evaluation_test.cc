@@ -29,6 +29,41 @@ TEST(StreamBitsPerByte, PiecesAgreeAndSkipExcludesContext) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// Per-prediction losses: one per predicted token, each the model's own log-probability, and
+// ranges of them average to the whole stream's bits per byte.
+TEST(StreamNatsPerToken, OneLossPerPredictionAndRangesAverageToTheWhole) {
+  auto model = MakeModel(TinyConfig(Variant::kMAL), 4);
+  std::string text;
+  for (int i = 0; i < 30; ++i) text += "stream " + std::to_string(i * 37 % 11) + "; ";
+  auto nats = StreamNatsPerToken(*model, text, 16);
+  ASSERT_TRUE(nats.ok()) << nats.status();
+  ASSERT_EQ(nats->size(), text.size() - 1);
+  // Prediction 9 is of byte 10, from a fresh session that has read bytes 0..9.
+  {
+    at::NoGradGuard no_grad;
+    auto tokens = model->tokenizer().Encode(text.substr(0, 11), false);
+    ASSERT_TRUE(tokens.ok());
+    std::vector<int64_t> ids(tokens->begin(), tokens->end() - 1);
+    SessionState state = model->NewState();
+    auto logits = model->Forward(&state, at::tensor(ids).unsqueeze(0));
+    ASSERT_TRUE(logits.ok());
+    const double expected = -at::log_softmax(logits->reshape({-1}).to(at::kDouble), 0)
+                                 [tokens->back()]
+                                     .item<double>();
+    EXPECT_NEAR((*nats)[9], expected, 1e-4);
+  }
+  const int64_t n = static_cast<int64_t>(nats->size());
+  auto whole = StreamBitsPerByte(*model, text, 16);
+  ASSERT_TRUE(whole.ok());
+  EXPECT_NEAR(BitsPerByteOver(*nats, 0, n), *whole, 1e-12);
+  const double first = BitsPerByteOver(*nats, 0, 100), rest = BitsPerByteOver(*nats, 100, n);
+  EXPECT_NEAR((first * 100 + rest * static_cast<double>(n - 100)) / static_cast<double>(n), *whole,
+              1e-9);
+  EXPECT_EQ(BitsPerByteOver(*nats, n, n + 10), -1);  // past the end: empty
+  EXPECT_NEAR(BitsPerByteOver(*nats, -5, n + 5), *whole, 1e-12);  // clamped
+  EXPECT_EQ(StreamNatsPerToken(*model, "a").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(PasskeyAccuracy, RunsEveryTrialAndReportsAFraction) {
   auto model = MakeModel(TinyConfig(Variant::kMAG), 2);
   std::string filler;
