@@ -1,0 +1,441 @@
+#include "server/engine/engine_impl.h"
+
+namespace titans::engine {
+
+absl::Status Engine::Impl::Recover() {
+  const auto start = Clock::now();
+  const std::string dir = options_.state_dir + "/wal";
+  std::vector<std::string> warnings;
+  std::vector<WalRecord> records = Wal::ReadAll(dir, &warnings);
+  for (const std::string& w : warnings) std::fprintf(stderr, "engine: log: %s\n", w.c_str());
+  std::set<Session*> touched;
+  std::set<Session*> broken;
+  at::NoGradGuard no_grad;
+  for (const WalRecord& r : records) {
+    auto it = sessions_.find(r.session_id);
+    if (it == sessions_.end()) continue;  // closed after it was logged
+    Session* s = it->second.get();
+    if (broken.count(s)) continue;
+    if (!EnsureResident(s).ok()) {
+      broken.insert(s);
+      continue;
+    }
+    absl::StatusOr<bool> applied = ReplayRecord(s, r);
+    if (!applied.ok()) {
+      std::fprintf(stderr, "engine: %s\n", applied.status().ToString().c_str());
+      broken.insert(s);
+    } else if (*applied) {
+      touched.insert(s);
+      ++recovered_records_;
+    }
+  }
+  for (Session* s : touched) {
+    absl::Status st = Persist(s);
+    if (!st.ok()) return st;
+  }
+  for (size_t i = 0; i < broken.size(); ++i) observer().OnRestore(0, 0, false);
+  unrecoverable_sessions_ = static_cast<int64_t>(broken.size());
+  TITANS_ASSIGN_OR_RETURN(wal_, Wal::Open(dir));
+  TITANS_RETURN_IF_ERROR(wal_->DropOldSegments());
+  recovery_seconds_ = std::chrono::duration<double>(Clock::now() - start).count();
+  std::fprintf(stderr, "engine: recovered %lld log records into %zu sessions in %.3f s\n",
+               static_cast<long long>(recovered_records_), touched.size(), recovery_seconds_);
+  return absl::OkStatus();
+}
+
+void Engine::Impl::Register(SessionRecord r) {
+  auto s = NewSession();
+  s->state_bytes = r.state_bytes;
+  s->spilled = true;
+  s->persisted_position = r.position;
+  s->record = std::move(r);
+  s->rewind_floor = s->record.position;
+  sessions_.emplace(s->record.id, std::move(s));
+}
+
+void Engine::Impl::Discover(const std::string& id) {
+  if (!shared_) return;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (sessions_.count(id)) return;
+  }
+  auto record = files_->ReadRecord(id);
+  if (!record.ok()) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!sessions_.count(id)) Register(std::move(*record));
+}
+
+std::unique_ptr<Session> Engine::Impl::NewSession() const {
+  return std::make_unique<Session>(options_.rewind_window_tokens, options_.rewind_interval_tokens);
+}
+
+absl::Status Engine::Impl::EnsureResident(Session* s) {
+  if (s->state) return absl::OkStatus();
+  const std::string id = s->record.id;
+  if (shared_) {
+    TITANS_ASSIGN_OR_RETURN(const bool migrated, files_->Acquire(id));
+    if (migrated) observer().OnSessionAcquired();
+    TITANS_ASSIGN_OR_RETURN(SessionRecord record, files_->ReadRecord(id));
+    std::lock_guard<std::mutex> lock(mu_);
+    record.last_used_unix_ms = s->record.last_used_unix_ms;
+    s->record = std::move(record);
+    s->persisted_position = s->record.position;
+  }
+  TITANS_ASSIGN_OR_RETURN(std::string blob, files_->ReadState(id));
+  TITANS_ASSIGN_OR_RETURN(SessionState state,
+                          DeserializeSessionState(blob, model_->config(), model_->fingerprint()));
+  s->state = std::make_unique<SessionState>(std::move(state));
+  LoadHistory(s);
+  if (shared_ && options_.durability == Durability::kSync) {
+    TITANS_ASSIGN_OR_RETURN(std::vector<WalRecord> log, files_->ReadLog(id));
+    int64_t replayed = 0;
+    for (const WalRecord& r : log) {
+      absl::StatusOr<bool> applied = ReplayRecord(s, r);
+      if (!applied.ok()) {  // keeps the last consistent state, reported like Recover()
+        std::fprintf(stderr, "engine: %s\n", applied.status().ToString().c_str());
+        observer().OnRestore(0, 0, false);
+        std::lock_guard<std::mutex> lock(mu_);
+        ++unrecoverable_sessions_;
+        break;
+      }
+      replayed += *applied;
+    }
+    if (replayed > 0) {
+      std::lock_guard<std::mutex> lock(mu_);
+      recovered_records_ += replayed;
+      TITANS_RETURN_IF_ERROR(Persist(s));  // the checkpoint clears the log
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<bool> Engine::Impl::ReplayRecord(Session* s, const WalRecord& r) {
+  SessionState& state = *s->state;
+  const int64_t end = r.position_before + static_cast<int64_t>(r.tokens.size());
+  if (r.epoch < s->record.epoch) return false;  // logged before a rewind the checkpoint holds
+  if (end <= state.position && r.epoch == s->record.epoch) return false;  // in the checkpoint
+  if (r.position_before != state.position || r.epoch != s->record.epoch) {
+    return absl::DataLossError(
+        absl::StrCat("session ", s->record.id, ": log resumes at ", r.position_before, " (epoch ",
+                     r.epoch, "), state is at ", state.position, " (epoch ", s->record.epoch, ")"));
+  }
+  at::NoGradGuard no_grad;
+  size_t at = 0;
+  for (int32_t piece : r.pieces) {
+    std::vector<int64_t> ids(r.tokens.begin() + at, r.tokens.begin() + at + piece);
+    TITANS_RETURN_IF_ERROR(model_->ForwardMany({&state}, {ids}));
+    at += piece;
+  }
+  if (r.has_rng) state.rng_state = r.rng;
+  s->history.Record(r.tokens);
+  s->record.position = state.position;
+  s->state_bytes = StateBytes(state);
+  return true;
+}
+
+void Engine::Impl::LoadHistory(Session* s) {
+  const SessionState& state = *s->state;
+  const std::string& id = s->record.id;
+  bool restored = false;
+  if (s->history.enabled()) {
+    auto tokens = files_->ReadRewindTokens(id);
+    std::vector<int64_t> stored = files_->ListRewindPoints(id);
+    if (tokens.ok()) {
+      std::vector<RewindPoint> points;
+      for (int64_t p : stored) points.push_back(RewindPoint{p, nullptr});
+      const int64_t end = tokens->first_position + static_cast<int64_t>(tokens->tokens.size());
+      restored =
+          end == state.position &&
+          s->history.Restore(tokens->first_position, std::move(tokens->tokens), std::move(points));
+    }
+    // Points past the restored end belong to a timeline that was not persisted.
+    for (int64_t p : stored) {
+      if (!restored || p > s->history.end() || p < s->history.first_position()) {
+        files_->RemoveRewindPoint(id, p);
+      }
+    }
+    if (!restored && tokens.status().code() != absl::StatusCode::kNotFound) {
+      std::fprintf(stderr, "engine: session %s: rewind history not restored; it restarts at %lld\n",
+                   id.c_str(), static_cast<long long>(state.position));
+    }
+  }
+  if (!restored) ResetHistory(s);
+}
+
+void Engine::Impl::ResetHistory(Session* s) {
+  s->history.Reset(RewindPoint{s->state->position, std::make_shared<SessionState>(*s->state)});
+}
+
+void Engine::Impl::MaybeTakePoint(Session* s) {
+  if (!s->history.enabled()) return;
+  if (s->history.end() != s->state->position) ResetHistory(s);  // never out of step
+  if (s->history.PointDue()) {
+    std::vector<int64_t> dropped = s->history.AddPoint(
+        RewindPoint{s->state->position, std::make_shared<SessionState>(*s->state)});
+    if (files_) {
+      for (int64_t p : dropped) files_->RemoveRewindPoint(s->record.id, p);
+    }
+  }
+  StorePoints(s);
+}
+
+void Engine::Impl::StorePoints(Session* s) {
+  if (!files_) return;
+  for (const RewindPoint& point : s->history.points()) {
+    if (!point.state) continue;
+    auto blob = SerializeSessionState(model_->config(), *point.state, model_->fingerprint());
+    if (blob.ok() && files_->WriteRewindPoint(s->record.id, point.position, *blob).ok()) {
+      s->history.MarkStored(point.position);
+    }
+  }
+}
+
+absl::StatusOr<std::unique_ptr<SessionState>> Engine::Impl::StateAt(Session* s, int64_t position) {
+  SessionState& live = *s->state;
+  if (position < 0 || position == live.position) return std::make_unique<SessionState>(live);
+  if (position > live.position) {
+    return absl::OutOfRangeError(
+        absl::StrCat("position ", position, " is beyond the session's position ", live.position));
+  }
+  if (!s->history.enabled()) {
+    return absl::FailedPreconditionError(
+        "rewinding is disabled on this server (--rewind_window_tokens=0)");
+  }
+  if (s->history.end() != live.position) ResetHistory(s);
+  TITANS_ASSIGN_OR_RETURN(RewindHistory::Plan plan, s->history.PlanRewind(position));
+  std::unique_ptr<SessionState> work;
+  if (plan.start.state) {
+    work = std::make_unique<SessionState>(*plan.start.state);
+  } else {
+    auto blob = files_->ReadRewindPoint(s->record.id, plan.start.position);
+    absl::StatusOr<SessionState> state =
+        blob.ok() ? DeserializeSessionState(*blob, model_->config(), model_->fingerprint())
+                  : absl::StatusOr<SessionState>(blob.status());
+    if (!state.ok() || state->position != plan.start.position) {
+      return absl::DataLossError(absl::StrCat(
+          "the rewind point at position ", plan.start.position,
+          " could not be read: ", state.ok() ? "wrong position" : state.status().message()));
+    }
+    work = std::make_unique<SessionState>(std::move(*state));
+  }
+  constexpr size_t kReplayPiece = 4096;
+  for (size_t at = 0; at < plan.replay.size(); at += kReplayPiece) {
+    const size_t n = std::min(kReplayPiece, plan.replay.size() - at);
+    std::vector<int64_t> ids(plan.replay.begin() + at, plan.replay.begin() + at + n);
+    TITANS_RETURN_IF_ERROR(model_->ForwardMany({work.get()}, {ids}));
+  }
+  return work;
+}
+
+void Engine::Impl::ExecuteRewind(Session* s, Op& op,
+                                 std::vector<std::function<void()>>* callbacks) {
+  auto done = std::move(op.fork_done);
+  auto target = StateAt(s, op.target_position);
+  if (!target.ok()) {
+    callbacks->push_back([done, st = target.status()] { done(st); });
+    MarkDone(op);
+    return;
+  }
+  SessionState before = *s->state;
+  RewindHistory history_before = s->history;
+  const int64_t position_before = s->history.end();
+  std::vector<int64_t> dropped;
+  for (const RewindPoint& p : s->history.points()) {
+    if (p.position > op.target_position) dropped.push_back(p.position);
+  }
+  *s->state = std::move(**target);
+  s->history.TruncateTo(s->state->position);
+  std::lock_guard<std::mutex> lock(mu_);
+  ++s->record.epoch;
+  absl::Status st = files_ ? Persist(s) : absl::OkStatus();
+  if (st.code() == absl::StatusCode::kAborted) st = MovedError(s->record.id);
+  if (!st.ok() && (options_.durability == Durability::kSync || s->moved)) {
+    *s->state = std::move(before);
+    s->history = std::move(history_before);
+    --s->record.epoch;
+    s->record.position = position_before;
+    s->state_bytes = StateBytes(*s->state);
+    callbacks->push_back([done, st] {
+      done(absl::Status(st.code(), absl::StrCat("the rewind could not be made durable (the "
+                                                "session is unchanged): ",
+                                                st.message())));
+    });
+    MarkDone(op);
+    return;
+  }
+  if (files_) {
+    for (int64_t p : dropped) files_->RemoveRewindPoint(s->record.id, p);
+  }
+  s->record.position = s->state->position;
+  s->state_bytes = StateBytes(*s->state);
+  s->rewind_floor = s->history.first_position();
+  s->ops.front()->finished = true;
+  SessionInfo info = InfoOf(*s);
+  info.queued_operations -= 1;  // this operation is done
+  observer().OnTokens("rewound", position_before - s->state->position);
+  callbacks->push_back([done, info] { done(info); });
+}
+
+void Engine::Impl::CommitDurable(std::vector<std::function<void()>>* callbacks) {
+  if (pending_durable_.empty()) return;
+  const auto start = Clock::now();
+  int64_t bytes = 0;
+  std::vector<absl::Status> statuses;
+  if (shared_) {
+    std::vector<WalRecord> records;
+    for (const PendingDurable& d : pending_durable_) {
+      records.push_back(d.record);
+      bytes += static_cast<int64_t>(EncodeWalRecord(d.record).size());
+    }
+    statuses = files_->AppendLog(records);
+  } else {
+    const int64_t before = wal_->bytes_total();
+    for (const PendingDurable& d : pending_durable_) (void)wal_->Append(d.record);
+    statuses.assign(pending_durable_.size(), wal_->Sync());
+    bytes = wal_->bytes_total() - before;
+  }
+  log_bytes_ += bytes;
+  const bool all_ok =
+      std::all_of(statuses.begin(), statuses.end(), [](const absl::Status& st) { return st.ok(); });
+  observer().OnLogCommit(bytes, std::chrono::duration<double>(Clock::now() - start).count(),
+                         all_ok);
+  for (size_t i = 0; i < pending_durable_.size(); ++i) {
+    PendingDurable& d = pending_durable_[i];
+    const absl::Status& st = statuses[i];
+    if (st.ok()) {
+      callbacks->push_back(std::move(d.on_durable));
+    } else if (st.code() == absl::StatusCode::kAborted) {
+      d.on_failure(MovedError(d.record.session_id));
+      d.session->moved = true;
+    } else {
+      d.on_failure(absl::Status(st.code(), absl::StrCat("the operation could not be made durable "
+                                                        "(the session is unchanged): ",
+                                                        st.message())));
+    }
+  }
+  pending_durable_.clear();
+}
+
+void Engine::Impl::DropResident(Session* s) {
+  s->state.reset();
+  s->history = RewindHistory(options_.rewind_window_tokens, options_.rewind_interval_tokens);
+  s->spilled = true;
+  s->moved = false;
+}
+
+absl::Status Engine::Impl::MovedError(const std::string& id) {
+  return absl::UnavailableError(
+      absl::StrCat("session '", id,
+                   "' was taken over by another replica; the operation was not applied "
+                   "(retry)"));
+}
+
+bool Engine::Impl::Quiescent(const Session& s) {
+  return s.ops.empty() || s.ops.front()->position_before < 0;
+}
+
+void Engine::Impl::CheckpointIfDue() {
+  if (options_.durability == Durability::kNone) return;
+  const auto now = Clock::now();
+  for (auto& [id, s] : sessions_) {
+    // Only between operations: a started operation may have partly changed the state (an
+    // unfinished append must never reach a checkpoint).
+    if (!s->state || s->busy || !Quiescent(*s)) continue;
+    const int64_t lag = s->record.position - s->persisted_position;
+    if (lag <= 0) continue;
+    const bool due = lag >= options_.checkpoint_interval_tokens ||
+                     std::chrono::duration<double>(now - s->last_checkpoint).count() >=
+                         options_.checkpoint_interval_seconds;
+    if (due) (void)Persist(s.get());
+  }
+  if (wal_ && wal_->bytes_since_drop() > options_.wal_max_bytes) {
+    bool all = true;
+    for (auto& [id, s] : sessions_) {
+      if (s->state && s->record.position > s->persisted_position) {
+        all = Quiescent(*s) && Persist(s.get()).ok() && all;
+      }
+    }
+    if (all) (void)wal_->DropOldSegments();
+  }
+}
+
+void Engine::Impl::SpillIfNeeded(std::vector<std::function<void()>>* callbacks) {
+  (void)callbacks;
+  if (!files_) return;
+  std::vector<Session*> resident;
+  for (auto& [id, s] : sessions_) {
+    if (s->state) resident.push_back(s.get());
+  }
+  const int64_t excess = static_cast<int64_t>(resident.size()) - options_.max_resident_sessions;
+  if (excess <= 0) return;
+  std::sort(resident.begin(), resident.end(), [](const Session* a, const Session* b) {
+    return a->record.last_used_unix_ms < b->record.last_used_unix_ms;
+  });
+  int64_t spilled = 0;
+  for (Session* s : resident) {
+    if (spilled >= excess) break;
+    if (!s->ops.empty() || s->busy) continue;
+    if (Persist(s).ok()) {
+      s->state.reset();
+      s->history = RewindHistory(options_.rewind_window_tokens, options_.rewind_interval_tokens);
+      s->spilled = true;
+      ++spilled;
+    }
+  }
+}
+
+absl::Status Engine::Impl::Persist(Session* s, bool create) {
+  const auto start = Clock::now();
+  TITANS_ASSIGN_OR_RETURN(
+      std::string blob, SerializeSessionState(model_->config(), *s->state, model_->fingerprint()));
+  s->record.position = s->state->position;
+  s->record.state_bytes = s->state_bytes;
+  absl::Status st = create ? files_->Create(s->record, blob) : files_->Write(s->record, blob);
+  if (st.code() == absl::StatusCode::kAborted) s->moved = true;
+  if (st.ok() && s->history.enabled() && s->history.end() == s->state->position) {
+    // The tokens file pairs with this checkpoint (LoadHistory checks that they meet).
+    StorePoints(s);
+    st = files_->WriteRewindTokens(s->record.id,
+                                   RewindTokens{s->history.first_position(), s->history.tokens()});
+  }
+  if (st.ok()) {
+    s->persisted_position = s->record.position;
+    s->last_checkpoint = Clock::now();
+  }
+  observer().OnCheckpoint(static_cast<int64_t>(blob.size()),
+                          std::chrono::duration<double>(Clock::now() - start).count(), st.ok());
+  return st;
+}
+
+void Engine::Impl::Sweep() {
+  const int64_t now = NowMs();
+  std::vector<std::string> expired;
+  for (auto& [id, s] : sessions_) {
+    if (!s->ops.empty() || s->busy) continue;
+    if (now - s->record.last_used_unix_ms > s->record.idle_ttl_seconds * 1000) {
+      expired.push_back(id);
+    }
+  }
+  for (const std::string& id : expired) {
+    Session* s = sessions_[id].get();
+    if (shared_) {
+      // Another replica may be using it: only the local copy goes (Redis expires the keys of
+      // sessions that nobody uses).
+      sessions_.erase(id);
+      continue;
+    }
+    if (files_) {
+      DirectoryStore graveyard(options_.state_dir + "/expired");
+      if (!options_.state_dir.empty() && graveyard.Init().ok() && EnsureResident(s).ok()) {
+        auto blob = SerializeSessionState(model_->config(), *s->state, model_->fingerprint());
+        if (blob.ok()) (void)graveyard.Write(s->record, *blob);
+      }
+      files_->Remove(id);
+    }
+    sessions_.erase(id);
+    ++expired_total_;
+    observer().OnSessionClosed("expired");
+  }
+}
+
+}  // namespace titans::engine

@@ -1,0 +1,367 @@
+// The engine's internals, shared by its implementation files (not a public header: include
+// server/engine/engine.h). Engine::Impl is split by the thread that runs each part:
+//   engine.cc             the facade, start-up, shutdown and statistics
+//   engine_requests.cc    admission and operations on caller (gRPC) threads
+//   engine_step.cc        the engine thread's step: schedule -> execute -> update
+//   engine_durability.cc  recovery, residency, spilling, checkpoints, rewind history
+#ifndef TITANS_SERVER_ENGINE_ENGINE_IMPL_H_
+#define TITANS_SERVER_ENGINE_ENGINE_IMPL_H_
+
+#include <ATen/ATen.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <random>
+#include <set>
+#include <thread>
+#include <unordered_map>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "kernels/memory_kernel.h"
+#include "model/generator.h"
+#include "model/params.h"
+#include "model/session_state.h"
+#include "model/status_macros.h"
+#include "model/titans_model.h"
+#include "model/utf8.h"
+#include "server/engine/directory_store.h"
+#include "server/engine/engine.h"
+#include "server/engine/rewind_history.h"
+#include "server/engine/scheduler.h"
+#include "server/engine/session_store.h"
+#include "server/engine/wal.h"
+
+namespace titans::engine {
+
+inline int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+using Clock = std::chrono::steady_clock;
+
+enum class OpKind { kAppend, kGenerate, kScore, kClose, kFork, kExport, kRewind };
+
+struct Op {
+  OpKind kind;
+  std::vector<int32_t> tokens;  // append tokens, generate prompt, score tokens
+  size_t consumed = 0;
+  CancelFlag cancel;
+  Clock::time_point arrival = Clock::now();
+  // Append: the state before the operation, restored on failure or cancellation (atomicity).
+  std::unique_ptr<SessionState> backup;
+  std::function<void(absl::StatusOr<AppendResult>)> append_done;
+  // Generate.
+  GenerateParams generate;
+  SamplingParams sampling;
+  std::optional<TokenGenerator> generator;
+  std::function<void(const GenerateEvent&)> on_event;
+  Engine::Done done;
+  std::optional<Clock::time_point> first_token;
+  // Score.
+  bool commit = false;
+  std::function<void(absl::StatusOr<ScoreResult>)> score_done;
+  // Fork / export / rewind.
+  std::string new_id;
+  int64_t target_position = -1;  // fork / rewind: the position to go to (-1: the current one)
+  std::function<void(absl::StatusOr<SessionInfo>)> fork_done;  // also rewind
+  std::function<void(absl::StatusOr<std::string>)> export_done;
+
+  bool finished = false;  // set by the engine thread; Update() then pops it
+  bool started = false;   // has been scheduled at least once (queue-time metric)
+  Clock::time_point last_token;
+  // What the operation consumed, in the pieces it was consumed in (the write-ahead log record).
+  int64_t position_before = -1;
+  std::vector<int32_t> log_tokens, log_pieces;
+
+  // Engine thread only (it changes `consumed` without holding mu_).
+  int64_t remaining() const { return static_cast<int64_t>(tokens.size() - consumed); }
+  // remaining() as of the end of the last step, for readers holding mu_ on other threads
+  // (admission control). Written by the engine thread under mu_.
+  int64_t queued_tokens = 0;
+};
+
+struct Session {
+  Session(int64_t rewind_window, int64_t rewind_interval)
+      : history(rewind_window, rewind_interval) {}
+  SessionRecord record;
+  std::optional<SamplingParams> sampling;
+  std::unique_ptr<SessionState> state;  // null while spilled
+  std::deque<std::unique_ptr<Op>> ops;
+  bool busy = false;               // the engine thread is executing its head operation
+  bool spilled = false;            // mirror of state == nullptr, kept under mu_ for readers
+  int64_t persisted_position = 0;  // position of the last state written to disk
+  std::chrono::steady_clock::time_point last_checkpoint = std::chrono::steady_clock::now();
+  int64_t state_bytes = 0;
+  // Engine thread only (loaded with the state, dropped when spilled).
+  RewindHistory history;
+  int64_t rewind_floor = 0;  // history.first_position(), kept under mu_ for readers
+  // Shared store: another replica acquired the session; the resident copy is dropped between
+  // operations (and the session acquired again if a request comes here).
+  bool moved = false;
+  // The session no longer exists in the (shared) store: closed or expired elsewhere.
+  bool gone = false;
+};
+
+class Engine::Impl {
+ public:
+  Impl(EngineOptions options, std::unique_ptr<TitansModel> model);
+
+  absl::Status Start();
+
+  // Replays the write-ahead log onto the latest checkpoints, checkpoints the result and starts a
+  // fresh log. A session whose records do not continue its checkpoint (a gap) keeps its last
+  // consistent state and is counted as unrecoverable.
+  absl::Status Recover();
+
+  ~Impl() { Shutdown(0); }
+
+  // Registers a stored session (not resident). Requires mu_ once the engine thread runs.
+  void Register(SessionRecord r);
+
+  // Shared stores: a session this replica has not seen may have been created by another one;
+  // register it so that it can be acquired. No-op otherwise.
+  void Discover(const std::string& id);
+
+  std::unique_ptr<Session> NewSession() const;
+
+  const ModelInfo& info() const { return info_; }
+
+  EngineObserver& observer() { return options_.observer ? *options_.observer : null_observer_; }
+
+  // ---- Admission (caller threads; engine_requests.cc) -------------------------------------------
+
+  absl::Status CheckOpen() const;
+
+  absl::StatusOr<Session*> Find(const std::string& principal, const std::string& id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  SessionInfo InfoOf(const Session& s) const;
+
+  absl::StatusOr<int64_t> ResolveTtl(int64_t ttl) const;
+
+  // Registers a new session holding `state`. Its rewind history starts at `state`, or is
+  // `history` (a fork's: stored points are those of session `history_owner`). Requires mu_.
+  absl::StatusOr<SessionInfo> AddSession(const CreateParams& p, std::unique_ptr<SessionState> state,
+                                         const RewindHistory* history = nullptr,
+                                         const std::string& history_owner = "")
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  absl::StatusOr<SessionInfo> CreateSession(const CreateParams& p);
+
+  absl::StatusOr<SessionInfo> GetSession(const std::string& principal, const std::string& id);
+
+  // Shared stores: updates the registry's view of a session that another replica may be serving
+  // (not resident here, or resident but taken over): its record from the store.
+  void Refresh(const std::string& id);
+
+  std::vector<SessionInfo> List(const std::string& principal,
+                                const std::map<std::string, std::string>& filter,
+                                const std::string& after, int limit, bool* more);
+
+  absl::StatusOr<std::vector<int32_t>> Tokenize(const Input& input, bool allow_empty);
+
+  // Queues `op` on the session; on failure the op is returned to the caller to report.
+  absl::Status Enqueue(const std::string& principal, const std::string& id,
+                       std::unique_ptr<Op>& op);
+
+  // ---- Engine thread (the step: engine_step.cc; residency: engine_durability.cc) ----------------
+
+  void Loop();
+
+  // Shared stores, before a step: a session this replica holds in RAM may have been taken over
+  // by another replica since; such copies are dropped so that the step acquires and loads the
+  // current state (one round trip to the store per step).
+  void DropMoved(const std::vector<Session*>& order, const std::vector<Assignment>& plan);
+
+  // Tokens accepted but not yet consumed, over all sessions.
+  int64_t QueuedTokens() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  bool HasRunnable() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Runs on the engine thread without mu_: only it touches states and head operations.
+  // With a shared store the session is first acquired (fencing off any replica that held it),
+  // its record re-read (another replica may have changed it) and its log since the checkpoint
+  // replayed. NOT_FOUND when the session no longer exists in the store.
+  absl::Status EnsureResident(Session* s);
+
+  // Applies one log record to the session's state. False if the state already contains it (or
+  // it belongs to an abandoned epoch); DATA_LOSS if it does not continue the state (a gap).
+  absl::StatusOr<bool> ReplayRecord(Session* s, const WalRecord& r);
+
+  // ---- Rewind history (engine_durability.cc), then the step's execution -------------------------
+
+  // Restores the session's rewind history from the store. Whatever cannot be restored
+  // consistently (missing or damaged tokens file, no point at its start, a different end) is
+  // dropped and the history restarts at the current state: rewinding less far, never wrongly.
+  void LoadHistory(Session* s);
+
+  void ResetHistory(Session* s);
+
+  // Between operations: takes a rewind point if one is due, and writes new points to the store
+  // (then only their positions stay in memory).
+  void MaybeTakePoint(Session* s);
+
+  void StorePoints(Session* s);
+
+  // The session's state at `position` <= its position: the nearest rewind point at or before
+  // it with the tokens up to `position` replayed (in pieces; the result equals the original
+  // state at that position up to float rounding). OUT_OF_RANGE outside the history,
+  // FAILED_PRECONDITION when rewinding is disabled, DATA_LOSS when a stored point is damaged.
+  absl::StatusOr<std::unique_ptr<SessionState>> StateAt(Session* s, int64_t position);
+
+  // Rewind op: the session goes back to op.target_position. Persisted at once (with a new epoch,
+  // so that log records of the abandoned tokens are never replayed onto it); in sync mode a
+  // failed write leaves the session as it was and fails the operation.
+  void ExecuteRewind(Session* s, Op& op, std::vector<std::function<void()>>* callbacks);
+
+  // Tokens of one session to feed in this step's batched forward pass.
+  struct Forwarding {
+    Session* session;
+    Op* op;
+    std::vector<int64_t> tokens;
+    bool decode = false;  // a sampled token of a generation (else a piece of an append / prompt)
+  };
+
+  // Engine thread, without mu_ (only this thread touches states and head operations). Runs
+  // control operations, scores and failures directly; queues token work into *batch.
+  void Prepare(Session* s, int64_t tokens, std::vector<Forwarding>* batch,
+               std::vector<std::function<void()>>* callbacks);
+
+  // The next up-to-`tokens` tokens of an append or prompt.
+  static std::vector<int64_t> NextPiece(const Op& op, int64_t tokens);
+
+  // Finishes an operation that changed the session. Without a log its callback runs now; in sync
+  // mode it waits for this step's group commit, and if that fails the session is rolled back to
+  // its state before the operation and the operation fails.
+  void Complete(Session* s, Op& op, std::function<void()> on_done,
+                std::function<void(absl::Status)> on_error,
+                std::vector<std::function<void()>>* callbacks);
+
+  // The step's group commit: every completed operation's record, one write and one fdatasync.
+  void CommitDurable(std::vector<std::function<void()>>* callbacks);
+
+  // One forward pass for every session's tokens of this step (continuous batching), then each
+  // operation's bookkeeping. If the pass fails, every operation in it fails (appends are rolled
+  // back to their state before the operation).
+  void RunBatch(std::vector<Forwarding>& batch, std::vector<std::function<void()>>* callbacks);
+
+  SamplingParams Resolve(const Session& s, const GenerateParams& g) const;
+
+  GenerateEvent Event(const SessionState& state, const Op& op, Finish f,
+                      std::vector<int32_t> tokens, std::string text) const;
+
+  void PrepareGenerate(Session* s, Op* op, int64_t tokens, bool cancelled,
+                       std::vector<Forwarding>* batch,
+                       std::vector<std::function<void()>>* callbacks);
+
+  void FinishDecode(Session* s, Op* op, int64_t token,
+                    std::vector<std::function<void()>>* callbacks);
+
+  void ExecuteScore(Session* s, Op* op, std::vector<std::function<void()>>* callbacks);
+
+  void Fail(Op& op, absl::Status status, std::vector<std::function<void()>>* callbacks);
+
+  void MarkDone(Op& op) { op.finished = true; }
+
+  // With mu_: pops finished operations, refreshes session metadata, erases closed sessions.
+  void Update(const std::vector<Session*>& order, const std::vector<Assignment>& plan,
+              std::vector<std::function<void()>>* callbacks) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Forgets the resident state (another replica holds the session now); a later operation here
+  // acquires the session again and loads it from the store.
+  void DropResident(Session* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  static absl::Status MovedError(const std::string& id);
+
+  // No operation of the session has started changing its state.
+  static bool Quiescent(const Session& s);
+
+  // With mu_: periodic checkpoints (kPeriodic, kSync) of sessions with unpersisted tokens, and in
+  // sync mode, once the log is large, a checkpoint of every session so the old log can go.
+  void CheckpointIfDue() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // With mu_: keeps at most max_resident_sessions states in RAM by spilling the least recently
+  // used idle ones to state_dir (without a state_dir nothing is spilled).
+  void SpillIfNeeded(std::vector<std::function<void()>>* callbacks)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Checkpoints the session (with `create`: stores a new session). In a shared store an ABORTED
+  // result means another replica acquired the session: this replica's copy must be dropped.
+  absl::Status Persist(Session* s, bool create = false);
+
+  // With mu_: expires idle sessions past their TTL (never ones with queued work). With a
+  // state_dir, the state is persisted to <state_dir>/expired first.
+  void Sweep() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  void Shutdown(int64_t deadline_ms);
+
+  Engine::Stats stats();
+
+  // ---- Operations (caller threads; engine_requests.cc) ------------------------------------------
+
+  void Append(const std::string& principal, const std::string& id, Input input, CancelFlag cancel,
+              std::function<void(absl::StatusOr<AppendResult>)> done);
+
+  void Generate(const std::string& principal, const std::string& id, GenerateParams params,
+                CancelFlag cancel, std::function<void(const GenerateEvent&)> on_event, Done done);
+
+  void Score(const std::string& principal, const std::string& id, std::vector<int32_t> tokens,
+             bool commit, std::function<void(absl::StatusOr<ScoreResult>)> done);
+
+  void Close(const std::string& principal, const std::string& id, Done done);
+
+  void Fork(const std::string& principal, const std::string& id, const std::string& new_id,
+            int64_t position, std::function<void(absl::StatusOr<SessionInfo>)> done);
+
+  void Rewind(const std::string& principal, const std::string& id, int64_t position,
+              std::function<void(absl::StatusOr<SessionInfo>)> done);
+
+  void Export(const std::string& principal, const std::string& id,
+              std::function<void(absl::StatusOr<std::string>)> done);
+
+  absl::StatusOr<SessionInfo> Import(const CreateParams& p, const std::string& snapshot);
+
+ private:
+  EngineOptions options_;
+  EngineObserver null_observer_;
+  std::unique_ptr<TitansModel> model_;
+  ModelInfo info_;
+  std::unique_ptr<SessionStore> files_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<std::string, std::unique_ptr<Session>> sessions_ ABSL_GUARDED_BY(mu_);
+  int64_t steps_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t expired_total_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t rr_cursor_ = 0;
+  std::unique_ptr<Wal> wal_;
+  // Operations complete only after their log record is durable (sync mode): the step's records
+  // are committed together, then these callbacks run (or, if the commit failed, the failures).
+  struct PendingDurable {
+    Session* session;
+    WalRecord record;
+    std::function<void()> on_durable;
+    std::function<void(absl::Status)> on_failure;
+  };
+  std::vector<PendingDurable> pending_durable_;
+  int64_t recovered_records_ = 0;
+  int64_t log_bytes_ = 0;
+  bool shared_ = false;  // files_ is shared with other replicas
+  int64_t unrecoverable_sessions_ = 0;
+  double recovery_seconds_ = 0;
+  std::atomic<bool> draining_{false};
+  std::atomic<bool> draining_deadline_passed_{false};
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  bool stopped_ = false;
+  std::thread thread_;
+};
+
+}  // namespace titans::engine
+
+#endif  // TITANS_SERVER_ENGINE_ENGINE_IMPL_H_

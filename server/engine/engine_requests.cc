@@ -1,0 +1,366 @@
+#include "server/engine/engine_impl.h"
+
+namespace titans::engine {
+
+namespace {
+
+std::string NewSessionId() {
+  static thread_local std::random_device device;
+  return absl::StrFormat("s-%08x%08x%08x%08x", device(), device(), device(), device());
+}
+
+absl::Status ValidateLabels(const std::map<std::string, std::string>& labels) {
+  if (labels.size() > 16) return absl::InvalidArgumentError("at most 16 labels");
+  for (const auto& [k, v] : labels) {
+    if (k.empty() || k.size() > 64 || v.size() > 64) {
+      return absl::InvalidArgumentError("label keys must be 1..64 bytes and values at most 64");
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status Engine::Impl::CheckOpen() const {
+  if (draining_) return absl::UnavailableError("server is shutting down");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Session*> Engine::Impl::Find(const std::string& principal, const std::string& id) {
+  auto it = sessions_.find(id);
+  if (it == sessions_.end() || it->second->record.principal != principal) {
+    return absl::NotFoundError(absl::StrCat("session '", id, "' not found"));
+  }
+  return it->second.get();
+}
+
+SessionInfo Engine::Impl::InfoOf(const Session& s) const {
+  SessionInfo info;
+  info.id = s.record.id;
+  info.model = info_.name;
+  info.position = s.record.position;
+  info.state_bytes = s.state_bytes;
+  info.created_unix_ms = s.record.created_unix_ms;
+  info.last_used_unix_ms = s.record.last_used_unix_ms;
+  info.idle_ttl_seconds = s.record.idle_ttl_seconds;
+  info.labels = s.record.labels;
+  info.spilled = s.spilled;
+  info.queued_operations = static_cast<int32_t>(s.ops.size());
+  info.rewind_floor = s.rewind_floor;
+  return info;
+}
+
+absl::StatusOr<int64_t> Engine::Impl::ResolveTtl(int64_t ttl) const {
+  if (ttl < 0 || ttl > options_.max_idle_ttl_seconds) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("idle_ttl_seconds must be at most ", options_.max_idle_ttl_seconds));
+  }
+  return ttl == 0 ? options_.default_idle_ttl_seconds : ttl;
+}
+
+absl::StatusOr<SessionInfo> Engine::Impl::AddSession(const CreateParams& p,
+                                                     std::unique_ptr<SessionState> state,
+                                                     const RewindHistory* history,
+                                                     const std::string& history_owner) {
+  TITANS_RETURN_IF_ERROR(CheckOpen());
+  std::string id = p.id;
+  if (id.empty()) {
+    do id = NewSessionId();
+    while (sessions_.count(id));
+  } else {
+    TITANS_RETURN_IF_ERROR(ValidateName(id, "session_id"));
+    if (sessions_.count(id)) {
+      return absl::AlreadyExistsError(absl::StrCat("session '", id, "' already exists"));
+    }
+  }
+  TITANS_RETURN_IF_ERROR(ValidateLabels(p.labels));
+  TITANS_ASSIGN_OR_RETURN(int64_t ttl, ResolveTtl(p.idle_ttl_seconds));
+  if (static_cast<int64_t>(sessions_.size()) >= options_.max_sessions) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("session limit reached (", options_.max_sessions, ")"));
+  }
+  if (p.sampling) {
+    TITANS_RETURN_IF_ERROR(ValidateSamplingParams(*p.sampling, model_->config().vocab_size));
+  }
+  auto s = NewSession();
+  s->record.id = id;
+  s->record.principal = p.principal;
+  s->record.labels = p.labels;
+  s->record.idle_ttl_seconds = ttl;
+  s->record.created_unix_ms = s->record.last_used_unix_ms = NowMs();
+  s->record.position = state->position;
+  s->sampling = p.sampling;
+  s->state_bytes = StateBytes(*state);
+  if (history) {
+    s->history = *history;
+    if (files_) {  // the fork gets its own copies of the stored points
+      for (const RewindPoint& point : s->history.points()) {
+        if (!point.state) (void)files_->CopyRewindPoint(history_owner, id, point.position);
+      }
+    }
+  } else {
+    s->history.Reset(RewindPoint{state->position, std::make_shared<SessionState>(*state)});
+  }
+  s->rewind_floor = s->history.first_position();
+  s->state = std::move(state);
+  Session* added = s.get();
+  SessionInfo info = InfoOf(*s);
+  sessions_.emplace(id, std::move(s));
+  if (options_.durability == Durability::kSync || shared_) {
+    // The session must exist after a crash before any of its operations is acknowledged; in a
+    // shared store, also so that other replicas can find it (and the id stays unique).
+    absl::Status st = Persist(added, /*create=*/true);
+    if (!st.ok()) {
+      sessions_.erase(id);
+      return st;
+    }
+  }
+  observer().OnSessionOpened();
+  return info;
+}
+
+absl::StatusOr<SessionInfo> Engine::Impl::CreateSession(const CreateParams& p) {
+  auto state = std::make_unique<SessionState>(model_->NewState());
+  std::lock_guard<std::mutex> lock(mu_);
+  return AddSession(p, std::move(state));
+}
+
+absl::StatusOr<SessionInfo> Engine::Impl::GetSession(const std::string& principal,
+                                                     const std::string& id) {
+  Discover(id);
+  if (shared_) Refresh(id);
+  std::lock_guard<std::mutex> lock(mu_);
+  TITANS_ASSIGN_OR_RETURN(Session * s, Find(principal, id));
+  return InfoOf(*s);
+}
+
+void Engine::Impl::Refresh(const std::string& id) {
+  bool resident;
+  int64_t seen_use;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = sessions_.find(id);
+    if (it == sessions_.end() || it->second->busy || !it->second->ops.empty()) return;
+    resident = !it->second->spilled;
+    seen_use = it->second->record.last_used_unix_ms;
+  }
+  if (resident && files_->Moved({id}).empty()) return;  // held here: the local view is current
+  auto record = files_->ReadRecord(id);
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = sessions_.find(id);
+  if (it == sessions_.end() || it->second->busy || !it->second->ops.empty()) return;
+  // Loaded (or reloaded) by the engine thread meanwhile: its record is newer than the one read
+  // above (a rewind may even have advanced the epoch), so leave it.
+  if (it->second->spilled == resident || it->second->record.last_used_unix_ms != seen_use) return;
+  if (!record.ok()) {
+    if (record.status().code() == absl::StatusCode::kNotFound) sessions_.erase(it);
+    return;
+  }
+  Session* s = it->second.get();
+  if (resident) DropResident(s);
+  const int64_t last_used = s->record.last_used_unix_ms;
+  s->record = std::move(*record);
+  s->record.last_used_unix_ms = std::max(last_used, s->record.last_used_unix_ms);
+  s->rewind_floor = std::min(s->rewind_floor, s->record.position);
+}
+
+std::vector<SessionInfo> Engine::Impl::List(const std::string& principal,
+                                            const std::map<std::string, std::string>& filter,
+                                            const std::string& after, int limit, bool* more) {
+  if (shared_) {  // sessions created by other replicas too
+    std::vector<SessionRecord> stored = files_->List(nullptr);
+    std::lock_guard<std::mutex> lock(mu_);
+    for (SessionRecord& r : stored) {
+      if (!sessions_.count(r.id)) Register(std::move(r));
+    }
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<const Session*> matching;
+  for (const auto& [id, s] : sessions_) {
+    if (s->record.principal != principal || id <= after) continue;
+    bool ok = true;
+    for (const auto& [k, v] : filter) {
+      auto it = s->record.labels.find(k);
+      ok = ok && it != s->record.labels.end() && it->second == v;
+    }
+    if (ok) matching.push_back(s.get());
+  }
+  std::sort(matching.begin(), matching.end(),
+            [](const Session* a, const Session* b) { return a->record.id < b->record.id; });
+  *more = static_cast<int>(matching.size()) > limit;
+  std::vector<SessionInfo> out;
+  for (int i = 0; i < std::min<int>(limit, matching.size()); ++i)
+    out.push_back(InfoOf(*matching[i]));
+  return out;
+}
+
+absl::StatusOr<std::vector<int32_t>> Engine::Impl::Tokenize(const Input& input, bool allow_empty) {
+  std::vector<int32_t> tokens;
+  if (input.has_tokens) {
+    for (int32_t id : input.tokens) {
+      if (id < 0 || id >= model_->config().vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "token id ", id, " is outside the vocabulary [0, ", model_->config().vocab_size, ")"));
+      }
+    }
+    tokens = input.tokens;
+  } else {
+    if (!IsValidUtf8(input.text)) return absl::InvalidArgumentError("text is not valid UTF-8");
+    TITANS_ASSIGN_OR_RETURN(tokens, model_->tokenizer().Encode(input.text, false));
+  }
+  if (tokens.empty() && !allow_empty) return absl::InvalidArgumentError("input is empty");
+  if (static_cast<int64_t>(tokens.size()) > options_.max_tokens_per_request) {
+    return absl::InvalidArgumentError(absl::StrCat("input has ", tokens.size(), " tokens; at most ",
+                                                   options_.max_tokens_per_request,
+                                                   " per request (split it)"));
+  }
+  return tokens;
+}
+
+absl::Status Engine::Impl::Enqueue(const std::string& principal, const std::string& id,
+                                   std::unique_ptr<Op>& op) {
+  Discover(id);
+  std::lock_guard<std::mutex> lock(mu_);
+  TITANS_RETURN_IF_ERROR(CheckOpen());
+  TITANS_ASSIGN_OR_RETURN(Session * s, Find(principal, id));
+  if (static_cast<int32_t>(s->ops.size()) >= options_.max_ops_per_session) {
+    return absl::ResourceExhaustedError(absl::StrCat("session '", id, "' has ", s->ops.size(),
+                                                     " operations queued (limit reached)"));
+  }
+  op->queued_tokens = op->remaining();  // not yet visible to the engine thread
+  if (QueuedTokens() + op->queued_tokens > options_.max_queued_tokens) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "server queue is full (", options_.max_queued_tokens, " tokens); retry later"));
+  }
+  s->ops.push_back(std::move(op));
+  cv_.notify_all();
+  return absl::OkStatus();
+}
+
+void Engine::Impl::Append(const std::string& principal, const std::string& id, Input input,
+                          CancelFlag cancel,
+                          std::function<void(absl::StatusOr<AppendResult>)> done) {
+  auto tokens = Tokenize(input, false);
+  if (!tokens.ok()) return done(tokens.status());
+  auto op = std::make_unique<Op>();
+  op->kind = OpKind::kAppend;
+  op->tokens = std::move(*tokens);
+  op->cancel = std::move(cancel);
+  op->append_done = done;
+  absl::Status st = Enqueue(principal, id, op);
+  if (!st.ok()) done(st);
+}
+
+void Engine::Impl::Generate(const std::string& principal, const std::string& id,
+                            GenerateParams params, CancelFlag cancel,
+                            std::function<void(const GenerateEvent&)> on_event, Done done) {
+  auto prompt = Tokenize(params.prompt, true);
+  if (!prompt.ok()) return done(prompt.status());
+  if (params.max_tokens == 0) params.max_tokens = 256;
+  if (params.max_tokens < 0 || params.max_tokens > options_.max_generate_tokens) {
+    return done(absl::InvalidArgumentError(
+        absl::StrCat("max_tokens must be in [1, ", options_.max_generate_tokens, "]")));
+  }
+  auto op = std::make_unique<Op>();
+  op->kind = OpKind::kGenerate;
+  op->tokens = std::move(*prompt);
+  op->cancel = std::move(cancel);
+  op->on_event = std::move(on_event);
+  op->done = done;
+  Discover(id);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto s = Find(principal, id);
+    if (!s.ok()) return done(s.status());
+    op->sampling = Resolve(**s, params);
+  }
+  op->generate = std::move(params);
+  absl::Status valid = ValidateSamplingParams(op->sampling, model_->config().vocab_size);
+  if (!valid.ok()) return done(valid);
+  absl::Status st = Enqueue(principal, id, op);
+  if (!st.ok()) done(st);
+}
+
+void Engine::Impl::Score(const std::string& principal, const std::string& id,
+                         std::vector<int32_t> tokens, bool commit,
+                         std::function<void(absl::StatusOr<ScoreResult>)> done) {
+  Input in;
+  in.tokens = std::move(tokens);
+  in.has_tokens = true;
+  auto checked = Tokenize(in, false);
+  if (!checked.ok()) return done(checked.status());
+  auto op = std::make_unique<Op>();
+  op->kind = OpKind::kScore;
+  op->tokens = std::move(*checked);
+  op->commit = commit;
+  op->score_done = done;
+  if (id.empty()) {  // stateless: a temporary session of its own
+    auto tmp = CreateSession(CreateParams{principal, "", 0, {}, std::nullopt});
+    if (!tmp.ok()) return done(tmp.status());
+    const std::string tmp_id = tmp->id;
+    op->commit = false;
+    op->score_done = [this, principal, tmp_id, done](absl::StatusOr<ScoreResult> r) {
+      if (r.ok()) r->position = 0;
+      done(std::move(r));
+      Close(principal, tmp_id, [](absl::Status) {});
+    };
+    absl::Status st = Enqueue(principal, tmp_id, op);
+    if (!st.ok()) op->score_done(st);
+    return;
+  }
+  absl::Status st = Enqueue(principal, id, op);
+  if (!st.ok()) done(st);
+}
+
+void Engine::Impl::Close(const std::string& principal, const std::string& id, Done done) {
+  auto op = std::make_unique<Op>();
+  op->kind = OpKind::kClose;
+  op->done = done;
+  absl::Status st = Enqueue(principal, id, op);
+  if (!st.ok()) done(st);
+}
+
+void Engine::Impl::Fork(const std::string& principal, const std::string& id,
+                        const std::string& new_id, int64_t position,
+                        std::function<void(absl::StatusOr<SessionInfo>)> done) {
+  if (position < -1) {
+    return done(absl::InvalidArgumentError("position must not be negative"));
+  }
+  auto op = std::make_unique<Op>();
+  op->kind = OpKind::kFork;
+  op->new_id = new_id;
+  op->target_position = position;
+  op->fork_done = done;
+  absl::Status st = Enqueue(principal, id, op);
+  if (!st.ok()) done(st);
+}
+
+void Engine::Impl::Rewind(const std::string& principal, const std::string& id, int64_t position,
+                          std::function<void(absl::StatusOr<SessionInfo>)> done) {
+  if (position < 0) return done(absl::InvalidArgumentError("position must not be negative"));
+  auto op = std::make_unique<Op>();
+  op->kind = OpKind::kRewind;
+  op->target_position = position;
+  op->fork_done = done;
+  absl::Status st = Enqueue(principal, id, op);
+  if (!st.ok()) done(st);
+}
+
+void Engine::Impl::Export(const std::string& principal, const std::string& id,
+                          std::function<void(absl::StatusOr<std::string>)> done) {
+  auto op = std::make_unique<Op>();
+  op->kind = OpKind::kExport;
+  op->export_done = done;
+  absl::Status st = Enqueue(principal, id, op);
+  if (!st.ok()) done(st);
+}
+
+absl::StatusOr<SessionInfo> Engine::Impl::Import(const CreateParams& p,
+                                                 const std::string& snapshot) {
+  TITANS_ASSIGN_OR_RETURN(SessionState state, DeserializeSessionState(snapshot, model_->config(),
+                                                                      model_->fingerprint()));
+  std::lock_guard<std::mutex> lock(mu_);
+  return AddSession(p, std::make_unique<SessionState>(std::move(state)));
+}
+
+}  // namespace titans::engine

@@ -1,0 +1,497 @@
+#include "server/engine/engine_impl.h"
+
+namespace titans::engine {
+
+void Engine::Impl::Loop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  auto last_sweep = Clock::now();
+  while (!stop_) {
+    if (!HasRunnable()) {
+      cv_.wait_for(lock, std::chrono::milliseconds(500));
+    }
+    if (stop_) break;
+    if (Clock::now() - last_sweep > std::chrono::seconds(1)) {
+      Sweep();
+      last_sweep = Clock::now();
+    }
+    if (!HasRunnable()) continue;
+    // Schedule (plain data), execute (no lock held), update.
+    std::vector<Session*> order;
+    std::vector<Candidate> candidates;
+    for (auto& [id, s] : sessions_) {
+      if (s->ops.empty()) continue;
+      order.push_back(s.get());
+    }
+    std::rotate(order.begin(), order.begin() + (rr_cursor_++ % order.size()), order.end());
+    for (size_t i = 0; i < order.size(); ++i) {
+      const Op& op = *order[i]->ops.front();
+      Candidate c{static_cast<int64_t>(i), 0, false};
+      switch (op.kind) {
+        case OpKind::kAppend:
+          c.wanted_tokens = std::max<int64_t>(op.remaining(), 2);
+          break;
+        case OpKind::kGenerate:
+          c.wanted_tokens = op.remaining() > 0 ? std::max<int64_t>(op.remaining(), 2) : 1;
+          break;
+        case OpKind::kScore:
+          c.wanted_tokens = std::max<int64_t>(op.remaining(), 2);
+          c.indivisible = true;
+          break;
+        default:
+          c.wanted_tokens = 0;
+      }
+      candidates.push_back(c);
+    }
+    std::vector<Assignment> plan = PlanStep(candidates, options_.step_token_budget);
+    for (const Assignment& a : plan) order[a.session]->busy = true;
+    ++steps_;
+    lock.unlock();
+    if (shared_) DropMoved(order, plan);
+    std::vector<std::function<void()>> callbacks;
+    std::vector<Forwarding> batch;
+    const auto step_start = Clock::now();
+    const int64_t kernel_start = kernels::MemoryKernelNanos();
+    for (const Assignment& a : plan) Prepare(order[a.session], a.tokens, &batch, &callbacks);
+    RunBatch(batch, &callbacks);
+    CommitDurable(&callbacks);
+    int64_t step_tokens = 0;
+    for (const Forwarding& f : batch) step_tokens += static_cast<int64_t>(f.tokens.size());
+    observer().OnStep(static_cast<int>(plan.size()), step_tokens,
+                      std::chrono::duration<double>(Clock::now() - step_start).count(),
+                      (kernels::MemoryKernelNanos() - kernel_start) * 1e-9);
+    lock.lock();
+    Update(order, plan, &callbacks);
+    lock.unlock();
+    for (auto& cb : callbacks) cb();
+    lock.lock();
+  }
+}
+
+void Engine::Impl::DropMoved(const std::vector<Session*>& order,
+                             const std::vector<Assignment>& plan) {
+  std::vector<std::string> ids;
+  std::map<std::string, Session*> by_id;
+  for (const Assignment& a : plan) {
+    Session* s = order[a.session];
+    if (!s->state || s->ops.front()->position_before >= 0) continue;  // not loaded / mid-op
+    ids.push_back(s->record.id);
+    by_id[s->record.id] = s;
+  }
+  if (ids.empty()) return;
+  std::vector<std::string> moved = files_->Moved(ids);
+  if (moved.empty()) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const std::string& id : moved) DropResident(by_id[id]);
+}
+
+int64_t Engine::Impl::QueuedTokens() {
+  int64_t total = 0;
+  for (auto& [id, s] : sessions_) {
+    for (auto& op : s->ops) total += op->queued_tokens;
+  }
+  return total;
+}
+
+bool Engine::Impl::HasRunnable() {
+  for (auto& [id, s] : sessions_) {
+    if (!s->ops.empty()) return true;
+  }
+  return false;
+}
+
+void Engine::Impl::Prepare(Session* s, int64_t tokens, std::vector<Forwarding>* batch,
+                           std::vector<std::function<void()>>* callbacks) {
+  Op& op = *s->ops.front();
+  if (!op.started) {
+    op.started = true;
+    observer().OnQueueTime(std::chrono::duration<double>(Clock::now() - op.arrival).count());
+  }
+  at::NoGradGuard no_grad;
+  absl::Status resident = EnsureResident(s);
+  if (!resident.ok()) {
+    if (resident.code() == absl::StatusCode::kNotFound && shared_) {
+      s->gone = true;  // closed or expired on another replica
+      Fail(op, absl::NotFoundError(absl::StrCat("session '", s->record.id, "' not found")),
+           callbacks);
+    } else if (resident.code() == absl::StatusCode::kUnavailable) {
+      Fail(op, resident, callbacks);
+    } else {
+      Fail(op,
+           absl::DataLossError(
+               absl::StrCat("session state could not be restored: ", resident.message())),
+           callbacks);
+    }
+    return;
+  }
+  SessionState& state = *s->state;
+  if (op.position_before < 0) op.position_before = state.position;
+  const bool cancelled = op.cancel && op.cancel->load();
+  switch (op.kind) {
+    case OpKind::kAppend: {
+      if (!op.backup) op.backup = std::make_unique<SessionState>(state);
+      if (cancelled || draining_deadline_passed_) {
+        state = *op.backup;
+        Fail(op,
+             cancelled ? absl::CancelledError("append cancelled; the session is unchanged")
+                       : absl::UnavailableError("server is shutting down"),
+             callbacks);
+        return;
+      }
+      batch->push_back(Forwarding{s, &op, NextPiece(op, tokens), false});
+      return;
+    }
+    case OpKind::kGenerate:
+      PrepareGenerate(s, &op, tokens, cancelled, batch, callbacks);
+      return;
+    case OpKind::kScore:
+      ExecuteScore(s, &op, callbacks);
+      return;
+    case OpKind::kExport: {
+      auto blob = SerializeSessionState(model_->config(), state, model_->fingerprint());
+      auto done = std::move(op.export_done);
+      callbacks->push_back([done, blob] { done(blob); });
+      MarkDone(op);
+      return;
+    }
+    case OpKind::kRewind:
+      ExecuteRewind(s, op, callbacks);
+      return;
+    case OpKind::kFork: {
+      auto forked = StateAt(s, op.target_position);
+      if (!forked.ok()) {
+        Fail(op, forked.status(), callbacks);
+        return;
+      }
+      if (s->history.end() != state.position) ResetHistory(s);
+      RewindHistory history = s->history.CopyUpTo((*forked)->position);
+      CreateParams p;
+      p.principal = s->record.principal;
+      p.id = op.new_id;
+      p.idle_ttl_seconds = s->record.idle_ttl_seconds;
+      p.labels = s->record.labels;
+      p.sampling = s->sampling;
+      absl::StatusOr<SessionInfo> info;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        // Tensors are never written in place, so sharing them is a copy-on-write fork.
+        info = AddSession(p, std::move(*forked), &history, s->record.id);
+      }
+      auto done = std::move(op.fork_done);
+      callbacks->push_back([done, info] { done(info); });
+      MarkDone(op);
+      return;
+    }
+    case OpKind::kClose:
+      MarkDone(op);  // Update() erases the session and answers the queued operations
+      return;
+  }
+}
+
+std::vector<int64_t> Engine::Impl::NextPiece(const Op& op, int64_t tokens) {
+  const int64_t n = std::max<int64_t>(1, std::min<int64_t>(tokens, op.remaining()));
+  return std::vector<int64_t>(op.tokens.begin() + op.consumed, op.tokens.begin() + op.consumed + n);
+}
+
+void Engine::Impl::Complete(Session* s, Op& op, std::function<void()> on_done,
+                            std::function<void(absl::Status)> on_error,
+                            std::vector<std::function<void()>>* callbacks) {
+  MarkDone(op);
+  s->history.Record(op.log_tokens);
+  if (options_.durability != Durability::kSync || op.log_tokens.empty()) {
+    callbacks->push_back(std::move(on_done));
+    return;
+  }
+  WalRecord record;
+  record.session_id = s->record.id;
+  record.position_before = op.position_before;
+  record.epoch = s->record.epoch;
+  record.tokens = std::move(op.log_tokens);
+  record.pieces = std::move(op.log_pieces);
+  record.has_rng = op.kind == OpKind::kGenerate;
+  record.rng = s->state->rng_state;
+  std::shared_ptr<SessionState> before =
+      op.backup ? std::make_shared<SessionState>(*op.backup) : nullptr;
+  pending_durable_.push_back(
+      PendingDurable{s, std::move(record), std::move(on_done),
+                     [this, s, before, on_error, callbacks](absl::Status st) {
+                       if (before) {
+                         *s->state = *before;
+                         s->history.TruncateTo(before->position);
+                       }
+                       callbacks->push_back([on_error, st] { on_error(st); });
+                     }});
+}
+
+void Engine::Impl::RunBatch(std::vector<Forwarding>& batch,
+                            std::vector<std::function<void()>>* callbacks) {
+  if (batch.empty()) return;
+  std::vector<SessionState*> states;
+  std::vector<std::vector<int64_t>> tokens;
+  for (Forwarding& f : batch) {
+    states.push_back(f.session->state.get());
+    tokens.push_back(f.tokens);
+  }
+  absl::Status st;
+  std::vector<absl::Status> per_session;
+  {
+    at::NoGradGuard no_grad;
+    st = model_->ForwardMany(states, tokens, &per_session);
+  }
+  for (size_t i = 0; i < batch.size(); ++i) {
+    Forwarding& f = batch[i];
+    Op& op = *f.op;
+    if (st.ok() && !per_session[i].ok()) st = per_session[i];  // this session only
+    if (!st.ok()) {
+      if (op.backup) *f.session->state = *op.backup;
+      Fail(op, st, callbacks);
+      st = per_session.empty() ? st : absl::OkStatus();
+      continue;
+    }
+    op.log_tokens.insert(op.log_tokens.end(), f.tokens.begin(), f.tokens.end());
+    op.log_pieces.push_back(static_cast<int32_t>(f.tokens.size()));
+    if (f.decode) {
+      observer().OnTokens("generated", 1);
+      FinishDecode(f.session, &op, f.tokens[0], callbacks);
+      continue;
+    }
+    observer().OnTokens(op.kind == OpKind::kAppend ? "appended" : "prompt",
+                        static_cast<int64_t>(f.tokens.size()));
+    op.consumed += f.tokens.size();
+    if (op.kind == OpKind::kAppend && op.remaining() == 0) {
+      AppendResult r{static_cast<int64_t>(op.tokens.size()), f.session->state->position};
+      auto done = std::move(op.append_done);
+      Complete(
+          f.session, op, [done, r] { done(r); }, [done](absl::Status st) { done(st); }, callbacks);
+      op.tokens.clear();
+      op.consumed = 0;
+    }
+  }
+}
+
+SamplingParams Engine::Impl::Resolve(const Session& s, const GenerateParams& g) const {
+  SamplingParams p =
+      ApplySamplingOverrides(s.sampling.value_or(options_.default_sampling), g.sampling);
+  p.has_seed = g.sampling.seed.has_value();
+  p.seed = g.sampling.seed.value_or(0);
+  p.max_tokens = g.max_tokens;
+  p.stop = g.stop;
+  p.stop_at_eos = g.stop_at_eos;
+  return p;
+}
+
+GenerateEvent Engine::Impl::Event(const SessionState& state, const Op& op, Finish f,
+                                  std::vector<int32_t> tokens, std::string text) const {
+  GenerateEvent e;
+  e.tokens = std::move(tokens);
+  e.text = std::move(text);
+  e.finish = f;
+  e.position = state.position;
+  e.prompt_tokens = static_cast<int32_t>(op.tokens.size());
+  e.generated_tokens = op.generator ? op.generator->generated() : 0;
+  e.total_seconds = std::chrono::duration<double>(Clock::now() - op.arrival).count();
+  if (op.first_token) {
+    e.time_to_first_token_seconds =
+        std::chrono::duration<double>(*op.first_token - op.arrival).count();
+  }
+  return e;
+}
+
+void Engine::Impl::PrepareGenerate(Session* s, Op* op, int64_t tokens, bool cancelled,
+                                   std::vector<Forwarding>* batch,
+                                   std::vector<std::function<void()>>* callbacks) {
+  SessionState& state = *s->state;
+  if (cancelled || draining_deadline_passed_) {
+    // The session keeps what was consumed so far; in sync mode that part is logged like a
+    // finished operation (otherwise recovery would find a gap in the session's log).
+    std::string rest = op->generator ? op->generator->Flush() : "";
+    GenerateEvent e = Event(state, *op, Finish::kCancelled, {}, rest);
+    auto on_event = op->on_event;
+    auto done = std::move(op->done);
+    const absl::Status st = cancelled ? absl::CancelledError("generation cancelled")
+                                      : absl::UnavailableError("server is shutting down");
+    op->backup.reset();  // keep, do not roll back, if the log commit fails: report its error
+    Complete(
+        s, *op,
+        [on_event, done, e, st] {
+          on_event(e);
+          done(st);
+        },
+        [done](absl::Status failed) { done(failed); }, callbacks);
+    return;
+  }
+  if (!op->backup) op->backup = std::make_unique<SessionState>(state);
+  if (op->remaining() > 0) {  // the prompt first, in pieces like an append
+    batch->push_back(Forwarding{s, op, NextPiece(*op, tokens), false});
+    return;
+  }
+  if (!op->generator) {
+    const int64_t position = state.position;
+    auto g = TokenGenerator::Start(*model_, &state, op->sampling);
+    if (!g.ok()) {
+      state = *op->backup;  // Start() may have fed the BOS token
+      Fail(*op, g.status(), callbacks);
+      return;
+    }
+    if (state.position > position) {  // Start() fed the beginning-of-sequence token
+      op->log_tokens.push_back(model_->tokenizer().bos_id());
+      op->log_pieces.push_back(1);
+    }
+    op->generator.emplace(std::move(*g));
+  }
+  const int32_t token = op->generator->Sample(&state);
+  batch->push_back(Forwarding{s, op, {token}, true});
+}
+
+void Engine::Impl::FinishDecode(Session* s, Op* op, int64_t token,
+                                std::vector<std::function<void()>>* callbacks) {
+  TokenGenerator::StepResult step = op->generator->Commit(static_cast<int32_t>(token));
+  const auto now = Clock::now();
+  if (!op->first_token) {
+    op->first_token = now;
+    observer().OnTimeToFirstToken(std::chrono::duration<double>(now - op->arrival).count());
+  } else {
+    observer().OnInterTokenLatency(std::chrono::duration<double>(now - op->last_token).count());
+  }
+  op->last_token = now;
+  Finish f = Finish::kNone;
+  if (step.finished) {
+    switch (step.finish_reason) {
+      case FinishReason::kLength:
+        f = Finish::kLength;
+        break;
+      case FinishReason::kStop:
+        f = Finish::kStop;
+        break;
+      case FinishReason::kEndOfSequence:
+        f = Finish::kEndOfSequence;
+        break;
+      case FinishReason::kCancelled:
+        f = Finish::kCancelled;
+        break;
+    }
+  }
+  GenerateEvent e = Event(*s->state, *op, f, {step.token}, step.text_delta);
+  auto on_event = op->on_event;
+  if (f == Finish::kNone) {
+    callbacks->push_back([on_event, e] { on_event(e); });
+    return;
+  }
+  auto done = std::move(op->done);
+  Complete(
+      s, *op,
+      [on_event, done, e] {
+        on_event(e);
+        done(absl::OkStatus());
+      },
+      [done](absl::Status st) { done(st); }, callbacks);
+}
+
+void Engine::Impl::ExecuteScore(Session* s, Op* op, std::vector<std::function<void()>>* callbacks) {
+  SessionState& live = *s->state;
+  SessionState work = live;  // shallow; committed only if asked
+  if (op->commit) op->backup = std::make_unique<SessionState>(live);
+  auto result = [&]() -> absl::StatusOr<ScoreResult> {
+    if (work.position == 0) {
+      at::Tensor bos = at::full({1, 1}, int64_t{model_->tokenizer().bos_id()}, at::kLong);
+      TITANS_RETURN_IF_ERROR(model_->Forward(&work, bos).status());
+      op->log_tokens.push_back(model_->tokenizer().bos_id());
+      op->log_pieces.push_back(1);
+    }
+    at::Tensor first = work.last_logits;  // [1, V]
+    std::vector<int64_t> ids(op->tokens.begin(), op->tokens.end());
+    at::Tensor t = at::tensor(ids).unsqueeze(0);
+    TITANS_ASSIGN_OR_RETURN(at::Tensor logits, model_->Forward(&work, t, LogitsMode::kAll));
+    // Logits predicting token i: after the context for i = 0, after token i-1 otherwise.
+    at::Tensor pred = at::cat({first.unsqueeze(1), logits.slice(1, 0, logits.size(1) - 1)}, 1);
+    at::Tensor lp = at::log_softmax(pred.to(at::kCPU).to(at::kFloat), -1)
+                        .gather(2, t.unsqueeze(2))
+                        .reshape({-1})
+                        .contiguous();
+    ScoreResult r;
+    r.logprobs.assign(lp.data_ptr<float>(), lp.data_ptr<float>() + lp.numel());
+    if (op->commit) live = work;
+    observer().OnTokens("scored", static_cast<int64_t>(op->tokens.size()));
+    r.position = live.position;
+    return r;
+  }();
+  auto done = std::move(op->score_done);
+  if (result.ok() && op->commit) {
+    op->log_tokens.insert(op->log_tokens.end(), op->tokens.begin(), op->tokens.end());
+    op->log_pieces.push_back(static_cast<int32_t>(op->tokens.size()));
+    Complete(
+        s, *op, [done, result] { done(result); }, [done](absl::Status st) { done(st); }, callbacks);
+  } else {
+    callbacks->push_back([done, result] { done(result); });
+    MarkDone(*op);
+  }
+  op->tokens.clear();
+}
+
+void Engine::Impl::Fail(Op& op, absl::Status status,
+                        std::vector<std::function<void()>>* callbacks) {
+  switch (op.kind) {
+    case OpKind::kAppend:
+      callbacks->push_back([done = std::move(op.append_done), status] { done(status); });
+      break;
+    case OpKind::kGenerate:
+      callbacks->push_back([done = std::move(op.done), status] { done(status); });
+      break;
+    case OpKind::kScore:
+      callbacks->push_back([done = std::move(op.score_done), status] { done(status); });
+      break;
+    case OpKind::kFork:
+    case OpKind::kRewind:
+      callbacks->push_back([done = std::move(op.fork_done), status] { done(status); });
+      break;
+    case OpKind::kExport:
+      callbacks->push_back([done = std::move(op.export_done), status] { done(status); });
+      break;
+    case OpKind::kClose:
+      callbacks->push_back([done = std::move(op.done), status] { done(status); });
+      break;
+  }
+  MarkDone(op);
+}
+
+void Engine::Impl::Update(const std::vector<Session*>& order, const std::vector<Assignment>& plan,
+                          std::vector<std::function<void()>>* callbacks) {
+  const int64_t now = NowMs();
+  for (const Assignment& a : plan) {
+    Session* s = order[a.session];
+    s->busy = false;
+    Op& op = *s->ops.front();
+    op.queued_tokens = op.remaining();
+    s->record.last_used_unix_ms = now;
+    if (s->state) {
+      s->record.position = s->state->position;
+      s->state_bytes = StateBytes(*s->state);
+      s->spilled = false;
+    }
+    if (!op.finished) continue;
+    if (s->state && op.kind != OpKind::kClose && !s->moved) MaybeTakePoint(s);
+    s->rewind_floor = s->history.first_position();
+    if (s->moved) DropResident(s);
+    const bool close = op.kind == OpKind::kClose || s->gone;
+    Done close_done = close ? std::move(op.done) : nullptr;
+    s->ops.pop_front();
+    if (close) {
+      std::vector<std::unique_ptr<Op>> rest;
+      for (auto& o : s->ops) rest.push_back(std::move(o));
+      const std::string id = s->record.id;
+      const bool gone = s->gone;
+      if (files_ && !gone) files_->Remove(id);
+      sessions_.erase(id);
+      if (!gone) {
+        observer().OnSessionClosed("closed");
+        callbacks->push_back([close_done] { close_done(absl::OkStatus()); });
+      }
+      for (auto& o : rest) {
+        Fail(*o, absl::NotFoundError("session '" + id + "' was closed"), callbacks);
+      }
+    }
+  }
+  CheckpointIfDue();
+  SpillIfNeeded(callbacks);
+}
+
+}  // namespace titans::engine
