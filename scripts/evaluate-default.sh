@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Measures the default model and the attention-only baseline (docs/evaluation.md): bits per byte
-# on held-out text (with gzip and xz for scale) and passkey accuracy against haystack length in
-# both haystacks. One titans-eval run per model (they can run in parallel: OMP_NUM_THREADS=1),
-# written to docs/results/evaluation-NAME.{md,tsv}; then the merged evaluation.tsv and the plots.
+# on the held-out text read as one stream (with gzip and xz for scale), by position in that
+# stream, and passkey accuracy against haystack length in both haystacks. One titans-eval run per
+# model, all in parallel with one thread each, written to docs/results/evaluation-NAME.{md,tsv};
+# then the merged evaluation.tsv and the plots.
 #
 #   scripts/evaluate-default.sh [MODEL_DIR ...]   (default: models/default models/swa-baseline)
 set -euo pipefail
@@ -11,13 +12,16 @@ cd "$(dirname "$0")/.."
 [ -f data/kjv.txt ] || scripts/prepare-data.sh
 [ -x build/tools/titans-eval ] || scripts/build.sh titans-eval
 mkdir -p docs/results
-for dir in "$@"; do
+for dir in "$@"; do  # one thread per model, all models at once
   name="$(basename "$dir")"
   [ "$name" = model ] && name="$(basename "$(dirname "$dir")")"
-  build/tools/titans-eval --model "$dir" --data data/kjv.txt \
+  OMP_NUM_THREADS=1 build/tools/titans-eval --model "$dir" --data data/kjv.txt \
+    --bpb_bytes 0 --bpb_ranges 1024,4096,16384,65536,131072 \
     --lengths 1024,4096,16384,65536,262144 --trials 10 --seed 7 \
-    --tsv "docs/results/evaluation-$name.tsv" | tee "docs/results/evaluation-$name.md"
+    --tsv "docs/results/evaluation-$name.tsv" > "docs/results/evaluation-$name.md" &
 done
+wait
+cat docs/results/evaluation-*.md
 {
   printf 'what\tsubject\tlength\tvalue\n'
   for f in docs/results/evaluation-*.tsv; do tail -n +2 "$f"; done | sort -u

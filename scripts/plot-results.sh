@@ -15,6 +15,23 @@ if [ -f evaluation.tsv ]; then
   awk -F'\t' -v d="$tmp" 'NR > 1 && $1 ~ /^(passkey|digits)-/ {
       n = $2; gsub(/[^A-Za-z0-9]/, "_", n); print $3 "\t" $4 > (d "/" $1 "." n) }' evaluation.tsv
   for f in "$tmp"/passkey-* "$tmp"/digits-*; do [ -f "$f" ] && sort -n -o "$f" "$f"; done
+  # Bits per byte by position in one long held-out stream (x: the end of each range).
+  awk -F'\t' -v d="$tmp" 'NR > 1 && $1 == "bpb-at" {
+      n = $2; gsub(/[^A-Za-z0-9]/, "_", n); print $3 "\t" $4 > (d "/bpb-at." n) }' evaluation.tsv
+  plots=""
+  for f in "$tmp"/bpb-at.*; do
+    [ -f "$f" ] || continue
+    sort -n -o "$f" "$f"
+    name="$(basename "$f")"
+    title="${name#bpb-at.}"
+    plots="$plots${plots:+, }'$f' using 1:2 with linespoints lw 2 title '${title//_/ }'"
+  done
+  if [ -n "$plots" ]; then
+    gnuplot -e "$term; set output 'bpb-by-position.png'; set logscale x 2; set key top right;
+      set xlabel 'position in the stream (end of range, bytes)'; set ylabel 'bits per byte';
+      set title 'Held-out bits per byte by position in one long session (lower is better)';
+      plot $plots"
+  fi
   for filler in noise text; do
     plots=""
     for f in "$tmp"/passkey-$filler.* "$tmp"/digits-$filler.*; do

@@ -105,7 +105,12 @@ int main(int argc, char** argv) {
   if (!model.ok()) return fail(model.status().ToString());
   std::string command = "titans-train";
   for (int i = 1; i < argc; ++i) command += std::string(" ") + argv[i];
-  (*model)->SetProvenance("trained", "Trained by: " + command);
+  std::string provenance = "Trained by: " + command;
+  // Fine-tuning: keep how the starting model came to be, so the recipe stays complete.
+  if (!absl::GetFlag(FLAGS_init).empty() && !(*model)->config().description.empty()) {
+    provenance += ". Started from a model described as: " + (*model)->config().description;
+  }
+  (*model)->SetProvenance("trained", provenance);
 
   titans::Trainer trainer(model->get(), &*corpus, options, out);
   if (absl::GetFlag(FLAGS_resume)) {
