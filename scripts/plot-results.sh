@@ -27,7 +27,7 @@ if [ -f evaluation.tsv ]; then
     plots="$plots${plots:+, }'$f' using 1:2 with linespoints lw 2 title '${title//_/ }'"
   done
   if [ -n "$plots" ]; then
-    gnuplot -e "$term; set output 'bpb-by-position.png'; set logscale x 2; set key top right;
+    gnuplot -e "$term; set output 'bpb-by-position.png'; set logscale x 2; set key top left;
       set xlabel 'position in the stream (end of range, bytes)'; set ylabel 'bits per byte';
       set title 'Held-out bits per byte by position in one long session (lower is better)';
       plot $plots"
