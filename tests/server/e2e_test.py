@@ -265,6 +265,15 @@ try:
     check("rpc log carries request and session ids",
           appends and appends[0]["request_id"].startswith("r-"), appends[:1])
     check("no log line per token", len(rpc_lines) < 100, len(rpc_lines))
+    listening = [l for l in lines if l.get("event") == "listening"]
+    expected_arenas = (os.environ["MALLOC_ARENA_MAX"] + " (MALLOC_ARENA_MAX)"
+                       if "MALLOC_ARENA_MAX" in os.environ else "2")
+    check("startup log shows the malloc arena limit",
+          listening and listening[0].get("malloc_arenas") == expected_arenas, listening[:1])
+    bad = subprocess.run([SERVER, "--malloc_arena_max=-1", "--port=0"], capture_output=True,
+                         text=True, timeout=60)
+    check("negative --malloc_arena_max is refused", bad.returncode != 0
+          and "--malloc_arena_max must be >= 0" in bad.stderr, bad.stderr[-500:])
     port = free_port()
     proc, channel = start_server(port, state_dir)
     stub = rpc.TitansStub(channel)
