@@ -51,8 +51,8 @@ absl::StatusOr<double> StreamBitsPerByte(const TitansModel& model, const std::st
                                          int64_t piece, int64_t skip) {
   TITANS_ASSIGN_OR_RETURN(std::vector<double> nats, StreamNatsPerToken(model, text, piece));
   // Prediction i is of token i+1: the first `skip` tokens are context only.
-  const double bpb = BitsPerByteOver(nats, std::max<int64_t>(0, skip - 1),
-                                     static_cast<int64_t>(nats.size()));
+  const double bpb =
+      BitsPerByteOver(nats, std::max<int64_t>(0, skip - 1), static_cast<int64_t>(nats.size()));
   if (bpb < 0) return absl::InvalidArgumentError("nothing left to score after the skip");
   return bpb;
 }

@@ -349,8 +349,8 @@ absl::StatusOr<double> Trainer::Step() {
     static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
   }
   optimizer_->adam->zero_grad();
-  SessionState state = carried_ != nullptr ? *carried_
-                                            : model_->NewState(options_.batch, /*track_grad=*/true);
+  SessionState state =
+      carried_ != nullptr ? *carried_ : model_->NewState(options_.batch, /*track_grad=*/true);
   absl::StatusOr<at::Tensor> forward =
       model_->Forward(&state, batch.slice(1, 0, T), LogitsMode::kAll);
   if (!forward.ok() && forward.status().code() == absl::StatusCode::kInternal &&

@@ -28,7 +28,8 @@ ABSL_FLAG(std::string, baseline, "", "a second model to compare (e.g. attention-
 ABSL_FLAG(std::vector<std::string>, data, {}, "the training data files (held-out part is used)");
 ABSL_FLAG(double, test_fraction, 0.05, "held-out share at the end of each file (as titans-train)");
 ABSL_FLAG(int64_t, bpb_bytes, 65536, "held-out bytes scored for bits per byte (0: all)");
-ABSL_FLAG(std::vector<std::string>, bpb_ranges, std::vector<std::string>({"1024", "4096", "16384", "65536"}),
+ABSL_FLAG(std::vector<std::string>, bpb_ranges,
+          std::vector<std::string>({"1024", "4096", "16384", "65536"}),
           "ends of the stream position ranges whose bits per byte are reported separately (how "
           "prediction changes as the session grows)");
 ABSL_FLAG(std::vector<std::string>, lengths,

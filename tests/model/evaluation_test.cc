@@ -47,9 +47,8 @@ TEST(StreamNatsPerToken, OneLossPerPredictionAndRangesAverageToTheWhole) {
     SessionState state = model->NewState();
     auto logits = model->Forward(&state, at::tensor(ids).unsqueeze(0));
     ASSERT_TRUE(logits.ok());
-    const double expected = -at::log_softmax(logits->reshape({-1}).to(at::kDouble), 0)
-                                 [tokens->back()]
-                                     .item<double>();
+    const double expected =
+        -at::log_softmax(logits->reshape({-1}).to(at::kDouble), 0)[tokens->back()].item<double>();
     EXPECT_NEAR((*nats)[9], expected, 1e-4);
   }
   const int64_t n = static_cast<int64_t>(nats->size());
@@ -59,7 +58,7 @@ TEST(StreamNatsPerToken, OneLossPerPredictionAndRangesAverageToTheWhole) {
   const double first = BitsPerByteOver(*nats, 0, 100), rest = BitsPerByteOver(*nats, 100, n);
   EXPECT_NEAR((first * 100 + rest * static_cast<double>(n - 100)) / static_cast<double>(n), *whole,
               1e-9);
-  EXPECT_EQ(BitsPerByteOver(*nats, n, n + 10), -1);  // past the end: empty
+  EXPECT_EQ(BitsPerByteOver(*nats, n, n + 10), -1);               // past the end: empty
   EXPECT_NEAR(BitsPerByteOver(*nats, -5, n + 5), *whole, 1e-12);  // clamped
   EXPECT_EQ(StreamNatsPerToken(*model, "a").status().code(), absl::StatusCode::kInvalidArgument);
 }

@@ -239,10 +239,10 @@ TEST(Trainer, StreamSegmentsCarryTheStateAcrossSteps) {
     SessionState state = model->NewState(o.batch);
     auto logits = model->Forward(&state, whole.slice(1, 0, 3 * T), LogitsMode::kAll);
     ASSERT_TRUE(logits.ok()) << logits.status();
-    at::Tensor nats = at::cross_entropy_loss(logits->reshape({-1, logits->size(-1)}),
-                                             whole.slice(1, 1).reshape({-1}), {},
-                                             at::Reduction::None)
-                          .view({o.batch, 3 * T});
+    at::Tensor nats =
+        at::cross_entropy_loss(logits->reshape({-1, logits->size(-1)}),
+                               whole.slice(1, 1).reshape({-1}), {}, at::Reduction::None)
+            .view({o.batch, 3 * T});
     for (int k = 0; k < 3; ++k) {
       const double expected = nats.slice(1, k * T, (k + 1) * T).mean().item<double>();
       EXPECT_NEAR(losses[static_cast<size_t>(stream * 3 + k)], expected, 2e-4)
