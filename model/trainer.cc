@@ -278,57 +278,40 @@ Trainer::RowContent Trainer::SampleRow(int64_t length, int64_t* text_cursor) {
   return content;
 }
 
-Trainer::Batch Trainer::SampleBatch() {
+Trainer::Batch Trainer::SampleBatch(bool streaming) {
   const int64_t B = options_.batch, T = options_.seq_len;
-  std::vector<int64_t> ids;
-  ids.reserve(static_cast<size_t>(B * (T + 1)));
-  std::vector<float> mask(static_cast<size_t>(B * T), 0.0f);
-  for (int64_t b = 0; b < B; ++b) {
-    RowContent row = SampleRow(T + 1, nullptr);
-    ids.insert(ids.end(), row.tokens.begin(), row.tokens.end());
-    // Token j is predicted at input position j - 1.
-    for (int64_t j : row.answers) {
-      if (j >= 1 && j - 1 < T) mask[static_cast<size_t>(b * T + j - 1)] = 1.0f;
-    }
-  }
-  Batch batch;
-  batch.tokens = at::tensor(ids, at::kLong).view({B, T + 1}).to(model_->device());
-  batch.answer_mask = at::tensor(mask).view({B, T}).to(model_->device());
-  return batch;
-}
-
-Trainer::Batch Trainer::NextStreamBatch() {
-  const int64_t B = options_.batch, T = options_.seq_len;
-  const bool fresh = carried_ == nullptr;
-  const std::string& text = corpus_->train();
-  std::uniform_int_distribution<int64_t> start(0, static_cast<int64_t>(text.size()) - (T + 1));
-  if (fresh) {
+  // Stateless, or the first segment of new streams: every row is T + 1 new tokens.
+  const bool fresh = !streaming || carried_ == nullptr;
+  if (streaming && fresh) {
     text_cursor_.assign(static_cast<size_t>(B), 0);
     last_token_.assign(static_cast<size_t>(B), 32);
   }
+  const std::string& text = corpus_->train();
+  std::uniform_int_distribution<int64_t> start(0, static_cast<int64_t>(text.size()) - (T + 1));
   std::vector<int64_t> ids;
   ids.reserve(static_cast<size_t>(B * (T + 1)));
   std::vector<float> mask(static_cast<size_t>(B * T), 0.0f);
   for (int64_t b = 0; b < B; ++b) {
-    int64_t* cursor = &text_cursor_[static_cast<size_t>(b)];
-    std::vector<int32_t> row;
-    if (fresh) {  // T + 1 new tokens: the first is only an input
-      *cursor = start(rng_);
+    int64_t* cursor = streaming ? &text_cursor_[static_cast<size_t>(b)] : nullptr;
+    std::vector<int32_t> row;      // T + 1 tokens: inputs [0, T), targets [1, T]
+    std::vector<int64_t> answers;  // indices into row
+    if (fresh) {
+      if (cursor != nullptr) *cursor = start(rng_);
       RowContent c = SampleRow(T + 1, cursor);
       row = std::move(c.tokens);
-      for (int64_t j : c.answers) {
-        if (j >= 1 && j - 1 < T) mask[static_cast<size_t>(b * T + j - 1)] = 1.0f;
-      }
-    } else {  // the previous segment's last token, then T new ones (new token j is target j)
+      answers = std::move(c.answers);
+    } else {  // the previous segment's last token, then T new ones
       RowContent c = SampleRow(T, cursor);
       row.push_back(last_token_[static_cast<size_t>(b)]);
       row.insert(row.end(), c.tokens.begin(), c.tokens.end());
-      for (int64_t j : c.answers) {
-        if (j >= 0 && j < T) mask[static_cast<size_t>(b * T + j)] = 1.0f;
-      }
+      for (int64_t j : c.answers) answers.push_back(j + 1);
     }
-    last_token_[static_cast<size_t>(b)] = row.back();
+    if (streaming) last_token_[static_cast<size_t>(b)] = row.back();
     ids.insert(ids.end(), row.begin(), row.end());
+    // Token j is predicted at input position j - 1.
+    for (int64_t j : answers) {
+      if (j >= 1 && j - 1 < T) mask[static_cast<size_t>(b * T + j - 1)] = 1.0f;
+    }
   }
   Batch batch;
   batch.tokens = at::tensor(ids, at::kLong).view({B, T + 1}).to(model_->device());
@@ -340,7 +323,7 @@ absl::StatusOr<double> Trainer::Step() {
   const int64_t T = options_.seq_len;
   const bool streaming = options_.stream_segments > 1;
   if (streaming && step_ % options_.stream_segments == 0) carried_.reset();  // a new stream
-  const Batch sampled = streaming ? NextStreamBatch() : SampleBatch();
+  const Batch sampled = SampleBatch(streaming);
   const at::Tensor& batch = sampled.tokens;
   last_tokens_ = batch;
   last_answer_loss_ = -1;

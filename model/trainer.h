@@ -172,9 +172,9 @@ class Trainer {
   // A text window (from *text_cursor when given, which then advances), or a passkey or recall
   // task, drawn by the options' fractions.
   RowContent SampleRow(int64_t length, int64_t* text_cursor);
-  Batch SampleBatch();
-  // Stream mode: the next segment of every row (fresh rows at a stream's start).
-  Batch NextStreamBatch();
+  // The step's batch. Streaming: the next segment of every row's stream (new streams when none
+  // is carried); otherwise independent rows.
+  Batch SampleBatch(bool streaming);
 
   TitansModel* model_;
   const TextCorpus* corpus_;
