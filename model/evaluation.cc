@@ -95,4 +95,46 @@ absl::StatusOr<PasskeyResult> PasskeyAccuracy(const TitansModel& model, const st
   return result;
 }
 
+absl::StatusOr<RecallResult> RecallAccuracy(const TitansModel& model, const std::string& filler,
+                                            int pairs, int64_t filler_bytes, int trials,
+                                            uint64_t seed) {
+  at::NoGradGuard no_grad;
+  if (model.config().tokenizer.type != "byte") {
+    return absl::FailedPreconditionError("recall tasks need a byte-level model");
+  }
+  if (pairs < 1 || filler_bytes < 0 || trials < 0) {
+    return absl::InvalidArgumentError("pairs must be >= 1, filler_bytes and trials >= 0");
+  }
+  std::mt19937_64 rng(seed);
+  RecallResult result;
+  result.filler_bytes = filler_bytes;
+  // MakeRecallTask fits (length - filler - 16) / 16 pairs: this length gives exactly `pairs`.
+  const int64_t length = filler_bytes + 16 + 16 * static_cast<int64_t>(pairs);
+  for (int i = 0; i < trials; ++i) {
+    RecallTask task = MakeRecallTask(filler, length, filler_bytes, &rng);
+    TITANS_ASSIGN_OR_RETURN(std::vector<int32_t> tokens, model.tokenizer().Encode(task.text, false));
+    SessionState state = model.NewState();
+    // Feed up to each answer byte, compare the greedy prediction with it, then feed it.
+    int64_t fed = 0;
+    std::vector<bool> hit;
+    for (int64_t answer : task.answers) {
+      for (int64_t at = fed; at < answer; at += 4096) {
+        const int64_t end = std::min(answer, at + 4096);
+        std::vector<int64_t> ids(tokens.begin() + at, tokens.begin() + end);
+        TITANS_RETURN_IF_ERROR(
+            model.Forward(&state, at::tensor(ids).unsqueeze(0).to(model.device())).status());
+      }
+      fed = answer;
+      hit.push_back(state.last_logits.argmax(-1).item<int64_t>() == tokens[answer]);
+    }
+    // Answers come in pairs of digits, one pair per fact.
+    for (size_t f = 0; f + 1 < hit.size(); f += 2) {
+      ++result.facts;
+      result.facts_correct += hit[f] && hit[f + 1];
+    }
+    ++result.trials;
+  }
+  return result;
+}
+
 }  // namespace titans

@@ -50,6 +50,23 @@ struct PasskeyResult {
 absl::StatusOr<PasskeyResult> PasskeyAccuracy(const TitansModel& model, const std::string& filler,
                                               int64_t length, int trials, uint64_t seed);
 
+struct RecallResult {
+  int64_t filler_bytes = 0;  // bytes between the facts and the questions
+  int trials = 0;
+  int facts = 0;          // facts asked, over all trials
+  int facts_correct = 0;  // facts whose whole value was recalled
+  double accuracy() const { return facts ? static_cast<double>(facts_correct) / facts : 0; }
+};
+
+// Multi-fact recall: `trials` tasks (MakeRecallTask) of `pairs` key-value facts ("kqz=47, ")
+// stated at the start, `filler_bytes` of `filler` (random windows), then every key asked again
+// in a random order ("Recall: kqz=" -> "47"). A fact counts when both digits of its value are
+// the greedy prediction (teacher-forced, as PasskeyAccuracy). Byte-level models only
+// (FAILED_PRECONDITION otherwise).
+absl::StatusOr<RecallResult> RecallAccuracy(const TitansModel& model, const std::string& filler,
+                                            int pairs, int64_t filler_bytes, int trials,
+                                            uint64_t seed);
+
 }  // namespace titans
 
 #endif  // TITANS_MODEL_EVALUATION_H_

@@ -250,6 +250,11 @@ absl::StatusOr<SessionState> DeserializeSessionState(std::string_view blob,
   if (pos == nullptr || !absl::SimpleAtoi(*pos, &s.position) || s.position < 0) {
     return absl::InvalidArgumentError("session state: missing or invalid position");
   }
+  if (s.position > SessionState::kMaxPosition) {
+    return absl::InvalidArgumentError(absl::StrCat("session state: position ", s.position,
+                                                   " is beyond the longest supported stream (",
+                                                   SessionState::kMaxPosition, " tokens)"));
+  }
   const std::string* rng = meta("rng");
   std::vector<std::string> words = rng ? absl::StrSplit(*rng, ',') : std::vector<std::string>{};
   if (words.size() != 4) return absl::InvalidArgumentError("session state: invalid rng");
@@ -285,6 +290,10 @@ absl::StatusOr<SessionState> DeserializeSessionState(std::string_view blob,
       return absl::InvalidArgumentError(absl::StrCat("session state: ", slot.name, " is ",
                                                      ShapeString(t.sizes()), ", expected float32 ",
                                                      ShapeString(slot.shape)));
+    }
+    if (!at::isfinite(t).all().item<bool>()) {
+      return absl::InvalidArgumentError("session state: " + slot.name +
+                                        " holds non-finite values");
     }
     *slot.tensor = t;
   }

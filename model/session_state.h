@@ -37,7 +37,10 @@ struct LayerState {
 };
 
 struct SessionState {
-  int64_t position = 0;  // tokens consumed so far
+  int64_t position = 0;  // tokens consumed so far, at most kMaxPosition
+  // The longest stream a session may hold: 2^40 tokens (about 35 years at 1,000 tokens/s).
+  // Positions enter the rotary angles and the attention masks as doubles, exact below 2^53.
+  static constexpr int64_t kMaxPosition = int64_t{1} << 40;
   std::vector<LayerState> layers;
   at::Tensor last_logits;  // [B, V] logits after the last token; zeros while position == 0
   std::array<uint64_t, 4> rng_state{};  // sampler RNG (see model/sampler.h)
@@ -70,7 +73,9 @@ absl::StatusOr<std::string> SerializeSessionState(const ModelConfig& config,
 
 // Parses a blob from SerializeSessionState. DATA_LOSS on a bad magic, checksum or truncation;
 // FAILED_PRECONDITION when it was made by a different model (fingerprint mismatch) or an
-// unsupported version; INVALID_ARGUMENT when a tensor is missing or has the wrong shape.
+// unsupported version; INVALID_ARGUMENT when a tensor is missing, has the wrong shape or holds a
+// non-finite value, or the position exceeds SessionState::kMaxPosition (a checksum only proves
+// the blob is intact, not that a client did not craft it).
 // Never crashes on hostile input.
 absl::StatusOr<SessionState> DeserializeSessionState(std::string_view blob,
                                                      const ModelConfig& config,

@@ -257,6 +257,17 @@ absl::Status TitansModel::ForwardMany(const std::vector<SessionState*>& states,
     next.reserve(states.size());
     for (SessionState* s : states) next.push_back(*s);  // shallow; committed at the end
     std::vector<int64_t> done(states.size(), 0);
+    // A session that would pass the longest supported stream is refused alone (OUT_OF_RANGE).
+    std::vector<absl::Status> result(states.size());
+    for (size_t i = 0; i < states.size(); ++i) {
+      const int64_t n = static_cast<int64_t>(tokens[i].size());
+      if (states[i]->position > SessionState::kMaxPosition - n) {
+        result[i] = absl::OutOfRangeError(
+            absl::StrCat("the session would pass the longest supported stream (",
+                         SessionState::kMaxPosition, " tokens)"));
+        done[i] = n;
+      }
+    }
     while (true) {
       std::vector<SessionState*> active;
       std::vector<int64_t> lengths, packed;
@@ -280,9 +291,10 @@ absl::Status TitansModel::ForwardMany(const std::vector<SessionState*>& states,
         }
       }
     }
-    std::vector<absl::Status> result(states.size());
     for (size_t i = 0; i < states.size(); ++i) {
-      if (!at::isfinite(next[i].last_logits).all().item<bool>()) result[i] = NonFinite();
+      if (result[i].ok() && !at::isfinite(next[i].last_logits).all().item<bool>()) {
+        result[i] = NonFinite();
+      }
     }
     if (statuses == nullptr) {
       for (const absl::Status& st : result) {
@@ -314,6 +326,10 @@ absl::StatusOr<at::Tensor> TitansModel::Forward(SessionState* state, const at::T
   }
   const int64_t T = tokens.size(1);
   if (T == 0) return absl::InvalidArgumentError("no tokens to consume");
+  if (state->position > SessionState::kMaxPosition - T) {
+    return absl::OutOfRangeError(absl::StrCat("the session would pass the longest supported stream (",
+                                              SessionState::kMaxPosition, " tokens)"));
+  }
   try {
     const int64_t lo = tokens.min().item<int64_t>(), hi = tokens.max().item<int64_t>();
     if (lo < 0 || hi >= config_.vocab_size) {

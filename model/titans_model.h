@@ -67,7 +67,8 @@ class TitansModel {
   // Consumes tokens [B, T] (int64, ids in [0, vocab)) and advances *state. Returns logits
   // [B, T, V] (kAll) or [B, 1, V] (kLast) for the consumed tokens. On any error *state is left
   // exactly as it was: INVALID_ARGUMENT for bad ids / shapes, INTERNAL for a LibTorch failure or
-  // a numerical overflow (non-finite logits).
+  // a numerical overflow (non-finite logits), OUT_OF_RANGE if the state would pass
+  // SessionState::kMaxPosition.
   // Runs under autograd only if the caller enabled it (training); serving should hold a
   // NoGradGuard.
   absl::StatusOr<at::Tensor> Forward(SessionState* state, const at::Tensor& tokens,
@@ -79,7 +80,8 @@ class TitansModel {
   // nothing: on error no state changes. Caller holds a NoGradGuard.
   // If the model's numbers overflow for a session (non-finite logits), that session is left
   // unchanged: with `statuses` it gets INTERNAL there and the others are committed; without,
-  // the whole call fails with INTERNAL.
+  // the whole call fails with INTERNAL. A session that would pass SessionState::kMaxPosition is
+  // left unchanged in the same way, with OUT_OF_RANGE.
   absl::Status ForwardMany(const std::vector<SessionState*>& states,
                            const std::vector<std::vector<int64_t>>& tokens,
                            std::vector<absl::Status>* statuses = nullptr) const;

@@ -67,6 +67,15 @@ absl::Status ValidateTrainOptions(const TrainOptions& o) {
     return bad("passkey_fraction + recall_fraction must be at most 1");
   }
   if (o.stream_segments < 1) return bad("stream_segments must be at least 1");
+  if (!(o.long_passkey_fraction >= 0 && o.long_passkey_fraction <= 1)) {
+    return bad("long_passkey_fraction must be in [0, 1]");
+  }
+  if (o.long_passkey_fraction > 0 && o.stream_segments < 2) {
+    return bad("long_passkey_fraction needs stream_segments >= 2");
+  }
+  if (o.long_passkey_fraction > 0 && o.seq_len < 160) {
+    return bad("long_passkey_fraction needs seq_len >= 160 (needle and question fit a segment)");
+  }
   if (o.stream_segments > 1) {
     if (o.steps % o.stream_segments != 0) {
       return bad(absl::StrCat("steps (", o.steps, ") must be a multiple of stream_segments (",
@@ -183,10 +192,14 @@ std::string PasskeyNeedle(const std::string& key) {
   return absl::StrCat(" The pass key is ", key, ". Remember it. ", key, " is the pass key. ");
 }
 
+namespace {
+// RULER's niah "repeat" haystack (Hsieh et al. 2024), used by the Titans paper's S-NIAH-PK.
+constexpr char kNoiseSentence[] =
+    "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ";
+}  // namespace
+
 std::string PasskeyNoise(int64_t bytes) {
-  // RULER's niah "repeat" haystack (Hsieh et al. 2024), used by the Titans paper's S-NIAH-PK.
-  static const std::string kSentence =
-      "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ";
+  const std::string kSentence = kNoiseSentence;
   std::string out;
   out.reserve(static_cast<size_t>(bytes) + kSentence.size());
   while (static_cast<int64_t>(out.size()) < bytes) out += kSentence;
@@ -278,6 +291,51 @@ Trainer::RowContent Trainer::SampleRow(int64_t length, int64_t* text_cursor) {
   return content;
 }
 
+Trainer::RowContent Trainer::LongPasskeyRow(LongPasskey* task, int64_t segment, int64_t length,
+                                            int64_t* text_cursor) {
+  const std::string& text = corpus_->train();
+  // `n` filler bytes: the row's passage goes on, or the noise cycle does.
+  auto filler = [&](int64_t n) {
+    std::string out;
+    if (n <= 0) return out;
+    if (task->noise) {
+      const int64_t period = static_cast<int64_t>(sizeof(kNoiseSentence) - 1);
+      out = PasskeyNoise(task->noise_phase + n + period).substr(task->noise_phase, n);
+      task->noise_phase = (task->noise_phase + n) % period;
+    } else {
+      if (*text_cursor + n > static_cast<int64_t>(text.size())) *text_cursor = 0;
+      out = text.substr(static_cast<size_t>(*text_cursor), static_cast<size_t>(n));
+      *text_cursor += n;
+    }
+    return out;
+  };
+  std::string row;
+  RowContent content;
+  if (segment == 0) {
+    const std::string needle = PasskeyNeedle(task->key);
+    const int64_t hay = length - static_cast<int64_t>(needle.size());
+    std::uniform_int_distribution<int64_t> at(0, std::max<int64_t>(0, hay));
+    const int64_t before = at(rng_);
+    row = filler(before);
+    row += needle;
+    row += filler(hay - before);
+  } else if (segment == task->ask_segment) {
+    const std::string question = kPasskeyQuestion;
+    const std::string answer = task->key + ".";
+    row = filler(length - static_cast<int64_t>(question.size() + answer.size()));
+    row += question;
+    for (size_t i = 0; i < 5; ++i) content.answers.push_back(static_cast<int64_t>(row.size() + i));
+    row += answer;
+  } else {
+    row = filler(length);
+  }
+  // Byte tokens: one per byte (long passkey rows are used only with the byte tokenizer).
+  auto tokens = model_->tokenizer().Encode(row, false);
+  content.tokens = tokens.ok() ? *tokens : std::vector<int32_t>();
+  content.tokens.resize(static_cast<size_t>(length), 32);
+  return content;
+}
+
 Trainer::Batch Trainer::SampleBatch(bool streaming) {
   const int64_t B = options_.batch, T = options_.seq_len;
   // Stateless, or the first segment of new streams: every row is T + 1 new tokens.
@@ -285,7 +343,11 @@ Trainer::Batch Trainer::SampleBatch(bool streaming) {
   if (streaming && fresh) {
     text_cursor_.assign(static_cast<size_t>(B), 0);
     last_token_.assign(static_cast<size_t>(B), 32);
+    long_passkey_.assign(static_cast<size_t>(B), LongPasskey{});
+    stream_origin_ = step_;
   }
+  // Which segment of the current streams this step is (streams restart after a skipped batch).
+  const int64_t segment = streaming ? step_ - stream_origin_ : 0;
   const std::string& text = corpus_->train();
   std::uniform_int_distribution<int64_t> start(0, static_cast<int64_t>(text.size()) - (T + 1));
   std::vector<int64_t> ids;
@@ -295,7 +357,35 @@ Trainer::Batch Trainer::SampleBatch(bool streaming) {
     int64_t* cursor = streaming ? &text_cursor_[static_cast<size_t>(b)] : nullptr;
     std::vector<int32_t> row;      // T + 1 tokens: inputs [0, T), targets [1, T]
     std::vector<int64_t> answers;  // indices into row
-    if (fresh) {
+    LongPasskey* long_task = streaming ? &long_passkey_[static_cast<size_t>(b)] : nullptr;
+    if (fresh && long_task != nullptr && options_.long_passkey_fraction > 0 &&
+        model_->config().tokenizer.type == "byte") {
+      std::uniform_real_distribution<double> unit(0.0, 1.0);
+      if (unit(rng_) < options_.long_passkey_fraction) {
+        long_task->active = true;
+        long_task->noise = unit(rng_) < options_.passkey_noise_fraction;
+        std::uniform_int_distribution<int> digit(0, 9);
+        long_task->key.clear();
+        for (int i = 0; i < 5; ++i)
+          long_task->key += static_cast<char>('0' + (i == 0 ? 1 + digit(rng_) % 9 : digit(rng_)));
+        std::uniform_int_distribution<int64_t> ask(1, options_.stream_segments - 1);
+        long_task->ask_segment = ask(rng_);
+        std::uniform_int_distribution<int64_t> phase(0, sizeof(kNoiseSentence) - 2);
+        long_task->noise_phase = phase(rng_);
+      }
+    }
+    if (long_task != nullptr && long_task->active) {
+      if (fresh) *cursor = start(rng_);
+      RowContent c = LongPasskeyRow(long_task, segment, fresh ? T + 1 : T, cursor);
+      if (fresh) {
+        row = std::move(c.tokens);
+        answers = std::move(c.answers);
+      } else {
+        row.push_back(last_token_[static_cast<size_t>(b)]);
+        row.insert(row.end(), c.tokens.begin(), c.tokens.end());
+        for (int64_t j : c.answers) answers.push_back(j + 1);
+      }
+    } else if (fresh) {
       if (cursor != nullptr) *cursor = start(rng_);
       RowContent c = SampleRow(T + 1, cursor);
       row = std::move(c.tokens);

@@ -54,6 +54,13 @@ struct TrainOptions {
   // (same fractions as above), after which the passage goes on. Every stream_segments steps all
   // rows start again from a fresh state. 1 = every step starts fresh (stateless).
   int64_t stream_segments = 1;
+  // Stream mode only: share of stream rows that are one long passkey task. The needle is planted
+  // in the stream's first segment and the question ends a later segment (uniform over the
+  // remaining ones), with the stream's filler (text, or the noise with passkey_noise_fraction)
+  // in between; the rest of the stream is filler. So the model is trained to read a key back
+  // across up to stream_segments x seq_len bytes (the gradient stays inside the asking segment:
+  // it trains the read and the haystack writes just before it). 0 = none.
+  double long_passkey_fraction = 0.0;
   int64_t eval_every = 100;        // steps between held-out evaluations (0 = never)
   int64_t eval_sequences = 16;     // held-out windows per evaluation
   int64_t checkpoint_every = 200;  // steps between checkpoints (0 = only at the end)
@@ -172,6 +179,17 @@ class Trainer {
   // A text window (from *text_cursor when given, which then advances), or a passkey or recall
   // task, drawn by the options' fractions.
   RowContent SampleRow(int64_t length, int64_t* text_cursor);
+  // Stream mode: a row's long passkey task (long_passkey_fraction), drawn at the stream's start.
+  struct LongPasskey {
+    bool active = false;
+    bool noise = false;       // the filler is PasskeyNoise (else the row's passage of text)
+    std::string key;          // 5 digits
+    int64_t ask_segment = 0;  // the segment (0-based) that ends with the question
+    int64_t noise_phase = 0;  // where in the noise cycle the next filler byte is
+  };
+  // The `segment`-th `length` tokens of a long passkey row (answers index into them).
+  RowContent LongPasskeyRow(LongPasskey* task, int64_t segment, int64_t length,
+                            int64_t* text_cursor);
   // The step's batch. Streaming: the next segment of every row's stream (new streams when none
   // is carried); otherwise independent rows.
   Batch SampleBatch(bool streaming);
@@ -191,6 +209,8 @@ class Trainer {
   std::unique_ptr<SessionState> carried_;
   std::vector<int64_t> text_cursor_;
   std::vector<int32_t> last_token_;
+  std::vector<LongPasskey> long_passkey_;
+  int64_t stream_origin_ = 0;  // the step at which the current streams started
   static constexpr int kMaxSkippedSteps = 10;
   std::unique_ptr<Optimizer> optimizer_;
 };

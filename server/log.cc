@@ -1,5 +1,6 @@
 #include "server/log.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -55,6 +56,28 @@ std::string JsonEscape(std::string_view s) {
   return out;
 }
 
+// A field value as written: at most kMaxValueBytes of it (a client can send megabyte-long ids;
+// a log line must stay a line), with a "...(N bytes)" tail when cut. In text lines, control
+// bytes are written as \xNN so that no value can start a new line or forge fields.
+constexpr size_t kMaxValueBytes = 256;
+std::string Bounded(std::string_view v, bool escape_controls) {
+  size_t n = std::min(v.size(), kMaxValueBytes);
+  while (n < v.size() && n > 0 && (static_cast<unsigned char>(v[n]) & 0xc0) == 0x80) --n;
+  std::string out;
+  for (size_t i = 0; i < n; ++i) {
+    const unsigned char c = static_cast<unsigned char>(v[i]);
+    if (escape_controls && (c < 0x20 || c == 0x7f)) {
+      char buf[8];
+      std::snprintf(buf, sizeof(buf), "\\x%02x", c);
+      out += buf;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  if (n < v.size()) absl::StrAppend(&out, "...(", v.size(), " bytes)");
+  return out;
+}
+
 std::string Timestamp() {
   const auto now = std::chrono::system_clock::now();
   const std::time_t t = std::chrono::system_clock::to_time_t(now);
@@ -92,12 +115,14 @@ void Log(LogLevel level, std::string_view event, std::initializer_list<LogField>
     line = absl::StrCat("{\"ts\":\"", Timestamp(), "\",\"level\":\"", Name(level),
                         "\",\"event\":\"", JsonEscape(event), "\"");
     for (const auto& [k, v] : fields) {
-      absl::StrAppend(&line, ",\"", JsonEscape(k), "\":\"", JsonEscape(v), "\"");
+      absl::StrAppend(&line, ",\"", JsonEscape(k), "\":\"", JsonEscape(Bounded(v, false)), "\"");
     }
     line += "}\n";
   } else {
     line = absl::StrCat(Timestamp(), " ", Name(level), " ", std::string(event));
-    for (const auto& [k, v] : fields) absl::StrAppend(&line, " ", std::string(k), "=", v);
+    for (const auto& [k, v] : fields) {
+      absl::StrAppend(&line, " ", std::string(k), "=", Bounded(v, true));
+    }
     line += "\n";
   }
   std::lock_guard<std::mutex> lock(write_mu);

@@ -156,7 +156,7 @@ class TitansService final : public pb::Titans::Service {
     if (!principal.ok()) return ToGrpc(principal.status());
     if (!req->model().empty() && req->model() != engine_->model_info().name) {
       return Status(grpc::StatusCode::NOT_FOUND,
-                    absl::StrCat("unknown model '", req->model(), "'; this server hosts '",
+                    absl::StrCat("unknown model '", engine::ShowValue(req->model()), "'; this server hosts '",
                                  engine_->model_info().name, "'"));
     }
     engine::CreateParams p;
@@ -414,7 +414,7 @@ class TitansService final : public pb::Titans::Service {
     if (!principal.ok()) return ToGrpc(principal.status());
     if (!req->model().empty() && req->model() != engine_->model_info().name) {
       return Status(grpc::StatusCode::NOT_FOUND,
-                    absl::StrCat("unknown model '", req->model(), "'"));
+                    absl::StrCat("unknown model '", engine::ShowValue(req->model()), "'"));
     }
     FillModel(resp);
     return Status::OK;

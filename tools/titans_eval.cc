@@ -37,7 +37,14 @@ ABSL_FLAG(std::vector<std::string>, lengths,
           "passkey haystack lengths in bytes");
 ABSL_FLAG(std::vector<std::string>, fillers, (std::vector<std::string>{"noise", "text"}),
           "passkey haystacks: noise (the paper's S-NIAH-PK) and/or text (held-out text)");
+ABSL_FLAG(std::vector<std::string>, text_haystack, {},
+          "files whose text is the 'text' haystack (default: the held-out part of --data); use "
+          "text the model was not trained on, e.g. /usr/share/common-licenses/*");
 ABSL_FLAG(int, trials, 10, "passkey tasks per length");
+ABSL_FLAG(int, recall_pairs, 4, "multi-fact recall: facts per task (0: skip the recall section)");
+ABSL_FLAG(std::vector<std::string>, recall_gaps, (std::vector<std::string>{"1024", "4096"}),
+          "multi-fact recall: filler bytes between the facts and the questions");
+ABSL_FLAG(int, recall_trials, 20, "multi-fact recall: tasks per gap and filler");
 ABSL_FLAG(uint64_t, seed, 7, "seed for the passkey tasks");
 ABSL_FLAG(std::string, tsv, "", "also write the results as TSV to this file");
 
@@ -141,14 +148,26 @@ int main(int argc, char** argv) {
     if (!absl::SimpleAtoi(l, &length) || length < 128) return fail("bad --lengths entry " + l);
     lengths.push_back(length);
   }
+  std::string natural = corpus->test();
+  std::string natural_name = "held-out text";
+  if (!absl::GetFlag(FLAGS_text_haystack).empty()) {
+    natural.clear();
+    natural_name = "text";
+    for (const std::string& path : absl::GetFlag(FLAGS_text_haystack)) {
+      auto text = titans::ReadFileToString(path);
+      if (!text.ok()) return fail(path + ": " + text.status().ToString());
+      absl::StrAppend(&natural, *text, "\n");
+      absl::StrAppend(&natural_name, natural_name == "text" ? " of " : ", ", path);
+    }
+  }
   const int64_t longest = lengths.empty() ? 0 : *std::max_element(lengths.begin(), lengths.end());
   for (const std::string& filler : absl::GetFlag(FLAGS_fillers)) {
     if (filler != "noise" && filler != "text")
       return fail("--fillers: noise or text, got " + filler);
     const std::string haystack =
-        filler == "noise" ? titans::PasskeyNoise(longest + 256) : corpus->test();
+        filler == "noise" ? titans::PasskeyNoise(longest + 256) : natural;
     std::printf("\n## Passkey accuracy, %s haystack (%d tasks per length, 5-digit key)\n\n",
-                filler == "noise" ? "noise (S-NIAH-PK)" : "held-out text",
+                filler == "noise" ? "noise (S-NIAH-PK)" : natural_name.c_str(),
                 absl::GetFlag(FLAGS_trials));
     std::printf(
         "Whole key right (chance 1e-5), and in parentheses digits right (chance ~0.1).\n\n");
@@ -168,6 +187,37 @@ int main(int argc, char** argv) {
         absl::StrAppend(&tsv, "passkey-", filler, "\t", dir, "\t", length, "\t", r->accuracy(),
                         "\n");
         absl::StrAppend(&tsv, "digits-", filler, "\t", dir, "\t", length, "\t", r->digit_accuracy(),
+                        "\n");
+      }
+      std::printf("\n");
+    }
+  }
+  const int pairs = absl::GetFlag(FLAGS_recall_pairs);
+  for (const std::string& filler : pairs > 0 ? absl::GetFlag(FLAGS_fillers)
+                                             : std::vector<std::string>{}) {
+    const std::string haystack =
+        filler == "noise" ? titans::PasskeyNoise(longest + 256) : natural;
+    std::printf("\n## Multi-fact recall, %s filler (%d facts, %d tasks per gap)\n\n",
+                filler == "noise" ? "noise" : natural_name.c_str(), pairs,
+                absl::GetFlag(FLAGS_recall_trials));
+    std::printf("Facts whose two-digit value is recalled exactly (chance 0.01).\n\n");
+    std::printf("| gap bytes |");
+    for (auto& [dir, model] : models) std::printf(" %s |", dir.c_str());
+    std::printf("\n|---|");
+    for (size_t i = 0; i < models.size(); ++i) std::printf("---|");
+    std::printf("\n");
+    for (const std::string& g : absl::GetFlag(FLAGS_recall_gaps)) {
+      int64_t gap = 0;
+      if (!absl::SimpleAtoi(g, &gap) || gap < 0) return fail("bad --recall_gaps entry " + g);
+      std::printf("| %lld |", static_cast<long long>(gap));
+      for (auto& [dir, model] : models) {
+        auto r = titans::RecallAccuracy(*model, haystack, pairs, gap,
+                                        absl::GetFlag(FLAGS_recall_trials),
+                                        absl::GetFlag(FLAGS_seed));
+        if (!r.ok()) return fail(r.status().ToString());
+        std::printf(" %d/%d (%.2f) |", r->facts_correct, r->facts, r->accuracy());
+        std::fflush(stdout);
+        absl::StrAppend(&tsv, "recall-", filler, "\t", dir, "\t", gap, "\t", r->accuracy(),
                         "\n");
       }
       std::printf("\n");

@@ -45,6 +45,9 @@ ABSL_FLAG(double, answer_weight, 1.0,
 ABSL_FLAG(int64_t, stream_segments, 1,
           "stateful training: each row is a stream of this many seq_len segments, the state "
           "carried from step to step (1: every step starts from a fresh state)");
+ABSL_FLAG(double, long_passkey_fraction, 0.0,
+          "with --stream_segments: share of stream rows that are one passkey task whose needle "
+          "is in the first segment and whose question ends a later one");
 ABSL_FLAG(double, test_fraction, 0.05, "held-out share at the end of each file");
 ABSL_FLAG(int64_t, eval_every, 100, "steps between held-out evaluations");
 ABSL_FLAG(int64_t, eval_sequences, 16, "held-out windows per evaluation");
@@ -79,6 +82,7 @@ int main(int argc, char** argv) {
   options.checkpoint_every = absl::GetFlag(FLAGS_checkpoint_every);
   options.seed = absl::GetFlag(FLAGS_seed);
   options.stream_segments = absl::GetFlag(FLAGS_stream_segments);
+  options.long_passkey_fraction = absl::GetFlag(FLAGS_long_passkey_fraction);
   if (absl::Status valid = titans::ValidateTrainOptions(options); !valid.ok()) {
     return fail("bad options: " + std::string(valid.message()));
   }

@@ -127,6 +127,11 @@ SamplingParams ApplySamplingOverrides(SamplingParams base, const SamplingOverrid
 // `field`.
 absl::Status ValidateName(const std::string& name, const char* field);
 
+// A client-supplied value as it may appear in a status message or a log line: at most 64 bytes
+// of it, bytes outside printable ASCII (and the quote and backslash) written as \xNN, and a
+// "...(N bytes)" tail when it was cut. Never longer than ~300 bytes, whatever the input.
+std::string ShowValue(std::string_view value);
+
 struct GenerateParams {
   Input prompt;  // optional (empty text and no tokens = none)
   SamplingOverrides sampling;

@@ -29,7 +29,7 @@ absl::Status Engine::Impl::CheckOpen() const {
 absl::StatusOr<Session*> Engine::Impl::Find(const std::string& principal, const std::string& id) {
   auto it = sessions_.find(id);
   if (it == sessions_.end() || it->second->record.principal != principal) {
-    return absl::NotFoundError(absl::StrCat("session '", id, "' not found"));
+    return absl::NotFoundError(absl::StrCat("session '", ShowValue(id), "' not found"));
   }
   return it->second.get();
 }
@@ -70,7 +70,8 @@ absl::StatusOr<SessionInfo> Engine::Impl::AddSession(const CreateParams& p,
   } else {
     TITANS_RETURN_IF_ERROR(ValidateName(id, "session_id"));
     if (sessions_.count(id)) {
-      return absl::AlreadyExistsError(absl::StrCat("session '", id, "' already exists"));
+      return absl::AlreadyExistsError(
+          absl::StrCat("session '", ShowValue(id), "' already exists"));
     }
   }
   TITANS_RETURN_IF_ERROR(ValidateLabels(p.labels));

@@ -111,7 +111,7 @@ void Engine::Impl::Prepare(Session* s, int64_t tokens, std::vector<Forwarding>* 
   if (!resident.ok()) {
     if (resident.code() == absl::StatusCode::kNotFound && shared_) {
       s->gone = true;  // closed or expired on another replica
-      Fail(op, absl::NotFoundError(absl::StrCat("session '", s->record.id, "' not found")),
+      Fail(op, absl::NotFoundError(absl::StrCat("session '", ShowValue(s->record.id), "' not found")),
            callbacks);
     } else if (resident.code() == absl::StatusCode::kUnavailable) {
       Fail(op, resident, callbacks);
@@ -490,7 +490,7 @@ void Engine::Impl::Update(const std::vector<Session*>& order, const std::vector<
         callbacks->push_back([close_done] { close_done(absl::OkStatus()); });
       }
       for (auto& o : rest) {
-        Fail(*o, absl::NotFoundError("session '" + id + "' was closed"), callbacks);
+        Fail(*o, absl::NotFoundError("session '" + ShowValue(id) + "' was closed"), callbacks);
       }
     }
   }

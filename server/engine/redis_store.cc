@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "model/status_macros.h"
+#include "server/engine/engine.h"
 
 namespace titans::engine {
 namespace {
@@ -268,7 +269,7 @@ absl::Status RedisStore::Write(const SessionRecord& r, const std::string& state_
 
 absl::StatusOr<std::string> RedisStore::ReadState(const std::string& id) {
   TITANS_ASSIGN_OR_RETURN(Reply r, Command({"GET", Key(id, "state")}));
-  if (r.kind != Reply::kString) return absl::NotFoundError("session '" + id + "' not in the store");
+  if (r.kind != Reply::kString) return absl::NotFoundError("session '" + ShowValue(id) + "' not in the store");
   return r.str;
 }
 
@@ -277,7 +278,7 @@ absl::StatusOr<SessionRecord> RedisStore::ReadRecord(const std::string& id) {
       Pipeline({{"GET", Key(id, "rec")}, {"LINDEX", Key(id, "log"), "-1"}});
   TITANS_RETURN_IF_ERROR(replies[0].status());
   if (replies[0]->kind != Reply::kString) {
-    return absl::NotFoundError("session '" + id + "' not in the store");
+    return absl::NotFoundError("session '" + ShowValue(id) + "' not in the store");
   }
   TITANS_ASSIGN_OR_RETURN(SessionRecord record, DecodeSessionRecord(replies[0]->str));
   if (replies[1].ok() && replies[1]->kind == Reply::kString) {  // the last logged operation

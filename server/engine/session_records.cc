@@ -22,6 +22,21 @@ absl::Status ValidateName(const std::string& name, const char* field) {
       absl::StrCat(field, " must be 1..128 characters of [A-Za-z0-9._-] not starting with '.'"));
 }
 
+std::string ShowValue(std::string_view value) {
+  constexpr size_t kShown = 64;
+  std::string out;
+  for (size_t i = 0; i < value.size() && i < kShown; ++i) {
+    const unsigned char c = static_cast<unsigned char>(value[i]);
+    if (c >= 0x20 && c < 0x7f && c != '\'' && c != '\\') {
+      out += static_cast<char>(c);
+    } else {
+      absl::StrAppend(&out, "\\x", absl::Hex(c, absl::kZeroPad2));
+    }
+  }
+  if (value.size() > kShown) absl::StrAppend(&out, "...(", value.size(), " bytes)");
+  return out;
+}
+
 std::string EncodeSessionRecord(const SessionRecord& r) {
   nlohmann::json j = {{"id", r.id},
                       {"principal", r.principal},

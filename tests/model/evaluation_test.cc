@@ -5,7 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <random>
 
+#include "model/trainer.h"
 #include "tests/model/model_test_util.h"
 
 namespace titans::testing {
@@ -73,6 +75,44 @@ TEST(PasskeyAccuracy, RunsEveryTrialAndReportsAFraction) {
   EXPECT_EQ(r->length, 600);
   EXPECT_GE(r->accuracy(), 0.0);
   EXPECT_LE(r->accuracy(), 1.0);
+}
+
+// The recall harness scores exactly the greedy predictions at the answer bytes: recomputed here
+// from one Forward over each whole task (the harness feeds it in pieces up to every answer).
+TEST(RecallAccuracy, CountsEveryFactAndMatchesAOnePassRead) {
+  auto model = MakeModel(TinyConfig(Variant::kMAL), 3);
+  std::string filler;
+  for (int i = 0; i < 60; ++i) filler += "the grass is green and the sky is blue. ";
+  constexpr int kPairs = 4, kTrials = 3;
+  constexpr int64_t kGap = 300;
+  auto r = RecallAccuracy(*model, filler, kPairs, kGap, kTrials, 5);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->trials, kTrials);
+  EXPECT_EQ(r->facts, kPairs * kTrials);
+  EXPECT_EQ(r->filler_bytes, kGap);
+  // The same tasks, drawn from the same seed as the harness draws them.
+  std::mt19937_64 rng(5);
+  int expected = 0;
+  for (int t = 0; t < kTrials; ++t) {
+    RecallTask task = MakeRecallTask(filler, kGap + 16 + 16 * kPairs, kGap, &rng);
+    ASSERT_EQ(task.answers.size(), 2u * kPairs);
+    auto tokens = model->tokenizer().Encode(task.text, false);
+    ASSERT_TRUE(tokens.ok());
+    at::NoGradGuard no_grad;
+    SessionState state = model->NewState();
+    std::vector<int64_t> ids(tokens->begin(), tokens->end());
+    auto logits = model->Forward(&state, at::tensor(ids).unsqueeze(0), LogitsMode::kAll);
+    ASSERT_TRUE(logits.ok());
+    at::Tensor best = logits->squeeze(0).argmax(-1);
+    for (size_t f = 0; f < task.answers.size(); f += 2) {
+      const int64_t a = task.answers[f], b = task.answers[f + 1];
+      expected += best[a - 1].item<int64_t>() == (*tokens)[a] &&
+                  best[b - 1].item<int64_t>() == (*tokens)[b];
+    }
+  }
+  EXPECT_EQ(r->facts_correct, expected);
+  EXPECT_EQ(RecallAccuracy(*model, filler, 0, kGap, 1, 5).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -127,6 +127,58 @@ TEST_F(HostileBlobs, GarbageAndEmpty) {
   EXPECT_EQ(Decode(wrong_version).code(), absl::StatusCode::kFailedPrecondition);
 }
 
+// Intact (checksummed) but crafted blobs: a position beyond kMaxPosition whose shapes are
+// consistent with it, and non-finite tensors, are refused on import; a session at the bound
+// refuses further tokens with OUT_OF_RANGE and stays unchanged.
+TEST(SessionStateSerialization, CraftedPositionsAndNonFiniteTensorsAreRefused) {
+  for (Variant v : {Variant::kMAC, Variant::kMAL}) {
+    auto model = MakeModel(TinyConfig(v, 2, 4));
+    at::NoGradGuard no_grad;
+    SessionState s = model->NewState();
+    ASSERT_TRUE(model->Forward(&s, RandomTokens(1, 21, 3)).ok());
+    // 21 + 2^61: congruent modulo every chunk, segment and window length of the config.
+    SessionState far = s;
+    far.position = 21 + (int64_t{1} << 61);
+    auto blob = SerializeSessionState(model->config(), far, model->fingerprint());
+    ASSERT_TRUE(blob.ok()) << blob.status();
+    auto back = DeserializeSessionState(*blob, model->config(), model->fingerprint());
+    EXPECT_EQ(back.status().code(), absl::StatusCode::kInvalidArgument) << Name(v);
+    EXPECT_NE(back.status().message().find("position"), std::string::npos);
+
+    SessionState nan = s;
+    nan.layers[0].attn_k = at::full_like(nan.layers[0].attn_k, NAN);
+    if (v == Variant::kMAL) {
+      nan.layers[1].memory.weights[0] = at::full_like(nan.layers[1].memory.weights[0], INFINITY);
+    }
+    blob = SerializeSessionState(model->config(), nan, model->fingerprint());
+    ASSERT_TRUE(blob.ok()) << blob.status();
+    back = DeserializeSessionState(*blob, model->config(), model->fingerprint());
+    EXPECT_EQ(back.status().code(), absl::StatusCode::kInvalidArgument) << Name(v);
+    EXPECT_NE(back.status().message().find("non-finite"), std::string::npos);
+
+    // At the bound, Forward and ForwardMany refuse and leave the state as it was.
+    SessionState edge = s;
+    edge.position = s.position + ((SessionState::kMaxPosition - s.position) / 24) * 24;
+    ASSERT_LE(edge.position, SessionState::kMaxPosition);
+    const int64_t at_edge = edge.position;
+    auto over = model->Forward(&edge, RandomTokens(1, SessionState::kMaxPosition - at_edge + 1, 4));
+    EXPECT_EQ(over.status().code(), absl::StatusCode::kOutOfRange);
+    EXPECT_EQ(edge.position, at_edge);
+    std::vector<absl::Status> statuses;
+    SessionState other = s;
+    ASSERT_TRUE(model
+                    ->ForwardMany({&edge, &other},
+                                  {std::vector<int64_t>(SessionState::kMaxPosition - at_edge + 1, 7),
+                                   std::vector<int64_t>(3, 7)},
+                                  &statuses)
+                    .ok());
+    EXPECT_EQ(statuses[0].code(), absl::StatusCode::kOutOfRange);
+    EXPECT_TRUE(statuses[1].ok());
+    EXPECT_EQ(edge.position, at_edge);
+    EXPECT_EQ(other.position, s.position + 3);
+  }
+}
+
 TEST(SessionStateValidation, DetectsMisshapenTensors) {
   auto model = MakeModel(TinyConfig(Variant::kMAG));
   at::NoGradGuard no_grad;

@@ -253,6 +253,63 @@ TEST(Trainer, StreamSegmentsCarryTheStateAcrossSteps) {
   EXPECT_FALSE(at::equal(segments[3].select(1, 0), segments[2].select(1, T)));
 }
 
+// Long passkeys: each row of a stream carries one key, planted in its first segment; exactly one
+// later segment ends with the question and that key, and only that step has an answer loss.
+TEST(Trainer, LongPasskeysSpanStreamSegments) {
+  auto model = MakeModel(TinyConfig(Variant::kLMM), 2);
+  TextCorpus corpus = TextCorpus::FromString(RepetitiveText(), 0.1);
+  TrainOptions o = TinyOptions(10);
+  o.batch = 3;
+  o.seq_len = 200;
+  o.passkey_fraction = 0;
+  o.stream_segments = 5;
+  o.long_passkey_fraction = 1;
+  o.passkey_noise_fraction = 0.5;
+  Trainer trainer(model.get(), &corpus, o, "");
+  auto to_string = [](const at::Tensor& row) {
+    std::string s;
+    for (int64_t i = 0; i < row.size(0); ++i) s += static_cast<char>(row[i].item<int64_t>());
+    return s;
+  };
+  for (int stream = 0; stream < 2; ++stream) {
+    std::vector<std::string> rows(3);
+    std::vector<std::vector<bool>> asked(3);
+    std::vector<double> answer_losses;
+    for (int k = 0; k < 5; ++k) {
+      auto loss = trainer.Step();
+      ASSERT_TRUE(loss.ok()) << loss.status();
+      answer_losses.push_back(trainer.last_answer_loss());
+      for (int64_t b = 0; b < 3; ++b) {
+        // Segment k's new bytes (a later segment's first input repeats the previous target).
+        const std::string seg = to_string(trainer.last_tokens()[b].slice(0, k == 0 ? 0 : 1));
+        rows[b] += seg;
+        asked[b].push_back(seg.find(kPasskeyQuestion) != std::string::npos);
+      }
+    }
+    int steps_with_answers = 0;
+    for (double a : answer_losses) steps_with_answers += a >= 0;
+    EXPECT_GE(steps_with_answers, 1);
+    for (int64_t b = 0; b < 3; ++b) {
+      const std::string& r = rows[b];
+      const size_t needle = r.find(" The pass key is ");
+      ASSERT_NE(needle, std::string::npos) << "stream " << stream << " row " << b;
+      EXPECT_LT(needle, 201u) << "the needle is in the first segment";
+      const std::string key = r.substr(needle + 17, 5);
+      const size_t question = r.find(kPasskeyQuestion);
+      ASSERT_NE(question, std::string::npos);
+      EXPECT_GE(question, 201u) << "the question is in a later segment";
+      EXPECT_EQ(r.substr(question + std::string(kPasskeyQuestion).size(), 6), key + ".");
+      EXPECT_FALSE(asked[b][0]);
+      int asking = 0;
+      for (bool a : asked[b]) asking += a;
+      EXPECT_EQ(asking, 1);
+      for (size_t k = 0; k < 5; ++k) {
+        if (asked[b][k]) EXPECT_GE(answer_losses[k], 0) << "segment " << k;
+      }
+    }
+  }
+}
+
 TEST(Trainer, StreamSegmentsResumeExactlyAtAStreamBoundary) {
   const std::string dir = (std::filesystem::temp_directory_path() /
                            ("titans_trainer_stream_" + std::to_string(::getpid())))
@@ -280,6 +337,16 @@ TEST(Trainer, StreamSegmentsResumeExactlyAtAStreamBoundary) {
 }
 
 TEST(Trainer, OptionsAreValidated) {
+  {
+    TrainOptions o = TinyOptions(12);
+    o.long_passkey_fraction = 0.5;  // needs streams
+    EXPECT_EQ(ValidateTrainOptions(o).code(), absl::StatusCode::kInvalidArgument);
+    o.stream_segments = 4;
+    o.seq_len = 256;
+    EXPECT_TRUE(ValidateTrainOptions(o).ok());
+    o.long_passkey_fraction = 1.5;
+    EXPECT_EQ(ValidateTrainOptions(o).code(), absl::StatusCode::kInvalidArgument);
+  }
   TrainOptions o = TinyOptions(12);
   EXPECT_TRUE(ValidateTrainOptions(o).ok());
   o.stream_segments = 5;  // 12 steps are not whole streams

@@ -64,6 +64,35 @@ TEST_F(ServerTest, UnknownClosedAndDuplicateSessions) {
   EXPECT_EQ(stub_->CloseSession(Ctx().get(), close, &closed).error_code(), StatusCode::NOT_FOUND);
 }
 
+// Client-supplied values come back bounded: a 10 KiB id is a precise NOT_FOUND whose message
+// shows 64 bytes of it (not RESOURCE_EXHAUSTED from an oversized trailer), bytes that are not
+// printable ASCII are escaped, and a 1 MiB model name is INVALID_ARGUMENT with a short message.
+TEST_F(ServerTest, EchoedValuesAreBounded) {
+  Start();
+  pb::GetSessionRequest get;
+  get.set_session_id(std::string(10240, 'a'));
+  pb::Session out;
+  grpc::Status st = stub_->GetSession(Ctx().get(), get, &out);
+  EXPECT_EQ(st.error_code(), StatusCode::NOT_FOUND) << st.error_message();
+  EXPECT_LT(st.error_message().size(), 200u) << st.error_message();
+  EXPECT_NE(st.error_message().find(std::string(64, 'a') + "...(10240 bytes)"), std::string::npos)
+      << st.error_message();
+  get.set_session_id("x'\n\x01y");
+  st = stub_->GetSession(Ctx().get(), get, &out);
+  EXPECT_EQ(st.error_code(), StatusCode::NOT_FOUND);
+  EXPECT_NE(st.error_message().find("x\\x27\\x0a\\x01y"), std::string::npos) << st.error_message();
+  pb::CreateSessionRequest create;
+  create.set_model(std::string(1 << 20, 'm'));
+  st = stub_->CreateSession(Ctx().get(), create, &out);
+  EXPECT_EQ(st.error_code(), StatusCode::INVALID_ARGUMENT);
+  EXPECT_LT(st.error_message().size(), 300u);
+  create.clear_model();
+  create.set_session_id(std::string(1 << 20, 'i'));
+  st = stub_->CreateSession(Ctx().get(), create, &out);
+  EXPECT_EQ(st.error_code(), StatusCode::INVALID_ARGUMENT);
+  EXPECT_LT(st.error_message().size(), 300u);
+}
+
 TEST_F(ServerTest, ExpiredSessionIsNotFound) {
   Start();
   pb::CreateSessionRequest req;
@@ -495,6 +524,49 @@ TEST_F(ServerTest, ScoreWithAndWithoutCommit) {
   req.set_session_id("");  // stateless
   ASSERT_TRUE(stub_->Score(Ctx().get(), req, &a).ok());
   EXPECT_EQ(a.logprobs_size(), 3);
+}
+
+// <|bos|> is fed only when a prediction has to start from an empty session (the proto's
+// "Beginning of sequence" comment): a committed Score of n tokens on an empty session ends at
+// n + 1, a prompt-less Generate of m tokens at m + 1; an Append of n tokens ends at n, and a
+// Generate with a prompt adds none either.
+TEST_F(ServerTest, ImplicitBosOnlyWhenPredictingFromAnEmptySession) {
+  Start();
+  Create("score");
+  pb::ScoreRequest score;
+  score.set_session_id("score");
+  for (int id : {104, 105, 33}) score.mutable_tokens()->add_ids(id);
+  score.set_commit(true);
+  pb::ScoreResponse scored;
+  ASSERT_TRUE(stub_->Score(Ctx().get(), score, &scored).ok());
+  EXPECT_EQ(Position("score"), 4);
+  ASSERT_TRUE(stub_->Score(Ctx().get(), score, &scored).ok());  // not empty now: no BOS
+  EXPECT_EQ(Position("score"), 7);
+
+  Create("gen");
+  grpc::Status st;
+  GenerateText("gen", 5, &st);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(Position("gen"), 6);
+
+  Create("append");
+  ASSERT_TRUE(AppendText("append", "abc").ok());
+  EXPECT_EQ(Position("append"), 3);
+
+  Create("prompted");
+  pb::GenerateRequest req;
+  req.set_session_id("prompted");
+  req.set_prompt_text("abc");
+  req.set_max_tokens(2);
+  req.mutable_sampling()->set_temperature(0);
+  req.set_stop_at_eos(false);
+  auto ctx = Ctx();
+  auto reader = stub_->Generate(ctx.get(), req);
+  pb::GenerateResponse msg;
+  while (reader->Read(&msg)) {
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(Position("prompted"), 5);
 }
 
 // With a state directory, states beyond max_resident_sessions spill to disk and come back

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# A 5-10 minute proxy experiment on the memory's retrieval (docs/evaluation.md, "Memory
+# ablation"): trains a variant of models/configs/titans-default.json on passkey tasks alone (the
+# noise haystack, 8 x 384 bytes per step, lr 3e-3), then measures passkey recall at 256, 1 K
+# and 4 K bytes of haystack with titans-eval.
+#
+#   scripts/proxy-memory.sh NAME STEPS [KEY=VALUE ...]     e.g.
+#   scripts/proxy-memory.sh b16_t10 400 variant=lmm memory.theta_max=0.1 memory.eta_bias_init=-2
+#
+# KEY is a config.json path (memory.chunk_size, variant, ...). Output: runs/proxy/NAME.{train,eval}
+# and the model in runs/proxy/NAME/model. One thread; two proxies run side by side on 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ $# -ge 2 ] || { sed -n 2,12p "$0"; exit 2; }
+name="$1" steps="$2"
+shift 2
+[ -f data/kjv.txt ] || scripts/prepare-data.sh
+[ -x build/tools/titans-train ] || scripts/build.sh titans-train titans-eval
+out=runs/proxy
+mkdir -p "$out"
+python3 - "$out/$name.json" "$@" <<'PY'
+import json, sys
+config = json.load(open("models/configs/titans-default.json"))
+for item in sys.argv[2:]:
+    key, value = item.split("=", 1)
+    node = config
+    *path, last = key.split(".")
+    for part in path:
+        node = node[part]
+    if last not in node:
+        sys.exit(f"unknown config key {key}")
+    try:
+        node[last] = json.loads(value)
+    except json.JSONDecodeError:
+        node[last] = value
+json.dump(config, open(sys.argv[1], "w"), indent=1)
+PY
+OMP_NUM_THREADS=1 build/tools/titans-train --data data/kjv.txt --config "$out/$name.json" \
+  --out "$out/$name" --steps "$steps" --batch 8 --seq_len 384 --passkey_fraction 1 \
+  --passkey_noise_fraction 1 --lr 3e-3 --min_lr 3e-4 --warmup 40 --eval_every 0 \
+  --checkpoint_every 100000 --seed 5 > "$out/$name.train" 2>&1
+OMP_NUM_THREADS=1 build/tools/titans-eval --model "$out/$name/model" --data data/kjv.txt \
+  --bpb_bytes 4096 --bpb_ranges 1024 --lengths 256,1024,4096 --fillers noise --trials 10 \
+  --recall_pairs 0 > "$out/$name.eval" 2>&1
+grep -E '^\| (256|1024|4096) ' "$out/$name.eval"
