@@ -112,7 +112,8 @@ absl::StatusOr<RecallResult> RecallAccuracy(const TitansModel& model, const std:
   const int64_t length = filler_bytes + 16 + 16 * static_cast<int64_t>(pairs);
   for (int i = 0; i < trials; ++i) {
     RecallTask task = MakeRecallTask(filler, length, filler_bytes, &rng);
-    TITANS_ASSIGN_OR_RETURN(std::vector<int32_t> tokens, model.tokenizer().Encode(task.text, false));
+    TITANS_ASSIGN_OR_RETURN(std::vector<int32_t> tokens,
+                            model.tokenizer().Encode(task.text, false));
     SessionState state = model.NewState();
     // Feed up to each answer byte, compare the greedy prediction with it, then feed it.
     int64_t fed = 0;

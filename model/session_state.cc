@@ -292,8 +292,7 @@ absl::StatusOr<SessionState> DeserializeSessionState(std::string_view blob,
                                                      ShapeString(slot.shape)));
     }
     if (!at::isfinite(t).all().item<bool>()) {
-      return absl::InvalidArgumentError("session state: " + slot.name +
-                                        " holds non-finite values");
+      return absl::InvalidArgumentError("session state: " + slot.name + " holds non-finite values");
     }
     *slot.tensor = t;
   }

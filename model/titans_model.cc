@@ -327,8 +327,9 @@ absl::StatusOr<at::Tensor> TitansModel::Forward(SessionState* state, const at::T
   const int64_t T = tokens.size(1);
   if (T == 0) return absl::InvalidArgumentError("no tokens to consume");
   if (state->position > SessionState::kMaxPosition - T) {
-    return absl::OutOfRangeError(absl::StrCat("the session would pass the longest supported stream (",
-                                              SessionState::kMaxPosition, " tokens)"));
+    return absl::OutOfRangeError(
+        absl::StrCat("the session would pass the longest supported stream (",
+                     SessionState::kMaxPosition, " tokens)"));
   }
   try {
     const int64_t lo = tokens.min().item<int64_t>(), hi = tokens.max().item<int64_t>();

@@ -10,7 +10,7 @@ PACKAGES=(
   libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc grpc-proto
   libabsl-dev nlohmann-json3-dev libsentencepiece-dev prometheus-cpp-dev prometheus
   libgtest-dev libgmock-dev libbenchmark-dev
-  libhiredis-dev redis-server haproxy
+  libhiredis-dev libmicrohttpd-dev redis-server haproxy
   golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v3-dev python3-yaml
   bible-kjv bible-kjv-text gnuplot-nox xz-utils
   python3 python3-numpy python3-grpcio python3-protobuf openssl

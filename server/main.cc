@@ -64,6 +64,9 @@ ABSL_FLAG(int64_t, default_idle_ttl_seconds, 6 * 3600, "idle TTL of sessions tha
 ABSL_FLAG(int64_t, max_idle_ttl_seconds, 30 * 24 * 3600, "largest idle TTL a session may ask");
 ABSL_FLAG(int64_t, max_queued_tokens, 1 << 22,
           "tokens accepted but not yet processed, over all sessions; beyond: RESOURCE_EXHAUSTED");
+ABSL_FLAG(int64_t, max_inflight_request_bytes, int64_t{1} << 30,
+          "bytes of Append / AppendStream input held at once before reaching the engine, over "
+          "all calls; beyond it a call gets RESOURCE_EXHAUSTED (0: no bound)");
 ABSL_FLAG(int64_t, max_tokens_per_request, 1 << 20, "tokens one Append / prompt may carry");
 ABSL_FLAG(int32_t, max_generate_tokens, 4096, "largest max_tokens of a Generate");
 ABSL_FLAG(int32_t, max_ops_per_session, 64, "operations queued on one session at most");
@@ -196,6 +199,10 @@ int main(int argc, char** argv) {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   titans::server::ServiceOptions service_options;
   service_options.snapshot_dir = absl::GetFlag(FLAGS_snapshot_dir);
+  service_options.max_inflight_request_bytes = absl::GetFlag(FLAGS_max_inflight_request_bytes);
+  if (service_options.max_inflight_request_bytes < 0) {
+    return Fail("--max_inflight_request_bytes must not be negative");
+  }
   if (!service_options.snapshot_dir.empty()) {
     std::error_code ec;
     std::filesystem::create_directories(service_options.snapshot_dir, ec);

@@ -1,5 +1,6 @@
 #include "server/service.h"
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -145,10 +146,58 @@ absl::StatusOr<engine::Input> InputOf(const pb::AppendRequest& r) {
   return in;
 }
 
+// The bytes of request input held by calls in flight (ServiceOptions::max_inflight_request_bytes).
+// A Reservation holds some of them until it is destroyed. Thread-safe (one atomic counter).
+class InflightBudget {
+ public:
+  explicit InflightBudget(int64_t limit) : limit_(limit) {}
+
+  class Reservation {
+   public:
+    explicit Reservation(InflightBudget* budget) : budget_(budget) {}
+    Reservation(const Reservation&) = delete;
+    Reservation& operator=(const Reservation&) = delete;
+    ~Reservation() { budget_->used_.fetch_sub(held_); }
+    // Takes `bytes` more; false (and nothing taken) if that would pass the limit.
+    bool Add(int64_t bytes) {
+      if (budget_->limit_ <= 0) return true;
+      const int64_t after = budget_->used_.fetch_add(bytes) + bytes;
+      if (after > budget_->limit_) {
+        budget_->used_.fetch_sub(bytes);
+        return false;
+      }
+      held_ += bytes;
+      return true;
+    }
+
+   private:
+    InflightBudget* budget_;
+    int64_t held_ = 0;
+  };
+
+ private:
+  const int64_t limit_;
+  std::atomic<int64_t> used_{0};
+};
+
+Status InflightExhausted(int64_t limit) {
+  return Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                absl::StrCat("the server holds its limit of in-flight request input (", limit,
+                             " bytes, --max_inflight_request_bytes); retry later"));
+}
+
+// Bytes an input holds in memory.
+int64_t InputBytes(const engine::Input& in) {
+  return static_cast<int64_t>(in.text.size() + sizeof(int32_t) * in.tokens.size());
+}
+
 class TitansService final : public pb::Titans::Service {
  public:
   TitansService(Engine* engine, const Authenticator* auth, ServiceOptions options)
-      : engine_(engine), auth_(auth), options_(options) {}
+      : engine_(engine),
+        auth_(auth),
+        options_(options),
+        inflight_(options.max_inflight_request_bytes) {}
 
   Status CreateSession(ServerContext* ctx, const pb::CreateSessionRequest* req,
                        pb::Session* resp) override {
@@ -156,8 +205,8 @@ class TitansService final : public pb::Titans::Service {
     if (!principal.ok()) return ToGrpc(principal.status());
     if (!req->model().empty() && req->model() != engine_->model_info().name) {
       return Status(grpc::StatusCode::NOT_FOUND,
-                    absl::StrCat("unknown model '", engine::ShowValue(req->model()), "'; this server hosts '",
-                                 engine_->model_info().name, "'"));
+                    absl::StrCat("unknown model '", engine::ShowValue(req->model()),
+                                 "'; this server hosts '", engine_->model_info().name, "'"));
     }
     engine::CreateParams p;
     p.principal = *principal;
@@ -252,6 +301,9 @@ class TitansService final : public pb::Titans::Service {
     if (!principal.ok()) return ToGrpc(principal.status());
     auto input = InputOf(*req);
     if (!input.ok()) return ToGrpc(input.status());
+    InflightBudget::Reservation held(&inflight_);
+    if (!held.Add(InputBytes(*input)))
+      return InflightExhausted(options_.max_inflight_request_bytes);
     return RunAppend(ctx, *principal, req->session_id(), std::move(*input), resp);
   }
 
@@ -263,6 +315,11 @@ class TitansService final : public pb::Titans::Service {
     std::string session_id;
     engine::Input all;
     bool first = true;
+    InflightBudget::Reservation held(&inflight_);
+    // Limits are checked as messages arrive, so a stream that will be refused is refused before
+    // it has been buffered: token ids count exactly, and with the byte tokenizer so do bytes.
+    const int64_t max_tokens = engine_->max_tokens_per_request();
+    const bool byte_tokens = engine_->model_info().tokenizer == "byte";
     while (reader->Read(&msg)) {
       if (first) {
         session_id = msg.session_id();
@@ -277,6 +334,17 @@ class TitansService final : public pb::Titans::Service {
                       "an AppendStream carries either text or tokens, not both");
       }
       all.has_tokens = input->has_tokens;
+      if (!held.Add(InputBytes(*input)))
+        return InflightExhausted(options_.max_inflight_request_bytes);
+      const int64_t counted =
+          all.has_tokens ? static_cast<int64_t>(all.tokens.size() + input->tokens.size())
+          : byte_tokens  ? static_cast<int64_t>(all.text.size() + input->text.size())
+                         : 0;
+      if (counted > max_tokens) {
+        return Status(grpc::StatusCode::INVALID_ARGUMENT,
+                      absl::StrCat("input has more than ", max_tokens,
+                                   " tokens; at most that many per request (split it)"));
+      }
       all.text += input->text;
       all.tokens.insert(all.tokens.end(), input->tokens.begin(), input->tokens.end());
       if (static_cast<int64_t>(all.text.size() + 4 * all.tokens.size()) >
@@ -506,6 +574,7 @@ class TitansService final : public pb::Titans::Service {
   Engine* engine_;
   const Authenticator* auth_;
   ServiceOptions options_;
+  InflightBudget inflight_;
 };
 
 }  // namespace

@@ -17,6 +17,10 @@ namespace titans::server {
 struct ServiceOptions {
   // Upper bound on the bytes of text one AppendStream may accumulate.
   int64_t max_stream_bytes = int64_t{256} << 20;
+  // Server-wide bound on the bytes of request input held at once by Append and AppendStream
+  // calls that have not reached the engine yet; a call that would pass it gets
+  // RESOURCE_EXHAUSTED (retry later). 0 = no bound.
+  int64_t max_inflight_request_bytes = int64_t{1} << 30;
   // Where ExportSession / ImportSession read and write snapshot files; empty disables files.
   std::string snapshot_dir;
 };

@@ -164,8 +164,7 @@ int main(int argc, char** argv) {
   for (const std::string& filler : absl::GetFlag(FLAGS_fillers)) {
     if (filler != "noise" && filler != "text")
       return fail("--fillers: noise or text, got " + filler);
-    const std::string haystack =
-        filler == "noise" ? titans::PasskeyNoise(longest + 256) : natural;
+    const std::string haystack = filler == "noise" ? titans::PasskeyNoise(longest + 256) : natural;
     std::printf("\n## Passkey accuracy, %s haystack (%d tasks per length, 5-digit key)\n\n",
                 filler == "noise" ? "noise (S-NIAH-PK)" : natural_name.c_str(),
                 absl::GetFlag(FLAGS_trials));
@@ -193,10 +192,9 @@ int main(int argc, char** argv) {
     }
   }
   const int pairs = absl::GetFlag(FLAGS_recall_pairs);
-  for (const std::string& filler : pairs > 0 ? absl::GetFlag(FLAGS_fillers)
-                                             : std::vector<std::string>{}) {
-    const std::string haystack =
-        filler == "noise" ? titans::PasskeyNoise(longest + 256) : natural;
+  for (const std::string& filler :
+       pairs > 0 ? absl::GetFlag(FLAGS_fillers) : std::vector<std::string>{}) {
+    const std::string haystack = filler == "noise" ? titans::PasskeyNoise(longest + 256) : natural;
     std::printf("\n## Multi-fact recall, %s filler (%d facts, %d tasks per gap)\n\n",
                 filler == "noise" ? "noise" : natural_name.c_str(), pairs,
                 absl::GetFlag(FLAGS_recall_trials));
@@ -211,14 +209,13 @@ int main(int argc, char** argv) {
       if (!absl::SimpleAtoi(g, &gap) || gap < 0) return fail("bad --recall_gaps entry " + g);
       std::printf("| %lld |", static_cast<long long>(gap));
       for (auto& [dir, model] : models) {
-        auto r = titans::RecallAccuracy(*model, haystack, pairs, gap,
-                                        absl::GetFlag(FLAGS_recall_trials),
-                                        absl::GetFlag(FLAGS_seed));
+        auto r =
+            titans::RecallAccuracy(*model, haystack, pairs, gap, absl::GetFlag(FLAGS_recall_trials),
+                                   absl::GetFlag(FLAGS_seed));
         if (!r.ok()) return fail(r.status().ToString());
         std::printf(" %d/%d (%.2f) |", r->facts_correct, r->facts, r->accuracy());
         std::fflush(stdout);
-        absl::StrAppend(&tsv, "recall-", filler, "\t", dir, "\t", gap, "\t", r->accuracy(),
-                        "\n");
+        absl::StrAppend(&tsv, "recall-", filler, "\t", dir, "\t", gap, "\t", r->accuracy(), "\n");
       }
       std::printf("\n");
     }

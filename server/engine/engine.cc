@@ -127,6 +127,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
 }
 
 const ModelInfo& Engine::model_info() const { return impl_->info(); }
+int64_t Engine::max_tokens_per_request() const { return impl_->max_tokens_per_request(); }
 
 absl::StatusOr<SessionInfo> Engine::CreateSession(const CreateParams& params) {
   return impl_->CreateSession(params);

@@ -175,6 +175,8 @@ class Engine {
   ~Engine();  // Shutdown() if not done
 
   const ModelInfo& model_info() const;
+  // EngineOptions::max_tokens_per_request (front ends check streamed input against it early).
+  int64_t max_tokens_per_request() const;
 
   absl::StatusOr<SessionInfo> CreateSession(const CreateParams& params);
   absl::StatusOr<SessionInfo> GetSession(const std::string& principal, const std::string& id);

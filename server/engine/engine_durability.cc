@@ -1,3 +1,5 @@
+#include <limits>
+
 #include "server/engine/engine_impl.h"
 
 namespace titans::engine {
@@ -177,6 +179,49 @@ void Engine::Impl::MaybeTakePoint(Session* s) {
     }
   }
   StorePoints(s);
+}
+
+int64_t Engine::Impl::TokensToNextPoint(const Session& s, const Op& op) const {
+  if (!s.history.enabled() || !s.state) return std::numeric_limits<int64_t>::max();
+  int64_t last = s.history.points().empty() ? -1 : s.history.points().back().position;
+  if (!op.inner_points.empty()) last = op.inner_points.back().position;
+  if (last < 0) return std::numeric_limits<int64_t>::max();  // MaybeTakePoint starts the history
+  return std::max<int64_t>(1, last + options_.rewind_interval_tokens - s.state->position);
+}
+
+void Engine::Impl::MaybeTakeInnerPoint(const Session& s, Op* op) {
+  if (!s.history.enabled() || !s.state || op->remaining() == 0) return;
+  const int64_t position = s.state->position;
+  int64_t last = s.history.points().empty() ? -1 : s.history.points().back().position;
+  if (!op->inner_points.empty()) last = op->inner_points.back().position;
+  if (last < 0 || position - last < options_.rewind_interval_tokens) return;
+  op->inner_points.push_back(RewindPoint{position, std::make_shared<SessionState>(*s.state)});
+  // As RewindHistory::AddPoint: keep the newest point at or before position - window.
+  const int64_t floor = position - options_.rewind_window_tokens;
+  size_t drop = 0;
+  while (drop + 1 < op->inner_points.size() && op->inner_points[drop + 1].position <= floor) ++drop;
+  op->inner_points.erase(op->inner_points.begin(), op->inner_points.begin() + drop);
+}
+
+void Engine::Impl::RecordWithInnerPoints(Session* s, Op* op) {
+  if (op->inner_points.empty() || s->history.end() != op->position_before) {
+    s->history.Record(op->log_tokens);
+    op->inner_points.clear();
+    return;
+  }
+  size_t at = 0;
+  for (RewindPoint& point : op->inner_points) {
+    const size_t upto = static_cast<size_t>(point.position - op->position_before);
+    s->history.Record(
+        std::vector<int32_t>(op->log_tokens.begin() + at, op->log_tokens.begin() + upto));
+    at = upto;
+    std::vector<int64_t> dropped = s->history.AddPoint(std::move(point));
+    if (files_) {
+      for (int64_t p : dropped) files_->RemoveRewindPoint(s->record.id, p);
+    }
+  }
+  s->history.Record(std::vector<int32_t>(op->log_tokens.begin() + at, op->log_tokens.end()));
+  op->inner_points.clear();
 }
 
 void Engine::Impl::StorePoints(Session* s) {

@@ -78,6 +78,10 @@ struct Op {
   // What the operation consumed, in the pieces it was consumed in (the write-ahead log record).
   int64_t position_before = -1;
   std::vector<int32_t> log_tokens, log_pieces;
+  // Append: rewind points taken inside the operation (its pieces end on them), committed to the
+  // session's history with its tokens when it completes, so that a rewind into a long append
+  // replays at most the rewind interval. Only the ones the window needs are kept.
+  std::vector<RewindPoint> inner_points;
 
   // Engine thread only (it changes `consumed` without holding mu_).
   int64_t remaining() const { return static_cast<int64_t>(tokens.size() - consumed); }
@@ -131,6 +135,7 @@ class Engine::Impl {
   std::unique_ptr<Session> NewSession() const;
 
   const ModelInfo& info() const { return info_; }
+  int64_t max_tokens_per_request() const { return options_.max_tokens_per_request; }
 
   EngineObserver& observer() { return options_.observer ? *options_.observer : null_observer_; }
 
@@ -206,6 +211,12 @@ class Engine::Impl {
   // Between operations: takes a rewind point if one is due, and writes new points to the store
   // (then only their positions stay in memory).
   void MaybeTakePoint(Session* s);
+  // Inside an append: how many tokens may be consumed before the next rewind point is due (a
+  // huge number when rewinding is off), and taking that point when it is due.
+  int64_t TokensToNextPoint(const Session& s, const Op& op) const;
+  void MaybeTakeInnerPoint(const Session& s, Op* op);
+  // The operation's tokens into the session's history, with its inner points at their positions.
+  void RecordWithInnerPoints(Session* s, Op* op);
 
   void StorePoints(Session* s);
 

@@ -70,8 +70,7 @@ absl::StatusOr<SessionInfo> Engine::Impl::AddSession(const CreateParams& p,
   } else {
     TITANS_RETURN_IF_ERROR(ValidateName(id, "session_id"));
     if (sessions_.count(id)) {
-      return absl::AlreadyExistsError(
-          absl::StrCat("session '", ShowValue(id), "' already exists"));
+      return absl::AlreadyExistsError(absl::StrCat("session '", ShowValue(id), "' already exists"));
     }
   }
   TITANS_RETURN_IF_ERROR(ValidateLabels(p.labels));

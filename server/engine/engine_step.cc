@@ -111,7 +111,8 @@ void Engine::Impl::Prepare(Session* s, int64_t tokens, std::vector<Forwarding>* 
   if (!resident.ok()) {
     if (resident.code() == absl::StatusCode::kNotFound && shared_) {
       s->gone = true;  // closed or expired on another replica
-      Fail(op, absl::NotFoundError(absl::StrCat("session '", ShowValue(s->record.id), "' not found")),
+      Fail(op,
+           absl::NotFoundError(absl::StrCat("session '", ShowValue(s->record.id), "' not found")),
            callbacks);
     } else if (resident.code() == absl::StatusCode::kUnavailable) {
       Fail(op, resident, callbacks);
@@ -137,7 +138,9 @@ void Engine::Impl::Prepare(Session* s, int64_t tokens, std::vector<Forwarding>* 
              callbacks);
         return;
       }
-      batch->push_back(Forwarding{s, &op, NextPiece(op, tokens), false});
+      // Pieces end where a rewind point falls due (a rewind replays at most the interval).
+      batch->push_back(Forwarding{
+          s, &op, NextPiece(op, std::min<int64_t>(tokens, TokensToNextPoint(*s, op))), false});
       return;
     }
     case OpKind::kGenerate:
@@ -196,7 +199,7 @@ void Engine::Impl::Complete(Session* s, Op& op, std::function<void()> on_done,
                             std::function<void(absl::Status)> on_error,
                             std::vector<std::function<void()>>* callbacks) {
   MarkDone(op);
-  s->history.Record(op.log_tokens);
+  RecordWithInnerPoints(s, &op);
   if (options_.durability != Durability::kSync || op.log_tokens.empty()) {
     callbacks->push_back(std::move(on_done));
     return;
@@ -261,6 +264,7 @@ void Engine::Impl::RunBatch(std::vector<Forwarding>& batch,
     observer().OnTokens(op.kind == OpKind::kAppend ? "appended" : "prompt",
                         static_cast<int64_t>(f.tokens.size()));
     op.consumed += f.tokens.size();
+    if (op.kind == OpKind::kAppend) MaybeTakeInnerPoint(*f.session, &op);
     if (op.kind == OpKind::kAppend && op.remaining() == 0) {
       AppendResult r{static_cast<int64_t>(op.tokens.size()), f.session->state->position};
       auto done = std::move(op.append_done);

@@ -269,7 +269,8 @@ absl::Status RedisStore::Write(const SessionRecord& r, const std::string& state_
 
 absl::StatusOr<std::string> RedisStore::ReadState(const std::string& id) {
   TITANS_ASSIGN_OR_RETURN(Reply r, Command({"GET", Key(id, "state")}));
-  if (r.kind != Reply::kString) return absl::NotFoundError("session '" + ShowValue(id) + "' not in the store");
+  if (r.kind != Reply::kString)
+    return absl::NotFoundError("session '" + ShowValue(id) + "' not in the store");
   return r.str;
 }
 

@@ -166,12 +166,13 @@ TEST(SessionStateSerialization, CraftedPositionsAndNonFiniteTensorsAreRefused) {
     EXPECT_EQ(edge.position, at_edge);
     std::vector<absl::Status> statuses;
     SessionState other = s;
-    ASSERT_TRUE(model
-                    ->ForwardMany({&edge, &other},
-                                  {std::vector<int64_t>(SessionState::kMaxPosition - at_edge + 1, 7),
-                                   std::vector<int64_t>(3, 7)},
-                                  &statuses)
-                    .ok());
+    ASSERT_TRUE(
+        model
+            ->ForwardMany({&edge, &other},
+                          {std::vector<int64_t>(SessionState::kMaxPosition - at_edge + 1, 7),
+                           std::vector<int64_t>(3, 7)},
+                          &statuses)
+            .ok());
     EXPECT_EQ(statuses[0].code(), absl::StatusCode::kOutOfRange);
     EXPECT_TRUE(statuses[1].ok());
     EXPECT_EQ(edge.position, at_edge);

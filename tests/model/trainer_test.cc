@@ -304,7 +304,9 @@ TEST(Trainer, LongPasskeysSpanStreamSegments) {
       for (bool a : asked[b]) asking += a;
       EXPECT_EQ(asking, 1);
       for (size_t k = 0; k < 5; ++k) {
-        if (asked[b][k]) EXPECT_GE(answer_losses[k], 0) << "segment " << k;
+        if (asked[b][k]) {
+          EXPECT_GE(answer_losses[k], 0) << "segment " << k;
+        }
       }
     }
   }

@@ -136,7 +136,7 @@ TEST_F(RewindTest, RangeWindowAndPreciseErrors) {
   get.set_session_id("s");
   pb::Session info;
   ASSERT_TRUE(stub_->GetSession(Ctx().get(), get, &info).ok());
-  // Points every 10 tokens (one per append); the floor is the newest point at or before 160.
+  // Points every 8 tokens (inside appends too); the floor is the newest point at or before 160.
   EXPECT_EQ(info.rewind_floor(), 160u);
 
   grpc::Status st = Rewind("s", 201);
@@ -158,6 +158,38 @@ TEST_F(RewindTest, RangeWindowAndPreciseErrors) {
   ASSERT_TRUE(Rewind("s", 160, &rewound).ok());
   EXPECT_EQ(rewound.position(), 160u);
   EXPECT_EQ(rewound.rewind_floor(), 160u);
+}
+
+// One append far longer than the window still leaves rewind points every interval inside it:
+// the floor is within window + interval of the end (not at the append's start), and a rewind
+// just before the end reaches the right state (it replays at most the interval).
+TEST_F(RewindTest, LongAppendsKeepTheWindowAndTheReplayBound) {
+  options_.rewind_window_tokens = 512;
+  options_.rewind_interval_tokens = 128;
+  Start();
+  std::string text;
+  uint32_t x = 12345;
+  for (int i = 0; i < 30000; ++i) {
+    x = x * 1103515245u + 12345u;
+    text += static_cast<char>('a' + (x >> 16) % 26);
+    if (i % 7 == 6) text += ' ';
+  }
+  text.resize(30000);
+  Create("s");
+  ASSERT_TRUE(AppendText("s", text).ok());
+  pb::GetSessionRequest get;
+  get.set_session_id("s");
+  pb::Session info;
+  ASSERT_TRUE(stub_->GetSession(Ctx().get(), get, &info).ok());
+  EXPECT_EQ(info.position(), 30000u);
+  EXPECT_GE(info.rewind_floor(), 30000u - 512 - 128) << "the window is kept inside the append";
+  EXPECT_LE(info.rewind_floor(), 30000u - 512);
+  EXPECT_EQ(info.rewind_floor() % 128, 0u) << "points fall every interval";
+  EXPECT_EQ(Rewind("s", static_cast<int64_t>(info.rewind_floor()) - 1).error_code(),
+            StatusCode::OUT_OF_RANGE);
+  ASSERT_TRUE(Rewind("s", 30000 - 10).ok());
+  Reference("ref", text.substr(0, 30000 - 10));
+  EXPECT_LT(Distance("s", "ref"), kTolerance);
 }
 
 TEST_F(RewindTest, DisabledRewindIsFailedPrecondition) {

@@ -66,7 +66,7 @@ TEST_F(ServerTest, UnknownClosedAndDuplicateSessions) {
 
 // Client-supplied values come back bounded: a 10 KiB id is a precise NOT_FOUND whose message
 // shows 64 bytes of it (not RESOURCE_EXHAUSTED from an oversized trailer), bytes that are not
-// printable ASCII are escaped, and a 1 MiB model name is INVALID_ARGUMENT with a short message.
+// printable ASCII are escaped, and a 1 MiB model name or id gets a short message.
 TEST_F(ServerTest, EchoedValuesAreBounded) {
   Start();
   pb::GetSessionRequest get;
@@ -84,7 +84,7 @@ TEST_F(ServerTest, EchoedValuesAreBounded) {
   pb::CreateSessionRequest create;
   create.set_model(std::string(1 << 20, 'm'));
   st = stub_->CreateSession(Ctx().get(), create, &out);
-  EXPECT_EQ(st.error_code(), StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(st.error_code(), StatusCode::NOT_FOUND);  // an unknown model
   EXPECT_LT(st.error_message().size(), 300u);
   create.clear_model();
   create.set_session_id(std::string(1 << 20, 'i'));
@@ -463,6 +463,77 @@ TEST_F(ServerTest, AppendStreamBeyondFourMiB) {
   ASSERT_TRUE(st.ok()) << st.error_message();
   EXPECT_EQ(resp.tokens_consumed(), 4u * ((1 << 20) + (1 << 16)));
   EXPECT_EQ(Position("big"), 4 * ((1 << 20) + (1 << 16)));
+}
+
+// AppendStream checks the token limit as messages arrive (byte tokenizer: bytes are tokens): a
+// stream over the limit is refused while the client is still sending, before it is buffered.
+TEST_F(ServerTest, AppendStreamRefusesOverLimitStreamsEarly) {
+  options_.max_tokens_per_request = 100000;
+  Start();
+  Create("s");
+  pb::AppendResponse resp;
+  auto ctx = Ctx();
+  auto writer = stub_->AppendStream(ctx.get(), &resp);
+  pb::AppendRequest msg;
+  msg.set_session_id("s");
+  msg.set_text(std::string(1 << 16, 'x'));
+  int written = 0;
+  while (written < 2000 && writer->Write(msg)) ++written;  // up to 128 MiB if never refused
+  writer->WritesDone();
+  grpc::Status st = writer->Finish();
+  EXPECT_EQ(st.error_code(), StatusCode::INVALID_ARGUMENT) << st.error_message();
+  EXPECT_NE(st.error_message().find("more than 100000 tokens"), std::string::npos);
+  EXPECT_LT(written, 2000) << "the server read the whole stream before refusing it";
+  EXPECT_EQ(Position("s"), 0);
+  // Token ids count the same way.
+  auto ctx2 = Ctx();
+  auto ids = stub_->AppendStream(ctx2.get(), &resp);
+  pb::AppendRequest tokens;
+  tokens.set_session_id("s");
+  for (int i = 0; i < 60000; ++i) tokens.mutable_tokens()->add_ids(65);
+  ids->Write(tokens);
+  ids->Write(tokens);
+  ids->WritesDone();
+  EXPECT_EQ(ids->Finish().error_code(), StatusCode::INVALID_ARGUMENT);
+}
+
+// Input held by calls in flight is bounded server-wide: while one stream holds most of the
+// budget, a second gets RESOURCE_EXHAUSTED; the first still completes, and afterwards the
+// budget is free again.
+TEST_F(ServerTest, InflightRequestBytesAreBoundedServerWide) {
+  service_options_.max_inflight_request_bytes = 256 << 10;
+  Start();
+  Create("a");
+  Create("b");
+  pb::AppendResponse resp_a, resp_b;
+  auto ctx_a = Ctx();
+  auto a = stub_->AppendStream(ctx_a.get(), &resp_a);
+  pb::AppendRequest msg;
+  msg.set_session_id("a");
+  msg.set_text(std::string(180 << 10, 'a'));  // 180 KiB of the 256 KiB budget, held open
+  ASSERT_TRUE(a->Write(msg));
+  // Wait until the server has read it (the budget is taken as messages arrive).
+  grpc::Status st;
+  for (int attempt = 0; attempt < 200; ++attempt) {
+    pb::AppendRequest small;
+    small.set_session_id("b");
+    small.set_text(std::string(100 << 10, 'b'));
+    pb::AppendResponse out;
+    st = stub_->Append(Ctx().get(), small, &out);
+    if (st.error_code() == StatusCode::RESOURCE_EXHAUSTED) break;
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(st.error_code(), StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(st.error_message().find("max_inflight_request_bytes"), std::string::npos);
+  a->WritesDone();
+  ASSERT_TRUE(a->Finish().ok());
+  EXPECT_EQ(Position("a"), 180 << 10);
+  pb::AppendRequest after;
+  after.set_session_id("b");
+  after.set_text(std::string(100 << 10, 'b'));
+  pb::AppendResponse out;
+  EXPECT_TRUE(stub_->Append(Ctx().get(), after, &out).ok());
 }
 
 TEST_F(ServerTest, BidirectionalStreamAnswersInOrder) {
