@@ -512,20 +512,28 @@ TEST_F(ServerTest, InflightRequestBytesAreBoundedServerWide) {
   msg.set_session_id("a");
   msg.set_text(std::string(180 << 10, 'a'));  // 180 KiB of the 256 KiB budget, held open
   ASSERT_TRUE(a->Write(msg));
-  // Wait until the server has read it (the budget is taken as messages arrive).
+  // Wait until the server has read it (the budget is taken as messages arrive). The probe names
+  // no session, so while the budget is free it costs nothing (NOT_FOUND from the engine).
   grpc::Status st;
-  for (int attempt = 0; attempt < 200; ++attempt) {
-    pb::AppendRequest small;
-    small.set_session_id("b");
-    small.set_text(std::string(100 << 10, 'b'));
+  pb::AppendRequest probe;
+  probe.set_session_id("no-such-session");
+  probe.set_text(std::string(100 << 10, 'p'));
+  for (int attempt = 0; attempt < 3000; ++attempt) {
     pb::AppendResponse out;
-    st = stub_->Append(Ctx().get(), small, &out);
+    st = stub_->Append(Ctx().get(), probe, &out);
     if (st.error_code() == StatusCode::RESOURCE_EXHAUSTED) break;
-    ASSERT_TRUE(st.ok()) << st.error_message();
+    ASSERT_EQ(st.error_code(), StatusCode::NOT_FOUND) << st.error_message();
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   EXPECT_EQ(st.error_code(), StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_NE(st.error_message().find("max_inflight_request_bytes"), std::string::npos);
+  pb::AppendRequest to_b;
+  to_b.set_session_id("b");
+  to_b.set_text(std::string(100 << 10, 'b'));
+  pb::AppendResponse refused;
+  EXPECT_EQ(stub_->Append(Ctx().get(), to_b, &refused).error_code(),
+            StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(Position("b"), 0);
   a->WritesDone();
   ASSERT_TRUE(a->Finish().ok());
   EXPECT_EQ(Position("a"), 180 << 10);
