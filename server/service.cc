@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "model/file_util.h"
 #include "model/utf8.h"
+#include "proto/request_traits.h"
 #include "titans/v1/titans.grpc.pb.h"
 
 namespace titans::server {
@@ -316,6 +317,7 @@ class TitansService final : public pb::Titans::Service {
     engine::Input all;
     bool first = true;
     InflightBudget::Reservation held(&inflight_);
+    titans::proto::TakeParseError();  // this thread's earlier calls are not this call's
     // Limits are checked as messages arrive, so a stream that will be refused is refused before
     // it has been buffered: token ids count exactly, and with the byte tokenizer so do bytes.
     const int64_t max_tokens = engine_->max_tokens_per_request();
@@ -355,6 +357,8 @@ class TitansService final : public pb::Titans::Service {
       first = false;
     }
     if (ctx->IsCancelled()) return Status(grpc::StatusCode::CANCELLED, "client cancelled");
+    // A message that did not parse ends the loop like the end of the stream: fail the call.
+    if (Status bad = titans::proto::TakeParseError(); !bad.ok()) return bad;
     if (first) return Status(grpc::StatusCode::INVALID_ARGUMENT, "empty AppendStream");
     return RunAppend(ctx, *principal, session_id, std::move(all), resp);
   }
@@ -372,6 +376,7 @@ class TitansService final : public pb::Titans::Service {
     auto principal = Principal(ctx);
     if (!principal.ok()) return ToGrpc(principal.status());
     pb::StreamRequest cmd;
+    titans::proto::TakeParseError();  // this thread's earlier calls are not this call's
     while (stream->Read(&cmd)) {
       pb::StreamResponse out;
       out.set_request_id(cmd.request_id());
@@ -401,8 +406,8 @@ class TitansService final : public pb::Titans::Service {
         if (!stream->Write(err)) break;
       }
     }
-    return ctx->IsCancelled() ? Status(grpc::StatusCode::CANCELLED, "client cancelled")
-                              : Status::OK;
+    if (ctx->IsCancelled()) return Status(grpc::StatusCode::CANCELLED, "client cancelled");
+    return titans::proto::TakeParseError();  // OK, or the message that did not parse
   }
 
   Status Score(ServerContext* ctx, const pb::ScoreRequest* req, pb::ScoreResponse* resp) override {

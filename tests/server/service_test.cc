@@ -1,5 +1,7 @@
 // The session service end to end through the generated C++ stubs: the happy paths and every
 // kind of bad input the API must answer with a precise status, without corrupting sessions.
+#include <grpcpp/generic/generic_stub.h>
+
 #include <thread>
 
 #include "tests/server/server_fixture.h"
@@ -91,6 +93,92 @@ TEST_F(ServerTest, EchoedValuesAreBounded) {
   st = stub_->CreateSession(Ctx().get(), create, &out);
   EXPECT_EQ(st.error_code(), StatusCode::INVALID_ARGUMENT);
   EXPECT_LT(st.error_message().size(), 300u);
+}
+
+// Raw request bytes, as a hostile client sends them: invalid UTF-8 in proto `string` fields is
+// INVALID_ARGUMENT naming the field (not INTERNAL with no message), bytes that are no message are
+// INVALID_ARGUMENT, and nothing is created.
+TEST_F(ServerTest, InvalidUtf8InStringFieldsIsInvalidArgumentNamingTheField) {
+  Start();
+  grpc::GenericStub generic(channel_);
+  auto call = [&](const std::string& method, const std::string& bytes) {
+    grpc::Slice slice(bytes);
+    grpc::ByteBuffer request(&slice, 1), response;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    grpc::CompletionQueue cq;
+    auto rpc = generic.PrepareUnaryCall(&ctx, "/titans.v1.Titans/" + method, request, &cq);
+    rpc->StartCall();
+    grpc::Status st;
+    rpc->Finish(&response, &st, reinterpret_cast<void*>(1));
+    void* tag;
+    bool ok;
+    EXPECT_TRUE(cq.Next(&tag, &ok));
+    return st;
+  };
+  // session_id = "ab\xff\xfe": the reproduction.
+  grpc::Status st = call("CreateSession", std::string("\x0a\x04"
+                                                      "ab\xff\xfe",
+                                                      6));
+  EXPECT_EQ(st.error_code(), StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(st.error_message(), "session_id is not valid UTF-8");
+  // labels = {"k\xc3": "v"}: a map entry (field 5) whose key (field 1) is cut mid-character.
+  st = call("CreateSession", std::string("\x2a\x07\x0a\x02k\xc3\x12\x01v", 9));
+  EXPECT_EQ(st.error_code(), StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(st.error_message(), "labels.key is not valid UTF-8");
+  st = call("GetSession", std::string("\x0a\x02\xed\xa0", 4));  // half a surrogate
+  EXPECT_EQ(st.error_code(), StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(st.error_message(), "session_id is not valid UTF-8");
+  // ListSessions: page_token (field 2) and a label_filter value (field 3, entry field 2).
+  st = call("ListSessions", std::string("\x12\x01\x80", 3));
+  EXPECT_EQ(st.error_message(), "page_token is not valid UTF-8");
+  st = call("ListSessions", std::string("\x1a\x06\x0a\x01k\x12\x01\xff", 8));
+  EXPECT_EQ(st.error_message(), "label_filter.value is not valid UTF-8");
+  // Not a message at all: a length that runs past the end.
+  st = call("GetSession", std::string("\x0a\x7f"
+                                      "abc",
+                                      5));
+  EXPECT_EQ(st.error_code(), StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("not a valid titans.v1.GetSessionRequest"), std::string::npos);
+  // Valid requests still parse, and none of the above created anything.
+  pb::ListSessionsRequest list;
+  pb::ListSessionsResponse listed;
+  ASSERT_TRUE(stub_->ListSessions(Ctx().get(), list, &listed).ok());
+  EXPECT_EQ(listed.sessions_size(), 0);
+}
+
+// A stream whose second message does not parse fails with that message's error, and the part
+// before it is not appended (an unparsable message is not the end of the stream).
+TEST_F(ServerTest, AppendStreamWithAnUnparsableMessageFailsWholly) {
+  Start();
+  Create("s");
+  grpc::GenericStub generic(channel_);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  grpc::CompletionQueue cq;
+  auto stream = generic.PrepareCall(&ctx, "/titans.v1.Titans/AppendStream", &cq);
+  void* tag;
+  bool ok;
+  auto wait = [&] { return cq.Next(&tag, &ok) && ok; };
+  stream->StartCall(reinterpret_cast<void*>(1));
+  ASSERT_TRUE(wait());
+  pb::AppendRequest good;
+  good.set_session_id("s");
+  good.set_text("hello");
+  for (const std::string& bytes : {good.SerializeAsString(), std::string("\x0a\x02\xff\xff", 4)}) {
+    grpc::Slice slice(bytes);
+    grpc::ByteBuffer buffer(&slice, 1);
+    stream->Write(buffer, reinterpret_cast<void*>(2));
+    wait();  // the second write may already fail: the server has finished the call
+  }
+  stream->WritesDone(reinterpret_cast<void*>(3));
+  wait();
+  grpc::Status st;
+  stream->Finish(&st, reinterpret_cast<void*>(4));
+  cq.Next(&tag, &ok);
+  EXPECT_EQ(st.error_code(), StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(st.error_message(), "session_id is not valid UTF-8");
+  EXPECT_EQ(Position("s"), 0);
 }
 
 TEST_F(ServerTest, ExpiredSessionIsNotFound) {
