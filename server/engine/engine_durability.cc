@@ -181,10 +181,15 @@ void Engine::Impl::MaybeTakePoint(Session* s) {
   StorePoints(s);
 }
 
+// The newest rewind point of the session, counting the append's own (-1 if none).
+int64_t Engine::Impl::LastPointPosition(const Session& s, const Op& op) {
+  if (!op.inner_points.empty()) return op.inner_points.back().position;
+  return s.history.points().empty() ? -1 : s.history.points().back().position;
+}
+
 int64_t Engine::Impl::TokensToNextPoint(const Session& s, const Op& op) const {
   if (!s.history.enabled() || !s.state) return std::numeric_limits<int64_t>::max();
-  int64_t last = s.history.points().empty() ? -1 : s.history.points().back().position;
-  if (!op.inner_points.empty()) last = op.inner_points.back().position;
+  const int64_t last = LastPointPosition(s, op);
   if (last < 0) return std::numeric_limits<int64_t>::max();  // MaybeTakePoint starts the history
   return std::max<int64_t>(1, last + options_.rewind_interval_tokens - s.state->position);
 }
@@ -192,8 +197,7 @@ int64_t Engine::Impl::TokensToNextPoint(const Session& s, const Op& op) const {
 void Engine::Impl::MaybeTakeInnerPoint(const Session& s, Op* op) {
   if (!s.history.enabled() || !s.state || op->remaining() == 0) return;
   const int64_t position = s.state->position;
-  int64_t last = s.history.points().empty() ? -1 : s.history.points().back().position;
-  if (!op->inner_points.empty()) last = op->inner_points.back().position;
+  const int64_t last = LastPointPosition(s, *op);
   if (last < 0 || position - last < options_.rewind_interval_tokens) return;
   op->inner_points.push_back(RewindPoint{position, std::make_shared<SessionState>(*s.state)});
   // As RewindHistory::AddPoint: keep the newest point at or before position - window.

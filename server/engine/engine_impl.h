@@ -214,6 +214,7 @@ class Engine::Impl {
   // Inside an append: how many tokens may be consumed before the next rewind point is due (a
   // huge number when rewinding is off), and taking that point when it is due.
   int64_t TokensToNextPoint(const Session& s, const Op& op) const;
+  static int64_t LastPointPosition(const Session& s, const Op& op);
   void MaybeTakeInnerPoint(const Session& s, Op* op);
   // The operation's tokens into the session's history, with its inner points at their positions.
   void RecordWithInnerPoints(Session* s, Op* op);

@@ -1,9 +1,10 @@
 // RewindHistory: what a session needs to go back to an earlier position (Rewind, Fork at a past
 // position): rewind points (the session's state at some positions, every `interval` tokens: the
-// engine takes them between operations and inside long appends, see Op::inner_points) and every token consumed since the oldest point. The state at position p is
-// the nearest point at or before p with the tokens up to p replayed onto it, so the replay is
-// bounded by the interval. Points older than `window` tokens behind the session are dropped
-// (always keeping one at or before position - window), which bounds memory and disk.
+// engine takes them between operations and inside long appends, see Op::inner_points) and every
+// token consumed since the oldest point. The state at position p is the nearest point at or before
+// p with the tokens up to p replayed onto it, so the replay is bounded by the interval. Points
+// older than `window` tokens behind the session are dropped (always keeping one at or before
+// position - window), which bounds memory and disk.
 //
 // A point holds its state in memory, or only its position when the state lives in the session
 // store (the engine writes point states there as they are taken and releases the memory).
