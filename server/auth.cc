@@ -3,6 +3,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "model/file_util.h"
+#include "server/engine/engine.h"
 
 namespace titans::server {
 
@@ -14,6 +15,8 @@ absl::StatusOr<Authenticator> Authenticator::Load(const std::string& tokens_file
       return absl::InvalidArgumentError(
           "auth tokens need at least 8 characters and a non-empty principal");
     }
+    // Principals name storage (session ids are scoped by them), so they obey its naming rule.
+    if (absl::Status st = engine::ValidatePrincipal(std::string(principal)); !st.ok()) return st;
     auth.principals_[std::string(token)] = std::string(principal);
     return absl::OkStatus();
   };

@@ -7,6 +7,7 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <malloc.h>
 
+#include <atomic>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -37,6 +38,9 @@ ABSL_FLAG(std::string, session_store, "",
           "where session states live: empty = <state_dir>/sessions, or redis://HOST:PORT[/PREFIX] "
           "to share sessions between replicas (run Redis with appendfsync always for sync "
           "durability)");
+ABSL_FLAG(double, ownership_check_seconds, 2,
+          "with a shared --session_store: how often to check which held sessions another replica "
+          "took over (their copies are dropped from memory and gauges); 0 = on request only");
 ABSL_FLAG(std::string, snapshot_dir, "",
           "directory for ExportSession / ImportSession snapshot files (empty: bytes only)");
 ABSL_FLAG(bool, batch_invariant, true,
@@ -140,6 +144,9 @@ int main(int argc, char** argv) {
   options.device = absl::GetFlag(FLAGS_device);
   options.state_dir = absl::GetFlag(FLAGS_state_dir);
   options.session_store = absl::GetFlag(FLAGS_session_store);
+  options.ownership_check_seconds = absl::GetFlag(FLAGS_ownership_check_seconds);
+  if (options.ownership_check_seconds < 0)
+    return Fail("--ownership_check_seconds must not be negative");
   options.max_sessions = absl::GetFlag(FLAGS_max_sessions);
   options.max_resident_sessions = absl::GetFlag(FLAGS_max_resident_sessions);
   options.default_idle_ttl_seconds = absl::GetFlag(FLAGS_default_idle_ttl_seconds);
@@ -208,6 +215,9 @@ int main(int argc, char** argv) {
     std::filesystem::create_directories(service_options.snapshot_dir, ec);
     if (ec) return Fail("cannot create --snapshot_dir: " + ec.message());
   }
+  static std::atomic<int64_t> inflight_request_bytes{0};  // outlives the service and metrics
+  service_options.inflight_request_bytes = &inflight_request_bytes;
+  metrics.SetInflightSource(&inflight_request_bytes);
   auto service = titans::server::MakeTitansService(engine->get(), &*auth, service_options);
   grpc::ServerBuilder builder;
   const std::string address =
@@ -217,7 +227,7 @@ int main(int argc, char** argv) {
   builder.SetMaxReceiveMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
   builder.RegisterService(service.get());
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> observers;
-  observers.push_back(titans::server::MakeRpcObserverFactory(&metrics));
+  observers.push_back(titans::server::MakeRpcObserverFactory(&metrics, &*auth));
   builder.experimental().SetInterceptorCreators(std::move(observers));
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || bound_port == 0) return Fail("cannot listen on " + address);

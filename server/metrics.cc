@@ -70,6 +70,13 @@ struct ServerMetrics::Impl {
           .Name("titans_queue_tokens")
           .Help("Tokens accepted and not yet processed")
           .Register(registry);
+  prometheus::Family<prometheus::Gauge>& inflight_bytes =
+      BuildGauge()
+          .Name("titans_inflight_request_bytes")
+          .Help(
+              "Bytes of request input held by calls not yet handed to the engine "
+              "(bounded by --max_inflight_request_bytes)")
+          .Register(registry);
   prometheus::Family<prometheus::Gauge>& queue_ops = BuildGauge()
                                                          .Name("titans_queue_operations")
                                                          .Help("Operations queued or running")
@@ -197,6 +204,7 @@ struct ServerMetrics::Impl {
 
   std::mutex mu;
   std::function<engine::Engine::Stats()> stats;
+  const std::atomic<int64_t>* inflight = nullptr;
 };
 
 ServerMetrics::ServerMetrics() : impl_(std::make_unique<Impl>()) {
@@ -235,6 +243,11 @@ void ServerMetrics::SetModelInfo(const engine::ModelInfo& m) {
 void ServerMetrics::SetStatsSource(std::function<engine::Engine::Stats()> source) {
   std::lock_guard<std::mutex> lock(impl_->mu);
   impl_->stats = std::move(source);
+}
+
+void ServerMetrics::SetInflightSource(const std::atomic<int64_t>* inflight_request_bytes) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  impl_->inflight = inflight_request_bytes;
 }
 
 void ServerMetrics::SetServing(bool serving) { impl_->serving.Add({}).Set(serving ? 1 : 0); }
@@ -301,10 +314,13 @@ void ServerMetrics::OnRestore(int64_t /*bytes*/, double seconds, bool ok) {
 
 std::string ServerMetrics::Scrape() {
   std::function<engine::Engine::Stats()> source;
+  const std::atomic<int64_t>* inflight;
   {
     std::lock_guard<std::mutex> lock(impl_->mu);
     source = impl_->stats;
+    inflight = impl_->inflight;
   }
+  if (inflight) impl_->inflight_bytes.Add({}).Set(static_cast<double>(inflight->load()));
   if (source) {
     const engine::Engine::Stats st = source();
     impl_->sessions.Add({{"state", "resident"}}).Set(static_cast<double>(st.resident));

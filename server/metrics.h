@@ -5,6 +5,7 @@
 #ifndef TITANS_SERVER_METRICS_H_
 #define TITANS_SERVER_METRICS_H_
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <string>
@@ -23,6 +24,9 @@ class ServerMetrics : public engine::EngineObserver {
   void SetModelInfo(const engine::ModelInfo& model);
   // Gauges read at scrape time (sessions, queue, state bytes).
   void SetStatsSource(std::function<engine::Engine::Stats()> source);
+  // Bytes of request input held by calls in flight (ServiceOptions::inflight_request_bytes);
+  // read at scrape time.
+  void SetInflightSource(const std::atomic<int64_t>* inflight_request_bytes);
   void SetServing(bool serving);
 
   // One finished RPC: method name, gRPC status code (as its canonical name), seconds.

@@ -45,8 +45,9 @@ std::string NewRequestId() {
 
 class RpcObserver : public grpc::experimental::Interceptor {
  public:
-  RpcObserver(ServerMetrics* metrics, grpc::experimental::ServerRpcInfo* info)
-      : metrics_(metrics), start_(std::chrono::steady_clock::now()) {
+  RpcObserver(ServerMetrics* metrics, const Authenticator* auth,
+              grpc::experimental::ServerRpcInfo* info)
+      : metrics_(metrics), auth_(auth), start_(std::chrono::steady_clock::now()) {
     const std::string full = info->method();  // "/titans.v1.Titans/Append"
     method_ = full.substr(full.rfind('/') + 1);
     // Only our own service's messages are known to be protobuf Messages (the built-in health
@@ -60,6 +61,14 @@ class RpcObserver : public grpc::experimental::Interceptor {
       auto it = md ? md->find("x-request-id") : decltype(md->end()){};
       if (md && it != md->end()) request_id_.assign(it->second.data(), it->second.size());
       if (request_id_.empty() || request_id_.size() > 128) request_id_ = NewRequestId();
+      if (auth_ && auth_->enabled() && md) {
+        auto bearer = md->find("authorization");
+        if (bearer != md->end()) {
+          const std::string value(bearer->second.data(), bearer->second.size());
+          auto principal = auth_->Authenticate(&value);
+          if (principal.ok()) principal_ = *principal;
+        }
+      }
     }
     if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_MESSAGE) &&
         typed_messages_ && session_id_.empty()) {
@@ -94,6 +103,7 @@ class RpcObserver : public grpc::experimental::Interceptor {
             {{"method", method_},
              {"code", code},
              {"request_id", request_id_},
+             {"principal", principal_},
              {"session_id", session_id_},
              {"duration_ms", absl::StrFormat("%.3f", seconds * 1000)},
              {"message", st.error_message()}});
@@ -104,28 +114,31 @@ class RpcObserver : public grpc::experimental::Interceptor {
 
  private:
   ServerMetrics* metrics_;
+  const Authenticator* auth_;
   std::chrono::steady_clock::time_point start_;
-  std::string method_, request_id_, session_id_;
+  std::string method_, request_id_, principal_, session_id_;
   bool typed_messages_ = false;
 };
 
 class RpcObserverFactory : public grpc::experimental::ServerInterceptorFactoryInterface {
  public:
-  explicit RpcObserverFactory(ServerMetrics* metrics) : metrics_(metrics) {}
+  RpcObserverFactory(ServerMetrics* metrics, const Authenticator* auth)
+      : metrics_(metrics), auth_(auth) {}
   grpc::experimental::Interceptor* CreateServerInterceptor(
       grpc::experimental::ServerRpcInfo* info) override {
-    return new RpcObserver(metrics_, info);
+    return new RpcObserver(metrics_, auth_, info);
   }
 
  private:
   ServerMetrics* metrics_;
+  const Authenticator* auth_;
 };
 
 }  // namespace
 
 std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface> MakeRpcObserverFactory(
-    ServerMetrics* metrics) {
-  return std::make_unique<RpcObserverFactory>(metrics);
+    ServerMetrics* metrics, const Authenticator* auth) {
+  return std::make_unique<RpcObserverFactory>(metrics, auth);
 }
 
 }  // namespace titans::server

@@ -151,20 +151,21 @@ absl::StatusOr<engine::Input> InputOf(const pb::AppendRequest& r) {
 // A Reservation holds some of them until it is destroyed. Thread-safe (one atomic counter).
 class InflightBudget {
  public:
-  explicit InflightBudget(int64_t limit) : limit_(limit) {}
+  // `used` (may be null: the budget's own) counts the bytes held.
+  InflightBudget(int64_t limit, std::atomic<int64_t>* used)
+      : limit_(limit), used_(used ? used : &own_) {}
 
   class Reservation {
    public:
     explicit Reservation(InflightBudget* budget) : budget_(budget) {}
     Reservation(const Reservation&) = delete;
     Reservation& operator=(const Reservation&) = delete;
-    ~Reservation() { budget_->used_.fetch_sub(held_); }
+    ~Reservation() { budget_->used_->fetch_sub(held_); }
     // Takes `bytes` more; false (and nothing taken) if that would pass the limit.
     bool Add(int64_t bytes) {
-      if (budget_->limit_ <= 0) return true;
-      const int64_t after = budget_->used_.fetch_add(bytes) + bytes;
-      if (after > budget_->limit_) {
-        budget_->used_.fetch_sub(bytes);
+      const int64_t after = budget_->used_->fetch_add(bytes) + bytes;
+      if (budget_->limit_ > 0 && after > budget_->limit_) {
+        budget_->used_->fetch_sub(bytes);
         return false;
       }
       held_ += bytes;
@@ -178,7 +179,8 @@ class InflightBudget {
 
  private:
   const int64_t limit_;
-  std::atomic<int64_t> used_{0};
+  std::atomic<int64_t> own_{0};
+  std::atomic<int64_t>* used_;
 };
 
 Status InflightExhausted(int64_t limit) {
@@ -198,7 +200,7 @@ class TitansService final : public pb::Titans::Service {
       : engine_(engine),
         auth_(auth),
         options_(options),
-        inflight_(options.max_inflight_request_bytes) {}
+        inflight_(options.max_inflight_request_bytes, options.inflight_request_bytes) {}
 
   Status CreateSession(ServerContext* ctx, const pb::CreateSessionRequest* req,
                        pb::Session* resp) override {
@@ -437,7 +439,7 @@ class TitansService final : public pb::Titans::Service {
     auto blob = result.get();
     if (!blob.ok()) return ToGrpc(blob.status());
     if (!req->file_name().empty()) {
-      auto path = SnapshotPath(req->file_name());
+      auto path = SnapshotPath(*principal, req->file_name());
       if (!path.ok()) return ToGrpc(path.status());
       absl::Status st = WriteFileAtomic(*path, *blob);
       if (!st.ok()) return ToGrpc(st);
@@ -461,7 +463,7 @@ class TitansService final : public pb::Titans::Service {
     p.labels.insert(req->labels().begin(), req->labels().end());
     std::string from_file;
     if (!req->file_name().empty()) {
-      auto path = SnapshotPath(req->file_name());
+      auto path = SnapshotPath(*principal, req->file_name());
       if (!path.ok()) return ToGrpc(path.status());
       auto blob = ReadFileToString(*path);
       if (!blob.ok()) return ToGrpc(blob.status());
@@ -502,12 +504,15 @@ class TitansService final : public pb::Titans::Service {
     return auth_->Authenticate(it == md.end() ? nullptr : &value);
   }
 
-  absl::StatusOr<std::string> SnapshotPath(const std::string& name) const {
+  // Snapshot file names are scoped per principal like session ids (one principal can neither
+  // read nor overwrite another's files): "<principal>+<name>" for a named principal.
+  absl::StatusOr<std::string> SnapshotPath(const std::string& principal,
+                                           const std::string& name) const {
     if (options_.snapshot_dir.empty()) {
       return absl::FailedPreconditionError("this server has no --snapshot_dir");
     }
     if (absl::Status st = engine::ValidateName(name, "file_name"); !st.ok()) return st;
-    return options_.snapshot_dir + "/" + name;
+    return options_.snapshot_dir + "/" + engine::StorageName(principal, name);
   }
 
   void FillModel(pb::ModelInfo* m) const {

@@ -7,6 +7,7 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/impl/codegen/service_type.h>
 
+#include <atomic>
 #include <memory>
 
 #include "server/auth.h"
@@ -21,6 +22,9 @@ struct ServiceOptions {
   // calls that have not reached the engine yet; a call that would pass it gets
   // RESOURCE_EXHAUSTED (retry later). 0 = no bound.
   int64_t max_inflight_request_bytes = int64_t{1} << 30;
+  // If set, the service counts the bytes it holds (as above) here, for a gauge; owned by the
+  // caller, must outlive the service.
+  std::atomic<int64_t>* inflight_request_bytes = nullptr;
   // Where ExportSession / ImportSession read and write snapshot files; empty disables files.
   std::string snapshot_dir;
 };

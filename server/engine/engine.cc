@@ -84,8 +84,9 @@ void Engine::Impl::Shutdown(int64_t deadline_ms) {
 Engine::Stats Engine::Impl::stats() {
   std::lock_guard<std::mutex> lock(mu_);
   Engine::Stats st;
-  st.sessions = static_cast<int64_t>(sessions_.size());
   for (auto& [id, s] : sessions_) {
+    if (!s->held) continue;  // another replica's (shared store): its gauges count it
+    ++st.sessions;
     (s->spilled ? st.spilled : st.resident) += 1;
     (s->spilled ? st.spilled_state_bytes : st.resident_state_bytes) += s->state_bytes;
     st.queued_operations += static_cast<int64_t>(s->ops.size());

@@ -50,6 +50,10 @@ struct EngineOptions {
   // shared store, a session can be served by any replica: the one that gets a request for it
   // acquires it (fencing off the previous holder) and loads it, replaying its log in sync mode.
   std::string session_store;
+  // Shared stores: how often a replica asks the store whether another replica has acquired
+  // sessions it holds but is not using (then drops its copy and stops counting it); 0 = only
+  // when a request for the session comes here.
+  double ownership_check_seconds = 2;
   Durability durability = Durability::kNone;  // kPeriodic / kSync need a state_dir
   int64_t checkpoint_interval_tokens = 65536;
   double checkpoint_interval_seconds = 300;
@@ -126,6 +130,17 @@ SamplingParams ApplySamplingOverrides(SamplingParams base, const SamplingOverrid
 // names): 1..128 characters of [A-Za-z0-9._-], not starting with '.'. INVALID_ARGUMENT names
 // `field`.
 absl::Status ValidateName(const std::string& name, const char* field);
+
+// Session ids (and snapshot file names) are scoped per principal: two principals may each have
+// a session "x". The storage name, under which the session is kept in RAM, on disk, in the
+// write-ahead log and in Redis, is the id itself for the anonymous principal "" (and for
+// sessions stored before ids were scoped), else "<principal>+<id>". '+' is in neither a valid
+// principal nor a valid id, so two storage names are equal only if both parts are.
+std::string StorageName(const std::string& principal, const std::string& id);
+
+// Principals become part of file names and Redis keys: "" (anonymous) or 1..64 characters of
+// [A-Za-z0-9._@:-], not starting with '.'. INVALID_ARGUMENT otherwise.
+absl::Status ValidatePrincipal(const std::string& principal);
 
 // A client-supplied value as it may appear in a status message or a log line: at most 64 bytes
 // of it, bytes outside printable ASCII (and the quote and backslash) written as \xNN, and a

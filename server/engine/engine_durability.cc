@@ -52,19 +52,28 @@ void Engine::Impl::Register(SessionRecord r) {
   s->persisted_position = r.position;
   s->record = std::move(r);
   s->rewind_floor = s->record.position;
+  s->held = !shared_;  // a shared store's session is held only once acquired
   sessions_.emplace(s->record.id, std::move(s));
 }
 
-void Engine::Impl::Discover(const std::string& id) {
+void Engine::Impl::Discover(const std::string& principal, const std::string& id) {
   if (!shared_) return;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (sessions_.count(id)) return;
+    if (Find(principal, id).ok()) return;
   }
-  auto record = files_->ReadRecord(id);
-  if (!record.ok()) return;
-  std::lock_guard<std::mutex> lock(mu_);
-  if (!sessions_.count(id)) Register(std::move(*record));
+  // The scoped name first; then, for a named principal, the name it had if it was stored before
+  // ids were scoped (such a record still says whose it is: Find checks).
+  if (!ValidateName(id, "id").ok() || !ValidatePrincipal(principal).ok()) return;
+  for (const std::string& name : {StorageName(principal, id), id}) {
+    auto record = files_->ReadRecord(name);
+    if (record.ok() && record->id == name) {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!sessions_.count(name)) Register(std::move(*record));
+      return;
+    }
+    if (principal.empty()) return;
+  }
 }
 
 std::unique_ptr<Session> Engine::Impl::NewSession() const {
@@ -77,6 +86,7 @@ absl::Status Engine::Impl::EnsureResident(Session* s) {
   if (shared_) {
     TITANS_ASSIGN_OR_RETURN(const bool migrated, files_->Acquire(id));
     if (migrated) observer().OnSessionAcquired();
+    s->held = true;
     TITANS_ASSIGN_OR_RETURN(SessionRecord record, files_->ReadRecord(id));
     std::lock_guard<std::mutex> lock(mu_);
     record.last_used_unix_ms = s->record.last_used_unix_ms;
@@ -297,7 +307,7 @@ void Engine::Impl::ExecuteRewind(Session* s, Op& op,
   std::lock_guard<std::mutex> lock(mu_);
   ++s->record.epoch;
   absl::Status st = files_ ? Persist(s) : absl::OkStatus();
-  if (st.code() == absl::StatusCode::kAborted) st = MovedError(s->record.id);
+  if (st.code() == absl::StatusCode::kAborted) st = MovedError(ClientId(s->record));
   if (!st.ok() && (options_.durability == Durability::kSync || s->moved)) {
     *s->state = std::move(before);
     s->history = std::move(history_before);
@@ -354,7 +364,7 @@ void Engine::Impl::CommitDurable(std::vector<std::function<void()>>* callbacks) 
     if (st.ok()) {
       callbacks->push_back(std::move(d.on_durable));
     } else if (st.code() == absl::StatusCode::kAborted) {
-      d.on_failure(MovedError(d.record.session_id));
+      d.on_failure(MovedError(ClientId(d.session->record)));
       d.session->moved = true;
     } else {
       d.on_failure(absl::Status(st.code(), absl::StrCat("the operation could not be made durable "
@@ -370,6 +380,7 @@ void Engine::Impl::DropResident(Session* s) {
   s->history = RewindHistory(options_.rewind_window_tokens, options_.rewind_interval_tokens);
   s->spilled = true;
   s->moved = false;
+  s->held = !shared_;
 }
 
 absl::Status Engine::Impl::MovedError(const std::string& id) {

@@ -9,6 +9,7 @@
 
 #include <ATen/ATen.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -110,6 +111,11 @@ struct Session {
   bool moved = false;
   // The session no longer exists in the (shared) store: closed or expired elsewhere.
   bool gone = false;
+  // This replica holds the session: always without a shared store; with one, it created or
+  // acquired the session and has not seen another replica acquire it since. Only held sessions
+  // are counted in stats() (the gauges), so that the counts summed over replicas are the open
+  // sessions. Atomic: the engine thread sets it while loading, without mu_.
+  std::atomic<bool> held{true};
 };
 
 class Engine::Impl {
@@ -130,7 +136,7 @@ class Engine::Impl {
 
   // Shared stores: a session this replica has not seen may have been created by another one;
   // register it so that it can be acquired. No-op otherwise.
-  void Discover(const std::string& id);
+  void Discover(const std::string& principal, const std::string& id);
 
   std::unique_ptr<Session> NewSession() const;
 
@@ -183,6 +189,11 @@ class Engine::Impl {
   // by another replica since; such copies are dropped so that the step acquires and loads the
   // current state (one round trip to the store per step).
   void DropMoved(const std::vector<Session*>& order, const std::vector<Assignment>& plan);
+
+  // Shared stores, every ownership_check_seconds: one round trip asks which of the idle sessions
+  // this replica holds another replica has acquired since; their copies are dropped (memory and
+  // gauges). Called by the engine loop holding `lock` (on mu_), which it releases meanwhile.
+  void DropLostSessions(std::unique_lock<std::mutex>& lock);
 
   // Tokens accepted but not yet consumed, over all sessions.
   int64_t QueuedTokens() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -27,7 +27,8 @@ absl::Status Engine::Impl::CheckOpen() const {
 }
 
 absl::StatusOr<Session*> Engine::Impl::Find(const std::string& principal, const std::string& id) {
-  auto it = sessions_.find(id);
+  auto it = sessions_.find(StorageName(principal, id));
+  if (it == sessions_.end() && !principal.empty()) it = sessions_.find(id);  // stored unscoped
   if (it == sessions_.end() || it->second->record.principal != principal) {
     return absl::NotFoundError(absl::StrCat("session '", ShowValue(id), "' not found"));
   }
@@ -36,7 +37,7 @@ absl::StatusOr<Session*> Engine::Impl::Find(const std::string& principal, const 
 
 SessionInfo Engine::Impl::InfoOf(const Session& s) const {
   SessionInfo info;
-  info.id = s.record.id;
+  info.id = ClientId(s.record);
   info.model = info_.name;
   info.position = s.record.position;
   info.state_bytes = s.state_bytes;
@@ -63,16 +64,21 @@ absl::StatusOr<SessionInfo> Engine::Impl::AddSession(const CreateParams& p,
                                                      const RewindHistory* history,
                                                      const std::string& history_owner) {
   TITANS_RETURN_IF_ERROR(CheckOpen());
-  std::string id = p.id;
-  if (id.empty()) {
-    do id = NewSessionId();
-    while (sessions_.count(id));
+  TITANS_RETURN_IF_ERROR(ValidatePrincipal(p.principal));
+  std::string client_id = p.id;
+  if (client_id.empty()) {
+    do client_id = NewSessionId();
+    while (Find(p.principal, client_id).ok());
   } else {
-    TITANS_RETURN_IF_ERROR(ValidateName(id, "session_id"));
-    if (sessions_.count(id)) {
-      return absl::AlreadyExistsError(absl::StrCat("session '", ShowValue(id), "' already exists"));
+    TITANS_RETURN_IF_ERROR(ValidateName(client_id, "session_id"));
+    // Only this principal's sessions count: another's with the same id is neither revealed nor
+    // in the way (the storage names differ).
+    if (Find(p.principal, client_id).ok()) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("session '", ShowValue(client_id), "' already exists"));
     }
   }
+  const std::string id = StorageName(p.principal, client_id);
   TITANS_RETURN_IF_ERROR(ValidateLabels(p.labels));
   TITANS_ASSIGN_OR_RETURN(int64_t ttl, ResolveTtl(p.idle_ttl_seconds));
   if (static_cast<int64_t>(sessions_.size()) >= options_.max_sessions) {
@@ -127,8 +133,16 @@ absl::StatusOr<SessionInfo> Engine::Impl::CreateSession(const CreateParams& p) {
 
 absl::StatusOr<SessionInfo> Engine::Impl::GetSession(const std::string& principal,
                                                      const std::string& id) {
-  Discover(id);
-  if (shared_) Refresh(id);
+  Discover(principal, id);
+  if (shared_) {
+    std::string name;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto s = Find(principal, id);
+      if (s.ok()) name = (*s)->record.id;
+    }
+    if (!name.empty()) Refresh(name);
+  }
   std::lock_guard<std::mutex> lock(mu_);
   TITANS_ASSIGN_OR_RETURN(Session * s, Find(principal, id));
   return InfoOf(*s);
@@ -176,8 +190,8 @@ std::vector<SessionInfo> Engine::Impl::List(const std::string& principal,
   }
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<const Session*> matching;
-  for (const auto& [id, s] : sessions_) {
-    if (s->record.principal != principal || id <= after) continue;
+  for (const auto& [name, s] : sessions_) {
+    if (s->record.principal != principal || ClientId(s->record) <= after) continue;
     bool ok = true;
     for (const auto& [k, v] : filter) {
       auto it = s->record.labels.find(k);
@@ -185,8 +199,9 @@ std::vector<SessionInfo> Engine::Impl::List(const std::string& principal,
     }
     if (ok) matching.push_back(s.get());
   }
-  std::sort(matching.begin(), matching.end(),
-            [](const Session* a, const Session* b) { return a->record.id < b->record.id; });
+  std::sort(matching.begin(), matching.end(), [](const Session* a, const Session* b) {
+    return ClientId(a->record) < ClientId(b->record);
+  });
   *more = static_cast<int>(matching.size()) > limit;
   std::vector<SessionInfo> out;
   for (int i = 0; i < std::min<int>(limit, matching.size()); ++i)
@@ -219,7 +234,7 @@ absl::StatusOr<std::vector<int32_t>> Engine::Impl::Tokenize(const Input& input, 
 
 absl::Status Engine::Impl::Enqueue(const std::string& principal, const std::string& id,
                                    std::unique_ptr<Op>& op) {
-  Discover(id);
+  Discover(principal, id);
   std::lock_guard<std::mutex> lock(mu_);
   TITANS_RETURN_IF_ERROR(CheckOpen());
   TITANS_ASSIGN_OR_RETURN(Session * s, Find(principal, id));
@@ -267,7 +282,7 @@ void Engine::Impl::Generate(const std::string& principal, const std::string& id,
   op->cancel = std::move(cancel);
   op->on_event = std::move(on_event);
   op->done = done;
-  Discover(id);
+  Discover(principal, id);
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto s = Find(principal, id);

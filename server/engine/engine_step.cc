@@ -5,6 +5,9 @@ namespace titans::engine {
 void Engine::Impl::Loop() {
   std::unique_lock<std::mutex> lock(mu_);
   auto last_sweep = Clock::now();
+  auto last_ownership_check = Clock::now();
+  const auto ownership_check_interval = std::chrono::duration_cast<Clock::duration>(
+      std::chrono::duration<double>(options_.ownership_check_seconds));
   while (!stop_) {
     if (!HasRunnable()) {
       cv_.wait_for(lock, std::chrono::milliseconds(500));
@@ -13,6 +16,12 @@ void Engine::Impl::Loop() {
     if (Clock::now() - last_sweep > std::chrono::seconds(1)) {
       Sweep();
       last_sweep = Clock::now();
+    }
+    if (shared_ && options_.ownership_check_seconds > 0 &&
+        Clock::now() - last_ownership_check > ownership_check_interval) {
+      DropLostSessions(lock);
+      last_ownership_check = Clock::now();
+      if (stop_) break;
     }
     if (!HasRunnable()) continue;
     // Schedule (plain data), execute (no lock held), update.
@@ -84,6 +93,23 @@ void Engine::Impl::DropMoved(const std::vector<Session*>& order,
   for (const std::string& id : moved) DropResident(by_id[id]);
 }
 
+void Engine::Impl::DropLostSessions(std::unique_lock<std::mutex>& lock) {
+  std::vector<std::string> names;
+  for (auto& [name, s] : sessions_) {
+    if (s->held && !s->busy && s->ops.empty()) names.push_back(name);
+  }
+  if (names.empty()) return;
+  lock.unlock();
+  const std::vector<std::string> moved = files_->Moved(names);
+  lock.lock();
+  for (const std::string& name : moved) {
+    auto it = sessions_.find(name);
+    // A session with work queued meanwhile is the next step's (DropMoved, then acquire).
+    if (it == sessions_.end() || it->second->busy || !it->second->ops.empty()) continue;
+    DropResident(it->second.get());
+  }
+}
+
 int64_t Engine::Impl::QueuedTokens() {
   int64_t total = 0;
   for (auto& [id, s] : sessions_) {
@@ -112,7 +138,8 @@ void Engine::Impl::Prepare(Session* s, int64_t tokens, std::vector<Forwarding>* 
     if (resident.code() == absl::StatusCode::kNotFound && shared_) {
       s->gone = true;  // closed or expired on another replica
       Fail(op,
-           absl::NotFoundError(absl::StrCat("session '", ShowValue(s->record.id), "' not found")),
+           absl::NotFoundError(
+               absl::StrCat("session '", ShowValue(ClientId(s->record)), "' not found")),
            callbacks);
     } else if (resident.code() == absl::StatusCode::kUnavailable) {
       Fail(op, resident, callbacks);

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "model/crc32c.h"
 #include "server/engine/engine.h"
@@ -37,6 +38,29 @@ std::string ShowValue(std::string_view value) {
   return out;
 }
 
+std::string StorageName(const std::string& principal, const std::string& id) {
+  return principal.empty() ? id : absl::StrCat(principal, "+", id);
+}
+
+std::string ClientId(const SessionRecord& record) {
+  if (record.principal.empty()) return record.id;
+  const std::string prefix = record.principal + "+";
+  if (!absl::StartsWith(record.id, prefix)) return record.id;  // stored before ids were scoped
+  return record.id.substr(prefix.size());
+}
+
+absl::Status ValidatePrincipal(const std::string& principal) {
+  bool ok = principal.size() <= 64 && (principal.empty() || principal[0] != '.');
+  for (char c : principal) {
+    ok = ok && (std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-' ||
+                c == '@' || c == ':');
+  }
+  if (ok) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat("principal '", ShowValue(principal),
+                   "' must be at most 64 characters of [A-Za-z0-9._@:-], not starting with '.'"));
+}
+
 std::string EncodeSessionRecord(const SessionRecord& r) {
   nlohmann::json j = {{"id", r.id},
                       {"principal", r.principal},
@@ -64,7 +88,8 @@ absl::StatusOr<SessionRecord> DecodeSessionRecord(std::string_view text) {
     r.position = j.at("position").get<int64_t>();
     r.state_bytes = j.at("state_bytes").get<int64_t>();
     r.epoch = j.value("epoch", int64_t{0});
-    if (!ValidateName(r.id, "id").ok()) throw std::runtime_error("bad session id");
+    if (!ValidatePrincipal(r.principal).ok()) throw std::runtime_error("bad principal");
+    if (!ValidateName(ClientId(r), "id").ok()) throw std::runtime_error("bad session id");
     if (r.position < 0 || r.epoch < 0 || r.idle_ttl_seconds < 0) {
       throw std::runtime_error("bad values");
     }

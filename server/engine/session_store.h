@@ -26,6 +26,8 @@
 namespace titans::engine {
 
 struct SessionRecord {
+  // `id` is the storage name (StorageName below): the key of the session in the engine, in the
+  // store, in the write-ahead log and in Redis. The client sees ClientId(record).
   std::string id, principal;
   std::map<std::string, std::string> labels;
   int64_t idle_ttl_seconds = 0;
@@ -36,6 +38,9 @@ struct SessionRecord {
   // Incremented by every rewind: write-ahead log records of an older epoch are not replayed.
   int64_t epoch = 0;
 };
+
+// The id the client knows the session by (the record's id is its StorageName, engine.h).
+std::string ClientId(const SessionRecord& record);
 
 std::string EncodeSessionRecord(const SessionRecord& record);  // JSON
 // INVALID_ARGUMENT naming the problem when malformed.

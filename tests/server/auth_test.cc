@@ -36,5 +36,18 @@ TEST(Authenticator, MalformedSources) {
             absl::StatusCode::kNotFound);
 }
 
+// Principals scope session ids in storage names ("<principal>+<id>"), so they keep to a naming
+// rule that cannot collide or escape a directory: no '+', '/', leading '.', or over 64 bytes.
+TEST(Authenticator, PrincipalsFollowTheStorageNamingRule) {
+  EXPECT_TRUE(Authenticator::Load("", "token-ok-1=team.a@example.com:42_x-y").ok());
+  for (const char* bad : {"a+b", "../x", ".hidden", "a/b", "a*b"}) {
+    auto auth = Authenticator::Load("", (std::string("token-bad-1=") + bad).c_str());
+    EXPECT_EQ(auth.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+  }
+  EXPECT_EQ(
+      Authenticator::Load("", ("token-bad-2=" + std::string(65, 'p')).c_str()).status().code(),
+      absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace titans::server

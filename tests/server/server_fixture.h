@@ -12,6 +12,8 @@
 
 #include "server/auth.h"
 #include "server/engine/engine.h"
+#include "server/metrics.h"
+#include "server/rpc_observer.h"
 #include "server/service.h"
 #include "tests/model/model_test_util.h"
 #include "titans/v1/titans.grpc.pb.h"
@@ -55,6 +57,12 @@ class ServerTest : public ::testing::Test {
     int port = 0;
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
     builder.RegisterService(service_.get());
+    if (with_rpc_observer_) {  // metrics and one log line per RPC, as titans-server has
+      metrics_ = std::make_unique<server::ServerMetrics>();
+      std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> obs;
+      obs.push_back(server::MakeRpcObserverFactory(metrics_.get(), auth_.get()));
+      builder.experimental().SetInterceptorCreators(std::move(obs));
+    }
     server_ = builder.BuildAndStart();
     ASSERT_NE(port, 0);
     channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(port),
@@ -87,12 +95,12 @@ class ServerTest : public ::testing::Test {
   }
 
   grpc::Status AppendText(const std::string& id, const std::string& text,
-                          pb::AppendResponse* out = nullptr) {
+                          pb::AppendResponse* out = nullptr, const std::string& token = "") {
     pb::AppendRequest req;
     req.set_session_id(id);
     req.set_text(text);
     pb::AppendResponse resp;
-    grpc::Status st = stub_->Append(Ctx().get(), req, &resp);
+    grpc::Status st = stub_->Append(Ctx(token).get(), req, &resp);
     if (out) *out = resp;
     return st;
   }
@@ -117,16 +125,18 @@ class ServerTest : public ::testing::Test {
     return text;
   }
 
-  int64_t Position(const std::string& id) {
+  int64_t Position(const std::string& id, const std::string& token = "") {
     pb::GetSessionRequest req;
     req.set_session_id(id);
     pb::Session s;
-    grpc::Status st = stub_->GetSession(Ctx().get(), req, &s);
+    grpc::Status st = stub_->GetSession(Ctx(token).get(), req, &s);
     EXPECT_TRUE(st.ok()) << st.error_message();
     return static_cast<int64_t>(s.position());
   }
 
   std::string root_, model_dir_, auth_env_;
+  bool with_rpc_observer_ = false;
+  std::unique_ptr<server::ServerMetrics> metrics_;
   engine::EngineOptions options_;
   server::ServiceOptions service_options_;
   std::unique_ptr<server::Authenticator> auth_;

@@ -2,8 +2,11 @@
 // kind of bad input the API must answer with a precise status, without corrupting sessions.
 #include <grpcpp/generic/generic_stub.h>
 
+#include <filesystem>
+#include <fstream>
 #include <thread>
 
+#include "server/log.h"
 #include "tests/server/server_fixture.h"
 
 namespace titans::testing {
@@ -503,6 +506,130 @@ TEST_F(ServerTest, BearerTokensAndOwnership) {
   EXPECT_EQ(sessions.sessions_size(), 0);
 }
 
+// Session ids are scoped per principal: the same id for two principals is two sessions (create,
+// fork and import never reveal another's id with ALREADY_EXISTS), each with its own state, on
+// disk too (a restart keeps both apart), and snapshot files are scoped the same way.
+TEST_F(ServerTest, SessionIdsAreScopedPerPrincipal) {
+  auth_env_ = "alice-token=alice,bob-token-x=bob";
+  options_.state_dir = root_ + "/state";
+  service_options_.snapshot_dir = root_ + "/snapshots";
+  std::filesystem::create_directories(service_options_.snapshot_dir);
+  Start();
+  const std::string alice = "alice-token", bob = "bob-token-x";
+  EXPECT_EQ(Create("x", alice).session_id(), "x");
+  EXPECT_EQ(Create("x", bob).session_id(), "x");  // not ALREADY_EXISTS
+  pb::CreateSessionRequest again;
+  again.set_session_id("x");
+  pb::Session out;
+  EXPECT_EQ(stub_->CreateSession(Ctx(alice).get(), again, &out).error_code(),
+            StatusCode::ALREADY_EXISTS);  // within one principal ids stay unique
+  ASSERT_TRUE(AppendText("x", "alice's text", nullptr, alice).ok());
+  ASSERT_TRUE(AppendText("x", "bob", nullptr, bob).ok());
+  EXPECT_EQ(Position("x", alice), 12);
+  EXPECT_EQ(Position("x", bob), 3);
+  // Fork and import into an id the other principal already has.
+  Create("y", bob);
+  pb::ForkSessionRequest fork;
+  fork.set_session_id("x");
+  fork.set_new_session_id("y");
+  ASSERT_TRUE(stub_->ForkSession(Ctx(alice).get(), fork, &out).ok());
+  EXPECT_EQ(out.session_id(), "y");
+  EXPECT_EQ(Position("y", alice), 12);
+  EXPECT_EQ(Position("y", bob), 0);
+  pb::ExportSessionRequest to_file;
+  to_file.set_session_id("x");
+  to_file.set_file_name("snap");
+  pb::ExportSessionResponse exported;
+  ASSERT_TRUE(stub_->ExportSession(Ctx(alice).get(), to_file, &exported).ok());
+  ASSERT_TRUE(stub_->ExportSession(Ctx(bob).get(), to_file, &exported).ok());  // its own file
+  pb::ImportSessionRequest import;
+  import.set_file_name("snap");
+  import.set_session_id("z");
+  ASSERT_TRUE(stub_->ImportSession(Ctx(alice).get(), import, &out).ok());
+  ASSERT_TRUE(stub_->ImportSession(Ctx(bob).get(), import, &out).ok());
+  EXPECT_EQ(Position("z", alice), 12);  // each read back its own snapshot
+  EXPECT_EQ(Position("z", bob), 3);
+  // Lists show each principal its own sessions by the ids it chose.
+  pb::ListSessionsRequest list;
+  pb::ListSessionsResponse listed;
+  ASSERT_TRUE(stub_->ListSessions(Ctx(bob).get(), list, &listed).ok());
+  std::vector<std::string> ids;
+  for (const auto& session : listed.sessions()) ids.push_back(session.session_id());
+  EXPECT_EQ(ids, (std::vector<std::string>{"x", "y", "z"}));
+  // Closing one leaves the other's.
+  pb::CloseSessionRequest close;
+  close.set_session_id("y");
+  pb::CloseSessionResponse closed;
+  ASSERT_TRUE(stub_->CloseSession(Ctx(bob).get(), close, &closed).ok());
+  EXPECT_EQ(Position("y", alice), 12);
+  // A restart recovers both principals' sessions apart.
+  engine_->Shutdown(1000);
+  server_->Shutdown(std::chrono::system_clock::now());
+  server_.reset();
+  engine_.reset();
+  Start();
+  EXPECT_EQ(Position("x", alice), 12);
+  EXPECT_EQ(Position("x", bob), 3);
+  EXPECT_EQ(Position("y", alice), 12);
+  pb::GetSessionRequest get;
+  get.set_session_id("y");
+  EXPECT_EQ(stub_->GetSession(Ctx(bob).get(), get, &out).error_code(), StatusCode::NOT_FOUND);
+}
+
+// Ids are scoped per principal, so the RPC log line names the principal with the session id.
+TEST_F(ServerTest, RpcLogLinesNameThePrincipal) {
+  auth_env_ = "alice-token=alice";
+  with_rpc_observer_ = true;
+  Start();
+  server::ConfigureLogging(server::LogLevel::kDebug, /*json=*/true);
+  ::testing::internal::CaptureStderr();
+  Create("x", "alice-token");
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  server::ConfigureLogging(server::LogLevel::kInfo, /*json=*/false);
+  EXPECT_NE(log.find("\"principal\":\"alice\",\"session_id\":\"x\""), std::string::npos) << log;
+}
+
+// A session stored before ids were scoped (file and record named by the bare id) still belongs
+// to its principal after an upgrade, and only to it.
+TEST_F(ServerTest, SessionsStoredBeforeIdsWereScopedAreStillFound) {
+  auth_env_ = "alice-token=alice,bob-token-x=bob";
+  options_.state_dir = root_ + "/state";
+  Start();
+  Create("old", "alice-token");
+  ASSERT_TRUE(AppendText("old", "kept", nullptr, "alice-token").ok());
+  engine_->Shutdown(1000);
+  server_->Shutdown(std::chrono::system_clock::now());
+  server_.reset();
+  engine_.reset();
+  // Rewrite the stored session the way the previous version named it.
+  const std::string dir = options_.state_dir + "/sessions";
+  std::string json;
+  {
+    std::ifstream in(dir + "/alice+old.json");
+    ASSERT_TRUE(in.good());
+    json.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  const size_t at = json.find("\"alice+old\"");
+  ASSERT_NE(at, std::string::npos) << json;
+  json.replace(at, 11, "\"old\"");
+  std::filesystem::remove(dir + "/alice+old.json");
+  std::ofstream(dir + "/old.json") << json;
+  std::filesystem::rename(dir + "/alice+old.state", dir + "/old.state");
+  Start();
+  EXPECT_EQ(Position("old", "alice-token"), 4);
+  ASSERT_TRUE(AppendText("old", "!", nullptr, "alice-token").ok());
+  EXPECT_EQ(Position("old", "alice-token"), 5);
+  pb::GetSessionRequest get;
+  get.set_session_id("old");
+  pb::Session out;
+  EXPECT_EQ(stub_->GetSession(Ctx("bob-token-x").get(), get, &out).error_code(),
+            StatusCode::NOT_FOUND);
+  pb::CreateSessionRequest same;
+  same.set_session_id("old");
+  EXPECT_EQ(stub_->CreateSession(Ctx("alice-token").get(), same, &out).error_code(),
+            StatusCode::ALREADY_EXISTS);
+}
+
 TEST_F(ServerTest, ListSessionsPagesAndFilters) {
   Start();
   for (int i = 0; i < 7; ++i) {
@@ -589,47 +716,52 @@ TEST_F(ServerTest, AppendStreamRefusesOverLimitStreamsEarly) {
 // budget, a second gets RESOURCE_EXHAUSTED; the first still completes, and afterwards the
 // budget is free again.
 TEST_F(ServerTest, InflightRequestBytesAreBoundedServerWide) {
-  service_options_.max_inflight_request_bytes = 256 << 10;
+  service_options_.max_inflight_request_bytes = 16 << 10;
+  static std::atomic<int64_t> inflight_bytes{0};  // outlives the server (TearDown)
+  service_options_.inflight_request_bytes = &inflight_bytes;
+  options_.step_token_budget = 4096;
   Start();
   Create("a");
   Create("b");
   pb::AppendResponse resp_a, resp_b;
   auto ctx_a = Ctx();
   auto a = stub_->AppendStream(ctx_a.get(), &resp_a);
+  // 12 KiB of the 16 KiB budget, held open (small: the appends must finish quickly on a loaded
+  // machine, within the calls' deadlines), in messages that each fit HTTP/2's initial 64 KiB
+  // stream window, so delivery never waits on a window update while this thread is probing.
   pb::AppendRequest msg;
   msg.set_session_id("a");
-  msg.set_text(std::string(180 << 10, 'a'));  // 180 KiB of the 256 KiB budget, held open
-  ASSERT_TRUE(a->Write(msg));
-  // Wait until the server has read it (the budget is taken as messages arrive). The probe names
-  // no session, so while the budget is free it costs nothing (NOT_FOUND from the engine).
-  grpc::Status st;
-  pb::AppendRequest probe;
-  probe.set_session_id("no-such-session");
-  probe.set_text(std::string(100 << 10, 'p'));
-  for (int attempt = 0; attempt < 3000; ++attempt) {
-    pb::AppendResponse out;
-    st = stub_->Append(Ctx().get(), probe, &out);
-    if (st.error_code() == StatusCode::RESOURCE_EXHAUSTED) break;
-    ASSERT_EQ(st.error_code(), StatusCode::NOT_FOUND) << st.error_message();
+  msg.set_text(std::string(4 << 10, 'a'));
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(a->Write(msg));
+  // Wait until the server has read them (the budget is taken as messages arrive), then probe.
+  for (int i = 0; i < 6000 && inflight_bytes.load() < (12 << 10); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
+  ASSERT_EQ(inflight_bytes.load(), 12 << 10);
+  pb::AppendRequest probe;
+  probe.set_session_id("no-such-session");
+  probe.set_text(std::string(8 << 10, 'p'));
+  pb::AppendResponse probed;
+  grpc::Status st = stub_->Append(Ctx().get(), probe, &probed);
   EXPECT_EQ(st.error_code(), StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_NE(st.error_message().find("max_inflight_request_bytes"), std::string::npos);
   pb::AppendRequest to_b;
   to_b.set_session_id("b");
-  to_b.set_text(std::string(100 << 10, 'b'));
+  to_b.set_text(std::string(8 << 10, 'b'));
   pb::AppendResponse refused;
   EXPECT_EQ(stub_->Append(Ctx().get(), to_b, &refused).error_code(),
             StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_EQ(Position("b"), 0);
   a->WritesDone();
-  ASSERT_TRUE(a->Finish().ok());
-  EXPECT_EQ(Position("a"), 180 << 10);
+  grpc::Status finished = a->Finish();
+  ASSERT_TRUE(finished.ok()) << finished.error_code() << ": " << finished.error_message();
+  EXPECT_EQ(Position("a"), 12 << 10);
   pb::AppendRequest after;
   after.set_session_id("b");
-  after.set_text(std::string(100 << 10, 'b'));
+  after.set_text(std::string(8 << 10, 'b'));
   pb::AppendResponse out;
   EXPECT_TRUE(stub_->Append(Ctx().get(), after, &out).ok());
+  EXPECT_EQ(inflight_bytes.load(), 0);
 }
 
 TEST_F(ServerTest, BidirectionalStreamAnswersInOrder) {

@@ -3,6 +3,7 @@
 // dropped and the session re-acquired (with the other's logged operations replayed) when a
 // request comes back; rewinds and closing on one are seen by the other.
 #include <cmath>
+#include <thread>
 
 #include "tests/server/redis_fixture.h"
 #include "tests/server/server_fixture.h"
@@ -51,6 +52,7 @@ class SharedSessionsTest : public ::testing::Test {
     options.session_store = redis_->spec();
     options.durability = engine::Durability::kSync;
     options.rewind_interval_tokens = 16;
+    options.ownership_check_seconds = 0.05;
     auto r = std::make_unique<Replica>();
     auto engine = engine::Engine::Create(options);
     EXPECT_TRUE(engine.ok()) << engine.status();
@@ -178,6 +180,64 @@ TEST_F(SharedSessionsTest, SessionsMoveBetweenReplicasWithNothingAcknowledgedLos
   ASSERT_TRUE(b_->stub->CloseSession(Ctx().get(), close, &closed).ok());
   EXPECT_EQ(Append(*a_, "s", "too late").error_code(), StatusCode::NOT_FOUND);
   EXPECT_EQ(Get(*a_, "s").status().code(), absl::StatusCode::kNotFound);
+}
+
+// Each session is counted by exactly one replica, the one holding it: a replica that another
+// takes sessions from drops its copies (memory and gauges) without a request for them, and a
+// restarted replica counts none of the stored sessions until it acquires them.
+TEST_F(SharedSessionsTest, EachSessionIsCountedByTheReplicaHoldingItOnly) {
+  const std::vector<std::string> ids = {"s0", "s1", "s2", "s3", "s4", "s5"};
+  for (const std::string& id : ids) {
+    pb::CreateSessionRequest create;
+    create.set_session_id(id);
+    pb::Session created;
+    ASSERT_TRUE(a_->stub->CreateSession(Ctx().get(), create, &created).ok());
+    ASSERT_TRUE(Append(*a_, id, "hello " + id).ok());
+  }
+  EXPECT_EQ(a_->engine->stats().sessions, 6);
+  EXPECT_EQ(b_->engine->stats().sessions, 0);
+  // B serves four of them (it acquires them); A learns of it by itself.
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(Append(*b_, ids[i], " more").ok());
+  auto counts_become = [](Replica& r, int64_t sessions, int64_t resident) {
+    // Polls (A checks ownership every 50 ms); the deadline only bounds a failing test.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    engine::Engine::Stats st;
+    do {
+      st = r.engine->stats();
+      if (st.sessions == sessions && st.resident == resident) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    } while (std::chrono::steady_clock::now() < deadline);
+    ADD_FAILURE() << "sessions " << st.sessions << " (resident " << st.resident << "), expected "
+                  << sessions << " (" << resident << ")";
+    return false;
+  };
+  EXPECT_TRUE(counts_become(*b_, 4, 4));
+  EXPECT_TRUE(counts_become(*a_, 2, 2));
+  // Looking at B's sessions from A (get, list) does not make them A's.
+  ASSERT_TRUE(Get(*a_, ids[0]).ok());
+  pb::ListSessionsRequest list;
+  pb::ListSessionsResponse listed;
+  ASSERT_TRUE(a_->stub->ListSessions(Ctx().get(), list, &listed).ok());
+  EXPECT_EQ(listed.sessions_size(), 6);
+  EXPECT_EQ(a_->engine->stats().sessions, 2);
+  // A restarts: it holds nothing until a request brings a session to it.
+  a_.reset();
+  a_ = StartReplica();
+  ASSERT_TRUE(a_->engine);
+  ASSERT_TRUE(a_->stub->ListSessions(Ctx().get(), list, &listed).ok());
+  EXPECT_EQ(listed.sessions_size(), 6);
+  EXPECT_EQ(a_->engine->stats().sessions, 0);
+  ASSERT_TRUE(Append(*a_, ids[4], "!").ok());
+  ASSERT_TRUE(Append(*a_, ids[5], "!").ok());
+  EXPECT_TRUE(counts_become(*a_, 2, 2));
+  EXPECT_TRUE(counts_become(*b_, 4, 4));
+  // B goes away; its sessions fail over to A, which then counts all six.
+  b_.reset();
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(Append(*a_, ids[i], "?").ok());
+  EXPECT_TRUE(counts_become(*a_, 6, 6));
+  for (int i = 0; i < 6; ++i) {
+    EXPECT_EQ(Get(*a_, ids[i])->position(), 8u + (i < 4 ? 5u + 1u : 1u)) << ids[i];
+  }
 }
 
 }  // namespace
