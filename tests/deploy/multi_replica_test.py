@@ -266,5 +266,24 @@ for sid in ids:
         except (grpc.RpcError, StopIteration) as e:
             print(f"  {sid}: could not localise: {e}")
 
+# The killed replica comes back (same ports). Each session must be counted by exactly one
+# replica: the one holding it. Requests routed back to the restarted replica move sessions to
+# it; the replicas that lose them notice within --ownership_check_seconds and stop counting them.
+index = int(victim["name"][len("replica"):])
+victim["proc"] = start_replica(index, victim["grpc"], victim["metrics"])
+procs.append(victim["proc"])
+time.sleep(1)  # the router's health check sees it up
+for sid in ids:
+    router.Score(pb.ScoreRequest(session_id=sid, tokens=probe), metadata=md(sid), timeout=30)
+open_sessions = len(router.ListSessions(pb.ListSessionsRequest(page_size=1000), timeout=30).sessions)
+counted = None
+for _ in range(60):
+    counted = {r["name"]: metric(r, "titans_sessions") for r in replicas}
+    if sum(v or 0 for v in counted.values()) == open_sessions:
+        break
+    time.sleep(0.5)
+check(f"after the restart, the replicas' titans_sessions add up to the {open_sessions} open "
+      "sessions", sum(v or 0 for v in counted.values()) == open_sessions, counted)
+
 stop_processes(procs)
 checks.finish()
