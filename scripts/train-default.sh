@@ -18,12 +18,19 @@
 # run it again after an interruption and every stage continues from its last checkpoint
 # (RUNS_DIR keeps them; put it outside the work tree to keep it across checkouts).
 #
+# The whole recipe needs more than one sitting on a 2-core machine: scripts/carry-training.sh save
+# puts an unfinished run into the repository (models/training-resume/), and this script starts
+# from it when RUNS_DIR does not exist yet.
+#
 #   scripts/train-default.sh [RUNS_DIR]     (default runs/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS="${1:-runs}"
 [ -f data/kjv.txt ] || scripts/prepare-data.sh
 [ -x build/tools/titans-train ] || scripts/build.sh titans-train
+if [ ! -d "$RUNS" ] && [ -d models/training-resume ]; then
+  scripts/carry-training.sh restore "$RUNS"
+fi
 mkdir -p "$RUNS"
 
 COMMON=(--data data/kjv.txt --passkey_noise_fraction 0.5 --answer_weight 2)
