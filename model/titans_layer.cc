@@ -68,42 +68,48 @@ std::pair<at::Tensor, at::Tensor> PersistentKV(const ModelConfig& c, const Atten
   return {k, v};
 }
 
-// Sliding-window attention (MAG, MAL, SWA): token t sees the persistent tokens and the tokens s
-// with t - w < s <= t. The cache keeps the last w-1 rotated keys and values.
-at::Tensor SlidingWindowAttention(const ModelConfig& c, const AttentionParams& a, LayerState* st,
-                                  const at::Tensor& x, int64_t position) {
-  const int64_t B = x.size(0), T = x.size(1), H = c.num_heads, w = c.attention.window;
+// Sliding-window attention (MAG, MAL, SWA) of one stream's rows: token t sees the persistent
+// tokens and the tokens s with t - w < s <= t. The cache keeps the last w-1 rotated keys and
+// values. Takes the rows' projections (qx, kx, vx: [B, T, H*dh]) and the persistent keys and
+// values, computed once for all streams; returns the merged heads [B, T, H*dh] (before wo).
+at::Tensor SlidingWindowHeads(const ModelConfig& c, LayerState* st, const at::Tensor& qx,
+                              const at::Tensor& kx, const at::Tensor& vx, int64_t position,
+                              const at::Tensor& pk, const at::Tensor& pv) {
+  const int64_t T = qx.size(1), H = c.num_heads, w = c.attention.window;
   const double rope = c.attention.rope_theta;
-  at::Tensor q_plain = SplitHeads(Linear(x, a.wq), H);
+  at::Tensor q_plain = SplitHeads(qx, H);
   at::Tensor q = Rotary(q_plain, position, rope);
-  at::Tensor k = Rotary(SplitHeads(Linear(x, a.wk), H), position, rope);
-  at::Tensor v = SplitHeads(Linear(x, a.wv), H);
+  at::Tensor k = Rotary(SplitHeads(kx, H), position, rope);
+  at::Tensor v = SplitHeads(vx, H);
   const int64_t cached = st->attn_k.size(2);
   at::Tensor keys = at::cat({st->attn_k, k}, 2);  // positions position-cached .. position+T-1
   at::Tensor values = at::cat({st->attn_v, v}, 2);
-  auto iopt = at::TensorOptions().dtype(at::kLong).device(x.device());
+  auto iopt = at::TensorOptions().dtype(at::kLong).device(qx.device());
   at::Tensor tq = at::arange(T, iopt).unsqueeze(1) + cached;  // query index into keys
   at::Tensor tk = at::arange(cached + T, iopt).unsqueeze(0);
   at::Tensor visible = (tk <= tq).logical_and(tq - tk < w);  // [T, cached+T]
   const int64_t keep = std::min<int64_t>(w - 1, cached + T);
   st->attn_k = keys.slice(2, cached + T - keep, cached + T);
   st->attn_v = values.slice(2, cached + T - keep, cached + T);
-  auto [pk, pv] = PersistentKV(c, a, B);
-  return Linear(MergeHeads(Attend(q_plain, q, pk, pv, keys, values, visible)), a.wo);
+  return MergeHeads(Attend(q_plain, q, pk, pv, keys, values, visible));
 }
 
 // MAC attention over [P || h || segment]: x and the retrieved memory tokens h (both [B, T, d])
 // share positions relative to the segment start; token t sees P, and h_j, x_j for j <= t of the
-// segment. The cache holds this segment's earlier h and x keys/values (all visible).
-at::Tensor SegmentAttention(const ModelConfig& c, const AttentionParams& a, LayerState* st,
-                            const at::Tensor& x, const at::Tensor& h, int64_t offset) {
-  const int64_t B = x.size(0), T = x.size(1), H = c.num_heads;
+// segment. The cache holds this segment's earlier h and x keys/values (all visible). Takes x's
+// projections (qx, kx, vx, computed once for all streams), h, and the persistent keys and values;
+// returns the merged heads [B, T, H*dh] (before wo).
+at::Tensor SegmentHeads(const ModelConfig& c, const AttentionParams& a, LayerState* st,
+                        const at::Tensor& qx, const at::Tensor& kx_plain,
+                        const at::Tensor& vx_plain, const at::Tensor& h, int64_t offset,
+                        const at::Tensor& pk, const at::Tensor& pv) {
+  const int64_t T = qx.size(1), H = c.num_heads;
   const double rope = c.attention.rope_theta;
-  at::Tensor q_plain = SplitHeads(Linear(x, a.wq), H);
+  at::Tensor q_plain = SplitHeads(qx, H);
   at::Tensor q = Rotary(q_plain, offset, rope);
-  at::Tensor kx = Rotary(SplitHeads(Linear(x, a.wk), H), offset, rope);
+  at::Tensor kx = Rotary(SplitHeads(kx_plain, H), offset, rope);
   at::Tensor kh = Rotary(SplitHeads(Linear(h, a.wk), H), offset, rope);
-  at::Tensor vx = SplitHeads(Linear(x, a.wv), H);
+  at::Tensor vx = SplitHeads(vx_plain, H);
   at::Tensor vh = SplitHeads(Linear(h, a.wv), H);
   // Cache entries interleave h_j, x_j per token so that the cache (and so the session state) is
   // the same however the segment was split into calls.
@@ -114,20 +120,34 @@ at::Tensor SegmentAttention(const ModelConfig& c, const AttentionParams& a, Laye
   st->attn_k = at::cat({st->attn_k, interleave(kh, kx)}, 2);
   st->attn_v = at::cat({st->attn_v, interleave(vh, vx)}, 2);
   at::Tensor keys = st->attn_k, values = st->attn_v;
-  auto bopt = at::TensorOptions().dtype(at::kBool).device(x.device());
+  auto bopt = at::TensorOptions().dtype(at::kBool).device(qx.device());
   // New entry 2j (h_j) and 2j+1 (x_j) are visible to token t iff j <= t.
   at::Tensor causal = at::ones({T, T}, bopt).tril().repeat_interleave(2, 1);
   at::Tensor visible = at::cat({at::ones({T, cached}, bopt), causal}, 1);
-  auto [pk, pv] = PersistentKV(c, a, B);
-  return Linear(MergeHeads(Attend(q_plain, q, pk, pv, keys, values, visible)), a.wo);
+  return MergeHeads(Attend(q_plain, q, pk, pv, keys, values, visible));
 }
 
-// Sliding-window attention over every slice (each with its own cache and positions).
+// Sliding-window attention over every slice (each with its own cache and positions). The
+// projections and the persistent keys and values are token-wise or stream-free, so they run once
+// over all slices' rows (Linear is row-invariant: the same bits as per slice); only the
+// attention itself runs per slice.
 at::Tensor WindowAttention(const ModelConfig& c, const AttentionParams& a,
                            const std::vector<StreamSlice>& slices, const at::Tensor& x) {
-  return PerSlice(slices, x, [&](const StreamSlice& s, const at::Tensor& rows) {
-    return SlidingWindowAttention(c, a, s.state, rows, s.position);
-  });
+  const at::Tensor qx = Linear(x, a.wq), kx = Linear(x, a.wk), vx = Linear(x, a.wv);
+  auto [pk, pv] = PersistentKV(c, a, x.size(0));
+  at::Tensor heads;
+  if (slices.size() == 1) {
+    heads = SlidingWindowHeads(c, slices[0].state, qx, kx, vx, slices[0].position, pk, pv);
+  } else {
+    std::vector<at::Tensor> parts;
+    for (const StreamSlice& s : slices) {
+      auto rows = [&](const at::Tensor& t) { return t.slice(1, s.begin, s.begin + s.length); };
+      parts.push_back(
+          SlidingWindowHeads(c, s.state, rows(qx), rows(kx), rows(vx), s.position, pk, pv));
+    }
+    heads = at::cat(parts, 1);
+  }
+  return Linear(heads, a.wo);
 }
 
 // MAC block mixer; each slice lies inside one segment of its stream.
@@ -137,7 +157,11 @@ at::Tensor MacMixer(const ModelConfig& c, const LayerParams& p,
   const MemorySpec spec = MemorySpec::FromConfig(c.memory);
   at::Tensor q =
       QueryRows(c, slices, n, p.retrieval.q_proj, p.retrieval.q_conv, &LayerState::retrieval_tail);
-  at::Tensor y = PerSlice(slices, n, [&](const StreamSlice& s, const at::Tensor& rows) {
+  // Token-wise projections of x and the persistent keys/values: once for all slices.
+  const at::Tensor qx = Linear(n, p.attn.wq), kx = Linear(n, p.attn.wk), vx = Linear(n, p.attn.wv);
+  const std::pair<at::Tensor, at::Tensor> persistent = PersistentKV(c, p.attn, B);
+  const at::Tensor &pk = persistent.first, &pv = persistent.second;  // lambdas capture these
+  at::Tensor heads = PerSlice(slices, n, [&](const StreamSlice& s, const at::Tensor&) {
     LayerState* st = s.state;
     const int64_t offset = s.position % c.attention.segment_size;
     const bool separate_segment_weights = !st->segment_weights.empty();
@@ -150,13 +174,16 @@ at::Tensor MacMixer(const ModelConfig& c, const LayerParams& p,
     }
     const std::vector<at::Tensor>& phi_segment =
         separate_segment_weights ? st->segment_weights : st->memory.weights;
+    auto rows = [&](const at::Tensor& t) {
+      return slices.size() == 1 ? t : t.slice(1, s.begin, s.begin + s.length);
+    };
     // h_t = M_{Phi_segment}(q_t): a read of the memory as it was at the segment start.
-    at::Tensor q_rows = slices.size() == 1 ? q : q.slice(1, s.begin, s.begin + s.length);
     at::Tensor h =
-        Linear(FromGroups(MemoryRead(spec, phi_segment, ToGroups(q_rows, c.num_heads)), B),
+        Linear(FromGroups(MemoryRead(spec, phi_segment, ToGroups(rows(q), c.num_heads)), B),
                p.retrieval.out_proj);  // [B, T, d]
-    return SegmentAttention(c, p.attn, st, rows, h, offset);
+    return SegmentHeads(c, p.attn, st, rows(qx), rows(kx), rows(vx), h, offset, pk, pv);
   });
+  at::Tensor y = Linear(heads, p.attn.wo);
   // The attention outputs update the memory; the output reads the updated memory
   // (o_t = y_t (x) M_t(y_t), read-after-write).
   at::Tensor m = NeuralMemoryForward(c, p.memory, slices, y);

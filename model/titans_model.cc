@@ -291,9 +291,19 @@ absl::Status TitansModel::ForwardMany(const std::vector<SessionState*>& states,
         }
       }
     }
+    // One finiteness check (and one host sync) for all sessions' new logits.
+    std::vector<size_t> checked;
+    std::vector<at::Tensor> rows;
     for (size_t i = 0; i < states.size(); ++i) {
-      if (result[i].ok() && !at::isfinite(next[i].last_logits).all().item<bool>()) {
-        result[i] = NonFinite();
+      if (!result[i].ok()) continue;
+      checked.push_back(i);
+      rows.push_back(next[i].last_logits);
+    }
+    if (!rows.empty()) {
+      const at::Tensor finite = at::isfinite(at::cat(rows, 0)).all(-1).to(at::kCPU).contiguous();
+      const bool* row_finite = finite.data_ptr<bool>();
+      for (size_t k = 0; k < checked.size(); ++k) {
+        if (!row_finite[k]) result[checked[k]] = NonFinite();
       }
     }
     if (statuses == nullptr) {

@@ -243,7 +243,7 @@ void Engine::Impl::Complete(Session* s, Op& op, std::function<void()> on_done,
       op.backup ? std::make_shared<SessionState>(*op.backup) : nullptr;
   pending_durable_.push_back(
       PendingDurable{s, std::move(record), std::move(on_done),
-                     [this, s, before, on_error, callbacks](absl::Status st) {
+                     [s, before, on_error, callbacks](absl::Status st) {
                        if (before) {
                          *s->state = *before;
                          s->history.TruncateTo(before->position);
