@@ -81,7 +81,10 @@ absl::StatusOr<SessionInfo> Engine::Impl::AddSession(const CreateParams& p,
   const std::string id = StorageName(p.principal, client_id);
   TITANS_RETURN_IF_ERROR(ValidateLabels(p.labels));
   TITANS_ASSIGN_OR_RETURN(int64_t ttl, ResolveTtl(p.idle_ttl_seconds));
-  if (static_cast<int64_t>(sessions_.size()) >= options_.max_sessions) {
+  // Only sessions this replica holds count (with a shared store it also knows other replicas').
+  int64_t held = 0;
+  for (const auto& [name, other] : sessions_) held += other->held ? 1 : 0;
+  if (held >= options_.max_sessions) {
     return absl::ResourceExhaustedError(
         absl::StrCat("session limit reached (", options_.max_sessions, ")"));
   }

@@ -46,8 +46,9 @@ class SharedSessionsTest : public ::testing::Test {
     std::filesystem::remove_all(root_);
   }
 
-  std::unique_ptr<Replica> StartReplica() {
+  std::unique_ptr<Replica> StartReplica(int64_t max_sessions = 10000) {
     engine::EngineOptions options;
+    options.max_sessions = max_sessions;
     options.model_dir = root_ + "/model";
     options.session_store = redis_->spec();
     options.durability = engine::Durability::kSync;
@@ -238,6 +239,29 @@ TEST_F(SharedSessionsTest, EachSessionIsCountedByTheReplicaHoldingItOnly) {
   for (int i = 0; i < 6; ++i) {
     EXPECT_EQ(Get(*a_, ids[i])->position(), 8u + (i < 4 ? 5u + 1u : 1u)) << ids[i];
   }
+}
+
+// --max_sessions bounds the sessions a replica holds, not the ones it knows of in the store.
+TEST_F(SharedSessionsTest, SessionLimitCountsOnlyHeldSessions) {
+  b_.reset();
+  b_ = StartReplica(/*max_sessions=*/1);
+  ASSERT_TRUE(b_->engine);
+  pb::Session created;
+  for (const char* id : {"a1", "a2"}) {
+    pb::CreateSessionRequest create;
+    create.set_session_id(id);
+    ASSERT_TRUE(a_->stub->CreateSession(Ctx().get(), create, &created).ok());
+  }
+  pb::ListSessionsRequest list;
+  pb::ListSessionsResponse listed;
+  ASSERT_TRUE(b_->stub->ListSessions(Ctx().get(), list, &listed).ok());
+  EXPECT_EQ(listed.sessions_size(), 2);  // B knows both, holds neither
+  pb::CreateSessionRequest create;
+  create.set_session_id("b1");
+  EXPECT_TRUE(b_->stub->CreateSession(Ctx().get(), create, &created).ok());
+  create.set_session_id("b2");
+  EXPECT_EQ(b_->stub->CreateSession(Ctx().get(), create, &created).error_code(),
+            StatusCode::RESOURCE_EXHAUSTED);
 }
 
 }  // namespace
