@@ -241,15 +241,14 @@ void Engine::Impl::Complete(Session* s, Op& op, std::function<void()> on_done,
   record.rng = s->state->rng_state;
   std::shared_ptr<SessionState> before =
       op.backup ? std::make_shared<SessionState>(*op.backup) : nullptr;
-  pending_durable_.push_back(
-      PendingDurable{s, std::move(record), std::move(on_done),
-                     [s, before, on_error, callbacks](absl::Status st) {
-                       if (before) {
-                         *s->state = *before;
-                         s->history.TruncateTo(before->position);
-                       }
-                       callbacks->push_back([on_error, st] { on_error(st); });
-                     }});
+  pending_durable_.push_back(PendingDurable{
+      s, std::move(record), std::move(on_done), [s, before, on_error, callbacks](absl::Status st) {
+        if (before) {
+          *s->state = *before;
+          s->history.TruncateTo(before->position);
+        }
+        callbacks->push_back([on_error, st] { on_error(st); });
+      }});
 }
 
 void Engine::Impl::RunBatch(std::vector<Forwarding>& batch,
