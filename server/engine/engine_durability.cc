@@ -62,17 +62,14 @@ void Engine::Impl::Discover(const std::string& principal, const std::string& id)
     std::lock_guard<std::mutex> lock(mu_);
     if (Find(principal, id).ok()) return;
   }
-  // The scoped name first; then, for a named principal, the name it had if it was stored before
-  // ids were scoped (such a record still says whose it is: Find checks).
   if (!ValidateName(id, "id").ok() || !ValidatePrincipal(principal).ok()) return;
-  for (const std::string& name : {StorageName(principal, id), id}) {
+  for (const std::string& name : StorageNames(principal, id)) {
     auto record = files_->ReadRecord(name);
     if (record.ok() && record->id == name) {
       std::lock_guard<std::mutex> lock(mu_);
       if (!sessions_.count(name)) Register(std::move(*record));
       return;
     }
-    if (principal.empty()) return;
   }
 }
 

@@ -27,8 +27,11 @@ absl::Status Engine::Impl::CheckOpen() const {
 }
 
 absl::StatusOr<Session*> Engine::Impl::Find(const std::string& principal, const std::string& id) {
-  auto it = sessions_.find(StorageName(principal, id));
-  if (it == sessions_.end() && !principal.empty()) it = sessions_.find(id);  // stored unscoped
+  auto it = sessions_.end();
+  for (const std::string& name : StorageNames(principal, id)) {
+    it = sessions_.find(name);
+    if (it != sessions_.end()) break;
+  }
   if (it == sessions_.end() || it->second->record.principal != principal) {
     return absl::NotFoundError(absl::StrCat("session '", ShowValue(id), "' not found"));
   }

@@ -49,6 +49,11 @@ std::string ClientId(const SessionRecord& record) {
   return record.id.substr(prefix.size());
 }
 
+std::vector<std::string> StorageNames(const std::string& principal, const std::string& id) {
+  if (principal.empty()) return {id};
+  return {StorageName(principal, id), id};
+}
+
 absl::Status ValidatePrincipal(const std::string& principal) {
   bool ok = principal.size() <= 64 && (principal.empty() || principal[0] != '.');
   for (char c : principal) {

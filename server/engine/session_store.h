@@ -41,6 +41,10 @@ struct SessionRecord {
 
 // The id the client knows the session by (the record's id is its StorageName, engine.h).
 std::string ClientId(const SessionRecord& record);
+// Where a principal's session `id` may be stored, in the order to look: its StorageName, then,
+// for a named principal, the bare id it had if stored before ids were scoped (such a record
+// still names its principal, which the caller must check).
+std::vector<std::string> StorageNames(const std::string& principal, const std::string& id);
 
 std::string EncodeSessionRecord(const SessionRecord& record);  // JSON
 // INVALID_ARGUMENT naming the problem when malformed.

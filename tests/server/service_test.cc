@@ -609,9 +609,10 @@ TEST_F(ServerTest, SessionsStoredBeforeIdsWereScopedAreStillFound) {
     ASSERT_TRUE(in.good());
     json.assign(std::istreambuf_iterator<char>(in), {});
   }
-  const size_t at = json.find("\"alice+old\"");
+  const std::string scoped = "\"alice+old\"";
+  const size_t at = json.find(scoped);
   ASSERT_NE(at, std::string::npos) << json;
-  json.replace(at, 11, "\"old\"");
+  json.replace(at, scoped.size(), "\"old\"");
   std::filesystem::remove(dir + "/alice+old.json");
   std::ofstream(dir + "/old.json") << json;
   std::filesystem::rename(dir + "/alice+old.state", dir + "/old.state");
