@@ -134,19 +134,14 @@ at::Tensor SegmentHeads(const ModelConfig& c, const AttentionParams& a, LayerSta
 at::Tensor WindowAttention(const ModelConfig& c, const AttentionParams& a,
                            const std::vector<StreamSlice>& slices, const at::Tensor& x) {
   const at::Tensor qx = Linear(x, a.wq), kx = Linear(x, a.wk), vx = Linear(x, a.wv);
-  auto [pk, pv] = PersistentKV(c, a, x.size(0));
-  at::Tensor heads;
-  if (slices.size() == 1) {
-    heads = SlidingWindowHeads(c, slices[0].state, qx, kx, vx, slices[0].position, pk, pv);
-  } else {
-    std::vector<at::Tensor> parts;
-    for (const StreamSlice& s : slices) {
-      auto rows = [&](const at::Tensor& t) { return t.slice(1, s.begin, s.begin + s.length); };
-      parts.push_back(
-          SlidingWindowHeads(c, s.state, rows(qx), rows(kx), rows(vx), s.position, pk, pv));
-    }
-    heads = at::cat(parts, 1);
-  }
+  const std::pair<at::Tensor, at::Tensor> persistent = PersistentKV(c, a, x.size(0));
+  const at::Tensor &pk = persistent.first, &pv = persistent.second;  // the lambda captures these
+  at::Tensor heads = PerSlice(slices, x, [&](const StreamSlice& s, const at::Tensor&) {
+    auto rows = [&](const at::Tensor& t) {
+      return slices.size() == 1 ? t : t.slice(1, s.begin, s.begin + s.length);
+    };
+    return SlidingWindowHeads(c, s.state, rows(qx), rows(kx), rows(vx), s.position, pk, pv);
+  });
   return Linear(heads, a.wo);
 }
 
