@@ -663,6 +663,16 @@ TEST_F(ServerTest, AppendStreamBeyondFourMiB) {
   options_.max_tokens_per_request = 8 << 20;
   options_.max_queued_tokens = 8 << 20;
   options_.step_token_budget = 4096;
+  // 4.5 M tokens through the fixture's model take minutes of CPU; this test is about the stream,
+  // not the model, so it runs the smallest one (one layer, one head, 64-token chunks).
+  ModelConfig fast_config = TinyConfig(Variant::kMAG, /*depth=*/1, /*chunk=*/64);
+  fast_config.num_layers = 1;
+  fast_config.num_heads = 1;
+  fast_config.d_model = 16;
+  fast_config.ffn_hidden = 16;
+  fast_config.memory.max_weight_rms = ModelConfig().memory.max_weight_rms;  // as shipped: bounded
+  auto fast = MakeModel(fast_config, 7);
+  ASSERT_TRUE(fast->Save(model_dir_).ok());
   Start();
   Create("big");
   pb::AppendResponse resp;
