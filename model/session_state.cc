@@ -129,24 +129,39 @@ SessionState NewSessionState(const ModelConfig& c, const ModelParams& params, in
   return s;
 }
 
-int64_t StateBytes(const SessionState& state) {
-  int64_t bytes = 0;
-  auto add = [&](const at::Tensor& t) {
-    if (t.defined()) bytes += t.numel() * static_cast<int64_t>(t.element_size());
-  };
-  for (const LayerState& L : state.layers) {
-    for (const auto* list : {&L.memory.weights, &L.memory.momentum, &L.memory.pending_inputs,
-                             &L.memory.pending_deltas, &L.segment_weights}) {
-      for (const at::Tensor& t : *list) add(t);
+namespace {
+
+// Calls fn(tensor) for every tensor a state holds (State: SessionState or const SessionState).
+template <typename State, typename Fn>
+void ForEachStateTensor(State& state, Fn fn) {
+  for (auto& L : state.layers) {
+    for (auto* list : {&L.memory.weights, &L.memory.momentum, &L.memory.pending_inputs,
+                       &L.memory.pending_deltas, &L.segment_weights}) {
+      for (auto& t : *list) fn(t);
     }
-    for (const at::Tensor* t : {&L.memory.pending_gates.log_keep, &L.memory.pending_gates.log_eta,
-                                &L.memory.pending_gates.theta, &L.q_tail, &L.k_tail, &L.v_tail,
-                                &L.retrieval_tail, &L.attn_k, &L.attn_v}) {
-      add(*t);
+    for (auto* t : {&L.memory.pending_gates.log_keep, &L.memory.pending_gates.log_eta,
+                    &L.memory.pending_gates.theta, &L.q_tail, &L.k_tail, &L.v_tail,
+                    &L.retrieval_tail, &L.attn_k, &L.attn_v}) {
+      fn(*t);
     }
   }
-  add(state.last_logits);
+  fn(state.last_logits);
+}
+
+}  // namespace
+
+int64_t StateBytes(const SessionState& state) {
+  int64_t bytes = 0;
+  ForEachStateTensor(state, [&](const at::Tensor& t) {
+    if (t.defined()) bytes += t.numel() * static_cast<int64_t>(t.element_size());
+  });
   return bytes;
+}
+
+void MoveSessionState(SessionState* state, at::Device device) {
+  ForEachStateTensor(*state, [&](at::Tensor& t) {
+    if (t.defined() && t.device() != device) t = t.to(device);
+  });
 }
 
 absl::Status ValidateSessionState(const ModelConfig& config, const SessionState& state) {

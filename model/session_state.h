@@ -58,6 +58,10 @@ SessionState NewSessionState(const ModelConfig& config, const ModelParams& param
 // Bytes held by the state's tensors.
 int64_t StateBytes(const SessionState& state);
 
+// Moves every tensor of `state` to `device` (a no-op for tensors already there), e.g. a state
+// parsed on the host into a model that runs on a GPU.
+void MoveSessionState(SessionState* state, at::Device device);
+
 // Checks that every tensor of `state` has the shape `config` implies (batch from last_logits) and
 // that the pending count is consistent with the position. INVALID_ARGUMENT names the tensor.
 absl::Status ValidateSessionState(const ModelConfig& config, const SessionState& state);

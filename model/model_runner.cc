@@ -1,0 +1,330 @@
+#include "model/model_runner.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include <chrono>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/memory_kernel.h"
+#include "model/session_state.h"
+#include "model/status_macros.h"
+#include "model/titans_model.h"
+
+namespace titans {
+
+struct ModelRunner::Slot {
+  SessionState state;
+};
+
+class SlotSnapshot {
+ public:
+  explicit SlotSnapshot(SessionState state) : state(std::move(state)) {}
+  // Tensors are never written in place (model/session_state.h), so this shallow copy stays
+  // valid while the slot it came from moves on.
+  const SessionState state;
+};
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+absl::Status SlotError(SlotId slot, absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat("step plan: slot ", slot, " ", what));
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(const TitansModel& model,
+                                                                 int32_t capacity) {
+  if (capacity <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("runner capacity must be positive, got ", capacity));
+  }
+  return std::unique_ptr<ModelRunner>(new ModelRunner(model, capacity));
+}
+
+ModelRunner::ModelRunner(const TitansModel& model, int32_t capacity)
+    : model_(model), slots_(capacity) {
+  free_.reserve(capacity);
+  for (SlotId id = capacity - 1; id >= 0; --id) free_.push_back(id);
+}
+
+ModelRunner::~ModelRunner() = default;
+
+ModelRunner::Slot* ModelRunner::Find(SlotId slot) const {
+  if (slot < 0 || slot >= capacity()) return nullptr;
+  return slots_[slot].get();
+}
+
+bool ModelRunner::allocated(SlotId slot) const { return Find(slot) != nullptr; }
+
+absl::StatusOr<SlotId> ModelRunner::Take() {
+  if (free_.empty()) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("all ", capacity(), " runner slots are in use"));
+  }
+  const SlotId id = free_.back();
+  free_.pop_back();
+  slots_[id] = std::make_unique<Slot>();
+  ++in_use_;
+  return id;
+}
+
+absl::StatusOr<SlotId> ModelRunner::NewSlot() {
+  TITANS_ASSIGN_OR_RETURN(SlotId id, Take());
+  slots_[id]->state = model_.NewState();
+  return id;
+}
+
+void ModelRunner::Free(SlotId slot) {
+  if (Find(slot) == nullptr) return;
+  slots_[slot].reset();
+  free_.push_back(slot);
+  --in_use_;
+}
+
+absl::StatusOr<SlotId> ModelRunner::Fork(SlotId slot) {
+  const Slot* from = Find(slot);
+  if (from == nullptr) return absl::NotFoundError(absl::StrCat("runner slot ", slot, " is free"));
+  TITANS_ASSIGN_OR_RETURN(SlotId id, Take());
+  slots_[id]->state = from->state;
+  return id;
+}
+
+absl::StatusOr<SlotId> ModelRunner::Import(std::string_view blob) {
+  if (free_.empty()) return Take().status();  // RESOURCE_EXHAUSTED before parsing anything
+  TITANS_ASSIGN_OR_RETURN(SessionState state,
+                          DeserializeSessionState(blob, model_.config(), model_.fingerprint()));
+  MoveSessionState(&state, model_.device());
+  TITANS_ASSIGN_OR_RETURN(SlotId id, Take());
+  slots_[id]->state = std::move(state);
+  return id;
+}
+
+absl::StatusOr<std::string> ModelRunner::Export(SlotId slot) const {
+  const Slot* s = Find(slot);
+  if (s == nullptr) return absl::NotFoundError(absl::StrCat("runner slot ", slot, " is free"));
+  return SerializeSessionState(model_.config(), s->state, model_.fingerprint());
+}
+
+std::shared_ptr<const SlotSnapshot> ModelRunner::Snapshot(SlotId slot) const {
+  const Slot* s = Find(slot);
+  if (s == nullptr) return nullptr;
+  return std::make_shared<const SlotSnapshot>(s->state);
+}
+
+absl::Status ModelRunner::Restore(SlotId slot, const SlotSnapshot& snapshot) {
+  Slot* s = Find(slot);
+  if (s == nullptr) return absl::NotFoundError(absl::StrCat("runner slot ", slot, " is free"));
+  s->state = snapshot.state;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SlotId> ModelRunner::FromSnapshot(const SlotSnapshot& snapshot) {
+  TITANS_ASSIGN_OR_RETURN(SlotId id, Take());
+  slots_[id]->state = snapshot.state;
+  return id;
+}
+
+absl::StatusOr<std::string> ModelRunner::ExportSnapshot(const SlotSnapshot& snapshot) const {
+  return SerializeSessionState(model_.config(), snapshot.state, model_.fingerprint());
+}
+
+int64_t ModelRunner::SnapshotPosition(const SlotSnapshot& snapshot) {
+  return snapshot.state.position;
+}
+
+absl::Status ModelRunner::StartSampling(SlotId slot, const SamplingParams& params) {
+  Slot* s = Find(slot);
+  if (s == nullptr) return absl::NotFoundError(absl::StrCat("runner slot ", slot, " is free"));
+  TITANS_RETURN_IF_ERROR(ValidateSamplingParams(params, model_.config().vocab_size));
+  if (params.has_seed) {
+    s->state.rng_state = Rng(params.seed).state();
+  } else if (!Rng::FromState(s->state.rng_state).ok()) {  // never sampled: no stream to continue
+    s->state.rng_state = Rng(std::random_device{}()).state();
+  }
+  return absl::OkStatus();
+}
+
+int64_t ModelRunner::position(SlotId slot) const {
+  const Slot* s = Find(slot);
+  return s ? s->state.position : 0;
+}
+
+int64_t ModelRunner::state_bytes(SlotId slot) const {
+  const Slot* s = Find(slot);
+  return s ? StateBytes(s->state) : 0;
+}
+
+Rng::State ModelRunner::rng_state(SlotId slot) const {
+  const Slot* s = Find(slot);
+  return s ? s->state.rng_state : Rng::State{};
+}
+
+void ModelRunner::set_rng_state(SlotId slot, const Rng::State& state) {
+  if (Slot* s = Find(slot)) s->state.rng_state = state;
+}
+
+absl::Status ModelRunner::CheckPlan(const StepPlan& plan) const {
+  const int32_t vocab = model_.config().vocab_size;
+  std::vector<bool> seen(slots_.size(), false);
+  for (const SlotWork& w : plan.work) {
+    const Slot* s = Find(w.slot);
+    if (s == nullptr) return SlotError(w.slot, "is not allocated");
+    if (seen[w.slot]) return SlotError(w.slot, "appears twice");
+    seen[w.slot] = true;
+    for (int32_t id : w.tokens) {
+      if (id < 0 || id >= vocab) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("token id ", id, " is outside the vocabulary [0, ", vocab, ")"));
+      }
+    }
+    switch (w.action) {
+      case SlotAction::kFeed:
+      case SlotAction::kScore:
+        if (w.tokens.empty()) return SlotError(w.slot, "has no tokens to consume");
+        break;
+      case SlotAction::kSample:
+        if (w.sampling == nullptr) return SlotError(w.slot, "samples without sampling parameters");
+        if (w.tokens.empty() && s->state.position == 0) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              "step plan: slot ", w.slot,
+              " has no logits to sample from yet (feed a beginning-of-sequence token first)"));
+        }
+        break;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<StepResult> ModelRunner::Step(const StepPlan& plan) {
+  const auto start = Clock::now();
+  const int64_t kernel_start = kernels::MemoryKernelNanos();
+  TITANS_RETURN_IF_ERROR(CheckPlan(plan));
+  // InferenceMode: no autograd metadata for the step's many small tensors. Slot states are never
+  // modified in place, so the inference tensors they end up holding are safe to copy later.
+  c10::InferenceMode inference;
+  const size_t n = plan.work.size();
+  const int32_t vocab = model_.config().vocab_size;
+  StepResult result;
+  result.slots.resize(n);
+  std::vector<SessionState*> live(n);
+  std::vector<SessionState> before(n);  // rollback copies (shallow: see SlotSnapshot)
+  for (size_t i = 0; i < n; ++i) {
+    live[i] = &slots_[plan.work[i].slot]->state;
+    before[i] = *live[i];
+  }
+  std::vector<Rng::State> rng_after(n);
+
+  // Draws one token for each listed slot from its current logits: one host copy for them all.
+  auto sample = [&](const std::vector<size_t>& which) {
+    if (which.empty()) return;
+    std::vector<at::Tensor> rows;
+    rows.reserve(which.size());
+    for (size_t i : which) rows.push_back(live[i]->last_logits);
+    const at::Tensor host = at::cat(rows, 0).to(at::kCPU).to(at::kFloat).contiguous();  // [k, V]
+    const float* logits = host.data_ptr<float>();
+    for (size_t k = 0; k < which.size(); ++k) {
+      const size_t i = which[k];
+      absl::StatusOr<Rng> rng = Rng::FromState(live[i]->rng_state);
+      if (!rng.ok()) rng = Rng(std::random_device{}());  // StartSampling was skipped
+      result.slots[i].sampled = SampleToken(logits + k * vocab, vocab, *plan.work[i].sampling,
+                                            live[i]->recent_tokens, &*rng);
+      rng_after[i] = rng->state();
+    }
+  };
+  // Runs the listed slots' token lists through one batched forward pass; per-slot failures go
+  // into their outcomes. A failure of the whole pass (LibTorch) is returned.
+  auto forward = [&](const std::vector<size_t>& which,
+                     const std::vector<std::vector<int64_t>>& tokens) -> absl::Status {
+    if (which.empty()) return absl::OkStatus();
+    std::vector<SessionState*> states;
+    states.reserve(which.size());
+    for (size_t i : which) states.push_back(live[i]);
+    std::vector<absl::Status> statuses;
+    TITANS_RETURN_IF_ERROR(model_.ForwardMany(states, tokens, &statuses));
+    for (size_t k = 0; k < which.size(); ++k) {
+      if (!statuses[k].ok()) result.slots[which[k]].status = statuses[k];
+    }
+    return absl::OkStatus();
+  };
+  auto as_ids = [](const std::vector<int32_t>& t) {
+    return std::vector<int64_t>(t.begin(), t.end());
+  };
+
+  absl::Status failed = [&]() -> absl::Status {
+    // Decode slots with nothing to consume first sample from their logits and join the feed
+    // pass with the drawn token; slots with tokens before sampling sample after it and run a
+    // second pass (the first token of a generation, after its prompt or BOS).
+    std::vector<size_t> decode_now, sample_later, pass, scores;
+    std::vector<std::vector<int64_t>> pass_tokens;
+    for (size_t i = 0; i < n; ++i) {
+      const SlotWork& w = plan.work[i];
+      if (w.action == SlotAction::kScore) {
+        scores.push_back(i);
+      } else if (w.action == SlotAction::kSample && w.tokens.empty()) {
+        decode_now.push_back(i);
+      } else {
+        if (w.action == SlotAction::kSample) sample_later.push_back(i);
+        pass.push_back(i);
+        pass_tokens.push_back(as_ids(w.tokens));
+      }
+    }
+    sample(decode_now);
+    for (size_t i : decode_now) {
+      pass.push_back(i);
+      pass_tokens.push_back({result.slots[i].sampled});
+    }
+    TITANS_RETURN_IF_ERROR(forward(pass, pass_tokens));
+    std::vector<size_t> second;
+    for (size_t i : sample_later) {
+      if (result.slots[i].status.ok()) second.push_back(i);
+    }
+    sample(second);
+    std::vector<std::vector<int64_t>> second_tokens;
+    for (size_t i : second) second_tokens.push_back({result.slots[i].sampled});
+    TITANS_RETURN_IF_ERROR(forward(second, second_tokens));
+    // Scores need every position's logits: one forward each (Forward, all logits).
+    for (size_t i : scores) {
+      const SlotWork& w = plan.work[i];
+      SessionState work = *live[i];
+      const at::Tensor first = work.last_logits;                         // [1, V]
+      const at::Tensor ids = at::tensor(as_ids(w.tokens)).unsqueeze(0);  // [1, T]
+      absl::StatusOr<at::Tensor> logits = model_.Forward(&work, ids, LogitsMode::kAll);
+      if (!logits.ok()) {
+        result.slots[i].status = logits.status();
+        continue;
+      }
+      // The prediction of token t: from the logits before the step for t = 0, after t-1 else.
+      const int64_t T = ids.size(1);
+      const at::Tensor pred = at::cat({first.unsqueeze(1), logits->slice(1, 0, T - 1)}, 1);
+      const at::Tensor lp = at::log_softmax(pred.to(at::kCPU).to(at::kFloat), -1)
+                                .gather(2, ids.unsqueeze(2))
+                                .reshape({-1})
+                                .contiguous();
+      result.slots[i].logprobs.assign(lp.data_ptr<float>(), lp.data_ptr<float>() + lp.numel());
+      if (w.commit) *live[i] = std::move(work);
+    }
+    return absl::OkStatus();
+  }();
+
+  for (size_t i = 0; i < n; ++i) {
+    SlotOutcome& out = result.slots[i];
+    if (!failed.ok() || !out.status.ok()) {
+      *live[i] = before[i];  // all or nothing for this slot
+      out.sampled = -1;
+      out.logprobs.clear();
+    } else if (plan.work[i].action == SlotAction::kSample) {
+      live[i]->rng_state = rng_after[i];
+    }
+    out.position = live[i]->position;
+  }
+  if (!failed.ok()) return failed;
+  result.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  result.kernel_seconds = (kernels::MemoryKernelNanos() - kernel_start) * 1e-9;
+  return result;
+}
+
+}  // namespace titans
