@@ -1,6 +1,7 @@
 #include "kernels/thread_pool.h"
 
 #include <algorithm>
+#include <atomic>
 
 namespace titans::kernels {
 namespace {
@@ -66,10 +67,27 @@ void ThreadPool::ParallelFor(int64_t count, int max_parts,
   done_cv_.wait(lock, [&] { return pending_ == 0; });
 }
 
+namespace {
+
+std::atomic<int> default_size{0};       // 0: the hardware threads
+std::atomic<bool> default_made{false};  // Default() has run
+
+}  // namespace
+
 ThreadPool& ThreadPool::Default() {
-  static ThreadPool* pool =
-      new ThreadPool(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  static ThreadPool* pool = [] {
+    default_made = true;
+    const int size = default_size.load();
+    return new ThreadPool(
+        size > 0 ? size : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  }();
   return *pool;
+}
+
+bool ThreadPool::SetDefaultSize(int threads) {
+  if (default_made.load() || threads < 0) return false;
+  default_size = threads;
+  return true;
 }
 
 }  // namespace titans::kernels

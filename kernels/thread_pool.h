@@ -27,8 +27,11 @@ class ThreadPool {
   // all are done. Ranges are split evenly by count.
   void ParallelFor(int64_t count, int max_parts, const std::function<void(int64_t, int64_t)>& fn);
 
-  // The process-wide pool, sized to the hardware threads.
+  // The process-wide pool: SetDefaultSize's threads, else the hardware threads.
   static ThreadPool& Default();
+  // Sizes Default() (threads >= 1; 0: the hardware threads). Effective only before Default()
+  // is first used; returns false (and changes nothing) after that.
+  static bool SetDefaultSize(int threads);
 
  private:
   void WorkerLoop(int index);

@@ -19,6 +19,7 @@
 #include "absl/flags/usage.h"
 #include "model/determinism.h"
 #include "model/file_util.h"
+#include "model/threading.h"
 #include "server/auth.h"
 #include "server/engine/engine.h"
 #include "server/http_endpoint.h"
@@ -48,6 +49,13 @@ ABSL_FLAG(bool, batch_invariant, true,
           "batched with any others (exact crash recovery, reproducible outputs under load); "
           "false: vectorised kernels, about 20% more CPU throughput, recovery exact only to "
           "float rounding");
+ABSL_FLAG(int32_t, compute_threads, 0,
+          "threads of the pool that runs the model's parallel work (memory kernel, GEMMs); "
+          "0 = one per hardware thread");
+ABSL_FLAG(
+    int32_t, library_threads, 1,
+    "threads LibTorch's intra-op pool and OpenBLAS may use besides; 1 keeps them from "
+    "oversubscribing the cores the compute pool owns (model/threading.h); 0 = their defaults");
 ABSL_FLAG(std::string, durability, "none",
           "none | periodic (checkpoints every --checkpoint_interval_*) | sync (write-ahead log, "
           "fsync'd before every acknowledgement); periodic and sync need --state_dir");
@@ -119,6 +127,11 @@ int main(int argc, char** argv) {
                                         : (arenas > 0 ? std::to_string(arenas) : "glibc default");
   // Before anything touches LibTorch (see model/determinism.h).
   if (absl::GetFlag(FLAGS_batch_invariant)) titans::UseBatchInvariantCpuKernels();
+  if (absl::Status threads = titans::ApplyThreadPolicy(
+          {absl::GetFlag(FLAGS_compute_threads), absl::GetFlag(FLAGS_library_threads)});
+      !threads.ok()) {
+    return Fail("--compute_threads / --library_threads: " + std::string(threads.message()));
+  }
 
   // Signals are taken by a dedicated thread (sigwait): block them before any thread starts.
   sigset_t signals;
@@ -241,6 +254,7 @@ int main(int argc, char** argv) {
                        {"initialization", model.initialization},
                        {"auth", auth->enabled() ? "bearer" : "off"},
                        {"malloc_arenas", arenas_in_use},
+                       {"threads", titans::DescribeThreads()},
                        {"state_dir", options.state_dir}});
 
   int sig = 0;

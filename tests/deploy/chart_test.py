@@ -111,6 +111,10 @@ check("defaults: shared sessions through the bundled Redis",
 check("defaults: sync durability, state on the volume, batch-invariant",
       "--durability=sync" in args and "--state_dir=/var/lib/titans" in args and
       "--batch_invariant=true" in args)
+requested_cpu = str(c.get("resources", {}).get("requests", {}).get("cpu", ""))
+check("defaults: the compute pool matches the pod's CPU request (not the node's cores)",
+      requested_cpu.isdigit() and f"--compute_threads={requested_cpu}" in args,
+      (requested_cpu, args))
 check("defaults: bundled Redis fsyncs every write",
       "always" in by_kind(docs, "StatefulSet")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
       if by_kind(docs, "StatefulSet")[0]["metadata"]["name"] == "titans-redis" else

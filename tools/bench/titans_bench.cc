@@ -39,6 +39,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "model/determinism.h"
+#include "model/threading.h"
 #include "model/trainer.h"
 #include "server/engine/engine.h"
 #include "tools/bench/load_target.h"
@@ -64,6 +65,8 @@ ABSL_FLAG(bool, baseline, true, "also run the same work in-process (no gRPC) for
 ABSL_FLAG(bool, batch_invariant, true, "in-process baseline as titans-server --batch_invariant");
 ABSL_FLAG(int64_t, step_token_budget, 512, "in-process baseline: as the server's flag");
 ABSL_FLAG(std::string, tsv, "", "append result rows to this TSV file");
+ABSL_FLAG(int32_t, compute_threads, 0, "as titans-server's flag, for both targets");
+ABSL_FLAG(int32_t, library_threads, 1, "as titans-server's flag, for both targets");
 ABSL_FLAG(bool, soak, false, "soak test: sample resident memory, fail on errors or growth");
 ABSL_FLAG(double, sample_seconds, 10, "soak: seconds per slice");
 ABSL_FLAG(double, max_rss_growth_mib, 64, "soak: allowed growth after the first slice");
@@ -298,12 +301,20 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("Load generator and benchmarks for titans-server.");
   absl::ParseCommandLine(argc, argv);
   if (absl::GetFlag(FLAGS_batch_invariant)) titans::UseBatchInvariantCpuKernels();
+  const int32_t compute_threads = absl::GetFlag(FLAGS_compute_threads);
+  const int32_t library_threads = absl::GetFlag(FLAGS_library_threads);
+  if (absl::Status st = titans::ApplyThreadPolicy({compute_threads, library_threads}); !st.ok()) {
+    return Fail(st.ToString());
+  }
+  std::printf("threads (in-process): %s\n", titans::DescribeThreads().c_str());
 
   Server server;
   if (!absl::GetFlag(FLAGS_address).empty()) {
     server.address = absl::GetFlag(FLAGS_address);
   } else {
-    std::vector<std::string> flags = {"--model_dir", absl::GetFlag(FLAGS_model_dir)};
+    std::vector<std::string> flags = {"--model_dir", absl::GetFlag(FLAGS_model_dir),
+                                      absl::StrCat("--compute_threads=", compute_threads),
+                                      absl::StrCat("--library_threads=", library_threads)};
     for (const std::string& f : absl::GetFlag(FLAGS_server_flags)) flags.push_back(f);
     const std::string log = absl::StrCat("/tmp/titans-bench-server-", ::getpid(), ".log");
     auto child = titans::bench::ServerProcess::Start(absl::GetFlag(FLAGS_server), flags, log, 120);
