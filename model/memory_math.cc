@@ -224,14 +224,17 @@ class KernelBatch {
     device_ = e.k.device();
 
     const bool closes = p + n >= b;
+    const int64_t rows = closes ? b : p + n;
     e.p_out = (p + n) % b;
     for (int l = 0; l < L; ++l) {
       e.w_in.push_back(st->weights[l].contiguous());
       e.s_in.push_back(st->momentum[l].contiguous());
       e.w_out.push_back(closes ? at::empty_like(e.w_in[l]) : e.w_in[l]);
       e.s_out.push_back(closes ? at::empty_like(e.s_in[l]) : e.s_in[l]);
-      e.z_out.push_back(at::empty({G, b, e.w_in[l].size(2)}, e.k.options()));
-      e.d_out.push_back(at::empty({G, b, e.w_in[l].size(1)}, e.k.options()));
+      // The kernel uses these as the open chunk's rows: a whole chunk when it closes one, else
+      // exactly the rows it writes (so the pending rows a session keeps are all it holds).
+      e.z_out.push_back(at::empty({G, rows, e.w_in[l].size(2)}, e.k.options()));
+      e.d_out.push_back(at::empty({G, rows, e.w_in[l].size(1)}, e.k.options()));
       const at::Tensor& z = st->pending_inputs[l];
       const at::Tensor& dl = st->pending_deltas[l];
       TORCH_CHECK(p == 0 || (z.stride(2) == 1 && z.stride(1) == z.size(2) && dl.stride(2) == 1 &&
@@ -242,7 +245,7 @@ class KernelBatch {
         at::stack({st->pending_gates.log_keep, st->pending_gates.log_eta, st->pending_gates.theta},
                   2)
             .contiguous();  // [G, p, 3]
-    e.gates_out = at::empty({G, b, 3}, e.k.options());
+    e.gates_out = at::empty({G, rows, 3}, e.k.options());
     e.y = at::empty({G, n, d}, e.k.options());
 
     for (int64_t g = 0; g < G; ++g) {

@@ -158,6 +158,16 @@ int64_t StateBytes(const SessionState& state) {
   return bytes;
 }
 
+void CompactSessionState(SessionState* state, bool keep_logits) {
+  const at::Tensor logits = state->last_logits;
+  ForEachStateTensor(*state, [](at::Tensor& t) {
+    if (!t.defined() || !t.has_storage()) return;
+    const int64_t view = t.numel() * static_cast<int64_t>(t.element_size());
+    if (static_cast<int64_t>(t.storage().nbytes()) > 2 * view + 4096) t = t.clone();
+  });
+  if (keep_logits) state->last_logits = logits;
+}
+
 void MoveSessionState(SessionState* state, at::Device device) {
   ForEachStateTensor(*state, [&](at::Tensor& t) {
     if (t.defined() && t.device() != device) t = t.to(device);

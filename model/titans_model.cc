@@ -314,6 +314,7 @@ absl::Status TitansModel::ForwardMany(const std::vector<SessionState*>& states,
     for (size_t i = 0; i < states.size(); ++i) {
       if (!result[i].ok()) continue;
       AppendRecent(&next[i], tokens[i].data(), static_cast<int64_t>(tokens[i].size()));
+      CompactSessionState(&next[i], /*keep_logits=*/true);
       *states[i] = std::move(next[i]);
     }
     if (statuses) *statuses = std::move(result);
@@ -367,6 +368,8 @@ absl::StatusOr<at::Tensor> TitansModel::Forward(SessionState* state, const at::T
     if (!at::isfinite(next.last_logits).all().item<bool>()) return NonFinite();
     at::Tensor cpu_tokens = tokens.select(0, 0).to(at::kCPU).contiguous();
     AppendRecent(&next, cpu_tokens.data_ptr<int64_t>(), T);
+    // An idle session keeps nothing alive beyond its state (training keeps its graph instead).
+    if (!at::GradMode::is_enabled()) CompactSessionState(&next);
     *state = std::move(next);
     return outputs.size() == 1 ? outputs[0] : at::cat(outputs, 1);
   } catch (const c10::Error& e) {

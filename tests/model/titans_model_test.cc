@@ -401,3 +401,45 @@ TEST(SessionStateSize, BoundedIndependentOfHistory) {
 
 }  // namespace
 }  // namespace titans
+
+namespace titans {
+namespace {
+
+// The tensor of `s` that keeps the most memory alive beyond its own bytes: "" when every
+// tensor's storage is at most twice its bytes plus 4 KiB (CompactSessionState's rule).
+std::string LargestOverhang(const SessionState& s) {
+  std::string worst;
+  testing::ForEachStateTensor(
+      s, s, [&](const std::string& name, const at::Tensor& t, const at::Tensor&) {
+        if (!t.defined() || !t.has_storage()) return;
+        const int64_t view = t.numel() * static_cast<int64_t>(t.element_size());
+        const int64_t storage = static_cast<int64_t>(t.storage().nbytes());
+        if (storage > 2 * view + 4096) {
+          worst = name + " keeps " + std::to_string(storage) + " bytes for " + std::to_string(view);
+        }
+      });
+  return worst;
+}
+
+// A state keeps no buffer alive that is much larger than itself: conv tails and attention
+// caches sliced from a long append's rows, pending rows in chunk-sized buffers and logits taken
+// from a whole step's get storage of their own. Through Forward (all logits) and ForwardMany,
+// a long piece, a short one and decode steps, for every variant.
+TEST(SessionStateSize, StatesKeepNoLargerBuffersAlive) {
+  for (Variant v : kVariants) {
+    auto model = MakeModel(TinyConfig(v));
+    at::NoGradGuard no_grad;
+    SessionState a = model->NewState(), b = model->NewState(), c = model->NewState();
+    ASSERT_TRUE(model->Forward(&a, RandomTokens(1, 301, 3), LogitsMode::kAll).ok());
+    EXPECT_EQ(LargestOverhang(a), "") << Name(v) << " after Forward";
+    at::Tensor t = RandomTokens(1, 301, 3);
+    std::vector<int64_t> ids(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + 301);
+    ASSERT_TRUE(model->ForwardMany({&b, &c}, {ids, {1, 2}}).ok());
+    EXPECT_EQ(LargestOverhang(b), "") << Name(v) << " after ForwardMany";
+    for (int i = 0; i < 5; ++i) ASSERT_TRUE(model->ForwardMany({&b}, {{int64_t{7 + i}}}).ok());
+    EXPECT_EQ(LargestOverhang(b), "") << Name(v) << " after decode steps";
+  }
+}
+
+}  // namespace
+}  // namespace titans

@@ -1,0 +1,110 @@
+// titans-bench-state-memory: resident memory per resident session, against the bytes of its
+// state (issue 20's target: RSS growth / sessions within 1.25x of state_bytes).
+//
+//   build/tools/titans-bench-state-memory [--model_dir DIR] [--sessions 400]
+//                                         [--append_bytes 2048] [--rewind_window_tokens 0]
+//
+// One in-process engine (as titans-server runs it, without gRPC). A first batch of sessions
+// warms the allocator up; then --sessions more are created and each appends --append_bytes of
+// text, all concurrently (the engine batches them). Reported: the process's resident-set growth
+// over those sessions divided by their number, the engine's mean state bytes per session, and
+// the ratio of the two.
+#include <unistd.h>
+
+#include <condition_variable>
+#include <cstdio>
+#include <fstream>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "model/determinism.h"
+#include "server/engine/engine.h"
+
+ABSL_FLAG(std::string, model_dir, TITANS_DEFAULT_MODEL_DIR, "model directory");
+ABSL_FLAG(int, sessions, 400, "measured sessions");
+ABSL_FLAG(int, warmup_sessions, 64, "sessions created first and not counted");
+ABSL_FLAG(int, append_bytes, 2048, "bytes each session appends");
+ABSL_FLAG(int64_t, rewind_window_tokens, 0, "as titans-server's flag (0: rewinding off)");
+ABSL_FLAG(bool, batch_invariant, true, "as titans-server --batch_invariant");
+
+namespace {
+
+double ResidentMib() {
+  std::ifstream statm("/proc/self/statm");
+  int64_t size = 0, resident = 0;
+  statm >> size >> resident;
+  return static_cast<double>(resident) * static_cast<double>(sysconf(_SC_PAGESIZE)) / (1 << 20);
+}
+
+// Creates `count` sessions named <prefix><i> and appends `text` to each, all at once.
+void CreateAndAppend(titans::engine::Engine& engine, const std::string& prefix, int count,
+                     const std::string& text) {
+  std::mutex mu;
+  std::condition_variable cv;
+  int remaining = count;
+  for (int i = 0; i < count; ++i) {
+    titans::engine::CreateParams p;
+    p.id = prefix + std::to_string(i);
+    auto created = engine.CreateSession(p);
+    if (!created.ok()) {
+      std::fprintf(stderr, "create: %s\n", created.status().ToString().c_str());
+      std::exit(1);
+    }
+    titans::engine::Input in;
+    in.text = text;
+    engine.Append("", p.id, in, std::make_shared<std::atomic<bool>>(false),
+                  [&](absl::StatusOr<titans::engine::AppendResult> r) {
+                    if (!r.ok()) {
+                      std::fprintf(stderr, "append: %s\n", r.status().ToString().c_str());
+                      std::exit(1);
+                    }
+                    std::lock_guard<std::mutex> lock(mu);
+                    if (--remaining == 0) cv.notify_all();
+                  });
+  }
+  std::unique_lock<std::mutex> lock(mu);
+  cv.wait(lock, [&] { return remaining == 0; });
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  if (absl::GetFlag(FLAGS_batch_invariant)) titans::UseBatchInvariantCpuKernels();
+  titans::engine::EngineOptions options;
+  options.model_dir = absl::GetFlag(FLAGS_model_dir);
+  options.rewind_window_tokens = absl::GetFlag(FLAGS_rewind_window_tokens);
+  const int sessions = absl::GetFlag(FLAGS_sessions);
+  const int warmup = absl::GetFlag(FLAGS_warmup_sessions);
+  options.max_resident_sessions = warmup + sessions + 1;
+  options.max_sessions = warmup + sessions + 1;
+  auto engine = titans::engine::Engine::Create(options);
+  if (!engine.ok()) {
+    std::fprintf(stderr, "%s\n", engine.status().ToString().c_str());
+    return 1;
+  }
+  std::string text(absl::GetFlag(FLAGS_append_bytes), 'x');
+  for (size_t i = 0; i < text.size(); ++i) text[i] = static_cast<char>('a' + (i * 7 + i / 13) % 26);
+  CreateAndAppend(**engine, "warmup", warmup, text);
+  const double rss_before = ResidentMib();
+  const int64_t state_before = (*engine)->stats().resident_state_bytes;
+  CreateAndAppend(**engine, "s", sessions, text);
+  const double rss_after = ResidentMib();
+  const int64_t state_after = (*engine)->stats().resident_state_bytes;
+  const double rss_per_session = (rss_after - rss_before) / sessions;
+  const double state_per_session =
+      static_cast<double>(state_after - state_before) / sessions / (1 << 20);
+  std::printf("sessions %d, %d bytes each, rewind window %lld tokens\n", sessions,
+              absl::GetFlag(FLAGS_append_bytes),
+              static_cast<long long>(options.rewind_window_tokens));
+  std::printf(
+      "RSS %.1f -> %.1f MiB: %.3f MiB per session; state %.3f MiB per session; "
+      "RSS / state %.2f\n",
+      rss_before, rss_after, rss_per_session, state_per_session,
+      rss_per_session / state_per_session);
+  (*engine)->Shutdown(0);
+  return 0;
+}
