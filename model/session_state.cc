@@ -163,7 +163,7 @@ void CompactSessionState(SessionState* state, bool keep_logits) {
   ForEachStateTensor(*state, [](at::Tensor& t) {
     if (!t.defined() || !t.has_storage()) return;
     const int64_t view = t.numel() * static_cast<int64_t>(t.element_size());
-    if (static_cast<int64_t>(t.storage().nbytes()) > 2 * view + 4096) t = t.clone();
+    if (static_cast<int64_t>(t.storage().nbytes()) > view + view / 4 + 4096) t = t.clone();
   });
   if (keep_logits) state->last_logits = logits;
 }

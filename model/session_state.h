@@ -59,7 +59,7 @@ SessionState NewSessionState(const ModelConfig& config, const ModelParams& param
 int64_t StateBytes(const SessionState& state);
 
 // Gives every tensor of `state` storage of its own size where it is a small view of a much larger
-// buffer (more than twice its bytes plus 4 KiB): a conv tail or attention cache sliced from a
+// buffer (more than 1.25 times its bytes plus 4 KiB): a conv tail or attention cache sliced from a
 // long append's rows, pending rows in a chunk-sized buffer, logits selected from a whole step's.
 // Otherwise an idle session would keep those buffers alive. With keep_logits, last_logits is
 // left as it is (ForwardMany: a row of the step's [sessions, V] logits, bounded by the step).

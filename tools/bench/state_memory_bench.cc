@@ -21,6 +21,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "model/determinism.h"
+#include "model/session_state.h"
+#include "model/titans_model.h"
 #include "server/engine/engine.h"
 
 ABSL_FLAG(std::string, model_dir, TITANS_DEFAULT_MODEL_DIR, "model directory");
@@ -29,6 +31,10 @@ ABSL_FLAG(int, warmup_sessions, 64, "sessions created first and not counted");
 ABSL_FLAG(int, append_bytes, 2048, "bytes each session appends");
 ABSL_FLAG(int64_t, rewind_window_tokens, 0, "as titans-server's flag (0: rewinding off)");
 ABSL_FLAG(bool, batch_invariant, true, "as titans-server --batch_invariant");
+ABSL_FLAG(bool, engine, true,
+          "false: no engine, only the model's states (TitansModel::ForwardMany in pieces of "
+          "--piece tokens, 8 sessions a call), to tell the states' memory from the engine's");
+ABSL_FLAG(int, piece, 512, "--engine=false: tokens per session and call");
 
 namespace {
 
@@ -71,6 +77,54 @@ void CreateAndAppend(titans::engine::Engine& engine, const std::string& prefix, 
 
 }  // namespace
 
+// --engine=false: `count` states, each fed `bytes` tokens in pieces, 8 states per call.
+std::vector<titans::SessionState> FeedStates(const titans::TitansModel& model, int count,
+                                             const std::string& text) {
+  std::vector<titans::SessionState> states(count);
+  for (auto& s : states) s = model.NewState();
+  const int piece = absl::GetFlag(FLAGS_piece);
+  for (int first = 0; first < count; first += 8) {
+    for (size_t begin = 0; begin < text.size(); begin += piece) {
+      std::vector<titans::SessionState*> group;
+      std::vector<std::vector<int64_t>> tokens;
+      for (int i = first; i < std::min(count, first + 8); ++i) {
+        group.push_back(&states[i]);
+        const size_t end = std::min(text.size(), begin + piece);
+        tokens.emplace_back(text.begin() + begin, text.begin() + end);
+      }
+      if (absl::Status st = model.ForwardMany(group, tokens); !st.ok()) {
+        std::fprintf(stderr, "forward: %s\n", st.ToString().c_str());
+        std::exit(1);
+      }
+    }
+  }
+  return states;
+}
+
+int ModelOnly(const std::string& text) {
+  auto model = titans::TitansModel::Load(absl::GetFlag(FLAGS_model_dir));
+  if (!model.ok()) {
+    std::fprintf(stderr, "%s\n", model.status().ToString().c_str());
+    return 1;
+  }
+  c10::InferenceMode inference;
+  const int sessions = absl::GetFlag(FLAGS_sessions);
+  auto warm = FeedStates(**model, absl::GetFlag(FLAGS_warmup_sessions), text);
+  const double rss_before = ResidentMib();
+  auto states = FeedStates(**model, sessions, text);
+  const double rss_after = ResidentMib();
+  int64_t bytes = 0;
+  for (const auto& s : states) bytes += titans::StateBytes(s);
+  const double rss_per_session = (rss_after - rss_before) / sessions;
+  const double state_per_session = static_cast<double>(bytes) / sessions / (1 << 20);
+  std::printf("model only: %d states, %zu tokens each in pieces of %d\n", sessions, text.size(),
+              absl::GetFlag(FLAGS_piece));
+  std::printf("RSS %.1f -> %.1f MiB: %.3f MiB per state; state %.3f MiB; RSS / state %.2f\n",
+              rss_before, rss_after, rss_per_session, state_per_session,
+              rss_per_session / state_per_session);
+  return 0;
+}
+
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   if (absl::GetFlag(FLAGS_batch_invariant)) titans::UseBatchInvariantCpuKernels();
@@ -81,13 +135,14 @@ int main(int argc, char** argv) {
   const int warmup = absl::GetFlag(FLAGS_warmup_sessions);
   options.max_resident_sessions = warmup + sessions + 1;
   options.max_sessions = warmup + sessions + 1;
+  std::string text(absl::GetFlag(FLAGS_append_bytes), 'x');
+  for (size_t i = 0; i < text.size(); ++i) text[i] = static_cast<char>('a' + (i * 7 + i / 13) % 26);
+  if (!absl::GetFlag(FLAGS_engine)) return ModelOnly(text);
   auto engine = titans::engine::Engine::Create(options);
   if (!engine.ok()) {
     std::fprintf(stderr, "%s\n", engine.status().ToString().c_str());
     return 1;
   }
-  std::string text(absl::GetFlag(FLAGS_append_bytes), 'x');
-  for (size_t i = 0; i < text.size(); ++i) text[i] = static_cast<char>('a' + (i * 7 + i / 13) % 26);
   CreateAndAppend(**engine, "warmup", warmup, text);
   const double rss_before = ResidentMib();
   const int64_t state_before = (*engine)->stats().resident_state_bytes;
