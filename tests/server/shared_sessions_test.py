@@ -61,6 +61,7 @@ trace = {sid: [] for sid in acked}
 for sid in acked:
     replicas[random.choice("AB")].CreateSession(pb.CreateSessionRequest(session_id=sid))
 stop = threading.Event()
+moved = {sid: 0 for sid in acked}  # replica changes so far, per session
 
 
 def count_of(ops):
@@ -96,6 +97,7 @@ def client(sid, seed):
                                reply.position, count_of(acked[sid])))
             in_flight[sid] = None
             moves += last is not None and last != name
+            moved[sid] = moves
             last = name
         except grpc.RpcError as e:
             if name == "A" and not a_alive.is_set():
@@ -121,6 +123,11 @@ threads = [threading.Thread(target=client, args=(sid, i)) for i, sid in enumerat
 for t in threads:
     t.start()
 time.sleep(float(os.environ.get("SHARED_TEST_SECONDS", "3")))
+# On a loaded machine fewer operations fit in those seconds: go on until every session has
+# moved between the replicas a few times (what the test is about), within a minute.
+deadline = time.time() + 60
+while min(moved.values()) < 3 and time.time() < deadline and not errors:
+    time.sleep(0.2)
 a_alive.clear()
 proc_a.send_signal(signal.SIGKILL)
 proc_a.wait()
