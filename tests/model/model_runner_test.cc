@@ -18,9 +18,6 @@ using testing::Name;
 using testing::RandomTokens;
 using testing::TinyConfig;
 
-const Variant kVariants[] = {Variant::kMAC, Variant::kMAG, Variant::kMAL, Variant::kLMM,
-                             Variant::kSWA};
-
 std::vector<int32_t> Ids(const at::Tensor& t) {  // [1, T] int64 -> ids
   return std::vector<int32_t>(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel());
 }
@@ -77,7 +74,7 @@ void ExpectSameState(const SessionState& a, const SessionState& b, const std::st
 // sample after a prefix) gives each slot what it gets in a step of its own, and the feeds give
 // what TitansModel::Forward gives a SessionState alone.
 TEST(ModelRunner, StepsMatchSlotsRunAloneAndForward) {
-  for (Variant v : kVariants) {
+  for (Variant v : testing::kAllVariants) {
     auto model = MakeModel(TinyConfig(v, 2, 4), 19);
     auto batched = ModelRunner::Create(*model, 8);
     auto alone = ModelRunner::Create(*model, 8);

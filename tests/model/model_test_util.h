@@ -15,6 +15,10 @@ namespace titans::testing {
 
 // A small config (d 32, 2 heads x 16, 2 layers, window 8, segment 8) that still crosses chunk,
 // window and segment boundaries within a few dozen tokens.
+// Every architecture the model implements.
+inline constexpr Variant kAllVariants[] = {Variant::kMAC, Variant::kMAG, Variant::kMAL,
+                                           Variant::kLMM, Variant::kSWA};
+
 inline ModelConfig TinyConfig(Variant variant, int depth = 2, int chunk = 4) {
   ModelConfig c;
   c.name = "tiny";
