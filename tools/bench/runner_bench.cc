@@ -1,0 +1,155 @@
+// titans-bench-runner: decode through the ModelRunner (model/model_runner.h) at several session
+// counts, in-process, without the engine or gRPC (so it also runs where only LibTorch is).
+//
+//   build/tools/titans-bench-runner [--model_dir DIR] [--sessions 1,8,32,64] [--steps 32]
+//                                   [--prompt_tokens 64]
+//
+// Per session count: that many slots each take a prompt, then --steps decode steps run with
+// every slot sampling (greedy) one token per step. Reported: aggregate decode tokens/s, the
+// ratio to the first session count's, time per step and per session-token, the share of it in
+// the memory kernel, and heap allocations per step (malloc and friends, counted by this binary's
+// own wrappers around glibc's allocator), whose growth with the session count is what issue 20
+// asks to remove.
+#include <malloc.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/numbers.h"
+#include "model/determinism.h"
+#include "model/model_runner.h"
+#include "model/threading.h"
+#include "model/titans_model.h"
+
+ABSL_FLAG(std::string, model_dir, TITANS_DEFAULT_MODEL_DIR, "model directory");
+ABSL_FLAG(std::vector<std::string>, sessions, (std::vector<std::string>{"1", "8", "32", "64"}),
+          "session counts");
+ABSL_FLAG(int, steps, 32, "timed decode steps per session count");
+ABSL_FLAG(int, prompt_tokens, 64, "tokens each slot consumes before decoding");
+ABSL_FLAG(bool, batch_invariant, true, "as titans-server --batch_invariant");
+ABSL_FLAG(int32_t, compute_threads, 0, "as titans-server's flag");
+ABSL_FLAG(int32_t, library_threads, 1, "as titans-server's flag");
+
+// Counting wrappers: glibc exports its allocator as __libc_*, so this binary's definitions
+// interpose malloc for every library it loads (LibTorch's CPU allocator included) and count
+// calls. No hooks exist for this in glibc >= 2.34, and a counting allocator is what the
+// measurement needs, nothing more.
+extern "C" {
+void* __libc_malloc(size_t);
+void* __libc_calloc(size_t, size_t);
+void* __libc_realloc(void*, size_t);
+void* __libc_memalign(size_t, size_t);
+}
+namespace {
+std::atomic<int64_t> allocations{0};
+}
+extern "C" {
+void* malloc(size_t n) {
+  allocations.fetch_add(1, std::memory_order_relaxed);
+  return __libc_malloc(n);
+}
+void* calloc(size_t count, size_t n) {
+  allocations.fetch_add(1, std::memory_order_relaxed);
+  return __libc_calloc(count, n);
+}
+void* realloc(void* p, size_t n) {
+  allocations.fetch_add(1, std::memory_order_relaxed);
+  return __libc_realloc(p, n);
+}
+int posix_memalign(void** out, size_t alignment, size_t n) {
+  allocations.fetch_add(1, std::memory_order_relaxed);
+  void* p = __libc_memalign(alignment, n);
+  if (p == nullptr) return 12;  // ENOMEM
+  *out = p;
+  return 0;
+}
+void* aligned_alloc(size_t alignment, size_t n) {
+  allocations.fetch_add(1, std::memory_order_relaxed);
+  return __libc_memalign(alignment, n);
+}
+void* memalign(size_t alignment, size_t n) {
+  allocations.fetch_add(1, std::memory_order_relaxed);
+  return __libc_memalign(alignment, n);
+}
+}
+
+namespace {
+
+int Fail(const std::string& what) {
+  std::fprintf(stderr, "titans-bench-runner: %s\n", what.c_str());
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  if (absl::GetFlag(FLAGS_batch_invariant)) titans::UseBatchInvariantCpuKernels();
+  if (absl::Status st = titans::ApplyThreadPolicy(
+          {absl::GetFlag(FLAGS_compute_threads), absl::GetFlag(FLAGS_library_threads)});
+      !st.ok()) {
+    return Fail(st.ToString());
+  }
+  auto model = titans::TitansModel::Load(absl::GetFlag(FLAGS_model_dir));
+  if (!model.ok()) return Fail(model.status().ToString());
+  std::vector<int> counts;
+  for (const std::string& s : absl::GetFlag(FLAGS_sessions)) {
+    int n = 0;
+    if (!absl::SimpleAtoi(s, &n) || n <= 0) return Fail("bad --sessions value " + s);
+    counts.push_back(n);
+  }
+  const int steps = absl::GetFlag(FLAGS_steps);
+  std::printf("model %s, %d decode steps per row, threads: %s\n", (*model)->config().name.c_str(),
+              steps, titans::DescribeThreads().c_str());
+  std::printf("%8s %12s %8s %10s %14s %8s %14s\n", "sessions", "tokens/s", "vs first", "ms/step",
+              "us/session-tok", "kernel", "allocs/step");
+  double first = 0;
+  titans::SamplingParams greedy;
+  greedy.temperature = 0;
+  for (int n : counts) {
+    auto runner = titans::ModelRunner::Create(**model, n);
+    if (!runner.ok()) return Fail(runner.status().ToString());
+    titans::StepPlan prompt, decode;
+    for (int i = 0; i < n; ++i) {
+      const titans::SlotId slot = *(*runner)->NewSlot();
+      titans::SlotWork w;
+      w.slot = slot;
+      for (int t = 0; t < absl::GetFlag(FLAGS_prompt_tokens); ++t)
+        w.tokens.push_back(97 + (t * 7 + i) % 26);
+      prompt.work.push_back(w);
+      titans::SlotWork d;
+      d.slot = slot;
+      d.action = titans::SlotAction::kSample;
+      d.sampling = &greedy;
+      decode.work.push_back(d);
+    }
+    if (auto r = (*runner)->Step(prompt); !r.ok()) return Fail(r.status().ToString());
+    if (auto r = (*runner)->Step(decode); !r.ok()) return Fail(r.status().ToString());  // warm
+    double kernel = 0;
+    const int64_t allocs_before = allocations.load();
+    const auto start = std::chrono::steady_clock::now();
+    for (int s = 0; s < steps; ++s) {
+      auto r = (*runner)->Step(decode);
+      if (!r.ok()) return Fail(r.status().ToString());
+      for (const titans::SlotOutcome& o : r->slots) {
+        if (!o.status.ok()) return Fail(o.status.ToString());
+      }
+      kernel += r->kernel_seconds;
+    }
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double allocs = static_cast<double>(allocations.load() - allocs_before) / steps;
+    const double tokens_per_second = static_cast<double>(n) * steps / seconds;
+    if (first == 0) first = tokens_per_second;
+    std::printf("%8d %12.0f %7.2fx %10.3f %14.1f %7.1f%% %14.0f\n", n, tokens_per_second,
+                tokens_per_second / first, 1e3 * seconds / steps, 1e6 * seconds / steps / n,
+                100 * kernel / seconds, allocs);
+  }
+  return 0;
+}
