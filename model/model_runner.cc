@@ -30,6 +30,12 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// The slot's sampler: its saved RNG stream, or a fresh random one if it has none yet.
+Rng ContinueOrSeed(const Rng::State& saved) {
+  absl::StatusOr<Rng> rng = Rng::FromState(saved);
+  return rng.ok() ? *rng : Rng(std::random_device{}());
+}
+
 absl::Status SlotError(SlotId slot, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat("step plan: slot ", slot, " ", what));
 }
@@ -142,8 +148,8 @@ absl::Status ModelRunner::StartSampling(SlotId slot, const SamplingParams& param
   TITANS_RETURN_IF_ERROR(ValidateSamplingParams(params, model_.config().vocab_size));
   if (params.has_seed) {
     s->state.rng_state = Rng(params.seed).state();
-  } else if (!Rng::FromState(s->state.rng_state).ok()) {  // never sampled: no stream to continue
-    s->state.rng_state = Rng(std::random_device{}()).state();
+  } else {
+    s->state.rng_state = ContinueOrSeed(s->state.rng_state).state();
   }
   return absl::OkStatus();
 }
@@ -228,11 +234,10 @@ absl::StatusOr<StepResult> ModelRunner::Step(const StepPlan& plan) {
     const float* logits = host.data_ptr<float>();
     for (size_t k = 0; k < which.size(); ++k) {
       const size_t i = which[k];
-      absl::StatusOr<Rng> rng = Rng::FromState(live[i]->rng_state);
-      if (!rng.ok()) rng = Rng(std::random_device{}());  // StartSampling was skipped
+      Rng rng = ContinueOrSeed(live[i]->rng_state);  // seeded here if StartSampling was skipped
       result.slots[i].sampled = SampleToken(logits + k * vocab, vocab, *plan.work[i].sampling,
-                                            live[i]->recent_tokens, &*rng);
-      rng_after[i] = rng->state();
+                                            live[i]->recent_tokens, &rng);
+      rng_after[i] = rng.state();
     }
   };
   // Runs the listed slots' token lists through one batched forward pass; per-slot failures go
@@ -290,21 +295,12 @@ absl::StatusOr<StepResult> ModelRunner::Step(const StepPlan& plan) {
     for (size_t i : scores) {
       const SlotWork& w = plan.work[i];
       SessionState work = *live[i];
-      const at::Tensor first = work.last_logits;                         // [1, V]
-      const at::Tensor ids = at::tensor(as_ids(w.tokens)).unsqueeze(0);  // [1, T]
-      absl::StatusOr<at::Tensor> logits = model_.Forward(&work, ids, LogitsMode::kAll);
-      if (!logits.ok()) {
-        result.slots[i].status = logits.status();
+      absl::StatusOr<std::vector<float>> logprobs = model_.ScoreTokens(&work, as_ids(w.tokens));
+      if (!logprobs.ok()) {
+        result.slots[i].status = logprobs.status();
         continue;
       }
-      // The prediction of token t: from the logits before the step for t = 0, after t-1 else.
-      const int64_t T = ids.size(1);
-      const at::Tensor pred = at::cat({first.unsqueeze(1), logits->slice(1, 0, T - 1)}, 1);
-      const at::Tensor lp = at::log_softmax(pred.to(at::kCPU).to(at::kFloat), -1)
-                                .gather(2, ids.unsqueeze(2))
-                                .reshape({-1})
-                                .contiguous();
-      result.slots[i].logprobs.assign(lp.data_ptr<float>(), lp.data_ptr<float>() + lp.numel());
+      result.slots[i].logprobs = *std::move(logprobs);
       if (w.commit) *live[i] = std::move(work);
     }
     return absl::OkStatus();

@@ -20,13 +20,18 @@ at::Tensor GateGroups(const at::Tensor& z) {
   return z.transpose(1, 2).reshape({z.size(0) * z.size(2), z.size(1)});
 }
 
+// The rows of slice `s` in a tensor holding every slice's rows along time ([B, total, ...]).
+at::Tensor RowsOf(const std::vector<StreamSlice>& slices, const StreamSlice& s,
+                  const at::Tensor& t) {
+  return slices.size() == 1 ? t : t.slice(1, s.begin, s.begin + s.length);
+}
+
 // Applies fn(slice, rows of x) to every slice and joins the results along time.
 template <typename Fn>
 at::Tensor PerSlice(const std::vector<StreamSlice>& slices, const at::Tensor& x, Fn fn) {
   if (slices.size() == 1) return fn(slices[0], x);
   std::vector<at::Tensor> parts;
-  for (const StreamSlice& s : slices)
-    parts.push_back(fn(s, x.slice(1, s.begin, s.begin + s.length)));
+  for (const StreamSlice& s : slices) parts.push_back(fn(s, RowsOf(slices, s, x)));
   return at::cat(parts, 1);
 }
 
@@ -137,9 +142,7 @@ at::Tensor WindowAttention(const ModelConfig& c, const AttentionParams& a,
   const std::pair<at::Tensor, at::Tensor> persistent = PersistentKV(c, a, x.size(0));
   const at::Tensor &pk = persistent.first, &pv = persistent.second;  // the lambda captures these
   at::Tensor heads = PerSlice(slices, x, [&](const StreamSlice& s, const at::Tensor&) {
-    auto rows = [&](const at::Tensor& t) {
-      return slices.size() == 1 ? t : t.slice(1, s.begin, s.begin + s.length);
-    };
+    auto rows = [&](const at::Tensor& t) { return RowsOf(slices, s, t); };
     return SlidingWindowHeads(c, s.state, rows(qx), rows(kx), rows(vx), s.position, pk, pv);
   });
   return Linear(heads, a.wo);
@@ -169,9 +172,7 @@ at::Tensor MacMixer(const ModelConfig& c, const LayerParams& p,
     }
     const std::vector<at::Tensor>& phi_segment =
         separate_segment_weights ? st->segment_weights : st->memory.weights;
-    auto rows = [&](const at::Tensor& t) {
-      return slices.size() == 1 ? t : t.slice(1, s.begin, s.begin + s.length);
-    };
+    auto rows = [&](const at::Tensor& t) { return RowsOf(slices, s, t); };
     // h_t = M_{Phi_segment}(q_t): a read of the memory as it was at the segment start.
     at::Tensor h =
         Linear(FromGroups(MemoryRead(spec, phi_segment, ToGroups(rows(q), c.num_heads)), B),
@@ -211,9 +212,7 @@ at::Tensor NeuralMemoryForward(const ModelConfig& c, const NeuralMemoryParams& p
   std::vector<MemoryState*> states;
   std::vector<MemoryInputs> inputs;
   for (const StreamSlice& s : slices) {
-    auto rows = [&](const at::Tensor& t) {
-      return slices.size() == 1 ? t : t.slice(1, s.begin, s.begin + s.length);
-    };
+    auto rows = [&](const at::Tensor& t) { return RowsOf(slices, s, t); };
     states.push_back(&s.state->memory);
     inputs.push_back(MemoryInputs{ToGroups(rows(k), H), ToGroups(rows(v), H), ToGroups(rows(q), H),
                                   MemoryGates{GateGroups(rows(log_keep)), GateGroups(rows(log_eta)),

@@ -379,4 +379,22 @@ absl::StatusOr<at::Tensor> TitansModel::Forward(SessionState* state, const at::T
   }
 }
 
+absl::StatusOr<std::vector<float>> TitansModel::ScoreTokens(
+    SessionState* state, const std::vector<int64_t>& tokens) const {
+  if (tokens.empty()) return absl::InvalidArgumentError("no tokens to score");
+  SessionState work = *state;                              // shallow; committed on success
+  const at::Tensor first = work.last_logits;               // [1, V]
+  const at::Tensor ids = at::tensor(tokens).unsqueeze(0);  // [1, T]
+  TITANS_ASSIGN_OR_RETURN(at::Tensor logits, Forward(&work, ids, LogitsMode::kAll));
+  // The prediction of token t: the logits before the call for t = 0, after token t-1 otherwise.
+  const int64_t T = ids.size(1);
+  const at::Tensor pred = at::cat({first.unsqueeze(1), logits.slice(1, 0, T - 1)}, 1);
+  const at::Tensor lp = at::log_softmax(pred.to(at::kCPU).to(at::kFloat), -1)
+                            .gather(2, ids.unsqueeze(2))
+                            .reshape({-1})
+                            .contiguous();
+  *state = std::move(work);
+  return std::vector<float>(lp.data_ptr<float>(), lp.data_ptr<float>() + lp.numel());
+}
+
 }  // namespace titans

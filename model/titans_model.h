@@ -86,6 +86,13 @@ class TitansModel {
                            const std::vector<std::vector<int64_t>>& tokens,
                            std::vector<absl::Status>* statuses = nullptr) const;
 
+  // Log-probabilities of `tokens` continuing *state (inference; caller holds a NoGradGuard or
+  // InferenceMode): entry i is log p(tokens[i] | the stream so far and tokens[0..i)), entry 0
+  // from the state's last logits (all zeros at position 0: uniform). Advances *state over the
+  // tokens. Errors as Forward, *state unchanged on error.
+  absl::StatusOr<std::vector<float>> ScoreTokens(SessionState* state,
+                                                 const std::vector<int64_t>& tokens) const;
+
   // Longest run of tokens processed as one step (bounds attention scratch memory).
   static constexpr int64_t kMaxStepTokens = 256;
 

@@ -431,18 +431,10 @@ void Engine::Impl::ExecuteScore(Session* s, Op* op, std::vector<std::function<vo
       op->log_tokens.push_back(model_->tokenizer().bos_id());
       op->log_pieces.push_back(1);
     }
-    at::Tensor first = work.last_logits;  // [1, V]
-    std::vector<int64_t> ids(op->tokens.begin(), op->tokens.end());
-    at::Tensor t = at::tensor(ids).unsqueeze(0);
-    TITANS_ASSIGN_OR_RETURN(at::Tensor logits, model_->Forward(&work, t, LogitsMode::kAll));
-    // Logits predicting token i: after the context for i = 0, after token i-1 otherwise.
-    at::Tensor pred = at::cat({first.unsqueeze(1), logits.slice(1, 0, logits.size(1) - 1)}, 1);
-    at::Tensor lp = at::log_softmax(pred.to(at::kCPU).to(at::kFloat), -1)
-                        .gather(2, t.unsqueeze(2))
-                        .reshape({-1})
-                        .contiguous();
     ScoreResult r;
-    r.logprobs.assign(lp.data_ptr<float>(), lp.data_ptr<float>() + lp.numel());
+    TITANS_ASSIGN_OR_RETURN(
+        r.logprobs,
+        model_->ScoreTokens(&work, std::vector<int64_t>(op->tokens.begin(), op->tokens.end())));
     if (op->commit) live = work;
     observer().OnTokens("scored", static_cast<int64_t>(op->tokens.size()));
     r.position = live.position;

@@ -13,6 +13,7 @@
 #include <malloc.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -65,7 +66,7 @@ void* realloc(void* p, size_t n) {
 int posix_memalign(void** out, size_t alignment, size_t n) {
   allocations.fetch_add(1, std::memory_order_relaxed);
   void* p = __libc_memalign(alignment, n);
-  if (p == nullptr) return 12;  // ENOMEM
+  if (p == nullptr) return ENOMEM;
   *out = p;
   return 0;
 }
