@@ -22,7 +22,9 @@ namespace titans::kernels::TITANS_KERNEL_ISA {
 namespace {
 
 // C[M x N] (+)= alpha * A[M x K] * B[K x N] for the rows / columns outside full 4 x 32 tiles.
-// Four rows of B per pass so each load / store of a C row feeds four FMAs.
+// Each element takes exactly the tile's steps (acc += (alpha a_k) b_k for k = 0, 1, ...), so a
+// row gives the same bits in a tile or outside one: a token's results do not depend on how many
+// tokens share its piece (split invariance).
 inline void MatMulNNSimple(int M, int N, int K, const float* __restrict A, int lda,
                            const float* __restrict B, int ldb, float* __restrict C, int ldc,
                            float alpha, bool accumulate) {
@@ -30,17 +32,7 @@ inline void MatMulNNSimple(int M, int N, int K, const float* __restrict A, int l
     float* __restrict c = C + int64_t{m} * ldc;
     const float* a = A + int64_t{m} * lda;
     if (!accumulate) std::fill(c, c + N, 0.0f);
-    int k = 0;
-    for (; k + 4 <= K; k += 4) {
-      const float a0 = alpha * a[k], a1 = alpha * a[k + 1], a2 = alpha * a[k + 2],
-                  a3 = alpha * a[k + 3];
-      const float* __restrict b0 = B + int64_t{k} * ldb;
-      const float* __restrict b1 = b0 + ldb;
-      const float* __restrict b2 = b1 + ldb;
-      const float* __restrict b3 = b2 + ldb;
-      for (int n = 0; n < N; ++n) c[n] += a0 * b0[n] + a1 * b1[n] + a2 * b2[n] + a3 * b3[n];
-    }
-    for (; k < K; ++k) {
+    for (int k = 0; k < K; ++k) {
       const float a0 = alpha * a[k];
       const float* __restrict b0 = B + int64_t{k} * ldb;
       for (int n = 0; n < N; ++n) c[n] += a0 * b0[n];
@@ -115,29 +107,14 @@ inline void MatMulNT(int M, int N, int K, const float* __restrict A, int lda,
   }
 }
 
-// dst[cols x rows] = src[rows x cols]^T, in 16 x 16 blocks so both sides stay in cache lines.
-inline void Transpose(int rows, int cols, const float* __restrict src, float* __restrict dst) {
-  constexpr int kBlock = 16;
-  for (int r0 = 0; r0 < rows; r0 += kBlock) {
-    const int r1 = std::min(rows, r0 + kBlock);
-    for (int c0 = 0; c0 < cols; c0 += kBlock) {
-      const int c1 = std::min(cols, c0 + kBlock);
-      for (int r = r0; r < r1; ++r) {
-        for (int c = c0; c < c1; ++c) dst[int64_t{c} * rows + r] = src[int64_t{r} * cols + c];
-      }
-    }
-  }
-}
-
-// C[M x N] = A[M x K] * W^T for W [N x K]: the dot form for fewer than 4 rows, else the GEMM
-// over w_t = W^T [K x N], which the caller has transposed (and may reuse).
-inline void TimesTransposedOnce(int M, int N, int K, const float* A, int lda, const float* W,
-                                const float* w_t, float* C, int ldc) {
-  if (M < 4) {
-    MatMulNT(M, N, K, A, lda, W, K, C, ldc);
-  } else {
-    MatMulNN(M, N, K, A, lda, w_t, N, C, ldc, 1.0f, false);
-  }
+// C[M x N] = A[M x K] * W^T for W [N x K], in the dot form for any M: each element's sum has
+// one fixed order whatever M is, so a token's key and query products are the same bits whether
+// it arrives alone (decode) or among a piece's tokens (append), and results do not depend on how
+// a stream is split. (The tiled NN GEMM over W^T is faster for appends, but gives other bits than
+// the dot form, which decode needs: a transposed copy per token costs more than the product.)
+inline void TimesTransposed(int M, int N, int K, const float* A, int lda, const float* W, float* C,
+                            int ldc) {
+  MatMulNT(M, N, K, A, lda, W, K, C, ldc);
 }
 
 // exp(x) for float, branch-free so the loops that call it vectorise (libm's expf does not):
@@ -201,14 +178,12 @@ inline void MultiplyActivationGrad(bool gelu, const float* __restrict pre, float
 }
 
 struct Scratch {
-  std::vector<float> pre[kMaxMemoryDepth];        // [b x out_l] key pre-activations
-  std::vector<float> hq, next;                    // [b x max width] query activations
-  std::vector<float> tmp_w, tmp_s;                // [b x max width]
-  std::vector<float> scores;                      // [b x b]
-  std::vector<float> transposed;                  // [max weight]
-  std::vector<float> weights_t[kMaxMemoryDepth];  // W_l^T of the current piece
-  std::vector<float> coef_w, coef_s;  // [max out x b] close coefficients (Delta^T scaled)
-  std::vector<float> new_w, new_s;    // [max weight] the closed chunk's matrices
+  std::vector<float> pre[kMaxMemoryDepth];  // [b x out_l] key pre-activations
+  std::vector<float> hq, next;              // [b x max width] query activations
+  std::vector<float> tmp_w, tmp_s;          // [b x max width]
+  std::vector<float> scores;                // [b x b]
+  std::vector<float> coef_w, coef_s;        // [max out x b] close coefficients (Delta^T scaled)
+  std::vector<float> new_w, new_s;          // [max weight] the closed chunk's matrices
   std::vector<double> keep, eta, E, R, G, beta, f;  // gates in linear space, coefficients
 
   void Resize(const MemoryShape& s) {
@@ -216,8 +191,6 @@ struct Scratch {
     for (int l = 0; l < s.depth; ++l) pre[l].resize(int64_t{b} * s.out(l));
     for (auto* v : {&hq, &next, &tmp_w, &tmp_s}) v->resize(int64_t{b} * wide);
     scores.resize(int64_t{b} * b);
-    transposed.resize(int64_t{wide} * wide);
-    for (int l = 0; l < s.depth; ++l) weights_t[l].resize(s.weight_size(l));
     coef_w.resize(int64_t{wide} * b);
     coef_s.resize(int64_t{wide} * b);
     new_w.resize(int64_t{wide} * wide);
@@ -267,10 +240,7 @@ void RunTask(const MemoryShape& s, const MemoryTask& task, Scratch& sc) {
     for (int l = 0; l < L; ++l) {
       const int in = s.in(l), out = s.out(l);
       float* pre = sc.pre[l].data();
-      // W^T is kept for the query read of the same piece (step 4).
-      if (cnt >= 4) Transpose(out, in, W[l], sc.weights_t[l].data());
-      TimesTransposedOnce(cnt, out, in, Z[l] + int64_t{p} * in, in, W[l], sc.weights_t[l].data(),
-                          pre, out);
+      TimesTransposed(cnt, out, in, Z[l] + int64_t{p} * in, in, W[l], pre, out);
       if (l + 1 < L) {
         ActivateAll(s.gelu, pre, Z[l + 1] + int64_t{p} * out, int64_t{cnt} * out);
       }
@@ -337,9 +307,8 @@ void RunTask(const MemoryShape& s, const MemoryTask& task, Scratch& sc) {
     for (int l = 0; l < L; ++l) {
       const int in = s.in(l), out = s.out(l);
       float* a = sc.next.data();
-      TimesTransposedOnce(cnt, out, in, hq, in, W[l], sc.weights_t[l].data(), sc.tmp_w.data(), out);
-      if (cnt >= 4) Transpose(out, in, S[l], sc.transposed.data());
-      TimesTransposedOnce(cnt, out, in, hq, in, S[l], sc.transposed.data(), sc.tmp_s.data(), out);
+      TimesTransposed(cnt, out, in, hq, in, W[l], sc.tmp_w.data(), out);
+      TimesTransposed(cnt, out, in, hq, in, S[l], sc.tmp_s.data(), out);
       for (int t = 0; t < cnt; ++t) {
         const float bt = static_cast<float>(sc.beta[p + t]), ft = static_cast<float>(sc.f[p + t]);
         const float* tw = sc.tmp_w.data() + int64_t{t} * out;

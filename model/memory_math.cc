@@ -192,6 +192,14 @@ void RunTasks(const kernels::MemoryShape& shape, const std::vector<kernels::Memo
 #endif
 }
 
+// Where group g's rows of one input lie in a tensor: g = b * heads + h starts at
+// data + b * batch_step + h * head_step, and token t follows at + t * row_stride. The grouped
+// layout [G, n, d] is heads = 1; the packed layout [B, T, H * d] reads each head in place.
+struct GroupLayout {
+  int64_t heads = 1, batch_step = 0, head_step = 0, row_stride = 0;
+  int64_t Offset(int64_t g) const { return (g / heads) * batch_step + (g % heads) * head_step; }
+};
+
 // Inference: the fused kernel (kernels/memory_kernel.h), one task per group, over any number
 // of memory states at once (the server batches sessions this way). Outputs go to fresh tensors
 // (the old states stay intact): weights / momentum only when a chunk closes, pending rows into
@@ -200,90 +208,59 @@ class KernelBatch {
  public:
   explicit KernelBatch(const MemorySpec& spec) : spec_(spec) {}
 
-  // Queues n tokens of `st` (k, v, q [G, n, d], gates [G, n]).
+  // Queues n tokens of `st` (k, v, q [G, n, d], gates [G, n]); Run() returns its y [G, n, d].
   void Add(MemoryState* st, const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& q_in,
            const MemoryGates& gates_in) {
-    const int L = spec_.depth;
     Entry e;
-    e.state = st;
     e.k = k_in.contiguous();
     e.v = v_in.contiguous();
     e.q = q_in.contiguous();
     e.log_keep = gates_in.log_keep.contiguous();
     e.log_eta = gates_in.log_eta.contiguous();
     e.theta = gates_in.theta.contiguous();
-    const int64_t G = e.k.size(0), n = e.k.size(1), d = e.k.size(2);
-    const int64_t p = st->pending(), b = spec_.chunk_size;
-    shape_.depth = L;
-    shape_.head_dim = static_cast<int>(d);
-    shape_.hidden = L > 1 ? static_cast<int>(st->weights[0].size(1)) : static_cast<int>(d);
-    shape_.chunk = spec_.chunk_size;
-    shape_.gelu = spec_.activation == Activation::kGELU;
-    shape_.residual = spec_.residual;
-    shape_.max_weight_rms = static_cast<float>(spec_.max_weight_rms);
-    device_ = e.k.device();
-
-    const bool closes = p + n >= b;
-    const int64_t rows = closes ? b : p + n;
-    e.p_out = (p + n) % b;
-    for (int l = 0; l < L; ++l) {
-      e.w_in.push_back(st->weights[l].contiguous());
-      e.s_in.push_back(st->momentum[l].contiguous());
-      e.w_out.push_back(closes ? at::empty_like(e.w_in[l]) : e.w_in[l]);
-      e.s_out.push_back(closes ? at::empty_like(e.s_in[l]) : e.s_in[l]);
-      // The kernel uses these as the open chunk's rows: a whole chunk when it closes one, else
-      // exactly the rows it writes (so the pending rows a session keeps are all it holds).
-      e.z_out.push_back(at::empty({G, rows, e.w_in[l].size(2)}, e.k.options()));
-      e.d_out.push_back(at::empty({G, rows, e.w_in[l].size(1)}, e.k.options()));
-      const at::Tensor& z = st->pending_inputs[l];
-      const at::Tensor& dl = st->pending_deltas[l];
-      TORCH_CHECK(p == 0 || (z.stride(2) == 1 && z.stride(1) == z.size(2) && dl.stride(2) == 1 &&
-                             dl.stride(1) == dl.size(2)),
-                  "pending rows must be row-contiguous");
-    }
-    e.gates_prev =
-        at::stack({st->pending_gates.log_keep, st->pending_gates.log_eta, st->pending_gates.theta},
-                  2)
-            .contiguous();  // [G, p, 3]
-    e.gates_out = at::empty({G, rows, 3}, e.k.options());
-    e.y = at::empty({G, n, d}, e.k.options());
-
-    for (int64_t g = 0; g < G; ++g) {
-      kernels::MemoryTask t;
-      for (int l = 0; l < L; ++l) {
-        t.weights_in[l] = e.w_in[l].data_ptr<float>() + g * e.w_in[l].stride(0);
-        t.momentum_in[l] = e.s_in[l].data_ptr<float>() + g * e.s_in[l].stride(0);
-        t.weights_out[l] = e.w_out[l].data_ptr<float>() + g * e.w_out[l].stride(0);
-        t.momentum_out[l] = e.s_out[l].data_ptr<float>() + g * e.s_out[l].stride(0);
-        if (p > 0) {
-          const at::Tensor& z = st->pending_inputs[l];
-          const at::Tensor& dl = st->pending_deltas[l];
-          t.pending_inputs_in[l] = z.data_ptr<float>() + g * z.stride(0);
-          t.pending_deltas_in[l] = dl.data_ptr<float>() + g * dl.stride(0);
-        }
-        t.pending_inputs_out[l] = e.z_out[l].data_ptr<float>() + g * e.z_out[l].stride(0);
-        t.pending_deltas_out[l] = e.d_out[l].data_ptr<float>() + g * e.d_out[l].stride(0);
-      }
-      if (p > 0) t.pending_gates_in = e.gates_prev.data_ptr<float>() + g * e.gates_prev.stride(0);
-      t.pending_gates_out = e.gates_out.data_ptr<float>() + g * e.gates_out.stride(0);
-      t.pending_in = static_cast<int>(p);
-      t.n = static_cast<int>(n);
-      t.keys = e.k.data_ptr<float>() + g * n * d;
-      t.values = e.v.data_ptr<float>() + g * n * d;
-      t.queries = e.q.data_ptr<float>() + g * n * d;
-      t.kvq_stride = d;
-      t.log_keep = e.log_keep.data_ptr<float>() + g * n;
-      t.log_eta = e.log_eta.data_ptr<float>() + g * n;
-      t.theta = e.theta.data_ptr<float>() + g * n;
-      t.gate_stride = 1;
-      t.output = e.y.data_ptr<float>() + g * n * d;
-      t.output_stride = d;
-      tasks_.push_back(t);
-    }
-    entries_.push_back(std::move(e));
+    const int64_t n = e.k.size(1), d = e.k.size(2);
+    e.y = at::empty_like(e.k);
+    const Inputs in{e.k.data_ptr<float>(),
+                    e.v.data_ptr<float>(),
+                    e.q.data_ptr<float>(),
+                    GroupLayout{1, n * d, 0, d},
+                    e.log_keep.data_ptr<float>(),
+                    e.log_eta.data_ptr<float>(),
+                    e.theta.data_ptr<float>(),
+                    GroupLayout{1, n, 0, 1},
+                    e.y.data_ptr<float>(),
+                    GroupLayout{1, n * d, 0, d},
+                    n,
+                    d};
+    const at::TensorOptions options = e.k.options();  // before e moves
+    AddState(st, options, in, std::move(e));
   }
 
-  // Runs every queued task in one kernel call, updates the states, returns each entry's y.
+  // Queues rows [begin, begin + n) of packed inputs that hold many streams along time: k, v, q
+  // and y [B, T, H * d] (contiguous), gates [B, T, H] (contiguous); st has G = B * H groups.
+  // The kernel reads the inputs and writes y in place (no per-stream copies).
+  void AddPacked(MemoryState* st, int64_t begin, int64_t n, int64_t heads, const at::Tensor& k,
+                 const at::Tensor& v, const at::Tensor& q, const MemoryGates& gates,
+                 const at::Tensor& y) {
+    const int64_t T = k.size(1), hd = k.size(2), d = hd / heads;
+    const GroupLayout rows{heads, T * hd, d, hd}, gate_rows{heads, T * heads, 1, heads};
+    const Inputs in{k.data_ptr<float>() + begin * hd,
+                    v.data_ptr<float>() + begin * hd,
+                    q.data_ptr<float>() + begin * hd,
+                    rows,
+                    gates.log_keep.data_ptr<float>() + begin * heads,
+                    gates.log_eta.data_ptr<float>() + begin * heads,
+                    gates.theta.data_ptr<float>() + begin * heads,
+                    gate_rows,
+                    y.data_ptr<float>() + begin * hd,
+                    rows,
+                    n,
+                    d};
+    AddState(st, k.options(), in, Entry{});
+  }
+
+  // Runs every queued task in one kernel call and updates the states. Returns each Add()'s y
+  // (undefined for AddPacked entries, whose y is the caller's tensor).
   std::vector<at::Tensor> Run() {
     RunTasks(shape_, tasks_, device_);
     std::vector<at::Tensor> ys;
@@ -309,6 +286,94 @@ class KernelBatch {
     std::vector<at::Tensor> w_in, s_in, w_out, s_out, z_out, d_out;
     int64_t p_out = 0;
   };
+  // One entry's new tokens, as raw pointers and their layouts.
+  struct Inputs {
+    const float *k, *v, *q;
+    GroupLayout kvq;
+    const float *log_keep, *log_eta, *theta;
+    GroupLayout gate;
+    float* y;
+    GroupLayout out;
+    int64_t n, head_dim;
+  };
+
+  // Allocates the state's outputs and queues one task per group.
+  void AddState(MemoryState* st, const at::TensorOptions& options, const Inputs& in, Entry e) {
+    const int L = spec_.depth;
+    e.state = st;
+    const int64_t G = st->weights[0].size(0), n = in.n;
+    const int64_t p = st->pending(), b = spec_.chunk_size;
+    shape_.depth = L;
+    shape_.head_dim = static_cast<int>(in.head_dim);
+    shape_.hidden =
+        L > 1 ? static_cast<int>(st->weights[0].size(1)) : static_cast<int>(in.head_dim);
+    shape_.chunk = spec_.chunk_size;
+    shape_.gelu = spec_.activation == Activation::kGELU;
+    shape_.residual = spec_.residual;
+    shape_.max_weight_rms = static_cast<float>(spec_.max_weight_rms);
+    device_ = options.device();
+
+    const bool closes = p + n >= b;
+    const int64_t rows = closes ? b : p + n;
+    e.p_out = (p + n) % b;
+    for (int l = 0; l < L; ++l) {
+      e.w_in.push_back(st->weights[l].contiguous());
+      e.s_in.push_back(st->momentum[l].contiguous());
+      e.w_out.push_back(closes ? at::empty_like(e.w_in[l]) : e.w_in[l]);
+      e.s_out.push_back(closes ? at::empty_like(e.s_in[l]) : e.s_in[l]);
+      // The kernel uses these as the open chunk's rows: a whole chunk when it closes one, else
+      // exactly the rows it writes (so the pending rows a session keeps are all it holds).
+      e.z_out.push_back(at::empty({G, rows, e.w_in[l].size(2)}, options));
+      e.d_out.push_back(at::empty({G, rows, e.w_in[l].size(1)}, options));
+      const at::Tensor& z = st->pending_inputs[l];
+      const at::Tensor& dl = st->pending_deltas[l];
+      TORCH_CHECK(p == 0 || (z.stride(2) == 1 && z.stride(1) == z.size(2) && dl.stride(2) == 1 &&
+                             dl.stride(1) == dl.size(2)),
+                  "pending rows must be row-contiguous");
+    }
+    if (p > 0) {
+      e.gates_prev = at::stack({st->pending_gates.log_keep, st->pending_gates.log_eta,
+                                st->pending_gates.theta},
+                               2)
+                         .contiguous();  // [G, p, 3]
+    }
+    e.gates_out = at::empty({G, rows, 3}, options);
+
+    for (int64_t g = 0; g < G; ++g) {
+      kernels::MemoryTask t;
+      for (int l = 0; l < L; ++l) {
+        t.weights_in[l] = e.w_in[l].data_ptr<float>() + g * e.w_in[l].stride(0);
+        t.momentum_in[l] = e.s_in[l].data_ptr<float>() + g * e.s_in[l].stride(0);
+        t.weights_out[l] = e.w_out[l].data_ptr<float>() + g * e.w_out[l].stride(0);
+        t.momentum_out[l] = e.s_out[l].data_ptr<float>() + g * e.s_out[l].stride(0);
+        if (p > 0) {
+          const at::Tensor& z = st->pending_inputs[l];
+          const at::Tensor& dl = st->pending_deltas[l];
+          t.pending_inputs_in[l] = z.data_ptr<float>() + g * z.stride(0);
+          t.pending_deltas_in[l] = dl.data_ptr<float>() + g * dl.stride(0);
+        }
+        t.pending_inputs_out[l] = e.z_out[l].data_ptr<float>() + g * e.z_out[l].stride(0);
+        t.pending_deltas_out[l] = e.d_out[l].data_ptr<float>() + g * e.d_out[l].stride(0);
+      }
+      if (p > 0) t.pending_gates_in = e.gates_prev.data_ptr<float>() + g * e.gates_prev.stride(0);
+      t.pending_gates_out = e.gates_out.data_ptr<float>() + g * e.gates_out.stride(0);
+      t.pending_in = static_cast<int>(p);
+      t.n = static_cast<int>(n);
+      t.keys = in.k + in.kvq.Offset(g);
+      t.values = in.v + in.kvq.Offset(g);
+      t.queries = in.q + in.kvq.Offset(g);
+      t.kvq_stride = in.kvq.row_stride;
+      t.log_keep = in.log_keep + in.gate.Offset(g);
+      t.log_eta = in.log_eta + in.gate.Offset(g);
+      t.theta = in.theta + in.gate.Offset(g);
+      t.gate_stride = in.gate.row_stride;
+      t.output = in.y + in.out.Offset(g);
+      t.output_stride = in.out.row_stride;
+      tasks_.push_back(t);
+    }
+    entries_.push_back(std::move(e));
+  }
+
   MemorySpec spec_;
   kernels::MemoryShape shape_;
   at::Device device_ = at::kCPU;
@@ -379,6 +444,32 @@ std::vector<at::Tensor> MemoryWriteReadMany(const MemorySpec& spec,
     ys.push_back(MemoryWriteReadTorch(spec, states[i], in.k, in.v, in.q, in.gates));
   }
   return ys;
+}
+
+bool MemoryKernelApplies(const std::vector<MemoryState*>& states, const at::Tensor& k) {
+  for (const MemoryState* st : states) {
+    if (!KernelApplies(*st, k)) return false;
+  }
+  return true;
+}
+
+at::Tensor MemoryWriteReadPacked(const MemorySpec& spec, int64_t heads,
+                                 const std::vector<MemoryState*>& states,
+                                 const std::vector<PackedRows>& rows, const at::Tensor& k,
+                                 const at::Tensor& v, const at::Tensor& q,
+                                 const MemoryGates& gates) {
+  TORCH_CHECK(states.size() == rows.size(), "one row range per state");
+  TORCH_CHECK(MemoryKernelApplies(states, k), "MemoryWriteReadPacked needs the fused kernel");
+  const at::Tensor kc = k.contiguous(), vc = v.contiguous(), qc = q.contiguous();
+  const MemoryGates gc{gates.log_keep.contiguous(), gates.log_eta.contiguous(),
+                       gates.theta.contiguous()};
+  at::Tensor y = at::empty_like(kc);
+  KernelBatch batch(spec);
+  for (size_t i = 0; i < states.size(); ++i) {
+    batch.AddPacked(states[i], rows[i].begin, rows[i].length, heads, kc, vc, qc, gc, y);
+  }
+  batch.Run();
+  return y;
 }
 
 at::Tensor MemoryWriteReadTorch(const MemorySpec& spec, MemoryState* state, const at::Tensor& k,

@@ -85,6 +85,24 @@ std::vector<at::Tensor> MemoryWriteReadMany(const MemorySpec& spec,
                                             const std::vector<MemoryState*>& states,
                                             const std::vector<MemoryInputs>& inputs);
 
+// Whether MemoryWriteReadPacked can run for these states and inputs (float32 inference on a
+// device with the fused kernel).
+bool MemoryKernelApplies(const std::vector<MemoryState*>& states, const at::Tensor& k);
+
+// MemoryWriteReadMany over streams packed along time, without per-stream copies: k, v, q
+// [B, T, heads * d] and gates [B, T, heads] hold every stream's rows; states[i] (G = B * heads
+// groups) receives rows [rows[i].begin, rows[i].begin + rows[i].length). Returns y [B, T,
+// heads * d] (rows of no stream are left unset). The same bits as MemoryWriteReadMany over the
+// streams' grouped rows. Requires MemoryKernelApplies (TORCH_CHECK).
+struct PackedRows {
+  int64_t begin, length;
+};
+at::Tensor MemoryWriteReadPacked(const MemorySpec& spec, int64_t heads,
+                                 const std::vector<MemoryState*>& states,
+                                 const std::vector<PackedRows>& rows, const at::Tensor& k,
+                                 const at::Tensor& v, const at::Tensor& q,
+                                 const MemoryGates& gates);
+
 // The same in plain LibTorch ops: differentiable, any dtype / device; the kernels' reference.
 at::Tensor MemoryWriteReadTorch(const MemorySpec& spec, MemoryState* state, const at::Tensor& k,
                                 const at::Tensor& v, const at::Tensor& q, const MemoryGates& gates);

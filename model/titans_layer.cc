@@ -1,5 +1,8 @@
 #include "model/titans_layer.h"
 
+#include <vector>
+
+#include "kernels/sequence_kernels.h"
 #include "model/memory_math.h"
 #include "model/ops.h"
 
@@ -35,12 +38,43 @@ at::Tensor PerSlice(const std::vector<StreamSlice>& slices, const at::Tensor& x,
   return at::cat(parts, 1);
 }
 
-// The causal conv, each slice with its own tail (`tail` selects which of the layer's tails).
+// Whether the sequence kernels (kernels/sequence_kernels.h) run this call: float32 CPU
+// inference. Training (autograd), double precision and other devices take the LibTorch form.
+bool SequenceKernelsApply(const at::Tensor& x, const at::Tensor& weight) {
+  const bool inference =
+      !at::GradMode::is_enabled() || (!x.requires_grad() && !weight.requires_grad());
+  return inference && x.device().is_cpu() && weight.device().is_cpu() &&
+         x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat;
+}
+
+// The causal conv, each slice with its own tail (`tail` selects which of the layer's tails):
+// one kernel call for all slices, or LibTorch per slice.
 at::Tensor ConvSlices(const std::vector<StreamSlice>& slices, const at::Tensor& x,
                       const at::Tensor& taps, at::Tensor LayerState::*tail) {
-  return PerSlice(slices, x, [&](const StreamSlice& s, const at::Tensor& rows) {
-    return CausalConv(rows, taps, &(s.state->*tail));
-  });
+  if (!SequenceKernelsApply(x, taps)) {
+    return PerSlice(slices, x, [&](const StreamSlice& s, const at::Tensor& rows) {
+      return CausalConv(rows, taps, &(s.state->*tail));
+    });
+  }
+  const int64_t B = x.size(0), T = x.size(1), C = x.size(2), K = taps.size(1);
+  const at::Tensor xc = x.contiguous(), w = taps.contiguous();
+  at::Tensor y = at::empty_like(xc);
+  std::vector<at::Tensor> old_tails, new_tails;  // keep the old tails alive through the call
+  std::vector<kernels::ConvStream> streams;
+  for (const StreamSlice& s : slices) {
+    old_tails.push_back((s.state->*tail).contiguous());  // [B, K-1, C]
+    new_tails.push_back(at::empty({B, K - 1, C}, xc.options()));
+    for (int64_t b = 0; b < B; ++b) {
+      streams.push_back(kernels::ConvStream{b * T + s.begin, s.length,
+                                            old_tails.back().data_ptr<float>() + b * (K - 1) * C,
+                                            new_tails.back().data_ptr<float>() + b * (K - 1) * C});
+    }
+  }
+  kernels::RaggedCausalConv(xc.data_ptr<float>(), C, w.data_ptr<float>(), static_cast<int>(K),
+                            streams.data(), static_cast<int64_t>(streams.size()),
+                            y.data_ptr<float>());
+  for (size_t i = 0; i < slices.size(); ++i) slices[i].state->*tail = std::move(new_tails[i]);
+  return y;
 }
 
 at::Tensor L2Normalize(const at::Tensor& x) {
@@ -141,10 +175,58 @@ at::Tensor WindowAttention(const ModelConfig& c, const AttentionParams& a,
   const at::Tensor qx = Linear(x, a.wq), kx = Linear(x, a.wk), vx = Linear(x, a.wv);
   const std::pair<at::Tensor, at::Tensor> persistent = PersistentKV(c, a, x.size(0));
   const at::Tensor &pk = persistent.first, &pv = persistent.second;  // the lambda captures these
-  at::Tensor heads = PerSlice(slices, x, [&](const StreamSlice& s, const at::Tensor&) {
-    auto rows = [&](const at::Tensor& t) { return RowsOf(slices, s, t); };
-    return SlidingWindowHeads(c, s.state, rows(qx), rows(kx), rows(vx), s.position, pk, pv);
-  });
+  if (!SequenceKernelsApply(x, a.wq)) {
+    at::Tensor heads = PerSlice(slices, x, [&](const StreamSlice& s, const at::Tensor&) {
+      auto rows = [&](const at::Tensor& t) { return RowsOf(slices, s, t); };
+      return SlidingWindowHeads(c, s.state, rows(qx), rows(kx), rows(vx), s.position, pk, pv);
+    });
+    return Linear(heads, a.wo);
+  }
+  // One kernel call for every slice (kernels/sequence_kernels.h): the same attention, each
+  // token's work in an order fixed by its absolute position.
+  const int64_t B = x.size(0), T = x.size(1), H = c.num_heads, dh = c.head_dim;
+  kernels::WindowShape shape;
+  shape.heads = static_cast<int>(H);
+  shape.head_dim = static_cast<int>(dh);
+  shape.window = static_cast<int>(c.attention.window);
+  shape.persistent = pk.defined() ? static_cast<int>(pk.size(2)) : 0;
+  shape.rope_theta = c.attention.rope_theta;
+  const at::Tensor pkc = pk.defined() ? pk.select(0, 0).contiguous() : at::Tensor();
+  const at::Tensor pvc = pv.defined() ? pv.select(0, 0).contiguous() : at::Tensor();
+  at::Tensor heads = at::empty_like(qx);
+  std::vector<at::Tensor> old_k, old_v, new_k, new_v;  // keep the old caches alive
+  std::vector<kernels::AttentionStream> streams;
+  for (const StreamSlice& s : slices) {
+    LayerState* st = s.state;
+    old_k.push_back(st->attn_k.contiguous());  // [B, H, cached, dh]
+    old_v.push_back(st->attn_v.contiguous());
+    const int64_t cached = old_k.back().size(2);
+    const int64_t keep = std::min<int64_t>(c.attention.window - 1, cached + s.length);
+    new_k.push_back(at::empty({B, H, keep, dh}, qx.options()));
+    new_v.push_back(at::empty({B, H, keep, dh}, qx.options()));
+    for (int64_t b = 0; b < B; ++b) {
+      kernels::AttentionStream a_s;
+      a_s.begin = b * T + s.begin;
+      a_s.length = s.length;
+      a_s.position = s.position;
+      a_s.cache_k = old_k.back().data_ptr<float>() + b * H * cached * dh;
+      a_s.cache_v = old_v.back().data_ptr<float>() + b * H * cached * dh;
+      a_s.cached = cached;
+      a_s.cache_k_out = new_k.back().data_ptr<float>() + b * H * keep * dh;
+      a_s.cache_v_out = new_v.back().data_ptr<float>() + b * H * keep * dh;
+      streams.push_back(a_s);
+    }
+  }
+  const at::Tensor q = qx.contiguous(), k = kx.contiguous(), v = vx.contiguous();
+  kernels::RaggedWindowAttention(shape, q.data_ptr<float>(), k.data_ptr<float>(),
+                                 v.data_ptr<float>(),
+                                 pkc.defined() ? pkc.data_ptr<float>() : nullptr,
+                                 pvc.defined() ? pvc.data_ptr<float>() : nullptr, streams.data(),
+                                 static_cast<int64_t>(streams.size()), heads.data_ptr<float>());
+  for (size_t i = 0; i < slices.size(); ++i) {
+    slices[i].state->attn_k = std::move(new_k[i]);
+    slices[i].state->attn_v = std::move(new_v[i]);
+  }
   return Linear(heads, a.wo);
 }
 
@@ -210,18 +292,28 @@ at::Tensor NeuralMemoryForward(const ModelConfig& c, const NeuralMemoryParams& p
   at::Tensor theta = c.memory.theta_max * at::sigmoid(Linear(x, p.theta_w) + p.theta_b);
   // One memory update for all slices (one kernel call).
   std::vector<MemoryState*> states;
-  std::vector<MemoryInputs> inputs;
-  for (const StreamSlice& s : slices) {
-    auto rows = [&](const at::Tensor& t) { return RowsOf(slices, s, t); };
-    states.push_back(&s.state->memory);
-    inputs.push_back(MemoryInputs{ToGroups(rows(k), H), ToGroups(rows(v), H), ToGroups(rows(q), H),
-                                  MemoryGates{GateGroups(rows(log_keep)), GateGroups(rows(log_eta)),
-                                              GateGroups(rows(theta))}});
+  for (const StreamSlice& s : slices) states.push_back(&s.state->memory);
+  const MemorySpec spec = MemorySpec::FromConfig(c.memory);
+  at::Tensor y;
+  if (MemoryKernelApplies(states, k)) {
+    // The kernel reads every slice's heads in place from the packed rows.
+    std::vector<PackedRows> rows;
+    for (const StreamSlice& s : slices) rows.push_back(PackedRows{s.begin, s.length});
+    y = MemoryWriteReadPacked(spec, H, states, rows, k, v, q,
+                              MemoryGates{log_keep, log_eta, theta});
+  } else {
+    std::vector<MemoryInputs> inputs;
+    for (const StreamSlice& s : slices) {
+      auto rows = [&](const at::Tensor& t) { return RowsOf(slices, s, t); };
+      inputs.push_back(
+          MemoryInputs{ToGroups(rows(k), H), ToGroups(rows(v), H), ToGroups(rows(q), H),
+                       MemoryGates{GateGroups(rows(log_keep)), GateGroups(rows(log_eta)),
+                                   GateGroups(rows(theta))}});
+    }
+    std::vector<at::Tensor> ys = MemoryWriteReadMany(spec, states, inputs);
+    for (at::Tensor& part : ys) part = FromGroups(part, B);
+    y = ys.size() == 1 ? ys[0] : at::cat(ys, 1);
   }
-  std::vector<at::Tensor> ys =
-      MemoryWriteReadMany(MemorySpec::FromConfig(c.memory), states, inputs);
-  for (at::Tensor& y : ys) y = FromGroups(y, B);
-  at::Tensor y = ys.size() == 1 ? ys[0] : at::cat(ys, 1);
   // Per-head RMSNorm, then o = W_o(norm(y) * SiLU(W_g x)).
   at::Tensor y_heads = y.reshape({B, T, H, c.head_dim});
   at::Tensor normed =

@@ -249,5 +249,62 @@ TEST(MemoryWriteRead, ChunkedGradientMatchesPerTokenAutograd) {
   }
 }
 
+// The packed form reads each stream's heads in place from [B, T, H * d] rows; it must give the
+// same bits (outputs and states) as the grouped form over each stream's own rows, for streams
+// with different pending rows, lengths that close chunks and lengths that do not.
+TEST(MemoryWriteReadPacked, SameBitsAsGroupedStreams) {
+  at::NoGradGuard no_grad;
+  MemorySpec spec{2, Activation::kSiLU, false, 4};
+  const int64_t H = 3, d = 8, hidden = 16;
+  const std::vector<int64_t> history = {0, 1, 3, 2}, lengths = {5, 1, 2, 9};
+  std::vector<MemoryState> packed_states, grouped_states;
+  for (size_t i = 0; i < history.size(); ++i) {
+    torch::manual_seed(100 + i);
+    MemoryState st = NewMemoryState(RandomInit(spec, H, d, hidden, at::kFloat));
+    if (history[i] > 0) {
+      Inputs pre = RandomInputs(H, history[i], d, at::kFloat, 200 + i);
+      MemoryWriteRead(spec, &st, pre.k, pre.v, pre.q, GatesOf(pre, 0, history[i]));
+    }
+    packed_states.push_back(st);
+    grouped_states.push_back(st);
+  }
+  int64_t total = 0;
+  for (int64_t n : lengths) total += n;
+  Inputs in = RandomInputs(H, total, d, at::kFloat, 300);  // [H, total, d] as groups
+  // The packed layout of the same numbers: [1, total, H * d] and gates [1, total, H].
+  auto pack = [](const at::Tensor& g) { return g.transpose(0, 1).reshape({1, g.size(1), -1}); };
+  auto pack_gate = [&](const at::Tensor& g) { return g.t().reshape({1, total, H}).contiguous(); };
+  const MemoryGates all_gates = GatesOf(in, 0, total);
+  std::vector<MemoryState*> states;
+  std::vector<PackedRows> rows;
+  int64_t begin = 0;
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    states.push_back(&packed_states[i]);
+    rows.push_back(PackedRows{begin, lengths[i]});
+    begin += lengths[i];
+  }
+  at::Tensor y =
+      MemoryWriteReadPacked(spec, H, states, rows, pack(in.k), pack(in.v), pack(in.q),
+                            MemoryGates{pack_gate(all_gates.log_keep), pack_gate(all_gates.log_eta),
+                                        pack_gate(all_gates.theta)});
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    const int64_t b = rows[i].begin, e = b + rows[i].length;
+    at::Tensor y_grouped =
+        MemoryWriteRead(spec, &grouped_states[i], in.k.slice(1, b, e), in.v.slice(1, b, e),
+                        in.q.slice(1, b, e), GatesOf(in, b, e));
+    EXPECT_TRUE(at::equal(y.slice(1, b, e), pack(y_grouped))) << "stream " << i;
+    const MemoryState &a = packed_states[i], &g = grouped_states[i];
+    ASSERT_EQ(a.pending(), g.pending());
+    for (int l = 0; l < spec.depth; ++l) {
+      EXPECT_TRUE(at::equal(a.weights[l], g.weights[l])) << "stream " << i << " layer " << l;
+      EXPECT_TRUE(at::equal(a.momentum[l], g.momentum[l]));
+      EXPECT_TRUE(at::equal(a.pending_inputs[l], g.pending_inputs[l]));
+      EXPECT_TRUE(at::equal(a.pending_deltas[l], g.pending_deltas[l]));
+    }
+    EXPECT_TRUE(at::equal(a.pending_gates.theta, g.pending_gates.theta));
+    EXPECT_TRUE(at::equal(a.pending_gates.log_keep, g.pending_gates.log_keep));
+  }
+}
+
 }  // namespace
 }  // namespace titans

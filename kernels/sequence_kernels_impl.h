@@ -1,0 +1,142 @@
+// The sequence kernels (sequence_kernels.h), written once and compiled per instruction set:
+// each sequence_kernels_<isa>.cc defines TITANS_KERNEL_ISA and includes this file. Plain loops
+// that the compiler vectorises where it can without reassociating (reductions stay in order),
+// built with -ffp-contract=off. Not a public header.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "kernels/sequence_kernels.h"
+
+namespace titans::kernels::TITANS_KERNEL_ISA {
+
+// One stream's conv, channels [c0, c1) of its rows.
+void ConvStreamRows(const float* x, int64_t channels, const float* w, int taps, const ConvStream& s,
+                    float* y) {
+  const int64_t before = taps - 1;
+  // Input i of x' = tail ++ rows: tail row i for i < before, else row begin + i - before.
+  auto input = [&](int64_t i) {
+    return i < before ? s.tail + i * channels : x + (s.begin + i - before) * channels;
+  };
+  for (int64_t t = 0; t < s.length; ++t) {
+    float* out = y + (s.begin + t) * channels;
+    const float* first = input(t);
+    for (int64_t c = 0; c < channels; ++c) out[c] = first[c] * w[c * taps];
+    for (int i = 1; i < taps; ++i) {
+      const float* in = input(t + i);
+      for (int64_t c = 0; c < channels; ++c) out[c] = out[c] + in[c] * w[c * taps + i];
+    }
+  }
+  for (int64_t i = 0; i < before; ++i) {  // the new tail: inputs length .. length + before - 1
+    std::memcpy(s.tail_out + i * channels, input(s.length + i), channels * sizeof(float));
+  }
+}
+
+// Rotates one head's row (head_dim floats) by the angles whose cos / sin are given (half each):
+// out = [x1 cos - x2 sin, x2 cos + x1 sin].
+inline void Rotate(const float* x, const float* cos, const float* sin, int half, float* out) {
+  for (int i = 0; i < half; ++i) {
+    const float x1 = x[i], x2 = x[half + i];
+    out[i] = x1 * cos[i] - x2 * sin[i];
+    out[half + i] = x2 * cos[i] + x1 * sin[i];
+  }
+}
+
+// cos / sin (half each, rounded from double) of the rotary angles at `position`.
+inline void RotaryAngles(const double* inv_freq, int half, int64_t position, float* cos,
+                         float* sin) {
+  for (int i = 0; i < half; ++i) {
+    const double angle = static_cast<double>(position) * inv_freq[i];
+    cos[i] = static_cast<float>(std::cos(angle));
+    sin[i] = static_cast<float>(std::sin(angle));
+  }
+}
+
+inline float Dot(const float* a, const float* b, int n) {
+  float acc = 0;
+  for (int i = 0; i < n; ++i) acc = acc + a[i] * b[i];
+  return acc;
+}
+
+// Phase 1 of the attention for one stream: its new keys, rotated, into rotated_k (rows of
+// heads * head_dim, at the stream's rows), and its cache after the call.
+void RotateStreamKeys(const WindowShape& sh, const double* inv_freq, const float* k, const float* v,
+                      const AttentionStream& s, float* rotated_k) {
+  const int H = sh.heads, dh = sh.head_dim, half = dh / 2;
+  const int64_t hd = static_cast<int64_t>(H) * dh;
+  float cos[256], sin[256];
+  for (int64_t t = 0; t < s.length; ++t) {
+    RotaryAngles(inv_freq, half, s.position + t, cos, sin);
+    const int64_t row = (s.begin + t) * hd;
+    for (int h = 0; h < H; ++h) Rotate(k + row + h * dh, cos, sin, half, rotated_k + row + h * dh);
+  }
+  const int64_t total = s.cached + s.length;
+  const int64_t keep = std::min<int64_t>(sh.window - 1, total);
+  for (int h = 0; h < H; ++h) {
+    for (int64_t i = 0; i < keep; ++i) {
+      const int64_t j = total - keep + i;  // index in cache ++ new
+      float* kd = s.cache_k_out + (h * keep + i) * dh;
+      float* vd = s.cache_v_out + (h * keep + i) * dh;
+      if (j < s.cached) {
+        std::memcpy(kd, s.cache_k + (h * s.cached + j) * dh, dh * sizeof(float));
+        std::memcpy(vd, s.cache_v + (h * s.cached + j) * dh, dh * sizeof(float));
+      } else {
+        const int64_t row = (s.begin + j - s.cached) * hd + h * dh;
+        std::memcpy(kd, rotated_k + row, dh * sizeof(float));
+        std::memcpy(vd, v + row, dh * sizeof(float));
+      }
+    }
+  }
+}
+
+// Phase 2: the attention of token t of stream s, all heads, into out's row.
+void AttendRow(const WindowShape& sh, const double* inv_freq, const float* q,
+               const float* rotated_k, const float* v, const float* pk, const float* pv,
+               const AttentionStream& s, int64_t t, float* scores, float* out) {
+  const int H = sh.heads, dh = sh.head_dim, half = dh / 2, P = sh.persistent;
+  const int64_t hd = static_cast<int64_t>(H) * dh;
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(dh)));
+  const int64_t self = s.cached + t;  // this token's index in cache ++ new
+  const int64_t first = std::max<int64_t>(0, self - (sh.window - 1));
+  const int64_t visible = self - first + 1;
+  float cos[256], sin[256], q_rot[512];
+  RotaryAngles(inv_freq, half, s.position + t, cos, sin);
+  const int64_t row = (s.begin + t) * hd;
+  for (int h = 0; h < H; ++h) {
+    const float* q_plain = q + row + h * dh;
+    Rotate(q_plain, cos, sin, half, q_rot);
+    auto key = [&](int64_t j) {
+      return j < s.cached ? s.cache_k + (h * s.cached + j) * dh
+                          : rotated_k + (s.begin + j - s.cached) * hd + h * dh;
+    };
+    auto value = [&](int64_t j) {
+      return j < s.cached ? s.cache_v + (h * s.cached + j) * dh
+                          : v + (s.begin + j - s.cached) * hd + h * dh;
+    };
+    float max = -std::numeric_limits<float>::infinity();
+    for (int p = 0; p < P; ++p) {
+      scores[p] = Dot(q_plain, pk + (static_cast<int64_t>(h) * P + p) * dh, dh) * scale;
+      max = std::max(max, scores[p]);
+    }
+    for (int64_t i = 0; i < visible; ++i) {
+      scores[P + i] = Dot(q_rot, key(first + i), dh) * scale;
+      max = std::max(max, scores[P + i]);
+    }
+    const int64_t n = P + visible;
+    float sum = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      scores[i] = std::exp(scores[i] - max);
+      sum = sum + scores[i];
+    }
+    float* o = out + row + h * dh;
+    for (int d = 0; d < dh; ++d) o[d] = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const float weight = scores[i] / sum;
+      const float* val = i < P ? pv + (static_cast<int64_t>(h) * P + i) * dh : value(first + i - P);
+      for (int d = 0; d < dh; ++d) o[d] = o[d] + weight * val[d];
+    }
+  }
+}
+
+}  // namespace titans::kernels::TITANS_KERNEL_ISA
