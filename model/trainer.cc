@@ -73,6 +73,16 @@ absl::Status ValidateTrainOptions(const TrainOptions& o) {
   if (o.long_passkey_fraction > 0 && o.stream_segments < 2) {
     return bad("long_passkey_fraction needs stream_segments >= 2");
   }
+  if (!(o.long_recall_fraction >= 0 && o.long_recall_fraction <= 1) ||
+      o.long_passkey_fraction + o.long_recall_fraction > 1) {
+    return bad("long_recall_fraction must be in [0, 1 - long_passkey_fraction]");
+  }
+  if (o.long_recall_fraction > 0 && o.stream_segments < 2) {
+    return bad("long_recall_fraction needs stream_segments >= 2");
+  }
+  if (o.long_recall_fraction > 0 && o.seq_len < 160) {
+    return bad("long_recall_fraction needs seq_len >= 160 (facts and questions fit a segment)");
+  }
   if (o.long_passkey_fraction > 0 && o.seq_len < 160) {
     return bad("long_passkey_fraction needs seq_len >= 160 (needle and question fit a segment)");
   }
@@ -311,8 +321,25 @@ Trainer::RowContent Trainer::LongPasskeyRow(LongPasskey* task, int64_t segment, 
   };
   std::string row;
   RowContent content;
+  // What segment 0 plants and what the asking segment ends with (answers: offsets in `ask`).
+  std::string needle, ask;
+  std::vector<int64_t> ask_answers;
+  if (task->facts.empty()) {
+    needle = PasskeyNeedle(task->key);
+    ask = kPasskeyQuestion;
+    for (int64_t i = 0; i < 5; ++i) ask_answers.push_back(static_cast<int64_t>(ask.size()) + i);
+    ask += task->key + ".";
+  } else {
+    for (const auto& [key, value] : task->facts) absl::StrAppend(&needle, key, "=", value, ", ");
+    ask = " Recall: ";
+    for (size_t i : task->asked) {
+      absl::StrAppend(&ask, task->facts[i].first, "=");
+      ask_answers.push_back(static_cast<int64_t>(ask.size()));
+      ask_answers.push_back(static_cast<int64_t>(ask.size()) + 1);
+      absl::StrAppend(&ask, task->facts[i].second, ", ");
+    }
+  }
   if (segment == 0) {
-    const std::string needle = PasskeyNeedle(task->key);
     const int64_t hay = length - static_cast<int64_t>(needle.size());
     std::uniform_int_distribution<int64_t> at(0, std::max<int64_t>(0, hay));
     const int64_t before = at(rng_);
@@ -320,12 +347,9 @@ Trainer::RowContent Trainer::LongPasskeyRow(LongPasskey* task, int64_t segment, 
     row += needle;
     row += filler(hay - before);
   } else if (segment == task->ask_segment) {
-    const std::string question = kPasskeyQuestion;
-    const std::string answer = task->key + ".";
-    row = filler(length - static_cast<int64_t>(question.size() + answer.size()));
-    row += question;
-    for (size_t i = 0; i < 5; ++i) content.answers.push_back(static_cast<int64_t>(row.size() + i));
-    row += answer;
+    row = filler(length - static_cast<int64_t>(ask.size()));
+    for (int64_t j : ask_answers) content.answers.push_back(static_cast<int64_t>(row.size()) + j);
+    row += ask;
   } else {
     row = filler(length);
   }
@@ -358,11 +382,30 @@ Trainer::Batch Trainer::SampleBatch(bool streaming) {
     std::vector<int32_t> row;      // T + 1 tokens: inputs [0, T), targets [1, T]
     std::vector<int64_t> answers;  // indices into row
     LongPasskey* long_task = streaming ? &long_passkey_[static_cast<size_t>(b)] : nullptr;
-    if (fresh && long_task != nullptr && options_.long_passkey_fraction > 0 &&
+    if (fresh && long_task != nullptr &&
+        options_.long_passkey_fraction + options_.long_recall_fraction > 0 &&
         model_->config().tokenizer.type == "byte") {
       std::uniform_real_distribution<double> unit(0.0, 1.0);
-      if (unit(rng_) < options_.long_passkey_fraction) {
+      const double kind = unit(rng_);
+      if (kind < options_.long_passkey_fraction + options_.long_recall_fraction) {
         long_task->active = true;
+        long_task->facts.clear();
+        long_task->asked.clear();
+        if (kind >= options_.long_passkey_fraction) {  // a recall task: 2..8 distinct keys
+          std::uniform_int_distribution<int> count(2, 8), letter(0, 25), digit(0, 9);
+          const int n = count(rng_);
+          std::set<std::string> used;
+          while (static_cast<int>(long_task->facts.size()) < n) {
+            std::string key = {static_cast<char>('a' + letter(rng_)),
+                               static_cast<char>('a' + letter(rng_)),
+                               static_cast<char>('a' + letter(rng_))};
+            if (!used.insert(key).second) continue;
+            long_task->facts.emplace_back(key, std::string{static_cast<char>('0' + digit(rng_)),
+                                                           static_cast<char>('0' + digit(rng_))});
+          }
+          for (int i = 0; i < n; ++i) long_task->asked.push_back(static_cast<size_t>(i));
+          std::shuffle(long_task->asked.begin(), long_task->asked.end(), rng_);
+        }
         long_task->noise = unit(rng_) < options_.passkey_noise_fraction;
         std::uniform_int_distribution<int> digit(0, 9);
         long_task->key.clear();

@@ -61,6 +61,11 @@ struct TrainOptions {
   // across up to stream_segments x seq_len bytes (the gradient stays inside the asking segment:
   // it trains the read and the haystack writes just before it). 0 = none.
   double long_passkey_fraction = 0.0;
+  // Stream mode only: share of stream rows that are one long multi-fact recall task, like a long
+  // passkey: 2 to 8 key-value facts ("kqz=47, ...") at a random place in the first segment, and
+  // a later segment ends with " Recall: " and every key again, in another order, each followed
+  // by its value (the answers). Trains reading several associations back across segments.
+  double long_recall_fraction = 0.0;
   int64_t eval_every = 100;        // steps between held-out evaluations (0 = never)
   int64_t eval_sequences = 16;     // held-out windows per evaluation
   int64_t checkpoint_every = 200;  // steps between checkpoints (0 = only at the end)
@@ -182,8 +187,11 @@ class Trainer {
   // Stream mode: a row's long passkey task (long_passkey_fraction), drawn at the stream's start.
   struct LongPasskey {
     bool active = false;
-    bool noise = false;       // the filler is PasskeyNoise (else the row's passage of text)
-    std::string key;          // 5 digits
+    bool noise = false;  // the filler is PasskeyNoise (else the row's passage of text)
+    std::string key;     // 5 digits
+    // A recall task instead of a passkey when not empty: the facts, and the order asked.
+    std::vector<std::pair<std::string, std::string>> facts;
+    std::vector<size_t> asked;
     int64_t ask_segment = 0;  // the segment (0-based) that ends with the question
     int64_t noise_phase = 0;  // where in the noise cycle the next filler byte is
   };

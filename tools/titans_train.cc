@@ -48,6 +48,9 @@ ABSL_FLAG(int64_t, stream_segments, 1,
 ABSL_FLAG(double, long_passkey_fraction, 0.0,
           "with --stream_segments: share of stream rows that are one passkey task whose needle "
           "is in the first segment and whose question ends a later one");
+ABSL_FLAG(double, long_recall_fraction, 0.0,
+          "with --stream_segments: share of stream rows that are one multi-fact recall task "
+          "(2-8 key=value facts in the first segment, every key asked at the end of a later one)");
 ABSL_FLAG(double, test_fraction, 0.05, "held-out share at the end of each file");
 ABSL_FLAG(int64_t, eval_every, 100, "steps between held-out evaluations");
 ABSL_FLAG(int64_t, eval_sequences, 16, "held-out windows per evaluation");
@@ -83,6 +86,7 @@ int main(int argc, char** argv) {
   options.seed = absl::GetFlag(FLAGS_seed);
   options.stream_segments = absl::GetFlag(FLAGS_stream_segments);
   options.long_passkey_fraction = absl::GetFlag(FLAGS_long_passkey_fraction);
+  options.long_recall_fraction = absl::GetFlag(FLAGS_long_recall_fraction);
   if (absl::Status valid = titans::ValidateTrainOptions(options); !valid.ok()) {
     return fail("bad options: " + std::string(valid.message()));
   }

@@ -6,7 +6,9 @@
 
 #include <cctype>
 #include <filesystem>
+#include <map>
 #include <random>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "model/params.h"
@@ -308,6 +310,57 @@ TEST(Trainer, LongPasskeysSpanStreamSegments) {
           EXPECT_GE(answer_losses[k], 0) << "segment " << k;
         }
       }
+    }
+  }
+}
+
+// Long recall: each row plants 2-8 facts in its first segment; exactly one later segment ends
+// with " Recall: " and every key again, in another order, each followed by the value it was given.
+TEST(Trainer, LongRecallFactsSpanStreamSegments) {
+  auto model = MakeModel(TinyConfig(Variant::kLMM), 3);
+  TextCorpus corpus = TextCorpus::FromString(RepetitiveText(), 0.1);
+  TrainOptions o = TinyOptions(8);
+  o.batch = 3;
+  o.seq_len = 200;
+  o.passkey_fraction = 0;
+  o.stream_segments = 4;
+  o.long_recall_fraction = 1;
+  o.passkey_noise_fraction = 1;  // noise filler: no '=' of its own
+  Trainer trainer(model.get(), &corpus, o, "");
+  auto to_string = [](const at::Tensor& row) {
+    std::string s;
+    for (int64_t i = 0; i < row.size(0); ++i) s += static_cast<char>(row[i].item<int64_t>());
+    return s;
+  };
+  for (int stream = 0; stream < 2; ++stream) {
+    std::vector<std::string> rows(3);
+    for (int k = 0; k < 4; ++k) {
+      ASSERT_TRUE(trainer.Step().ok());
+      for (int64_t b = 0; b < 3; ++b) {
+        rows[b] += to_string(trainer.last_tokens()[b].slice(0, k == 0 ? 0 : 1));
+      }
+    }
+    for (int64_t b = 0; b < 3; ++b) {
+      const std::string& r = rows[b];
+      const size_t recall = r.find(" Recall: ");
+      ASSERT_NE(recall, std::string::npos) << "stream " << stream << " row " << b;
+      EXPECT_GE(recall, 201u) << "the questions are in a later segment";
+      // The facts: every "xyz=NN" before the questions (all in the first segment).
+      std::map<std::string, std::string> facts;
+      for (size_t at = r.find('='); at < recall; at = r.find('=', at + 1)) {
+        EXPECT_LT(at, 201u) << "facts are in the first segment";
+        facts[r.substr(at - 3, 3)] = r.substr(at + 1, 2);
+      }
+      ASSERT_GE(facts.size(), 2u);
+      ASSERT_LE(facts.size(), 8u);
+      std::set<std::string> asked;
+      for (size_t at = r.find('=', recall); at != std::string::npos; at = r.find('=', at + 1)) {
+        const std::string key = r.substr(at - 3, 3);
+        ASSERT_TRUE(facts.count(key)) << key;
+        EXPECT_EQ(r.substr(at + 1, 2), facts[key]) << key;
+        asked.insert(key);
+      }
+      EXPECT_EQ(asked.size(), facts.size()) << "every key is asked once";
     }
   }
 }

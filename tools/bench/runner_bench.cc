@@ -7,9 +7,11 @@
 // Per session count: that many slots each take a prompt, then --steps decode steps run with
 // every slot sampling (greedy) one token per step. Reported: aggregate decode tokens/s, the
 // ratio to the first session count's, time per step and per session-token, the share of it in
-// the memory kernel, and heap allocations per step (malloc and friends, counted by this binary's
+// the memory kernel, heap allocations per step (malloc and friends, counted by this binary's
 // own wrappers around glibc's allocator), whose growth with the session count is what issue 20
-// asks to remove.
+// asks to remove, and the bound the step is measured against in the same run: the memory
+// kernel's own time plus every dense layer of the model as one GEMM over all sessions' tokens at
+// the same shapes (the batch-invariant linear kernel, kernels/linear.h), per session-token.
 #include <malloc.h>
 
 #include <atomic>
@@ -23,6 +25,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/numbers.h"
+#include "kernels/linear.h"
 #include "model/determinism.h"
 #include "model/model_runner.h"
 #include "model/threading.h"
@@ -87,6 +90,38 @@ int Fail(const std::string& what) {
   return 1;
 }
 
+// The model's dense layers: every weight a token's rows are multiplied by ([out, in]), the tied
+// output head included.
+std::vector<at::Tensor> DenseWeights(const titans::TitansModel& model) {
+  titans::ModelParams params = model.params();  // shallow: ParamSlots wants a mutable struct
+  std::vector<at::Tensor> weights = {params.embedding};
+  for (const titans::ParamSlot& slot : titans::ParamSlots(model.config(), &params)) {
+    const bool dense = slot.init == titans::InitKind::kLinear ||
+                       slot.init == titans::InitKind::kGate ||
+                       slot.init == titans::InitKind::kOutput;
+    if (dense && slot.tensor->dim() == 2) weights.push_back(slot.tensor->contiguous());
+  }
+  return weights;
+}
+
+// Seconds for one pass of `rows` token rows through every dense weight, averaged over `reps`.
+double DenseSeconds(const std::vector<at::Tensor>& weights, int64_t rows, int reps) {
+  std::vector<at::Tensor> inputs, outputs;
+  for (const at::Tensor& w : weights) {
+    inputs.push_back(at::randn({rows, w.size(1)}));
+    outputs.push_back(at::empty({rows, w.size(0)}));
+  }
+  const auto start = std::chrono::steady_clock::now();
+  for (int r = 0; r < reps; ++r) {
+    for (size_t i = 0; i < weights.size(); ++i) {
+      titans::kernels::InvariantLinear(inputs[i].data_ptr<float>(), rows, weights[i].size(1),
+                                       weights[i].data_ptr<float>(), weights[i].size(0),
+                                       outputs[i].data_ptr<float>());
+    }
+  }
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / reps;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -108,8 +143,9 @@ int main(int argc, char** argv) {
   const int steps = absl::GetFlag(FLAGS_steps);
   std::printf("model %s, %d decode steps per row, threads: %s\n", (*model)->config().name.c_str(),
               steps, titans::DescribeThreads().c_str());
-  std::printf("%8s %12s %8s %10s %14s %8s %14s\n", "sessions", "tokens/s", "vs first", "ms/step",
-              "us/session-tok", "kernel", "allocs/step");
+  std::printf("%8s %12s %8s %10s %14s %8s %10s %8s %12s\n", "sessions", "tokens/s", "vs first",
+              "ms/step", "us/session-tok", "kernel", "bound us", "x bound", "allocs/step");
+  const std::vector<at::Tensor> dense = DenseWeights(**model);
   double first = 0;
   titans::SamplingParams greedy;
   greedy.temperature = 0;
@@ -148,9 +184,13 @@ int main(int argc, char** argv) {
     const double allocs = static_cast<double>(allocations.load() - allocs_before) / steps;
     const double tokens_per_second = static_cast<double>(n) * steps / seconds;
     if (first == 0) first = tokens_per_second;
-    std::printf("%8d %12.0f %7.2fx %10.3f %14.1f %7.1f%% %14.0f\n", n, tokens_per_second,
-                tokens_per_second / first, 1e3 * seconds / steps, 1e6 * seconds / steps / n,
-                100 * kernel / seconds, allocs);
+    // The bound: the kernel's time in these steps plus the dense layers at the same rows.
+    const double bound = kernel / steps + DenseSeconds(dense, n, steps);
+    const double per_token = seconds / steps / n;
+    std::printf("%8d %12.0f %7.2fx %10.3f %14.1f %7.1f%% %10.1f %7.2fx %12.0f\n", n,
+                tokens_per_second, tokens_per_second / first, 1e3 * seconds / steps,
+                1e6 * per_token, 100 * kernel / seconds, 1e6 * bound / n, per_token / (bound / n),
+                allocs);
   }
   return 0;
 }
