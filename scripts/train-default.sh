@@ -9,7 +9,10 @@
 #   2. 16 KiB streams: 2,048 stateful steps of 4 x 1,024 bytes (--stream_segments 16) of text with
 #      tasks, 30% of the rows one passkey whose question comes segments after its needle
 #      (--long_passkey_fraction), so keys are read back across up to 16 KiB;
-#   3. 64 KiB streams: 1,536 stateful steps, the same mixture over 64 segments.
+#   3. 64 KiB streams: 1,536 stateful steps, the same mixture over 64 segments;
+#   4. recall: 1,024 stateful steps of 16 KiB streams, half the rows one long task: a passkey
+#      (mostly in text) or 2-8 key=value facts (--long_recall_fraction), asked segments later, so
+#      several facts and keys in ordinary text are read back across up to 16 KiB.
 #
 # The Titans config (models/configs/titans-default.json) writes much harder than the first
 # default: memory.theta_max 0.1 with little momentum (eta ~ 0.12) and almost no forgetting
@@ -56,6 +59,10 @@ stages() {  # NAME CONFIG
     --steps 2048 --checkpoint_every 128 --eval_every 256 --lr 1e-3 --min_lr 2e-4 --seed 22
   run "$1-stream64" "$1" "${STREAM[@]}" --init "$RUNS/$1-stream16/model" --stream_segments 64 \
     --steps 1536 --checkpoint_every 128 --eval_every 256 --lr 3e-4 --min_lr 5e-5 --seed 23
+  run "$1-recall16" "$1" "${STREAM[@]}" --init "$RUNS/$1-stream64/model" --stream_segments 16 \
+    --passkey_fraction 0.1 --recall_fraction 0.1 --long_passkey_fraction 0.25 \
+    --long_recall_fraction 0.25 --passkey_noise_fraction 0.3 \
+    --steps 1024 --checkpoint_every 128 --eval_every 256 --lr 3e-4 --min_lr 5e-5 --seed 24
 }
 stages titans-default models/configs/titans-default.json &
 stages swa-baseline models/configs/swa-baseline.json &
@@ -64,7 +71,7 @@ wait
 # The curves for docs/evaluation.md: step, loss, answer loss, held-out bits/byte.
 mkdir -p docs/results
 for name in titans-default swa-baseline; do
-  for stage in skill stream16 stream64; do
+  for stage in skill stream16 stream64 recall16; do
     awk 'BEGIN { print "step\tloss\tanswer_loss\theldout_bpb" }
         $1 == "step" && $3 == "loss" {
           a = ""; h = ""
@@ -74,6 +81,6 @@ for name in titans-default swa-baseline; do
   done
 done
 rm -rf models/default models/swa-baseline
-cp -r "$RUNS/titans-default-stream64/model" models/default
-cp -r "$RUNS/swa-baseline-stream64/model" models/swa-baseline
+cp -r "$RUNS/titans-default-recall16/model" models/default
+cp -r "$RUNS/swa-baseline-recall16/model" models/swa-baseline
 echo "installed models/default and models/swa-baseline"
