@@ -200,6 +200,21 @@ struct GroupLayout {
   int64_t Offset(int64_t g) const { return (g / heads) * batch_step + (g % heads) * head_step; }
 };
 
+// Whether pending gates are the three interleaved views the kernel leaves ([G, p] each, every
+// row's (log_keep, log_eta, theta) adjacent, rows of a group adjacent): then the kernel reads
+// them in place as [p, 3] rows per group.
+bool InterleavedGates(const MemoryGates& g) {
+  const at::Tensor &a = g.log_keep, &b = g.log_eta, &c = g.theta;
+  if (a.scalar_type() != at::kFloat || b.scalar_type() != at::kFloat ||
+      c.scalar_type() != at::kFloat || a.dim() != 2 || a.sizes() != b.sizes() ||
+      a.sizes() != c.sizes() || a.strides() != b.strides() || a.strides() != c.strides() ||
+      !a.is_alias_of(b) || !a.is_alias_of(c)) {
+    return false;
+  }
+  const float* base = a.data_ptr<float>();
+  return a.stride(1) == 3 && b.data_ptr<float>() == base + 1 && c.data_ptr<float>() == base + 2;
+}
+
 // Inference: the fused kernel (kernels/memory_kernel.h), one task per group, over any number
 // of memory states at once (the server batches sessions this way). Outputs go to fresh tensors
 // (the old states stay intact): weights / momentum only when a chunk closes, pending rows into
@@ -331,11 +346,20 @@ class KernelBatch {
                              dl.stride(1) == dl.size(2)),
                   "pending rows must be row-contiguous");
     }
+    const float* gates_in = nullptr;  // [p, 3] rows of group 0, then groups at gates_step
+    int64_t gates_step = 0;
     if (p > 0) {
-      e.gates_prev = at::stack({st->pending_gates.log_keep, st->pending_gates.log_eta,
-                                st->pending_gates.theta},
-                               2)
-                         .contiguous();  // [G, p, 3]
+      const MemoryGates& pg = st->pending_gates;
+      if (InterleavedGates(pg)) {
+        // The three views of the buffer the kernel wrote last time: read it in place.
+        e.gates_prev = pg.log_keep;
+        gates_in = pg.log_keep.data_ptr<float>();
+        gates_step = pg.log_keep.stride(0);
+      } else {  // e.g. a state read from a snapshot: three separate tensors
+        e.gates_prev = at::stack({pg.log_keep, pg.log_eta, pg.theta}, 2).contiguous();  // [G, p, 3]
+        gates_in = e.gates_prev.data_ptr<float>();
+        gates_step = e.gates_prev.stride(0);
+      }
     }
     e.gates_out = at::empty({G, rows, 3}, options);
 
@@ -355,7 +379,7 @@ class KernelBatch {
         t.pending_inputs_out[l] = e.z_out[l].data_ptr<float>() + g * e.z_out[l].stride(0);
         t.pending_deltas_out[l] = e.d_out[l].data_ptr<float>() + g * e.d_out[l].stride(0);
       }
-      if (p > 0) t.pending_gates_in = e.gates_prev.data_ptr<float>() + g * e.gates_prev.stride(0);
+      if (p > 0) t.pending_gates_in = gates_in + g * gates_step;
       t.pending_gates_out = e.gates_out.data_ptr<float>() + g * e.gates_out.stride(0);
       t.pending_in = static_cast<int>(p);
       t.n = static_cast<int>(n);

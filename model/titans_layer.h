@@ -7,8 +7,10 @@
 //
 // A call may carry several independent streams (sessions) packed along the time axis: each
 // StreamSlice names its state and its rows. Token-wise work (norms, projections, feed-forward)
-// runs once over all rows; state-dependent work (conv tails, attention caches) runs per slice;
-// the memory update runs for all slices in one kernel call.
+// runs once over all rows. In float32 CPU inference the state-dependent work also runs once for
+// all slices: the conv over each slice's tail and the sliding-window attention over each slice's
+// cache (kernels/sequence_kernels.h), and the memory update (one kernel call); otherwise (training,
+// double, CUDA, and MAC's segment attention) it runs per slice in LibTorch.
 #ifndef TITANS_MODEL_TITANS_LAYER_H_
 #define TITANS_MODEL_TITANS_LAYER_H_
 

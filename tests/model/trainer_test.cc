@@ -50,6 +50,13 @@ std::vector<at::Tensor> Params(TitansModel* m) {
   return out;
 }
 
+// A row of byte tokens as text.
+std::string BytesOf(const at::Tensor& row) {
+  std::string s;
+  for (int64_t i = 0; i < row.size(0); ++i) s += static_cast<char>(row[i].item<int64_t>());
+  return s;
+}
+
 TEST(Trainer, LossAndHeldOutBitsPerByteFall) {
   auto model = MakeModel(TinyConfig(Variant::kMAC), 3);
   TextCorpus corpus = TextCorpus::FromString(RepetitiveText(), 0.1);
@@ -214,11 +221,6 @@ TEST(Trainer, StreamSegmentsCarryTheStateAcrossSteps) {
     segments.push_back(trainer.last_tokens().clone());
     losses.push_back(*loss);
   }
-  auto to_string = [](const at::Tensor& row) {
-    std::string s;
-    for (int64_t i = 0; i < row.size(0); ++i) s += static_cast<char>(row[i].item<int64_t>());
-    return s;
-  };
   for (int stream = 0; stream < 2; ++stream) {
     // Inputs of the stream's three segments, then the last target: one contiguous passage.
     std::vector<at::Tensor> parts;
@@ -233,7 +235,7 @@ TEST(Trainer, StreamSegmentsCarryTheStateAcrossSteps) {
     parts.push_back(segments[static_cast<size_t>(stream * 3 + 2)].slice(1, T, T + 1));
     const at::Tensor whole = at::cat(parts, 1);  // [B, 3T + 1]
     for (int64_t b = 0; b < o.batch; ++b) {
-      EXPECT_NE(corpus.train().find(to_string(whole[b])), std::string::npos)
+      EXPECT_NE(corpus.train().find(BytesOf(whole[b])), std::string::npos)
           << "row " << b << " of stream " << stream << " is not one passage";
     }
     // The same stream read in one pass from a fresh state.
@@ -268,11 +270,6 @@ TEST(Trainer, LongPasskeysSpanStreamSegments) {
   o.long_passkey_fraction = 1;
   o.passkey_noise_fraction = 0.5;
   Trainer trainer(model.get(), &corpus, o, "");
-  auto to_string = [](const at::Tensor& row) {
-    std::string s;
-    for (int64_t i = 0; i < row.size(0); ++i) s += static_cast<char>(row[i].item<int64_t>());
-    return s;
-  };
   for (int stream = 0; stream < 2; ++stream) {
     std::vector<std::string> rows(3);
     std::vector<std::vector<bool>> asked(3);
@@ -283,7 +280,7 @@ TEST(Trainer, LongPasskeysSpanStreamSegments) {
       answer_losses.push_back(trainer.last_answer_loss());
       for (int64_t b = 0; b < 3; ++b) {
         // Segment k's new bytes (a later segment's first input repeats the previous target).
-        const std::string seg = to_string(trainer.last_tokens()[b].slice(0, k == 0 ? 0 : 1));
+        const std::string seg = BytesOf(trainer.last_tokens()[b].slice(0, k == 0 ? 0 : 1));
         rows[b] += seg;
         asked[b].push_back(seg.find(kPasskeyQuestion) != std::string::npos);
       }
@@ -327,17 +324,12 @@ TEST(Trainer, LongRecallFactsSpanStreamSegments) {
   o.long_recall_fraction = 1;
   o.passkey_noise_fraction = 1;  // noise filler: no '=' of its own
   Trainer trainer(model.get(), &corpus, o, "");
-  auto to_string = [](const at::Tensor& row) {
-    std::string s;
-    for (int64_t i = 0; i < row.size(0); ++i) s += static_cast<char>(row[i].item<int64_t>());
-    return s;
-  };
   for (int stream = 0; stream < 2; ++stream) {
     std::vector<std::string> rows(3);
     for (int k = 0; k < 4; ++k) {
       ASSERT_TRUE(trainer.Step().ok());
       for (int64_t b = 0; b < 3; ++b) {
-        rows[b] += to_string(trainer.last_tokens()[b].slice(0, k == 0 ? 0 : 1));
+        rows[b] += BytesOf(trainer.last_tokens()[b].slice(0, k == 0 ? 0 : 1));
       }
     }
     for (int64_t b = 0; b < 3; ++b) {
