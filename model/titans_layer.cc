@@ -2,9 +2,15 @@
 
 #include <vector>
 
+#include "kernels/memory_kernel_cuda.h"
 #include "kernels/sequence_kernels.h"
+#include "kernels/sequence_kernels_cuda.h"
 #include "model/memory_math.h"
 #include "model/ops.h"
+
+#ifdef TITANS_WITH_CUDA
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 namespace titans {
 namespace {
@@ -38,20 +44,40 @@ at::Tensor PerSlice(const std::vector<StreamSlice>& slices, const at::Tensor& x,
   return at::cat(parts, 1);
 }
 
-// Whether the sequence kernels (kernels/sequence_kernels.h) run this call: float32 CPU
-// inference. Training (autograd), double precision and other devices take the LibTorch form.
-bool SequenceKernelsApply(const at::Tensor& x, const at::Tensor& weight) {
+// Where the sequence kernels (kernels/sequence_kernels.h) run this call: float32 inference on
+// the CPU, or on CUDA when this build has the CUDA kernels (and LibTorch has CUDA). Training
+// (autograd), double precision and anything else take the LibTorch form (kNone).
+enum class SequenceKernels { kNone, kCpu, kCuda };
+SequenceKernels SequenceKernelsFor(const at::Tensor& x, const at::Tensor& weight) {
   const bool inference =
       !at::GradMode::is_enabled() || (!x.requires_grad() && !weight.requires_grad());
-  return inference && x.device().is_cpu() && weight.device().is_cpu() &&
-         x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat;
+  if (!inference || x.scalar_type() != at::kFloat || weight.scalar_type() != at::kFloat ||
+      x.device() != weight.device()) {
+    return SequenceKernels::kNone;
+  }
+  if (x.device().is_cpu()) return SequenceKernels::kCpu;
+#ifdef TITANS_WITH_CUDA
+  if (x.device().is_cuda() && kernels::CudaKernelsBuilt()) return SequenceKernels::kCuda;
+#endif
+  return SequenceKernels::kNone;
+}
+
+// The CUDA stream of x's device, for the CUDA kernels.
+void* CudaStreamOf(const at::Tensor& x) {
+#ifdef TITANS_WITH_CUDA
+  return c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
+#else
+  TORCH_CHECK(false, "no CUDA in this build (", x.device(), ")");
+  return nullptr;
+#endif
 }
 
 // The causal conv, each slice with its own tail (`tail` selects which of the layer's tails):
 // one kernel call for all slices, or LibTorch per slice.
 at::Tensor ConvSlices(const std::vector<StreamSlice>& slices, const at::Tensor& x,
                       const at::Tensor& taps, at::Tensor LayerState::*tail) {
-  if (!SequenceKernelsApply(x, taps)) {
+  const SequenceKernels where = SequenceKernelsFor(x, taps);
+  if (where == SequenceKernels::kNone) {
     return PerSlice(slices, x, [&](const StreamSlice& s, const at::Tensor& rows) {
       return CausalConv(rows, taps, &(s.state->*tail));
     });
@@ -70,9 +96,16 @@ at::Tensor ConvSlices(const std::vector<StreamSlice>& slices, const at::Tensor& 
                                             new_tails.back().data_ptr<float>() + b * (K - 1) * C});
     }
   }
-  kernels::RaggedCausalConv(xc.data_ptr<float>(), C, w.data_ptr<float>(), static_cast<int>(K),
-                            streams.data(), static_cast<int64_t>(streams.size()),
-                            y.data_ptr<float>());
+  if (where == SequenceKernels::kCpu) {
+    kernels::RaggedCausalConv(xc.data_ptr<float>(), C, w.data_ptr<float>(), static_cast<int>(K),
+                              streams.data(), static_cast<int64_t>(streams.size()),
+                              y.data_ptr<float>());
+  } else {
+    const std::string error = kernels::RaggedCausalConvCuda(
+        xc.data_ptr<float>(), C, w.data_ptr<float>(), static_cast<int>(K), streams.data(),
+        static_cast<int64_t>(streams.size()), y.data_ptr<float>(), CudaStreamOf(xc));
+    TORCH_CHECK(error.empty(), error);
+  }
   for (size_t i = 0; i < slices.size(); ++i) slices[i].state->*tail = std::move(new_tails[i]);
   return y;
 }
@@ -175,7 +208,8 @@ at::Tensor WindowAttention(const ModelConfig& c, const AttentionParams& a,
   const at::Tensor qx = Linear(x, a.wq), kx = Linear(x, a.wk), vx = Linear(x, a.wv);
   const std::pair<at::Tensor, at::Tensor> persistent = PersistentKV(c, a, x.size(0));
   const at::Tensor &pk = persistent.first, &pv = persistent.second;  // the lambda captures these
-  if (!SequenceKernelsApply(x, a.wq)) {
+  const SequenceKernels where = SequenceKernelsFor(x, a.wq);
+  if (where == SequenceKernels::kNone) {
     at::Tensor heads = PerSlice(slices, x, [&](const StreamSlice& s, const at::Tensor&) {
       auto rows = [&](const at::Tensor& t) { return RowsOf(slices, s, t); };
       return SlidingWindowHeads(c, s.state, rows(qx), rows(kx), rows(vx), s.position, pk, pv);
@@ -218,11 +252,19 @@ at::Tensor WindowAttention(const ModelConfig& c, const AttentionParams& a,
     }
   }
   const at::Tensor q = qx.contiguous(), k = kx.contiguous(), v = vx.contiguous();
-  kernels::RaggedWindowAttention(shape, q.data_ptr<float>(), k.data_ptr<float>(),
-                                 v.data_ptr<float>(),
-                                 pkc.defined() ? pkc.data_ptr<float>() : nullptr,
-                                 pvc.defined() ? pvc.data_ptr<float>() : nullptr, streams.data(),
-                                 static_cast<int64_t>(streams.size()), heads.data_ptr<float>());
+  const float* pk_data = pkc.defined() ? pkc.data_ptr<float>() : nullptr;
+  const float* pv_data = pvc.defined() ? pvc.data_ptr<float>() : nullptr;
+  if (where == SequenceKernels::kCpu) {
+    kernels::RaggedWindowAttention(shape, q.data_ptr<float>(), k.data_ptr<float>(),
+                                   v.data_ptr<float>(), pk_data, pv_data, streams.data(),
+                                   static_cast<int64_t>(streams.size()), heads.data_ptr<float>());
+  } else {
+    const std::string error = kernels::RaggedWindowAttentionCuda(
+        shape, q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), pk_data, pv_data,
+        streams.data(), static_cast<int64_t>(streams.size()), heads.data_ptr<float>(),
+        CudaStreamOf(q));
+    TORCH_CHECK(error.empty(), error);
+  }
   for (size_t i = 0; i < slices.size(); ++i) {
     slices[i].state->attn_k = std::move(new_k[i]);
     slices[i].state->attn_v = std::move(new_v[i]);
