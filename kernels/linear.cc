@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "kernels/cpu_isa.h"
 #include "kernels/thread_pool.h"
 
 namespace titans::kernels {
@@ -21,27 +22,16 @@ namespace {
 using BlockFn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, int64_t, int64_t,
                          int64_t, float*);
 
+// The build of `isa`, or nullptr where this CPU lacks it (or the name is unknown).
 BlockFn IsaBlock(const std::string& isa) {
-  __builtin_cpu_init();
-  if (isa == "avx512") {
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")
-               ? &avx512::LinearBlock
-               : nullptr;
-  }
-  if (isa == "avx2") {
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? &avx2::LinearBlock
-                                                                           : nullptr;
-  }
-  return isa == "generic" ? &generic::LinearBlock : nullptr;
+  if (!CpuHasIsa(isa)) return nullptr;
+  if (isa == "avx512") return &avx512::LinearBlock;
+  if (isa == "avx2") return &avx2::LinearBlock;
+  return &generic::LinearBlock;
 }
 
 BlockFn BestBlock() {
-  static const BlockFn best = [] {
-    for (const char* isa : {"avx512", "avx2", "generic"}) {
-      if (BlockFn f = IsaBlock(isa)) return f;
-    }
-    return &generic::LinearBlock;
-  }();
+  static const BlockFn best = IsaBlock(BestCpuIsa());
   return best;
 }
 

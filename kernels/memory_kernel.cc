@@ -3,6 +3,7 @@
 #include <atomic>
 #include <chrono>
 
+#include "kernels/cpu_isa.h"
 #include "kernels/thread_pool.h"
 
 namespace titans::kernels {
@@ -22,25 +23,17 @@ namespace {
 
 using RunFn = void (*)(const MemoryShape&, const MemoryTask*, int64_t, int64_t);
 
-struct Isa {
-  const char* name;
-  RunFn run;
-};
-
-Isa ChooseIsa() {
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) {
-    return {"avx512", &avx512::RunTasks};
-  }
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-    return {"avx2", &avx2::RunTasks};
-  }
-  return {"generic", &generic::RunTasks};
+// The build of `isa`, or nullptr where this CPU lacks it (or the name is unknown).
+RunFn IsaRun(const std::string& isa) {
+  if (!CpuHasIsa(isa)) return nullptr;
+  if (isa == "avx512") return &avx512::RunTasks;
+  if (isa == "avx2") return &avx2::RunTasks;
+  return &generic::RunTasks;
 }
 
-const Isa& ActiveIsa() {
-  static const Isa isa = ChooseIsa();
-  return isa;
+RunFn ActiveRun() {
+  static const RunFn run = IsaRun(BestCpuIsa());
+  return run;
 }
 
 std::atomic<int64_t> kernel_nanos{0};
@@ -55,7 +48,7 @@ void AddMemoryKernelNanos(int64_t nanos) {
 void RunMemoryTasks(const MemoryShape& shape, const MemoryTask* tasks, int64_t count,
                     int num_threads) {
   const auto start = std::chrono::steady_clock::now();
-  const RunFn run = ActiveIsa().run;
+  const RunFn run = ActiveRun();
   ThreadPool& pool = ThreadPool::Default();
   pool.ParallelFor(count, num_threads > 0 ? num_threads : pool.size(),
                    [&](int64_t begin, int64_t end) { run(shape, tasks, begin, end); });
@@ -64,19 +57,11 @@ void RunMemoryTasks(const MemoryShape& shape, const MemoryTask* tasks, int64_t c
           .count());
 }
 
-std::string MemoryKernelIsa() { return ActiveIsa().name; }
+std::string MemoryKernelIsa() { return BestCpuIsa(); }
 
 bool RunMemoryTasksOnIsa(const std::string& isa, const MemoryShape& shape, const MemoryTask* tasks,
                          int64_t count) {
-  __builtin_cpu_init();
-  RunFn run = nullptr;
-  if (isa == "avx512" && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) {
-    run = &avx512::RunTasks;
-  } else if (isa == "avx2" && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-    run = &avx2::RunTasks;
-  } else if (isa == "generic") {
-    run = &generic::RunTasks;
-  }
+  const RunFn run = IsaRun(isa);
   if (run == nullptr) return false;
   run(shape, tasks, 0, count);
   return true;

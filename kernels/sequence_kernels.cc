@@ -3,6 +3,7 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/cpu_isa.h"
 #include "kernels/thread_pool.h"
 
 namespace titans::kernels {
@@ -12,8 +13,9 @@ namespace titans::kernels {
   void ConvStreamRows(const float* x, int64_t channels, const float* w, int taps,          \
                       const ConvStream& s, float* y);                                      \
   void RotateStreamKeys(const WindowShape& sh, const double* inv_freq, const float* k,     \
-                        const float* v, const AttentionStream& s, float* rotated_k);       \
-  void AttendRow(const WindowShape& sh, const double* inv_freq, const float* q,            \
+                        const float* v, const AttentionStream& s, float* rotated_k,        \
+                        float* angles);                                                    \
+  void AttendRow(const WindowShape& sh, const float* angles, const float* q,               \
                  const float* rotated_k, const float* v, const float* pk, const float* pv, \
                  const AttentionStream& s, int64_t t, float* scores, float* out);          \
   }
@@ -30,25 +32,21 @@ struct Isa {
   decltype(&generic::AttendRow) attend;
 };
 
+// The build of `name`, or nullptr where this CPU lacks it (or the name is unknown).
 const Isa* FindIsa(const std::string& name) {
   static const Isa avx512_fns{&avx512::ConvStreamRows, &avx512::RotateStreamKeys,
                               &avx512::AttendRow};
   static const Isa avx2_fns{&avx2::ConvStreamRows, &avx2::RotateStreamKeys, &avx2::AttendRow};
   static const Isa generic_fns{&generic::ConvStreamRows, &generic::RotateStreamKeys,
                                &generic::AttendRow};
-  __builtin_cpu_init();
-  if (name == "avx512") return __builtin_cpu_supports("avx512f") ? &avx512_fns : nullptr;
-  if (name == "avx2") return __builtin_cpu_supports("avx2") ? &avx2_fns : nullptr;
-  return name == "generic" ? &generic_fns : nullptr;
+  if (!CpuHasIsa(name)) return nullptr;
+  if (name == "avx512") return &avx512_fns;
+  if (name == "avx2") return &avx2_fns;
+  return &generic_fns;
 }
 
 const Isa& BestIsa() {
-  static const Isa* best = [] {
-    for (const char* name : {"avx512", "avx2"}) {
-      if (const Isa* isa = FindIsa(name)) return isa;
-    }
-    return FindIsa("generic");
-  }();
+  static const Isa* const best = FindIsa(BestCpuIsa());
   return *best;
 }
 
@@ -77,6 +75,7 @@ void Conv(const Isa& isa, const float* x, int64_t channels, const float* w, int 
 // Scratch reused across calls (a step allocates nothing once the buffers have grown).
 struct AttentionScratch {
   std::vector<float> rotated_k;  // [rows, heads * head_dim]
+  std::vector<float> angles;     // [rows, head_dim]: each row's rotary cos, then sin
 };
 
 void Attention(const Isa& isa, const WindowShape& sh, const float* q, const float* k,
@@ -86,8 +85,12 @@ void Attention(const Isa& isa, const WindowShape& sh, const float* q, const floa
   const int64_t hd = static_cast<int64_t>(sh.heads) * sh.head_dim;
   int64_t rows = 0;
   for (int64_t i = 0; i < count; ++i) rows = std::max(rows, streams[i].begin + streams[i].length);
-  if (static_cast<int64_t>(scratch.rotated_k.size()) < rows * hd)
+  if (static_cast<int64_t>(scratch.rotated_k.size()) < rows * hd) {
     scratch.rotated_k.resize(rows * hd);
+  }
+  if (static_cast<int64_t>(scratch.angles.size()) < rows * sh.head_dim) {
+    scratch.angles.resize(rows * sh.head_dim);
+  }
   int64_t active = 0;
   for (int64_t i = 0; i < count; ++i) active += streams[i].length;
   // inv_freq_i = theta^(-2i / head_dim), as the LibTorch form computes it (in double).
@@ -95,9 +98,12 @@ void Attention(const Isa& isa, const WindowShape& sh, const float* q, const floa
   for (int i = 0; i < sh.head_dim / 2; ++i) {
     inv_freq[i] = std::pow(sh.rope_theta, -(static_cast<double>(i) * (2.0 / sh.head_dim)));
   }
-  // A pointer, not the thread_local itself: in the pool's workers `scratch` names their own.
+  // Pointers, not the thread_local itself: in the pool's workers `scratch` names their own.
   float* const rotated_k = scratch.rotated_k.data();
-  for (int64_t i = 0; i < count; ++i) isa.rotate(sh, inv_freq, k, v, streams[i], rotated_k);
+  float* const angles = scratch.angles.data();
+  for (int64_t i = 0; i < count; ++i) {
+    isa.rotate(sh, inv_freq, k, v, streams[i], rotated_k, angles);
+  }
   const int64_t per_row = static_cast<int64_t>(sh.persistent + sh.window) * hd * 2;
   const int parts = Parts(active * per_row, parallel);
   auto run = [&](int64_t b, int64_t e) {
@@ -109,7 +115,7 @@ void Attention(const Isa& isa, const WindowShape& sh, const float* q, const floa
       const AttentionStream& s = streams[i];
       const int64_t lo = std::max(b, s.begin), hi = std::min(e, s.begin + s.length);
       for (int64_t r = lo; r < hi; ++r) {
-        isa.attend(sh, inv_freq, q, rotated_k, v, pk, pv, s, r - s.begin, scores.data(), out);
+        isa.attend(sh, angles, q, rotated_k, v, pk, pv, s, r - s.begin, scores.data(), out);
       }
     }
   };

@@ -59,14 +59,16 @@ inline float Dot(const float* a, const float* b, int n) {
   return acc;
 }
 
-// Phase 1 of the attention for one stream: its new keys, rotated, into rotated_k (rows of
-// heads * head_dim, at the stream's rows), and its cache after the call.
+// Phase 1 of the attention for one stream: each new row's rotary cos / sin (into angles, head_dim
+// floats per row: cos then sin), its keys rotated (into rotated_k, rows of heads * head_dim, at
+// the stream's rows), and the stream's cache after the call.
 void RotateStreamKeys(const WindowShape& sh, const double* inv_freq, const float* k, const float* v,
-                      const AttentionStream& s, float* rotated_k) {
+                      const AttentionStream& s, float* rotated_k, float* angles) {
   const int H = sh.heads, dh = sh.head_dim, half = dh / 2;
   const int64_t hd = static_cast<int64_t>(H) * dh;
-  float cos[256], sin[256];
   for (int64_t t = 0; t < s.length; ++t) {
+    float* cos = angles + (s.begin + t) * dh;
+    float* sin = cos + half;
     RotaryAngles(inv_freq, half, s.position + t, cos, sin);
     const int64_t row = (s.begin + t) * hd;
     for (int h = 0; h < H; ++h) Rotate(k + row + h * dh, cos, sin, half, rotated_k + row + h * dh);
@@ -91,17 +93,18 @@ void RotateStreamKeys(const WindowShape& sh, const double* inv_freq, const float
 }
 
 // Phase 2: the attention of token t of stream s, all heads, into out's row.
-void AttendRow(const WindowShape& sh, const double* inv_freq, const float* q,
-               const float* rotated_k, const float* v, const float* pk, const float* pv,
-               const AttentionStream& s, int64_t t, float* scores, float* out) {
+void AttendRow(const WindowShape& sh, const float* angles, const float* q, const float* rotated_k,
+               const float* v, const float* pk, const float* pv, const AttentionStream& s,
+               int64_t t, float* scores, float* out) {
   const int H = sh.heads, dh = sh.head_dim, half = dh / 2, P = sh.persistent;
   const int64_t hd = static_cast<int64_t>(H) * dh;
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(dh)));
   const int64_t self = s.cached + t;  // this token's index in cache ++ new
   const int64_t first = std::max<int64_t>(0, self - (sh.window - 1));
   const int64_t visible = self - first + 1;
-  float cos[256], sin[256], q_rot[512];
-  RotaryAngles(inv_freq, half, s.position + t, cos, sin);
+  float q_rot[512];
+  const float* cos = angles + (s.begin + t) * dh;  // phase 1's, for this row's position
+  const float* sin = cos + half;
   const int64_t row = (s.begin + t) * hd;
   for (int h = 0; h < H; ++h) {
     const float* q_plain = q + row + h * dh;

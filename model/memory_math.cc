@@ -193,8 +193,8 @@ void RunTasks(const kernels::MemoryShape& shape, const std::vector<kernels::Memo
 }
 
 // Where group g's rows of one input lie in a tensor: g = b * heads + h starts at
-// data + b * batch_step + h * head_step, and token t follows at + t * row_stride. The grouped
-// layout [G, n, d] is heads = 1; the packed layout [B, T, H * d] reads each head in place.
+// data + b * batch_step + h * head_step, and token t follows at + t * row_stride. The packed
+// layout [B, T, H * d] reads each head in place; the grouped one [G, n, d] is heads = 1.
 struct GroupLayout {
   int64_t heads = 1, batch_step = 0, head_step = 0, row_stride = 0;
   int64_t Offset(int64_t g) const { return (g / heads) * batch_step + (g % heads) * head_step; }
@@ -220,35 +220,35 @@ bool InterleavedGates(const MemoryGates& g) {
 // (the old states stay intact): weights / momentum only when a chunk closes, pending rows into
 // buffers with room for a whole chunk.
 class KernelBatch {
+ private:
+  struct Entry {
+    MemoryState* state;
+    std::vector<at::Tensor> inputs;  // Add's contiguous copies, alive until Run
+    at::Tensor gates_prev, gates_out, y;
+    std::vector<at::Tensor> w_in, s_in, w_out, s_out, z_out, d_out;
+    int64_t p_out = 0;
+  };
+
  public:
   explicit KernelBatch(const MemorySpec& spec) : spec_(spec) {}
 
   // Queues n tokens of `st` (k, v, q [G, n, d], gates [G, n]); Run() returns its y [G, n, d].
+  // The grouped layout is the packed one with one head per "batch row": g's rows are row g.
   void Add(MemoryState* st, const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& q_in,
            const MemoryGates& gates_in) {
     Entry e;
-    e.k = k_in.contiguous();
-    e.v = v_in.contiguous();
-    e.q = q_in.contiguous();
-    e.log_keep = gates_in.log_keep.contiguous();
-    e.log_eta = gates_in.log_eta.contiguous();
-    e.theta = gates_in.theta.contiguous();
-    const int64_t n = e.k.size(1), d = e.k.size(2);
-    e.y = at::empty_like(e.k);
-    const Inputs in{e.k.data_ptr<float>(),
-                    e.v.data_ptr<float>(),
-                    e.q.data_ptr<float>(),
-                    GroupLayout{1, n * d, 0, d},
-                    e.log_keep.data_ptr<float>(),
-                    e.log_eta.data_ptr<float>(),
-                    e.theta.data_ptr<float>(),
-                    GroupLayout{1, n, 0, 1},
-                    e.y.data_ptr<float>(),
-                    GroupLayout{1, n * d, 0, d},
-                    n,
-                    d};
-    const at::TensorOptions options = e.k.options();  // before e moves
-    AddState(st, options, in, std::move(e));
+    e.inputs = {k_in.contiguous(),
+                v_in.contiguous(),
+                q_in.contiguous(),
+                gates_in.log_keep.contiguous(),
+                gates_in.log_eta.contiguous(),
+                gates_in.theta.contiguous()};
+    e.y = at::empty_like(e.inputs[0]);
+    const std::vector<at::Tensor>& in = e.inputs;
+    const int64_t n = in[0].size(1);
+    const at::Tensor k = in[0], v = in[1], q = in[2], y = e.y;  // before e moves
+    const MemoryGates gates{in[3], in[4], in[5]};
+    QueuePacked(st, 0, n, 1, k, v, q, gates, y, std::move(e));
   }
 
   // Queues rows [begin, begin + n) of packed inputs that hold many streams along time: k, v, q
@@ -257,21 +257,7 @@ class KernelBatch {
   void AddPacked(MemoryState* st, int64_t begin, int64_t n, int64_t heads, const at::Tensor& k,
                  const at::Tensor& v, const at::Tensor& q, const MemoryGates& gates,
                  const at::Tensor& y) {
-    const int64_t T = k.size(1), hd = k.size(2), d = hd / heads;
-    const GroupLayout rows{heads, T * hd, d, hd}, gate_rows{heads, T * heads, 1, heads};
-    const Inputs in{k.data_ptr<float>() + begin * hd,
-                    v.data_ptr<float>() + begin * hd,
-                    q.data_ptr<float>() + begin * hd,
-                    rows,
-                    gates.log_keep.data_ptr<float>() + begin * heads,
-                    gates.log_eta.data_ptr<float>() + begin * heads,
-                    gates.theta.data_ptr<float>() + begin * heads,
-                    gate_rows,
-                    y.data_ptr<float>() + begin * hd,
-                    rows,
-                    n,
-                    d};
-    AddState(st, k.options(), in, Entry{});
+    QueuePacked(st, begin, n, heads, k, v, q, gates, y, Entry());
   }
 
   // Runs every queued task in one kernel call and updates the states. Returns each Add()'s y
@@ -295,33 +281,28 @@ class KernelBatch {
   }
 
  private:
-  struct Entry {
-    MemoryState* state;
-    at::Tensor k, v, q, log_keep, log_eta, theta, gates_prev, gates_out, y;
-    std::vector<at::Tensor> w_in, s_in, w_out, s_out, z_out, d_out;
-    int64_t p_out = 0;
-  };
-  // One entry's new tokens, as raw pointers and their layouts.
-  struct Inputs {
-    const float *k, *v, *q;
-    GroupLayout kvq;
-    const float *log_keep, *log_eta, *theta;
-    GroupLayout gate;
-    float* y;
-    GroupLayout out;
-    int64_t n, head_dim;
-  };
-
-  // Allocates the state's outputs and queues one task per group.
-  void AddState(MemoryState* st, const at::TensorOptions& options, const Inputs& in, Entry e) {
+  // AddPacked, with `e` holding what must stay alive until Run: allocates the state's outputs
+  // and queues one task per group.
+  void QueuePacked(MemoryState* st, int64_t begin, int64_t n, int64_t heads, const at::Tensor& k,
+                   const at::Tensor& v, const at::Tensor& q, const MemoryGates& gates,
+                   const at::Tensor& y, Entry e) {
     const int L = spec_.depth;
     e.state = st;
-    const int64_t G = st->weights[0].size(0), n = in.n;
+    const at::TensorOptions options = k.options();
+    const int64_t T = k.size(1), hd = k.size(2), d = hd / heads;
+    const GroupLayout kvq{heads, T * hd, d, hd}, gate_rows{heads, T * heads, 1, heads};
+    const float* keys = k.data_ptr<float>() + begin * hd;
+    const float* values = v.data_ptr<float>() + begin * hd;
+    const float* queries = q.data_ptr<float>() + begin * hd;
+    const float* log_keep = gates.log_keep.data_ptr<float>() + begin * heads;
+    const float* log_eta = gates.log_eta.data_ptr<float>() + begin * heads;
+    const float* theta = gates.theta.data_ptr<float>() + begin * heads;
+    float* output = y.data_ptr<float>() + begin * hd;
+    const int64_t G = st->weights[0].size(0);
     const int64_t p = st->pending(), b = spec_.chunk_size;
     shape_.depth = L;
-    shape_.head_dim = static_cast<int>(in.head_dim);
-    shape_.hidden =
-        L > 1 ? static_cast<int>(st->weights[0].size(1)) : static_cast<int>(in.head_dim);
+    shape_.head_dim = static_cast<int>(d);
+    shape_.hidden = L > 1 ? static_cast<int>(st->weights[0].size(1)) : static_cast<int>(d);
     shape_.chunk = spec_.chunk_size;
     shape_.gelu = spec_.activation == Activation::kGELU;
     shape_.residual = spec_.residual;
@@ -383,16 +364,16 @@ class KernelBatch {
       t.pending_gates_out = e.gates_out.data_ptr<float>() + g * e.gates_out.stride(0);
       t.pending_in = static_cast<int>(p);
       t.n = static_cast<int>(n);
-      t.keys = in.k + in.kvq.Offset(g);
-      t.values = in.v + in.kvq.Offset(g);
-      t.queries = in.q + in.kvq.Offset(g);
-      t.kvq_stride = in.kvq.row_stride;
-      t.log_keep = in.log_keep + in.gate.Offset(g);
-      t.log_eta = in.log_eta + in.gate.Offset(g);
-      t.theta = in.theta + in.gate.Offset(g);
-      t.gate_stride = in.gate.row_stride;
-      t.output = in.y + in.out.Offset(g);
-      t.output_stride = in.out.row_stride;
+      t.keys = keys + kvq.Offset(g);
+      t.values = values + kvq.Offset(g);
+      t.queries = queries + kvq.Offset(g);
+      t.kvq_stride = kvq.row_stride;
+      t.log_keep = log_keep + gate_rows.Offset(g);
+      t.log_eta = log_eta + gate_rows.Offset(g);
+      t.theta = theta + gate_rows.Offset(g);
+      t.gate_stride = gate_rows.row_stride;
+      t.output = output + kvq.Offset(g);
+      t.output_stride = kvq.row_stride;
       tasks_.push_back(t);
     }
     entries_.push_back(std::move(e));

@@ -7,10 +7,12 @@
 
 namespace titans {
 
+bool NoGradNeeded(const at::Tensor& x, const at::Tensor& weight) {
+  return !at::GradMode::is_enabled() || (!x.requires_grad() && !weight.requires_grad());
+}
+
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight) {
-  const bool inference =
-      !at::GradMode::is_enabled() || (!x.requires_grad() && !weight.requires_grad());
-  if (inference && x.device().is_cpu() && weight.device().is_cpu() &&
+  if (NoGradNeeded(x, weight) && x.device().is_cpu() && weight.device().is_cpu() &&
       x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat && x.dim() >= 1) {
     // Batch-invariant kernel: a row's result does not depend on the other rows (sessions) in
     // the call, so a session computes the same bits alone or in any scheduler step.

@@ -10,6 +10,10 @@
 
 namespace titans {
 
+// Whether an op on x with `weight` records no autograd graph (grad mode off, or neither needs a
+// gradient): where the inference kernels (kernels/) may replace LibTorch's form.
+bool NoGradNeeded(const at::Tensor& x, const at::Tensor& weight);
+
 // y = x W^T for W [out, in]. Float CPU inference (no autograd) runs the batch-invariant kernel
 // (kernels/linear.h): each row's result is independent of the other rows; otherwise at::matmul.
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight);

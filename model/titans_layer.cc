@@ -49,10 +49,8 @@ at::Tensor PerSlice(const std::vector<StreamSlice>& slices, const at::Tensor& x,
 // (autograd), double precision and anything else take the LibTorch form (kNone).
 enum class SequenceKernels { kNone, kCpu, kCuda };
 SequenceKernels SequenceKernelsFor(const at::Tensor& x, const at::Tensor& weight) {
-  const bool inference =
-      !at::GradMode::is_enabled() || (!x.requires_grad() && !weight.requires_grad());
-  if (!inference || x.scalar_type() != at::kFloat || weight.scalar_type() != at::kFloat ||
-      x.device() != weight.device()) {
+  if (!NoGradNeeded(x, weight) || x.scalar_type() != at::kFloat ||
+      weight.scalar_type() != at::kFloat || x.device() != weight.device()) {
     return SequenceKernels::kNone;
   }
   if (x.device().is_cpu()) return SequenceKernels::kCpu;

@@ -409,6 +409,8 @@ Trainer::Batch Trainer::SampleBatch(bool streaming) {
         long_task->noise = unit(rng_) < options_.passkey_noise_fraction;
         std::uniform_int_distribution<int> digit(0, 9);
         long_task->key.clear();
+        // Drawn for recall tasks too (unused there): the data stream, and so the shipped models,
+        // stay what scripts/train-default.sh produced.
         for (int i = 0; i < 5; ++i)
           long_task->key += static_cast<char>('0' + (i == 0 ? 1 + digit(rng_) % 9 : digit(rng_)));
         std::uniform_int_distribution<int64_t> ask(1, options_.stream_segments - 1);
