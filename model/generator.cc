@@ -44,9 +44,13 @@ absl::StatusOr<TokenGenerator> TokenGenerator::Start(const TitansModel& model, S
 }
 
 int32_t TokenGenerator::Sample(SessionState* state) {
-  at::Tensor logits = state->last_logits.select(0, 0).to(at::kCPU).contiguous();
-  const int32_t token = SampleToken(logits.data_ptr<float>(), model_->config().vocab_size, params_,
-                                    state->recent_tokens, &rng_);
+  at::Tensor logits = state->last_logits.select(0, 0).to(at::kCPU).to(at::kFloat).contiguous();
+  return SampleFrom(logits.data_ptr<float>(), state);
+}
+
+int32_t TokenGenerator::SampleFrom(const float* logits, SessionState* state) {
+  const int32_t token =
+      SampleToken(logits, model_->config().vocab_size, params_, state->recent_tokens, &rng_);
   state->rng_state = rng_.state();
   return token;
 }

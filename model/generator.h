@@ -53,6 +53,9 @@ class TokenGenerator {
   // logits; after the token has been consumed into the state, Commit() does the text and
   // stopping logic.
   int32_t Sample(SessionState* state);
+  // Sample() from logits the caller already copied to the host ([vocab] floats, this state's
+  // last logits): a batch of sessions shares one device-to-host copy.
+  int32_t SampleFrom(const float* logits, SessionState* state);
   StepResult Commit(int32_t token);
   // The text held back so far (call when ending early, e.g. on cancellation).
   std::string Flush();

@@ -274,6 +274,10 @@ class Engine::Impl {
   // back to their state before the operation).
   void RunBatch(std::vector<Forwarding>& batch, std::vector<std::function<void()>>* callbacks);
 
+  // Draws the token of every decode entry of the batch (tokens[0] is a placeholder until then)
+  // from its session's last logits, with one device-to-host copy for them all.
+  void SampleDecodes(std::vector<Forwarding>& batch);
+
   SamplingParams Resolve(const Session& s, const GenerateParams& g) const;
 
   GenerateEvent Event(const SessionState& state, const Op& op, Finish f,

@@ -254,6 +254,7 @@ void Engine::Impl::Complete(Session* s, Op& op, std::function<void()> on_done,
 void Engine::Impl::RunBatch(std::vector<Forwarding>& batch,
                             std::vector<std::function<void()>>* callbacks) {
   if (batch.empty()) return;
+  SampleDecodes(batch);
   std::vector<SessionState*> states;
   std::vector<std::vector<int64_t>> tokens;
   for (Forwarding& f : batch) {
@@ -299,6 +300,23 @@ void Engine::Impl::RunBatch(std::vector<Forwarding>& batch,
       op.tokens.clear();
       op.consumed = 0;
     }
+  }
+}
+
+void Engine::Impl::SampleDecodes(std::vector<Forwarding>& batch) {
+  std::vector<at::Tensor> rows;
+  for (const Forwarding& f : batch) {
+    if (f.decode) rows.push_back(f.session->state->last_logits);  // [1, V]
+  }
+  if (rows.empty()) return;
+  const at::Tensor host = at::cat(rows, 0).to(at::kCPU).to(at::kFloat).contiguous();  // [k, V]
+  const float* logits = host.data_ptr<float>();
+  const int64_t vocab = host.size(1);
+  int64_t k = 0;
+  for (Forwarding& f : batch) {
+    if (!f.decode) continue;
+    f.tokens[0] = f.op->generator->SampleFrom(logits + k * vocab, f.session->state.get());
+    ++k;
   }
 }
 
@@ -372,8 +390,9 @@ void Engine::Impl::PrepareGenerate(Session* s, Op* op, int64_t tokens, bool canc
     }
     op->generator.emplace(std::move(*g));
   }
-  const int32_t token = op->generator->Sample(&state);
-  batch->push_back(Forwarding{s, op, {token}, true});
+  // The token is drawn in RunBatch, together with every other decode of the step (one host
+  // copy of all their logits).
+  batch->push_back(Forwarding{s, op, {-1}, true});
 }
 
 void Engine::Impl::FinishDecode(Session* s, Op* op, int64_t token,

@@ -65,6 +65,39 @@ TEST_F(GeneratorTest, UnseededRunsContinueTheSessionRng) {
   EXPECT_EQ(ra->tokens, rb->tokens);
 }
 
+// The engine draws every decode of a step from one host copy of all sessions' logits
+// (SampleFrom); that must draw exactly what Sample() draws from each session's own logits.
+TEST_F(GeneratorTest, SamplingFromABatchedHostCopyMatchesSample) {
+  SamplingParams p;
+  p.temperature = 1.0f;
+  p.top_p = 0.9f;
+  p.seed = 31;
+  p.has_seed = true;
+  at::NoGradGuard no_grad;
+  SessionState other = model_->NewState();
+  ASSERT_TRUE(model_->Forward(&other, RandomTokens(1, 7, 4)).ok());
+  std::vector<SessionState> alone = {prompted_, other}, batched = {prompted_, other};
+  std::vector<TokenGenerator> alone_gen, batched_gen;
+  for (int i = 0; i < 2; ++i) {
+    alone_gen.push_back(*TokenGenerator::Start(*model_, &alone[i], p));
+    batched_gen.push_back(*TokenGenerator::Start(*model_, &batched[i], p));
+  }
+  for (int step = 0; step < 8; ++step) {
+    const at::Tensor host =
+        at::cat({batched[0].last_logits, batched[1].last_logits}, 0).contiguous();  // [2, V]
+    for (int i = 0; i < 2; ++i) {
+      const int32_t want = alone_gen[i].Sample(&alone[i]);
+      const int32_t got =
+          batched_gen[i].SampleFrom(host.data_ptr<float>() + i * host.size(1), &batched[i]);
+      ASSERT_EQ(got, want) << "session " << i << " step " << step;
+      EXPECT_EQ(batched[i].rng_state, alone[i].rng_state);
+      const at::Tensor token = at::full({1, 1}, static_cast<int64_t>(got), at::kLong);
+      ASSERT_TRUE(model_->Forward(&alone[i], token).ok());
+      ASSERT_TRUE(model_->Forward(&batched[i], token).ok());
+    }
+  }
+}
+
 TEST_F(GeneratorTest, GreedyMatchesArgmaxOfForward) {
   SamplingParams p;
   p.temperature = 0;
