@@ -17,6 +17,16 @@ bool CpuHasIsa(const std::string& isa);
 // The best build this CPU runs: "avx512", "avx2" or "generic".
 const char* BestCpuIsa();
 
+// Of one thing's three per-ISA builds (a function pointer, a table of them), the one for `isa`;
+// T{} (nullptr) where this CPU lacks that build or the name is unknown.
+template <typename T>
+T PickIsaBuild(const std::string& isa, T avx512, T avx2, T generic) {
+  if (!CpuHasIsa(isa)) return T{};
+  if (isa == "avx512") return avx512;
+  if (isa == "avx2") return avx2;
+  return generic;
+}
+
 }  // namespace titans::kernels
 
 #endif  // TITANS_KERNELS_CPU_ISA_H_

@@ -24,10 +24,8 @@ using BlockFn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, 
 
 // The build of `isa`, or nullptr where this CPU lacks it (or the name is unknown).
 BlockFn IsaBlock(const std::string& isa) {
-  if (!CpuHasIsa(isa)) return nullptr;
-  if (isa == "avx512") return &avx512::LinearBlock;
-  if (isa == "avx2") return &avx2::LinearBlock;
-  return &generic::LinearBlock;
+  return PickIsaBuild<BlockFn>(isa, &avx512::LinearBlock, &avx2::LinearBlock,
+                               &generic::LinearBlock);
 }
 
 BlockFn BestBlock() {

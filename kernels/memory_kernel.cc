@@ -25,10 +25,7 @@ using RunFn = void (*)(const MemoryShape&, const MemoryTask*, int64_t, int64_t);
 
 // The build of `isa`, or nullptr where this CPU lacks it (or the name is unknown).
 RunFn IsaRun(const std::string& isa) {
-  if (!CpuHasIsa(isa)) return nullptr;
-  if (isa == "avx512") return &avx512::RunTasks;
-  if (isa == "avx2") return &avx2::RunTasks;
-  return &generic::RunTasks;
+  return PickIsaBuild<RunFn>(isa, &avx512::RunTasks, &avx2::RunTasks, &generic::RunTasks);
 }
 
 RunFn ActiveRun() {

@@ -39,10 +39,7 @@ const Isa* FindIsa(const std::string& name) {
   static const Isa avx2_fns{&avx2::ConvStreamRows, &avx2::RotateStreamKeys, &avx2::AttendRow};
   static const Isa generic_fns{&generic::ConvStreamRows, &generic::RotateStreamKeys,
                                &generic::AttendRow};
-  if (!CpuHasIsa(name)) return nullptr;
-  if (name == "avx512") return &avx512_fns;
-  if (name == "avx2") return &avx2_fns;
-  return &generic_fns;
+  return PickIsaBuild<const Isa*>(name, &avx512_fns, &avx2_fns, &generic_fns);
 }
 
 const Isa& BestIsa() {
