@@ -83,15 +83,22 @@ with open(cfg_path, "w") as f:
     f.write(cfg)
 procs.append(subprocess.Popen(["haproxy", "-f", cfg_path], stdout=open(os.path.join(work, "haproxy.log"), "w"),
                               stderr=subprocess.STDOUT))
-router = rpc.TitansStub(grpc.insecure_channel(f"127.0.0.1:{router_port}"))
-for _ in range(100):
+router_channel = grpc.insecure_channel(f"127.0.0.1:{router_port}")
+router = rpc.TitansStub(router_channel)
+# Wait until HAProxy listens and forwards. A loaded CI machine can take seconds to start it, and a
+# refused connection puts the channel into reconnect backoff, so wait on the channel itself (it keeps
+# retrying) rather than counting fast failures; then one call with wait_for_ready proves the route.
+deadline = time.time() + 60
+while True:
+    if procs[-1].poll() is not None:
+        sys.exit("haproxy exited: " + open(os.path.join(work, "haproxy.log")).read())
     try:
-        router.ListModels(pb.ListModelsRequest(), timeout=2)
+        grpc.channel_ready_future(router_channel).result(timeout=1)
+        router.ListModels(pb.ListModelsRequest(), timeout=10, wait_for_ready=True)
         break
-    except grpc.RpcError:
-        if procs[-1].poll() is not None:
-            sys.exit("haproxy exited: " + open(os.path.join(work, "haproxy.log")).read())
-        time.sleep(0.1)
+    except (grpc.FutureTimeoutError, grpc.RpcError) as e:
+        if time.time() > deadline:
+            sys.exit(f"the router on port {router_port} never answered: {e}")
 
 
 def metric(replica, name):
