@@ -83,7 +83,7 @@ struct MemoryTask {
 };
 
 // Runs every task (tasks are independent: distinct output and state pointers) on up to
-// `num_threads` threads of the kernel thread pool (0 = all hardware threads).
+// `num_threads` threads of the kernel thread pool (0 = all of them).
 void RunMemoryTasks(const MemoryShape& shape, const MemoryTask* tasks, int64_t count,
                     int num_threads = 0);
 

@@ -1,7 +1,13 @@
 #include "kernels/thread_pool.h"
 
+#include <sched.h>
+
 #include <algorithm>
 #include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <string>
 
 namespace titans::kernels {
 namespace {
@@ -10,7 +16,40 @@ std::pair<int64_t, int64_t> Range(int64_t count, int parts, int part) {
   return {count * part / parts, count * (part + 1) / parts};
 }
 
+// ceil(quota / period) from a cgroup's limits; 0 where there is no limit or it cannot be read.
+int QuotaCpus(double quota, double period) {
+  if (!(quota > 0) || !(period > 0)) return 0;
+  return static_cast<int>(std::ceil(quota / period));
+}
+
 }  // namespace
+
+int CgroupCpuLimit(const std::string& cgroup_root) {
+  {  // cgroup v2: "max 100000" (no limit) or "200000 100000"
+    std::ifstream in(cgroup_root + "/cpu.max");
+    std::string quota;
+    double period = 0;
+    if (in >> quota >> period) {
+      return quota == "max" ? 0 : QuotaCpus(std::atof(quota.c_str()), period);
+    }
+  }
+  // cgroup v1; a quota of -1 means no limit.
+  std::ifstream quota_in(cgroup_root + "/cpu/cpu.cfs_quota_us");
+  std::ifstream period_in(cgroup_root + "/cpu/cpu.cfs_period_us");
+  double quota = 0, period = 0;
+  if (quota_in >> quota && period_in >> period) return QuotaCpus(quota, period);
+  return 0;
+}
+
+int UsableCpuCount() {
+  int cpus = static_cast<int>(std::thread::hardware_concurrency());
+  cpu_set_t mask;
+  CPU_ZERO(&mask);
+  if (sched_getaffinity(0, sizeof(mask), &mask) == 0) cpus = CPU_COUNT(&mask);
+  const int limit = CgroupCpuLimit("/sys/fs/cgroup");
+  if (limit > 0) cpus = std::min(cpus, limit);
+  return std::max(1, cpus);
+}
 
 ThreadPool::ThreadPool(int threads) {
   for (int i = 1; i < std::max(1, threads); ++i)
@@ -69,7 +108,7 @@ void ThreadPool::ParallelFor(int64_t count, int max_parts,
 
 namespace {
 
-std::atomic<int> default_size{0};       // 0: the hardware threads
+std::atomic<int> default_size{0};       // 0: UsableCpuCount()
 std::atomic<bool> default_made{false};  // Default() has run
 
 }  // namespace
@@ -78,8 +117,7 @@ ThreadPool& ThreadPool::Default() {
   static ThreadPool* pool = [] {
     default_made = true;
     const int size = default_size.load();
-    return new ThreadPool(
-        size > 0 ? size : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+    return new ThreadPool(size > 0 ? size : UsableCpuCount());
   }();
   return *pool;
 }

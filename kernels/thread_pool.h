@@ -8,10 +8,24 @@
 #include <cstdint>
 #include <functional>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
 namespace titans::kernels {
+
+// The CPUs this process may run on: the CPUs in its affinity mask, capped by its cgroup's CPU
+// quota (cgroup v2 cpu.max, or v1 cpu.cfs_quota_us / cpu.cfs_period_us, rounded up), at least 1.
+// A container limited to 2 CPUs on a 64-core node gets 2, where hardware_concurrency() says 64:
+// a pool of 64 threads under a 2-CPU quota is throttled in every step.
+// Thread safety: safe to call from any thread (reads the calling thread's affinity and the
+// cgroup files each call).
+int UsableCpuCount();
+
+// The CPU limit of the cgroup whose files are under `cgroup_root` (cgroup v2 `cpu.max`, else v1
+// `cpu/cpu.cfs_quota_us` and `cpu/cpu.cfs_period_us`): ceil(quota / period), or 0 where there is
+// no limit or no readable file. UsableCpuCount reads "/sys/fs/cgroup".
+int CgroupCpuLimit(const std::string& cgroup_root);
 
 class ThreadPool {
  public:
@@ -27,9 +41,9 @@ class ThreadPool {
   // all are done. Ranges are split evenly by count.
   void ParallelFor(int64_t count, int max_parts, const std::function<void(int64_t, int64_t)>& fn);
 
-  // The process-wide pool: SetDefaultSize's threads, else the hardware threads.
+  // The process-wide pool: SetDefaultSize's threads, else UsableCpuCount().
   static ThreadPool& Default();
-  // Sizes Default() (threads >= 1; 0: the hardware threads). Effective only before Default()
+  // Sizes Default() (threads >= 1; 0: UsableCpuCount()). Effective only before Default()
   // is first used; returns false (and changes nothing) after that.
   static bool SetDefaultSize(int threads);
 

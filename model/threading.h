@@ -19,7 +19,7 @@
 namespace titans {
 
 struct ThreadPolicy {
-  int compute_threads = 0;  // the kernels' pool; 0: one per hardware thread
+  int compute_threads = 0;  // the kernels' pool; 0: kernels::UsableCpuCount()
   int library_threads = 1;  // LibTorch intra-op and OpenBLAS; 0: leave the libraries' defaults
 };
 
