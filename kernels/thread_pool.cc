@@ -24,15 +24,25 @@ int QuotaCpus(double quota, double period) {
 
 }  // namespace
 
-int CgroupCpuLimit(const std::string& cgroup_root) {
-  {  // cgroup v2: "max 100000" (no limit) or "200000 100000"
-    std::ifstream in(cgroup_root + "/cpu.max");
+int CgroupCpuLimit(const std::string& cgroup_root, const std::string& own_cgroup) {
+  // cgroup v2: "max 100000" (no limit) or "200000 100000", in the process's cgroup and each
+  // ancestor (a parent's limit binds its children too).
+  int tightest = 0;
+  bool found_v2 = false;
+  for (std::string dir = own_cgroup;;) {
+    while (!dir.empty() && dir.back() == '/') dir.pop_back();
+    std::ifstream in(cgroup_root + dir + "/cpu.max");
     std::string quota;
     double period = 0;
     if (in >> quota >> period) {
-      return quota == "max" ? 0 : QuotaCpus(std::atof(quota.c_str()), period);
+      found_v2 = true;
+      const int limit = quota == "max" ? 0 : QuotaCpus(std::atof(quota.c_str()), period);
+      if (limit > 0 && (tightest == 0 || limit < tightest)) tightest = limit;
     }
+    if (dir.empty()) break;
+    dir.resize(dir.rfind('/') == std::string::npos ? 0 : dir.rfind('/'));
   }
+  if (found_v2) return tightest;
   // cgroup v1; a quota of -1 means no limit.
   std::ifstream quota_in(cgroup_root + "/cpu/cpu.cfs_quota_us");
   std::ifstream period_in(cgroup_root + "/cpu/cpu.cfs_period_us");
@@ -46,7 +56,12 @@ int UsableCpuCount() {
   cpu_set_t mask;
   CPU_ZERO(&mask);
   if (sched_getaffinity(0, sizeof(mask), &mask) == 0) cpus = CPU_COUNT(&mask);
-  const int limit = CgroupCpuLimit("/sys/fs/cgroup");
+  std::string own_cgroup = "/";
+  std::ifstream cgroups("/proc/self/cgroup");
+  for (std::string line; std::getline(cgroups, line);) {
+    if (line.rfind("0::", 0) == 0) own_cgroup = line.substr(3);
+  }
+  const int limit = CgroupCpuLimit("/sys/fs/cgroup", own_cgroup);
   if (limit > 0) cpus = std::min(cpus, limit);
   return std::max(1, cpus);
 }

@@ -22,10 +22,12 @@ namespace titans::kernels {
 // cgroup files each call).
 int UsableCpuCount();
 
-// The CPU limit of the cgroup whose files are under `cgroup_root` (cgroup v2 `cpu.max`, else v1
-// `cpu/cpu.cfs_quota_us` and `cpu/cpu.cfs_period_us`): ceil(quota / period), or 0 where there is
-// no limit or no readable file. UsableCpuCount reads "/sys/fs/cgroup".
-int CgroupCpuLimit(const std::string& cgroup_root);
+// The CPU limit of a process whose cgroup v2 is `own_cgroup` (the path after "0::" in
+// /proc/self/cgroup; "/" inside a container with its own cgroup namespace) in the hierarchy
+// mounted at `cgroup_root`: the tightest `cpu.max` of that cgroup and its ancestors, else the
+// v1 `cpu/cpu.cfs_quota_us` / `cpu/cpu.cfs_period_us` at the root; ceil(quota / period), or 0
+// where there is no limit or no readable file. UsableCpuCount reads "/sys/fs/cgroup".
+int CgroupCpuLimit(const std::string& cgroup_root, const std::string& own_cgroup = "/");
 
 class ThreadPool {
  public:

@@ -48,6 +48,20 @@ TEST(CgroupCpuLimit, ReadsTheQuotaOfCgroupV2) {
   EXPECT_EQ(CgroupCpuLimit(tree.root()), 1);
 }
 
+TEST(CgroupCpuLimit, TheTightestLimitOfTheCgroupAndItsAncestorsBinds) {
+  CgroupTree tree;
+  std::filesystem::create_directories(tree.root() + "/system.slice/titans.service");
+  tree.Write("cpu.max", "max 100000\n");
+  tree.Write("system.slice/cpu.max", "300000 100000\n");
+  tree.Write("system.slice/titans.service/cpu.max", "max 100000\n");
+  EXPECT_EQ(CgroupCpuLimit(tree.root(), "/system.slice/titans.service"), 3);
+  tree.Write("system.slice/titans.service/cpu.max", "100000 100000\n");
+  EXPECT_EQ(CgroupCpuLimit(tree.root(), "/system.slice/titans.service/"), 1);
+  EXPECT_EQ(CgroupCpuLimit(tree.root(), "/system.slice"), 3);
+  EXPECT_EQ(CgroupCpuLimit(tree.root(), "/"), 0);
+  EXPECT_EQ(CgroupCpuLimit(tree.root(), "/elsewhere"), 0) << "a missing directory is no limit";
+}
+
 TEST(CgroupCpuLimit, ReadsTheQuotaOfCgroupV1) {
   CgroupTree tree;
   tree.Write("cpu/cpu.cfs_quota_us", "-1\n");
