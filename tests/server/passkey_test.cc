@@ -7,6 +7,7 @@
 // calls changes nothing). Score compares the probability of the true key with that of another
 // random key, the session unchanged: the memory must make the true one clearly more likely (an
 // attention-only model cannot tell them apart, docs/evaluation.md).
+#include <cstdio>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -143,6 +144,11 @@ TEST_P(PasskeyHaystackTest, KeyPlantedFarOutsideTheWindowIsRecalledAfterManyAppe
     ASSERT_TRUE(reader->Finish().ok());
     EXPECT_EQ(answer, InProcessAnswer(**model, prompt)) << "trial " << trial;
     recalled += answer == key;
+    // One line per trial, flushed: if a run is ever cut off by CTest's timeout, its log shows how
+    // far it got (CI once timed out here with nothing after [ RUN ]).
+    std::printf("trial %d: key %s, answer %s, %d appends\n", trial, key.c_str(), answer.c_str(),
+                calls);
+    std::fflush(stdout);
   }
   std::printf(
       "passkey across calls, %s haystack: %d/%d whole keys recalled, true key %.2f nats "
