@@ -40,7 +40,8 @@ int CgroupCpuLimit(const std::string& cgroup_root, const std::string& own_cgroup
       if (limit > 0 && (tightest == 0 || limit < tightest)) tightest = limit;
     }
     if (dir.empty()) break;
-    dir.resize(dir.rfind('/') == std::string::npos ? 0 : dir.rfind('/'));
+    const size_t parent_end = dir.rfind('/');
+    dir.resize(parent_end == std::string::npos ? 0 : parent_end);
   }
   if (found_v2) return tightest;
   // cgroup v1; a quota of -1 means no limit.

@@ -2,7 +2,7 @@
 # Writes the training text the project uses into data/ (nothing is downloaded: Debian packages
 # installed by scripts/setup.sh provide it):
 #   data/kjv.txt      the King James Bible (bible-kjv, bible-kjv-text), one verse per line, 4.4 MB
-#   data/english.txt  modern English of many kinds, 4 MB: the fortune cookies of `fortunes`
+#   data/english.txt  modern English of many kinds, 4.2 MB: the fortune cookies of `fortunes`
 #                     (quotations, jokes, poems, computing lore; the ASCII-art files left out) and
 #                     the Jargon File (`jargon-text`), as formatted (indentation and runs of blanks
 #                     kept: real text has them, and the memory must not be thrown by them). With it

@@ -49,9 +49,10 @@ ABSL_FLAG(bool, batch_invariant, true,
           "batched with any others (exact crash recovery, reproducible outputs under load); "
           "false: vectorised kernels, about 20% more CPU throughput, recovery exact only to "
           "float rounding");
-ABSL_FLAG(int32_t, compute_threads, 0,
-          "threads of the pool that runs the model's parallel work (memory kernel, GEMMs); "
-          "0 = one per CPU this process may use (its affinity mask, capped by its cgroup CPU quota)");
+ABSL_FLAG(
+    int32_t, compute_threads, 0,
+    "threads of the pool that runs the model's parallel work (memory kernel, GEMMs); "
+    "0 = one per CPU this process may use (its affinity mask, capped by its cgroup CPU quota)");
 ABSL_FLAG(
     int32_t, library_threads, 1,
     "threads LibTorch's intra-op pool and OpenBLAS may use besides; 1 keeps them from "

@@ -1,7 +1,7 @@
 // server_tests' main: the process runs under titans-server's default thread policy
-// (model/threading.h: the compute pool owns the CPUs, LibTorch and OpenBLAS one thread each), as
-// the engines these tests start would in the server. Without it every test process sizes three
-// pools to the CPUs, and two such processes side by side (ctest -j2) oversubscribe them.
+// (model/threading.h: the compute pool owns the CPUs, LibTorch and OpenBLAS one thread each), so
+// the engines these tests start compute with the threads they would have in the server, not
+// with each library's own default.
 #include <gtest/gtest.h>
 
 #include <cstdio>

@@ -24,7 +24,6 @@
 #include <memory>
 #include <random>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "kernels/linear.h"
@@ -404,7 +403,7 @@ void PrintSummary(const RatioReporter& r) {
   const double block = r.Get("KernelGemmBlock", "GFLOP/s");
   const double bw = r.Get("MemoryBandwidth", "GB/s");
   std::printf("\n== Summary (kernel ISA %s, %d threads) ==\n", MemoryKernelIsa().c_str(),
-              static_cast<int>(std::thread::hardware_concurrency()));
+              ThreadPool::Default().size());
   std::printf(
       "machine: sgemm 2048^3 peak %.1f GFLOP/s; kernel GEMM block %.1f GFLOP/s "
       "(1 thread); memory read bandwidth %.1f GB/s\n",
