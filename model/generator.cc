@@ -7,22 +7,8 @@
 
 namespace titans {
 
-std::string_view FinishReasonName(FinishReason r) {
-  switch (r) {
-    case FinishReason::kLength:
-      return "length";
-    case FinishReason::kStop:
-      return "stop";
-    case FinishReason::kEndOfSequence:
-      return "eos";
-    case FinishReason::kCancelled:
-      return "cancelled";
-  }
-  return "unknown";
-}
-
 TokenGenerator::TokenGenerator(const TitansModel& model, const SamplingParams& params, Rng rng)
-    : model_(&model), params_(params), rng_(rng), stops_(params.stop) {}
+    : model_(&model), params_(params), rng_(rng), text_(model.tokenizer(), params) {}
 
 absl::StatusOr<TokenGenerator> TokenGenerator::Start(const TitansModel& model, SessionState* state,
                                                      const SamplingParams& params) {
@@ -55,49 +41,12 @@ int32_t TokenGenerator::SampleFrom(const float* logits, SessionState* state) {
   return token;
 }
 
-TokenGenerator::StepResult TokenGenerator::Commit(int32_t token) {
-  const Tokenizer& tokenizer = model_->tokenizer();
-  StepResult out;
-  out.token = token;
-  ++generated_;
-  if (params_.stop_at_eos && token == tokenizer.eos_id()) {
-    out.finished = true;
-    out.finish_reason = FinishReason::kEndOfSequence;
-    out.text_delta = Flush();
-    return out;
-  }
-  if (!tokenizer.IsSpecial(token)) {
-    pending_bytes_ += tokenizer.TokenBytes(token);
-    const size_t complete = CompleteUtf8Prefix(pending_bytes_);
-    bool stopped = false;
-    out.text_delta = stops_.Feed(std::string_view(pending_bytes_).substr(0, complete), &stopped);
-    pending_bytes_.erase(0, complete);
-    if (stopped) {
-      out.finished = true;
-      out.finish_reason = FinishReason::kStop;
-      return out;
-    }
-  }
-  if (generated_ >= params_.max_tokens) {
-    out.text_delta += Flush();
-    out.finished = true;
-    out.finish_reason = FinishReason::kLength;
-  }
-  return out;
-}
-
 absl::StatusOr<TokenGenerator::StepResult> TokenGenerator::Step(SessionState* state) {
   at::NoGradGuard no_grad;
   const int32_t token = Sample(state);
   TITANS_RETURN_IF_ERROR(
       model_->Forward(state, at::full({1, 1}, int64_t{token}, at::kLong)).status());
   return Commit(token);
-}
-
-std::string TokenGenerator::Flush() {
-  std::string rest = stops_.Flush() + pending_bytes_;
-  pending_bytes_.clear();
-  return rest;
 }
 
 absl::StatusOr<GenerationResult> Generate(const TitansModel& model, SessionState* state,

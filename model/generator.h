@@ -18,12 +18,10 @@
 #include "absl/status/statusor.h"
 #include "model/sampler.h"
 #include "model/session_state.h"
+#include "model/text_stream.h"
 #include "model/titans_model.h"
 
 namespace titans {
-
-enum class FinishReason { kLength, kStop, kEndOfSequence, kCancelled };
-std::string_view FinishReasonName(FinishReason r);
 
 struct GenerationResult {
   std::vector<int32_t> tokens;  // every token consumed into the session by this call
@@ -37,12 +35,7 @@ struct GenerationResult {
 // safe to emit. Not thread-safe; one per request.
 class TokenGenerator {
  public:
-  struct StepResult {
-    int32_t token = -1;
-    std::string text_delta;  // possibly empty (partial UTF-8 / possible stop prefix held back)
-    bool finished = false;
-    FinishReason finish_reason = FinishReason::kLength;
-  };
+  using StepResult = TextStream::Step;
 
   // INVALID_ARGUMENT for bad parameters (state untouched).
   static absl::StatusOr<TokenGenerator> Start(const TitansModel& model, SessionState* state,
@@ -56,10 +49,10 @@ class TokenGenerator {
   // Sample() from logits the caller already copied to the host ([vocab] floats, this state's
   // last logits): a batch of sessions shares one device-to-host copy.
   int32_t SampleFrom(const float* logits, SessionState* state);
-  StepResult Commit(int32_t token);
+  StepResult Commit(int32_t token) { return text_.Commit(token); }
   // The text held back so far (call when ending early, e.g. on cancellation).
-  std::string Flush();
-  int32_t generated() const { return generated_; }
+  std::string Flush() { return text_.Flush(); }
+  int32_t generated() const { return text_.generated(); }
 
  private:
   TokenGenerator(const TitansModel& model, const SamplingParams& params, Rng rng);
@@ -67,9 +60,7 @@ class TokenGenerator {
   const TitansModel* model_;
   SamplingParams params_;
   Rng rng_;
-  StopMatcher stops_;
-  std::string pending_bytes_;  // bytes of an incomplete UTF-8 sequence
-  int32_t generated_ = 0;
+  TextStream text_;
 };
 
 // Called once per generated token with the text that became safe to emit (possibly empty: a

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
+#include <algorithm>
 #include <chrono>
 #include <random>
 
@@ -48,28 +49,66 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(const TitansMod
     return absl::InvalidArgumentError(
         absl::StrCat("runner capacity must be positive, got ", capacity));
   }
-  return std::unique_ptr<ModelRunner>(new ModelRunner(model, capacity));
+  return std::unique_ptr<ModelRunner>(new ModelRunner(nullptr, model, capacity));
 }
 
-ModelRunner::ModelRunner(const TitansModel& model, int32_t capacity)
-    : model_(model), slots_(capacity) {
-  free_.reserve(capacity);
-  for (SlotId id = capacity - 1; id >= 0; --id) free_.push_back(id);
+absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(std::unique_ptr<TitansModel> model,
+                                                                 int32_t capacity) {
+  if (model == nullptr) return absl::InvalidArgumentError("runner needs a model");
+  if (capacity <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("runner capacity must be positive, got ", capacity));
+  }
+  const TitansModel& ref = *model;
+  return std::unique_ptr<ModelRunner>(new ModelRunner(std::move(model), ref, capacity));
+}
+
+absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Load(const std::string& model_dir,
+                                                               const std::string& device,
+                                                               int32_t capacity) {
+  LoadOptions load;
+  load.device = device;
+  TITANS_ASSIGN_OR_RETURN(std::unique_ptr<TitansModel> model, TitansModel::Load(model_dir, load));
+  return Create(std::move(model), capacity);
+}
+
+ModelRunner::ModelRunner(std::unique_ptr<TitansModel> owned, const TitansModel& model,
+                         int32_t capacity)
+    : owned_model_(std::move(owned)), model_(model), capacity_(capacity) {}
+
+const ModelConfig& ModelRunner::config() const { return model_.config(); }
+const Tokenizer& ModelRunner::tokenizer() const { return model_.tokenizer(); }
+const std::string& ModelRunner::fingerprint() const { return model_.fingerprint(); }
+int64_t ModelRunner::parameter_count() const { return CountParameters(model_.config()); }
+
+int32_t ModelRunner::slots_in_use() const {
+  absl::MutexLock lock(&mu_);
+  return in_use_;
 }
 
 ModelRunner::~ModelRunner() = default;
 
 ModelRunner::Slot* ModelRunner::Find(SlotId slot) const {
-  if (slot < 0 || slot >= capacity()) return nullptr;
+  if (slot < 0 || slot >= static_cast<SlotId>(slots_.size())) return nullptr;
   return slots_[slot].get();
 }
 
-bool ModelRunner::allocated(SlotId slot) const { return Find(slot) != nullptr; }
+bool ModelRunner::allocated(SlotId slot) const {
+  absl::MutexLock lock(&mu_);
+  return Find(slot) != nullptr;
+}
 
 absl::StatusOr<SlotId> ModelRunner::Take() {
   if (free_.empty()) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("all ", capacity(), " runner slots are in use"));
+    const SlotId size = static_cast<SlotId>(slots_.size());
+    if (size >= capacity_) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("all ", capacity_, " runner slots are in use"));
+    }
+    // One more block of slots; ids are handed out lowest first.
+    const SlotId grown = size + std::min(kSlotBlock, capacity_ - size);
+    slots_.resize(static_cast<size_t>(grown));
+    for (SlotId id = grown - 1; id >= size; --id) free_.push_back(id);
   }
   const SlotId id = free_.back();
   free_.pop_back();
@@ -79,12 +118,14 @@ absl::StatusOr<SlotId> ModelRunner::Take() {
 }
 
 absl::StatusOr<SlotId> ModelRunner::NewSlot() {
+  absl::MutexLock lock(&mu_);
   TITANS_ASSIGN_OR_RETURN(SlotId id, Take());
   slots_[id]->state = model_.NewState();
   return id;
 }
 
 void ModelRunner::Free(SlotId slot) {
+  absl::MutexLock lock(&mu_);
   if (Find(slot) == nullptr) return;
   slots_[slot].reset();
   free_.push_back(slot);
@@ -92,6 +133,7 @@ void ModelRunner::Free(SlotId slot) {
 }
 
 absl::StatusOr<SlotId> ModelRunner::Fork(SlotId slot) {
+  absl::MutexLock lock(&mu_);
   const Slot* from = Find(slot);
   if (from == nullptr) return absl::NotFoundError(absl::StrCat("runner slot ", slot, " is free"));
   TITANS_ASSIGN_OR_RETURN(SlotId id, Take());
@@ -100,28 +142,42 @@ absl::StatusOr<SlotId> ModelRunner::Fork(SlotId slot) {
 }
 
 absl::StatusOr<SlotId> ModelRunner::Import(std::string_view blob) {
-  if (free_.empty()) return Take().status();  // RESOURCE_EXHAUSTED before parsing anything
+  {
+    absl::MutexLock lock(&mu_);
+    if (free_.empty() && static_cast<SlotId>(slots_.size()) >= capacity_) {
+      return Take().status();  // RESOURCE_EXHAUSTED before parsing anything
+    }
+  }
+  // Parsed without the lock: a large blob does not hold up the step in progress.
   TITANS_ASSIGN_OR_RETURN(SessionState state,
                           DeserializeSessionState(blob, model_.config(), model_.fingerprint()));
   MoveSessionState(&state, model_.device());
+  absl::MutexLock lock(&mu_);
   TITANS_ASSIGN_OR_RETURN(SlotId id, Take());
   slots_[id]->state = std::move(state);
   return id;
 }
 
 absl::StatusOr<std::string> ModelRunner::Export(SlotId slot) const {
-  const Slot* s = Find(slot);
-  if (s == nullptr) return absl::NotFoundError(absl::StrCat("runner slot ", slot, " is free"));
-  return SerializeSessionState(model_.config(), s->state, model_.fingerprint());
+  SessionState copy;  // shallow (tensors are never written in place): serialised without the lock
+  {
+    absl::MutexLock lock(&mu_);
+    const Slot* s = Find(slot);
+    if (s == nullptr) return absl::NotFoundError(absl::StrCat("runner slot ", slot, " is free"));
+    copy = s->state;
+  }
+  return SerializeSessionState(model_.config(), copy, model_.fingerprint());
 }
 
 std::shared_ptr<const SlotSnapshot> ModelRunner::Snapshot(SlotId slot) const {
+  absl::MutexLock lock(&mu_);
   const Slot* s = Find(slot);
   if (s == nullptr) return nullptr;
   return std::make_shared<const SlotSnapshot>(s->state);
 }
 
 absl::Status ModelRunner::Restore(SlotId slot, const SlotSnapshot& snapshot) {
+  absl::MutexLock lock(&mu_);
   Slot* s = Find(slot);
   if (s == nullptr) return absl::NotFoundError(absl::StrCat("runner slot ", slot, " is free"));
   s->state = snapshot.state;
@@ -129,6 +185,7 @@ absl::Status ModelRunner::Restore(SlotId slot, const SlotSnapshot& snapshot) {
 }
 
 absl::StatusOr<SlotId> ModelRunner::FromSnapshot(const SlotSnapshot& snapshot) {
+  absl::MutexLock lock(&mu_);
   TITANS_ASSIGN_OR_RETURN(SlotId id, Take());
   slots_[id]->state = snapshot.state;
   return id;
@@ -143,6 +200,7 @@ int64_t ModelRunner::SnapshotPosition(const SlotSnapshot& snapshot) {
 }
 
 absl::Status ModelRunner::StartSampling(SlotId slot, const SamplingParams& params) {
+  absl::MutexLock lock(&mu_);
   Slot* s = Find(slot);
   if (s == nullptr) return absl::NotFoundError(absl::StrCat("runner slot ", slot, " is free"));
   TITANS_RETURN_IF_ERROR(ValidateSamplingParams(params, model_.config().vocab_size));
@@ -155,21 +213,25 @@ absl::Status ModelRunner::StartSampling(SlotId slot, const SamplingParams& param
 }
 
 int64_t ModelRunner::position(SlotId slot) const {
+  absl::MutexLock lock(&mu_);
   const Slot* s = Find(slot);
   return s ? s->state.position : 0;
 }
 
 int64_t ModelRunner::state_bytes(SlotId slot) const {
+  absl::MutexLock lock(&mu_);
   const Slot* s = Find(slot);
   return s ? StateBytes(s->state) : 0;
 }
 
 Rng::State ModelRunner::rng_state(SlotId slot) const {
+  absl::MutexLock lock(&mu_);
   const Slot* s = Find(slot);
   return s ? s->state.rng_state : Rng::State{};
 }
 
 void ModelRunner::set_rng_state(SlotId slot, const Rng::State& state) {
+  absl::MutexLock lock(&mu_);
   if (Slot* s = Find(slot)) s->state.rng_state = state;
 }
 
@@ -206,6 +268,7 @@ absl::Status ModelRunner::CheckPlan(const StepPlan& plan) const {
 }
 
 absl::StatusOr<StepResult> ModelRunner::Step(const StepPlan& plan) {
+  absl::MutexLock lock(&mu_);
   const auto start = Clock::now();
   const int64_t kernel_start = kernels::MemoryKernelNanos();
   TITANS_RETURN_IF_ERROR(CheckPlan(plan));

@@ -19,8 +19,12 @@
 // would pass SessionState::kMaxPosition gets its own error and is left exactly as it was; the
 // other slots of the step are committed.
 //
-// Thread safety: none. One thread drives a runner (the engine's step loop); calls must not
-// overlap. The TitansModel must outlive the runner.
+// Slot storage grows in blocks of kSlotBlock slots as slots are taken, up to the capacity given
+// at creation; it never shrinks (freed slots are reused, the most recently freed first).
+//
+// Thread safety: every method may be called from any thread. Calls are serialised by one
+// internal lock, which Step() holds for the whole step, so a slot operation on another thread
+// waits for the step in progress. A TitansModel passed by reference must outlive the runner.
 #ifndef TITANS_MODEL_MODEL_RUNNER_H_
 #define TITANS_MODEL_MODEL_RUNNER_H_
 
@@ -31,9 +35,13 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "model/config.h"
 #include "model/sampler.h"
+#include "model/tokenizer.h"
 
 namespace titans {
 
@@ -88,15 +96,32 @@ class SlotSnapshot;
 
 class ModelRunner {
  public:
+  static constexpr int32_t kSlotBlock = 64;
+
   // A runner with room for `capacity` slots (> 0). INVALID_ARGUMENT for a bad capacity.
   static absl::StatusOr<std::unique_ptr<ModelRunner>> Create(const TitansModel& model,
                                                              int32_t capacity);
+  // The same, owning the model.
+  static absl::StatusOr<std::unique_ptr<ModelRunner>> Create(std::unique_ptr<TitansModel> model,
+                                                             int32_t capacity);
+  // Loads the model directory `model_dir` onto `device` ("cpu", "cuda", "cuda:N") and returns a
+  // runner that owns it. The model loader's errors (TitansModel::Load), or INVALID_ARGUMENT for a
+  // bad capacity.
+  static absl::StatusOr<std::unique_ptr<ModelRunner>> Load(const std::string& model_dir,
+                                                           const std::string& device,
+                                                           int32_t capacity);
   ~ModelRunner();
   ModelRunner(const ModelRunner&) = delete;
   ModelRunner& operator=(const ModelRunner&) = delete;
 
-  int32_t capacity() const { return static_cast<int32_t>(slots_.size()); }
-  int32_t slots_in_use() const { return in_use_; }
+  // The model's description, tokenizer and weights fingerprint (immutable: no lock needed).
+  const ModelConfig& config() const;
+  const Tokenizer& tokenizer() const;
+  const std::string& fingerprint() const;
+  int64_t parameter_count() const;
+
+  int32_t capacity() const { return capacity_; }
+  int32_t slots_in_use() const;
 
   // A fresh slot at position 0. RESOURCE_EXHAUSTED when every slot is taken.
   absl::StatusOr<SlotId> NewSlot();
@@ -137,15 +162,18 @@ class ModelRunner {
 
  private:
   struct Slot;
-  explicit ModelRunner(const TitansModel& model, int32_t capacity);
-  Slot* Find(SlotId slot) const;
-  absl::StatusOr<SlotId> Take();
-  absl::Status CheckPlan(const StepPlan& plan) const;
+  ModelRunner(std::unique_ptr<TitansModel> owned, const TitansModel& model, int32_t capacity);
+  Slot* Find(SlotId slot) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<SlotId> Take() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status CheckPlan(const StepPlan& plan) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
 
+  const std::unique_ptr<TitansModel> owned_model_;  // null when the caller owns the model
   const TitansModel& model_;
-  std::vector<std::unique_ptr<Slot>> slots_;  // nullptr: free
-  std::vector<SlotId> free_;                  // free slot ids, lowest last
-  int32_t in_use_ = 0;
+  const int32_t capacity_;
+  mutable absl::Mutex mu_;
+  std::vector<std::unique_ptr<Slot>> slots_ ABSL_GUARDED_BY(mu_);  // nullptr: free
+  std::vector<SlotId> free_ ABSL_GUARDED_BY(mu_);  // free slot ids of slots_, lowest last
+  int32_t in_use_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace titans

@@ -2,16 +2,16 @@
 
 namespace titans::engine {
 
-Engine::Impl::Impl(EngineOptions options, std::unique_ptr<TitansModel> model)
-    : options_(std::move(options)), model_(std::move(model)) {
-  const ModelConfig& c = model_->config();
+Engine::Impl::Impl(EngineOptions options, std::unique_ptr<ModelRunner> runner)
+    : options_(std::move(options)), runner_(std::move(runner)) {
+  const ModelConfig& c = runner_->config();
   info_.name = c.name;
   info_.variant = std::string(VariantName(c.variant));
-  info_.parameters = CountParameters(c);
+  info_.parameters = runner_->parameter_count();
   info_.vocab_size = c.vocab_size;
-  info_.tokenizer = model_->tokenizer().type();
+  info_.tokenizer = runner_->tokenizer().type();
   info_.initialization = c.initialization;
-  info_.fingerprint = model_->fingerprint();
+  info_.fingerprint = runner_->fingerprint();
   info_.description = c.description;
   info_.config_json = ModelConfigToJson(c);
 }
@@ -70,7 +70,7 @@ void Engine::Impl::Shutdown(int64_t deadline_ms) {
   std::lock_guard<std::mutex> lock(mu_);
   if (files_) {
     for (auto& [id, s] : sessions_) {
-      if (s->state) {
+      if (s->slot) {
         absl::Status st = Persist(s.get());
         if (!st.ok()) {
           std::fprintf(stderr, "engine: could not persist %s: %s\n", id.c_str(),
@@ -112,17 +112,27 @@ SamplingParams ApplySamplingOverrides(SamplingParams p, const SamplingOverrides&
   return p;
 }
 
+// Runner slots: every session can be resident at once (without a state directory nothing is
+// spilled, and residency may briefly pass max_resident_sessions until the step's spill), plus
+// room for forks made at the limit and the scratch slots of rewinds and replays. Slots are
+// allocated in blocks as they are used (model/model_runner.h), so a large bound costs nothing.
+namespace {
+int32_t RunnerCapacity(const EngineOptions& options) {
+  constexpr int64_t kLimit = int64_t{1} << 30;
+  return static_cast<int32_t>(std::clamp<int64_t>(2 * options.max_sessions + 64, 64, kLimit));
+}
+}  // namespace
+
 // ---- Engine -------------------------------------------------------------------------------------
 
 Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Engine::~Engine() { impl_->Shutdown(0); }
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& options) {
-  LoadOptions load;
-  load.device = options.device;
-  TITANS_ASSIGN_OR_RETURN(std::unique_ptr<TitansModel> model,
-                          TitansModel::Load(options.model_dir, load));
-  auto impl = std::make_unique<Impl>(options, std::move(model));
+  TITANS_ASSIGN_OR_RETURN(
+      std::unique_ptr<ModelRunner> runner,
+      ModelRunner::Load(options.model_dir, options.device, RunnerCapacity(options)));
+  auto impl = std::make_unique<Impl>(options, std::move(runner));
   TITANS_RETURN_IF_ERROR(impl->Start());
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }

@@ -12,7 +12,6 @@ absl::Status Engine::Impl::Recover() {
   for (const std::string& w : warnings) std::fprintf(stderr, "engine: log: %s\n", w.c_str());
   std::set<Session*> touched;
   std::set<Session*> broken;
-  at::NoGradGuard no_grad;
   for (const WalRecord& r : records) {
     auto it = sessions_.find(r.session_id);
     if (it == sessions_.end()) continue;  // closed after it was logged
@@ -78,7 +77,7 @@ std::unique_ptr<Session> Engine::Impl::NewSession() const {
 }
 
 absl::Status Engine::Impl::EnsureResident(Session* s) {
-  if (s->state) return absl::OkStatus();
+  if (s->slot) return absl::OkStatus();
   const std::string id = s->record.id;
   if (shared_) {
     TITANS_ASSIGN_OR_RETURN(const bool migrated, files_->Acquire(id));
@@ -91,9 +90,8 @@ absl::Status Engine::Impl::EnsureResident(Session* s) {
     s->persisted_position = s->record.position;
   }
   TITANS_ASSIGN_OR_RETURN(std::string blob, files_->ReadState(id));
-  TITANS_ASSIGN_OR_RETURN(SessionState state,
-                          DeserializeSessionState(blob, model_->config(), model_->fingerprint()));
-  s->state = std::make_unique<SessionState>(std::move(state));
+  TITANS_ASSIGN_OR_RETURN(SlotId slot, runner_->Import(blob));
+  s->slot = slot;
   LoadHistory(s);
   if (shared_ && options_.durability == Durability::kSync) {
     TITANS_ASSIGN_OR_RETURN(std::vector<WalRecord> log, files_->ReadLog(id));
@@ -119,31 +117,32 @@ absl::Status Engine::Impl::EnsureResident(Session* s) {
 }
 
 absl::StatusOr<bool> Engine::Impl::ReplayRecord(Session* s, const WalRecord& r) {
-  SessionState& state = *s->state;
+  const SlotId slot = *s->slot;
+  const int64_t position = runner_->position(slot);
   const int64_t end = r.position_before + static_cast<int64_t>(r.tokens.size());
   if (r.epoch < s->record.epoch) return false;  // logged before a rewind the checkpoint holds
-  if (end <= state.position && r.epoch == s->record.epoch) return false;  // in the checkpoint
-  if (r.position_before != state.position || r.epoch != s->record.epoch) {
+  if (end <= position && r.epoch == s->record.epoch) return false;  // in the checkpoint
+  if (r.position_before != position || r.epoch != s->record.epoch) {
     return absl::DataLossError(
         absl::StrCat("session ", s->record.id, ": log resumes at ", r.position_before, " (epoch ",
-                     r.epoch, "), state is at ", state.position, " (epoch ", s->record.epoch, ")"));
+                     r.epoch, "), state is at ", position, " (epoch ", s->record.epoch, ")"));
   }
-  at::NoGradGuard no_grad;
+  // In the pieces the operation consumed them in, so the state is the one it produced.
   size_t at = 0;
   for (int32_t piece : r.pieces) {
-    std::vector<int64_t> ids(r.tokens.begin() + at, r.tokens.begin() + at + piece);
-    TITANS_RETURN_IF_ERROR(model_->ForwardMany({&state}, {ids}));
+    TITANS_RETURN_IF_ERROR(
+        Feed(slot, std::vector<int32_t>(r.tokens.begin() + at, r.tokens.begin() + at + piece)));
     at += piece;
   }
-  if (r.has_rng) state.rng_state = r.rng;
+  if (r.has_rng) runner_->set_rng_state(slot, r.rng);
   s->history.Record(r.tokens);
-  s->record.position = state.position;
-  s->state_bytes = StateBytes(state);
+  s->record.position = runner_->position(slot);
+  s->state_bytes = runner_->state_bytes(slot);
   return true;
 }
 
 void Engine::Impl::LoadHistory(Session* s) {
-  const SessionState& state = *s->state;
+  const int64_t position = PositionOf(*s);
   const std::string& id = s->record.id;
   bool restored = false;
   if (s->history.enabled()) {
@@ -154,7 +153,7 @@ void Engine::Impl::LoadHistory(Session* s) {
       for (int64_t p : stored) points.push_back(RewindPoint{p, nullptr});
       const int64_t end = tokens->first_position + static_cast<int64_t>(tokens->tokens.size());
       restored =
-          end == state.position &&
+          end == position &&
           s->history.Restore(tokens->first_position, std::move(tokens->tokens), std::move(points));
     }
     // Points past the restored end belong to a timeline that was not persisted.
@@ -165,22 +164,22 @@ void Engine::Impl::LoadHistory(Session* s) {
     }
     if (!restored && tokens.status().code() != absl::StatusCode::kNotFound) {
       std::fprintf(stderr, "engine: session %s: rewind history not restored; it restarts at %lld\n",
-                   id.c_str(), static_cast<long long>(state.position));
+                   id.c_str(), static_cast<long long>(position));
     }
   }
   if (!restored) ResetHistory(s);
 }
 
 void Engine::Impl::ResetHistory(Session* s) {
-  s->history.Reset(RewindPoint{s->state->position, std::make_shared<SessionState>(*s->state)});
+  s->history.Reset(RewindPoint{PositionOf(*s), runner_->Snapshot(*s->slot)});
 }
 
 void Engine::Impl::MaybeTakePoint(Session* s) {
   if (!s->history.enabled()) return;
-  if (s->history.end() != s->state->position) ResetHistory(s);  // never out of step
+  if (s->history.end() != PositionOf(*s)) ResetHistory(s);  // never out of step
   if (s->history.PointDue()) {
-    std::vector<int64_t> dropped = s->history.AddPoint(
-        RewindPoint{s->state->position, std::make_shared<SessionState>(*s->state)});
+    std::vector<int64_t> dropped =
+        s->history.AddPoint(RewindPoint{PositionOf(*s), runner_->Snapshot(*s->slot)});
     if (files_) {
       for (int64_t p : dropped) files_->RemoveRewindPoint(s->record.id, p);
     }
@@ -195,18 +194,18 @@ int64_t Engine::Impl::LastPointPosition(const Session& s, const Op& op) {
 }
 
 int64_t Engine::Impl::TokensToNextPoint(const Session& s, const Op& op) const {
-  if (!s.history.enabled() || !s.state) return std::numeric_limits<int64_t>::max();
+  if (!s.history.enabled() || !s.slot) return std::numeric_limits<int64_t>::max();
   const int64_t last = LastPointPosition(s, op);
   if (last < 0) return std::numeric_limits<int64_t>::max();  // MaybeTakePoint starts the history
-  return std::max<int64_t>(1, last + options_.rewind_interval_tokens - s.state->position);
+  return std::max<int64_t>(1, last + options_.rewind_interval_tokens - PositionOf(s));
 }
 
 void Engine::Impl::MaybeTakeInnerPoint(const Session& s, Op* op) {
-  if (!s.history.enabled() || !s.state || op->remaining() == 0) return;
-  const int64_t position = s.state->position;
+  if (!s.history.enabled() || !s.slot || op->remaining() == 0) return;
+  const int64_t position = PositionOf(s);
   const int64_t last = LastPointPosition(s, *op);
   if (last < 0 || position - last < options_.rewind_interval_tokens) return;
-  op->inner_points.push_back(RewindPoint{position, std::make_shared<SessionState>(*s.state)});
+  op->inner_points.push_back(RewindPoint{position, runner_->Snapshot(*s.slot)});
   // As RewindHistory::AddPoint: keep the newest point at or before position - window.
   const int64_t floor = position - options_.rewind_window_tokens;
   size_t drop = 0;
@@ -239,48 +238,57 @@ void Engine::Impl::StorePoints(Session* s) {
   if (!files_) return;
   for (const RewindPoint& point : s->history.points()) {
     if (!point.state) continue;
-    auto blob = SerializeSessionState(model_->config(), *point.state, model_->fingerprint());
+    auto blob = runner_->ExportSnapshot(*point.state);
     if (blob.ok() && files_->WriteRewindPoint(s->record.id, point.position, *blob).ok()) {
       s->history.MarkStored(point.position);
     }
   }
 }
 
-absl::StatusOr<std::unique_ptr<SessionState>> Engine::Impl::StateAt(Session* s, int64_t position) {
-  SessionState& live = *s->state;
-  if (position < 0 || position == live.position) return std::make_unique<SessionState>(live);
-  if (position > live.position) {
+absl::StatusOr<std::shared_ptr<const SlotSnapshot>> Engine::Impl::StateAt(Session* s,
+                                                                          int64_t position) {
+  const SlotId live = *s->slot;
+  const int64_t live_position = runner_->position(live);
+  if (position < 0 || position == live_position) return runner_->Snapshot(live);
+  if (position > live_position) {
     return absl::OutOfRangeError(
-        absl::StrCat("position ", position, " is beyond the session's position ", live.position));
+        absl::StrCat("position ", position, " is beyond the session's position ", live_position));
   }
   if (!s->history.enabled()) {
     return absl::FailedPreconditionError(
         "rewinding is disabled on this server (--rewind_window_tokens=0)");
   }
-  if (s->history.end() != live.position) ResetHistory(s);
+  if (s->history.end() != live_position) ResetHistory(s);
   TITANS_ASSIGN_OR_RETURN(RewindHistory::Plan plan, s->history.PlanRewind(position));
-  std::unique_ptr<SessionState> work;
+  // The replay runs in a scratch slot, released on every path out.
+  absl::StatusOr<SlotId> scratch;
   if (plan.start.state) {
-    work = std::make_unique<SessionState>(*plan.start.state);
+    scratch = runner_->FromSnapshot(*plan.start.state);
   } else {
     auto blob = files_->ReadRewindPoint(s->record.id, plan.start.position);
-    absl::StatusOr<SessionState> state =
-        blob.ok() ? DeserializeSessionState(*blob, model_->config(), model_->fingerprint())
-                  : absl::StatusOr<SessionState>(blob.status());
-    if (!state.ok() || state->position != plan.start.position) {
-      return absl::DataLossError(absl::StrCat(
-          "the rewind point at position ", plan.start.position,
-          " could not be read: ", state.ok() ? "wrong position" : state.status().message()));
+    scratch = blob.ok() ? runner_->Import(*blob) : absl::StatusOr<SlotId>(blob.status());
+    if (scratch.ok() && runner_->position(*scratch) != plan.start.position) {
+      runner_->Free(*scratch);
+      scratch = absl::DataLossError("wrong position");
     }
-    work = std::make_unique<SessionState>(std::move(*state));
+    if (!scratch.ok() && scratch.status().code() != absl::StatusCode::kResourceExhausted) {
+      return absl::DataLossError(absl::StrCat("the rewind point at position ", plan.start.position,
+                                              " could not be read: ", scratch.status().message()));
+    }
   }
+  if (!scratch.ok()) return scratch.status();
+  struct FreeScratch {
+    ModelRunner* runner;
+    SlotId slot;
+    ~FreeScratch() { runner->Free(slot); }
+  } free_scratch{runner_.get(), *scratch};
   constexpr size_t kReplayPiece = 4096;
   for (size_t at = 0; at < plan.replay.size(); at += kReplayPiece) {
     const size_t n = std::min(kReplayPiece, plan.replay.size() - at);
-    std::vector<int64_t> ids(plan.replay.begin() + at, plan.replay.begin() + at + n);
-    TITANS_RETURN_IF_ERROR(model_->ForwardMany({work.get()}, {ids}));
+    TITANS_RETURN_IF_ERROR(Feed(
+        *scratch, std::vector<int32_t>(plan.replay.begin() + at, plan.replay.begin() + at + n)));
   }
-  return work;
+  return runner_->Snapshot(*scratch);
 }
 
 void Engine::Impl::ExecuteRewind(Session* s, Op& op,
@@ -292,25 +300,26 @@ void Engine::Impl::ExecuteRewind(Session* s, Op& op,
     MarkDone(op);
     return;
   }
-  SessionState before = *s->state;
+  const SlotId slot = *s->slot;
+  std::shared_ptr<const SlotSnapshot> before = runner_->Snapshot(slot);
   RewindHistory history_before = s->history;
   const int64_t position_before = s->history.end();
   std::vector<int64_t> dropped;
   for (const RewindPoint& p : s->history.points()) {
     if (p.position > op.target_position) dropped.push_back(p.position);
   }
-  *s->state = std::move(**target);
-  s->history.TruncateTo(s->state->position);
+  (void)runner_->Restore(slot, **target);
+  s->history.TruncateTo(runner_->position(slot));
   std::lock_guard<std::mutex> lock(mu_);
   ++s->record.epoch;
   absl::Status st = files_ ? Persist(s) : absl::OkStatus();
   if (st.code() == absl::StatusCode::kAborted) st = MovedError(ClientId(s->record));
   if (!st.ok() && (options_.durability == Durability::kSync || s->moved)) {
-    *s->state = std::move(before);
+    (void)runner_->Restore(slot, *before);
     s->history = std::move(history_before);
     --s->record.epoch;
     s->record.position = position_before;
-    s->state_bytes = StateBytes(*s->state);
+    s->state_bytes = runner_->state_bytes(slot);
     callbacks->push_back([done, st] {
       done(absl::Status(st.code(), absl::StrCat("the rewind could not be made durable (the "
                                                 "session is unchanged): ",
@@ -322,13 +331,13 @@ void Engine::Impl::ExecuteRewind(Session* s, Op& op,
   if (files_) {
     for (int64_t p : dropped) files_->RemoveRewindPoint(s->record.id, p);
   }
-  s->record.position = s->state->position;
-  s->state_bytes = StateBytes(*s->state);
+  s->record.position = runner_->position(slot);
+  s->state_bytes = runner_->state_bytes(slot);
   s->rewind_floor = s->history.first_position();
   s->ops.front()->finished = true;
   SessionInfo info = InfoOf(*s);
   info.queued_operations -= 1;  // this operation is done
-  observer().OnTokens("rewound", position_before - s->state->position);
+  observer().OnTokens("rewound", position_before - s->record.position);
   callbacks->push_back([done, info] { done(info); });
 }
 
@@ -373,7 +382,8 @@ void Engine::Impl::CommitDurable(std::vector<std::function<void()>>* callbacks) 
 }
 
 void Engine::Impl::DropResident(Session* s) {
-  s->state.reset();
+  if (s->slot) runner_->Free(*s->slot);
+  s->slot.reset();
   s->history = RewindHistory(options_.rewind_window_tokens, options_.rewind_interval_tokens);
   s->spilled = true;
   s->moved = false;
@@ -397,7 +407,7 @@ void Engine::Impl::CheckpointIfDue() {
   for (auto& [id, s] : sessions_) {
     // Only between operations: a started operation may have partly changed the state (an
     // unfinished append must never reach a checkpoint).
-    if (!s->state || s->busy || !Quiescent(*s)) continue;
+    if (!s->slot || s->busy || !Quiescent(*s)) continue;
     const int64_t lag = s->record.position - s->persisted_position;
     if (lag <= 0) continue;
     const bool due = lag >= options_.checkpoint_interval_tokens ||
@@ -408,7 +418,7 @@ void Engine::Impl::CheckpointIfDue() {
   if (wal_ && wal_->bytes_since_drop() > options_.wal_max_bytes) {
     bool all = true;
     for (auto& [id, s] : sessions_) {
-      if (s->state && s->record.position > s->persisted_position) {
+      if (s->slot && s->record.position > s->persisted_position) {
         all = Quiescent(*s) && Persist(s.get()).ok() && all;
       }
     }
@@ -421,7 +431,7 @@ void Engine::Impl::SpillIfNeeded(std::vector<std::function<void()>>* callbacks) 
   if (!files_) return;
   std::vector<Session*> resident;
   for (auto& [id, s] : sessions_) {
-    if (s->state) resident.push_back(s.get());
+    if (s->slot) resident.push_back(s.get());
   }
   const int64_t excess = static_cast<int64_t>(resident.size()) - options_.max_resident_sessions;
   if (excess <= 0) return;
@@ -433,7 +443,8 @@ void Engine::Impl::SpillIfNeeded(std::vector<std::function<void()>>* callbacks) 
     if (spilled >= excess) break;
     if (!s->ops.empty() || s->busy) continue;
     if (Persist(s).ok()) {
-      s->state.reset();
+      runner_->Free(*s->slot);
+      s->slot.reset();
       s->history = RewindHistory(options_.rewind_window_tokens, options_.rewind_interval_tokens);
       s->spilled = true;
       ++spilled;
@@ -443,13 +454,12 @@ void Engine::Impl::SpillIfNeeded(std::vector<std::function<void()>>* callbacks) 
 
 absl::Status Engine::Impl::Persist(Session* s, bool create) {
   const auto start = Clock::now();
-  TITANS_ASSIGN_OR_RETURN(
-      std::string blob, SerializeSessionState(model_->config(), *s->state, model_->fingerprint()));
-  s->record.position = s->state->position;
+  TITANS_ASSIGN_OR_RETURN(std::string blob, runner_->Export(*s->slot));
+  s->record.position = runner_->position(*s->slot);
   s->record.state_bytes = s->state_bytes;
   absl::Status st = create ? files_->Create(s->record, blob) : files_->Write(s->record, blob);
   if (st.code() == absl::StatusCode::kAborted) s->moved = true;
-  if (st.ok() && s->history.enabled() && s->history.end() == s->state->position) {
+  if (st.ok() && s->history.enabled() && s->history.end() == s->record.position) {
     // The tokens file pairs with this checkpoint (LoadHistory checks that they meet).
     StorePoints(s);
     st = files_->WriteRewindTokens(s->record.id,
@@ -478,18 +488,18 @@ void Engine::Impl::Sweep() {
     if (shared_) {
       // Another replica may be using it: only the local copy goes (Redis expires the keys of
       // sessions that nobody uses).
-      sessions_.erase(id);
+      Erase(id);
       continue;
     }
     if (files_) {
       DirectoryStore graveyard(options_.state_dir + "/expired");
       if (!options_.state_dir.empty() && graveyard.Init().ok() && EnsureResident(s).ok()) {
-        auto blob = SerializeSessionState(model_->config(), *s->state, model_->fingerprint());
+        auto blob = runner_->Export(*s->slot);
         if (blob.ok()) (void)graveyard.Write(s->record, *blob);
       }
       files_->Remove(id);
     }
-    sessions_.erase(id);
+    Erase(id);
     ++expired_total_;
     observer().OnSessionClosed("expired");
   }

@@ -4,10 +4,12 @@
 //   engine_requests.cc    admission and operations on caller (gRPC) threads
 //   engine_step.cc        the engine thread's step: schedule -> execute -> update
 //   engine_durability.cc  recovery, residency, spilling, checkpoints, rewind history
+// The engine reaches the model only through its ModelRunner (model/model_runner.h): a resident
+// session is a runner slot id, rollback and rewind points are SlotSnapshots, stored states are
+// blobs, and a step is a plain-data StepPlan. No LibTorch header is included here
+// (tests/server/engine_tensor_free_test.py checks the whole include graph).
 #ifndef TITANS_SERVER_ENGINE_ENGINE_IMPL_H_
 #define TITANS_SERVER_ENGINE_ENGINE_IMPL_H_
-
-#include <ATen/ATen.h>
 
 #include <atomic>
 #include <chrono>
@@ -22,12 +24,9 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "kernels/memory_kernel.h"
-#include "model/generator.h"
-#include "model/params.h"
-#include "model/session_state.h"
+#include "model/model_runner.h"
 #include "model/status_macros.h"
-#include "model/titans_model.h"
+#include "model/text_stream.h"
 #include "model/utf8.h"
 #include "server/engine/directory_store.h"
 #include "server/engine/engine.h"
@@ -54,13 +53,14 @@ struct Op {
   size_t consumed = 0;
   CancelFlag cancel;
   Clock::time_point arrival = Clock::now();
-  // Append: the state before the operation, restored on failure or cancellation (atomicity).
-  std::unique_ptr<SessionState> backup;
+  // Append, generate, committed score: the session before the operation, restored on failure
+  // or cancellation (atomicity).
+  std::shared_ptr<const SlotSnapshot> backup;
   std::function<void(absl::StatusOr<AppendResult>)> append_done;
   // Generate.
   GenerateParams generate;
   SamplingParams sampling;
-  std::optional<TokenGenerator> generator;
+  std::optional<TextStream> stream;  // once the prompt is consumed
   std::function<void(const GenerateEvent&)> on_event;
   Engine::Done done;
   std::optional<Clock::time_point> first_token;
@@ -96,10 +96,10 @@ struct Session {
       : history(rewind_window, rewind_interval) {}
   SessionRecord record;
   std::optional<SamplingParams> sampling;
-  std::unique_ptr<SessionState> state;  // null while spilled
+  std::optional<SlotId> slot;  // the runner slot holding the state; empty while spilled
   std::deque<std::unique_ptr<Op>> ops;
   bool busy = false;               // the engine thread is executing its head operation
-  bool spilled = false;            // mirror of state == nullptr, kept under mu_ for readers
+  bool spilled = false;            // mirror of !slot, kept under mu_ for readers
   int64_t persisted_position = 0;  // position of the last state written to disk
   std::chrono::steady_clock::time_point last_checkpoint = std::chrono::steady_clock::now();
   int64_t state_bytes = 0;
@@ -120,7 +120,7 @@ struct Session {
 
 class Engine::Impl {
  public:
-  Impl(EngineOptions options, std::unique_ptr<TitansModel> model);
+  Impl(EngineOptions options, std::unique_ptr<ModelRunner> runner);
 
   absl::Status Start();
 
@@ -156,9 +156,10 @@ class Engine::Impl {
 
   absl::StatusOr<int64_t> ResolveTtl(int64_t ttl) const;
 
-  // Registers a new session holding `state`. Its rewind history starts at `state`, or is
-  // `history` (a fork's: stored points are those of session `history_owner`). Requires mu_.
-  absl::StatusOr<SessionInfo> AddSession(const CreateParams& p, std::unique_ptr<SessionState> state,
+  // Registers a new session holding runner slot `slot` (taken over: freed if the session cannot
+  // be added). Its rewind history starts at the slot's state, or is `history` (a fork's: stored
+  // points are those of session `history_owner`). Requires mu_.
+  absl::StatusOr<SessionInfo> AddSession(const CreateParams& p, SlotId slot,
                                          const RewindHistory* history = nullptr,
                                          const std::string& history_owner = "")
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -236,19 +237,28 @@ class Engine::Impl {
   // it with the tokens up to `position` replayed (in pieces; the result equals the original
   // state at that position up to float rounding). OUT_OF_RANGE outside the history,
   // FAILED_PRECONDITION when rewinding is disabled, DATA_LOSS when a stored point is damaged.
-  absl::StatusOr<std::unique_ptr<SessionState>> StateAt(Session* s, int64_t position);
+  absl::StatusOr<std::shared_ptr<const SlotSnapshot>> StateAt(Session* s, int64_t position);
+
+  // Consumes `tokens` into `slot` in one runner step of its own (replay, rewind, a score's BOS).
+  // On error the slot is unchanged.
+  absl::Status Feed(SlotId slot, std::vector<int32_t> tokens);
+
+  // The position of a resident session.
+  int64_t PositionOf(const Session& s) const { return runner_->position(*s.slot); }
 
   // Rewind op: the session goes back to op.target_position. Persisted at once (with a new epoch,
   // so that log records of the abandoned tokens are never replayed onto it); in sync mode a
   // failed write leaves the session as it was and fails the operation.
   void ExecuteRewind(Session* s, Op& op, std::vector<std::function<void()>>* callbacks);
 
-  // Tokens of one session to feed in this step's batched forward pass.
+  // One session's work in this step's batched runner step.
   struct Forwarding {
     Session* session;
     Op* op;
-    std::vector<int64_t> tokens;
-    bool decode = false;  // a sampled token of a generation (else a piece of an append / prompt)
+    // A piece of an append or prompt; for a decode, what to consume before sampling (the BOS
+    // token of an empty session, else nothing).
+    std::vector<int32_t> tokens;
+    bool decode = false;  // sample one token of a generation after `tokens`
   };
 
   // Engine thread, without mu_ (only this thread touches states and head operations). Runs
@@ -257,7 +267,7 @@ class Engine::Impl {
                std::vector<std::function<void()>>* callbacks);
 
   // The next up-to-`tokens` tokens of an append or prompt.
-  static std::vector<int64_t> NextPiece(const Op& op, int64_t tokens);
+  static std::vector<int32_t> NextPiece(const Op& op, int64_t tokens);
 
   // Finishes an operation that changed the session. Without a log its callback runs now; in sync
   // mode it waits for this step's group commit, and if that fails the session is rolled back to
@@ -269,19 +279,16 @@ class Engine::Impl {
   // The step's group commit: every completed operation's record, one write and one fdatasync.
   void CommitDurable(std::vector<std::function<void()>>* callbacks);
 
-  // One forward pass for every session's tokens of this step (continuous batching), then each
-  // operation's bookkeeping. If the pass fails, every operation in it fails (appends are rolled
-  // back to their state before the operation).
-  void RunBatch(std::vector<Forwarding>& batch, std::vector<std::function<void()>>* callbacks);
-
-  // Draws the token of every decode entry of the batch (tokens[0] is a placeholder until then)
-  // from its session's last logits, with one device-to-host copy for them all.
-  void SampleDecodes(std::vector<Forwarding>& batch);
+  // One runner step for every session's tokens of this step (continuous batching), then each
+  // operation's bookkeeping. If the step fails as a whole, every operation in it fails (and is
+  // rolled back to its state before the operation); a session's own failure fails its operation
+  // only. Returns the step's seconds in the memory kernel.
+  double RunBatch(std::vector<Forwarding>& batch, std::vector<std::function<void()>>* callbacks);
 
   SamplingParams Resolve(const Session& s, const GenerateParams& g) const;
 
-  GenerateEvent Event(const SessionState& state, const Op& op, Finish f,
-                      std::vector<int32_t> tokens, std::string text) const;
+  GenerateEvent Event(int64_t position, const Op& op, Finish f, std::vector<int32_t> tokens,
+                      std::string text) const;
 
   void PrepareGenerate(Session* s, Op* op, int64_t tokens, bool cancelled,
                        std::vector<Forwarding>* batch,
@@ -299,6 +306,9 @@ class Engine::Impl {
   // With mu_: pops finished operations, refreshes session metadata, erases closed sessions.
   void Update(const std::vector<Session*>& order, const std::vector<Assignment>& plan,
               std::vector<std::function<void()>>* callbacks) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Removes the session from the registry, releasing its runner slot if it has one.
+  void Erase(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Forgets the resident state (another replica holds the session now); a later operation here
   // acquires the session again and loads it from the store.
@@ -357,7 +367,7 @@ class Engine::Impl {
  private:
   EngineOptions options_;
   EngineObserver null_observer_;
-  std::unique_ptr<TitansModel> model_;
+  std::unique_ptr<ModelRunner> runner_;  // every resident session's state, in slots
   ModelInfo info_;
   std::unique_ptr<SessionStore> files_;
 

@@ -62,10 +62,18 @@ absl::StatusOr<int64_t> Engine::Impl::ResolveTtl(int64_t ttl) const {
   return ttl == 0 ? options_.default_idle_ttl_seconds : ttl;
 }
 
-absl::StatusOr<SessionInfo> Engine::Impl::AddSession(const CreateParams& p,
-                                                     std::unique_ptr<SessionState> state,
+absl::StatusOr<SessionInfo> Engine::Impl::AddSession(const CreateParams& p, SlotId slot,
                                                      const RewindHistory* history,
                                                      const std::string& history_owner) {
+  bool added = false;
+  struct FreeUnlessAdded {
+    ModelRunner* runner;
+    SlotId slot;
+    const bool* added;
+    ~FreeUnlessAdded() {
+      if (!*added) runner->Free(slot);
+    }
+  } free_unless_added{runner_.get(), slot, &added};
   TITANS_RETURN_IF_ERROR(CheckOpen());
   TITANS_RETURN_IF_ERROR(ValidatePrincipal(p.principal));
   std::string client_id = p.id;
@@ -92,7 +100,7 @@ absl::StatusOr<SessionInfo> Engine::Impl::AddSession(const CreateParams& p,
         absl::StrCat("session limit reached (", options_.max_sessions, ")"));
   }
   if (p.sampling) {
-    TITANS_RETURN_IF_ERROR(ValidateSamplingParams(*p.sampling, model_->config().vocab_size));
+    TITANS_RETURN_IF_ERROR(ValidateSamplingParams(*p.sampling, runner_->config().vocab_size));
   }
   auto s = NewSession();
   s->record.id = id;
@@ -100,9 +108,9 @@ absl::StatusOr<SessionInfo> Engine::Impl::AddSession(const CreateParams& p,
   s->record.labels = p.labels;
   s->record.idle_ttl_seconds = ttl;
   s->record.created_unix_ms = s->record.last_used_unix_ms = NowMs();
-  s->record.position = state->position;
+  s->record.position = runner_->position(slot);
   s->sampling = p.sampling;
-  s->state_bytes = StateBytes(*state);
+  s->state_bytes = runner_->state_bytes(slot);
   if (history) {
     s->history = *history;
     if (files_) {  // the fork gets its own copies of the stored points
@@ -111,30 +119,32 @@ absl::StatusOr<SessionInfo> Engine::Impl::AddSession(const CreateParams& p,
       }
     }
   } else {
-    s->history.Reset(RewindPoint{state->position, std::make_shared<SessionState>(*state)});
+    s->history.Reset(RewindPoint{s->record.position, runner_->Snapshot(slot)});
   }
   s->rewind_floor = s->history.first_position();
-  s->state = std::move(state);
-  Session* added = s.get();
+  s->slot = slot;
+  Session* session = s.get();
   SessionInfo info = InfoOf(*s);
   sessions_.emplace(id, std::move(s));
   if (options_.durability == Durability::kSync || shared_) {
     // The session must exist after a crash before any of its operations is acknowledged; in a
     // shared store, also so that other replicas can find it (and the id stays unique).
-    absl::Status st = Persist(added, /*create=*/true);
+    absl::Status st = Persist(session, /*create=*/true);
     if (!st.ok()) {
-      sessions_.erase(id);
+      Erase(id);
       return st;
     }
   }
+  added = true;
   observer().OnSessionOpened();
   return info;
 }
 
 absl::StatusOr<SessionInfo> Engine::Impl::CreateSession(const CreateParams& p) {
-  auto state = std::make_unique<SessionState>(model_->NewState());
+  // The slot is taken before the engine lock (the runner's own lock may wait for a step).
+  TITANS_ASSIGN_OR_RETURN(SlotId slot, runner_->NewSlot());
   std::lock_guard<std::mutex> lock(mu_);
-  return AddSession(p, std::move(state));
+  return AddSession(p, slot);
 }
 
 absl::StatusOr<SessionInfo> Engine::Impl::GetSession(const std::string& principal,
@@ -173,7 +183,7 @@ void Engine::Impl::Refresh(const std::string& id) {
   // above (a rewind may even have advanced the epoch), so leave it.
   if (it->second->spilled == resident || it->second->record.last_used_unix_ms != seen_use) return;
   if (!record.ok()) {
-    if (record.status().code() == absl::StatusCode::kNotFound) sessions_.erase(it);
+    if (record.status().code() == absl::StatusCode::kNotFound) Erase(id);
     return;
   }
   Session* s = it->second.get();
@@ -219,15 +229,15 @@ absl::StatusOr<std::vector<int32_t>> Engine::Impl::Tokenize(const Input& input, 
   std::vector<int32_t> tokens;
   if (input.has_tokens) {
     for (int32_t id : input.tokens) {
-      if (id < 0 || id >= model_->config().vocab_size) {
+      if (id < 0 || id >= runner_->config().vocab_size) {
         return absl::InvalidArgumentError(absl::StrCat(
-            "token id ", id, " is outside the vocabulary [0, ", model_->config().vocab_size, ")"));
+            "token id ", id, " is outside the vocabulary [0, ", runner_->config().vocab_size, ")"));
       }
     }
     tokens = input.tokens;
   } else {
     if (!IsValidUtf8(input.text)) return absl::InvalidArgumentError("text is not valid UTF-8");
-    TITANS_ASSIGN_OR_RETURN(tokens, model_->tokenizer().Encode(input.text, false));
+    TITANS_ASSIGN_OR_RETURN(tokens, runner_->tokenizer().Encode(input.text, false));
   }
   if (tokens.empty() && !allow_empty) return absl::InvalidArgumentError("input is empty");
   if (static_cast<int64_t>(tokens.size()) > options_.max_tokens_per_request) {
@@ -296,7 +306,7 @@ void Engine::Impl::Generate(const std::string& principal, const std::string& id,
     op->sampling = Resolve(**s, params);
   }
   op->generate = std::move(params);
-  absl::Status valid = ValidateSamplingParams(op->sampling, model_->config().vocab_size);
+  absl::Status valid = ValidateSamplingParams(op->sampling, runner_->config().vocab_size);
   if (!valid.ok()) return done(valid);
   absl::Status st = Enqueue(principal, id, op);
   if (!st.ok()) done(st);
@@ -378,10 +388,9 @@ void Engine::Impl::Export(const std::string& principal, const std::string& id,
 
 absl::StatusOr<SessionInfo> Engine::Impl::Import(const CreateParams& p,
                                                  const std::string& snapshot) {
-  TITANS_ASSIGN_OR_RETURN(SessionState state, DeserializeSessionState(snapshot, model_->config(),
-                                                                      model_->fingerprint()));
+  TITANS_ASSIGN_OR_RETURN(SlotId slot, runner_->Import(snapshot));
   std::lock_guard<std::mutex> lock(mu_);
-  return AddSession(p, std::make_unique<SessionState>(std::move(state)));
+  return AddSession(p, slot);
 }
 
 }  // namespace titans::engine

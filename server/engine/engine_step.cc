@@ -59,15 +59,16 @@ void Engine::Impl::Loop() {
     std::vector<std::function<void()>> callbacks;
     std::vector<Forwarding> batch;
     const auto step_start = Clock::now();
-    const int64_t kernel_start = kernels::MemoryKernelNanos();
     for (const Assignment& a : plan) Prepare(order[a.session], a.tokens, &batch, &callbacks);
-    RunBatch(batch, &callbacks);
+    const double kernel_seconds = RunBatch(batch, &callbacks);
     CommitDurable(&callbacks);
     int64_t step_tokens = 0;
-    for (const Forwarding& f : batch) step_tokens += static_cast<int64_t>(f.tokens.size());
+    for (const Forwarding& f : batch) {
+      step_tokens += static_cast<int64_t>(f.tokens.size()) + (f.decode ? 1 : 0);
+    }
     observer().OnStep(static_cast<int>(plan.size()), step_tokens,
                       std::chrono::duration<double>(Clock::now() - step_start).count(),
-                      (kernels::MemoryKernelNanos() - kernel_start) * 1e-9);
+                      kernel_seconds);
     lock.lock();
     Update(order, plan, &callbacks);
     lock.unlock();
@@ -82,7 +83,7 @@ void Engine::Impl::DropMoved(const std::vector<Session*>& order,
   std::map<std::string, Session*> by_id;
   for (const Assignment& a : plan) {
     Session* s = order[a.session];
-    if (!s->state || s->ops.front()->position_before >= 0) continue;  // not loaded / mid-op
+    if (!s->slot || s->ops.front()->position_before >= 0) continue;  // not loaded / mid-op
     ids.push_back(s->record.id);
     by_id[s->record.id] = s;
   }
@@ -132,7 +133,6 @@ void Engine::Impl::Prepare(Session* s, int64_t tokens, std::vector<Forwarding>* 
     op.started = true;
     observer().OnQueueTime(std::chrono::duration<double>(Clock::now() - op.arrival).count());
   }
-  at::NoGradGuard no_grad;
   absl::Status resident = EnsureResident(s);
   if (!resident.ok()) {
     if (resident.code() == absl::StatusCode::kNotFound && shared_) {
@@ -151,14 +151,14 @@ void Engine::Impl::Prepare(Session* s, int64_t tokens, std::vector<Forwarding>* 
     }
     return;
   }
-  SessionState& state = *s->state;
-  if (op.position_before < 0) op.position_before = state.position;
+  const SlotId slot = *s->slot;
+  if (op.position_before < 0) op.position_before = runner_->position(slot);
   const bool cancelled = op.cancel && op.cancel->load();
   switch (op.kind) {
     case OpKind::kAppend: {
-      if (!op.backup) op.backup = std::make_unique<SessionState>(state);
+      if (!op.backup) op.backup = runner_->Snapshot(slot);
       if (cancelled || draining_deadline_passed_) {
-        state = *op.backup;
+        (void)runner_->Restore(slot, *op.backup);
         Fail(op,
              cancelled ? absl::CancelledError("append cancelled; the session is unchanged")
                        : absl::UnavailableError("server is shutting down"),
@@ -177,7 +177,7 @@ void Engine::Impl::Prepare(Session* s, int64_t tokens, std::vector<Forwarding>* 
       ExecuteScore(s, &op, callbacks);
       return;
     case OpKind::kExport: {
-      auto blob = SerializeSessionState(model_->config(), state, model_->fingerprint());
+      auto blob = runner_->Export(slot);
       auto done = std::move(op.export_done);
       callbacks->push_back([done, blob] { done(blob); });
       MarkDone(op);
@@ -192,8 +192,13 @@ void Engine::Impl::Prepare(Session* s, int64_t tokens, std::vector<Forwarding>* 
         Fail(op, forked.status(), callbacks);
         return;
       }
-      if (s->history.end() != state.position) ResetHistory(s);
-      RewindHistory history = s->history.CopyUpTo((*forked)->position);
+      if (s->history.end() != runner_->position(slot)) ResetHistory(s);
+      RewindHistory history = s->history.CopyUpTo(ModelRunner::SnapshotPosition(**forked));
+      absl::StatusOr<SlotId> fork_slot = runner_->FromSnapshot(**forked);
+      if (!fork_slot.ok()) {
+        Fail(op, fork_slot.status(), callbacks);
+        return;
+      }
       CreateParams p;
       p.principal = s->record.principal;
       p.id = op.new_id;
@@ -203,8 +208,7 @@ void Engine::Impl::Prepare(Session* s, int64_t tokens, std::vector<Forwarding>* 
       absl::StatusOr<SessionInfo> info;
       {
         std::lock_guard<std::mutex> lock(mu_);
-        // Tensors are never written in place, so sharing them is a copy-on-write fork.
-        info = AddSession(p, std::move(*forked), &history, s->record.id);
+        info = AddSession(p, *fork_slot, &history, s->record.id);
       }
       auto done = std::move(op.fork_done);
       callbacks->push_back([done, info] { done(info); });
@@ -217,9 +221,9 @@ void Engine::Impl::Prepare(Session* s, int64_t tokens, std::vector<Forwarding>* 
   }
 }
 
-std::vector<int64_t> Engine::Impl::NextPiece(const Op& op, int64_t tokens) {
+std::vector<int32_t> Engine::Impl::NextPiece(const Op& op, int64_t tokens) {
   const int64_t n = std::max<int64_t>(1, std::min<int64_t>(tokens, op.remaining()));
-  return std::vector<int64_t>(op.tokens.begin() + op.consumed, op.tokens.begin() + op.consumed + n);
+  return std::vector<int32_t>(op.tokens.begin() + op.consumed, op.tokens.begin() + op.consumed + n);
 }
 
 void Engine::Impl::Complete(Session* s, Op& op, std::function<void()> on_done,
@@ -238,54 +242,56 @@ void Engine::Impl::Complete(Session* s, Op& op, std::function<void()> on_done,
   record.tokens = std::move(op.log_tokens);
   record.pieces = std::move(op.log_pieces);
   record.has_rng = op.kind == OpKind::kGenerate;
-  record.rng = s->state->rng_state;
-  std::shared_ptr<SessionState> before =
-      op.backup ? std::make_shared<SessionState>(*op.backup) : nullptr;
-  pending_durable_.push_back(PendingDurable{
-      s, std::move(record), std::move(on_done), [s, before, on_error, callbacks](absl::Status st) {
-        if (before) {
-          *s->state = *before;
-          s->history.TruncateTo(before->position);
-        }
-        callbacks->push_back([on_error, st] { on_error(st); });
-      }});
+  record.rng = runner_->rng_state(*s->slot);
+  std::shared_ptr<const SlotSnapshot> before = op.backup;
+  ModelRunner* runner = runner_.get();
+  pending_durable_.push_back(
+      PendingDurable{s, std::move(record), std::move(on_done),
+                     [s, before, runner, on_error, callbacks](absl::Status st) {
+                       if (before && s->slot) {
+                         (void)runner->Restore(*s->slot, *before);
+                         s->history.TruncateTo(ModelRunner::SnapshotPosition(*before));
+                       }
+                       callbacks->push_back([on_error, st] { on_error(st); });
+                     }});
 }
 
-void Engine::Impl::RunBatch(std::vector<Forwarding>& batch,
-                            std::vector<std::function<void()>>* callbacks) {
-  if (batch.empty()) return;
-  SampleDecodes(batch);
-  std::vector<SessionState*> states;
-  std::vector<std::vector<int64_t>> tokens;
+double Engine::Impl::RunBatch(std::vector<Forwarding>& batch,
+                              std::vector<std::function<void()>>* callbacks) {
+  if (batch.empty()) return 0;
+  StepPlan plan;
+  plan.work.reserve(batch.size());
   for (Forwarding& f : batch) {
-    states.push_back(f.session->state.get());
-    tokens.push_back(f.tokens);
+    SlotWork w;
+    w.slot = *f.session->slot;
+    w.tokens = f.tokens;
+    if (f.decode) {
+      w.action = SlotAction::kSample;
+      w.sampling = &f.op->sampling;
+    }
+    plan.work.push_back(std::move(w));
   }
-  absl::Status st;
-  std::vector<absl::Status> per_session;
-  {
-    // InferenceMode, not just NoGradGuard: no autograd view metadata or version counters for
-    // the many small per-session tensors of a step (decode-only, 8 to 32 sessions: 1.1-1.3x
-    // tokens/s, docs/benchmarks.md). States are never modified in place (model/session_state.h),
-    // so the inference tensors they end up holding are safe to read, copy and serialise later.
-    c10::InferenceMode inference;
-    st = model_->ForwardMany(states, tokens, &per_session);
-  }
+  absl::StatusOr<StepResult> step = runner_->Step(plan);
   for (size_t i = 0; i < batch.size(); ++i) {
     Forwarding& f = batch[i];
     Op& op = *f.op;
-    if (st.ok() && !per_session[i].ok()) st = per_session[i];  // this session only
-    if (!st.ok()) {
-      if (op.backup) *f.session->state = *op.backup;
+    const absl::Status st = step.ok() ? step->slots[i].status : step.status();
+    if (!st.ok()) {  // the runner left this slot unchanged; the operation goes back to its start
+      if (op.backup) (void)runner_->Restore(*f.session->slot, *op.backup);
       Fail(op, st, callbacks);
-      st = per_session.empty() ? st : absl::OkStatus();
       continue;
     }
-    op.log_tokens.insert(op.log_tokens.end(), f.tokens.begin(), f.tokens.end());
-    op.log_pieces.push_back(static_cast<int32_t>(f.tokens.size()));
+    if (!f.tokens.empty()) {
+      op.log_tokens.insert(op.log_tokens.end(), f.tokens.begin(), f.tokens.end());
+      op.log_pieces.push_back(static_cast<int32_t>(f.tokens.size()));
+    }
     if (f.decode) {
+      // The runner consumed the sampled token after `tokens`, in a pass of its own.
+      const int32_t token = step->slots[i].sampled;
+      op.log_tokens.push_back(token);
+      op.log_pieces.push_back(1);
       observer().OnTokens("generated", 1);
-      FinishDecode(f.session, &op, f.tokens[0], callbacks);
+      FinishDecode(f.session, &op, token, callbacks);
       continue;
     }
     observer().OnTokens(op.kind == OpKind::kAppend ? "appended" : "prompt",
@@ -293,7 +299,7 @@ void Engine::Impl::RunBatch(std::vector<Forwarding>& batch,
     op.consumed += f.tokens.size();
     if (op.kind == OpKind::kAppend) MaybeTakeInnerPoint(*f.session, &op);
     if (op.kind == OpKind::kAppend && op.remaining() == 0) {
-      AppendResult r{static_cast<int64_t>(op.tokens.size()), f.session->state->position};
+      AppendResult r{static_cast<int64_t>(op.tokens.size()), step->slots[i].position};
       auto done = std::move(op.append_done);
       Complete(
           f.session, op, [done, r] { done(r); }, [done](absl::Status st) { done(st); }, callbacks);
@@ -301,23 +307,7 @@ void Engine::Impl::RunBatch(std::vector<Forwarding>& batch,
       op.consumed = 0;
     }
   }
-}
-
-void Engine::Impl::SampleDecodes(std::vector<Forwarding>& batch) {
-  std::vector<at::Tensor> rows;
-  for (const Forwarding& f : batch) {
-    if (f.decode) rows.push_back(f.session->state->last_logits);  // [1, V]
-  }
-  if (rows.empty()) return;
-  const at::Tensor host = at::cat(rows, 0).to(at::kCPU).to(at::kFloat).contiguous();  // [k, V]
-  const float* logits = host.data_ptr<float>();
-  const int64_t vocab = host.size(1);
-  int64_t k = 0;
-  for (Forwarding& f : batch) {
-    if (!f.decode) continue;
-    f.tokens[0] = f.op->generator->SampleFrom(logits + k * vocab, f.session->state.get());
-    ++k;
-  }
+  return step.ok() ? step->kernel_seconds : 0;
 }
 
 SamplingParams Engine::Impl::Resolve(const Session& s, const GenerateParams& g) const {
@@ -331,15 +321,15 @@ SamplingParams Engine::Impl::Resolve(const Session& s, const GenerateParams& g) 
   return p;
 }
 
-GenerateEvent Engine::Impl::Event(const SessionState& state, const Op& op, Finish f,
+GenerateEvent Engine::Impl::Event(int64_t position, const Op& op, Finish f,
                                   std::vector<int32_t> tokens, std::string text) const {
   GenerateEvent e;
   e.tokens = std::move(tokens);
   e.text = std::move(text);
   e.finish = f;
-  e.position = state.position;
+  e.position = position;
   e.prompt_tokens = static_cast<int32_t>(op.tokens.size());
-  e.generated_tokens = op.generator ? op.generator->generated() : 0;
+  e.generated_tokens = op.stream ? op.stream->generated() : 0;
   e.total_seconds = std::chrono::duration<double>(Clock::now() - op.arrival).count();
   if (op.first_token) {
     e.time_to_first_token_seconds =
@@ -351,12 +341,12 @@ GenerateEvent Engine::Impl::Event(const SessionState& state, const Op& op, Finis
 void Engine::Impl::PrepareGenerate(Session* s, Op* op, int64_t tokens, bool cancelled,
                                    std::vector<Forwarding>* batch,
                                    std::vector<std::function<void()>>* callbacks) {
-  SessionState& state = *s->state;
+  const SlotId slot = *s->slot;
   if (cancelled || draining_deadline_passed_) {
     // The session keeps what was consumed so far; in sync mode that part is logged like a
     // finished operation (otherwise recovery would find a gap in the session's log).
-    std::string rest = op->generator ? op->generator->Flush() : "";
-    GenerateEvent e = Event(state, *op, Finish::kCancelled, {}, rest);
+    std::string rest = op->stream ? op->stream->Flush() : "";
+    GenerateEvent e = Event(runner_->position(slot), *op, Finish::kCancelled, {}, rest);
     auto on_event = op->on_event;
     auto done = std::move(op->done);
     const absl::Status st = cancelled ? absl::CancelledError("generation cancelled")
@@ -371,33 +361,40 @@ void Engine::Impl::PrepareGenerate(Session* s, Op* op, int64_t tokens, bool canc
         [done](absl::Status failed) { done(failed); }, callbacks);
     return;
   }
-  if (!op->backup) op->backup = std::make_unique<SessionState>(state);
+  if (!op->backup) op->backup = runner_->Snapshot(slot);
   if (op->remaining() > 0) {  // the prompt first, in pieces like an append
     batch->push_back(Forwarding{s, op, NextPiece(*op, tokens), false});
     return;
   }
-  if (!op->generator) {
-    const int64_t position = state.position;
-    auto g = TokenGenerator::Start(*model_, &state, op->sampling);
-    if (!g.ok()) {
-      state = *op->backup;  // Start() may have fed the BOS token
-      Fail(*op, g.status(), callbacks);
+  std::vector<int32_t> before_sampling;
+  if (runner_->position(slot) == 0) {
+    // An empty session has no logits yet: it starts with the beginning-of-sequence token.
+    const int32_t bos = runner_->tokenizer().bos_id();
+    if (bos < 0) {
+      Fail(*op,
+           absl::FailedPreconditionError("the session is empty and the model's tokenizer has no "
+                                         "beginning-of-sequence token: append text first"),
+           callbacks);
       return;
     }
-    if (state.position > position) {  // Start() fed the beginning-of-sequence token
-      op->log_tokens.push_back(model_->tokenizer().bos_id());
-      op->log_pieces.push_back(1);
-    }
-    op->generator.emplace(std::move(*g));
+    before_sampling.push_back(bos);
   }
-  // The token is drawn in RunBatch, together with every other decode of the step (one host
-  // copy of all their logits).
-  batch->push_back(Forwarding{s, op, {-1}, true});
+  if (!op->stream) {
+    // Reseeds the slot's sampler (a request seed) or continues its own stream.
+    absl::Status st = runner_->StartSampling(slot, op->sampling);
+    if (!st.ok()) {
+      Fail(*op, st, callbacks);
+      return;
+    }
+    op->stream.emplace(runner_->tokenizer(), op->sampling);
+  }
+  // The token is drawn in the runner's step, together with every other decode of the step.
+  batch->push_back(Forwarding{s, op, std::move(before_sampling), true});
 }
 
 void Engine::Impl::FinishDecode(Session* s, Op* op, int64_t token,
                                 std::vector<std::function<void()>>* callbacks) {
-  TokenGenerator::StepResult step = op->generator->Commit(static_cast<int32_t>(token));
+  TextStream::Step step = op->stream->Commit(static_cast<int32_t>(token));
   const auto now = Clock::now();
   if (!op->first_token) {
     op->first_token = now;
@@ -423,7 +420,7 @@ void Engine::Impl::FinishDecode(Session* s, Op* op, int64_t token,
         break;
     }
   }
-  GenerateEvent e = Event(*s->state, *op, f, {step.token}, step.text_delta);
+  GenerateEvent e = Event(runner_->position(*s->slot), *op, f, {step.token}, step.text_delta);
   auto on_event = op->on_event;
   if (f == Finish::kNone) {
     callbacks->push_back([on_event, e] { on_event(e); });
@@ -440,27 +437,37 @@ void Engine::Impl::FinishDecode(Session* s, Op* op, int64_t token,
 }
 
 void Engine::Impl::ExecuteScore(Session* s, Op* op, std::vector<std::function<void()>>* callbacks) {
-  SessionState& live = *s->state;
-  SessionState work = live;  // shallow; committed only if asked
-  if (op->commit) op->backup = std::make_unique<SessionState>(live);
+  const SlotId slot = *s->slot;
+  std::shared_ptr<const SlotSnapshot> before = runner_->Snapshot(slot);
   auto result = [&]() -> absl::StatusOr<ScoreResult> {
-    if (work.position == 0) {
-      at::Tensor bos = at::full({1, 1}, int64_t{model_->tokenizer().bos_id()}, at::kLong);
-      TITANS_RETURN_IF_ERROR(model_->Forward(&work, bos).status());
-      op->log_tokens.push_back(model_->tokenizer().bos_id());
+    const int32_t bos = runner_->tokenizer().bos_id();
+    if (runner_->position(slot) == 0 && bos >= 0) {
+      // From an empty session the first token is predicted after the beginning-of-sequence
+      // token, as a generation would see it.
+      TITANS_RETURN_IF_ERROR(Feed(slot, {bos}));
+      op->log_tokens.push_back(bos);
       op->log_pieces.push_back(1);
     }
-    ScoreResult r;
-    TITANS_ASSIGN_OR_RETURN(
-        r.logprobs,
-        model_->ScoreTokens(&work, std::vector<int64_t>(op->tokens.begin(), op->tokens.end())));
-    if (op->commit) live = work;
+    StepPlan plan;
+    SlotWork w;
+    w.slot = slot;
+    w.tokens = op->tokens;
+    w.action = SlotAction::kScore;
+    w.commit = op->commit;
+    plan.work.push_back(std::move(w));
+    TITANS_ASSIGN_OR_RETURN(StepResult step, runner_->Step(plan));
+    TITANS_RETURN_IF_ERROR(step.slots[0].status);
+    if (!op->commit) TITANS_RETURN_IF_ERROR(runner_->Restore(slot, *before));  // the BOS too
     observer().OnTokens("scored", static_cast<int64_t>(op->tokens.size()));
-    r.position = live.position;
+    ScoreResult r;
+    r.logprobs = std::move(step.slots[0].logprobs);
+    r.position = runner_->position(slot);
     return r;
   }();
+  if (!result.ok()) (void)runner_->Restore(slot, *before);
   auto done = std::move(op->score_done);
   if (result.ok() && op->commit) {
+    op->backup = std::move(before);
     op->log_tokens.insert(op->log_tokens.end(), op->tokens.begin(), op->tokens.end());
     op->log_pieces.push_back(static_cast<int32_t>(op->tokens.size()));
     Complete(
@@ -507,13 +514,13 @@ void Engine::Impl::Update(const std::vector<Session*>& order, const std::vector<
     Op& op = *s->ops.front();
     op.queued_tokens = op.remaining();
     s->record.last_used_unix_ms = now;
-    if (s->state) {
-      s->record.position = s->state->position;
-      s->state_bytes = StateBytes(*s->state);
+    if (s->slot) {
+      s->record.position = runner_->position(*s->slot);
+      s->state_bytes = runner_->state_bytes(*s->slot);
       s->spilled = false;
     }
     if (!op.finished) continue;
-    if (s->state && op.kind != OpKind::kClose && !s->moved) MaybeTakePoint(s);
+    if (s->slot && op.kind != OpKind::kClose && !s->moved) MaybeTakePoint(s);
     s->rewind_floor = s->history.first_position();
     if (s->moved) DropResident(s);
     const bool close = op.kind == OpKind::kClose || s->gone;
@@ -525,7 +532,7 @@ void Engine::Impl::Update(const std::vector<Session*>& order, const std::vector<
       const std::string id = s->record.id;
       const bool gone = s->gone;
       if (files_ && !gone) files_->Remove(id);
-      sessions_.erase(id);
+      Erase(id);
       if (!gone) {
         observer().OnSessionClosed("closed");
         callbacks->push_back([close_done] { close_done(absl::OkStatus()); });
@@ -537,6 +544,27 @@ void Engine::Impl::Update(const std::vector<Session*>& order, const std::vector<
   }
   CheckpointIfDue();
   SpillIfNeeded(callbacks);
+}
+
+}  // namespace titans::engine
+
+namespace titans::engine {
+
+absl::Status Engine::Impl::Feed(SlotId slot, std::vector<int32_t> tokens) {
+  StepPlan plan;
+  SlotWork w;
+  w.slot = slot;
+  w.tokens = std::move(tokens);
+  plan.work.push_back(std::move(w));
+  TITANS_ASSIGN_OR_RETURN(StepResult step, runner_->Step(plan));
+  return step.slots[0].status;
+}
+
+void Engine::Impl::Erase(const std::string& id) {
+  auto it = sessions_.find(id);
+  if (it == sessions_.end()) return;
+  if (it->second->slot) runner_->Free(*it->second->slot);
+  sessions_.erase(it);
 }
 
 }  // namespace titans::engine

@@ -21,14 +21,14 @@
 #include "absl/status/statusor.h"
 
 namespace titans {
-struct SessionState;
+class SlotSnapshot;  // model/model_runner.h
 }
 
 namespace titans::engine {
 
 struct RewindPoint {
   int64_t position = 0;
-  std::shared_ptr<const SessionState> state;  // null when stored outside (see above)
+  std::shared_ptr<const SlotSnapshot> state;  // null when stored outside (see above)
 };
 
 class RewindHistory {

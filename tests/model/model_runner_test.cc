@@ -5,6 +5,9 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <thread>
+
 #include "model/determinism.h"
 #include "model/generator.h"
 #include "tests/model/model_test_util.h"
@@ -339,6 +342,70 @@ TEST(ModelRunner, SlotsForksSnapshotsAndBlobs) {
   EXPECT_TRUE(*r.Export(imported) == at_snapshot);
   MustStep(r, {Feed(a, {9, 8, 7, 6}), Feed(imported, {9, 8, 7, 6})});
   ExpectSameState(StateOf(r, *model, imported), StateOf(r, *model, a), "imported");
+}
+
+// Slots are allocated in blocks as they are taken, up to the capacity, lowest id first, and
+// freed ids are reused, the most recently freed first.
+TEST(ModelRunner, SlotsGrowInBlocksUpToTheCapacity) {
+  auto model = MakeModel(TinyConfig(Variant::kLMM, 2));
+  const int32_t capacity = ModelRunner::kSlotBlock * 2 + 3;
+  std::unique_ptr<ModelRunner> runner = *ModelRunner::Create(*model, capacity);
+  ModelRunner& r = *runner;
+  EXPECT_EQ(r.capacity(), capacity);
+  for (SlotId expected = 0; expected < capacity; ++expected) {
+    absl::StatusOr<SlotId> id = r.NewSlot();
+    ASSERT_TRUE(id.ok()) << id.status() << " at slot " << expected;
+    EXPECT_EQ(*id, expected);
+  }
+  EXPECT_EQ(r.NewSlot().status().code(), absl::StatusCode::kResourceExhausted);
+  r.Free(5);
+  r.Free(70);
+  EXPECT_EQ(*r.NewSlot(), 70);
+  EXPECT_EQ(*r.NewSlot(), 5);
+  EXPECT_EQ(r.slots_in_use(), capacity);
+}
+
+// Slot operations on other threads while steps run (the engine takes slots on its callers'
+// threads): the stepping slot ends exactly where a runner used by one thread puts it.
+TEST(ModelRunner, SlotOperationsOnOtherThreadsDuringSteps) {
+  auto model = MakeModel(TinyConfig(Variant::kMAG, 2));
+  const std::vector<int32_t> tokens = Ids(RandomTokens(1, 96, 17));
+  std::unique_ptr<ModelRunner> alone_runner = *ModelRunner::Create(*model, 4);
+  ModelRunner& alone = *alone_runner;
+  const SlotId reference = *alone.NewSlot();
+  for (size_t at = 0; at < tokens.size(); at += 8) {
+    MustStep(alone,
+             {Feed(reference, std::vector<int32_t>(tokens.begin() + at, tokens.begin() + at + 8))});
+  }
+  std::unique_ptr<ModelRunner> shared_runner = *ModelRunner::Create(*model, 64);
+  ModelRunner& shared = *shared_runner;
+  const SlotId stepping = *shared.NewSlot();
+  std::atomic<bool> done{false};
+  std::thread other([&] {
+    int rounds = 0;
+    while (!done.load() || rounds < 20) {
+      absl::StatusOr<SlotId> a = shared.NewSlot();
+      ASSERT_TRUE(a.ok()) << a.status();
+      absl::StatusOr<std::string> blob = shared.Export(stepping);
+      ASSERT_TRUE(blob.ok()) << blob.status();
+      absl::StatusOr<SlotId> b = shared.Import(*blob);
+      ASSERT_TRUE(b.ok()) << b.status();
+      absl::StatusOr<SlotId> c = shared.Fork(*a);
+      ASSERT_TRUE(c.ok()) << c.status();
+      shared.Free(*a);
+      shared.Free(*b);
+      shared.Free(*c);
+      ++rounds;
+    }
+  });
+  for (size_t at = 0; at < tokens.size(); at += 8) {
+    MustStep(shared,
+             {Feed(stepping, std::vector<int32_t>(tokens.begin() + at, tokens.begin() + at + 8))});
+  }
+  done = true;
+  other.join();
+  EXPECT_EQ(shared.slots_in_use(), 1);
+  EXPECT_TRUE(*shared.Export(stepping) == *alone.Export(reference));
 }
 
 }  // namespace
