@@ -19,6 +19,8 @@ inline float Sum(Lanes v) {
   _mm512_store_ps(l, v);
   return SumTree(l);
 }
+// Four rows by four columns: 16 accumulator registers of the 32, 4 for the X rows, 1 for W.
+constexpr int kTileRows = 4, kTileCols = 4, kRowCols = 4;
 }  // namespace
 }  // namespace titans::kernels::avx512
 

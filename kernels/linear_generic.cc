@@ -26,6 +26,7 @@ inline Lanes Fma(Lanes a, Lanes b, Lanes acc) {
   return acc;
 }
 inline float Sum(const Lanes& l) { return SumTree(l.v); }
+constexpr int kTileRows = 4, kTileCols = 4, kRowCols = 4;
 }  // namespace
 }  // namespace titans::kernels::generic
 

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <array>
 #include <cstring>
 
 namespace titans::kernels {
@@ -60,6 +61,22 @@ TEST(InvariantLinear, MatchesLibTorchAndIsBatchInvariantOnEveryIsa) {
       at::Tensor big = at::randn({300, k});
       big.slice(0, 100, 137).copy_(x);
       EXPECT_TRUE(SameBits(RunOn(isa, big, w).slice(0, 100, 137).contiguous(), all));
+    }
+  }
+}
+
+// Every ISA build runs the same per-element arithmetic (16 lanes of fused multiply-adds over k in
+// order, the same summation tree), only with different tile shapes and registers, so all of them
+// give the bits of the portable build. This pins any change to a build's tiles or summation.
+TEST(InvariantLinear, EveryIsaGivesThePortableBuildsBits) {
+  at::manual_seed(5);
+  for (auto [m, k, n] : std::vector<std::array<int64_t, 3>>{
+           {1, 128, 128}, {3, 33, 7}, {5, 128, 384}, {64, 384, 128}, {67, 257, 130}}) {
+    const at::Tensor x = at::randn({m, k}), w = at::randn({n, k});
+    const at::Tensor portable = RunOn("generic", x, w);
+    for (const std::string& isa : Isas()) {
+      EXPECT_TRUE(SameBits(RunOn(isa, x, w), portable))
+          << isa << " m=" << m << " k=" << k << " n=" << n;
     }
   }
 }
