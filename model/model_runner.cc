@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <mutex>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -82,7 +83,7 @@ const std::string& ModelRunner::fingerprint() const { return model_.fingerprint(
 int64_t ModelRunner::parameter_count() const { return CountParameters(model_.config()); }
 
 int32_t ModelRunner::slots_in_use() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return in_use_;
 }
 
@@ -94,7 +95,7 @@ ModelRunner::Slot* ModelRunner::Find(SlotId slot) const {
 }
 
 bool ModelRunner::allocated(SlotId slot) const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return Find(slot) != nullptr;
 }
 
@@ -118,14 +119,14 @@ absl::StatusOr<SlotId> ModelRunner::Take() {
 }
 
 absl::StatusOr<SlotId> ModelRunner::NewSlot() {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   TITANS_ASSIGN_OR_RETURN(SlotId id, Take());
   slots_[id]->state = model_.NewState();
   return id;
 }
 
 void ModelRunner::Free(SlotId slot) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   if (Find(slot) == nullptr) return;
   slots_[slot].reset();
   free_.push_back(slot);
@@ -133,7 +134,7 @@ void ModelRunner::Free(SlotId slot) {
 }
 
 absl::StatusOr<SlotId> ModelRunner::Fork(SlotId slot) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   const Slot* from = Find(slot);
   if (from == nullptr) return absl::NotFoundError(absl::StrCat("runner slot ", slot, " is free"));
   TITANS_ASSIGN_OR_RETURN(SlotId id, Take());
@@ -143,7 +144,7 @@ absl::StatusOr<SlotId> ModelRunner::Fork(SlotId slot) {
 
 absl::StatusOr<SlotId> ModelRunner::Import(std::string_view blob) {
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     if (free_.empty() && static_cast<SlotId>(slots_.size()) >= capacity_) {
       return Take().status();  // RESOURCE_EXHAUSTED before parsing anything
     }
@@ -152,7 +153,7 @@ absl::StatusOr<SlotId> ModelRunner::Import(std::string_view blob) {
   TITANS_ASSIGN_OR_RETURN(SessionState state,
                           DeserializeSessionState(blob, model_.config(), model_.fingerprint()));
   MoveSessionState(&state, model_.device());
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   TITANS_ASSIGN_OR_RETURN(SlotId id, Take());
   slots_[id]->state = std::move(state);
   return id;
@@ -161,7 +162,7 @@ absl::StatusOr<SlotId> ModelRunner::Import(std::string_view blob) {
 absl::StatusOr<std::string> ModelRunner::Export(SlotId slot) const {
   SessionState copy;  // shallow (tensors are never written in place): serialised without the lock
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     const Slot* s = Find(slot);
     if (s == nullptr) return absl::NotFoundError(absl::StrCat("runner slot ", slot, " is free"));
     copy = s->state;
@@ -170,14 +171,14 @@ absl::StatusOr<std::string> ModelRunner::Export(SlotId slot) const {
 }
 
 std::shared_ptr<const SlotSnapshot> ModelRunner::Snapshot(SlotId slot) const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   const Slot* s = Find(slot);
   if (s == nullptr) return nullptr;
   return std::make_shared<const SlotSnapshot>(s->state);
 }
 
 absl::Status ModelRunner::Restore(SlotId slot, const SlotSnapshot& snapshot) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   Slot* s = Find(slot);
   if (s == nullptr) return absl::NotFoundError(absl::StrCat("runner slot ", slot, " is free"));
   s->state = snapshot.state;
@@ -185,7 +186,7 @@ absl::Status ModelRunner::Restore(SlotId slot, const SlotSnapshot& snapshot) {
 }
 
 absl::StatusOr<SlotId> ModelRunner::FromSnapshot(const SlotSnapshot& snapshot) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   TITANS_ASSIGN_OR_RETURN(SlotId id, Take());
   slots_[id]->state = snapshot.state;
   return id;
@@ -200,7 +201,7 @@ int64_t ModelRunner::SnapshotPosition(const SlotSnapshot& snapshot) {
 }
 
 absl::Status ModelRunner::StartSampling(SlotId slot, const SamplingParams& params) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   Slot* s = Find(slot);
   if (s == nullptr) return absl::NotFoundError(absl::StrCat("runner slot ", slot, " is free"));
   TITANS_RETURN_IF_ERROR(ValidateSamplingParams(params, model_.config().vocab_size));
@@ -213,25 +214,25 @@ absl::Status ModelRunner::StartSampling(SlotId slot, const SamplingParams& param
 }
 
 int64_t ModelRunner::position(SlotId slot) const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   const Slot* s = Find(slot);
   return s ? s->state.position : 0;
 }
 
 int64_t ModelRunner::state_bytes(SlotId slot) const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   const Slot* s = Find(slot);
   return s ? StateBytes(s->state) : 0;
 }
 
 Rng::State ModelRunner::rng_state(SlotId slot) const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   const Slot* s = Find(slot);
   return s ? s->state.rng_state : Rng::State{};
 }
 
 void ModelRunner::set_rng_state(SlotId slot, const Rng::State& state) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   if (Slot* s = Find(slot)) s->state.rng_state = state;
 }
 
@@ -268,7 +269,7 @@ absl::Status ModelRunner::CheckPlan(const StepPlan& plan) const {
 }
 
 absl::StatusOr<StepResult> ModelRunner::Step(const StepPlan& plan) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   const auto start = Clock::now();
   const int64_t kernel_start = kernels::MemoryKernelNanos();
   TITANS_RETURN_IF_ERROR(CheckPlan(plan));

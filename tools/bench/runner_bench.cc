@@ -2,7 +2,7 @@
 // counts, in-process, without the engine or gRPC (so it also runs where only LibTorch is).
 //
 //   build/tools/titans-bench-runner [--model_dir DIR] [--sessions 1,8,32,64] [--steps 32]
-//                                   [--prompt_tokens 64]
+//                                   [--prompt_tokens 64] [--append_tokens 65536]
 //
 // Per session count: that many slots each take a prompt, then --steps decode steps run with
 // every slot sampling (greedy) one token per step. Reported: aggregate decode tokens/s, the
@@ -12,6 +12,11 @@
 // asks to remove, and the bound the step is measured against in the same run: the memory
 // kernel's own time plus every dense layer of the model as one GEMM over all sessions' tokens at
 // the same shapes (the batch-invariant linear kernel, kernels/linear.h), per session-token.
+//
+// With --append_tokens N, first one long append: a single slot consumes N tokens of text-like
+// bytes in one step (the runner splits it into sub-steps of TitansModel::kMaxStepTokens), against
+// the same kind of bound: the memory kernel's time in that step plus every dense layer over the
+// N rows in GEMMs of kMaxStepTokens rows (the shapes the model runs them at).
 #include <malloc.h>
 
 #include <atomic>
@@ -36,6 +41,7 @@ ABSL_FLAG(std::vector<std::string>, sessions, (std::vector<std::string>{"1", "8"
           "session counts");
 ABSL_FLAG(int, steps, 32, "timed decode steps per session count");
 ABSL_FLAG(int, prompt_tokens, 64, "tokens each slot consumes before decoding");
+ABSL_FLAG(int, append_tokens, 0, "if > 0, first time one slot's append of this many tokens");
 ABSL_FLAG(bool, batch_invariant, true, "as titans-server --batch_invariant");
 ABSL_FLAG(int32_t, compute_threads, 0, "as titans-server's flag");
 ABSL_FLAG(int32_t, library_threads, 1, "as titans-server's flag");
@@ -122,6 +128,36 @@ double DenseSeconds(const std::vector<at::Tensor>& weights, int64_t rows, int re
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / reps;
 }
 
+// One slot appends `tokens` tokens in one step; prints its tokens/s and the ratio to the bound.
+int LongAppend(const titans::TitansModel& model, const std::vector<at::Tensor>& dense, int tokens) {
+  auto runner = titans::ModelRunner::Create(model, 1);
+  if (!runner.ok()) return Fail(runner.status().ToString());
+  titans::StepPlan plan;
+  titans::SlotWork w;
+  w.slot = *(*runner)->NewSlot();
+  // Lower-case words of varied length: bytes a byte-level model sees in ordinary text.
+  for (int t = 0; t < tokens; ++t) w.tokens.push_back(t % 7 == 6 ? 32 : 97 + (t * 11 + t / 7) % 26);
+  plan.work.push_back(std::move(w));
+  const int64_t allocs_before = allocations.load();
+  const auto start = std::chrono::steady_clock::now();
+  auto r = (*runner)->Step(plan);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (!r.ok()) return Fail(r.status().ToString());
+  if (!r->slots[0].status.ok()) return Fail(r->slots[0].status.ToString());
+  const int64_t rows = titans::TitansModel::kMaxStepTokens;
+  const double dense_seconds =
+      DenseSeconds(dense, rows, 4) * static_cast<double>(tokens) / static_cast<double>(rows);
+  const double bound = r->kernel_seconds + dense_seconds;
+  std::printf(
+      "append of %d tokens by one slot: %.0f tokens/s, %.1f us/token; bound %.1f us/token "
+      "(kernel %.1f, dense %.1f): %.0f%% of the bound's speed; %.0f allocations per 1K tokens\n",
+      tokens, tokens / seconds, 1e6 * seconds / tokens, 1e6 * bound / tokens,
+      1e6 * r->kernel_seconds / tokens, 1e6 * dense_seconds / tokens, 100 * bound / seconds,
+      1e3 * static_cast<double>(allocations.load() - allocs_before) / tokens);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -143,9 +179,12 @@ int main(int argc, char** argv) {
   const int steps = absl::GetFlag(FLAGS_steps);
   std::printf("model %s, %d decode steps per row, threads: %s\n", (*model)->config().name.c_str(),
               steps, titans::DescribeThreads().c_str());
+  const std::vector<at::Tensor> dense = DenseWeights(**model);
+  if (const int n = absl::GetFlag(FLAGS_append_tokens); n > 0) {
+    if (int rc = LongAppend(**model, dense, n); rc != 0) return rc;
+  }
   std::printf("%8s %12s %8s %10s %14s %8s %10s %8s %12s\n", "sessions", "tokens/s", "vs first",
               "ms/step", "us/session-tok", "kernel", "bound us", "x bound", "allocs/step");
-  const std::vector<at::Tensor> dense = DenseWeights(**model);
   double first = 0;
   titans::SamplingParams greedy;
   greedy.temperature = 0;
