@@ -281,10 +281,18 @@ absl::StatusOr<StepResult> ModelRunner::Step(const StepPlan& plan) {
   StepResult result;
   result.slots.resize(n);
   std::vector<SessionState*> live(n);
-  std::vector<SessionState> before(n);  // rollback copies (shallow: see SlotSnapshot)
+  // Rollback copies (shallow: see SlotSnapshot), needed only when a slot runs two forward passes
+  // (tokens, then a sampled token): a failure in the second must undo the first. One pass is
+  // atomic per slot already (ForwardMany and ScoreTokens commit a slot only when it succeeds).
+  bool two_passes = false;
   for (size_t i = 0; i < n; ++i) {
     live[i] = &slots_[plan.work[i].slot]->state;
-    before[i] = *live[i];
+    two_passes |= plan.work[i].action == SlotAction::kSample && !plan.work[i].tokens.empty();
+  }
+  std::vector<SessionState> before;
+  if (two_passes) {
+    before.reserve(n);
+    for (size_t i = 0; i < n; ++i) before.push_back(*live[i]);
   }
   std::vector<Rng::State> rng_after(n);
 
@@ -373,7 +381,7 @@ absl::StatusOr<StepResult> ModelRunner::Step(const StepPlan& plan) {
   for (size_t i = 0; i < n; ++i) {
     SlotOutcome& out = result.slots[i];
     if (!failed.ok() || !out.status.ok()) {
-      *live[i] = before[i];  // all or nothing for this slot
+      if (two_passes) *live[i] = before[i];  // all or nothing for this slot
       out.sampled = -1;
       out.logprobs.clear();
     } else if (plan.work[i].action == SlotAction::kSample) {

@@ -266,35 +266,51 @@ TEST(ModelRunner, MalformedPlansChangeNothing) {
 }
 
 // A slot whose numbers overflow fails alone and stays as it was; the rest of the step commits.
+// Also when the slot samples after its tokens (two forward passes in one step: an overflow in the
+// second must undo the first).
 TEST(ModelRunner, AnOverflowingSlotFailsAloneAndIsUnchanged) {
-  ModelConfig c = TinyConfig(Variant::kLMM);
-  c.memory.theta_max = 100;
+  // Chunks of 5 with two tokens a step: the weights that overflow are made in the first pass of
+  // some steps and the second of others (checked: without the rollback this test fails).
+  ModelConfig c = TinyConfig(Variant::kLMM, 2, 5);
+  c.memory.theta_max = 1;
   c.memory.theta_bias_init = 10;
   c.memory.eta_bias_init = 10;
   auto unstable = MakeModel(c, 3);
   auto runner = ModelRunner::Create(*unstable, 2);
   ASSERT_TRUE(runner.ok());
-  const SlotId calm = *(*runner)->NewSlot(), wild = *(*runner)->NewSlot();
-  bool overflowed = false;
-  for (int i = 0; i < 50 && !overflowed; ++i) {
-    const std::string before = *(*runner)->Export(wild);
-    StepPlan plan;
-    // The calm slot restarts every step (a fresh slot), so it never grows enough to overflow.
-    (*runner)->Free(calm);
-    ASSERT_EQ(*(*runner)->NewSlot(), calm);
-    plan.work = {Feed(calm, {1, 2, 3}), Feed(wild, Ids(RandomTokens(1, 16, 100 + i)))};
-    absl::StatusOr<StepResult> r = (*runner)->Step(plan);
-    ASSERT_TRUE(r.ok()) << r.status();
-    EXPECT_TRUE(r->slots[0].status.ok()) << r->slots[0].status;
-    EXPECT_EQ((*runner)->position(calm), 3);
-    if (!r->slots[1].status.ok()) {
-      overflowed = true;
-      EXPECT_EQ(r->slots[1].status.code(), absl::StatusCode::kInternal);
-      EXPECT_TRUE(*(*runner)->Export(wild) == before);
-      EXPECT_EQ(r->slots[1].position, 16 * i);
+  SamplingParams greedy;
+  greedy.temperature = 0;
+  for (const bool sample : {false, true}) {
+    SCOPED_TRACE(sample ? "feed, then sample" : "feed");
+    const SlotId calm = *(*runner)->NewSlot(), wild = *(*runner)->NewSlot();
+    bool overflowed = false;
+    for (int i = 0; i < 200 && !overflowed; ++i) {
+      const std::string before = *(*runner)->Export(wild);
+      const int64_t position_before = (*runner)->position(wild);
+      StepPlan plan;
+      // The calm slot restarts every step (a fresh slot), so it never grows enough to overflow.
+      (*runner)->Free(calm);
+      ASSERT_EQ(*(*runner)->NewSlot(), calm);
+      // Sampling: one token, then the drawn one, so the overflow may come in either pass.
+      const std::vector<int32_t> tokens = Ids(RandomTokens(1, sample ? 1 : 16, 100 + i));
+      plan.work = {Feed(calm, {1, 2, 3}),
+                   sample ? Sample(wild, &greedy, tokens) : Feed(wild, tokens)};
+      absl::StatusOr<StepResult> r = (*runner)->Step(plan);
+      ASSERT_TRUE(r.ok()) << r.status();
+      EXPECT_TRUE(r->slots[0].status.ok()) << r->slots[0].status;
+      EXPECT_EQ((*runner)->position(calm), 3);
+      if (!r->slots[1].status.ok()) {
+        overflowed = true;
+        EXPECT_EQ(r->slots[1].status.code(), absl::StatusCode::kInternal);
+        EXPECT_TRUE(*(*runner)->Export(wild) == before);
+        EXPECT_EQ(r->slots[1].position, position_before);
+        EXPECT_EQ(r->slots[1].sampled, -1);
+      }
     }
+    EXPECT_TRUE(overflowed) << "the memory never overflowed";
+    (*runner)->Free(calm);
+    (*runner)->Free(wild);
   }
-  EXPECT_TRUE(overflowed) << "the memory never overflowed";
 }
 
 // Slot bookkeeping, forks, snapshots and blobs.
