@@ -1,6 +1,25 @@
+#include <malloc.h>
+
 #include "server/engine/engine_impl.h"
 
 namespace titans::engine {
+
+namespace {
+
+// Hands the allocator's free memory back to the operating system. A step allocates and frees
+// many tensors between the states it keeps, so freed memory ends up between live blocks, where
+// glibc never returns it by itself: measured, 400 sessions of 2 KiB left the process holding
+// 1.76x their state bytes, 1.08x with this (docs/benchmarks.md). A trim walks every arena (5-35
+// ms for ~500 MiB here), so the engine calls this only when it falls idle, and it trims only
+// when at least kMinFreeBytes lie free in the allocator (counting them is cheaper).
+void ReleaseFreeHeap() {
+#ifdef __GLIBC__
+  constexpr size_t kMinFreeBytes = size_t{64} << 20;
+  if (mallinfo2().fordblks >= kMinFreeBytes) malloc_trim(0);
+#endif
+}
+
+}  // namespace
 
 void Engine::Impl::Loop() {
   std::unique_lock<std::mutex> lock(mu_);
@@ -8,8 +27,19 @@ void Engine::Impl::Loop() {
   auto last_ownership_check = Clock::now();
   const auto ownership_check_interval = std::chrono::duration_cast<Clock::duration>(
       std::chrono::duration<double>(options_.ownership_check_seconds));
+  int64_t steps_at_release = 0;
+  auto last_release = Clock::now();
   while (!stop_) {
     if (!HasRunnable()) {
+      // Idle after work (at most once a second): give freed memory back, without the lock.
+      if (steps_ != steps_at_release && Clock::now() - last_release >= std::chrono::seconds(1)) {
+        steps_at_release = steps_;
+        last_release = Clock::now();
+        lock.unlock();
+        ReleaseFreeHeap();
+        lock.lock();
+        continue;  // work may have arrived meanwhile
+      }
       cv_.wait_for(lock, std::chrono::milliseconds(500));
     }
     if (stop_) break;
