@@ -11,6 +11,7 @@
 #include "model/file_util.h"
 #include "model/utf8.h"
 #include "proto/request_traits.h"
+#include "server/generate_events.h"
 #include "titans/v1/titans.grpc.pb.h"
 
 namespace titans::server {
@@ -91,45 +92,6 @@ T Await(ServerContext* ctx, const CancelFlag& cancel, std::future<T>& result) {
   }
   return result.get();
 }
-
-// Collects a Generate's events from the engine thread for the handler thread to write.
-class EventQueue {
- public:
-  void Push(const engine::GenerateEvent& e) {
-    std::lock_guard<std::mutex> lock(mu_);
-    events_.push_back(e);
-    cv_.notify_one();
-  }
-  void Finish(absl::Status status) {
-    std::lock_guard<std::mutex> lock(mu_);
-    status_ = std::move(status);
-    done_ = true;
-    cv_.notify_one();
-  }
-  // Returns false when finished and drained; *event receives the next event otherwise.
-  bool Next(ServerContext* ctx, const CancelFlag& cancel, engine::GenerateEvent* event) {
-    std::unique_lock<std::mutex> lock(mu_);
-    while (events_.empty() && !done_) {
-      cv_.wait_for(lock, std::chrono::milliseconds(20));
-      if (ctx->IsCancelled()) cancel->store(true);
-    }
-    if (events_.empty()) return false;
-    *event = std::move(events_.front());
-    events_.pop_front();
-    return true;
-  }
-  absl::Status status() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return status_;
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<engine::GenerateEvent> events_;
-  absl::Status status_;
-  bool done_ = false;
-};
 
 absl::StatusOr<engine::Input> InputOf(const pb::AppendRequest& r) {
   engine::Input in;
@@ -562,14 +524,17 @@ class TitansService final : public pb::Titans::Service {
     p.stop.assign(req.stop().begin(), req.stop().end());
     p.stop_at_eos = req.has_stop_at_eos() ? req.stop_at_eos() : true;
     auto cancel = std::make_shared<std::atomic<bool>>(false);
-    auto queue = std::make_shared<EventQueue>();
+    auto queue = std::make_shared<GenerateEventQueue>();
     engine_->Generate(
         principal, req.session_id(), std::move(p), cancel,
         [queue](const engine::GenerateEvent& e) { queue->Push(e); },
         [queue](absl::Status s) { queue->Finish(std::move(s)); });
     engine::GenerateEvent event;
     bool client_gone = false;
-    while (queue->Next(ctx, cancel, &event)) {
+    // Events queued while the last write was under way leave as one message.
+    while (queue->Next(&event, std::chrono::milliseconds(20), [ctx, &cancel] {
+      if (ctx->IsCancelled()) cancel->store(true);
+    })) {
       if (client_gone) continue;  // drain until the engine stops
       pb::GenerateResponse out;
       ToProto(event, &out);
