@@ -62,7 +62,7 @@ std::string LicenceText() {
 struct HaystackCase {
   const char* name;
   // Of kTrials whole keys, greedy. Issue 19's target is 9 for both; the shipped model gives
-  // 10 in the noise and 9 in text on these seeds (docs/evaluation.md); one key of slack for
+  // 10 in the noise and 10 in text on these seeds (docs/evaluation.md); one key of slack for
   // float rounding on other CPUs (another ISA's kernels).
   int min_recalled;
 };
@@ -159,7 +159,7 @@ TEST_P(PasskeyHaystackTest, KeyPlantedFarOutsideTheWindowIsRecalledAfterManyAppe
 }
 
 INSTANTIATE_TEST_SUITE_P(Haystacks, PasskeyHaystackTest,
-                         ::testing::Values(HaystackCase{"noise", 9}, HaystackCase{"text", 8}),
+                         ::testing::Values(HaystackCase{"noise", 9}, HaystackCase{"text", 9}),
                          [](const auto& info) { return std::string(info.param.name); });
 
 }  // namespace
