@@ -50,18 +50,15 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(const TitansMod
     return absl::InvalidArgumentError(
         absl::StrCat("runner capacity must be positive, got ", capacity));
   }
-  return std::unique_ptr<ModelRunner>(new ModelRunner(nullptr, model, capacity));
+  return std::unique_ptr<ModelRunner>(new ModelRunner(model, capacity));
 }
 
 absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(std::unique_ptr<TitansModel> model,
                                                                  int32_t capacity) {
   if (model == nullptr) return absl::InvalidArgumentError("runner needs a model");
-  if (capacity <= 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("runner capacity must be positive, got ", capacity));
-  }
-  const TitansModel& ref = *model;
-  return std::unique_ptr<ModelRunner>(new ModelRunner(std::move(model), ref, capacity));
+  TITANS_ASSIGN_OR_RETURN(std::unique_ptr<ModelRunner> runner, Create(*model, capacity));
+  runner->owned_model_ = std::move(model);
+  return runner;
 }
 
 absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Load(const std::string& model_dir,
@@ -73,9 +70,8 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Load(const std::string
   return Create(std::move(model), capacity);
 }
 
-ModelRunner::ModelRunner(std::unique_ptr<TitansModel> owned, const TitansModel& model,
-                         int32_t capacity)
-    : owned_model_(std::move(owned)), model_(model), capacity_(capacity) {}
+ModelRunner::ModelRunner(const TitansModel& model, int32_t capacity)
+    : model_(model), capacity_(capacity) {}
 
 const ModelConfig& ModelRunner::config() const { return model_.config(); }
 const Tokenizer& ModelRunner::tokenizer() const { return model_.tokenizer(); }
@@ -100,12 +96,12 @@ bool ModelRunner::allocated(SlotId slot) const {
 }
 
 absl::StatusOr<SlotId> ModelRunner::Take() {
+  if (Full()) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("all ", capacity_, " runner slots are in use"));
+  }
   if (free_.empty()) {
     const SlotId size = static_cast<SlotId>(slots_.size());
-    if (size >= capacity_) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("all ", capacity_, " runner slots are in use"));
-    }
     // One more block of slots; ids are handed out lowest first.
     const SlotId grown = size + std::min(kSlotBlock, capacity_ - size);
     slots_.resize(static_cast<size_t>(grown));
@@ -145,9 +141,7 @@ absl::StatusOr<SlotId> ModelRunner::Fork(SlotId slot) {
 absl::StatusOr<SlotId> ModelRunner::Import(std::string_view blob) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (free_.empty() && static_cast<SlotId>(slots_.size()) >= capacity_) {
-      return Take().status();  // RESOURCE_EXHAUSTED before parsing anything
-    }
+    if (Full()) return Take().status();  // RESOURCE_EXHAUSTED before parsing anything
   }
   // Parsed without the lock: a large blob does not hold up the step in progress.
   TITANS_ASSIGN_OR_RETURN(SessionState state,

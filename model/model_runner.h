@@ -162,12 +162,16 @@ class ModelRunner {
 
  private:
   struct Slot;
-  ModelRunner(std::unique_ptr<TitansModel> owned, const TitansModel& model, int32_t capacity);
+  ModelRunner(const TitansModel& model, int32_t capacity);
+  // Every slot taken and no room to grow.
+  bool Full() const ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    return free_.empty() && static_cast<SlotId>(slots_.size()) >= capacity_;
+  }
   Slot* Find(SlotId slot) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   absl::StatusOr<SlotId> Take() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status CheckPlan(const StepPlan& plan) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
 
-  const std::unique_ptr<TitansModel> owned_model_;  // null when the caller owns the model
+  std::unique_ptr<TitansModel> owned_model_;  // null when the caller owns the model
   const TitansModel& model_;
   const int32_t capacity_;
   // std::mutex, not absl::Mutex: Debian's Abseil is not built with ThreadSanitizer, so TSan
@@ -176,6 +180,29 @@ class ModelRunner {
   std::vector<std::unique_ptr<Slot>> slots_ ABSL_GUARDED_BY(mu_);  // nullptr: free
   std::vector<SlotId> free_ ABSL_GUARDED_BY(mu_);  // free slot ids of slots_, lowest last
   int32_t in_use_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// Frees a runner slot when it goes out of scope unless Release()d: for a slot taken for work
+// that may fail partway (a scratch replay, a session not registered yet).
+class ScopedSlot {
+ public:
+  ScopedSlot(ModelRunner* runner, SlotId slot) : runner_(runner), slot_(slot) {}
+  ~ScopedSlot() {
+    if (runner_ != nullptr) runner_->Free(slot_);
+  }
+  ScopedSlot(const ScopedSlot&) = delete;
+  ScopedSlot& operator=(const ScopedSlot&) = delete;
+
+  SlotId get() const { return slot_; }
+  // The slot stays taken; the caller owns it now.
+  SlotId Release() {
+    runner_ = nullptr;
+    return slot_;
+  }
+
+ private:
+  ModelRunner* runner_;
+  SlotId slot_;
 };
 
 }  // namespace titans

@@ -260,7 +260,7 @@ absl::StatusOr<std::shared_ptr<const SlotSnapshot>> Engine::Impl::StateAt(Sessio
   }
   if (s->history.end() != live_position) ResetHistory(s);
   TITANS_ASSIGN_OR_RETURN(RewindHistory::Plan plan, s->history.PlanRewind(position));
-  // The replay runs in a scratch slot, released on every path out.
+  // The replay runs in a scratch slot.
   absl::StatusOr<SlotId> scratch;
   if (plan.start.state) {
     scratch = runner_->FromSnapshot(*plan.start.state);
@@ -277,11 +277,7 @@ absl::StatusOr<std::shared_ptr<const SlotSnapshot>> Engine::Impl::StateAt(Sessio
     }
   }
   if (!scratch.ok()) return scratch.status();
-  struct FreeScratch {
-    ModelRunner* runner;
-    SlotId slot;
-    ~FreeScratch() { runner->Free(slot); }
-  } free_scratch{runner_.get(), *scratch};
+  ScopedSlot replay(runner_.get(), *scratch);  // freed on every path out
   constexpr size_t kReplayPiece = 4096;
   for (size_t at = 0; at < plan.replay.size(); at += kReplayPiece) {
     const size_t n = std::min(kReplayPiece, plan.replay.size() - at);

@@ -239,8 +239,10 @@ class Engine::Impl {
   // FAILED_PRECONDITION when rewinding is disabled, DATA_LOSS when a stored point is damaged.
   absl::StatusOr<std::shared_ptr<const SlotSnapshot>> StateAt(Session* s, int64_t position);
 
-  // Consumes `tokens` into `slot` in one runner step of its own (replay, rewind, a score's BOS).
-  // On error the slot is unchanged.
+  // One slot's work in a runner step of its own (replay, rewind, a score): its outcome, or the
+  // step's or the slot's error (then the slot is unchanged).
+  absl::StatusOr<SlotOutcome> StepOne(SlotWork work);
+  // StepOne consuming `tokens` into `slot`.
   absl::Status Feed(SlotId slot, std::vector<int32_t> tokens);
 
   // The position of a resident session.
@@ -279,10 +281,10 @@ class Engine::Impl {
   // The step's group commit: every completed operation's record, one write and one fdatasync.
   void CommitDurable(std::vector<std::function<void()>>* callbacks);
 
-  // One runner step for every session's tokens of this step (continuous batching), then each
-  // operation's bookkeeping. If the step fails as a whole, every operation in it fails (and is
-  // rolled back to its state before the operation); a session's own failure fails its operation
-  // only. Returns the step's seconds in the memory kernel.
+  // One runner step for every session's tokens of this step (continuous batching; the tokens move
+  // into the runner's plan), then each operation's bookkeeping. If the step fails as a whole, every
+  // operation in it fails (and is rolled back to its state before the operation); a session's own
+  // failure fails its operation only. Returns the step's seconds in the memory kernel.
   double RunBatch(std::vector<Forwarding>& batch, std::vector<std::function<void()>>* callbacks);
 
   SamplingParams Resolve(const Session& s, const GenerateParams& g) const;

@@ -65,15 +65,7 @@ absl::StatusOr<int64_t> Engine::Impl::ResolveTtl(int64_t ttl) const {
 absl::StatusOr<SessionInfo> Engine::Impl::AddSession(const CreateParams& p, SlotId slot,
                                                      const RewindHistory* history,
                                                      const std::string& history_owner) {
-  bool added = false;
-  struct FreeUnlessAdded {
-    ModelRunner* runner;
-    SlotId slot;
-    const bool* added;
-    ~FreeUnlessAdded() {
-      if (!*added) runner->Free(slot);
-    }
-  } free_unless_added{runner_.get(), slot, &added};
+  ScopedSlot taken(runner_.get(), slot);  // freed on every error below
   TITANS_RETURN_IF_ERROR(CheckOpen());
   TITANS_RETURN_IF_ERROR(ValidatePrincipal(p.principal));
   std::string client_id = p.id;
@@ -131,11 +123,12 @@ absl::StatusOr<SessionInfo> Engine::Impl::AddSession(const CreateParams& p, Slot
     // shared store, also so that other replicas can find it (and the id stays unique).
     absl::Status st = Persist(session, /*create=*/true);
     if (!st.ok()) {
+      session->slot.reset();  // the scope frees it
       Erase(id);
       return st;
     }
   }
-  added = true;
+  taken.Release();
   observer().OnSessionOpened();
   return info;
 }

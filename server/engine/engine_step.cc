@@ -90,12 +90,12 @@ void Engine::Impl::Loop() {
     std::vector<Forwarding> batch;
     const auto step_start = Clock::now();
     for (const Assignment& a : plan) Prepare(order[a.session], a.tokens, &batch, &callbacks);
-    const double kernel_seconds = RunBatch(batch, &callbacks);
-    CommitDurable(&callbacks);
     int64_t step_tokens = 0;
     for (const Forwarding& f : batch) {
       step_tokens += static_cast<int64_t>(f.tokens.size()) + (f.decode ? 1 : 0);
     }
+    const double kernel_seconds = RunBatch(batch, &callbacks);
+    CommitDurable(&callbacks);
     observer().OnStep(static_cast<int>(plan.size()), step_tokens,
                       std::chrono::duration<double>(Clock::now() - step_start).count(),
                       kernel_seconds);
@@ -294,7 +294,7 @@ double Engine::Impl::RunBatch(std::vector<Forwarding>& batch,
   for (Forwarding& f : batch) {
     SlotWork w;
     w.slot = *f.session->slot;
-    w.tokens = f.tokens;
+    w.tokens = std::move(f.tokens);  // read back from the plan below
     if (f.decode) {
       w.action = SlotAction::kSample;
       w.sampling = &f.op->sampling;
@@ -303,7 +303,8 @@ double Engine::Impl::RunBatch(std::vector<Forwarding>& batch,
   }
   absl::StatusOr<StepResult> step = runner_->Step(plan);
   for (size_t i = 0; i < batch.size(); ++i) {
-    Forwarding& f = batch[i];
+    const Forwarding& f = batch[i];
+    const std::vector<int32_t>& tokens = plan.work[i].tokens;
     Op& op = *f.op;
     const absl::Status st = step.ok() ? step->slots[i].status : step.status();
     if (!st.ok()) {  // the runner left this slot unchanged; the operation goes back to its start
@@ -311,9 +312,9 @@ double Engine::Impl::RunBatch(std::vector<Forwarding>& batch,
       Fail(op, st, callbacks);
       continue;
     }
-    if (!f.tokens.empty()) {
-      op.log_tokens.insert(op.log_tokens.end(), f.tokens.begin(), f.tokens.end());
-      op.log_pieces.push_back(static_cast<int32_t>(f.tokens.size()));
+    if (!tokens.empty()) {
+      op.log_tokens.insert(op.log_tokens.end(), tokens.begin(), tokens.end());
+      op.log_pieces.push_back(static_cast<int32_t>(tokens.size()));
     }
     if (f.decode) {
       // The runner consumed the sampled token after `tokens`, in a pass of its own.
@@ -325,8 +326,8 @@ double Engine::Impl::RunBatch(std::vector<Forwarding>& batch,
       continue;
     }
     observer().OnTokens(op.kind == OpKind::kAppend ? "appended" : "prompt",
-                        static_cast<int64_t>(f.tokens.size()));
-    op.consumed += f.tokens.size();
+                        static_cast<int64_t>(tokens.size()));
+    op.consumed += tokens.size();
     if (op.kind == OpKind::kAppend) MaybeTakeInnerPoint(*f.session, &op);
     if (op.kind == OpKind::kAppend && op.remaining() == 0) {
       AppendResult r{static_cast<int64_t>(op.tokens.size()), step->slots[i].position};
@@ -468,38 +469,35 @@ void Engine::Impl::FinishDecode(Session* s, Op* op, int64_t token,
 
 void Engine::Impl::ExecuteScore(Session* s, Op* op, std::vector<std::function<void()>>* callbacks) {
   const SlotId slot = *s->slot;
-  std::shared_ptr<const SlotSnapshot> before = runner_->Snapshot(slot);
-  auto result = [&]() -> absl::StatusOr<ScoreResult> {
-    const int32_t bos = runner_->tokenizer().bos_id();
-    if (runner_->position(slot) == 0 && bos >= 0) {
-      // From an empty session the first token is predicted after the beginning-of-sequence
-      // token, as a generation would see it.
-      TITANS_RETURN_IF_ERROR(Feed(slot, {bos}));
-      op->log_tokens.push_back(bos);
-      op->log_pieces.push_back(1);
-    }
-    StepPlan plan;
-    SlotWork w;
-    w.slot = slot;
-    w.tokens = op->tokens;
-    w.action = SlotAction::kScore;
-    w.commit = op->commit;
-    plan.work.push_back(std::move(w));
-    TITANS_ASSIGN_OR_RETURN(StepResult step, runner_->Step(plan));
-    TITANS_RETURN_IF_ERROR(step.slots[0].status);
-    if (!op->commit) TITANS_RETURN_IF_ERROR(runner_->Restore(slot, *before));  // the BOS too
-    observer().OnTokens("scored", static_cast<int64_t>(op->tokens.size()));
+  // From an empty session the first token is predicted after the beginning-of-sequence token,
+  // as a generation would see it: BOS leads the scored tokens and its own score is dropped.
+  SlotWork work;
+  work.slot = slot;
+  work.action = SlotAction::kScore;
+  work.commit = op->commit;
+  const int32_t bos = runner_->tokenizer().bos_id();
+  const bool with_bos = runner_->position(slot) == 0 && bos >= 0;
+  if (with_bos) work.tokens.push_back(bos);
+  work.tokens.insert(work.tokens.end(), op->tokens.begin(), op->tokens.end());
+  const std::vector<int32_t> consumed = work.tokens;
+  // The runner changes the slot only for a committed, successful score; the snapshot undoes it
+  // if the log commit then fails.
+  std::shared_ptr<const SlotSnapshot> before = op->commit ? runner_->Snapshot(slot) : nullptr;
+  absl::StatusOr<SlotOutcome> outcome = StepOne(std::move(work));
+  absl::StatusOr<ScoreResult> result = [&]() -> absl::StatusOr<ScoreResult> {
+    if (!outcome.ok()) return outcome.status();
     ScoreResult r;
-    r.logprobs = std::move(step.slots[0].logprobs);
-    r.position = runner_->position(slot);
+    r.logprobs = std::move(outcome->logprobs);
+    if (with_bos) r.logprobs.erase(r.logprobs.begin());
+    r.position = outcome->position;
+    observer().OnTokens("scored", static_cast<int64_t>(op->tokens.size()));
     return r;
   }();
-  if (!result.ok()) (void)runner_->Restore(slot, *before);
   auto done = std::move(op->score_done);
   if (result.ok() && op->commit) {
     op->backup = std::move(before);
-    op->log_tokens.insert(op->log_tokens.end(), op->tokens.begin(), op->tokens.end());
-    op->log_pieces.push_back(static_cast<int32_t>(op->tokens.size()));
+    op->log_tokens.insert(op->log_tokens.end(), consumed.begin(), consumed.end());
+    op->log_pieces.push_back(static_cast<int32_t>(consumed.size()));
     Complete(
         s, *op, [done, result] { done(result); }, [done](absl::Status st) { done(st); }, callbacks);
   } else {
@@ -580,14 +578,19 @@ void Engine::Impl::Update(const std::vector<Session*>& order, const std::vector<
 
 namespace titans::engine {
 
-absl::Status Engine::Impl::Feed(SlotId slot, std::vector<int32_t> tokens) {
+absl::StatusOr<SlotOutcome> Engine::Impl::StepOne(SlotWork work) {
   StepPlan plan;
-  SlotWork w;
-  w.slot = slot;
-  w.tokens = std::move(tokens);
-  plan.work.push_back(std::move(w));
+  plan.work.push_back(std::move(work));
   TITANS_ASSIGN_OR_RETURN(StepResult step, runner_->Step(plan));
-  return step.slots[0].status;
+  if (!step.slots[0].status.ok()) return step.slots[0].status;
+  return std::move(step.slots[0]);
+}
+
+absl::Status Engine::Impl::Feed(SlotId slot, std::vector<int32_t> tokens) {
+  SlotWork work;
+  work.slot = slot;
+  work.tokens = std::move(tokens);
+  return StepOne(std::move(work)).status();
 }
 
 void Engine::Impl::Erase(const std::string& id) {

@@ -63,14 +63,12 @@ TEST(GenerateEventQueue, ConcurrentProducerLosesNothing) {
   std::string text;
   engine::GenerateEvent e;
   engine::Finish finish = engine::Finish::kNone;
-  int messages = 0;
   while (q.Next(&e, std::chrono::milliseconds(1), nullptr)) {
     EXPECT_EQ(finish, engine::Finish::kNone) << "an event after the finish";
     tokens.insert(tokens.end(), e.tokens.begin(), e.tokens.end());
     text += e.text;
     finish = e.finish;
     EXPECT_EQ(e.position, 10 + static_cast<int64_t>(tokens.size()));
-    ++messages;
   }
   producer.join();
   ASSERT_EQ(tokens.size(), static_cast<size_t>(kTokens));
@@ -79,7 +77,6 @@ TEST(GenerateEventQueue, ConcurrentProducerLosesNothing) {
     ASSERT_EQ(text[i], static_cast<char>('a' + i % 26)) << i;
   }
   EXPECT_EQ(finish, engine::Finish::kStop);
-  EXPECT_LE(messages, kTokens);
   EXPECT_EQ(q.status().code(), absl::StatusCode::kCancelled);
 }
 
