@@ -71,7 +71,7 @@ void Conv(const Isa& isa, const float* x, int64_t channels, const float* w, int 
 
 // Scratch reused across calls (a step allocates nothing once the buffers have grown).
 struct AttentionScratch {
-  std::vector<float> rotated_k;  // [rows, heads * head_dim]
+  std::vector<float> rotated_k;  // [rows * entries_per_token, heads * head_dim]
   std::vector<float> angles;     // [rows, head_dim]: each row's rotary cos, then sin
 };
 
@@ -82,8 +82,9 @@ void Attention(const Isa& isa, const WindowShape& sh, const float* q, const floa
   const int64_t hd = static_cast<int64_t>(sh.heads) * sh.head_dim;
   int64_t rows = 0;
   for (int64_t i = 0; i < count; ++i) rows = std::max(rows, streams[i].begin + streams[i].length);
-  if (static_cast<int64_t>(scratch.rotated_k.size()) < rows * hd) {
-    scratch.rotated_k.resize(rows * hd);
+  const int64_t entries = rows * sh.entries_per_token;
+  if (static_cast<int64_t>(scratch.rotated_k.size()) < entries * hd) {
+    scratch.rotated_k.resize(entries * hd);
   }
   if (static_cast<int64_t>(scratch.angles.size()) < rows * sh.head_dim) {
     scratch.angles.resize(rows * sh.head_dim);
@@ -101,12 +102,13 @@ void Attention(const Isa& isa, const WindowShape& sh, const float* q, const floa
   for (int64_t i = 0; i < count; ++i) {
     isa.rotate(sh, inv_freq, k, v, streams[i], rotated_k, angles);
   }
-  const int64_t per_row = static_cast<int64_t>(sh.persistent + sh.window) * hd * 2;
+  const int64_t window_entries = static_cast<int64_t>(sh.window) * sh.entries_per_token;
+  const int64_t per_row = (sh.persistent + window_entries) * hd * 2;
   const int parts = Parts(active * per_row, parallel);
   auto run = [&](int64_t b, int64_t e) {
     thread_local std::vector<float> scores;  // one row's persistent + window scores
-    if (scores.size() < static_cast<size_t>(sh.persistent + sh.window)) {
-      scores.resize(sh.persistent + sh.window);
+    if (static_cast<int64_t>(scores.size()) < sh.persistent + window_entries) {
+      scores.resize(sh.persistent + window_entries);
     }
     for (int64_t i = 0; i < count; ++i) {
       const AttentionStream& s = streams[i];
@@ -125,7 +127,7 @@ void Attention(const Isa& isa, const WindowShape& sh, const float* q, const floa
 
 bool ShapeSupported(const WindowShape& sh) {
   return sh.head_dim > 0 && sh.head_dim % 2 == 0 && sh.head_dim <= 512 && sh.heads > 0 &&
-         sh.window >= 1 && sh.persistent >= 0;
+         sh.window >= 1 && sh.persistent >= 0 && sh.entries_per_token >= 1;
 }
 
 }  // namespace

@@ -59,16 +59,17 @@ __global__ void RotateKernel(WindowShape sh, const float* __restrict__ k,
                              const float* __restrict__ v, const AttentionStream* streams,
                              float* __restrict__ rotated_k) {
   const AttentionStream s = streams[blockIdx.x];
-  const int H = sh.heads, dh = sh.head_dim;
+  const int H = sh.heads, dh = sh.head_dim, E = sh.entries_per_token;
   const int64_t hd = static_cast<int64_t>(H) * dh;
-  for (int64_t e = threadIdx.x; e < s.length * H; e += blockDim.x) {
-    const int64_t t = e / H, h = e % H;
-    const int64_t row = (s.begin + t) * hd + h * dh;
-    Rotate(sh, k + row, s.position + t, rotated_k + row);
+  for (int64_t e = threadIdx.x; e < s.length * E * H; e += blockDim.x) {
+    const int64_t entry = e / H, h = e % H;  // entry of the stream's new ones; token entry / E
+    const int64_t row = (s.begin * E + entry) * hd + h * dh;
+    Rotate(sh, k + row, s.position + entry / E, rotated_k + row);
   }
   __syncthreads();
-  const int64_t total = s.cached + s.length;
-  const int64_t keep = total < sh.window - 1 ? total : sh.window - 1;
+  const int64_t total = s.cached + E * s.length;
+  const int64_t most = static_cast<int64_t>(E) * (sh.window - 1);
+  const int64_t keep = total < most ? total : most;
   for (int64_t e = threadIdx.x; e < H * keep * dh; e += blockDim.x) {
     const int64_t h = e / (keep * dh), i = (e / dh) % keep, d = e % dh;
     const int64_t j = total - keep + i;
@@ -77,7 +78,7 @@ __global__ void RotateKernel(WindowShape sh, const float* __restrict__ k,
       s.cache_k_out[to] = s.cache_k[(h * s.cached + j) * dh + d];
       s.cache_v_out[to] = s.cache_v[(h * s.cached + j) * dh + d];
     } else {
-      const int64_t row = (s.begin + j - s.cached) * hd + h * dh + d;
+      const int64_t row = (s.begin * E + j - s.cached) * hd + h * dh + d;
       s.cache_k_out[to] = rotated_k[row];
       s.cache_v_out[to] = v[row];
     }
@@ -91,7 +92,7 @@ __global__ void AttendKernel(WindowShape sh, const float* __restrict__ q,
                              const float* __restrict__ pk, const float* __restrict__ pv,
                              const AttentionStream* streams, float* __restrict__ out) {
   const AttentionStream s = streams[blockIdx.x];
-  const int H = sh.heads, dh = sh.head_dim, P = sh.persistent;
+  const int H = sh.heads, dh = sh.head_dim, P = sh.persistent, E = sh.entries_per_token;
   const int64_t hd = static_cast<int64_t>(H) * dh;
   const float scale = static_cast<float>(1.0 / sqrt(static_cast<double>(dh)));
   float q_rot[512];
@@ -100,20 +101,22 @@ __global__ void AttendKernel(WindowShape sh, const float* __restrict__ q,
     const int64_t row = (s.begin + t) * hd + h * dh;
     const float* q_plain = q + row;
     Rotate(sh, q_plain, s.position + t, q_rot);
-    const int64_t self = s.cached + t;
-    const int64_t first = self - (sh.window - 1) > 0 ? self - (sh.window - 1) : 0;
-    const int64_t n = P + self - first + 1;
+    // The entries of the last `window` tokens of cache ++ new, this token's E last.
+    const int64_t end = s.cached + E * (t + 1);
+    const int64_t span = static_cast<int64_t>(E) * sh.window;
+    const int64_t first = end - span > 0 ? end - span : 0;
+    const int64_t n = P + end - first;
     auto key = [&](int64_t i) {  // entry i of persistent ++ window
       if (i < P) return pk + (h * P + i) * dh;
       const int64_t j = first + i - P;
       return j < s.cached ? s.cache_k + (h * s.cached + j) * dh
-                          : rotated_k + (s.begin + j - s.cached) * hd + h * dh;
+                          : rotated_k + (s.begin * E + j - s.cached) * hd + h * dh;
     };
     auto value = [&](int64_t i) {
       if (i < P) return pv + (h * P + i) * dh;
       const int64_t j = first + i - P;
       return j < s.cached ? s.cache_v + (h * s.cached + j) * dh
-                          : v + (s.begin + j - s.cached) * hd + h * dh;
+                          : v + (s.begin * E + j - s.cached) * hd + h * dh;
     };
     auto score = [&](int64_t i) {
       return __fmul_rn(Dot(i < P ? q_plain : q_rot, key(i), dh), scale);
@@ -167,7 +170,7 @@ std::string RaggedWindowAttentionCuda(const WindowShape& shape, const float* q, 
                                       float* out, void* cuda_stream) {
   if (count == 0) return "";
   if (shape.head_dim <= 0 || shape.head_dim % 2 != 0 || shape.head_dim > 512 || shape.heads <= 0 ||
-      shape.window < 1 || shape.persistent < 0) {
+      shape.window < 1 || shape.persistent < 0 || shape.entries_per_token < 1) {
     return "window attention kernel: unsupported shape";
   }
   cudaStream_t stream = static_cast<cudaStream_t>(cuda_stream);
@@ -180,7 +183,8 @@ std::string RaggedWindowAttentionCuda(const WindowShape& shape, const float* q, 
   float* rotated_k = nullptr;
   std::string error = ToDevice(host_streams, count, stream, &streams);
   if (error.empty()) {
-    const size_t bytes = sizeof(float) * static_cast<size_t>(rows) * shape.heads * shape.head_dim;
+    const size_t bytes = sizeof(float) * static_cast<size_t>(rows) * shape.entries_per_token *
+                         shape.heads * shape.head_dim;
     const cudaError_t err =
         cudaMallocAsync(reinterpret_cast<void**>(&rotated_k), bytes > 0 ? bytes : 4, stream);
     if (err != cudaSuccess) error = cudaGetErrorString(err);

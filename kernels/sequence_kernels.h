@@ -41,35 +41,40 @@ void RaggedCausalConv(const float* x, int64_t channels, const float* w, int taps
                       const ConvStream* streams, int64_t count, float* y);
 
 // Shape of the sliding-window attention: token t of a stream (absolute position pos) attends
-// to the `persistent` position-free keys and to the keys at positions (pos - window, pos].
-// Queries and keys of window tokens are rotated (RoPE over head_dim / 2 frequency pairs,
-// theta^(-2i / head_dim), angles in double); persistent keys meet the unrotated query.
+// to the `persistent` position-free keys and to the keys of the tokens at positions
+// (pos - window, pos]. Each token has `entries_per_token` (E) keys and values, all at its
+// position: 1 for plain attention, 2 for MAC's segment attention (the retrieved memory token h_j,
+// then x_j). Queries and keys of window tokens are rotated (RoPE over head_dim / 2 frequency
+// pairs, theta^(-2i / head_dim), angles in double); persistent keys meet the unrotated query.
 struct WindowShape {
   int heads = 0;
   int head_dim = 0;
   int window = 0;
   int persistent = 0;
+  int entries_per_token = 1;
   double rope_theta = 10000;
 };
 
 // One stream of a sliding-window attention.
 struct AttentionStream {
-  int64_t begin = 0;     // first row in q, k, v and out
-  int64_t length = 0;    // rows
-  int64_t position = 0;  // absolute position of the first row
-  // The cache: rotated keys and values of the last `cached` tokens before `position`,
-  // [heads, cached, head_dim]; cached <= window - 1.
+  int64_t begin = 0;     // first token: its query and output are row `begin` of q and out, its
+                         // keys and values rows begin * E .. begin * E + E - 1 of k and v
+  int64_t length = 0;    // tokens
+  int64_t position = 0;  // absolute position of the first token
+  // The cache: rotated keys and values of the tokens just before `position`, E entries per
+  // token in order, [heads, cached, head_dim]; cached <= E * (window - 1), a multiple of E.
   const float* cache_k = nullptr;
   const float* cache_v = nullptr;
   int64_t cached = 0;
-  // Receive the cache after the stream's rows: [heads, keep, head_dim] with
-  // keep = min(window - 1, cached + length). Must not overlap the inputs.
+  // Receive the cache after the stream's tokens: [heads, keep, head_dim] with
+  // keep = min(E * (window - 1), cached + E * length). Must not overlap the inputs.
   float* cache_k_out = nullptr;
   float* cache_v_out = nullptr;
 };
 
 // out[r] = the merged heads of softmax(q_r . keys / sqrt(head_dim)) . values for every row of
-// every stream. q, k, v, out: [rows, heads * head_dim] (the projections, not yet rotated);
+// every stream. q, out: [rows, heads * head_dim]; k, v: [rows * E, heads * head_dim] (the
+// projections, not yet rotated);
 // persistent_k / persistent_v: [heads, persistent, head_dim] (may be null when persistent = 0).
 void RaggedWindowAttention(const WindowShape& shape, const float* q, const float* k, const float* v,
                            const float* persistent_k, const float* persistent_v,

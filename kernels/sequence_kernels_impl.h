@@ -64,27 +64,32 @@ inline float Dot(const float* a, const float* b, int n) {
 // the stream's rows), and the stream's cache after the call.
 void RotateStreamKeys(const WindowShape& sh, const double* inv_freq, const float* k, const float* v,
                       const AttentionStream& s, float* rotated_k, float* angles) {
-  const int H = sh.heads, dh = sh.head_dim, half = dh / 2;
+  const int H = sh.heads, dh = sh.head_dim, half = dh / 2, E = sh.entries_per_token;
   const int64_t hd = static_cast<int64_t>(H) * dh;
   for (int64_t t = 0; t < s.length; ++t) {
     float* cos = angles + (s.begin + t) * dh;
     float* sin = cos + half;
     RotaryAngles(inv_freq, half, s.position + t, cos, sin);
-    const int64_t row = (s.begin + t) * hd;
-    for (int h = 0; h < H; ++h) Rotate(k + row + h * dh, cos, sin, half, rotated_k + row + h * dh);
+    for (int e = 0; e < E; ++e) {  // every entry of a token shares its position
+      const int64_t row = ((s.begin + t) * E + e) * hd;
+      for (int h = 0; h < H; ++h) {
+        Rotate(k + row + h * dh, cos, sin, half, rotated_k + row + h * dh);
+      }
+    }
   }
-  const int64_t total = s.cached + s.length;
-  const int64_t keep = std::min<int64_t>(sh.window - 1, total);
+  // Cache and new entries, in order: entry j < cached is cache row j, else new entry j - cached.
+  const int64_t total = s.cached + E * s.length;
+  const int64_t keep = std::min<int64_t>(static_cast<int64_t>(E) * (sh.window - 1), total);
   for (int h = 0; h < H; ++h) {
     for (int64_t i = 0; i < keep; ++i) {
-      const int64_t j = total - keep + i;  // index in cache ++ new
+      const int64_t j = total - keep + i;
       float* kd = s.cache_k_out + (h * keep + i) * dh;
       float* vd = s.cache_v_out + (h * keep + i) * dh;
       if (j < s.cached) {
         std::memcpy(kd, s.cache_k + (h * s.cached + j) * dh, dh * sizeof(float));
         std::memcpy(vd, s.cache_v + (h * s.cached + j) * dh, dh * sizeof(float));
       } else {
-        const int64_t row = (s.begin + j - s.cached) * hd + h * dh;
+        const int64_t row = (s.begin * E + j - s.cached) * hd + h * dh;
         std::memcpy(kd, rotated_k + row, dh * sizeof(float));
         std::memcpy(vd, v + row, dh * sizeof(float));
       }
@@ -97,25 +102,28 @@ void AttendRow(const WindowShape& sh, const float* angles, const float* q, const
                const float* v, const float* pk, const float* pv, const AttentionStream& s,
                int64_t t, float* scores, float* out) {
   const int H = sh.heads, dh = sh.head_dim, half = dh / 2, P = sh.persistent;
+  const int E = sh.entries_per_token;
   const int64_t hd = static_cast<int64_t>(H) * dh;
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(dh)));
-  const int64_t self = s.cached + t;  // this token's index in cache ++ new
-  const int64_t first = std::max<int64_t>(0, self - (sh.window - 1));
-  const int64_t visible = self - first + 1;
+  // Entries of cache ++ new: this token's are the last E it sees; the window spans the entries
+  // of the last `window` tokens.
+  const int64_t end = s.cached + E * (t + 1);
+  const int64_t first = std::max<int64_t>(0, end - static_cast<int64_t>(E) * sh.window);
+  const int64_t visible = end - first;
   float q_rot[512];
   const float* cos = angles + (s.begin + t) * dh;  // phase 1's, for this row's position
   const float* sin = cos + half;
-  const int64_t row = (s.begin + t) * hd;
+  const int64_t row = (s.begin + t) * hd;  // the query's and the output's row
   for (int h = 0; h < H; ++h) {
     const float* q_plain = q + row + h * dh;
     Rotate(q_plain, cos, sin, half, q_rot);
     auto key = [&](int64_t j) {
       return j < s.cached ? s.cache_k + (h * s.cached + j) * dh
-                          : rotated_k + (s.begin + j - s.cached) * hd + h * dh;
+                          : rotated_k + (s.begin * E + j - s.cached) * hd + h * dh;
     };
     auto value = [&](int64_t j) {
       return j < s.cached ? s.cache_v + (h * s.cached + j) * dh
-                          : v + (s.begin + j - s.cached) * hd + h * dh;
+                          : v + (s.begin * E + j - s.cached) * hd + h * dh;
     };
     float max = -std::numeric_limits<float>::infinity();
     for (int p = 0; p < P; ++p) {

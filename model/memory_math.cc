@@ -215,17 +215,39 @@ bool InterleavedGates(const MemoryGates& g) {
   return a.stride(1) == 3 && b.data_ptr<float>() == base + 1 && c.data_ptr<float>() == base + 2;
 }
 
+// Whether st's pending rows are the first p rows of its chunk's buffers (the views Run leaves).
+bool PendingInChunk(const MemoryState& st, int depth) {
+  const PendingChunk* c = st.chunk.get();
+  if (c == nullptr || !c->gates.defined() ||
+      st.pending_gates.log_keep.data_ptr() != c->gates.data_ptr() ||
+      !InterleavedGates(st.pending_gates)) {
+    return false;
+  }
+  for (int l = 0; l < depth; ++l) {
+    if (st.pending_inputs[l].data_ptr() != c->inputs[l].data_ptr() ||
+        st.pending_deltas[l].data_ptr() != c->deltas[l].data_ptr() ||
+        st.pending_inputs[l].strides() != c->inputs[l].strides() ||
+        st.pending_deltas[l].strides() != c->deltas[l].strides()) {
+      return false;
+    }
+  }
+  return true;
+}
+
 // Inference: the fused kernel (kernels/memory_kernel.h), one task per group, over any number
-// of memory states at once (the server batches sessions this way). Outputs go to fresh tensors
-// (the old states stay intact): weights / momentum only when a chunk closes, pending rows into
-// buffers with room for a whole chunk.
+// of memory states at once (the server batches sessions this way). The old states stay intact:
+// weights / momentum go to fresh tensors when a chunk closes; the open chunk's new rows are
+// appended in place to the state's PendingChunk when it may claim them, else written with the
+// carried-over rows into a new chunk-sized PendingChunk.
 class KernelBatch {
  private:
+  using LayerTensors = std::array<at::Tensor, kernels::kMaxMemoryDepth>;
   struct Entry {
     MemoryState* state;
     std::vector<at::Tensor> inputs;  // Add's contiguous copies, alive until Run
     at::Tensor gates_prev, gates_out, y;
-    std::vector<at::Tensor> w_in, s_in, w_out, s_out, z_out, d_out;
+    LayerTensors w_in, s_in, w_out, s_out, z_out, d_out;
+    std::shared_ptr<PendingChunk> chunk;  // the state's open chunk after Run (null if none)
     int64_t p_out = 0;
   };
 
@@ -275,6 +297,7 @@ class KernelBatch {
       }
       at::Tensor g_out = e.gates_out.slice(1, 0, e.p_out);
       st->pending_gates = MemoryGates{g_out.select(2, 0), g_out.select(2, 1), g_out.select(2, 2)};
+      st->chunk = std::move(e.chunk);
       ys.push_back(e.y);
     }
     return ys;
@@ -310,17 +333,35 @@ class KernelBatch {
     device_ = options.device();
 
     const bool closes = p + n >= b;
-    const int64_t rows = closes ? b : p + n;
     e.p_out = (p + n) % b;
+    // Append in place when the state's rows are its chunk's latest (the claim fails for an older
+    // copy of the state, which then copies its rows instead).
+    if (!closes && p > 0 && PendingInChunk(*st, L)) {
+      int64_t expected = p;
+      if (st->chunk->rows.compare_exchange_strong(expected, p + n)) e.chunk = st->chunk;
+    }
+    const bool in_place = e.chunk != nullptr;
+    if (!in_place && e.p_out > 0) {
+      e.chunk = std::make_shared<PendingChunk>();
+      e.chunk->rows.store(e.p_out);
+    }
     for (int l = 0; l < L; ++l) {
-      e.w_in.push_back(st->weights[l].contiguous());
-      e.s_in.push_back(st->momentum[l].contiguous());
-      e.w_out.push_back(closes ? at::empty_like(e.w_in[l]) : e.w_in[l]);
-      e.s_out.push_back(closes ? at::empty_like(e.s_in[l]) : e.s_in[l]);
-      // The kernel uses these as the open chunk's rows: a whole chunk when it closes one, else
-      // exactly the rows it writes (so the pending rows a session keeps are all it holds).
-      e.z_out.push_back(at::empty({G, rows, e.w_in[l].size(2)}, options));
-      e.d_out.push_back(at::empty({G, rows, e.w_in[l].size(1)}, options));
+      e.w_in[l] = st->weights[l].contiguous();
+      e.s_in[l] = st->momentum[l].contiguous();
+      e.w_out[l] = closes ? at::empty_like(e.w_in[l]) : e.w_in[l];
+      e.s_out[l] = closes ? at::empty_like(e.s_in[l]) : e.s_in[l];
+      // The kernel uses these as the open chunk's rows, room for a whole chunk.
+      if (in_place) {
+        e.z_out[l] = e.chunk->inputs[l];
+        e.d_out[l] = e.chunk->deltas[l];
+      } else {
+        e.z_out[l] = at::empty({G, b, e.w_in[l].size(2)}, options);
+        e.d_out[l] = at::empty({G, b, e.w_in[l].size(1)}, options);
+        if (e.chunk) {
+          e.chunk->inputs[l] = e.z_out[l];
+          e.chunk->deltas[l] = e.d_out[l];
+        }
+      }
       const at::Tensor& z = st->pending_inputs[l];
       const at::Tensor& dl = st->pending_deltas[l];
       TORCH_CHECK(p == 0 || (z.stride(2) == 1 && z.stride(1) == z.size(2) && dl.stride(2) == 1 &&
@@ -342,7 +383,12 @@ class KernelBatch {
         gates_step = e.gates_prev.stride(0);
       }
     }
-    e.gates_out = at::empty({G, rows, 3}, options);
+    if (in_place) {
+      e.gates_out = e.chunk->gates;
+    } else {
+      e.gates_out = at::empty({G, b, 3}, options);
+      if (e.chunk) e.chunk->gates = e.gates_out;
+    }
 
     for (int64_t g = 0; g < G; ++g) {
       kernels::MemoryTask t;
@@ -484,6 +530,7 @@ at::Tensor MemoryWriteReadTorch(const MemorySpec& spec, MemoryState* state, cons
   std::vector<at::Tensor> outputs;
   int64_t begin = 0;
   while (begin < n) {
+    state->chunk.reset();  // the pending rows below are LibTorch's own tensors
     const int64_t room = spec.chunk_size - state->pending();
     const int64_t end = std::min(n, begin + room);
     outputs.push_back(ChunkPiece(spec, state, k.slice(1, begin, end), v.slice(1, begin, end),

@@ -7,8 +7,10 @@
 //   G groups, n new tokens, p pending tokens of the open chunk, m = p + n, d = head_dim,
 //   in_l / out_l the input / output width of memory layer l.
 //
-// These are pure functions of their inputs: they never modify a tensor in place, so a caller that
-// keeps the old MemoryState keeps an intact copy (this is how the model makes Forward atomic).
+// These are pure functions of their inputs as far as any caller can see: a caller that keeps the
+// old MemoryState keeps an intact copy (this is how the model makes Forward atomic). The one write
+// into existing memory is the kernel appending the open chunk's new rows past the rows every
+// state sharing that buffer already holds (PendingChunk), which no existing state reads.
 // All functions are differentiable by autograd (training backpropagates through them).
 // Thread safety: stateless; safe to call concurrently on distinct states.
 #ifndef TITANS_MODEL_MEMORY_MATH_H_
@@ -16,8 +18,12 @@
 
 #include <ATen/ATen.h>
 
+#include <array>
+#include <atomic>
+#include <memory>
 #include <vector>
 
+#include "kernels/memory_kernel.h"
 #include "model/config.h"
 
 namespace titans {
@@ -42,6 +48,20 @@ struct MemoryGates {
   at::Tensor theta;     // theta_t >= 0
 };
 
+// The open chunk's rows in buffers with room for a whole chunk (the fused kernel's output), shared
+// by every copy of a state that continues from them. `rows` counts the rows written so far. A
+// state whose pending count equals `rows` claims the next rows (compare-and-swap) and the kernel
+// appends them in place; a state that holds fewer (a backup, a fork or a rewind point taken
+// before a later append) finds the claim taken and copies its rows into new buffers. So rows a
+// state holds are never overwritten, and a step appends without copying the open chunk.
+// Thread safety: the claim is atomic; the buffers are written only by the claim's winner.
+struct PendingChunk {
+  std::array<at::Tensor, kernels::kMaxMemoryDepth> inputs;  // per layer [G, chunk, in_l]
+  std::array<at::Tensor, kernels::kMaxMemoryDepth> deltas;  // per layer [G, chunk, out_l]
+  at::Tensor gates;                                         // [G, chunk, 3]
+  std::atomic<int64_t> rows{0};
+};
+
 // Everything the memory needs to continue a stream exactly.
 struct MemoryState {
   std::vector<at::Tensor> weights;   // Phi_0 at the open chunk's start, per layer [G, out_l, in_l]
@@ -51,6 +71,9 @@ struct MemoryState {
   std::vector<at::Tensor> pending_inputs;
   std::vector<at::Tensor> pending_deltas;
   MemoryGates pending_gates;
+  // When set, the pending tensors above are the first pending() rows of these buffers (the
+  // kernel's views); null for pending rows held any other way (LibTorch, a snapshot).
+  std::shared_ptr<PendingChunk> chunk;
 
   int64_t pending() const { return pending_gates.theta.size(1); }
 };

@@ -132,16 +132,24 @@ SessionState NewSessionState(const ModelConfig& c, const ModelParams& params, in
 namespace {
 
 // Calls fn(tensor) for every tensor a state holds (State: SessionState or const SessionState).
+// With skip_chunked_pending, leaves out pending rows that are views of a PendingChunk.
 template <typename State, typename Fn>
-void ForEachStateTensor(State& state, Fn fn) {
+void ForEachStateTensor(State& state, Fn fn, bool skip_chunked_pending = false) {
   for (auto& L : state.layers) {
-    for (auto* list : {&L.memory.weights, &L.memory.momentum, &L.memory.pending_inputs,
-                       &L.memory.pending_deltas, &L.segment_weights}) {
+    const bool skip_pending = skip_chunked_pending && L.memory.chunk != nullptr;
+    for (auto* list : {&L.memory.weights, &L.memory.momentum, &L.segment_weights}) {
       for (auto& t : *list) fn(t);
     }
-    for (auto* t : {&L.memory.pending_gates.log_keep, &L.memory.pending_gates.log_eta,
-                    &L.memory.pending_gates.theta, &L.q_tail, &L.k_tail, &L.v_tail,
-                    &L.retrieval_tail, &L.attn_k, &L.attn_v}) {
+    if (!skip_pending) {
+      for (auto* list : {&L.memory.pending_inputs, &L.memory.pending_deltas}) {
+        for (auto& t : *list) fn(t);
+      }
+      for (auto* t : {&L.memory.pending_gates.log_keep, &L.memory.pending_gates.log_eta,
+                      &L.memory.pending_gates.theta}) {
+        fn(*t);
+      }
+    }
+    for (auto* t : {&L.q_tail, &L.k_tail, &L.v_tail, &L.retrieval_tail, &L.attn_k, &L.attn_v}) {
       fn(*t);
     }
   }
@@ -160,15 +168,27 @@ int64_t StateBytes(const SessionState& state) {
 
 void CompactSessionState(SessionState* state, bool keep_logits) {
   const at::Tensor logits = state->last_logits;
-  ForEachStateTensor(*state, [](at::Tensor& t) {
-    if (!t.defined() || !t.has_storage()) return;
-    const int64_t view = t.numel() * static_cast<int64_t>(t.element_size());
-    if (static_cast<int64_t>(t.storage().nbytes()) > view + view / 4 + 4096) t = t.clone();
-  });
+  // A chunk's pending rows stay views: the next step appends to them in place, and the chunk's
+  // spare rows are bounded by one chunk per layer.
+  ForEachStateTensor(
+      *state,
+      [](at::Tensor& t) {
+        if (!t.defined() || !t.has_storage()) return;
+        const int64_t view = t.numel() * static_cast<int64_t>(t.element_size());
+        if (static_cast<int64_t>(t.storage().nbytes()) > view + view / 4 + 4096) t = t.clone();
+      },
+      /*skip_chunked_pending=*/true);
   if (keep_logits) state->last_logits = logits;
 }
 
 void MoveSessionState(SessionState* state, at::Device device) {
+  for (LayerState& L : state->layers) {
+    // The moved pending rows are copies: they no longer live in the chunk.
+    if (L.memory.chunk && L.memory.chunk->gates.defined() &&
+        L.memory.chunk->gates.device() != device) {
+      L.memory.chunk.reset();
+    }
+  }
   ForEachStateTensor(*state, [&](at::Tensor& t) {
     if (t.defined() && t.device() != device) t = t.to(device);
   });

@@ -60,8 +60,9 @@ int64_t StateBytes(const SessionState& state);
 
 // Gives every tensor of `state` storage of its own size where it is a small view of a much larger
 // buffer (more than 1.25 times its bytes plus 4 KiB): a conv tail or attention cache sliced from a
-// long append's rows, pending rows in a chunk-sized buffer, logits selected from a whole step's.
-// Otherwise an idle session would keep those buffers alive. With keep_logits, last_logits is
+// long append's rows, logits selected from a whole step's. Otherwise an idle session would keep
+// those buffers alive. Pending rows in a PendingChunk stay views (the next step appends to them
+// in place; the chunk holds at most one chunk's rows per layer). With keep_logits, last_logits is
 // left as it is (ForwardMany: a row of the step's [sessions, V] logits, bounded by the step).
 // Values are unchanged, bit for bit.
 void CompactSessionState(SessionState* state, bool keep_logits = false);

@@ -2,6 +2,7 @@
 
 #include <vector>
 
+#include "kernels/linear.h"
 #include "kernels/memory_kernel_cuda.h"
 #include "kernels/sequence_kernels.h"
 #include "kernels/sequence_kernels_cuda.h"
@@ -197,30 +198,22 @@ at::Tensor SegmentHeads(const ModelConfig& c, const AttentionParams& a, LayerSta
   return MergeHeads(Attend(q_plain, q, pk, pv, keys, values, visible));
 }
 
-// Sliding-window attention over every slice (each with its own cache and positions). The
-// projections and the persistent keys and values are token-wise or stream-free, so they run once
-// over all slices' rows (Linear is row-invariant: the same bits as per slice); only the
-// attention itself runs per slice.
-at::Tensor WindowAttention(const ModelConfig& c, const AttentionParams& a,
-                           const std::vector<StreamSlice>& slices, const at::Tensor& x) {
-  const at::Tensor qx = Linear(x, a.wq), kx = Linear(x, a.wk), vx = Linear(x, a.wv);
-  const std::pair<at::Tensor, at::Tensor> persistent = PersistentKV(c, a, x.size(0));
-  const at::Tensor &pk = persistent.first, &pv = persistent.second;  // the lambda captures these
-  const SequenceKernels where = SequenceKernelsFor(x, a.wq);
-  if (where == SequenceKernels::kNone) {
-    at::Tensor heads = PerSlice(slices, x, [&](const StreamSlice& s, const at::Tensor&) {
-      auto rows = [&](const at::Tensor& t) { return RowsOf(slices, s, t); };
-      return SlidingWindowHeads(c, s.state, rows(qx), rows(kx), rows(vx), s.position, pk, pv);
-    });
-    return Linear(heads, a.wo);
-  }
-  // One kernel call for every slice (kernels/sequence_kernels.h): the same attention, each
-  // token's work in an order fixed by its absolute position.
-  const int64_t B = x.size(0), T = x.size(1), H = c.num_heads, dh = c.head_dim;
-  kernels::WindowShape shape;
+// The attention of every slice in one kernel call (kernels/sequence_kernels.h): each token's work
+// in an order fixed by its position, so a session's bits do not depend on the batch or on how its
+// stream was split. q, k, v: [B, T, H*dh] projections, except that k and v hold E rows per token
+// (entry e of token t at row t * E + e); `position_of(slice)` is the rotary position of a slice's
+// first token (the absolute one, or MAC's offset in its segment). Each slice's cache
+// (attn_k / attn_v, [B, H, cached entries, dh]) is replaced by the cache after its tokens.
+// Returns the merged heads [B, T, H*dh] (before wo).
+template <typename PositionOf>
+at::Tensor AttendSlices(const ModelConfig& c, const std::vector<StreamSlice>& slices,
+                        kernels::WindowShape shape, const at::Tensor& qx, const at::Tensor& kx,
+                        const at::Tensor& vx, const at::Tensor& pk, const at::Tensor& pv,
+                        SequenceKernels where, PositionOf position_of) {
+  const int64_t B = qx.size(0), T = qx.size(1), H = c.num_heads, dh = c.head_dim;
+  const int64_t E = shape.entries_per_token;
   shape.heads = static_cast<int>(H);
   shape.head_dim = static_cast<int>(dh);
-  shape.window = static_cast<int>(c.attention.window);
   shape.persistent = pk.defined() ? static_cast<int>(pk.size(2)) : 0;
   shape.rope_theta = c.attention.rope_theta;
   const at::Tensor pkc = pk.defined() ? pk.select(0, 0).contiguous() : at::Tensor();
@@ -233,14 +226,14 @@ at::Tensor WindowAttention(const ModelConfig& c, const AttentionParams& a,
     old_k.push_back(st->attn_k.contiguous());  // [B, H, cached, dh]
     old_v.push_back(st->attn_v.contiguous());
     const int64_t cached = old_k.back().size(2);
-    const int64_t keep = std::min<int64_t>(c.attention.window - 1, cached + s.length);
+    const int64_t keep = std::min<int64_t>(E * (shape.window - 1), cached + E * s.length);
     new_k.push_back(at::empty({B, H, keep, dh}, qx.options()));
     new_v.push_back(at::empty({B, H, keep, dh}, qx.options()));
     for (int64_t b = 0; b < B; ++b) {
       kernels::AttentionStream a_s;
       a_s.begin = b * T + s.begin;
       a_s.length = s.length;
-      a_s.position = s.position;
+      a_s.position = position_of(s);
       a_s.cache_k = old_k.back().data_ptr<float>() + b * H * cached * dh;
       a_s.cache_v = old_v.back().data_ptr<float>() + b * H * cached * dh;
       a_s.cached = cached;
@@ -267,13 +260,90 @@ at::Tensor WindowAttention(const ModelConfig& c, const AttentionParams& a,
     slices[i].state->attn_k = std::move(new_k[i]);
     slices[i].state->attn_v = std::move(new_v[i]);
   }
-  return Linear(heads, a.wo);
+  return heads;
+}
+
+// Sliding-window attention over every slice (each with its own cache and positions). The
+// projections and the persistent keys and values are token-wise or stream-free, so they run once
+// over all slices' rows (Linear is row-invariant: the same bits as per slice); the attention
+// itself runs in one kernel call, or per slice in LibTorch (kNone).
+at::Tensor WindowAttention(const ModelConfig& c, const AttentionParams& a,
+                           const std::vector<StreamSlice>& slices, const at::Tensor& x) {
+  const at::Tensor qx = Linear(x, a.wq), kx = Linear(x, a.wk), vx = Linear(x, a.wv);
+  const std::pair<at::Tensor, at::Tensor> persistent = PersistentKV(c, a, x.size(0));
+  const at::Tensor &pk = persistent.first, &pv = persistent.second;  // the lambda captures these
+  const SequenceKernels where = SequenceKernelsFor(x, a.wq);
+  if (where == SequenceKernels::kNone) {
+    at::Tensor heads = PerSlice(slices, x, [&](const StreamSlice& s, const at::Tensor&) {
+      auto rows = [&](const at::Tensor& t) { return RowsOf(slices, s, t); };
+      return SlidingWindowHeads(c, s.state, rows(qx), rows(kx), rows(vx), s.position, pk, pv);
+    });
+    return Linear(heads, a.wo);
+  }
+  kernels::WindowShape shape;
+  shape.window = static_cast<int>(c.attention.window);
+  shape.entries_per_token = 1;
+  return Linear(AttendSlices(c, slices, shape, qx, kx, vx, pk, pv, where,
+                             [](const StreamSlice& s) { return s.position; }),
+                a.wo);
+}
+
+at::Tensor Activate(Activation act, const at::Tensor& a) {
+  return act == Activation::kSiLU ? at::silu(a) : at::gelu(a);
+}
+
+// h = M_{Phi}(q) for every slice with its own weights (weights[i]: per layer [B*H, out_l, in_l]),
+// q [B, T, H*dh] -> [B, T, H*dh]: MAC's read of the memory as it was at the segment start. On the
+// CPU each (slice, head) runs its matmuls as batch-invariant kernels over head-major rows and
+// each activation is one op over all rows, so a row's bits depend only on its query and its
+// slice's weights and the op count does not grow with the slices; elsewhere per slice in
+// LibTorch (MemoryRead).
+at::Tensor ReadSegmentMemory(const ModelConfig& c, const std::vector<StreamSlice>& slices,
+                             const std::vector<const std::vector<at::Tensor>*>& weights,
+                             const at::Tensor& q, SequenceKernels where) {
+  const MemorySpec spec = MemorySpec::FromConfig(c.memory);
+  const int64_t B = q.size(0), T = q.size(1), H = c.num_heads, dh = c.head_dim;
+  if (where != SequenceKernels::kCpu) {
+    size_t i = 0;
+    return PerSlice(slices, q, [&](const StreamSlice&, const at::Tensor& rows) {
+      return FromGroups(MemoryRead(spec, *weights[i++], ToGroups(rows, H)), B);
+    });
+  }
+  const int64_t G = B * H;
+  const at::Tensor x = q.reshape({B, T, H, dh}).permute({0, 2, 1, 3}).contiguous();  // [G, T, dh]
+  at::Tensor h = x;
+  for (int l = 0; l < spec.depth; ++l) {
+    const int64_t in = h.size(3), out = (*weights[0])[l].size(1);
+    at::Tensor a = at::empty({B, H, T, out}, q.options());
+    const float* h_data = h.data_ptr<float>();
+    float* a_data = a.data_ptr<float>();
+    for (size_t i = 0; i < slices.size(); ++i) {
+      const StreamSlice& s = slices[i];
+      const at::Tensor w = (*weights[i])[l].contiguous();  // [G, out, in]
+      const float* w_data = w.data_ptr<float>();
+      for (int64_t g = 0; g < G; ++g) {
+        kernels::InvariantLinear(h_data + (g * T + s.begin) * in, s.length, in,
+                                 w_data + g * out * in, out, a_data + (g * T + s.begin) * out);
+      }
+    }
+    h = l + 1 < spec.depth ? Activate(spec.activation, a) : a;
+  }
+  if (spec.residual) h = h + x;
+  return h.permute({0, 2, 1, 3}).reshape({B, T, H * dh});
+}
+
+// Starts a segment in `st`: a chunk boundary (segment_size is a multiple of chunk_size), so the
+// memory's chunk-start weights are Phi at the segment start. The attention cache resets.
+void StartSegment(LayerState* st) {
+  if (!st->segment_weights.empty()) st->segment_weights = st->memory.weights;
+  st->attn_k = st->attn_k.slice(2, 0, 0);
+  st->attn_v = st->attn_v.slice(2, 0, 0);
 }
 
 // MAC block mixer; each slice lies inside one segment of its stream.
 at::Tensor MacMixer(const ModelConfig& c, const LayerParams& p,
                     const std::vector<StreamSlice>& slices, const at::Tensor& n) {
-  const int64_t B = n.size(0);
+  const int64_t B = n.size(0), C = c.attention.segment_size;
   const MemorySpec spec = MemorySpec::FromConfig(c.memory);
   at::Tensor q =
       QueryRows(c, slices, n, p.retrieval.q_proj, p.retrieval.q_conv, &LayerState::retrieval_tail);
@@ -281,26 +351,42 @@ at::Tensor MacMixer(const ModelConfig& c, const LayerParams& p,
   const at::Tensor qx = Linear(n, p.attn.wq), kx = Linear(n, p.attn.wk), vx = Linear(n, p.attn.wv);
   const std::pair<at::Tensor, at::Tensor> persistent = PersistentKV(c, p.attn, B);
   const at::Tensor &pk = persistent.first, &pv = persistent.second;  // lambdas capture these
-  at::Tensor heads = PerSlice(slices, n, [&](const StreamSlice& s, const at::Tensor&) {
-    LayerState* st = s.state;
-    const int64_t offset = s.position % c.attention.segment_size;
-    const bool separate_segment_weights = !st->segment_weights.empty();
-    if (offset == 0) {
-      // Segment start: a chunk boundary (segment_size is a multiple of chunk_size), so the
-      // memory's chunk-start weights are Phi at the segment start. The attention cache resets.
-      if (separate_segment_weights) st->segment_weights = st->memory.weights;
-      st->attn_k = st->attn_k.slice(2, 0, 0);
-      st->attn_v = st->attn_v.slice(2, 0, 0);
+  for (const StreamSlice& s : slices) {
+    if (s.position % C == 0) StartSegment(s.state);
+  }
+  const SequenceKernels where = SequenceKernelsFor(n, p.attn.wq);
+  at::Tensor heads;
+  if (where == SequenceKernels::kNone) {
+    heads = PerSlice(slices, n, [&](const StreamSlice& s, const at::Tensor&) {
+      LayerState* st = s.state;
+      const std::vector<at::Tensor>& phi_segment =
+          st->segment_weights.empty() ? st->memory.weights : st->segment_weights;
+      auto rows = [&](const at::Tensor& t) { return RowsOf(slices, s, t); };
+      // h_t = M_{Phi_segment}(q_t): a read of the memory as it was at the segment start.
+      at::Tensor h =
+          Linear(FromGroups(MemoryRead(spec, phi_segment, ToGroups(rows(q), c.num_heads)), B),
+                 p.retrieval.out_proj);  // [B, T, d]
+      return SegmentHeads(c, p.attn, st, rows(qx), rows(kx), rows(vx), h, s.position % C, pk, pv);
+    });
+  } else {
+    std::vector<const std::vector<at::Tensor>*> phi_segment;
+    for (const StreamSlice& s : slices) {
+      const LayerState* st = s.state;
+      phi_segment.push_back(st->segment_weights.empty() ? &st->memory.weights
+                                                        : &st->segment_weights);
     }
-    const std::vector<at::Tensor>& phi_segment =
-        separate_segment_weights ? st->segment_weights : st->memory.weights;
-    auto rows = [&](const at::Tensor& t) { return RowsOf(slices, s, t); };
-    // h_t = M_{Phi_segment}(q_t): a read of the memory as it was at the segment start.
-    at::Tensor h =
-        Linear(FromGroups(MemoryRead(spec, phi_segment, ToGroups(rows(q), c.num_heads)), B),
-               p.retrieval.out_proj);  // [B, T, d]
-    return SegmentHeads(c, p.attn, st, rows(qx), rows(kx), rows(vx), h, offset, pk, pv);
-  });
+    const at::Tensor h =
+        Linear(ReadSegmentMemory(c, slices, phi_segment, q, where), p.retrieval.out_proj);
+    // Keys and values of h_t and x_t interleaved per token (h first), as the cache holds them.
+    const int64_t T = n.size(1);
+    const at::Tensor k = at::stack({Linear(h, p.attn.wk), kx}, 2).reshape({B, 2 * T, -1});
+    const at::Tensor v = at::stack({Linear(h, p.attn.wv), vx}, 2).reshape({B, 2 * T, -1});
+    kernels::WindowShape shape;
+    shape.window = static_cast<int>(C);  // a segment's tokens all see each other causally
+    shape.entries_per_token = 2;
+    heads = AttendSlices(c, slices, shape, qx, k, v, pk, pv, where,
+                         [C](const StreamSlice& s) { return s.position % C; });
+  }
   at::Tensor y = Linear(heads, p.attn.wo);
   // The attention outputs update the memory; the output reads the updated memory
   // (o_t = y_t (x) M_t(y_t), read-after-write).
@@ -308,11 +394,7 @@ at::Tensor MacMixer(const ModelConfig& c, const LayerParams& p,
   // A stream that ends exactly at a segment boundary starts the next segment now, so that its
   // state is canonical (empty cache, segment weights = memory at the boundary) and validates.
   for (const StreamSlice& s : slices) {
-    if ((s.position + s.length) % c.attention.segment_size != 0) continue;
-    LayerState* st = s.state;
-    if (!st->segment_weights.empty()) st->segment_weights = st->memory.weights;
-    st->attn_k = st->attn_k.slice(2, 0, 0);
-    st->attn_v = st->attn_v.slice(2, 0, 0);
+    if ((s.position + s.length) % C == 0) StartSegment(s.state);
   }
   return Combine(c, p, y, m);
 }

@@ -91,13 +91,16 @@ TEST(SequenceKernelsCuda, ConvAndAttentionMatchTheCpuAndAreBatchInvariant) {
     EXPECT_EQ(dy.Host(), y_cpu);
     EXPECT_EQ(dtails_out.Host(), tails_cpu);
   }
-  // Attention: three streams at different positions and cache fill, batched and alone.
-  {
+  // Attention: three streams at different positions and cache fill, batched and alone; one and
+  // two (MAC's) entries per token.
+  for (const int E : {1, 2}) {
+    SCOPED_TRACE("entries per token " + std::to_string(E));
     WindowShape sh;
     sh.heads = 2;
     sh.head_dim = 16;
     sh.window = 8;
     sh.persistent = 2;
+    sh.entries_per_token = E;
     const int64_t hd = sh.heads * sh.head_dim;
     struct Case {
       int64_t length, cached, position;
@@ -105,14 +108,14 @@ TEST(SequenceKernelsCuda, ConvAndAttentionMatchTheCpuAndAreBatchInvariant) {
     const std::vector<Case> cases = {{1, 0, 0}, {5, 7, 40}, {12, 7, 1000003}};
     int64_t rows = 0;
     for (const Case& c : cases) rows += c.length;
-    const std::vector<float> q = Random(rows * hd, &rng), k = Random(rows * hd, &rng),
-                             v = Random(rows * hd, &rng);
+    const std::vector<float> q = Random(rows * hd, &rng), k = Random(rows * E * hd, &rng),
+                             v = Random(rows * E * hd, &rng);
     const std::vector<float> pk = Random(sh.heads * sh.persistent * sh.head_dim, &rng),
                              pv = Random(sh.heads * sh.persistent * sh.head_dim, &rng);
     std::vector<std::vector<float> > ck, cv;
     for (const Case& c : cases) {
-      ck.push_back(Random(sh.heads * c.cached * sh.head_dim, &rng));
-      cv.push_back(Random(sh.heads * c.cached * sh.head_dim, &rng));
+      ck.push_back(Random(sh.heads * c.cached * E * sh.head_dim, &rng));
+      cv.push_back(Random(sh.heads * c.cached * E * sh.head_dim, &rng));
     }
     // CPU reference.
     std::vector<float> out_cpu(rows * hd);
@@ -120,7 +123,8 @@ TEST(SequenceKernelsCuda, ConvAndAttentionMatchTheCpuAndAreBatchInvariant) {
     std::vector<AttentionStream> cpu;
     int64_t begin = 0;
     for (size_t i = 0; i < cases.size(); ++i) {
-      const int64_t keep = std::min<int64_t>(sh.window - 1, cases[i].cached + cases[i].length);
+      const int64_t keep =
+          std::min<int64_t>(E * (sh.window - 1), E * (cases[i].cached + cases[i].length));
       ck_out.emplace_back(sh.heads * keep * sh.head_dim);
       cv_out.emplace_back(sh.heads * keep * sh.head_dim);
       AttentionStream s;
@@ -129,7 +133,7 @@ TEST(SequenceKernelsCuda, ConvAndAttentionMatchTheCpuAndAreBatchInvariant) {
       s.position = cases[i].position;
       s.cache_k = ck[i].data();
       s.cache_v = cv[i].data();
-      s.cached = cases[i].cached;
+      s.cached = cases[i].cached * E;
       s.cache_k_out = ck_out[i].data();
       s.cache_v_out = cv_out[i].data();
       cpu.push_back(s);
@@ -171,8 +175,8 @@ TEST(SequenceKernelsCuda, ConvAndAttentionMatchTheCpuAndAreBatchInvariant) {
     const int64_t shift = alone.begin * hd;
     alone.begin = 0;
     DeviceBuffer dq1(std::vector<float>(q.begin() + shift, q.end())),
-        dk1(std::vector<float>(k.begin() + shift, k.end())),
-        dv1(std::vector<float>(v.begin() + shift, v.end())),
+        dk1(std::vector<float>(k.begin() + shift * E, k.end())),
+        dv1(std::vector<float>(v.begin() + shift * E, v.end())),
         dout1(std::vector<float>(alone.length * hd)),
         dck1(std::vector<float>(ck_out.back().size())),
         dcv1(std::vector<float>(cv_out.back().size()));

@@ -110,8 +110,8 @@ TEST(RaggedCausalConv, SameBitsAsLibTorchAloneBatchedSplitAndOnEveryIsa) {
   }
 }
 
-// One attention stream: projections q, k, v [T, H*dh] at `position`, with a cache of `cached`
-// tokens ([H, cached, dh], rotated keys).
+// One attention stream: projections q [T, H*dh] and k, v [T*E, H*dh] (E entries per token) at
+// `position`, with a cache of `cached` entries ([H, cached, dh], rotated keys).
 struct AttentionCase {
   at::Tensor q, k, v, cache_k, cache_v;
   int64_t position;
@@ -137,8 +137,8 @@ std::vector<AttentionOut> RunAttention(const std::string& isa, const WindowShape
   std::vector<AttentionOut> result;
   int64_t begin = 0;
   for (const AttentionCase& c : cases) {
-    const int64_t T = c.q.size(0), cached = c.cache_k.size(1);
-    const int64_t keep = std::min<int64_t>(sh.window - 1, cached + T);
+    const int64_t T = c.q.size(0), cached = c.cache_k.size(1), E = sh.entries_per_token;
+    const int64_t keep = std::min<int64_t>(E * (sh.window - 1), cached + E * T);
     AttentionOut r;
     r.cache_k = at::full({sh.heads, keep, sh.head_dim}, std::nanf(""));
     r.cache_v = at::full({sh.heads, keep, sh.head_dim}, std::nanf(""));
@@ -167,17 +167,27 @@ std::vector<AttentionOut> RunAttention(const std::string& isa, const WindowShape
 }
 
 // The model's LibTorch form (rotary, masked softmax over persistent ++ cache ++ new) in double.
+// Entry j of cache ++ new belongs to token j / E (cache tokens first), at that token's position.
 at::Tensor ReferenceAttention(const WindowShape& sh, const AttentionCase& c, const at::Tensor& pk,
                               const at::Tensor& pv) {
   auto dbl = [](const at::Tensor& t) { return t.to(at::kDouble); };
   const int64_t T = c.q.size(0), H = sh.heads, cached = c.cache_k.size(1);
+  const int64_t E = sh.entries_per_token, hd = c.q.size(1);
   at::Tensor q_plain = SplitHeads(dbl(c.q).unsqueeze(0), H);
   at::Tensor q = Rotary(q_plain, c.position, sh.rope_theta);
-  at::Tensor k = Rotary(SplitHeads(dbl(c.k).unsqueeze(0), H), c.position, sh.rope_theta);
+  // Rotate each entry index e's rows [T, H*dh] at the tokens' positions, then interleave back.
+  at::Tensor k_tokens = dbl(c.k).reshape({T, E, hd});
+  std::vector<at::Tensor> rotated;
+  for (int64_t e = 0; e < E; ++e) {
+    rotated.push_back(
+        Rotary(SplitHeads(k_tokens.select(1, e).unsqueeze(0), H), c.position, sh.rope_theta));
+  }
+  at::Tensor k = at::stack(rotated, 3).reshape({1, H, T * E, sh.head_dim});  // [1,H,T,E,dh]
   at::Tensor v = SplitHeads(dbl(c.v).unsqueeze(0), H);
   at::Tensor keys = at::cat({dbl(c.cache_k).unsqueeze(0), k}, 2);
   at::Tensor values = at::cat({dbl(c.cache_v).unsqueeze(0), v}, 2);
-  at::Tensor tq = at::arange(T).unsqueeze(1) + cached, tk = at::arange(cached + T).unsqueeze(0);
+  at::Tensor tq = at::arange(T).unsqueeze(1) + cached / E;
+  at::Tensor tk = at::floor_divide(at::arange(cached + E * T), E).unsqueeze(0);
   at::Tensor visible = (tk <= tq).logical_and(tq - tk < sh.window);
   at::Tensor p_k, p_v;
   if (sh.persistent > 0) {
@@ -189,12 +199,16 @@ at::Tensor ReferenceAttention(const WindowShape& sh, const AttentionCase& c, con
 
 TEST(RaggedWindowAttention, MatchesReferenceAndIsBatchAndSplitInvariantOnEveryIsa) {
   at::manual_seed(9);
-  for (int persistent : {0, 3}) {
+  // (persistent tokens, entries per token): plain and MAC-shaped attention.
+  for (const std::pair<int, int>& config :
+       std::vector<std::pair<int, int>>{{0, 1}, {3, 1}, {0, 2}, {3, 2}}) {
+    const int persistent = config.first, E = config.second;
     WindowShape sh;
     sh.heads = 2;
     sh.head_dim = 8;
     sh.window = 6;
     sh.persistent = persistent;
+    sh.entries_per_token = E;
     sh.rope_theta = 10000;
     const int64_t hd = sh.heads * sh.head_dim;
     const at::Tensor pk = at::randn({sh.heads, std::max(persistent, 1), sh.head_dim});
@@ -203,12 +217,13 @@ TEST(RaggedWindowAttention, MatchesReferenceAndIsBatchAndSplitInvariantOnEveryIs
     std::vector<AttentionCase> cases;
     for (auto [T, cached, position] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
              {1, 0, 0}, {4, 2, 2}, {9, 5, 40}, {1, 5, 1000003}, {3, 5, 123456789}}) {
-      cases.push_back({at::randn({T, hd}), at::randn({T, hd}), at::randn({T, hd}),
-                       at::randn({sh.heads, cached, sh.head_dim}),
-                       at::randn({sh.heads, cached, sh.head_dim}), position});
+      cases.push_back({at::randn({T, hd}), at::randn({T * E, hd}), at::randn({T * E, hd}),
+                       at::randn({sh.heads, cached * E, sh.head_dim}),
+                       at::randn({sh.heads, cached * E, sh.head_dim}), position});
     }
     for (const std::string& isa : Isas()) {
-      SCOPED_TRACE(isa + " persistent " + std::to_string(persistent));
+      SCOPED_TRACE(isa + " persistent " + std::to_string(persistent) + " entries " +
+                   std::to_string(E));
       const auto batched = RunAttention(isa, sh, cases, pk, pv);
       for (size_t i = 0; i < cases.size(); ++i) {
         SCOPED_TRACE("stream " + std::to_string(i));
@@ -225,8 +240,8 @@ TEST(RaggedWindowAttention, MatchesReferenceAndIsBatchAndSplitInvariantOnEveryIs
           auto part = [&](int64_t b, int64_t e) {
             AttentionCase c = cases[i];
             c.q = c.q.slice(0, b, e).contiguous();
-            c.k = c.k.slice(0, b, e).contiguous();
-            c.v = c.v.slice(0, b, e).contiguous();
+            c.k = c.k.slice(0, E * b, E * e).contiguous();
+            c.v = c.v.slice(0, E * b, E * e).contiguous();
             c.position += b;
             return c;
           };
