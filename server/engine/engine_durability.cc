@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <limits>
 
 #include "server/engine/engine_impl.h"
@@ -151,10 +152,21 @@ void Engine::Impl::LoadHistory(Session* s) {
     if (tokens.ok()) {
       std::vector<RewindPoint> points;
       for (int64_t p : stored) points.push_back(RewindPoint{p, nullptr});
+      // Tokens of this epoch may reach past the checkpoint (Persist writes them first): the
+      // part up to the checkpoint is its history. Tokens of unknown epoch must meet it exactly.
       const int64_t end = tokens->first_position + static_cast<int64_t>(tokens->tokens.size());
-      restored =
-          end == position &&
-          s->history.Restore(tokens->first_position, std::move(tokens->tokens), std::move(points));
+      const bool same_timeline = tokens->epoch == s->record.epoch
+                                     ? tokens->first_position <= position && position <= end
+                                     : tokens->epoch < 0 && end == position;
+      // The oldest point may be gone (points the window dropped are removed as they go, before
+      // the next tokens are written): the history then starts at the oldest point still there.
+      auto first = std::lower_bound(stored.begin(), stored.end(), tokens->first_position);
+      if (same_timeline && first != stored.end() && *first <= position) {
+        std::vector<int32_t>& kept = tokens->tokens;
+        kept.resize(static_cast<size_t>(position - tokens->first_position));
+        kept.erase(kept.begin(), kept.begin() + (*first - tokens->first_position));
+        restored = s->history.Restore(*first, std::move(kept), std::move(points));
+      }
     }
     // Points past the restored end belong to a timeline that was not persisted.
     for (int64_t p : stored) {
@@ -453,14 +465,22 @@ absl::Status Engine::Impl::Persist(Session* s, bool create) {
   TITANS_ASSIGN_OR_RETURN(std::string blob, runner_->Export(*s->slot));
   s->record.position = runner_->position(*s->slot);
   s->record.state_bytes = s->state_bytes;
-  absl::Status st = create ? files_->Create(s->record, blob) : files_->Write(s->record, blob);
-  if (st.code() == absl::StatusCode::kAborted) s->moved = true;
-  if (st.ok() && s->history.enabled() && s->history.end() == s->record.position) {
-    // The tokens file pairs with this checkpoint (LoadHistory checks that they meet).
+  // The rewind points and tokens go first, the checkpoint last: whatever stops us between the
+  // writes (a crash, another replica taking the session over), the stored tokens reach at least
+  // as far as the stored checkpoint, and LoadHistory cuts them back to it. (The other order lost
+  // the history of a session taken over between the writes.) A new session has no fence to
+  // write under until Create, and a history of one point to lose.
+  const bool pair_tokens = s->history.enabled() && s->history.end() == s->record.position;
+  auto write_tokens = [&] {
     StorePoints(s);
-    st = files_->WriteRewindTokens(s->record.id,
-                                   RewindTokens{s->history.first_position(), s->history.tokens()});
-  }
+    return files_->WriteRewindTokens(
+        s->record.id,
+        RewindTokens{s->history.first_position(), s->history.tokens(), s->record.epoch});
+  };
+  absl::Status st = pair_tokens && !create ? write_tokens() : absl::OkStatus();
+  if (st.ok()) st = create ? files_->Create(s->record, blob) : files_->Write(s->record, blob);
+  if (st.ok() && pair_tokens && create) st = write_tokens();
+  if (st.code() == absl::StatusCode::kAborted) s->moved = true;
   if (st.ok()) {
     s->persisted_position = s->record.position;
     s->last_checkpoint = Clock::now();

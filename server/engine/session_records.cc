@@ -105,16 +105,19 @@ absl::StatusOr<SessionRecord> DecodeSessionRecord(std::string_view text) {
 }
 
 namespace {
-constexpr char kRewindMagic[8] = {'T', 'T', 'N', 'R', 'W', 'T', 'K', '1'};
+// Version 1 had no epoch; it is still read (as epoch -1: "unknown", see RewindTokens).
+constexpr char kRewindMagicV1[8] = {'T', 'T', 'N', 'R', 'W', 'T', 'K', '1'};
+constexpr char kRewindMagic[8] = {'T', 'T', 'N', 'R', 'W', 'T', 'K', '2'};
 }  // namespace
 
-// "TTNRWTK1" | u32 crc32c(rest) | i64 first position | u32 count | count x i32
+// "TTNRWTK2" | u32 crc32c(rest) | i64 epoch | i64 first position | u32 count | count x i32
 std::string EncodeRewindTokens(const RewindTokens& t) {
-  std::string body(12 + 4 * t.tokens.size(), '\0');
+  std::string body(20 + 4 * t.tokens.size(), '\0');
   const uint32_t n = static_cast<uint32_t>(t.tokens.size());
-  std::memcpy(body.data(), &t.first_position, 8);
-  std::memcpy(body.data() + 8, &n, 4);
-  if (n) std::memcpy(body.data() + 12, t.tokens.data(), 4 * t.tokens.size());
+  std::memcpy(body.data(), &t.epoch, 8);
+  std::memcpy(body.data() + 8, &t.first_position, 8);
+  std::memcpy(body.data() + 16, &n, 4);
+  if (n) std::memcpy(body.data() + 20, t.tokens.data(), 4 * t.tokens.size());
   const uint32_t crc = Crc32c(body.data(), body.size());
   std::string out(kRewindMagic, 8);
   out.append(reinterpret_cast<const char*>(&crc), 4);
@@ -122,21 +125,25 @@ std::string EncodeRewindTokens(const RewindTokens& t) {
 }
 
 absl::StatusOr<RewindTokens> DecodeRewindTokens(std::string_view blob) {
-  if (blob.size() < 24 || blob.substr(0, 8) != std::string_view(kRewindMagic, 8)) {
+  const bool v1 = blob.size() >= 8 && blob.substr(0, 8) == std::string_view(kRewindMagicV1, 8);
+  const size_t header = v1 ? 12 : 20;  // the body's bytes before the tokens
+  if (blob.size() < 12 + header ||
+      (!v1 && blob.substr(0, 8) != std::string_view(kRewindMagic, 8))) {
     return absl::DataLossError("rewind tokens: bad header");
   }
   uint32_t crc, n;
   RewindTokens t;
   std::memcpy(&crc, blob.data() + 8, 4);
   std::string_view body = blob.substr(12);
-  std::memcpy(&t.first_position, body.data(), 8);
-  std::memcpy(&n, body.data() + 8, 4);
-  if (body.size() != 12 + 4 * static_cast<uint64_t>(n) || Crc32c(body.data(), body.size()) != crc ||
-      t.first_position < 0) {
+  if (!v1) std::memcpy(&t.epoch, body.data(), 8);
+  std::memcpy(&t.first_position, body.data() + header - 12, 8);
+  std::memcpy(&n, body.data() + header - 4, 4);
+  if (body.size() != header + 4 * static_cast<uint64_t>(n) ||
+      Crc32c(body.data(), body.size()) != crc || t.first_position < 0 || t.epoch < -1) {
     return absl::DataLossError("rewind tokens: truncated or damaged");
   }
   t.tokens.resize(n);
-  if (n) std::memcpy(t.tokens.data(), body.data() + 12, 4 * static_cast<size_t>(n));
+  if (n) std::memcpy(t.tokens.data(), body.data() + header, 4 * static_cast<size_t>(n));
   return t;
 }
 

@@ -50,13 +50,18 @@ std::string EncodeSessionRecord(const SessionRecord& record);  // JSON
 // INVALID_ARGUMENT naming the problem when malformed.
 absl::StatusOr<SessionRecord> DecodeSessionRecord(std::string_view json);
 
-// The rewind tokens: the first rewind point's position and every token consumed since, up to the
-// checkpoint written with them.
+// The rewind tokens: the first rewind point's position and every token consumed since, written
+// just before the checkpoint they pair with (so a crash or a takeover between the two writes
+// leaves tokens that reach at least as far as the checkpoint; the engine cuts them back to it).
+// `epoch` is the session's epoch (SessionRecord::epoch) when they were written: tokens of
+// another epoch belong to another timeline. -1 when unknown (written by an older version).
 struct RewindTokens {
   int64_t first_position = 0;
   std::vector<int32_t> tokens;
+  int64_t epoch = -1;
 };
-// "TTNRWTK1" | u32 crc32c(rest) | i64 first position | u32 count | count x i32
+// "TTNRWTK2" | u32 crc32c(rest) | i64 epoch | i64 first position | u32 count | count x i32
+// (version 1, "TTNRWTK1" without the epoch, is still read)
 std::string EncodeRewindTokens(const RewindTokens& tokens);
 // DATA_LOSS when truncated or damaged.
 absl::StatusOr<RewindTokens> DecodeRewindTokens(std::string_view blob);

@@ -14,6 +14,7 @@ const std::string& Seed() {
     titans::engine::RewindTokens t;
     t.first_position = 4096;
     t.tokens = {1, 2, 3, 250, 7};
+    t.epoch = 2;
     titans::engine::SessionRecord r;
     r.id = "s-1";
     r.principal = "alice";
@@ -47,9 +48,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   } else {
     auto t = titans::engine::DecodeRewindTokens(input);
     if (t.ok()) {
-      if (t->first_position < 0) std::abort();
+      if (t->first_position < 0 || t->epoch < -1) std::abort();
       auto again = titans::engine::DecodeRewindTokens(titans::engine::EncodeRewindTokens(*t));
-      if (!again.ok() || again->tokens != t->tokens) std::abort();
+      if (!again.ok() || again->tokens != t->tokens || again->epoch != t->epoch) std::abort();
     }
   }
   return 0;

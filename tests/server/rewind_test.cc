@@ -237,6 +237,62 @@ TEST_F(RewindTest, HistorySurvivesSpillingAndRestarts) {
   EXPECT_LT(Distance("f", "at_t1"), kTolerance);
 }
 
+// The rewind tokens are written before the checkpoint they pair with. A crash (or, with shared
+// sessions, another replica taking the session over) between the two writes leaves tokens that
+// reach past the stored checkpoint: the history is what they hold up to the checkpoint. Tokens of
+// another timeline (written after a rewind) are never used: the history restarts at the
+// checkpoint and the state is the checkpoint's. The "crash" is a copy of an earlier checkpoint
+// under later rewind data.
+TEST_F(RewindTest, HistoryOutlivesACheckpointCutShort) {
+  namespace fs = std::filesystem;
+  options_.state_dir = root_ + "/state";
+  options_.max_resident_sessions = 1;
+  Start();
+  const std::string sessions = root_ + "/state/sessions";
+  Create("s");
+  ASSERT_TRUE(AppendText("s", kT1).ok());
+  Reference("at_20", kT1.substr(0, 20));  // "s" spills: its checkpoint at kT1
+  const std::string early = root_ + "/early";
+  fs::create_directories(early);
+  for (const char* file : {"s.state", "s.json"})
+    fs::copy_file(sessions + "/" + file, early + "/" + file);
+
+  ASSERT_TRUE(AppendText("s", kT2).ok());
+  Reference("at_t1", kT1);  // "s" spills again: tokens and checkpoint at kT1 + kT2
+  auto crash_image = [&](const std::string& image) {
+    Restart();  // a clean stop, then the image: the later rewind data under the early checkpoint
+    fs::remove_all(image);
+    fs::copy(options_.state_dir, image, fs::copy_options::recursive);
+    for (const char* file : {"s.state", "s.json"}) {
+      fs::copy_file(early + "/" + file, image + "/sessions/" + file,
+                    fs::copy_options::overwrite_existing);
+    }
+  };
+  const std::string live = options_.state_dir;
+  crash_image(root_ + "/image1");
+  options_.state_dir = root_ + "/image1";
+  Restart();
+  EXPECT_EQ(Position("s"), static_cast<int64_t>(kT1.size()));
+  EXPECT_LT(Distance("s", "at_t1"), kTolerance);
+  ASSERT_TRUE(Rewind("s", 20).ok());  // the history before the checkpoint is there
+  EXPECT_LT(Distance("s", "at_20"), kTolerance);
+
+  // Another timeline: after a rewind the stored tokens belong to a new epoch.
+  options_.state_dir = live;
+  Restart();
+  ASSERT_TRUE(Rewind("s", 10).ok());
+  ASSERT_TRUE(AppendText("s", kT3).ok());
+  crash_image(root_ + "/image2");
+  options_.state_dir = root_ + "/image2";
+  Restart();
+  EXPECT_EQ(Position("s"), static_cast<int64_t>(kT1.size()));
+  EXPECT_LT(Distance("s", "at_t1"), kTolerance);
+  EXPECT_EQ(Rewind("s", 20).error_code(), StatusCode::OUT_OF_RANGE);  // history restarts here
+  ASSERT_TRUE(AppendText("s", kT2).ok());
+  ASSERT_TRUE(Rewind("s", static_cast<int64_t>(kT1.size())).ok());
+  EXPECT_LT(Distance("s", "at_t1"), kTolerance);
+}
+
 // A rewind in sync mode is durable, and the log records of the abandoned tokens are never
 // replayed onto the rewound session. The crash is a copy of the state directory taken while the
 // server runs (everything acknowledged is on disk; nothing else is flushed by a graceful stop).
