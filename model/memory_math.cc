@@ -163,9 +163,10 @@ at::Tensor ChunkPiece(const MemorySpec& spec, MemoryState* st, const at::Tensor&
 // (and LibTorch has CUDA). Training (autograd), double precision and anything else run the
 // plain LibTorch form.
 bool KernelApplies(const MemoryState& st, const at::Tensor& k) {
+  const at::Tensor& pending = st.chunk ? st.chunk->inputs[0] : st.pending_inputs[0];
   if (at::GradMode::is_enabled() || k.scalar_type() != at::kFloat ||
-      st.weights[0].scalar_type() != at::kFloat ||
-      st.pending_inputs[0].scalar_type() != at::kFloat || st.weights[0].device() != k.device()) {
+      st.weights[0].scalar_type() != at::kFloat || pending.scalar_type() != at::kFloat ||
+      st.weights[0].device() != k.device()) {
     return false;
   }
   if (k.device().is_cpu()) return true;
@@ -200,40 +201,6 @@ struct GroupLayout {
   int64_t Offset(int64_t g) const { return (g / heads) * batch_step + (g % heads) * head_step; }
 };
 
-// Whether pending gates are the three interleaved views the kernel leaves ([G, p] each, every
-// row's (log_keep, log_eta, theta) adjacent, rows of a group adjacent): then the kernel reads
-// them in place as [p, 3] rows per group.
-bool InterleavedGates(const MemoryGates& g) {
-  const at::Tensor &a = g.log_keep, &b = g.log_eta, &c = g.theta;
-  if (a.scalar_type() != at::kFloat || b.scalar_type() != at::kFloat ||
-      c.scalar_type() != at::kFloat || a.dim() != 2 || a.sizes() != b.sizes() ||
-      a.sizes() != c.sizes() || a.strides() != b.strides() || a.strides() != c.strides() ||
-      !a.is_alias_of(b) || !a.is_alias_of(c)) {
-    return false;
-  }
-  const float* base = a.data_ptr<float>();
-  return a.stride(1) == 3 && b.data_ptr<float>() == base + 1 && c.data_ptr<float>() == base + 2;
-}
-
-// Whether st's pending rows are the first p rows of its chunk's buffers (the views Run leaves).
-bool PendingInChunk(const MemoryState& st, int depth) {
-  const PendingChunk* c = st.chunk.get();
-  if (c == nullptr || !c->gates.defined() ||
-      st.pending_gates.log_keep.data_ptr() != c->gates.data_ptr() ||
-      !InterleavedGates(st.pending_gates)) {
-    return false;
-  }
-  for (int l = 0; l < depth; ++l) {
-    if (st.pending_inputs[l].data_ptr() != c->inputs[l].data_ptr() ||
-        st.pending_deltas[l].data_ptr() != c->deltas[l].data_ptr() ||
-        st.pending_inputs[l].strides() != c->inputs[l].strides() ||
-        st.pending_deltas[l].strides() != c->deltas[l].strides()) {
-      return false;
-    }
-  }
-  return true;
-}
-
 // Inference: the fused kernel (kernels/memory_kernel.h), one task per group, over any number
 // of memory states at once (the server batches sessions this way). The old states stay intact:
 // weights / momentum go to fresh tensors when a chunk closes; the open chunk's new rows are
@@ -246,8 +213,8 @@ class KernelBatch {
     MemoryState* state;
     std::vector<at::Tensor> inputs;  // Add's contiguous copies, alive until Run
     at::Tensor gates_prev, gates_out, y;
-    LayerTensors w_in, s_in, w_out, s_out, z_out, d_out;
-    std::shared_ptr<PendingChunk> chunk;  // the state's open chunk after Run (null if none)
+    LayerTensors w_in, s_in, w_out, s_out, z_in, d_in, z_out, d_out;
+    std::shared_ptr<PendingChunk> chunk;  // the state's open chunk after Run
     int64_t p_out = 0;
   };
 
@@ -292,12 +259,12 @@ class KernelBatch {
       for (int l = 0; l < spec_.depth; ++l) {
         st->weights[l] = e.w_out[l];
         st->momentum[l] = e.s_out[l];
-        st->pending_inputs[l] = e.z_out[l].slice(1, 0, e.p_out);
-        st->pending_deltas[l] = e.d_out[l].slice(1, 0, e.p_out);
+        st->pending_inputs[l].reset();
+        st->pending_deltas[l].reset();
       }
-      at::Tensor g_out = e.gates_out.slice(1, 0, e.p_out);
-      st->pending_gates = MemoryGates{g_out.select(2, 0), g_out.select(2, 1), g_out.select(2, 2)};
-      st->chunk = std::move(e.chunk);
+      st->pending_gates = MemoryGates{};
+      st->chunk = std::move(e.chunk);  // the rows are its first p_out (MemoryState)
+      st->chunk_pending = e.p_out;
       ys.push_back(e.y);
     }
     return ys;
@@ -336,12 +303,12 @@ class KernelBatch {
     e.p_out = (p + n) % b;
     // Append in place when the state's rows are its chunk's latest (the claim fails for an older
     // copy of the state, which then copies its rows instead).
-    if (!closes && p > 0 && PendingInChunk(*st, L)) {
+    if (!closes && st->chunk != nullptr) {
       int64_t expected = p;
       if (st->chunk->rows.compare_exchange_strong(expected, p + n)) e.chunk = st->chunk;
     }
     const bool in_place = e.chunk != nullptr;
-    if (!in_place && e.p_out > 0) {
+    if (!in_place) {  // also when nothing stays pending: the next step appends there in place
       e.chunk = std::make_shared<PendingChunk>();
       e.chunk->rows.store(e.p_out);
     }
@@ -357,37 +324,39 @@ class KernelBatch {
       } else {
         e.z_out[l] = at::empty({G, b, e.w_in[l].size(2)}, options);
         e.d_out[l] = at::empty({G, b, e.w_in[l].size(1)}, options);
-        if (e.chunk) {
-          e.chunk->inputs[l] = e.z_out[l];
-          e.chunk->deltas[l] = e.d_out[l];
-        }
+        e.chunk->inputs[l] = e.z_out[l];
+        e.chunk->deltas[l] = e.d_out[l];
       }
-      const at::Tensor& z = st->pending_inputs[l];
-      const at::Tensor& dl = st->pending_deltas[l];
-      TORCH_CHECK(p == 0 || (z.stride(2) == 1 && z.stride(1) == z.size(2) && dl.stride(2) == 1 &&
-                             dl.stride(1) == dl.size(2)),
-                  "pending rows must be row-contiguous");
+      // The carried-over rows: the state's chunk (row-contiguous by construction) or its own
+      // tensors.
+      if (st->chunk != nullptr) {
+        e.z_in[l] = st->chunk->inputs[l];
+        e.d_in[l] = st->chunk->deltas[l];
+      } else if (p > 0) {
+        e.z_in[l] = st->pending_inputs[l];
+        e.d_in[l] = st->pending_deltas[l];
+        TORCH_CHECK(e.z_in[l].stride(2) == 1 && e.z_in[l].stride(1) == e.z_in[l].size(2) &&
+                        e.d_in[l].stride(2) == 1 && e.d_in[l].stride(1) == e.d_in[l].size(2),
+                    "pending rows must be row-contiguous");
+      }
     }
     const float* gates_in = nullptr;  // [p, 3] rows of group 0, then groups at gates_step
     int64_t gates_step = 0;
     if (p > 0) {
-      const MemoryGates& pg = st->pending_gates;
-      if (InterleavedGates(pg)) {
-        // The three views of the buffer the kernel wrote last time: read it in place.
-        e.gates_prev = pg.log_keep;
-        gates_in = pg.log_keep.data_ptr<float>();
-        gates_step = pg.log_keep.stride(0);
+      if (st->chunk != nullptr) {  // the [G, chunk, 3] buffer the kernel wrote: read in place
+        e.gates_prev = st->chunk->gates;
       } else {  // e.g. a state read from a snapshot: three separate tensors
+        const MemoryGates& pg = st->pending_gates;
         e.gates_prev = at::stack({pg.log_keep, pg.log_eta, pg.theta}, 2).contiguous();  // [G, p, 3]
-        gates_in = e.gates_prev.data_ptr<float>();
-        gates_step = e.gates_prev.stride(0);
       }
+      gates_in = e.gates_prev.data_ptr<float>();
+      gates_step = e.gates_prev.stride(0);
     }
     if (in_place) {
       e.gates_out = e.chunk->gates;
     } else {
       e.gates_out = at::empty({G, b, 3}, options);
-      if (e.chunk) e.chunk->gates = e.gates_out;
+      e.chunk->gates = e.gates_out;
     }
 
     for (int64_t g = 0; g < G; ++g) {
@@ -398,10 +367,8 @@ class KernelBatch {
         t.weights_out[l] = e.w_out[l].data_ptr<float>() + g * e.w_out[l].stride(0);
         t.momentum_out[l] = e.s_out[l].data_ptr<float>() + g * e.s_out[l].stride(0);
         if (p > 0) {
-          const at::Tensor& z = st->pending_inputs[l];
-          const at::Tensor& dl = st->pending_deltas[l];
-          t.pending_inputs_in[l] = z.data_ptr<float>() + g * z.stride(0);
-          t.pending_deltas_in[l] = dl.data_ptr<float>() + g * dl.stride(0);
+          t.pending_inputs_in[l] = e.z_in[l].data_ptr<float>() + g * e.z_in[l].stride(0);
+          t.pending_deltas_in[l] = e.d_in[l].data_ptr<float>() + g * e.d_in[l].stride(0);
         }
         t.pending_inputs_out[l] = e.z_out[l].data_ptr<float>() + g * e.z_out[l].stride(0);
         t.pending_deltas_out[l] = e.d_out[l].data_ptr<float>() + g * e.d_out[l].stride(0);
@@ -443,6 +410,60 @@ std::vector<std::pair<int64_t, int64_t>> MemoryLayerShapes(int depth, int64_t he
     shapes.emplace_back(in, out);
   }
   return shapes;
+}
+
+at::Tensor PendingInputs(const MemoryState& st, int l) {
+  return st.chunk ? st.chunk->inputs[l].slice(1, 0, st.chunk_pending) : st.pending_inputs[l];
+}
+
+at::Tensor PendingDeltas(const MemoryState& st, int l) {
+  return st.chunk ? st.chunk->deltas[l].slice(1, 0, st.chunk_pending) : st.pending_deltas[l];
+}
+
+MemoryGates PendingGates(const MemoryState& st) {
+  if (!st.chunk) return st.pending_gates;
+  const at::Tensor rows = st.chunk->gates.slice(1, 0, st.chunk_pending);  // [G, p, 3]
+  return MemoryGates{rows.select(2, 0), rows.select(2, 1), rows.select(2, 2)};
+}
+
+int64_t PendingBytes(const MemoryState& st) {
+  int64_t bytes = 0;
+  if (!st.chunk) {
+    for (const std::vector<at::Tensor>* list : {&st.pending_inputs, &st.pending_deltas}) {
+      for (const at::Tensor& t : *list) {
+        if (t.defined()) bytes += t.numel() * static_cast<int64_t>(t.element_size());
+      }
+    }
+    for (const at::Tensor* t :
+         {&st.pending_gates.log_keep, &st.pending_gates.log_eta, &st.pending_gates.theta}) {
+      if (t->defined()) bytes += t->numel() * static_cast<int64_t>(t->element_size());
+    }
+    return bytes;
+  }
+  // A buffer [G, chunk, width] holds G * p * width of the state's values.
+  auto rows_of = [&](const at::Tensor& buffer) {
+    if (!buffer.defined()) return int64_t{0};
+    return buffer.size(0) * st.chunk_pending * buffer.size(2) *
+           static_cast<int64_t>(buffer.element_size());
+  };
+  for (size_t l = 0; l < st.weights.size() && l < st.chunk->inputs.size(); ++l) {
+    bytes += rows_of(st.chunk->inputs[l]) + rows_of(st.chunk->deltas[l]);
+  }
+  return bytes + rows_of(st.chunk->gates);
+}
+
+void MaterializePending(MemoryState* st) {
+  if (!st->chunk) return;
+  const size_t depth = st->weights.size();
+  st->pending_inputs.resize(depth);
+  st->pending_deltas.resize(depth);
+  for (size_t l = 0; l < depth; ++l) {
+    st->pending_inputs[l] = PendingInputs(*st, static_cast<int>(l));
+    st->pending_deltas[l] = PendingDeltas(*st, static_cast<int>(l));
+  }
+  st->pending_gates = PendingGates(*st);
+  st->chunk.reset();
+  st->chunk_pending = 0;
 }
 
 MemoryState NewMemoryState(const std::vector<at::Tensor>& initial_weights) {
@@ -530,7 +551,7 @@ at::Tensor MemoryWriteReadTorch(const MemorySpec& spec, MemoryState* state, cons
   std::vector<at::Tensor> outputs;
   int64_t begin = 0;
   while (begin < n) {
-    state->chunk.reset();  // the pending rows below are LibTorch's own tensors
+    MaterializePending(state);  // the pending rows below are LibTorch's own tensors
     const int64_t room = spec.chunk_size - state->pending();
     const int64_t end = std::min(n, begin + room);
     outputs.push_back(ChunkPiece(spec, state, k.slice(1, begin, end), v.slice(1, begin, end),

@@ -68,15 +68,32 @@ struct MemoryState {
   std::vector<at::Tensor> momentum;  // S_0 at the open chunk's start, same shapes
   // The open chunk's p pending tokens: per layer, the layer input at Phi_0 of each key ([G, p,
   // in_l]) and the loss gradient w.r.t. that layer's output ([G, p, out_l]); gates [G, p].
+  // Held one of two ways:
+  //  - chunk == null: in the three tensor fields (LibTorch's form, a state read from bytes);
+  //  - chunk set (the kernel's form): the first chunk_pending rows of chunk's buffers, and the
+  //    tensor fields are empty (undefined). A step then updates a count, not tensors: no view
+  //    per step. Read them through PendingInputs / PendingDeltas / PendingGates below, or
+  //    MaterializePending first.
   std::vector<at::Tensor> pending_inputs;
   std::vector<at::Tensor> pending_deltas;
   MemoryGates pending_gates;
-  // When set, the pending tensors above are the first pending() rows of these buffers (the
-  // kernel's views); null for pending rows held any other way (LibTorch, a snapshot).
   std::shared_ptr<PendingChunk> chunk;
+  int64_t chunk_pending = 0;
 
-  int64_t pending() const { return pending_gates.theta.size(1); }
+  int64_t pending() const { return chunk ? chunk_pending : pending_gates.theta.size(1); }
 };
+
+// The pending rows as tensors, however the state holds them (views of the chunk's rows, or the
+// state's own tensors). Layer l of the memory MLP; gates [G, p] each.
+at::Tensor PendingInputs(const MemoryState& st, int l);
+at::Tensor PendingDeltas(const MemoryState& st, int l);
+MemoryGates PendingGates(const MemoryState& st);
+// Bytes of the pending rows the state holds (not the chunk's spare room).
+int64_t PendingBytes(const MemoryState& st);
+// Moves the pending rows into the state's own tensor fields (views of the chunk's rows) and
+// drops its chunk: for code that reads or replaces the fields (serialisation, LibTorch's form,
+// a device move). The next kernel step then copies the rows once into a new chunk.
+void MaterializePending(MemoryState* st);
 
 // Layer widths of a memory MLP: {in_0, out_0}, ... for `depth` layers over head_dim d and hidden h.
 std::vector<std::pair<int64_t, int64_t>> MemoryLayerShapes(int depth, int64_t head_dim,

@@ -131,16 +131,15 @@ SessionState NewSessionState(const ModelConfig& c, const ModelParams& params, in
 
 namespace {
 
-// Calls fn(tensor) for every tensor a state holds (State: SessionState or const SessionState).
-// With skip_chunked_pending, leaves out pending rows that are views of a PendingChunk.
+// Calls fn(tensor) for every tensor a state holds (State: SessionState or const SessionState),
+// except pending rows held in a PendingChunk (MemoryState: those are not tensors of the state).
 template <typename State, typename Fn>
-void ForEachStateTensor(State& state, Fn fn, bool skip_chunked_pending = false) {
+void ForEachStateTensor(State& state, Fn fn) {
   for (auto& L : state.layers) {
-    const bool skip_pending = skip_chunked_pending && L.memory.chunk != nullptr;
     for (auto* list : {&L.memory.weights, &L.memory.momentum, &L.segment_weights}) {
       for (auto& t : *list) fn(t);
     }
-    if (!skip_pending) {
+    if (L.memory.chunk == nullptr) {
       for (auto* list : {&L.memory.pending_inputs, &L.memory.pending_deltas}) {
         for (auto& t : *list) fn(t);
       }
@@ -163,21 +162,21 @@ int64_t StateBytes(const SessionState& state) {
   ForEachStateTensor(state, [&](const at::Tensor& t) {
     if (t.defined()) bytes += t.numel() * static_cast<int64_t>(t.element_size());
   });
+  for (const LayerState& L : state.layers) {
+    if (L.memory.chunk != nullptr) bytes += PendingBytes(L.memory);
+  }
   return bytes;
 }
 
 void CompactSessionState(SessionState* state, bool keep_logits) {
   const at::Tensor logits = state->last_logits;
-  // A chunk's pending rows stay views: the next step appends to them in place, and the chunk's
-  // spare rows are bounded by one chunk per layer.
-  ForEachStateTensor(
-      *state,
-      [](at::Tensor& t) {
-        if (!t.defined() || !t.has_storage()) return;
-        const int64_t view = t.numel() * static_cast<int64_t>(t.element_size());
-        if (static_cast<int64_t>(t.storage().nbytes()) > view + view / 4 + 4096) t = t.clone();
-      },
-      /*skip_chunked_pending=*/true);
+  // A chunk's pending rows stay where they are: the next step appends to them in place, and the
+  // chunk's spare rows are bounded by one chunk per layer.
+  ForEachStateTensor(*state, [](at::Tensor& t) {
+    if (!t.defined() || !t.has_storage()) return;
+    const int64_t view = t.numel() * static_cast<int64_t>(t.element_size());
+    if (static_cast<int64_t>(t.storage().nbytes()) > view + view / 4 + 4096) t = t.clone();
+  });
   if (keep_logits) state->last_logits = logits;
 }
 
@@ -186,7 +185,7 @@ void MoveSessionState(SessionState* state, at::Device device) {
     // The moved pending rows are copies: they no longer live in the chunk.
     if (L.memory.chunk && L.memory.chunk->gates.defined() &&
         L.memory.chunk->gates.device() != device) {
-      L.memory.chunk.reset();
+      MaterializePending(&L.memory);
     }
   }
   ForEachStateTensor(*state, [&](at::Tensor& t) {
@@ -204,6 +203,7 @@ absl::Status ValidateSessionState(const ModelConfig& config, const SessionState&
                                                    " layers, the model has ", config.num_layers));
   }
   SessionState copy = state;  // StateSlots resizes vectors; keep the caller's state untouched
+  for (LayerState& L : copy.layers) MaterializePending(&L.memory);
   for (const StateSlot& slot : StateSlots(config, state.batch(), &copy)) {
     const at::Tensor& t = *slot.tensor;
     if (!t.defined()) return absl::InvalidArgumentError("session state: missing " + slot.name);
@@ -224,6 +224,7 @@ absl::StatusOr<std::string> SerializeSessionState(const ModelConfig& config,
   }
   TITANS_RETURN_IF_ERROR(ValidateSessionState(config, state));
   SessionState copy = state;
+  for (LayerState& L : copy.layers) MaterializePending(&L.memory);
   std::vector<std::pair<std::string, at::Tensor>> tensors;
   for (const StateSlot& slot : StateSlots(config, 1, &copy)) {
     tensors.emplace_back(slot.name, *slot.tensor);

@@ -144,7 +144,7 @@ TEST(MemoryWriteRead, SplitInvariance) {
       for (int l = 0; l < depth; ++l) {
         EXPECT_LT(MaxAbsDiff(split.weights[l], whole.weights[l]), 2e-5);
         EXPECT_LT(MaxAbsDiff(split.momentum[l], whole.momentum[l]), 2e-5);
-        EXPECT_LT(MaxAbsDiff(split.pending_deltas[l], whole.pending_deltas[l]), 2e-5);
+        EXPECT_LT(MaxAbsDiff(PendingDeltas(split, l), PendingDeltas(whole, l)), 2e-5);
       }
     }
   }
@@ -298,11 +298,11 @@ TEST(MemoryWriteReadPacked, SameBitsAsGroupedStreams) {
     for (int l = 0; l < spec.depth; ++l) {
       EXPECT_TRUE(at::equal(a.weights[l], g.weights[l])) << "stream " << i << " layer " << l;
       EXPECT_TRUE(at::equal(a.momentum[l], g.momentum[l]));
-      EXPECT_TRUE(at::equal(a.pending_inputs[l], g.pending_inputs[l]));
-      EXPECT_TRUE(at::equal(a.pending_deltas[l], g.pending_deltas[l]));
+      EXPECT_TRUE(at::equal(PendingInputs(a, l), PendingInputs(g, l)));
+      EXPECT_TRUE(at::equal(PendingDeltas(a, l), PendingDeltas(g, l)));
     }
-    EXPECT_TRUE(at::equal(a.pending_gates.theta, g.pending_gates.theta));
-    EXPECT_TRUE(at::equal(a.pending_gates.log_keep, g.pending_gates.log_keep));
+    EXPECT_TRUE(at::equal(PendingGates(a).theta, PendingGates(g).theta));
+    EXPECT_TRUE(at::equal(PendingGates(a).log_keep, PendingGates(g).log_keep));
   }
 }
 

@@ -69,16 +69,18 @@ inline void ForEachStateTensor(
     for (size_t l = 0; l < x.memory.weights.size(); ++l) {
       fn(pre + "weights", x.memory.weights[l], y.memory.weights[l]);
       fn(pre + "momentum", x.memory.momentum[l], y.memory.momentum[l]);
-      fn(pre + "pending_inputs", x.memory.pending_inputs[l], y.memory.pending_inputs[l]);
-      fn(pre + "pending_deltas", x.memory.pending_deltas[l], y.memory.pending_deltas[l]);
+      const int li = static_cast<int>(l);
+      fn(pre + "pending_inputs", PendingInputs(x.memory, li), PendingInputs(y.memory, li));
+      fn(pre + "pending_deltas", PendingDeltas(x.memory, li), PendingDeltas(y.memory, li));
     }
     for (size_t l = 0; l < x.segment_weights.size(); ++l) {
       fn(pre + "segment_weights", x.segment_weights[l], y.segment_weights[l]);
     }
     if (x.q_tail.defined()) {  // every variant but the memory-less baseline (SWA)
-      fn(pre + "log_keep", x.memory.pending_gates.log_keep, y.memory.pending_gates.log_keep);
-      fn(pre + "log_eta", x.memory.pending_gates.log_eta, y.memory.pending_gates.log_eta);
-      fn(pre + "theta", x.memory.pending_gates.theta, y.memory.pending_gates.theta);
+      const MemoryGates gx = PendingGates(x.memory), gy = PendingGates(y.memory);
+      fn(pre + "log_keep", gx.log_keep, gy.log_keep);
+      fn(pre + "log_eta", gx.log_eta, gy.log_eta);
+      fn(pre + "theta", gx.theta, gy.theta);
       fn(pre + "q_tail", x.q_tail, y.q_tail);
       fn(pre + "k_tail", x.k_tail, y.k_tail);
       fn(pre + "v_tail", x.v_tail, y.v_tail);

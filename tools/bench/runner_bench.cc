@@ -12,6 +12,9 @@
 // asks to remove, and the bound the step is measured against in the same run: the memory
 // kernel's own time plus every dense layer of the model as one GEMM over all sessions' tokens at
 // the same shapes (the batch-invariant linear kernel, kernels/linear.h), per session-token.
+// "ops/step" counts LibTorch operator calls per step (nested ones included), seen by a
+// RecordFunction callback in two extra steps after the timed ones (the callback's own cost stays
+// out of the timings): issue 20 asks that it not grow with the session count either.
 //
 // With --append_tokens N, first one long append: a single slot consumes N tokens of text-like
 // bytes in one step (the runner splits it into sub-steps of TitansModel::kMaxStepTokens), against
@@ -26,6 +29,8 @@
 #include <cstdlib>
 #include <string>
 #include <vector>
+
+#include <ATen/record_function.h>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -158,6 +163,24 @@ int LongAppend(const titans::TitansModel& model, const std::vector<at::Tensor>& 
   return 0;
 }
 
+// LibTorch operator calls per step over `steps` more steps of `plan` (-1 on a failed step).
+double OpsPerStep(titans::ModelRunner& runner, const titans::StepPlan& plan, int steps) {
+  static std::atomic<int64_t> ops{0};
+  ops = 0;
+  const at::CallbackHandle handle =
+      at::addGlobalCallback(at::RecordFunctionCallback(
+                                [](const at::RecordFunction&)
+                                    -> std::unique_ptr<at::ObserverContext> {
+                                  ops.fetch_add(1, std::memory_order_relaxed);
+                                  return nullptr;
+                                })
+                                .scopes({at::RecordScope::FUNCTION}));
+  bool ok = true;
+  for (int s = 0; s < steps && ok; ++s) ok = runner.Step(plan).ok();
+  at::removeCallback(handle);
+  return ok ? static_cast<double>(ops.load()) / steps : -1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -183,8 +206,9 @@ int main(int argc, char** argv) {
   if (const int n = absl::GetFlag(FLAGS_append_tokens); n > 0) {
     if (int rc = LongAppend(**model, dense, n); rc != 0) return rc;
   }
-  std::printf("%8s %12s %8s %10s %14s %8s %10s %8s %12s\n", "sessions", "tokens/s", "vs first",
-              "ms/step", "us/session-tok", "kernel", "bound us", "x bound", "allocs/step");
+  std::printf("%8s %12s %8s %10s %14s %8s %10s %8s %12s %9s\n", "sessions", "tokens/s",
+              "vs first", "ms/step", "us/session-tok", "kernel", "bound us", "x bound",
+              "allocs/step", "ops/step");
   double first = 0;
   titans::SamplingParams greedy;
   greedy.temperature = 0;
@@ -226,10 +250,12 @@ int main(int argc, char** argv) {
     // The bound: the kernel's time in these steps plus the dense layers at the same rows.
     const double bound = kernel / steps + DenseSeconds(dense, n, steps);
     const double per_token = seconds / steps / n;
-    std::printf("%8d %12.0f %7.2fx %10.3f %14.1f %7.1f%% %10.1f %7.2fx %12.0f\n", n,
+    const double ops = OpsPerStep(**runner, decode, 2);
+    if (ops < 0) return Fail("a step failed while counting operators");
+    std::printf("%8d %12.0f %7.2fx %10.3f %14.1f %7.1f%% %10.1f %7.2fx %12.0f %9.0f\n", n,
                 tokens_per_second, tokens_per_second / first, 1e3 * seconds / steps,
                 1e6 * per_token, 100 * kernel / seconds, 1e6 * bound / n, per_token / (bound / n),
-                allocs);
+                allocs, ops);
   }
   return 0;
 }
