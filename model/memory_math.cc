@@ -259,9 +259,10 @@ class KernelBatch {
       for (int l = 0; l < spec_.depth; ++l) {
         st->weights[l] = e.w_out[l];
         st->momentum[l] = e.s_out[l];
-        st->pending_inputs[l].reset();
-        st->pending_deltas[l].reset();
       }
+      // Empty, so that copying the state (a rollback point every step) allocates nothing here.
+      st->pending_inputs.clear();
+      st->pending_deltas.clear();
       st->pending_gates = MemoryGates{};
       st->chunk = std::move(e.chunk);  // the rows are its first p_out (MemoryState)
       st->chunk_pending = e.p_out;

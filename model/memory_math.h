@@ -71,7 +71,7 @@ struct MemoryState {
   // Held one of two ways:
   //  - chunk == null: in the three tensor fields (LibTorch's form, a state read from bytes);
   //  - chunk set (the kernel's form): the first chunk_pending rows of chunk's buffers, and the
-  //    tensor fields are empty (undefined). A step then updates a count, not tensors: no view
+  //    tensor fields are empty (no tensors). A step then updates a count, not tensors: no view
   //    per step. Read them through PendingInputs / PendingDeltas / PendingGates below, or
   //    MaterializePending first.
   std::vector<at::Tensor> pending_inputs;

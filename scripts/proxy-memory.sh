@@ -9,6 +9,10 @@
 #
 # KEY is a config.json path (memory.chunk_size, variant, ...). Output: runs/proxy/NAME.{train,eval}
 # and the model in runs/proxy/NAME/model. One thread; two proxies run side by side on 2 cores.
+#
+# PROXY_TASK=recall trains on multi-fact recall tasks alone instead (MakeRecallTask: 17 "key=value"
+# facts per 384-byte row, a quarter of it noise filler, then every key asked) and measures 4-fact
+# recall after 256 and 1 K bytes of noise (20 tasks, 80 facts each).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 2 ] || { sed -n 2,12p "$0"; exit 2; }
@@ -35,11 +39,17 @@ for item in sys.argv[2:]:
         node[last] = value
 json.dump(config, open(sys.argv[1], "w"), indent=1)
 PY
+task=(--passkey_fraction 1)
+measure=(--lengths 256,1024,4096 --recall_pairs 0)
+if [ "${PROXY_TASK:-passkey}" = recall ]; then
+  task=(--recall_fraction 1 --passkey_fraction 0)
+  measure=(--lengths 256 --trials 1 --recall_pairs 4 --recall_gaps 256,1024)
+fi
 OMP_NUM_THREADS=1 build/tools/titans-train --data data/kjv.txt --config "$out/$name.json" \
-  --out "$out/$name" --steps "$steps" --batch 8 --seq_len 384 --passkey_fraction 1 \
+  --out "$out/$name" --steps "$steps" --batch 8 --seq_len 384 "${task[@]}" \
   --passkey_noise_fraction 1 --lr 3e-3 --min_lr 3e-4 --warmup 40 --eval_every 0 \
   --checkpoint_every 100000 --seed 5 > "$out/$name.train" 2>&1
 OMP_NUM_THREADS=1 build/tools/titans-eval --model "$out/$name/model" --data data/kjv.txt \
-  --bpb_bytes 4096 --bpb_ranges 1024 --lengths 256,1024,4096 --fillers noise --trials 10 \
-  --recall_pairs 0 > "$out/$name.eval" 2>&1
+  --bpb_bytes 4096 --bpb_ranges 1024 --fillers noise --trials 10 "${measure[@]}" \
+  > "$out/$name.eval" 2>&1
 grep -E '^\| (256|1024|4096) ' "$out/$name.eval"
