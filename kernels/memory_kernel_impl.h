@@ -86,23 +86,54 @@ inline void MatMulNN(int M, int N, int K, const float* __restrict A, int lda,
 
 // C[M x N] = A[M x K] * B[N x K]^T (dot form; for few rows, avoids transposing B). Sixteen
 // independent partial sums per dot product, so the compiler can vectorise it without
-// reassociating (the order of additions is fixed by this code, not by the ISA).
+// reassociating (the order of additions is fixed by this code, not by the ISA): each element is
+// 0 + the products past the last full group of sixteen, in order, then the sixteen partial sums,
+// in order.
+//
+// That last sum is a chain of sixteen dependent additions per element, and for the model's short
+// rows (K = 32 or 128) the chains, not the products, were the kernel's cost (~70 cycles per
+// element). So the elements are done sixteen at a time: their partial sums are transposed, and
+// the sixteen chains advance together in one vector, each lane adding exactly the terms of its
+// own element in the same order (the same bits as one element at a time).
 inline void MatMulNT(int M, int N, int K, const float* __restrict A, int lda,
                      const float* __restrict B, int ldb, float* __restrict C, int ldc) {
   constexpr int kLanes = 16;
+  const int full = K / kLanes * kLanes;
+  // One element's partial sums and its sum of the products past `full` (from 0, in order).
+  auto partial_sums = [&](const float* __restrict a, const float* __restrict b,
+                          float* __restrict lanes, float* __restrict rest) {
+    for (int j = 0; j < kLanes; ++j) lanes[j] = 0;
+    for (int k = 0; k < full; k += kLanes) {
+      for (int j = 0; j < kLanes; ++j) lanes[j] += a[k + j] * b[k + j];
+    }
+    float acc = 0;
+    for (int k = full; k < K; ++k) acc += a[k] * b[k];
+    *rest = acc;
+  };
   for (int m = 0; m < M; ++m) {
     const float* __restrict a = A + int64_t{m} * lda;
-    for (int n = 0; n < N; ++n) {
-      const float* __restrict b = B + int64_t{n} * ldb;
-      float lanes[kLanes] = {};
-      int k = 0;
-      for (; k + kLanes <= K; k += kLanes) {
-        for (int j = 0; j < kLanes; ++j) lanes[j] += a[k + j] * b[k + j];
+    float* __restrict c = C + int64_t{m} * ldc;
+    int n = 0;
+    for (; n + kLanes <= N; n += kLanes) {
+      float lanes[kLanes][kLanes];   // [element][partial sum]
+      float by_sum[kLanes][kLanes];  // [partial sum][element]
+      float acc[kLanes];
+      for (int e = 0; e < kLanes; ++e) {
+        partial_sums(a, B + int64_t{n + e} * ldb, lanes[e], &acc[e]);
       }
-      float acc = 0;
-      for (; k < K; ++k) acc += a[k] * b[k];
+      for (int j = 0; j < kLanes; ++j) {
+        for (int e = 0; e < kLanes; ++e) by_sum[j][e] = lanes[e][j];
+      }
+      for (int j = 0; j < kLanes; ++j) {
+        for (int e = 0; e < kLanes; ++e) acc[e] += by_sum[j][e];
+      }
+      for (int e = 0; e < kLanes; ++e) c[n + e] = acc[e];
+    }
+    for (; n < N; ++n) {
+      float lanes[kLanes], acc;
+      partial_sums(a, B + int64_t{n} * ldb, lanes, &acc);
       for (int j = 0; j < kLanes; ++j) acc += lanes[j];
-      C[int64_t{m} * ldc + n] = acc;
+      c[n] = acc;
     }
   }
 }
