@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <set>
 
 #include "model/session_state.h"
 #include "model/status_macros.h"
@@ -118,6 +119,7 @@ absl::StatusOr<RecallResult> RecallAccuracy(const TitansModel& model, const std:
     // Feed up to each answer byte, compare the greedy prediction with it, then feed it.
     int64_t fed = 0;
     std::vector<bool> hit;
+    std::vector<int64_t> predicted;
     for (int64_t answer : task.answers) {
       for (int64_t at = fed; at < answer; at += 4096) {
         const int64_t end = std::min(answer, at + 4096);
@@ -126,12 +128,22 @@ absl::StatusOr<RecallResult> RecallAccuracy(const TitansModel& model, const std:
             model.Forward(&state, at::tensor(ids).unsqueeze(0).to(model.device())).status());
       }
       fed = answer;
-      hit.push_back(state.last_logits.argmax(-1).item<int64_t>() == tokens[answer]);
+      predicted.push_back(state.last_logits.argmax(-1).item<int64_t>());
+      hit.push_back(predicted.back() == tokens[answer]);
     }
     // Answers come in pairs of digits, one pair per fact.
     for (size_t f = 0; f + 1 < hit.size(); f += 2) {
       ++result.facts;
       result.facts_correct += hit[f] && hit[f + 1];
+      result.first_digits_correct += hit[f];
+      if (hit[f]) continue;
+      const int64_t right = tokens[task.answers[f]];
+      std::set<int64_t> others;  // other facts' first digits, less the right one
+      for (size_t g = 0; g + 1 < task.answers.size(); g += 2) {
+        if (g != f && tokens[task.answers[g]] != right) others.insert(tokens[task.answers[g]]);
+      }
+      result.first_digits_of_other_facts += others.count(predicted[f]) > 0;
+      result.first_digits_of_other_facts_by_chance += static_cast<double>(others.size()) / 9;
     }
     ++result.trials;
   }

@@ -55,6 +55,14 @@ struct RecallResult {
   int trials = 0;
   int facts = 0;          // facts asked, over all trials
   int facts_correct = 0;  // facts whose whole value was recalled
+  // Where the errors go, from the first digit of each value (the one only the memory can give:
+  // the second follows the first within the convolution's reach):
+  int first_digits_correct = 0;
+  // Wrong first digits that are the first digit of another fact of the same task (a value read
+  // under the wrong key), and how many of those a uniformly wrong digit would give: the sum over
+  // wrong answers of (other facts' distinct first digits, less the right one) / 9.
+  int first_digits_of_other_facts = 0;
+  double first_digits_of_other_facts_by_chance = 0;
   double accuracy() const { return facts ? static_cast<double>(facts_correct) / facts : 0; }
 };
 

@@ -204,6 +204,7 @@ int main(int argc, char** argv) {
     std::printf("\n|---|");
     for (size_t i = 0; i < models.size(); ++i) std::printf("---|");
     std::printf("\n");
+    std::string errors;  // where the errors went, printed after the table
     for (const std::string& g : absl::GetFlag(FLAGS_recall_gaps)) {
       int64_t gap = 0;
       if (!absl::SimpleAtoi(g, &gap) || gap < 0) return fail("bad --recall_gaps entry " + g);
@@ -216,9 +217,16 @@ int main(int argc, char** argv) {
         std::printf(" %d/%d (%.2f) |", r->facts_correct, r->facts, r->accuracy());
         std::fflush(stdout);
         absl::StrAppend(&tsv, "recall-", filler, "\t", dir, "\t", gap, "\t", r->accuracy(), "\n");
+        const int wrong = r->facts - r->first_digits_correct;
+        absl::StrAppend(&errors, "- ", dir, ", gap ", gap, ": first digit right ",
+                        r->first_digits_correct, "/", r->facts, "; of the ", wrong,
+                        " wrong, another fact's first digit ", r->first_digits_of_other_facts, " (",
+                        absl::SixDigits(r->first_digits_of_other_facts_by_chance),
+                        " if wrong digits were uniform)\n");
       }
       std::printf("\n");
     }
+    std::printf("\nFirst digits of the values:\n%s", errors.c_str());
   }
   if (!absl::GetFlag(FLAGS_tsv).empty()) {
     absl::Status st = titans::WriteFileAtomic(absl::GetFlag(FLAGS_tsv), tsv);

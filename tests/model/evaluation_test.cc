@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <random>
+#include <set>
 
 #include "model/trainer.h"
 #include "tests/model/model_test_util.h"
@@ -92,7 +93,8 @@ TEST(RecallAccuracy, CountsEveryFactAndMatchesAOnePassRead) {
   EXPECT_EQ(r->filler_bytes, kGap);
   // The same tasks, drawn from the same seed as the harness draws them.
   std::mt19937_64 rng(5);
-  int expected = 0;
+  int expected = 0, first_right = 0, other_fact = 0;
+  double by_chance = 0;
   for (int t = 0; t < kTrials; ++t) {
     RecallTask task = MakeRecallTask(filler, kGap + 16 + 16 * kPairs, kGap, &rng);
     ASSERT_EQ(task.answers.size(), 2u * kPairs);
@@ -106,11 +108,25 @@ TEST(RecallAccuracy, CountsEveryFactAndMatchesAOnePassRead) {
     at::Tensor best = logits->squeeze(0).argmax(-1);
     for (size_t f = 0; f < task.answers.size(); f += 2) {
       const int64_t a = task.answers[f], b = task.answers[f + 1];
-      expected += best[a - 1].item<int64_t>() == (*tokens)[a] &&
-                  best[b - 1].item<int64_t>() == (*tokens)[b];
+      const int64_t first = best[a - 1].item<int64_t>();
+      expected += first == (*tokens)[a] && best[b - 1].item<int64_t>() == (*tokens)[b];
+      first_right += first == (*tokens)[a];
+      if (first == (*tokens)[a]) continue;
+      std::set<int64_t> others;
+      for (size_t g = 0; g < task.answers.size(); g += 2) {
+        if (g != f && (*tokens)[task.answers[g]] != (*tokens)[a]) {
+          others.insert((*tokens)[task.answers[g]]);
+        }
+      }
+      other_fact += others.count(first) > 0;
+      by_chance += static_cast<double>(others.size()) / 9;
     }
   }
   EXPECT_EQ(r->facts_correct, expected);
+  EXPECT_EQ(r->first_digits_correct, first_right);
+  EXPECT_EQ(r->first_digits_of_other_facts, other_fact);
+  EXPECT_NEAR(r->first_digits_of_other_facts_by_chance, by_chance, 1e-9);
+  EXPECT_LE(r->facts_correct, r->first_digits_correct);
   EXPECT_EQ(RecallAccuracy(*model, filler, 0, kGap, 1, 5).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
