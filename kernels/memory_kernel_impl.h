@@ -91,8 +91,8 @@ inline void MatMulNN(int M, int N, int K, const float* __restrict A, int lda,
 // in order.
 //
 // That last sum is a chain of sixteen dependent additions per element, and for the model's short
-// rows (K = 32 or 128) the chains, not the products, were the kernel's cost (~70 cycles per
-// element). So the elements are done sixteen at a time: their partial sums are transposed, and
+// rows (K = 32 or 128) the chains, not the products, were the kernel's hottest loops (perf). So
+// the elements are done sixteen at a time: their partial sums are transposed, and
 // the sixteen chains advance together in one vector, each lane adding exactly the terms of its
 // own element in the same order (the same bits as one element at a time).
 inline void MatMulNT(int M, int N, int K, const float* __restrict A, int lda,

@@ -428,29 +428,18 @@ MemoryGates PendingGates(const MemoryState& st) {
 }
 
 int64_t PendingBytes(const MemoryState& st) {
-  int64_t bytes = 0;
-  if (!st.chunk) {
-    for (const std::vector<at::Tensor>* list : {&st.pending_inputs, &st.pending_deltas}) {
-      for (const at::Tensor& t : *list) {
-        if (t.defined()) bytes += t.numel() * static_cast<int64_t>(t.element_size());
-      }
-    }
-    for (const at::Tensor* t :
-         {&st.pending_gates.log_keep, &st.pending_gates.log_eta, &st.pending_gates.theta}) {
-      if (t->defined()) bytes += t->numel() * static_cast<int64_t>(t->element_size());
-    }
-    return bytes;
-  }
+  if (!st.chunk) return 0;
   // A buffer [G, chunk, width] holds G * p * width of the state's values.
   auto rows_of = [&](const at::Tensor& buffer) {
     if (!buffer.defined()) return int64_t{0};
     return buffer.size(0) * st.chunk_pending * buffer.size(2) *
            static_cast<int64_t>(buffer.element_size());
   };
-  for (size_t l = 0; l < st.weights.size() && l < st.chunk->inputs.size(); ++l) {
+  int64_t bytes = rows_of(st.chunk->gates);
+  for (size_t l = 0; l < st.weights.size(); ++l) {
     bytes += rows_of(st.chunk->inputs[l]) + rows_of(st.chunk->deltas[l]);
   }
-  return bytes + rows_of(st.chunk->gates);
+  return bytes;
 }
 
 void MaterializePending(MemoryState* st) {

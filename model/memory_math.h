@@ -88,7 +88,8 @@ struct MemoryState {
 at::Tensor PendingInputs(const MemoryState& st, int l);
 at::Tensor PendingDeltas(const MemoryState& st, int l);
 MemoryGates PendingGates(const MemoryState& st);
-// Bytes of the pending rows the state holds (not the chunk's spare room).
+// Bytes of the pending rows held in the state's chunk (not its spare room); 0 when the state
+// holds them as its own tensors (those count as any other tensor of the state).
 int64_t PendingBytes(const MemoryState& st);
 // Moves the pending rows into the state's own tensor fields (views of the chunk's rows) and
 // drops its chunk: for code that reads or replaces the fields (serialisation, LibTorch's form,

@@ -162,9 +162,7 @@ int64_t StateBytes(const SessionState& state) {
   ForEachStateTensor(state, [&](const at::Tensor& t) {
     if (t.defined()) bytes += t.numel() * static_cast<int64_t>(t.element_size());
   });
-  for (const LayerState& L : state.layers) {
-    if (L.memory.chunk != nullptr) bytes += PendingBytes(L.memory);
-  }
+  for (const LayerState& L : state.layers) bytes += PendingBytes(L.memory);
   return bytes;
 }
 
@@ -222,9 +220,9 @@ absl::StatusOr<std::string> SerializeSessionState(const ModelConfig& config,
   if (state.batch() != 1) {
     return absl::InvalidArgumentError("session state: only batch-1 states can be serialised");
   }
-  TITANS_RETURN_IF_ERROR(ValidateSessionState(config, state));
   SessionState copy = state;
   for (LayerState& L : copy.layers) MaterializePending(&L.memory);
+  TITANS_RETURN_IF_ERROR(ValidateSessionState(config, copy));
   std::vector<std::pair<std::string, at::Tensor>> tensors;
   for (const StateSlot& slot : StateSlots(config, 1, &copy)) {
     tensors.emplace_back(slot.name, *slot.tensor);

@@ -40,7 +40,7 @@ for item in sys.argv[2:]:
 json.dump(config, open(sys.argv[1], "w"), indent=1)
 PY
 task=(--passkey_fraction 1)
-measure=(--lengths 256,1024,4096 --recall_pairs 0)
+measure=(--lengths 256,1024,4096 --trials 10 --recall_pairs 0)
 if [ "${PROXY_TASK:-passkey}" = recall ]; then
   task=(--recall_fraction 1 --passkey_fraction 0)
   measure=(--lengths 256 --trials 1 --recall_pairs 4 --recall_gaps 256,1024)
@@ -50,6 +50,6 @@ OMP_NUM_THREADS=1 build/tools/titans-train --data data/kjv.txt --config "$out/$n
   --passkey_noise_fraction 1 --lr 3e-3 --min_lr 3e-4 --warmup 40 --eval_every 0 \
   --checkpoint_every 100000 --seed 5 > "$out/$name.train" 2>&1
 OMP_NUM_THREADS=1 build/tools/titans-eval --model "$out/$name/model" --data data/kjv.txt \
-  --bpb_bytes 4096 --bpb_ranges 1024 --fillers noise --trials 10 "${measure[@]}" \
+  --bpb_bytes 4096 --bpb_ranges 1024 --fillers noise "${measure[@]}" \
   > "$out/$name.eval" 2>&1
 grep -E '^\| (256|1024|4096) ' "$out/$name.eval"

@@ -293,6 +293,24 @@ TEST_F(RewindTest, HistoryOutlivesACheckpointCutShort) {
   EXPECT_LT(Distance("s", "at_t1"), kTolerance);
 }
 
+// The window drops old points from the store as it goes, before the next tokens are written: a
+// history whose oldest point is gone starts at the oldest point still stored, not from scratch.
+TEST_F(RewindTest, HistoryStartsAtTheOldestStoredPoint) {
+  options_.state_dir = root_ + "/state";
+  options_.max_resident_sessions = 1;
+  Start();
+  Create("s");
+  ASSERT_TRUE(AppendText("s", kT1).ok());
+  Reference("at_20", kT1.substr(0, 20));  // "s" spills: points at 0, 16, 32, 48 and its tokens
+  Restart();
+  const std::string oldest = root_ + "/state/sessions/s.rewind/00000000000000000000.state";
+  ASSERT_TRUE(std::filesystem::remove(oldest));
+  Restart();
+  EXPECT_EQ(Rewind("s", 10).error_code(), StatusCode::OUT_OF_RANGE);  // before point 16
+  ASSERT_TRUE(Rewind("s", 20).ok());
+  EXPECT_LT(Distance("s", "at_20"), kTolerance);
+}
+
 // A rewind in sync mode is durable, and the log records of the abandoned tokens are never
 // replayed onto the rewound session. The crash is a copy of the state directory taken while the
 // server runs (everything acknowledged is on disk; nothing else is flushed by a graceful stop).

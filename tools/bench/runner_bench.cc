@@ -20,6 +20,7 @@
 // bytes in one step (the runner splits it into sub-steps of TitansModel::kMaxStepTokens), against
 // the same kind of bound: the memory kernel's time in that step plus every dense layer over the
 // N rows in GEMMs of kMaxStepTokens rows (the shapes the model runs them at).
+#include <ATen/record_function.h>
 #include <malloc.h>
 
 #include <atomic>
@@ -29,8 +30,6 @@
 #include <cstdlib>
 #include <string>
 #include <vector>
-
-#include <ATen/record_function.h>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -168,13 +167,11 @@ double OpsPerStep(titans::ModelRunner& runner, const titans::StepPlan& plan, int
   static std::atomic<int64_t> ops{0};
   ops = 0;
   const at::CallbackHandle handle =
-      at::addGlobalCallback(at::RecordFunctionCallback(
-                                [](const at::RecordFunction&)
-                                    -> std::unique_ptr<at::ObserverContext> {
-                                  ops.fetch_add(1, std::memory_order_relaxed);
-                                  return nullptr;
-                                })
-                                .scopes({at::RecordScope::FUNCTION}));
+      at::addGlobalCallback(at::RecordFunctionCallback([](const at::RecordFunction&)
+                                                           -> std::unique_ptr<at::ObserverContext> {
+                              ops.fetch_add(1, std::memory_order_relaxed);
+                              return nullptr;
+                            }).scopes({at::RecordScope::FUNCTION}));
   bool ok = true;
   for (int s = 0; s < steps && ok; ++s) ok = runner.Step(plan).ok();
   at::removeCallback(handle);
@@ -206,9 +203,9 @@ int main(int argc, char** argv) {
   if (const int n = absl::GetFlag(FLAGS_append_tokens); n > 0) {
     if (int rc = LongAppend(**model, dense, n); rc != 0) return rc;
   }
-  std::printf("%8s %12s %8s %10s %14s %8s %10s %8s %12s %9s\n", "sessions", "tokens/s",
-              "vs first", "ms/step", "us/session-tok", "kernel", "bound us", "x bound",
-              "allocs/step", "ops/step");
+  std::printf("%8s %12s %8s %10s %14s %8s %10s %8s %12s %9s\n", "sessions", "tokens/s", "vs first",
+              "ms/step", "us/session-tok", "kernel", "bound us", "x bound", "allocs/step",
+              "ops/step");
   double first = 0;
   titans::SamplingParams greedy;
   greedy.temperature = 0;
