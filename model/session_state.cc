@@ -167,7 +167,10 @@ int64_t StateBytes(const SessionState& state) {
 }
 
 void CompactSessionState(SessionState* state, bool keep_logits) {
-  const at::Tensor logits = state->last_logits;
+  // With keep_logits the logits are set aside while the rest is compacted (not cloned and then
+  // dropped: that was one wasted copy per session and step).
+  at::Tensor logits;
+  if (keep_logits) logits = std::move(state->last_logits);
   // A chunk's pending rows stay where they are: the next step appends to them in place, and the
   // chunk's spare rows are bounded by one chunk per layer.
   ForEachStateTensor(*state, [](at::Tensor& t) {
@@ -175,7 +178,7 @@ void CompactSessionState(SessionState* state, bool keep_logits) {
     const int64_t view = t.numel() * static_cast<int64_t>(t.element_size());
     if (static_cast<int64_t>(t.storage().nbytes()) > view + view / 4 + 4096) t = t.clone();
   });
-  if (keep_logits) state->last_logits = logits;
+  if (keep_logits) state->last_logits = std::move(logits);
 }
 
 void MoveSessionState(SessionState* state, at::Device device) {

@@ -287,7 +287,10 @@ absl::Status TitansModel::ForwardMany(const std::vector<SessionState*>& states,
         const size_t i = which[k];
         done[i] += lengths[k];
         if (done[i] == static_cast<int64_t>(tokens[i].size())) {
-          next[i].last_logits = logits.select(1, k).detach();  // [1, V]
+          // [1, V]; a detached view only where autograd records (not under the runner's
+          // InferenceMode: there detach() would be one more tensor per session and step).
+          at::Tensor row = logits.select(1, k);
+          next[i].last_logits = row.requires_grad() ? row.detach() : std::move(row);
         }
       }
     }

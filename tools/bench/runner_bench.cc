@@ -23,12 +23,16 @@
 #include <ATen/record_function.h>
 #include <malloc.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -49,6 +53,8 @@ ABSL_FLAG(int, append_tokens, 0, "if > 0, first time one slot's append of this m
 ABSL_FLAG(bool, batch_invariant, true, "as titans-server --batch_invariant");
 ABSL_FLAG(int32_t, compute_threads, 0, "as titans-server's flag");
 ABSL_FLAG(int32_t, library_threads, 1, "as titans-server's flag");
+ABSL_FLAG(bool, op_names, false,
+          "also list the LibTorch operators called per decode step, most frequent first");
 
 // Counting wrappers: glibc exports its allocator as __libc_*, so this binary's definitions
 // interpose malloc for every library it loads (LibTorch's CPU allocator included) and count
@@ -163,18 +169,42 @@ int LongAppend(const titans::TitansModel& model, const std::vector<at::Tensor>& 
 }
 
 // LibTorch operator calls per step over `steps` more steps of `plan` (-1 on a failed step).
-double OpsPerStep(titans::ModelRunner& runner, const titans::StepPlan& plan, int steps) {
+// With `by_name`, also the calls per step of each operator, most frequent first (--op_names:
+// which operators grow with the session count).
+double OpsPerStep(titans::ModelRunner& runner, const titans::StepPlan& plan, int steps,
+                  std::vector<std::pair<std::string, double>>* by_name) {
   static std::atomic<int64_t> ops{0};
+  static std::mutex names_mu;
+  static std::map<std::string, int64_t>* names = nullptr;  // guarded by names_mu
+  std::map<std::string, int64_t> counted;
   ops = 0;
+  {
+    std::lock_guard<std::mutex> lock(names_mu);
+    names = by_name != nullptr ? &counted : nullptr;
+  }
   const at::CallbackHandle handle =
-      at::addGlobalCallback(at::RecordFunctionCallback([](const at::RecordFunction&)
+      at::addGlobalCallback(at::RecordFunctionCallback([](const at::RecordFunction& fn)
                                                            -> std::unique_ptr<at::ObserverContext> {
                               ops.fetch_add(1, std::memory_order_relaxed);
+                              std::lock_guard<std::mutex> lock(names_mu);
+                              if (names != nullptr) ++(*names)[fn.name()];
                               return nullptr;
                             }).scopes({at::RecordScope::FUNCTION}));
   bool ok = true;
   for (int s = 0; s < steps && ok; ++s) ok = runner.Step(plan).ok();
   at::removeCallback(handle);
+  {
+    std::lock_guard<std::mutex> lock(names_mu);
+    names = nullptr;
+  }
+  if (by_name != nullptr) {
+    by_name->clear();
+    for (const auto& [name, count] : counted) {
+      by_name->emplace_back(name, static_cast<double>(count) / steps);
+    }
+    std::sort(by_name->begin(), by_name->end(),
+              [](const auto& a, const auto& b) { return a.second > b.second; });
+  }
   return ok ? static_cast<double>(ops.load()) / steps : -1;
 }
 
@@ -247,8 +277,13 @@ int main(int argc, char** argv) {
     // The bound: the kernel's time in these steps plus the dense layers at the same rows.
     const double bound = kernel / steps + DenseSeconds(dense, n, steps);
     const double per_token = seconds / steps / n;
-    const double ops = OpsPerStep(**runner, decode, 2);
+    std::vector<std::pair<std::string, double>> op_names;
+    const bool list_ops = absl::GetFlag(FLAGS_op_names);
+    const double ops = OpsPerStep(**runner, decode, 2, list_ops ? &op_names : nullptr);
     if (ops < 0) return Fail("a step failed while counting operators");
+    if (list_ops) {
+      for (const auto& [name, count] : op_names) std::printf("    %9.1f %s\n", count, name.c_str());
+    }
     std::printf("%8d %12.0f %7.2fx %10.3f %14.1f %7.1f%% %10.1f %7.2fx %12.0f %9.0f\n", n,
                 tokens_per_second, tokens_per_second / first, 1e3 * seconds / steps,
                 1e6 * per_token, 100 * kernel / seconds, 1e6 * bound / n, per_token / (bound / n),
