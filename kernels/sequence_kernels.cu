@@ -53,6 +53,13 @@ __device__ inline void Rotate(const WindowShape& sh, const float* x, int64_t pos
   }
 }
 
+// Where entry j of a stream's cache before the call lies, head h's element d (packed or ring:
+// sequence_kernels.h).
+__device__ inline int64_t CacheIndex(const AttentionStream& s, int64_t h, int64_t j, int dh) {
+  if (s.cache_capacity == 0) return (h * s.cached + j) * dh;
+  return (h * s.cache_capacity + (s.cache_start + j) % s.cache_capacity) * dh;
+}
+
 // Phase 1, one block per stream: the stream's new keys rotated into rotated_k (at its rows), then
 // its cache after the call.
 __global__ void RotateKernel(WindowShape sh, const float* __restrict__ k,
@@ -73,14 +80,19 @@ __global__ void RotateKernel(WindowShape sh, const float* __restrict__ k,
   for (int64_t e = threadIdx.x; e < H * keep * dh; e += blockDim.x) {
     const int64_t h = e / (keep * dh), i = (e / dh) % keep, d = e % dh;
     const int64_t j = total - keep + i;
-    const int64_t to = (h * keep + i) * dh + d;
+    if (s.in_place && j < s.cached) continue;  // a kept entry stays in its ring slot
+    float* k_out = s.in_place ? const_cast<float*>(s.cache_k) : s.cache_k_out;
+    float* v_out = s.in_place ? const_cast<float*>(s.cache_v) : s.cache_v_out;
+    const int64_t to =
+        s.in_place ? CacheIndex(s, h, j, dh) + d
+                   : (h * (s.out_capacity > 0 ? s.out_capacity : keep) + i) * dh + d;
     if (j < s.cached) {
-      s.cache_k_out[to] = s.cache_k[(h * s.cached + j) * dh + d];
-      s.cache_v_out[to] = s.cache_v[(h * s.cached + j) * dh + d];
+      k_out[to] = s.cache_k[CacheIndex(s, h, j, dh) + d];
+      v_out[to] = s.cache_v[CacheIndex(s, h, j, dh) + d];
     } else {
       const int64_t row = (s.begin * E + j - s.cached) * hd + h * dh + d;
-      s.cache_k_out[to] = rotated_k[row];
-      s.cache_v_out[to] = v[row];
+      k_out[to] = rotated_k[row];
+      v_out[to] = v[row];
     }
   }
 }
@@ -109,13 +121,13 @@ __global__ void AttendKernel(WindowShape sh, const float* __restrict__ q,
     auto key = [&](int64_t i) {  // entry i of persistent ++ window
       if (i < P) return pk + (h * P + i) * dh;
       const int64_t j = first + i - P;
-      return j < s.cached ? s.cache_k + (h * s.cached + j) * dh
+      return j < s.cached ? s.cache_k + CacheIndex(s, h, j, dh)
                           : rotated_k + (s.begin * E + j - s.cached) * hd + h * dh;
     };
     auto value = [&](int64_t i) {
       if (i < P) return pv + (h * P + i) * dh;
       const int64_t j = first + i - P;
-      return j < s.cached ? s.cache_v + (h * s.cached + j) * dh
+      return j < s.cached ? s.cache_v + CacheIndex(s, h, j, dh)
                           : v + (s.begin * E + j - s.cached) * hd + h * dh;
     };
     auto score = [&](int64_t i) {

@@ -62,14 +62,28 @@ struct AttentionStream {
   int64_t length = 0;    // tokens
   int64_t position = 0;  // absolute position of the first token
   // The cache: rotated keys and values of the tokens just before `position`, E entries per
-  // token in order, [heads, cached, head_dim]; cached <= E * (window - 1), a multiple of E.
+  // token in order, `cached` of them; cached <= E * (window - 1), a multiple of E. Packed
+  // (cache_capacity 0): [heads, cached, head_dim], entry j at index j. A ring (cache_capacity >
+  // 0): [heads, cache_capacity, head_dim], entry j at index (cache_start + j) % cache_capacity.
   const float* cache_k = nullptr;
   const float* cache_v = nullptr;
   int64_t cached = 0;
-  // Receive the cache after the stream's tokens: [heads, keep, head_dim] with
-  // keep = min(E * (window - 1), cached + E * length). Must not overlap the inputs.
+  int64_t cache_capacity = 0;
+  int64_t cache_start = 0;
+  // Receive the cache after the stream's tokens, keep = min(E * (window - 1), cached + E *
+  // length) entries: packed [heads, keep, head_dim] (out_capacity 0), or the first keep entries
+  // of a ring [heads, out_capacity, head_dim] starting at index 0 (out_capacity >= keep). Must
+  // not overlap the inputs.
   float* cache_k_out = nullptr;
   float* cache_v_out = nullptr;
+  int64_t out_capacity = 0;
+  // Instead of the above: the new entries are written into the ring cache itself, entry j at
+  // index (cache_start + j) % cache_capacity (the kept old entries stay where they are), so the
+  // cache after the call is the ring's entries from (cache_start + cached + E * length - keep) %
+  // cache_capacity. Needs a ring with cache_capacity >= cached + E * length: then no entry of
+  // the cache before the call is overwritten, and that cache stays valid for whoever else reads
+  // it. cache_k_out / cache_v_out are ignored.
+  bool in_place = false;
 };
 
 // out[r] = the merged heads of softmax(q_r . keys / sqrt(head_dim)) . values for every row of

@@ -59,6 +59,13 @@ inline float Dot(const float* a, const float* b, int n) {
   return acc;
 }
 
+// Where entry j of a stream's cache before the call lies, head h's first float.
+inline const float* CacheEntry(const float* base, const AttentionStream& s, int h, int64_t j,
+                               int dh) {
+  if (s.cache_capacity == 0) return base + (h * s.cached + j) * dh;
+  return base + (h * s.cache_capacity + (s.cache_start + j) % s.cache_capacity) * dh;
+}
+
 // Phase 1 of the attention for one stream: each new row's rotary cos / sin (into angles, head_dim
 // floats per row: cos then sin), its keys rotated (into rotated_k, rows of heads * head_dim, at
 // the stream's rows), and the stream's cache after the call.
@@ -83,11 +90,20 @@ void RotateStreamKeys(const WindowShape& sh, const double* inv_freq, const float
   for (int h = 0; h < H; ++h) {
     for (int64_t i = 0; i < keep; ++i) {
       const int64_t j = total - keep + i;
-      float* kd = s.cache_k_out + (h * keep + i) * dh;
-      float* vd = s.cache_v_out + (h * keep + i) * dh;
+      if (s.in_place && j < s.cached) continue;  // a kept entry stays in its ring slot
+      float *kd, *vd;
+      if (s.in_place) {
+        const int64_t at = h * s.cache_capacity + (s.cache_start + j) % s.cache_capacity;
+        kd = const_cast<float*>(s.cache_k) + at * dh;
+        vd = const_cast<float*>(s.cache_v) + at * dh;
+      } else {
+        const int64_t at = h * (s.out_capacity > 0 ? s.out_capacity : keep) + i;
+        kd = s.cache_k_out + at * dh;
+        vd = s.cache_v_out + at * dh;
+      }
       if (j < s.cached) {
-        std::memcpy(kd, s.cache_k + (h * s.cached + j) * dh, dh * sizeof(float));
-        std::memcpy(vd, s.cache_v + (h * s.cached + j) * dh, dh * sizeof(float));
+        std::memcpy(kd, CacheEntry(s.cache_k, s, h, j, dh), dh * sizeof(float));
+        std::memcpy(vd, CacheEntry(s.cache_v, s, h, j, dh), dh * sizeof(float));
       } else {
         const int64_t row = (s.begin * E + j - s.cached) * hd + h * dh;
         std::memcpy(kd, rotated_k + row, dh * sizeof(float));
@@ -118,11 +134,11 @@ void AttendRow(const WindowShape& sh, const float* angles, const float* q, const
     const float* q_plain = q + row + h * dh;
     Rotate(q_plain, cos, sin, half, q_rot);
     auto key = [&](int64_t j) {
-      return j < s.cached ? s.cache_k + (h * s.cached + j) * dh
+      return j < s.cached ? CacheEntry(s.cache_k, s, h, j, dh)
                           : rotated_k + (s.begin * E + j - s.cached) * hd + h * dh;
     };
     auto value = [&](int64_t j) {
-      return j < s.cached ? s.cache_v + (h * s.cached + j) * dh
+      return j < s.cached ? CacheEntry(s.cache_v, s, h, j, dh)
                           : v + (s.begin * E + j - s.cached) * hd + h * dh;
     };
     float max = -std::numeric_limits<float>::infinity();

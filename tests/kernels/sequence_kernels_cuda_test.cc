@@ -188,6 +188,60 @@ TEST(SequenceKernelsCuda, ConvAndAttentionMatchTheCpuAndAreBatchInvariant) {
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     EXPECT_EQ(dout1.Host(), std::vector<float>(out_gpu.begin() + shift, out_gpu.end()));
     EXPECT_EQ(dck1.Host(), dck_out.back()->Host());
+    // The same streams with their caches in rings updated in place (sequence_kernels.h): the
+    // packed call's bits, and the entries of the caches before the call untouched.
+    std::vector<std::unique_ptr<DeviceBuffer> > rk, rv;
+    std::vector<std::vector<float> > rk_before;
+    std::vector<int64_t> capacity, start;
+    std::vector<AttentionStream> rings = gpu;
+    for (size_t i = 0; i < cases.size(); ++i) {
+      const int64_t n = cases[i].cached * E, cap = n + cases[i].length * E + 1, from = cap / 2;
+      std::vector<float> hk(sh.heads * cap * sh.head_dim, NAN), hv = hk;
+      for (int64_t h = 0; h < sh.heads; ++h) {
+        for (int64_t j = 0; j < n; ++j) {
+          for (int64_t d = 0; d < sh.head_dim; ++d) {
+            const int64_t at = (h * cap + (from + j) % cap) * sh.head_dim + d;
+            hk[at] = ck[i][(h * n + j) * sh.head_dim + d];
+            hv[at] = cv[i][(h * n + j) * sh.head_dim + d];
+          }
+        }
+      }
+      rk.push_back(std::make_unique<DeviceBuffer>(hk));
+      rv.push_back(std::make_unique<DeviceBuffer>(hv));
+      rk_before.push_back(hk);
+      capacity.push_back(cap);
+      start.push_back(from);
+      rings[i].cache_k = rk[i]->ptr;
+      rings[i].cache_v = rv[i]->ptr;
+      rings[i].cache_capacity = cap;
+      rings[i].cache_start = from;
+      rings[i].cache_k_out = rings[i].cache_v_out = nullptr;
+      rings[i].in_place = true;
+    }
+    DeviceBuffer dout_ring(std::vector<float>(rows * hd));
+    ASSERT_EQ(RaggedWindowAttentionCuda(sh, dq.ptr, dk.ptr, dv.ptr, dpk.ptr, dpv.ptr, rings.data(),
+                                        static_cast<int64_t>(rings.size()), dout_ring.ptr, nullptr),
+              "");
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    EXPECT_EQ(dout_ring.Host(), out_gpu);
+    for (size_t i = 0; i < cases.size(); ++i) {
+      const int64_t n = cases[i].cached * E, cap = capacity[i];
+      const int64_t total = n + cases[i].length * E;
+      const int64_t keep = std::min<int64_t>(E * (sh.window - 1), total);
+      const std::vector<float> got = rk[i]->Host(), packed = dck_out[i]->Host();
+      for (int64_t h = 0; h < sh.heads; ++h) {
+        for (int64_t d = 0; d < sh.head_dim; ++d) {
+          for (int64_t e = 0; e < keep; ++e) {  // the cache after the call
+            const int64_t at = (h * cap + (start[i] + total - keep + e) % cap) * sh.head_dim + d;
+            EXPECT_EQ(got[at], packed[(h * keep + e) * sh.head_dim + d]);
+          }
+          for (int64_t j = 0; j < n; ++j) {  // the cache before the call
+            const int64_t at = (h * cap + (start[i] + j) % cap) * sh.head_dim + d;
+            EXPECT_EQ(got[at], rk_before[i][at]);
+          }
+        }
+      }
+    }
   }
 #endif
 }

@@ -259,6 +259,108 @@ TEST(RaggedWindowAttention, MatchesReferenceAndIsBatchAndSplitInvariantOnEveryIs
   }
 }
 
+// A cache [H, n, dh] laid into a ring of `capacity` entries from index `start` (other slots NaN),
+// and the packed cache of `count` entries read back from a ring at `start`.
+at::Tensor ToRing(const at::Tensor& packed, int64_t capacity, int64_t start) {
+  at::Tensor ring = at::full({packed.size(0), capacity, packed.size(2)}, std::nanf(""));
+  for (int64_t j = 0; j < packed.size(1); ++j)
+    ring.select(1, (start + j) % capacity).copy_(packed.select(1, j));
+  return ring;
+}
+at::Tensor FromRing(const at::Tensor& ring, int64_t start, int64_t count) {
+  std::vector<at::Tensor> entries;
+  for (int64_t j = 0; j < count; ++j) entries.push_back(ring.select(1, (start + j) % ring.size(1)));
+  return count == 0 ? ring.slice(1, 0, 0).clone() : at::stack(entries, 1);
+}
+
+// A ring cache read in place of a packed one, written to a ring, or updated in place, gives the
+// packed call's bits, on every ISA; an in-place update leaves the entries of the cache before the
+// call untouched (a shallow copy of the old state stays valid).
+TEST(RaggedWindowAttention, RingCachesGiveThePackedBitsOnEveryIsa) {
+  at::manual_seed(21);
+  for (const int E : {1, 2}) {
+    WindowShape sh;
+    sh.heads = 2;
+    sh.head_dim = 8;
+    sh.window = 6;
+    sh.persistent = 2;
+    sh.entries_per_token = E;
+    const int64_t hd = sh.heads * sh.head_dim;
+    const at::Tensor pk = at::randn({sh.heads, 2, sh.head_dim});
+    const at::Tensor pv = at::randn({sh.heads, 2, sh.head_dim});
+    for (auto [T, cached, position] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+             {1, 0, 0}, {1, 3, 3}, {1, 5, 77}, {2, 5, 90}, {4, 2, 2}, {9, 5, 40}}) {
+      const AttentionCase c{at::randn({T, hd}),
+                            at::randn({T * E, hd}),
+                            at::randn({T * E, hd}),
+                            at::randn({sh.heads, cached * E, sh.head_dim}),
+                            at::randn({sh.heads, cached * E, sh.head_dim}),
+                            position};
+      const int64_t n = cached * E, total = n + E * T;
+      const int64_t keep = std::min<int64_t>(E * (sh.window - 1), total);
+      for (const std::string& isa : Isas()) {
+        SCOPED_TRACE(isa + " E " + std::to_string(E) + " T " + std::to_string(T) + " cached " +
+                     std::to_string(cached));
+        const AttentionOut packed = RunAttention(isa, sh, {c}, pk, pv)[0];
+        // Rings just large enough for in place, and larger; starts that wrap.
+        for (const int64_t capacity : {total, total + 3}) {
+          for (const int64_t start : {int64_t{0}, capacity - 1, capacity / 2}) {
+            at::Tensor ring_k = ToRing(c.cache_k, capacity, start);
+            at::Tensor ring_v = ToRing(c.cache_v, capacity, start);
+            const at::Tensor before_k = ring_k.clone(), before_v = ring_v.clone();
+            AttentionStream s;
+            s.length = T;
+            s.position = position;
+            s.cache_k = ring_k.data_ptr<float>();
+            s.cache_v = ring_v.data_ptr<float>();
+            s.cached = n;
+            s.cache_capacity = capacity;
+            s.cache_start = start;
+            at::Tensor out = at::full_like(c.q, std::nanf(""));
+            auto run = [&]() {
+              out.fill_(std::nanf(""));
+              ASSERT_TRUE(RaggedWindowAttentionOnIsa(
+                  isa, sh, c.q.data_ptr<float>(), c.k.data_ptr<float>(), c.v.data_ptr<float>(),
+                  pk.data_ptr<float>(), pv.data_ptr<float>(), &s, 1, out.data_ptr<float>()));
+            };
+            // Ring in, packed out.
+            at::Tensor ok = at::full({sh.heads, keep, sh.head_dim}, std::nanf(""));
+            at::Tensor ov = at::full({sh.heads, keep, sh.head_dim}, std::nanf(""));
+            s.cache_k_out = ok.data_ptr<float>();
+            s.cache_v_out = ov.data_ptr<float>();
+            run();
+            EXPECT_TRUE(SameBits(out, packed.out));
+            EXPECT_TRUE(SameBits(ok, packed.cache_k));
+            EXPECT_TRUE(SameBits(ov, packed.cache_v));
+            // Ring in, ring out (from index 0).
+            const int64_t out_capacity = keep + 2;
+            at::Tensor rk = at::full({sh.heads, out_capacity, sh.head_dim}, std::nanf(""));
+            at::Tensor rv = at::full({sh.heads, out_capacity, sh.head_dim}, std::nanf(""));
+            s.cache_k_out = rk.data_ptr<float>();
+            s.cache_v_out = rv.data_ptr<float>();
+            s.out_capacity = out_capacity;
+            run();
+            EXPECT_TRUE(SameBits(out, packed.out));
+            EXPECT_TRUE(SameBits(FromRing(rk, 0, keep), packed.cache_k));
+            EXPECT_TRUE(SameBits(FromRing(rv, 0, keep), packed.cache_v));
+            // In place.
+            s.cache_k_out = s.cache_v_out = nullptr;
+            s.out_capacity = 0;
+            s.in_place = true;
+            run();
+            EXPECT_TRUE(SameBits(out, packed.out));
+            const int64_t new_start = (start + total - keep) % capacity;
+            EXPECT_TRUE(SameBits(FromRing(ring_k, new_start, keep), packed.cache_k));
+            EXPECT_TRUE(SameBits(FromRing(ring_v, new_start, keep), packed.cache_v));
+            EXPECT_TRUE(SameBits(FromRing(ring_k, start, n), FromRing(before_k, start, n)));
+            EXPECT_TRUE(SameBits(FromRing(ring_v, start, n), FromRing(before_v, start, n)));
+          }
+        }
+      }
+    }
+  }
+}
+
 // Calls large enough to run on the thread pool give the same bits as one thread on the ISA the
 // public entry points choose (the first this CPU has of avx512, avx2, generic).
 TEST(SequenceKernels, ThreadedCallsMatchOneThread) {
