@@ -131,11 +131,27 @@ absl::StatusOr<RecallResult> RecallAccuracy(const TitansModel& model, const std:
       predicted.push_back(state.last_logits.argmax(-1).item<int64_t>());
       hit.push_back(predicted.back() == tokens[answer]);
     }
+    // Where each asked fact was stated: the statement is pairs of 8 bytes ("kqz=47, ") from 0.
+    std::vector<int64_t> stated_index;
+    for (size_t f = 0; f < task.answers.size(); f += 2) {
+      const std::string name = task.text.substr(static_cast<size_t>(task.answers[f] - 4), 4);
+      stated_index.push_back(static_cast<int64_t>(task.text.find(name)) / 8);
+    }
+    const auto stated_first_digit = [&](int64_t index) -> int64_t {
+      return index < 0 || index >= pairs ? -1 : tokens[static_cast<size_t>(8 * index + 4)];
+    };
     // Answers come in pairs of digits, one pair per fact.
     for (size_t f = 0; f + 1 < hit.size(); f += 2) {
       ++result.facts;
       result.facts_correct += hit[f] && hit[f + 1];
       result.first_digits_correct += hit[f];
+      const size_t question = f / 2;
+      if (result.asked_by_question.size() <= question) {
+        result.asked_by_question.resize(question + 1, 0);
+        result.first_digits_correct_by_question.resize(question + 1, 0);
+      }
+      ++result.asked_by_question[question];
+      result.first_digits_correct_by_question[question] += hit[f];
       if (hit[f]) continue;
       const int64_t right = tokens[task.answers[f]];
       std::set<int64_t> others;  // other facts' first digits, less the right one
@@ -144,6 +160,19 @@ absl::StatusOr<RecallResult> RecallAccuracy(const TitansModel& model, const std:
       }
       result.first_digits_of_other_facts += others.count(predicted[f]) > 0;
       result.first_digits_of_other_facts_by_chance += static_cast<double>(others.size()) / 9;
+      const auto tally = [&](int64_t candidate, RecallResult::Neighbour* n) {
+        if (candidate < 0 || candidate == right) return;
+        n->hits += predicted[f] == candidate;
+        n->by_chance += 1.0 / 9;
+      };
+      const int64_t asked = stated_index[f / 2];
+      tally(stated_first_digit(asked - 1), &result.stated_before);
+      tally(stated_first_digit(asked + 1), &result.stated_after);
+      if (f >= 2) {
+        const int64_t previous = stated_index[f / 2 - 1];
+        tally(stated_first_digit(previous), &result.last_answer);
+        tally(stated_first_digit(previous + 1), &result.after_last_answer);
+      }
     }
     ++result.trials;
   }

@@ -63,6 +63,20 @@ struct RecallResult {
   // wrong answers of (other facts' distinct first digits, less the right one) / 9.
   int first_digits_of_other_facts = 0;
   double first_digits_of_other_facts_by_chance = 0;
+  // Which other fact a wrong first digit belongs to, each against chance (1/9 per wrong answer
+  // where that fact exists and its first digit differs from the right one). The neighbours are
+  // in the order the facts were stated; "last answer" is the fact asked just before this one,
+  // and "after last answer" the fact stated right after that one (a read that follows the
+  // statement's sequence from the previous answer instead of addressing by the asked name).
+  struct Neighbour {
+    int hits = 0;
+    double by_chance = 0;
+  };
+  Neighbour stated_before, stated_after, last_answer, after_last_answer;
+  // First digits right by the order the facts were asked in (index 0: the first question, read
+  // before any answer was written back into the memory), and how many were asked at each.
+  std::vector<int> first_digits_correct_by_question;
+  std::vector<int> asked_by_question;
   double accuracy() const { return facts ? static_cast<double>(facts_correct) / facts : 0; }
 };
 

@@ -223,6 +223,20 @@ int main(int argc, char** argv) {
                         " wrong, another fact's first digit ", r->first_digits_of_other_facts, " (",
                         absl::SixDigits(r->first_digits_of_other_facts_by_chance),
                         " if wrong digits were uniform)\n");
+        const auto neighbour = [](const char* what, const titans::RecallResult::Neighbour& n) {
+          return absl::StrCat(what, " ", n.hits, " (", absl::SixDigits(n.by_chance), ")");
+        };
+        absl::StrAppend(&errors, "  of them the fact stated ",
+                        neighbour("before", r->stated_before), ", ",
+                        neighbour("after", r->stated_after), "; the previous question's ",
+                        neighbour("answer", r->last_answer), ", ",
+                        neighbour("the fact stated after it", r->after_last_answer), "\n");
+        absl::StrAppend(&errors, "  first digits right by question:");
+        for (size_t q = 0; q < r->asked_by_question.size(); ++q) {
+          absl::StrAppend(&errors, " ", r->first_digits_correct_by_question[q], "/",
+                          r->asked_by_question[q]);
+        }
+        absl::StrAppend(&errors, "\n");
       }
       std::printf("\n");
     }

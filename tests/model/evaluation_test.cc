@@ -4,9 +4,11 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <set>
+#include <vector>
 
 #include "model/trainer.h"
 #include "tests/model/model_test_util.h"
@@ -93,8 +95,13 @@ TEST(RecallAccuracy, CountsEveryFactAndMatchesAOnePassRead) {
   EXPECT_EQ(r->filler_bytes, kGap);
   // The same tasks, drawn from the same seed as the harness draws them.
   std::mt19937_64 rng(5);
+  std::vector<int> right_by_question(kPairs, 0);
   int expected = 0, first_right = 0, other_fact = 0;
   double by_chance = 0;
+  // Wrong first digits by where their fact was stated: before / after the asked one, the previous
+  // question's fact, and the fact stated after that one.
+  int neighbour_hits[4] = {0, 0, 0, 0};
+  double neighbour_chance[4] = {0, 0, 0, 0};
   for (int t = 0; t < kTrials; ++t) {
     RecallTask task = MakeRecallTask(filler, kGap + 16 + 16 * kPairs, kGap, &rng);
     ASSERT_EQ(task.answers.size(), 2u * kPairs);
@@ -106,11 +113,25 @@ TEST(RecallAccuracy, CountsEveryFactAndMatchesAOnePassRead) {
     auto logits = model->Forward(&state, at::tensor(ids).unsqueeze(0), LogitsMode::kAll);
     ASSERT_TRUE(logits.ok());
     at::Tensor best = logits->squeeze(0).argmax(-1);
+    // The statement, "name=vv, " kPairs times: each name's first value digit, in stated order.
+    std::vector<std::string> names;
+    std::vector<int64_t> stated_digit;
+    for (int p = 0; p < kPairs; ++p) {
+      const std::string pair = task.text.substr(static_cast<size_t>(8 * p), 8);
+      ASSERT_EQ(pair.substr(3, 1), "=");
+      names.push_back(pair.substr(0, 3));
+      stated_digit.push_back((*tokens)[static_cast<size_t>(8 * p + 4)]);
+    }
+    const auto index_of = [&](int64_t answer) {
+      const std::string name = task.text.substr(static_cast<size_t>(answer - 4), 3);
+      return static_cast<int>(std::find(names.begin(), names.end(), name) - names.begin());
+    };
     for (size_t f = 0; f < task.answers.size(); f += 2) {
       const int64_t a = task.answers[f], b = task.answers[f + 1];
       const int64_t first = best[a - 1].item<int64_t>();
       expected += first == (*tokens)[a] && best[b - 1].item<int64_t>() == (*tokens)[b];
       first_right += first == (*tokens)[a];
+      right_by_question[f / 2] += first == (*tokens)[a];
       if (first == (*tokens)[a]) continue;
       std::set<int64_t> others;
       for (size_t g = 0; g < task.answers.size(); g += 2) {
@@ -120,12 +141,31 @@ TEST(RecallAccuracy, CountsEveryFactAndMatchesAOnePassRead) {
       }
       other_fact += others.count(first) > 0;
       by_chance += static_cast<double>(others.size()) / 9;
+      const int asked = index_of(a);
+      const int previous = f >= 2 ? index_of(task.answers[f - 2]) : -100;
+      const int candidates[4] = {asked - 1, asked + 1, previous, previous + 1};
+      for (int c = 0; c < 4; ++c) {
+        const int i = candidates[c];
+        if (i < 0 || i >= kPairs || stated_digit[static_cast<size_t>(i)] == (*tokens)[a]) continue;
+        neighbour_hits[c] += first == stated_digit[static_cast<size_t>(i)];
+        neighbour_chance[c] += 1.0 / 9;
+      }
     }
   }
   EXPECT_EQ(r->facts_correct, expected);
   EXPECT_EQ(r->first_digits_correct, first_right);
   EXPECT_EQ(r->first_digits_of_other_facts, other_fact);
   EXPECT_NEAR(r->first_digits_of_other_facts_by_chance, by_chance, 1e-9);
+  const RecallResult::Neighbour* neighbours[4] = {&r->stated_before, &r->stated_after,
+                                                  &r->last_answer, &r->after_last_answer};
+  for (int c = 0; c < 4; ++c) {
+    EXPECT_EQ(neighbours[c]->hits, neighbour_hits[c]) << c;
+    EXPECT_NEAR(neighbours[c]->by_chance, neighbour_chance[c], 1e-9) << c;
+  }
+  EXPECT_EQ(r->first_digits_correct_by_question, right_by_question);
+  EXPECT_EQ(r->asked_by_question, std::vector<int>(kPairs, kTrials));
+  // Some wrong answers were made, so the counters were exercised (an untrained model).
+  EXPECT_GT(neighbour_chance[1], 0);
   EXPECT_LE(r->facts_correct, r->first_digits_correct);
   EXPECT_EQ(RecallAccuracy(*model, filler, 0, kGap, 1, 5).status().code(),
             absl::StatusCode::kInvalidArgument);
