@@ -129,6 +129,36 @@ SessionState NewSessionState(const ModelConfig& c, const ModelParams& params, in
   return s;
 }
 
+void MaterializeCache(LayerState* L) {
+  if (!CacheIsRing(*L)) return;
+  const int64_t capacity = L->attn_k.size(2);
+  const at::Tensor index =
+      (at::arange(L->attn_start, L->attn_start + L->attn_count,
+                  at::TensorOptions().dtype(at::kLong).device(L->attn_k.device())) %
+       capacity);
+  L->attn_k = L->attn_k.index_select(2, index);
+  L->attn_v = L->attn_v.index_select(2, index);
+  L->attn_start = -1;
+  L->attn_count = 0;
+  L->attn_room = 0;
+}
+
+void GrantRingRoom(SessionState* copy) {
+  for (LayerState& L : copy->layers) {
+    // The source state and its working copy share each buffer's TensorImpl (use_count 2); any
+    // other holder (a snapshot, a fork, a rollback copy) or a view of the storage makes it more.
+    const bool unshared = CacheIsRing(L) && !L.attn_k.is_same(L.attn_v) &&
+                          L.attn_k.use_count() == 2 && L.attn_v.use_count() == 2 &&
+                          L.attn_k.storage().use_count() == 1 &&
+                          L.attn_v.storage().use_count() == 1;
+    L.attn_room = unshared ? L.attn_k.size(2) - L.attn_count : 0;
+  }
+}
+
+void RevokeRingRoom(SessionState* state) {
+  for (LayerState& L : state->layers) L.attn_room = 0;
+}
+
 namespace {
 
 // Calls fn(tensor) for every tensor a state holds (State: SessionState or const SessionState),
@@ -162,7 +192,16 @@ int64_t StateBytes(const SessionState& state) {
   ForEachStateTensor(state, [&](const at::Tensor& t) {
     if (t.defined()) bytes += t.numel() * static_cast<int64_t>(t.element_size());
   });
-  for (const LayerState& L : state.layers) bytes += PendingBytes(L.memory);
+  for (const LayerState& L : state.layers) {
+    bytes += PendingBytes(L.memory);
+    // A ring counts its entries, as the tensor form does: the same state has the same size in
+    // either form (the ring's free slots are the forward pass's working room).
+    if (CacheIsRing(L)) {
+      const int64_t free_slots = L.attn_k.size(2) - L.attn_count;
+      bytes -= 2 * free_slots * (L.attn_k.numel() / L.attn_k.size(2)) *
+               static_cast<int64_t>(L.attn_k.element_size());
+    }
+  }
   return bytes;
 }
 
@@ -204,7 +243,10 @@ absl::Status ValidateSessionState(const ModelConfig& config, const SessionState&
                                                    " layers, the model has ", config.num_layers));
   }
   SessionState copy = state;  // StateSlots resizes vectors; keep the caller's state untouched
-  for (LayerState& L : copy.layers) MaterializePending(&L.memory);
+  for (LayerState& L : copy.layers) {
+    MaterializePending(&L.memory);
+    MaterializeCache(&L);
+  }
   for (const StateSlot& slot : StateSlots(config, state.batch(), &copy)) {
     const at::Tensor& t = *slot.tensor;
     if (!t.defined()) return absl::InvalidArgumentError("session state: missing " + slot.name);
@@ -224,7 +266,10 @@ absl::StatusOr<std::string> SerializeSessionState(const ModelConfig& config,
     return absl::InvalidArgumentError("session state: only batch-1 states can be serialised");
   }
   SessionState copy = state;
-  for (LayerState& L : copy.layers) MaterializePending(&L.memory);
+  for (LayerState& L : copy.layers) {
+    MaterializePending(&L.memory);
+    MaterializeCache(&L);
+  }
   TITANS_RETURN_IF_ERROR(ValidateSessionState(config, copy));
   std::vector<std::pair<std::string, at::Tensor>> tensors;
   for (const StateSlot& slot : StateSlots(config, 1, &copy)) {

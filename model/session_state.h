@@ -34,7 +34,28 @@ struct LayerState {
   at::Tensor q_tail, k_tail, v_tail;        // [B, K-1, H*dh] conv inputs of the last tokens
   at::Tensor retrieval_tail;                // MAC: [B, K-1, H*dh]
   at::Tensor attn_k, attn_v;                // [B, H, n, dh] rotated keys / values in the cache
+  // The window attention's cache in ring form (MAG / MAL / SWA on the sequence kernels): attn_k
+  // and attn_v are [B, H, capacity, dh] buffers holding attn_count entries from index
+  // attn_start on (mod capacity), oldest first. attn_start < 0: the tensor form above. A forward
+  // pass only ever writes a ring's free slots, never an entry a state holds, so a copy of the
+  // state stays valid; and it writes in place only where attn_room says no other state holds
+  // the slots (otherwise it writes a fresh ring).
+  int64_t attn_start = -1;
+  int64_t attn_count = 0;
+  // Free ring slots the forward pass in progress may still write in place: set on its working
+  // copy (whose source state it replaces on success) to the slots neither holds when nothing
+  // else holds the ring, and spent as it writes them; 0 on every stored state.
+  int64_t attn_room = 0;
 };
+
+// Whether the layer's attention cache is in ring form, and how many entries it holds.
+inline bool CacheIsRing(const LayerState& L) { return L.attn_start >= 0; }
+inline int64_t CachedEntries(const LayerState& L) {
+  return CacheIsRing(L) ? L.attn_count : (L.attn_k.defined() ? L.attn_k.size(2) : 0);
+}
+// Puts a ring-form cache into the tensor form (a copy of its entries, oldest first, exact bits);
+// a no-op for the tensor form.
+void MaterializeCache(LayerState* L);
 
 struct SessionState {
   int64_t position = 0;  // tokens consumed so far, at most kMaxPosition
@@ -50,12 +71,19 @@ struct SessionState {
   int64_t batch() const { return last_logits.size(0); }
 };
 
+// Gives every ring of `copy`, a forward pass's working copy of a state made just before, the
+// room it may write in place: the ring's free slots when no state but the copy and its source
+// holds the ring's buffers (a snapshot, fork or rollback copy makes them shared), else none.
+void GrantRingRoom(SessionState* copy);
+// Sets every ring's room back to 0 (before a working copy is stored).
+void RevokeRingRoom(SessionState* state);
+
 // A fresh state for `batch` sequences at position 0, with memory weights Phi_init. With
 // track_grad the initial weights stay attached to `params` (training); otherwise detached.
 SessionState NewSessionState(const ModelConfig& config, const ModelParams& params, int64_t batch,
                              bool track_grad);
 
-// Bytes held by the state's tensors.
+// Bytes held by the state's tensors (a ring-form cache counts its entries, not its free slots).
 int64_t StateBytes(const SessionState& state);
 
 // Gives every tensor of `state` storage of its own size where it is a small view of a much larger

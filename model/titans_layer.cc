@@ -152,6 +152,7 @@ at::Tensor SlidingWindowHeads(const ModelConfig& c, LayerState* st, const at::Te
   at::Tensor q = Rotary(q_plain, position, rope);
   at::Tensor k = Rotary(SplitHeads(kx, H), position, rope);
   at::Tensor v = SplitHeads(vx, H);
+  MaterializeCache(st);  // a ring from the sequence kernels, read here in the tensor form
   const int64_t cached = st->attn_k.size(2);
   at::Tensor keys = at::cat({st->attn_k, k}, 2);  // positions position-cached .. position+T-1
   at::Tensor values = at::cat({st->attn_v, v}, 2);
@@ -187,6 +188,7 @@ at::Tensor SegmentHeads(const ModelConfig& c, const AttentionParams& a, LayerSta
   auto interleave = [](const at::Tensor& a, const at::Tensor& b) {  // [B,H,T,dh] x2 -> [B,H,2T,dh]
     return at::stack({a, b}, 3).reshape({a.size(0), a.size(1), 2 * a.size(2), a.size(3)});
   };
+  MaterializeCache(st);
   const int64_t cached = st->attn_k.size(2);
   st->attn_k = at::cat({st->attn_k, interleave(kh, kx)}, 2);
   st->attn_v = at::cat({st->attn_v, interleave(vh, vx)}, 2);
@@ -198,18 +200,32 @@ at::Tensor SegmentHeads(const ModelConfig& c, const AttentionParams& a, LayerSta
   return MergeHeads(Attend(q_plain, q, pk, pv, keys, values, visible));
 }
 
+// Free slots a window attention ring keeps beyond its window, in tokens: a decode step (one
+// token) and a short append of up to this many tokens write their entries in place; a longer
+// one writes a fresh ring. Costs 16 / 63 more cache memory for the default model's window 64.
+constexpr int64_t kRingSpareTokens = 16;
+
+// AttendSlices' view of one slice's cache: the cache read (kept alive through the call), the
+// cache written (undefined when written in place), and the ring start and entry count after it.
+struct SliceCache {
+  at::Tensor old_k, old_v, new_k, new_v;
+  int64_t start = -1, count = 0;
+};
+
 // The attention of every slice in one kernel call (kernels/sequence_kernels.h): each token's work
 // in an order fixed by its position, so a session's bits do not depend on the batch or on how its
 // stream was split. q, k, v: [B, T, H*dh] projections, except that k and v hold E rows per token
 // (entry e of token t at row t * E + e); `position_of(slice)` is the rotary position of a slice's
-// first token (the absolute one, or MAC's offset in its segment). Each slice's cache
-// (attn_k / attn_v, [B, H, cached entries, dh]) is replaced by the cache after its tokens.
+// first token (the absolute one, or MAC's offset in its segment). Each slice's cache (attn_k /
+// attn_v) is replaced by the cache after its tokens: in the tensor form ([B, H, entries, dh]),
+// or with `ring` in ring form (session_state.h), written in place where the slice's attn_room
+// allows and into a fresh ring otherwise.
 // Returns the merged heads [B, T, H*dh] (before wo).
 template <typename PositionOf>
 at::Tensor AttendSlices(const ModelConfig& c, const std::vector<StreamSlice>& slices,
-                        kernels::WindowShape shape, const at::Tensor& qx, const at::Tensor& kx,
-                        const at::Tensor& vx, const at::Tensor& pk, const at::Tensor& pv,
-                        SequenceKernels where, PositionOf position_of) {
+                        kernels::WindowShape shape, bool ring, const at::Tensor& qx,
+                        const at::Tensor& kx, const at::Tensor& vx, const at::Tensor& pk,
+                        const at::Tensor& pv, SequenceKernels where, PositionOf position_of) {
   const int64_t B = qx.size(0), T = qx.size(1), H = c.num_heads, dh = c.head_dim;
   const int64_t E = shape.entries_per_token;
   shape.heads = static_cast<int>(H);
@@ -219,26 +235,51 @@ at::Tensor AttendSlices(const ModelConfig& c, const std::vector<StreamSlice>& sl
   const at::Tensor pkc = pk.defined() ? pk.select(0, 0).contiguous() : at::Tensor();
   const at::Tensor pvc = pv.defined() ? pv.select(0, 0).contiguous() : at::Tensor();
   at::Tensor heads = at::empty_like(qx);
-  std::vector<at::Tensor> old_k, old_v, new_k, new_v;  // keep the old caches alive
+  std::vector<SliceCache> caches(slices.size());
   std::vector<kernels::AttentionStream> streams;
-  for (const StreamSlice& s : slices) {
+  const int64_t most = E * (shape.window - 1);
+  for (size_t i = 0; i < slices.size(); ++i) {
+    const StreamSlice& s = slices[i];
     LayerState* st = s.state;
-    old_k.push_back(st->attn_k.contiguous());  // [B, H, cached, dh]
-    old_v.push_back(st->attn_v.contiguous());
-    const int64_t cached = old_k.back().size(2);
-    const int64_t keep = std::min<int64_t>(E * (shape.window - 1), cached + E * s.length);
-    new_k.push_back(at::empty({B, H, keep, dh}, qx.options()));
-    new_v.push_back(at::empty({B, H, keep, dh}, qx.options()));
+    if (!ring) MaterializeCache(st);
+    SliceCache& cache = caches[i];
+    const bool is_ring = CacheIsRing(*st);
+    const int64_t cached = CachedEntries(*st), added = E * s.length;
+    const int64_t keep = std::min<int64_t>(most, cached + added);
+    cache.old_k = is_ring ? st->attn_k : st->attn_k.contiguous();  // rings are contiguous
+    cache.old_v = is_ring ? st->attn_v : st->attn_v.contiguous();
+    const int64_t capacity = cache.old_k.size(2);  // a ring's slots, or the tensor form's entries
+    const bool in_place = is_ring && added <= st->attn_room;
+    int64_t out_capacity = 0;
+    if (in_place) {
+      st->attn_room -= added;
+      cache.start = (st->attn_start + cached + added - keep) % capacity;
+    } else {
+      out_capacity = ring ? most + E * kRingSpareTokens : keep;
+      cache.new_k = at::empty({B, H, out_capacity, dh}, qx.options());
+      cache.new_v = at::empty({B, H, out_capacity, dh}, qx.options());
+      cache.start = ring ? 0 : -1;
+    }
+    cache.count = keep;
     for (int64_t b = 0; b < B; ++b) {
       kernels::AttentionStream a_s;
       a_s.begin = b * T + s.begin;
       a_s.length = s.length;
       a_s.position = position_of(s);
-      a_s.cache_k = old_k.back().data_ptr<float>() + b * H * cached * dh;
-      a_s.cache_v = old_v.back().data_ptr<float>() + b * H * cached * dh;
+      a_s.cache_k = cache.old_k.data_ptr<float>() + b * H * capacity * dh;
+      a_s.cache_v = cache.old_v.data_ptr<float>() + b * H * capacity * dh;
       a_s.cached = cached;
-      a_s.cache_k_out = new_k.back().data_ptr<float>() + b * H * keep * dh;
-      a_s.cache_v_out = new_v.back().data_ptr<float>() + b * H * keep * dh;
+      if (is_ring) {
+        a_s.cache_capacity = capacity;
+        a_s.cache_start = st->attn_start;
+      }
+      if (in_place) {
+        a_s.in_place = true;
+      } else {
+        a_s.cache_k_out = cache.new_k.data_ptr<float>() + b * H * out_capacity * dh;
+        a_s.cache_v_out = cache.new_v.data_ptr<float>() + b * H * out_capacity * dh;
+        if (ring) a_s.out_capacity = out_capacity;
+      }
       streams.push_back(a_s);
     }
   }
@@ -257,8 +298,16 @@ at::Tensor AttendSlices(const ModelConfig& c, const std::vector<StreamSlice>& sl
     TORCH_CHECK(error.empty(), error);
   }
   for (size_t i = 0; i < slices.size(); ++i) {
-    slices[i].state->attn_k = std::move(new_k[i]);
-    slices[i].state->attn_v = std::move(new_v[i]);
+    LayerState* st = slices[i].state;
+    SliceCache& cache = caches[i];
+    if (cache.new_k.defined()) {
+      st->attn_k = std::move(cache.new_k);
+      st->attn_v = std::move(cache.new_v);
+      // A fresh ring is this pass's own: its free slots are room.
+      st->attn_room = ring ? st->attn_k.size(2) - cache.count : 0;
+    }
+    st->attn_start = cache.start;
+    st->attn_count = ring ? cache.count : 0;
   }
   return heads;
 }
@@ -283,7 +332,7 @@ at::Tensor WindowAttention(const ModelConfig& c, const AttentionParams& a,
   kernels::WindowShape shape;
   shape.window = static_cast<int>(c.attention.window);
   shape.entries_per_token = 1;
-  return Linear(AttendSlices(c, slices, shape, qx, kx, vx, pk, pv, where,
+  return Linear(AttendSlices(c, slices, shape, /*ring=*/true, qx, kx, vx, pk, pv, where,
                              [](const StreamSlice& s) { return s.position; }),
                 a.wo);
 }
@@ -336,6 +385,7 @@ at::Tensor ReadSegmentMemory(const ModelConfig& c, const std::vector<StreamSlice
 // memory's chunk-start weights are Phi at the segment start. The attention cache resets.
 void StartSegment(LayerState* st) {
   if (!st->segment_weights.empty()) st->segment_weights = st->memory.weights;
+  MaterializeCache(st);
   st->attn_k = st->attn_k.slice(2, 0, 0);
   st->attn_v = st->attn_v.slice(2, 0, 0);
 }
@@ -384,7 +434,7 @@ at::Tensor MacMixer(const ModelConfig& c, const LayerParams& p,
     kernels::WindowShape shape;
     shape.window = static_cast<int>(C);  // a segment's tokens all see each other causally
     shape.entries_per_token = 2;
-    heads = AttendSlices(c, slices, shape, qx, k, v, pk, pv, where,
+    heads = AttendSlices(c, slices, shape, /*ring=*/false, qx, k, v, pk, pv, where,
                          [C](const StreamSlice& s) { return s.position % C; });
   }
   at::Tensor y = Linear(heads, p.attn.wo);

@@ -255,7 +255,10 @@ absl::Status TitansModel::ForwardMany(const std::vector<SessionState*>& states,
   try {
     std::vector<SessionState> next;
     next.reserve(states.size());
-    for (SessionState* s : states) next.push_back(*s);  // shallow; committed at the end
+    for (SessionState* s : states) {
+      next.push_back(*s);  // shallow; committed at the end
+      GrantRingRoom(&next.back());
+    }
     std::vector<int64_t> done(states.size(), 0);
     // A session that would pass the longest supported stream is refused alone (OUT_OF_RANGE).
     std::vector<absl::Status> result(states.size());
@@ -317,6 +320,7 @@ absl::Status TitansModel::ForwardMany(const std::vector<SessionState*>& states,
     for (size_t i = 0; i < states.size(); ++i) {
       if (!result[i].ok()) continue;
       AppendRecent(&next[i], tokens[i].data(), static_cast<int64_t>(tokens[i].size()));
+      RevokeRingRoom(&next[i]);
       CompactSessionState(&next[i], /*keep_logits=*/true);
       *states[i] = std::move(next[i]);
     }
@@ -352,7 +356,9 @@ absl::StatusOr<at::Tensor> TitansModel::Forward(SessionState* state, const at::T
                                                      " is outside the vocabulary [0, ",
                                                      config_.vocab_size, ")"));
     }
-    SessionState next = *state;  // shallow: the model never writes into state tensors
+    // Shallow: the model writes no tensor entry a state holds (rings only in free slots).
+    SessionState next = *state;
+    GrantRingRoom(&next);
     at::Tensor on_device = tokens.to(device_);
     std::vector<at::Tensor> outputs;
     int64_t begin = 0;
@@ -371,6 +377,7 @@ absl::StatusOr<at::Tensor> TitansModel::Forward(SessionState* state, const at::T
     if (!at::isfinite(next.last_logits).all().item<bool>()) return NonFinite();
     at::Tensor cpu_tokens = tokens.select(0, 0).to(at::kCPU).contiguous();
     AppendRecent(&next, cpu_tokens.data_ptr<int64_t>(), T);
+    RevokeRingRoom(&next);
     // An idle session keeps nothing alive beyond its state (training keeps its graph instead).
     if (!at::GradMode::is_enabled()) CompactSessionState(&next);
     *state = std::move(next);

@@ -86,9 +86,12 @@ inline void ForEachStateTensor(
       fn(pre + "v_tail", x.v_tail, y.v_tail);
     }
     if (x.retrieval_tail.defined()) fn(pre + "retrieval_tail", x.retrieval_tail, y.retrieval_tail);
-    if (x.attn_k.defined()) {
-      fn(pre + "attn_k", x.attn_k, y.attn_k);
-      fn(pre + "attn_v", x.attn_v, y.attn_v);
+    if (x.attn_k.defined()) {  // the cache's entries, whether in ring or tensor form
+      LayerState cx = x, cy = y;
+      MaterializeCache(&cx);
+      MaterializeCache(&cy);
+      fn(pre + "attn_k", cx.attn_k, cy.attn_k);
+      fn(pre + "attn_v", cx.attn_v, cy.attn_v);
     }
   }
   fn("last_logits", a.last_logits, b.last_logits);

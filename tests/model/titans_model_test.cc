@@ -368,6 +368,78 @@ TEST(ForwardMany, InPlacePendingRowsLeaveCopiesIntact) {
   }
 }
 
+// The window attention's cache in ring form (session_state.h): a state that nothing else holds
+// takes its next tokens into the ring's free slots in place; a state with a copy writes a fresh
+// ring, and the copy continues exactly; a step that fails after writing in place leaves the
+// state exactly as it was.
+TEST(ForwardMany, RingCachesWriteInPlaceAndLeaveCopiesIntact) {
+  const double tolerance = BatchInvariantCpuKernels() ? 0.0 : 2e-4;
+  for (Variant v : {Variant::kMAG, Variant::kMAL, Variant::kSWA}) {
+    auto model = MakeModel(TinyConfig(v, 2, 4), 33);
+    at::NoGradGuard no_grad;
+    const at::Tensor a = RandomTokens(1, 20, 34), b = RandomTokens(1, 1, 35),
+                     c = RandomTokens(1, 3, 36);
+    SessionState live = model->NewState();
+    ASSERT_TRUE(model->Forward(&live, a).ok());  // past the window of 8: a full cache
+    const LayerState& l0 = live.layers[0];
+    ASSERT_TRUE(CacheIsRing(l0)) << Name(v);
+    EXPECT_EQ(CachedEntries(l0), 7);
+    EXPECT_EQ(l0.attn_room, 0) << Name(v) << ": a stored state has no room";
+    const void* ring = l0.attn_k.data_ptr();
+    ASSERT_TRUE(model->Forward(&live, b).ok());
+    EXPECT_EQ(live.layers[0].attn_k.data_ptr(), ring) << Name(v) << ": not written in place";
+    EXPECT_EQ(CachedEntries(live.layers[0]), 7);
+
+    const SessionState copy = live;  // a snapshot: the next step must not touch its ring
+    ASSERT_TRUE(model->Forward(&live, b).ok());
+    EXPECT_NE(live.layers[0].attn_k.data_ptr(), ring) << Name(v) << ": wrote a shared ring";
+    const void* own = live.layers[0].attn_k.data_ptr();
+    ASSERT_TRUE(model->Forward(&live, c).ok());
+    EXPECT_EQ(live.layers[0].attn_k.data_ptr(), own) << Name(v);
+    // Decode steps well past the ring's free slots: in place throughout (the slots that drop
+    // out of the window are reused).
+    const at::Tensor decode = RandomTokens(1, 40, 37);
+    for (int64_t t = 0; t < decode.size(1); ++t) {
+      ASSERT_TRUE(model->Forward(&live, decode.slice(1, t, t + 1)).ok());
+    }
+    EXPECT_EQ(live.layers[0].attn_k.data_ptr(), own) << Name(v);
+
+    // The same histories computed in states of their own.
+    SessionState fresh_copy = model->NewState(), fresh_live = model->NewState();
+    for (const at::Tensor& t : {a, b}) ASSERT_TRUE(model->Forward(&fresh_copy, t).ok());
+    for (const at::Tensor& t : {a, b, b, c, decode}) {
+      ASSERT_TRUE(model->Forward(&fresh_live, t).ok());
+    }
+    EXPECT_LE(MaxStateDiff(copy, fresh_copy), tolerance) << Name(v) << ": the copy changed";
+    EXPECT_LE(MaxStateDiff(live, fresh_live), tolerance) << Name(v);
+    SessionState branch = copy;
+    ASSERT_TRUE(model->Forward(&branch, c).ok());
+    ASSERT_TRUE(model->Forward(&fresh_copy, c).ok());
+    EXPECT_LE(MaxStateDiff(branch, fresh_copy), tolerance) << Name(v);
+
+    // A step that writes in place and then fails (non-finite logits) changes nothing.
+    SessionState broken = model->NewState();
+    ASSERT_TRUE(model->Forward(&broken, a).ok());
+    broken.last_logits = at::zeros_like(broken.last_logits);
+    at::Tensor& w = v == Variant::kSWA ? broken.last_logits : broken.layers[1].memory.weights[0];
+    if (v != Variant::kSWA) w = at::full_like(w, NAN);
+    const auto before = SerializeSessionState(model->config(), broken, model->fingerprint());
+    ASSERT_TRUE(before.ok()) << before.status();
+    if (v == Variant::kSWA) continue;  // no memory weights to poison
+    const void* broken_ring = broken.layers[0].attn_k.data_ptr();
+    std::vector<absl::Status> statuses;
+    const int64_t id = b.data_ptr<int64_t>()[0];
+    ASSERT_TRUE(model->ForwardMany({&broken}, {{id}}, &statuses).ok());
+    EXPECT_EQ(statuses[0].code(), absl::StatusCode::kInternal) << Name(v);
+    EXPECT_EQ(broken.layers[0].attn_k.data_ptr(), broken_ring);
+    const auto after = SerializeSessionState(model->config(), broken, model->fingerprint());
+    ASSERT_TRUE(after.ok());
+    EXPECT_TRUE(*after == *before) << Name(v) << ": a failed step changed the state";
+    // The failed step did write its entry into the ring's free slot (in place): only the entries
+    // the state holds are unchanged.
+  }
+}
+
 // Split invariance in fp32 (issue 20): the same stream appended in one call or in random pieces,
 // through Forward or through ForwardMany beside another session that is at a different position,
 // gives the same logits at every token and the same state: bit for bit with LibTorch's portable
