@@ -16,7 +16,8 @@ __global__ void ConvKernel(const float* __restrict__ x, int64_t channels,
   const ConvStream s = streams[blockIdx.x];
   const int64_t before = taps - 1;
   auto input = [&](int64_t i, int64_t c) {
-    return i < before ? s.tail[i * channels + c] : x[(s.begin + i - before) * channels + c];
+    if (i >= before) return x[(s.begin + i - before) * channels + c];
+    return s.tail[(s.tail_capacity > 0 ? (s.tail_start + i) % s.tail_capacity : i) * channels + c];
   };
   for (int64_t e = threadIdx.x; e < s.length * channels; e += blockDim.x) {
     const int64_t t = e / channels, c = e % channels;
@@ -24,6 +25,16 @@ __global__ void ConvKernel(const float* __restrict__ x, int64_t channels,
     for (int i = 1; i < taps; ++i)
       acc = __fadd_rn(acc, __fmul_rn(input(t + i, c), w[c * taps + i]));
     y[(s.begin + t) * channels + c] = acc;
+  }
+  if (s.in_place) {  // the stream's last rows into the ring's free rows after the old tail
+    const int64_t first = s.length > before ? s.length - before : 0;
+    float* ring = const_cast<float*>(s.tail);
+    for (int64_t e = threadIdx.x; e < (s.length - first) * channels; e += blockDim.x) {
+      const int64_t t = first + e / channels, c = e % channels;
+      ring[((s.tail_start + before + t) % s.tail_capacity) * channels + c] =
+          x[(s.begin + t) * channels + c];
+    }
+    return;
   }
   for (int64_t e = threadIdx.x; e < before * channels; e += blockDim.x) {
     const int64_t i = e / channels, c = e % channels;

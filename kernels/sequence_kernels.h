@@ -27,11 +27,21 @@ namespace titans::kernels {
 struct ConvStream {
   int64_t begin = 0;   // first row in x and y
   int64_t length = 0;  // rows
-  const float* tail =
-      nullptr;                // [taps - 1, channels]: the inputs just before `begin`, oldest first
+  // The inputs just before `begin`, taps - 1 rows of `channels`, oldest first: packed
+  // (tail_capacity 0, row i at i), or a ring of tail_capacity rows (row i at (tail_start + i) %
+  // tail_capacity).
+  const float* tail = nullptr;
   float* tail_out = nullptr;  // [taps - 1, channels]: receives the last taps - 1 inputs after the
                               // stream's rows (from its old tail when length < taps - 1); must
                               // not overlap `tail`, x or y
+  int64_t tail_capacity = 0;
+  int64_t tail_start = 0;
+  // Instead of tail_out: the stream's rows are written into the ring tail itself, row t of the
+  // stream at (tail_start + taps - 1 + t) % tail_capacity (only the last taps - 1 are), so the
+  // tail after the call is the ring's rows from (tail_start + length) % tail_capacity. Needs a
+  // ring with tail_capacity >= taps - 1 + length: then no row of the tail before the call is
+  // overwritten, and that tail stays valid for whoever else reads it.
+  bool in_place = false;
 };
 
 // y[r, c] = sum_{i < taps} x'[r + i, c] * w[c * taps + i] over x' = tail ++ the stream's rows,

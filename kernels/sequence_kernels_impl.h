@@ -17,7 +17,8 @@ void ConvStreamRows(const float* x, int64_t channels, const float* w, int taps, 
   const int64_t before = taps - 1;
   // Input i of x' = tail ++ rows: tail row i for i < before, else row begin + i - before.
   auto input = [&](int64_t i) {
-    return i < before ? s.tail + i * channels : x + (s.begin + i - before) * channels;
+    if (i >= before) return x + (s.begin + i - before) * channels;
+    return s.tail + (s.tail_capacity > 0 ? (s.tail_start + i) % s.tail_capacity : i) * channels;
   };
   for (int64_t t = 0; t < s.length; ++t) {
     float* out = y + (s.begin + t) * channels;
@@ -27,6 +28,14 @@ void ConvStreamRows(const float* x, int64_t channels, const float* w, int taps, 
       const float* in = input(t + i);
       for (int64_t c = 0; c < channels; ++c) out[c] = out[c] + in[c] * w[c * taps + i];
     }
+  }
+  if (s.in_place) {  // the stream's last rows into the ring's free rows after the old tail
+    for (int64_t t = std::max<int64_t>(0, s.length - before); t < s.length; ++t) {
+      float* to =
+          const_cast<float*>(s.tail) + ((s.tail_start + before + t) % s.tail_capacity) * channels;
+      std::memcpy(to, x + (s.begin + t) * channels, channels * sizeof(float));
+    }
+    return;
   }
   for (int64_t i = 0; i < before; ++i) {  // the new tail: inputs length .. length + before - 1
     std::memcpy(s.tail_out + i * channels, input(s.length + i), channels * sizeof(float));

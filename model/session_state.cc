@@ -129,34 +129,78 @@ SessionState NewSessionState(const ModelConfig& c, const ModelParams& params, in
   return s;
 }
 
+
+const TailRing& RingOf(const LayerState& L, at::Tensor LayerState::*tail) {
+  if (tail == &LayerState::q_tail) return L.q_ring;
+  if (tail == &LayerState::k_tail) return L.k_ring;
+  if (tail == &LayerState::v_tail) return L.v_ring;
+  return L.retrieval_ring;
+}
+TailRing& RingOf(LayerState& L, at::Tensor LayerState::*tail) {
+  return const_cast<TailRing&>(RingOf(static_cast<const LayerState&>(L), tail));
+}
+
+namespace {
+
+constexpr at::Tensor LayerState::*kTails[] = {&LayerState::q_tail, &LayerState::k_tail,
+                                               &LayerState::v_tail, &LayerState::retrieval_tail};
+
+// Rows start .. start + count - 1 (mod the buffer's size along `dim`) of `ring`, as a tensor of
+// their own.
+at::Tensor RingRows(const at::Tensor& ring, int64_t dim, int64_t start, int64_t count) {
+  const at::Tensor index =
+      at::arange(start, start + count, at::TensorOptions().dtype(at::kLong).device(ring.device())) %
+      ring.size(dim);
+  return ring.index_select(dim, index);
+}
+
+// Whether a working copy and its source are the only holders of `t`: they share its TensorImpl
+// (use_count 2); any other holder (a snapshot, a fork, a rollback copy) or a view of its storage
+// makes the count higher.
+bool HeldByCopyAndSource(const at::Tensor& t) {
+  return t.defined() && t.use_count() == 2 && t.storage().use_count() == 1;
+}
+
+}  // namespace
+
 void MaterializeCache(LayerState* L) {
   if (!CacheIsRing(*L)) return;
-  const int64_t capacity = L->attn_k.size(2);
-  const at::Tensor index =
-      (at::arange(L->attn_start, L->attn_start + L->attn_count,
-                  at::TensorOptions().dtype(at::kLong).device(L->attn_k.device())) %
-       capacity);
-  L->attn_k = L->attn_k.index_select(2, index);
-  L->attn_v = L->attn_v.index_select(2, index);
+  L->attn_k = RingRows(L->attn_k, 2, L->attn_start, L->attn_count);
+  L->attn_v = RingRows(L->attn_v, 2, L->attn_start, L->attn_count);
   L->attn_start = -1;
   L->attn_count = 0;
   L->attn_room = 0;
 }
 
+void MaterializeTails(LayerState* L) {
+  for (at::Tensor LayerState::*tail : kTails) {
+    TailRing& ring = RingOf(*L, tail);
+    if (ring.start < 0) continue;
+    L->*tail = RingRows(L->*tail, 1, ring.start, ring.rows);
+    ring = TailRing{};
+  }
+}
+
 void GrantRingRoom(SessionState* copy) {
   for (LayerState& L : copy->layers) {
-    // The source state and its working copy share each buffer's TensorImpl (use_count 2); any
-    // other holder (a snapshot, a fork, a rollback copy) or a view of the storage makes it more.
     const bool unshared = CacheIsRing(L) && !L.attn_k.is_same(L.attn_v) &&
-                          L.attn_k.use_count() == 2 && L.attn_v.use_count() == 2 &&
-                          L.attn_k.storage().use_count() == 1 &&
-                          L.attn_v.storage().use_count() == 1;
+                          HeldByCopyAndSource(L.attn_k) && HeldByCopyAndSource(L.attn_v);
     L.attn_room = unshared ? L.attn_k.size(2) - L.attn_count : 0;
+    for (at::Tensor LayerState::*tail : kTails) {
+      TailRing& ring = RingOf(L, tail);
+      // Tails that alias one another (a fresh state's) are never rings.
+      ring.room = ring.start >= 0 && HeldByCopyAndSource(L.*tail)
+                      ? (L.*tail).size(1) - ring.rows
+                      : 0;
+    }
   }
 }
 
 void RevokeRingRoom(SessionState* state) {
-  for (LayerState& L : state->layers) L.attn_room = 0;
+  for (LayerState& L : state->layers) {
+    L.attn_room = 0;
+    for (at::Tensor LayerState::*tail : kTails) RingOf(L, tail).room = 0;
+  }
 }
 
 namespace {
@@ -200,6 +244,13 @@ int64_t StateBytes(const SessionState& state) {
       const int64_t free_slots = L.attn_k.size(2) - L.attn_count;
       bytes -= 2 * free_slots * (L.attn_k.numel() / L.attn_k.size(2)) *
                static_cast<int64_t>(L.attn_k.element_size());
+    }
+    for (at::Tensor LayerState::*tail : kTails) {
+      const TailRing& ring = RingOf(L, tail);
+      const at::Tensor& t = L.*tail;
+      if (ring.start < 0) continue;
+      bytes -= (t.size(1) - ring.rows) * (t.numel() / t.size(1)) *
+               static_cast<int64_t>(t.element_size());
     }
   }
   return bytes;
@@ -246,6 +297,7 @@ absl::Status ValidateSessionState(const ModelConfig& config, const SessionState&
   for (LayerState& L : copy.layers) {
     MaterializePending(&L.memory);
     MaterializeCache(&L);
+    MaterializeTails(&L);
   }
   for (const StateSlot& slot : StateSlots(config, state.batch(), &copy)) {
     const at::Tensor& t = *slot.tensor;
@@ -269,6 +321,7 @@ absl::StatusOr<std::string> SerializeSessionState(const ModelConfig& config,
   for (LayerState& L : copy.layers) {
     MaterializePending(&L.memory);
     MaterializeCache(&L);
+    MaterializeTails(&L);
   }
   TITANS_RETURN_IF_ERROR(ValidateSessionState(config, copy));
   std::vector<std::pair<std::string, at::Tensor>> tensors;

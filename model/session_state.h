@@ -28,11 +28,21 @@
 
 namespace titans {
 
+// A conv tail in ring form (the sequence kernels): the tail tensor is a [B, capacity, H*dh]
+// buffer holding `rows` rows from row `start` on (mod capacity), oldest first; start < 0: the
+// tensor form. `room` is as LayerState::attn_room, for the tail.
+struct TailRing {
+  int64_t start = -1;
+  int64_t rows = 0;
+  int64_t room = 0;
+};
+
 struct LayerState {
   MemoryState memory;
   std::vector<at::Tensor> segment_weights;  // MAC with segment > chunk: Phi at segment start
   at::Tensor q_tail, k_tail, v_tail;        // [B, K-1, H*dh] conv inputs of the last tokens
   at::Tensor retrieval_tail;                // MAC: [B, K-1, H*dh]
+  TailRing q_ring, k_ring, v_ring, retrieval_ring;  // each tail's ring form, if it has one
   at::Tensor attn_k, attn_v;                // [B, H, n, dh] rotated keys / values in the cache
   // The window attention's cache in ring form (MAG / MAL / SWA on the sequence kernels): attn_k
   // and attn_v are [B, H, capacity, dh] buffers holding attn_count entries from index
@@ -47,6 +57,12 @@ struct LayerState {
   // else holds the ring, and spent as it writes them; 0 on every stored state.
   int64_t attn_room = 0;
 };
+
+// The ring form of the tail `tail` (one of LayerState's four tails).
+TailRing& RingOf(LayerState& L, at::Tensor LayerState::*tail);
+const TailRing& RingOf(const LayerState& L, at::Tensor LayerState::*tail);
+// Puts ring-form tails into the tensor form (copies of their rows, exact bits).
+void MaterializeTails(LayerState* L);
 
 // Whether the layer's attention cache is in ring form, and how many entries it holds.
 inline bool CacheIsRing(const LayerState& L) { return L.attn_start >= 0; }
@@ -71,9 +87,10 @@ struct SessionState {
   int64_t batch() const { return last_logits.size(0); }
 };
 
-// Gives every ring of `copy`, a forward pass's working copy of a state made just before, the
-// room it may write in place: the ring's free slots when no state but the copy and its source
-// holds the ring's buffers (a snapshot, fork or rollback copy makes them shared), else none.
+// Gives every ring of `copy` (attention caches and conv tails), a forward pass's working copy of
+// a state made just before, the room it may write in place: the ring's free slots when no state
+// but the copy and its source holds the ring's buffers (a snapshot, fork or rollback copy makes
+// them shared), else none.
 void GrantRingRoom(SessionState* copy);
 // Sets every ring's room back to 0 (before a working copy is stored).
 void RevokeRingRoom(SessionState* state);

@@ -71,28 +71,50 @@ void* CudaStreamOf(const at::Tensor& x) {
 #endif
 }
 
+// Free rows a conv tail's ring keeps beyond the taps - 1 it holds, in tokens: a decode step
+// and an append of up to this many tokens write the tail in place; a longer one a fresh ring.
+constexpr int64_t kTailSpareTokens = 4;
+
 // The causal conv, each slice with its own tail (`tail` selects which of the layer's tails):
-// one kernel call for all slices, or LibTorch per slice.
+// one kernel call for all slices (each tail then in ring form, session_state.h: written in place
+// where its room allows, into a fresh ring otherwise), or LibTorch per slice (the tensor form).
 at::Tensor ConvSlices(const std::vector<StreamSlice>& slices, const at::Tensor& x,
                       const at::Tensor& taps, at::Tensor LayerState::*tail) {
   const SequenceKernels where = SequenceKernelsFor(x, taps);
   if (where == SequenceKernels::kNone) {
     return PerSlice(slices, x, [&](const StreamSlice& s, const at::Tensor& rows) {
+      MaterializeTails(s.state);
       return CausalConv(rows, taps, &(s.state->*tail));
     });
   }
   const int64_t B = x.size(0), T = x.size(1), C = x.size(2), K = taps.size(1);
   const at::Tensor xc = x.contiguous(), w = taps.contiguous();
   at::Tensor y = at::empty_like(xc);
-  std::vector<at::Tensor> old_tails, new_tails;  // keep the old tails alive through the call
+  // Per slice: the tail read (kept alive through the call) and the fresh ring written, if any.
+  std::vector<at::Tensor> old_tails(slices.size()), new_tails(slices.size());
   std::vector<kernels::ConvStream> streams;
-  for (const StreamSlice& s : slices) {
-    old_tails.push_back((s.state->*tail).contiguous());  // [B, K-1, C]
-    new_tails.push_back(at::empty({B, K - 1, C}, xc.options()));
+  for (size_t i = 0; i < slices.size(); ++i) {
+    const StreamSlice& s = slices[i];
+    TailRing& ring = RingOf(*s.state, tail);
+    const bool is_ring = ring.start >= 0;
+    old_tails[i] = is_ring ? s.state->*tail : (s.state->*tail).contiguous();
+    const int64_t rows = old_tails[i].size(1);  // a ring's rows, or the tail's K - 1
+    const bool in_place = is_ring && s.length <= ring.room;
+    const int64_t capacity = K - 1 + kTailSpareTokens;
+    if (!in_place) new_tails[i] = at::empty({B, capacity, C}, xc.options());
     for (int64_t b = 0; b < B; ++b) {
-      streams.push_back(kernels::ConvStream{b * T + s.begin, s.length,
-                                            old_tails.back().data_ptr<float>() + b * (K - 1) * C,
-                                            new_tails.back().data_ptr<float>() + b * (K - 1) * C});
+      kernels::ConvStream stream{b * T + s.begin, s.length,
+                                 old_tails[i].data_ptr<float>() + b * rows * C, nullptr};
+      if (is_ring) {
+        stream.tail_capacity = rows;
+        stream.tail_start = ring.start;
+      }
+      if (in_place) {
+        stream.in_place = true;
+      } else {
+        stream.tail_out = new_tails[i].data_ptr<float>() + b * capacity * C;
+      }
+      streams.push_back(stream);
     }
   }
   if (where == SequenceKernels::kCpu) {
@@ -105,7 +127,19 @@ at::Tensor ConvSlices(const std::vector<StreamSlice>& slices, const at::Tensor& 
         static_cast<int64_t>(streams.size()), y.data_ptr<float>(), CudaStreamOf(xc));
     TORCH_CHECK(error.empty(), error);
   }
-  for (size_t i = 0; i < slices.size(); ++i) slices[i].state->*tail = std::move(new_tails[i]);
+  for (size_t i = 0; i < slices.size(); ++i) {
+    LayerState* st = slices[i].state;
+    TailRing& ring = RingOf(*st, tail);
+    if (new_tails[i].defined()) {  // a fresh ring, the pass's own: its free rows are room
+      st->*tail = std::move(new_tails[i]);
+      ring.start = 0;
+      ring.rows = K - 1;
+      ring.room = kTailSpareTokens;
+    } else {
+      ring.start = (ring.start + slices[i].length) % (st->*tail).size(1);
+      ring.room -= slices[i].length;
+    }
+  }
   return y;
 }
 

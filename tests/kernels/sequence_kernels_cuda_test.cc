@@ -90,6 +90,34 @@ TEST(SequenceKernelsCuda, ConvAndAttentionMatchTheCpuAndAreBatchInvariant) {
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     EXPECT_EQ(dy.Host(), y_cpu);
     EXPECT_EQ(dtails_out.Host(), tails_cpu);
+    // The same streams with ring tails updated in place (sequence_kernels.h): the same bits, and
+    // the rows of the tails before the call untouched.
+    for (size_t i = 0; i < lengths.size(); ++i) {
+      const int64_t cap = K - 1 + lengths[i] + 1, start = cap / 2;
+      std::vector<float> ring(cap * C, NAN);
+      for (int64_t r = 0; r < K - 1; ++r) {
+        std::copy_n(tails.begin() + (i * (K - 1) + r) * C, C,
+                    ring.begin() + ((start + r) % cap) * C);
+      }
+      DeviceBuffer dring(ring), dy1(std::vector<float>(rows * C));
+      ConvStream s = gpu[i];
+      s.tail = dring.ptr;
+      s.tail_out = nullptr;
+      s.tail_capacity = cap;
+      s.tail_start = start;
+      s.in_place = true;
+      ASSERT_EQ(RaggedCausalConvCuda(dx.ptr, C, dw.ptr, K, &s, 1, dy1.ptr, nullptr), "");
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      const std::vector<float> y1 = dy1.Host(), got = dring.Host();
+      for (int64_t e = s.begin * C; e < (s.begin + s.length) * C; ++e) EXPECT_EQ(y1[e], y_cpu[e]);
+      for (int64_t r = 0; r < K - 1; ++r) {
+        for (int64_t c = 0; c < C; ++c) {
+          EXPECT_EQ(got[((start + lengths[i] + r) % cap) * C + c],
+                    tails_cpu[(i * (K - 1) + r) * C + c]);
+          EXPECT_EQ(got[((start + r) % cap) * C + c], ring[((start + r) % cap) * C + c]);
+        }
+      }
+    }
   }
   // Attention: three streams at different positions and cache fill, batched and alone; one and
   // two (MAC's) entries per token.

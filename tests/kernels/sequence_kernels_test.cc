@@ -110,6 +110,50 @@ TEST(RaggedCausalConv, SameBitsAsLibTorchAloneBatchedSplitAndOnEveryIsa) {
   }
 }
 
+// A ring tail (sequence_kernels.h) read in place of a packed one, or updated in place, gives the
+// packed call's bits on every ISA; an in-place update leaves the rows of the tail before the call
+// untouched.
+TEST(RaggedCausalConv, RingTailsGiveThePackedBitsOnEveryIsa) {
+  at::manual_seed(22);
+  const int64_t C = 5, K = 4, before = K - 1;
+  const at::Tensor taps = at::randn({C, K});
+  for (const int64_t T : {1, 2, 3, 7}) {
+    const ConvCase c{at::randn({T, C}), at::randn({before, C})};
+    for (const std::string& isa : Isas()) {
+      const auto packed = RunConv(isa, {c}, taps)[0];
+      for (const int64_t capacity : {before + T, before + T + 2}) {
+        for (const int64_t start : {int64_t{0}, capacity - 1, capacity / 2}) {
+          SCOPED_TRACE(isa + " T " + std::to_string(T) + " capacity " + std::to_string(capacity) +
+                       " start " + std::to_string(start));
+          at::Tensor ring = at::full({capacity, C}, std::nanf(""));
+          for (int64_t i = 0; i < before; ++i) ring[(start + i) % capacity].copy_(c.tail[i]);
+          const at::Tensor ring_before = ring.clone();
+          at::Tensor y = at::full_like(c.x, std::nanf(""));
+          at::Tensor tail_out = at::full({before, C}, std::nanf(""));
+          ConvStream s{0, T, ring.data_ptr<float>(), tail_out.data_ptr<float>()};
+          s.tail_capacity = capacity;
+          s.tail_start = start;
+          ASSERT_TRUE(RaggedCausalConvOnIsa(isa, c.x.data_ptr<float>(), C, taps.data_ptr<float>(),
+                                            K, &s, 1, y.data_ptr<float>()));
+          EXPECT_TRUE(SameBits(y, packed.first));
+          EXPECT_TRUE(SameBits(tail_out, packed.second));
+          y.fill_(std::nanf(""));
+          s.tail_out = nullptr;
+          s.in_place = true;
+          ASSERT_TRUE(RaggedCausalConvOnIsa(isa, c.x.data_ptr<float>(), C, taps.data_ptr<float>(),
+                                            K, &s, 1, y.data_ptr<float>()));
+          EXPECT_TRUE(SameBits(y, packed.first));
+          for (int64_t i = 0; i < before; ++i) {
+            EXPECT_TRUE(SameBits(ring[(start + T + i) % capacity], packed.second[i])) << i;
+            EXPECT_TRUE(
+                SameBits(ring[(start + i) % capacity], ring_before[(start + i) % capacity]));
+          }
+        }
+      }
+    }
+  }
+}
+
 // One attention stream: projections q [T, H*dh] and k, v [T*E, H*dh] (E entries per token) at
 // `position`, with a cache of `cached` entries ([H, cached, dh], rotated keys).
 struct AttentionCase {

@@ -63,8 +63,12 @@ inline void ForEachStateTensor(
     const SessionState& a, const SessionState& b,
     const std::function<void(const std::string&, const at::Tensor&, const at::Tensor&)>& fn) {
   for (size_t i = 0; i < a.layers.size(); ++i) {
-    const LayerState& x = a.layers[i];
-    const LayerState& y = b.layers[i];
+    // The caches' entries and the tails' rows, whether in ring or tensor form.
+    LayerState x = a.layers[i], y = b.layers[i];
+    for (LayerState* l : {&x, &y}) {
+      MaterializeCache(l);
+      MaterializeTails(l);
+    }
     const std::string pre = "layers." + std::to_string(i) + ".";
     for (size_t l = 0; l < x.memory.weights.size(); ++l) {
       fn(pre + "weights", x.memory.weights[l], y.memory.weights[l]);
@@ -86,12 +90,9 @@ inline void ForEachStateTensor(
       fn(pre + "v_tail", x.v_tail, y.v_tail);
     }
     if (x.retrieval_tail.defined()) fn(pre + "retrieval_tail", x.retrieval_tail, y.retrieval_tail);
-    if (x.attn_k.defined()) {  // the cache's entries, whether in ring or tensor form
-      LayerState cx = x, cy = y;
-      MaterializeCache(&cx);
-      MaterializeCache(&cy);
-      fn(pre + "attn_k", cx.attn_k, cy.attn_k);
-      fn(pre + "attn_v", cx.attn_v, cy.attn_v);
+    if (x.attn_k.defined()) {
+      fn(pre + "attn_k", x.attn_k, y.attn_k);
+      fn(pre + "attn_v", x.attn_v, y.attn_v);
     }
   }
   fn("last_logits", a.last_logits, b.last_logits);

@@ -440,6 +440,38 @@ TEST(ForwardMany, RingCachesWriteInPlaceAndLeaveCopiesIntact) {
   }
 }
 
+// The conv tails in ring form, as the caches above: in place when nothing else holds them, a
+// fresh ring when a copy does, and the copy continues exactly.
+TEST(ForwardMany, RingTailsWriteInPlaceAndLeaveCopiesIntact) {
+  const double tolerance = BatchInvariantCpuKernels() ? 0.0 : 2e-4;
+  for (Variant v : {Variant::kMAC, Variant::kMAG, Variant::kMAL, Variant::kLMM}) {
+    auto model = MakeModel(TinyConfig(v, 2, 4), 38);
+    at::NoGradGuard no_grad;
+    const at::Tensor a = RandomTokens(1, 9, 39), b = RandomTokens(1, 1, 40),
+                     decode = RandomTokens(1, 30, 41);
+    SessionState live = model->NewState();
+    ASSERT_TRUE(model->Forward(&live, a).ok());
+    ASSERT_GE(live.layers[1].k_ring.start, 0) << Name(v);
+    EXPECT_EQ(live.layers[1].k_ring.room, 0);
+    const void* tail = live.layers[1].k_tail.data_ptr();
+    ASSERT_TRUE(model->Forward(&live, b).ok());
+    EXPECT_EQ(live.layers[1].k_tail.data_ptr(), tail) << Name(v) << ": not written in place";
+    const SessionState copy = live;
+    ASSERT_TRUE(model->Forward(&live, b).ok());
+    EXPECT_NE(live.layers[1].k_tail.data_ptr(), tail) << Name(v) << ": wrote a shared tail";
+    const void* own = live.layers[1].k_tail.data_ptr();
+    for (int64_t t = 0; t < decode.size(1); ++t) {
+      ASSERT_TRUE(model->Forward(&live, decode.slice(1, t, t + 1)).ok());
+    }
+    EXPECT_EQ(live.layers[1].k_tail.data_ptr(), own) << Name(v);
+    SessionState fresh_copy = model->NewState(), fresh_live = model->NewState();
+    for (const at::Tensor& t : {a, b}) ASSERT_TRUE(model->Forward(&fresh_copy, t).ok());
+    for (const at::Tensor& t : {a, b, b, decode}) ASSERT_TRUE(model->Forward(&fresh_live, t).ok());
+    EXPECT_LE(MaxStateDiff(copy, fresh_copy), tolerance) << Name(v) << ": the copy changed";
+    EXPECT_LE(MaxStateDiff(live, fresh_live), tolerance) << Name(v);
+  }
+}
+
 // Split invariance in fp32 (issue 20): the same stream appended in one call or in random pieces,
 // through Forward or through ForwardMany beside another session that is at a different position,
 // gives the same logits at every token and the same state: bit for bit with LibTorch's portable
