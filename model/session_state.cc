@@ -129,7 +129,6 @@ SessionState NewSessionState(const ModelConfig& c, const ModelParams& params, in
   return s;
 }
 
-
 const TailRing& RingOf(const LayerState& L, at::Tensor LayerState::*tail) {
   if (tail == &LayerState::q_tail) return L.q_ring;
   if (tail == &LayerState::k_tail) return L.k_ring;
@@ -143,7 +142,7 @@ TailRing& RingOf(LayerState& L, at::Tensor LayerState::*tail) {
 namespace {
 
 constexpr at::Tensor LayerState::*kTails[] = {&LayerState::q_tail, &LayerState::k_tail,
-                                               &LayerState::v_tail, &LayerState::retrieval_tail};
+                                              &LayerState::v_tail, &LayerState::retrieval_tail};
 
 // Rows start .. start + count - 1 (mod the buffer's size along `dim`) of `ring`, as a tensor of
 // their own.
@@ -189,9 +188,8 @@ void GrantRingRoom(SessionState* copy) {
     for (at::Tensor LayerState::*tail : kTails) {
       TailRing& ring = RingOf(L, tail);
       // Tails that alias one another (a fresh state's) are never rings.
-      ring.room = ring.start >= 0 && HeldByCopyAndSource(L.*tail)
-                      ? (L.*tail).size(1) - ring.rows
-                      : 0;
+      ring.room =
+          ring.start >= 0 && HeldByCopyAndSource(L.*tail) ? (L.*tail).size(1) - ring.rows : 0;
     }
   }
 }
