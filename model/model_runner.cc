@@ -23,8 +23,8 @@ struct ModelRunner::Slot {
 class SlotSnapshot {
  public:
   explicit SlotSnapshot(SessionState state) : state(std::move(state)) {}
-  // Tensors are never written in place (model/session_state.h), so this shallow copy stays
-  // valid while the slot it came from moves on.
+  // The model never changes a value a state holds (model/session_state.h), so this shallow copy
+  // stays valid while the slot it came from moves on.
   const SessionState state;
 };
 
@@ -154,7 +154,7 @@ absl::StatusOr<SlotId> ModelRunner::Import(std::string_view blob) {
 }
 
 absl::StatusOr<std::string> ModelRunner::Export(SlotId slot) const {
-  SessionState copy;  // shallow (tensors are never written in place): serialised without the lock
+  SessionState copy;  // shallow (held values never change): serialised without the lock
   {
     std::lock_guard<std::mutex> lock(mu_);
     const Slot* s = Find(slot);

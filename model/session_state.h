@@ -8,8 +8,10 @@
 // Size is bounded and independent of history length: about 2x the memory parameters plus at most
 // one chunk of pending tokens and one window (or segment) of attention cache per layer.
 //
-// The tensors are never modified in place by the model: copying a SessionState is cheap
-// (reference counted) and the copy stays valid while the model advances the original.
+// The model never changes a value a state holds: copying a SessionState is cheap (reference
+// counted) and the copy stays valid while the model advances the original. The only writes in
+// place go to free slots of ring buffers (attention caches, conv tails, the open chunk's rows)
+// that no copy holds: see LayerState and memory_math.h's PendingChunk.
 // Thread safety: none; a state belongs to one session and is used by one thread at a time.
 #ifndef TITANS_MODEL_SESSION_STATE_H_
 #define TITANS_MODEL_SESSION_STATE_H_
