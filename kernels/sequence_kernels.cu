@@ -94,9 +94,8 @@ __global__ void RotateKernel(WindowShape sh, const float* __restrict__ k,
     if (s.in_place && j < s.cached) continue;  // a kept entry stays in its ring slot
     float* k_out = s.in_place ? const_cast<float*>(s.cache_k) : s.cache_k_out;
     float* v_out = s.in_place ? const_cast<float*>(s.cache_v) : s.cache_v_out;
-    const int64_t to =
-        s.in_place ? CacheIndex(s, h, j, dh) + d
-                   : (h * (s.out_capacity > 0 ? s.out_capacity : keep) + i) * dh + d;
+    const int64_t to = s.in_place ? CacheIndex(s, h, j, dh) + d
+                                  : (h * (s.out_capacity > 0 ? s.out_capacity : keep) + i) * dh + d;
     if (j < s.cached) {
       k_out[to] = s.cache_k[CacheIndex(s, h, j, dh) + d];
       v_out[to] = s.cache_v[CacheIndex(s, h, j, dh) + d];

@@ -45,7 +45,7 @@ struct LayerState {
   at::Tensor q_tail, k_tail, v_tail;        // [B, K-1, H*dh] conv inputs of the last tokens
   at::Tensor retrieval_tail;                // MAC: [B, K-1, H*dh]
   TailRing q_ring, k_ring, v_ring, retrieval_ring;  // each tail's ring form, if it has one
-  at::Tensor attn_k, attn_v;                // [B, H, n, dh] rotated keys / values in the cache
+  at::Tensor attn_k, attn_v;  // [B, H, n, dh] rotated keys / values in the cache
   // The window attention's cache in ring form (MAG / MAL / SWA on the sequence kernels): attn_k
   // and attn_v are [B, H, capacity, dh] buffers holding attn_count entries from index
   // attn_start on (mod capacity), oldest first. attn_start < 0: the tensor form above. A forward
