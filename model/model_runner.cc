@@ -194,6 +194,12 @@ int64_t ModelRunner::SnapshotPosition(const SlotSnapshot& snapshot) {
   return snapshot.state.position;
 }
 
+void ModelRunner::Settle(SlotId slot) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Slot* s = Find(slot);
+  if (s != nullptr) SettleSessionState(&s->state);
+}
+
 absl::Status ModelRunner::StartSampling(SlotId slot, const SamplingParams& params) {
   std::lock_guard<std::mutex> lock(mu_);
   Slot* s = Find(slot);

@@ -150,6 +150,11 @@ class ModelRunner {
   // otherwise it continues the slot's own RNG stream (seeded at random if it has none yet).
   absl::Status StartSampling(SlotId slot, const SamplingParams& params);
 
+  // Puts a slot's state in its at-rest form (SettleSessionState) for a session with nothing
+  // queued: it then holds about its state bytes, without the rings' and the open chunk's working
+  // room, until its next step. Values are unchanged, bit for bit. A no-op for a free slot.
+  void Settle(SlotId slot);
+
   // Accessors for an allocated slot (0 / zeros for a free one).
   int64_t position(SlotId slot) const;
   int64_t state_bytes(SlotId slot) const;

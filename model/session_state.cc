@@ -269,6 +269,16 @@ void CompactSessionState(SessionState* state, bool keep_logits) {
   if (keep_logits) state->last_logits = std::move(logits);
 }
 
+void SettleSessionState(SessionState* state) {
+  for (LayerState& L : state->layers) {
+    MaterializePending(&L.memory);  // views of the chunk's rows: cloned below
+    MaterializeCache(&L);
+    MaterializeTails(&L);
+    L.attn_room = 0;
+  }
+  CompactSessionState(state);
+}
+
 void MoveSessionState(SessionState* state, at::Device device) {
   for (LayerState& L : state->layers) {
     // The moved pending rows are copies: they no longer live in the chunk.

@@ -114,6 +114,13 @@ int64_t StateBytes(const SessionState& state);
 // Values are unchanged, bit for bit.
 void CompactSessionState(SessionState* state, bool keep_logits = false);
 
+// Puts `state` in its at-rest form, for a session with nothing queued: the attention caches and
+// conv tails in tensor form (no ring's free slots), the open chunk's rows in tensors of their own
+// (no chunk's spare rows), then CompactSessionState. A resting session then holds about its
+// StateBytes and no working room; its next step makes new rings and a new chunk once. Values
+// are unchanged, bit for bit.
+void SettleSessionState(SessionState* state);
+
 // Moves every tensor of `state` to `device` (a no-op for tensors already there), e.g. a state
 // parsed on the host into a model that runs on a GPU.
 void MoveSessionState(SessionState* state, at::Device device);

@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include <random>
+#include <set>
 
 #include "model/determinism.h"
 #include "tests/model/model_test_util.h"
@@ -632,6 +633,76 @@ TEST(SessionStateSize, StatesKeepNoLargerBuffersAlive) {
     EXPECT_EQ(LargestOverhang(b), "") << Name(v) << " after ForwardMany";
     for (int i = 0; i < 5; ++i) ASSERT_TRUE(model->ForwardMany({&b}, {{int64_t{7 + i}}}).ok());
     EXPECT_EQ(LargestOverhang(b), "") << Name(v) << " after decode steps";
+  }
+}
+
+// Bytes of all distinct buffers a state keeps alive (each storage once).
+int64_t HeldBytes(const SessionState& s) {
+  std::set<const void*> seen;
+  int64_t bytes = 0;
+  auto add = [&](const at::Tensor& t) {
+    if (!t.defined() || !t.has_storage()) return;
+    if (seen.insert(t.storage().unsafeGetStorageImpl()).second) {
+      bytes += static_cast<int64_t>(t.storage().nbytes());
+    }
+  };
+  for (const LayerState& L : s.layers) {
+    for (const auto* list : {&L.memory.weights, &L.memory.momentum, &L.segment_weights,
+                             &L.memory.pending_inputs, &L.memory.pending_deltas}) {
+      for (const at::Tensor& t : *list) add(t);
+    }
+    if (L.memory.chunk) {
+      for (const at::Tensor& t : L.memory.chunk->inputs) add(t);
+      for (const at::Tensor& t : L.memory.chunk->deltas) add(t);
+      add(L.memory.chunk->gates);
+    }
+    for (const at::Tensor* t : {&L.memory.pending_gates.log_keep, &L.memory.pending_gates.log_eta,
+                                &L.memory.pending_gates.theta, &L.q_tail, &L.k_tail, &L.v_tail,
+                                &L.retrieval_tail, &L.attn_k, &L.attn_v}) {
+      add(*t);
+    }
+  }
+  add(s.last_logits);
+  return bytes;
+}
+
+// A settled state (a session at rest) keeps no working room: no open chunk's spare rows, no ring
+// slots, no step's buffers; its values are bit for bit those it had, and it continues exactly as
+// the unsettled state does. For every variant, with and without rows pending in the open chunk.
+TEST(SessionStateSize, SettledStatesHoldTheirBytesAndContinueExactly) {
+  for (Variant v : kVariants) {
+    ModelConfig config = TinyConfig(v);
+    auto model = MakeModel(config);
+    at::NoGradGuard no_grad;
+    for (int64_t length : {int64_t{64}, int64_t{75}}) {  // 64: on chunk boundaries; 75: not
+      SessionState s = model->NewState();
+      at::Tensor t = RandomTokens(1, length, 5);
+      std::vector<int64_t> ids(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + length);
+      ASSERT_TRUE(model->ForwardMany({&s}, {ids}).ok());
+      for (int i = 0; i < 3; ++i) ASSERT_TRUE(model->ForwardMany({&s}, {{int64_t{9 + i}}}).ok());
+      const std::string where = Name(v) + " at " + std::to_string(length + 3);
+      SessionState settled = s;
+      SettleSessionState(&settled);
+      EXPECT_EQ(StateBytes(settled), StateBytes(s)) << where;
+      EXPECT_EQ(MaxStateDiff(settled, s), 0.0) << where;
+      EXPECT_TRUE(settled.last_logits.equal(s.last_logits)) << where;
+      // Each tensor may keep at most 4 KiB beyond its bytes (CompactSessionState's rule); the
+      // tiny config's tensors are small, so allow that much per layer and tensor kind.
+      const int64_t slack = 4096 * 12 * static_cast<int64_t>(config.num_layers);
+      EXPECT_LE(HeldBytes(settled), StateBytes(settled) + slack) << where;
+      for (const LayerState& L : settled.layers) {
+        EXPECT_EQ(L.memory.chunk, nullptr) << where;
+        EXPECT_FALSE(CacheIsRing(L)) << where;
+        EXPECT_LT(RingOf(L, &LayerState::k_tail).start, 0) << where;
+      }
+      // Both continue to the same bits, through decode steps and a longer piece.
+      for (std::vector<int64_t> next : {std::vector<int64_t>{3}, std::vector<int64_t>(21, 4)}) {
+        ASSERT_TRUE(model->ForwardMany({&s}, {next}).ok());
+        ASSERT_TRUE(model->ForwardMany({&settled}, {next}).ok());
+        EXPECT_TRUE(settled.last_logits.equal(s.last_logits)) << where;
+        EXPECT_EQ(MaxStateDiff(settled, s), 0.0) << where;
+      }
+    }
   }
 }
 

@@ -80,7 +80,8 @@ void CreateAndAppend(titans::engine::Engine& engine, const std::string& prefix, 
 
 }  // namespace
 
-// --engine=false: `count` states, each fed `bytes` tokens in pieces, 8 states per call.
+// --engine=false: `count` states, each fed `bytes` tokens in pieces, 8 states per call, then
+// settled.
 std::vector<titans::SessionState> FeedStates(const titans::TitansModel& model, int count,
                                              const std::string& text) {
   std::vector<titans::SessionState> states(count);
@@ -100,6 +101,8 @@ std::vector<titans::SessionState> FeedStates(const titans::TitansModel& model, i
         std::exit(1);
       }
     }
+    // At rest, as the engine leaves a session whose work is done (ModelRunner::Settle).
+    for (int i = first; i < std::min(count, first + 8); ++i) titans::SettleSessionState(&states[i]);
   }
   return states;
 }
