@@ -314,7 +314,7 @@ TEST(ModelRunner, AnOverflowingSlotFailsAloneAndIsUnchanged) {
 }
 
 // Slot bookkeeping, forks, snapshots and blobs.
-TEST(ModelRunner, SlotsForksSnapshotsAndBlobs) {
+TEST(ModelRunner, SlotsForksSnapshotsAndBlobsAndSettling) {
   auto model = MakeModel(TinyConfig(Variant::kMAC), 4);
   EXPECT_EQ(ModelRunner::Create(*model, 0).status().code(), absl::StatusCode::kInvalidArgument);
   auto runner = ModelRunner::Create(*model, 3);
@@ -358,6 +358,17 @@ TEST(ModelRunner, SlotsForksSnapshotsAndBlobs) {
   EXPECT_TRUE(*r.Export(imported) == at_snapshot);
   MustStep(r, {Feed(a, {9, 8, 7, 6}), Feed(imported, {9, 8, 7, 6})});
   ExpectSameState(StateOf(r, *model, imported), StateOf(r, *model, a), "imported");
+
+  // Settling (a session at rest) changes no byte of the slot, nor where it goes next; a free
+  // slot is ignored.
+  const std::string before_settle = *r.Export(a);
+  const int64_t bytes_before_settle = r.state_bytes(a);
+  r.Settle(a);
+  r.Settle(c);
+  EXPECT_TRUE(*r.Export(a) == before_settle);
+  EXPECT_EQ(r.state_bytes(a), bytes_before_settle);
+  MustStep(r, {Feed(a, {1, 2, 3}), Feed(imported, {1, 2, 3})});
+  ExpectSameState(StateOf(r, *model, imported), StateOf(r, *model, a), "settled");
 }
 
 // Slots are allocated in blocks as they are taken, up to the capacity, lowest id first, and
