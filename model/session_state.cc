@@ -274,9 +274,14 @@ void SettleSessionState(SessionState* state) {
     MaterializePending(&L.memory);  // views of the chunk's rows: cloned below
     MaterializeCache(&L);
     MaterializeTails(&L);
-    L.attn_room = 0;
   }
   CompactSessionState(state);
+}
+
+void ReleaseStateTensors(SessionState* state) {
+  // With a chunk the pending tensor fields are empty (memory_math.h), so this reaches them all.
+  ForEachStateTensor(*state, [](at::Tensor& t) { t.reset(); });
+  for (LayerState& L : state->layers) L.memory.chunk.reset();
 }
 
 void MoveSessionState(SessionState* state, at::Device device) {

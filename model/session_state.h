@@ -121,6 +121,10 @@ void CompactSessionState(SessionState* state, bool keep_logits = false);
 // are unchanged, bit for bit.
 void SettleSessionState(SessionState* state);
 
+// Drops every tensor and chunk `state` holds, keeping its vectors' sizes and capacity: a copy
+// assigned into it later reuses them (ForwardMany's working copies).
+void ReleaseStateTensors(SessionState* state);
+
 // Moves every tensor of `state` to `device` (a no-op for tensors already there), e.g. a state
 // parsed on the host into a model that runs on a GPU.
 void MoveSessionState(SessionState* state, at::Device device);

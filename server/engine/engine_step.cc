@@ -548,11 +548,11 @@ void Engine::Impl::Update(const std::vector<Session*>& order, const std::vector<
       s->spilled = false;
     }
     if (!op.finished) continue;
-    // Nothing more queued: the slot gives up its working room (before a rewind point shares it).
-    if (s->slot && s->ops.size() == 1 && op.kind != OpKind::kClose && !s->moved) {
-      runner_->Settle(*s->slot);
+    if (s->slot && op.kind != OpKind::kClose && !s->moved) {
+      // Nothing more queued: the slot gives up its working room (before a rewind point shares it).
+      if (s->ops.size() == 1) runner_->Settle(*s->slot);
+      MaybeTakePoint(s);
     }
-    if (s->slot && op.kind != OpKind::kClose && !s->moved) MaybeTakePoint(s);
     s->rewind_floor = s->history.first_position();
     if (s->moved) DropResident(s);
     const bool close = op.kind == OpKind::kClose || s->gone;
