@@ -76,8 +76,8 @@ absl::Status ParseMemory(const json& m, MemoryConfig* out) {
   if (!m.is_object()) return Invalid("memory", "must be an object");
   TITANS_RETURN_IF_ERROR(CheckKeys(
       m, "memory",
-      {"depth", "expansion", "activation", "residual", "chunk_size", "theta_max", "max_weight_rms",
-       "conv_kernel", "alpha_bias_init", "eta_bias_init", "theta_bias_init"}));
+      {"depth", "expansion", "activation", "qk_activation", "residual", "chunk_size", "theta_max",
+       "max_weight_rms", "conv_kernel", "alpha_bias_init", "eta_bias_init", "theta_bias_init"}));
   TITANS_RETURN_IF_ERROR(ReadInt(m, "depth", "memory.depth", &out->depth));
   TITANS_RETURN_IF_ERROR(ReadInt(m, "expansion", "memory.expansion", &out->expansion));
   std::string act = std::string(ActivationName(out->activation));
@@ -90,6 +90,13 @@ absl::Status ParseMemory(const json& m, MemoryConfig* out) {
     return Invalid("memory.activation",
                    absl::StrCat("must be \"silu\" or \"gelu\", got \"", act, "\""));
   }
+  std::string qk_act = out->qk_silu ? "silu" : "none";
+  TITANS_RETURN_IF_ERROR(ReadString(m, "qk_activation", "memory.qk_activation", &qk_act));
+  if (qk_act != "silu" && qk_act != "none") {
+    return Invalid("memory.qk_activation",
+                   absl::StrCat("must be \"silu\" or \"none\", got \"", qk_act, "\""));
+  }
+  out->qk_silu = qk_act == "silu";
   TITANS_RETURN_IF_ERROR(ReadBool(m, "residual", "memory.residual", &out->residual));
   TITANS_RETURN_IF_ERROR(ReadInt(m, "chunk_size", "memory.chunk_size", &out->chunk_size));
   TITANS_RETURN_IF_ERROR(ReadDouble(m, "theta_max", "memory.theta_max", &out->theta_max));
@@ -266,6 +273,7 @@ std::string ModelConfigToJson(const ModelConfig& c) {
   j["memory"] = {{"depth", c.memory.depth},
                  {"expansion", c.memory.expansion},
                  {"activation", std::string(ActivationName(c.memory.activation))},
+                 {"qk_activation", c.memory.qk_silu ? "silu" : "none"},
                  {"residual", c.memory.residual},
                  {"chunk_size", c.memory.chunk_size},
                  {"theta_max", c.memory.theta_max},

@@ -30,6 +30,10 @@ struct MemoryConfig {
   int expansion = 4;  // hidden width = expansion * head_dim (depth >= 2).
   Activation activation = Activation::kSiLU;
   bool residual = false;  // M(z) = z + MLP(z).
+  // SiLU on the memory's queries and keys before their L2 norm (the paper's choice). Without it
+  // they are signed unit vectors, so unrelated keys can be near-orthogonal; after SiLU they are
+  // nearly non-negative and any two overlap, which blurs every read (docs/evaluation.md).
+  bool qk_silu = true;
   int chunk_size = 16;    // b: gradients inside a chunk are taken at its start weights.
   // Inner learning rate theta_t in (0, theta_max). 0.01: with chunk 16 and eta ~0.88 a chunk adds
   // up to ~80 single steps along a consistent gradient, so theta ~0.005 keeps the per-chunk gain

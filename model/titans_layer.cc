@@ -147,11 +147,13 @@ at::Tensor L2Normalize(const at::Tensor& x) {
   return x * at::rsqrt(x.pow(2).sum(-1, /*keepdim=*/true).clamp_min(1e-12));
 }
 
-// A memory query or key: Linear -> causal conv -> SiLU -> per-head L2 norm, [B, T, H*dh].
+// A memory query or key: Linear -> causal conv -> SiLU (unless memory.qk_activation is "none")
+// -> per-head L2 norm, [B, T, H*dh].
 at::Tensor QueryRows(const ModelConfig& c, const std::vector<StreamSlice>& slices,
                      const at::Tensor& x, const at::Tensor& proj, const at::Tensor& taps,
                      at::Tensor LayerState::*tail) {
-  at::Tensor h = at::silu(ConvSlices(slices, Linear(x, proj), taps, tail));
+  at::Tensor h = ConvSlices(slices, Linear(x, proj), taps, tail);
+  if (c.memory.qk_silu) h = at::silu(h);
   const int64_t B = h.size(0), T = h.size(1);
   return L2Normalize(h.reshape({B, T, c.num_heads, c.head_dim})).reshape({B, T, -1});
 }

@@ -11,6 +11,7 @@ TEST(ModelConfig, JsonRoundTrip) {
   c.memory.depth = 3;
   c.memory.activation = Activation::kGELU;
   c.memory.residual = true;
+  c.memory.qk_silu = false;
   c.attention.window = 33;
   c.description = "a \"quoted\" description";
   auto back = ParseModelConfig(ModelConfigToJson(c));
@@ -19,6 +20,11 @@ TEST(ModelConfig, JsonRoundTrip) {
   EXPECT_EQ(back->variant, Variant::kMAG);
   EXPECT_EQ(back->memory.activation, Activation::kGELU);
   EXPECT_TRUE(back->memory.residual);
+  EXPECT_FALSE(back->memory.qk_silu);
+  // A config written before memory.qk_activation existed keeps the paper's SiLU.
+  auto old = ParseModelConfig(R"({"format_version": 1, "memory": {"depth": 2}})");
+  ASSERT_TRUE(old.ok()) << old.status();
+  EXPECT_TRUE(old->memory.qk_silu);
 }
 
 TEST(ModelConfig, ErrorsNameTheKey) {
@@ -34,6 +40,7 @@ TEST(ModelConfig, ErrorsNameTheKey) {
       {R"({"format_version": 1, "memory": {"chunk_size": 5}})", "attention.segment_size"},
       {R"({"format_version": 1, "memory": {"activation": "relu"}})", "memory.activation"},
       {R"({"format_version": 1, "memory": {"theta_max": -1}})", "memory.theta_max"},
+      {R"({"format_version": 1, "memory": {"qk_activation": "relu"}})", "memory.qk_activation"},
       {R"({"format_version": 1, "head_dim": 31})", "head_dim"},
       {R"({"format_version": 1, "typo_key": 1})", "typo_key"},
       {R"({"format_version": 1, "attention": {"windw": 3}})", "attention.windw"},

@@ -85,6 +85,30 @@ INSTANTIATE_TEST_SUITE_P(AllVariants, ChunkedVsTokenByToken, ::testing::ValuesIn
                                   std::to_string(info.param.chunk);
                          });
 
+// memory.qk_activation "none" drops the SiLU before the queries' and keys' L2 norm: the reads
+// change (same weights, different logits), and the chunked form still equals the per-token
+// recurrence, for every memory variant.
+TEST(ChunkedVsTokenByToken, QueryKeyActivationNone) {
+  for (Variant v : {Variant::kMAC, Variant::kMAG, Variant::kMAL, Variant::kLMM}) {
+    ModelConfig c = TinyConfig(v, /*depth=*/2, /*chunk=*/4);
+    auto with_silu = MakeModel(c, 3, /*dbl=*/true);
+    c.memory.qk_silu = false;
+    auto without = MakeModel(c, 3, /*dbl=*/true);
+    ASSERT_NE(with_silu, nullptr);
+    ASSERT_NE(without, nullptr);
+    at::NoGradGuard no_grad;
+    at::Tensor tokens = RandomTokens(1, 27, 5);
+    SessionState silu_state = with_silu->NewState();
+    SessionState chunked = without->NewState(), stepped = without->NewState();
+    at::Tensor silu_logits = ForwardAll(*with_silu, &silu_state, tokens);
+    at::Tensor a = ForwardAll(*without, &chunked, tokens);
+    at::Tensor b = TokenByToken(*without, &stepped, tokens);
+    EXPECT_GT(MaxDiff(a, silu_logits), 1e-4) << Name(v);
+    EXPECT_LT(MaxDiff(a, b), 1e-9) << Name(v);
+    EXPECT_LT(MaxStateDiff(chunked, stepped), 1e-9) << Name(v);
+  }
+}
+
 // The served precision: fp32. Tolerance 2e-4 absolute on logits of magnitude ~10: fp32 epsilon
 // (1.2e-7) times reduction lengths (~100) through two layers, with margin.
 TEST(ChunkedVsTokenByTokenFloat, AgreeWithinFloatTolerance) {
