@@ -34,7 +34,7 @@ struct MemoryConfig {
   // they are signed unit vectors, so unrelated keys can be near-orthogonal; after SiLU they are
   // nearly non-negative and any two overlap, which blurs every read (docs/evaluation.md).
   bool qk_silu = true;
-  int chunk_size = 16;    // b: gradients inside a chunk are taken at its start weights.
+  int chunk_size = 16;  // b: gradients inside a chunk are taken at its start weights.
   // Inner learning rate theta_t in (0, theta_max). 0.01: with chunk 16 and eta ~0.88 a chunk adds
   // up to ~80 single steps along a consistent gradient, so theta ~0.005 keeps the per-chunk gain
   // ~0.4 (0.1 made the memory chaotic on ordinary text: docs/model.md, "Stability").
