@@ -219,7 +219,8 @@ class KernelBatch {
   };
 
  public:
-  explicit KernelBatch(const MemorySpec& spec) : spec_(spec) {}
+  // `streams`: how many states will be queued (reserves room; any number may be).
+  KernelBatch(const MemorySpec& spec, size_t streams) : spec_(spec) { entries_.reserve(streams); }
 
   // Queues n tokens of `st` (k, v, q [G, n, d], gates [G, n]); Run() returns its y [G, n, d].
   // The grouped layout is the packed one with one head per "batch row": g's rows are row g.
@@ -254,6 +255,7 @@ class KernelBatch {
   std::vector<at::Tensor> Run() {
     RunTasks(shape_, tasks_, device_);
     std::vector<at::Tensor> ys;
+    ys.reserve(entries_.size());
     for (Entry& e : entries_) {
       MemoryState* st = e.state;
       for (int l = 0; l < spec_.depth; ++l) {
@@ -360,6 +362,7 @@ class KernelBatch {
       e.chunk->gates = e.gates_out;
     }
 
+    if (tasks_.empty()) tasks_.reserve(entries_.capacity() * G);
     for (int64_t g = 0; g < G; ++g) {
       kernels::MemoryTask t;
       for (int l = 0; l < L; ++l) {
@@ -495,7 +498,7 @@ std::vector<at::Tensor> MemoryWriteReadMany(const MemorySpec& spec,
   }
   std::vector<at::Tensor> ys;
   if (kernel) {
-    KernelBatch batch(spec);
+    KernelBatch batch(spec, states.size());
     for (size_t i = 0; i < states.size(); ++i) {
       batch.Add(states[i], inputs[i].k, inputs[i].v, inputs[i].q, inputs[i].gates);
     }
@@ -526,7 +529,7 @@ at::Tensor MemoryWriteReadPacked(const MemorySpec& spec, int64_t heads,
   const MemoryGates gc{gates.log_keep.contiguous(), gates.log_eta.contiguous(),
                        gates.theta.contiguous()};
   at::Tensor y = at::empty_like(kc);
-  KernelBatch batch(spec);
+  KernelBatch batch(spec, states.size());
   for (size_t i = 0; i < states.size(); ++i) {
     batch.AddPacked(states[i], rows[i].begin, rows[i].length, heads, kc, vc, qc, gc, y);
   }

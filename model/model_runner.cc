@@ -9,6 +9,7 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "absl/types/span.h"
 #include "kernels/memory_kernel.h"
 #include "model/session_state.h"
 #include "model/status_macros.h"
@@ -268,6 +269,28 @@ absl::Status ModelRunner::CheckPlan(const StepPlan& plan) const {
   return absl::OkStatus();
 }
 
+namespace {
+
+// Token lists for one forward pass, kept by each thread between steps with their capacity, so
+// that a decode step allocates no list per slot. Only the first `used_` lists are the pass's.
+class TokenLists {
+ public:
+  void Clear() { used_ = 0; }
+  std::vector<int64_t>& Next() {
+    if (used_ == lists_.size()) lists_.emplace_back();
+    std::vector<int64_t>& list = lists_[used_++];
+    list.clear();
+    return list;
+  }
+  absl::Span<const std::vector<int64_t>> View() const { return {lists_.data(), used_}; }
+
+ private:
+  std::vector<std::vector<int64_t>> lists_;
+  size_t used_ = 0;
+};
+
+}  // namespace
+
 absl::StatusOr<StepResult> ModelRunner::Step(const StepPlan& plan) {
   std::lock_guard<std::mutex> lock(mu_);
   const auto start = Clock::now();
@@ -315,7 +338,7 @@ absl::StatusOr<StepResult> ModelRunner::Step(const StepPlan& plan) {
   // Runs the listed slots' token lists through one batched forward pass; per-slot failures go
   // into their outcomes. A failure of the whole pass (LibTorch) is returned.
   auto forward = [&](const std::vector<size_t>& which,
-                     const std::vector<std::vector<int64_t>>& tokens) -> absl::Status {
+                     absl::Span<const std::vector<int64_t>> tokens) -> absl::Status {
     if (which.empty()) return absl::OkStatus();
     std::vector<SessionState*> states;
     states.reserve(which.size());
@@ -336,7 +359,10 @@ absl::StatusOr<StepResult> ModelRunner::Step(const StepPlan& plan) {
     // pass with the drawn token; slots with tokens before sampling sample after it and run a
     // second pass (the first token of a generation, after its prompt or BOS).
     std::vector<size_t> decode_now, sample_later, pass, scores;
-    std::vector<std::vector<int64_t>> pass_tokens;
+    decode_now.reserve(n);
+    pass.reserve(n);
+    thread_local TokenLists pass_tokens;
+    pass_tokens.Clear();
     for (size_t i = 0; i < n; ++i) {
       const SlotWork& w = plan.work[i];
       if (w.action == SlotAction::kScore) {
@@ -346,23 +372,24 @@ absl::StatusOr<StepResult> ModelRunner::Step(const StepPlan& plan) {
       } else {
         if (w.action == SlotAction::kSample) sample_later.push_back(i);
         pass.push_back(i);
-        pass_tokens.push_back(as_ids(w.tokens));
+        pass_tokens.Next().assign(w.tokens.begin(), w.tokens.end());
       }
     }
     sample(decode_now);
     for (size_t i : decode_now) {
       pass.push_back(i);
-      pass_tokens.push_back({result.slots[i].sampled});
+      pass_tokens.Next().push_back(result.slots[i].sampled);
     }
-    TITANS_RETURN_IF_ERROR(forward(pass, pass_tokens));
+    TITANS_RETURN_IF_ERROR(forward(pass, pass_tokens.View()));
     std::vector<size_t> second;
     for (size_t i : sample_later) {
       if (result.slots[i].status.ok()) second.push_back(i);
     }
     sample(second);
-    std::vector<std::vector<int64_t>> second_tokens;
-    for (size_t i : second) second_tokens.push_back({result.slots[i].sampled});
-    TITANS_RETURN_IF_ERROR(forward(second, second_tokens));
+    thread_local TokenLists second_tokens;
+    second_tokens.Clear();
+    for (size_t i : second) second_tokens.Next().push_back(result.slots[i].sampled);
+    TITANS_RETURN_IF_ERROR(forward(second, second_tokens.View()));
     // Scores need every position's logits: one forward each (Forward, all logits).
     for (size_t i : scores) {
       const SlotWork& w = plan.work[i];

@@ -31,27 +31,29 @@ bool Better(const Candidate& a, const Candidate& b) {
 }
 
 // Candidates in id order with the repetition penalty applied; NaN and -inf logits are dropped.
-std::vector<Candidate> BuildCandidates(const float* logits, int32_t vocab_size, double penalty,
-                                       const std::vector<int32_t>& recent_tokens) {
-  std::vector<int32_t> penalized;
+// Fills `*cands` (cleared first). The caller passes buffers it keeps between calls, so that
+// sampling every session of a step allocates nothing once they have grown.
+void BuildCandidates(const float* logits, int32_t vocab_size, double penalty,
+                     const std::vector<int32_t>& recent_tokens, std::vector<int32_t>* penalized,
+                     std::vector<Candidate>* cands) {
+  penalized->clear();
   if (penalty != 1.0) {
-    penalized = recent_tokens;
-    std::sort(penalized.begin(), penalized.end());
-    penalized.erase(std::unique(penalized.begin(), penalized.end()), penalized.end());
+    penalized->assign(recent_tokens.begin(), recent_tokens.end());
+    std::sort(penalized->begin(), penalized->end());
+    penalized->erase(std::unique(penalized->begin(), penalized->end()), penalized->end());
   }
-  auto next_penalized = std::lower_bound(penalized.begin(), penalized.end(), 0);
-  std::vector<Candidate> cands;
-  cands.reserve(vocab_size);
+  auto next_penalized = std::lower_bound(penalized->begin(), penalized->end(), 0);
+  cands->clear();
+  cands->reserve(vocab_size);
   for (int32_t id = 0; id < vocab_size; ++id) {
     double x = logits[id];
-    if (next_penalized != penalized.end() && *next_penalized == id) {
+    if (next_penalized != penalized->end() && *next_penalized == id) {
       ++next_penalized;
       x = x > 0 ? x / penalty : x * penalty;
     }
     if (std::isnan(x) || x == -std::numeric_limits<double>::infinity()) continue;
-    cands.push_back({id, x, 0.0});
+    cands->push_back({id, x, 0.0});
   }
-  return cands;
 }
 
 double SumWeights(const std::vector<Candidate>& cands) {
@@ -174,8 +176,10 @@ absl::StatusOr<Rng> Rng::FromState(const State& state) {
 int32_t SampleToken(const float* logits, int32_t vocab_size, const SamplingParams& params,
                     const std::vector<int32_t>& recent_tokens, Rng* rng) {
   if (logits == nullptr || vocab_size <= 0) return 0;
-  std::vector<Candidate> cands =
-      BuildCandidates(logits, vocab_size, params.repetition_penalty, recent_tokens);
+  // Per-thread buffers: every call rebuilds them, none is held across calls.
+  thread_local std::vector<int32_t> penalized;
+  thread_local std::vector<Candidate> cands;
+  BuildCandidates(logits, vocab_size, params.repetition_penalty, recent_tokens, &penalized, &cands);
   if (cands.empty()) return 0;  // Every logit is -inf or NaN.
   if (params.temperature == 0.0f || rng == nullptr) {
     return std::min_element(cands.begin(), cands.end(), Better)->id;

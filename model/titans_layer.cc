@@ -93,6 +93,7 @@ at::Tensor ConvSlices(const std::vector<StreamSlice>& slices, const at::Tensor& 
   // Per slice: the tail read (kept alive through the call) and the fresh ring written, if any.
   std::vector<at::Tensor> old_tails(slices.size()), new_tails(slices.size());
   std::vector<kernels::ConvStream> streams;
+  streams.reserve(slices.size());
   for (size_t i = 0; i < slices.size(); ++i) {
     const StreamSlice& s = slices[i];
     TailRing& ring = RingOf(*s.state, tail);
@@ -273,6 +274,7 @@ at::Tensor AttendSlices(const ModelConfig& c, const std::vector<StreamSlice>& sl
   at::Tensor heads = at::empty_like(qx);
   std::vector<SliceCache> caches(slices.size());
   std::vector<kernels::AttentionStream> streams;
+  streams.reserve(slices.size());
   const int64_t most = E * (shape.window - 1);
   for (size_t i = 0; i < slices.size(); ++i) {
     const StreamSlice& s = slices[i];
@@ -500,12 +502,14 @@ at::Tensor NeuralMemoryForward(const ModelConfig& c, const NeuralMemoryParams& p
   at::Tensor theta = c.memory.theta_max * at::sigmoid(Linear(x, p.theta_w) + p.theta_b);
   // One memory update for all slices (one kernel call).
   std::vector<MemoryState*> states;
+  states.reserve(slices.size());
   for (const StreamSlice& s : slices) states.push_back(&s.state->memory);
   const MemorySpec spec = MemorySpec::FromConfig(c.memory);
   at::Tensor y;
   if (MemoryKernelApplies(states, k)) {
     // The kernel reads every slice's heads in place from the packed rows.
     std::vector<PackedRows> rows;
+    rows.reserve(slices.size());
     for (const StreamSlice& s : slices) rows.push_back(PackedRows{s.begin, s.length});
     y = MemoryWriteReadPacked(spec, H, states, rows, k, v, q,
                               MemoryGates{log_keep, log_eta, theta});

@@ -184,6 +184,7 @@ at::Tensor TitansModel::Step(const std::vector<SessionState*>& states, const at:
                              const std::vector<int64_t>& lengths, bool all_logits) const {
   at::Tensor x = at::embedding(params_.embedding, tokens);  // [B, N, d]
   std::vector<int64_t> begins;
+  begins.reserve(lengths.size());
   int64_t begin = 0;
   for (int64_t len : lengths) {
     begins.push_back(begin);
@@ -198,6 +199,7 @@ at::Tensor TitansModel::Step(const std::vector<SessionState*>& states, const at:
   }
   if (!all_logits) {
     std::vector<int64_t> last;
+    last.reserve(states.size());
     for (size_t k = 0; k < states.size(); ++k) last.push_back(begins[k] + lengths[k] - 1);
     x = x.index_select(1, at::tensor(last).to(x.device()));  // [B, streams, d]
   }
@@ -262,7 +264,7 @@ class WorkingCopies {
 }  // namespace
 
 absl::Status TitansModel::ForwardMany(const std::vector<SessionState*>& states,
-                                      const std::vector<std::vector<int64_t>>& tokens,
+                                      absl::Span<const std::vector<int64_t>> tokens,
                                       std::vector<absl::Status>* statuses) const {
   if (states.size() != tokens.size()) {
     return absl::InvalidArgumentError("ForwardMany: one token list per state");
@@ -300,6 +302,10 @@ absl::Status TitansModel::ForwardMany(const std::vector<SessionState*>& states,
       std::vector<SessionState*> active;
       std::vector<int64_t> lengths, packed;
       std::vector<size_t> which;
+      active.reserve(states.size());
+      lengths.reserve(states.size());
+      which.reserve(states.size());
+      packed.reserve(states.size());
       for (size_t i = 0; i < states.size(); ++i) {
         const int64_t remaining = static_cast<int64_t>(tokens[i].size()) - done[i];
         if (remaining == 0) continue;
@@ -325,6 +331,8 @@ absl::Status TitansModel::ForwardMany(const std::vector<SessionState*>& states,
     // One finiteness check (and one host sync) for all sessions' new logits.
     std::vector<size_t> checked;
     std::vector<at::Tensor> rows;
+    checked.reserve(states.size());
+    rows.reserve(states.size());
     for (size_t i = 0; i < states.size(); ++i) {
       if (!result[i].ok()) continue;
       checked.push_back(i);

@@ -17,6 +17,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "model/config.h"
 #include "model/params.h"
 #include "model/session_state.h"
@@ -83,7 +84,7 @@ class TitansModel {
   // the whole call fails with INTERNAL. A session that would pass SessionState::kMaxPosition is
   // left unchanged in the same way, with OUT_OF_RANGE.
   absl::Status ForwardMany(const std::vector<SessionState*>& states,
-                           const std::vector<std::vector<int64_t>>& tokens,
+                           absl::Span<const std::vector<int64_t>> tokens,
                            std::vector<absl::Status>* statuses = nullptr) const;
 
   // Log-probabilities of `tokens` continuing *state (inference; caller holds a NoGradGuard or

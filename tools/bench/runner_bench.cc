@@ -21,7 +21,11 @@
 // the same kind of bound: the memory kernel's time in that step plus every dense layer over the
 // N rows in GEMMs of kMaxStepTokens rows (the shapes the model runs them at).
 #include <ATen/record_function.h>
+#include <cxxabi.h>
+#include <dlfcn.h>
+#include <execinfo.h>
 #include <malloc.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -29,6 +33,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <string>
@@ -38,6 +43,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "kernels/linear.h"
 #include "model/determinism.h"
 #include "model/model_runner.h"
@@ -55,6 +61,9 @@ ABSL_FLAG(int32_t, compute_threads, 0, "as titans-server's flag");
 ABSL_FLAG(int32_t, library_threads, 1, "as titans-server's flag");
 ABSL_FLAG(bool, op_names, false,
           "also list the LibTorch operators called per decode step, most frequent first");
+ABSL_FLAG(int32_t, alloc_sites, 0,
+          "if > 0, also list this many call stacks that allocate in a decode step, most "
+          "frequent first, with their allocations per step (recorded in extra steps)");
 
 // Counting wrappers: glibc exports its allocator as __libc_*, so this binary's definitions
 // interpose malloc for every library it loads (LibTorch's CPU allocator included) and count
@@ -68,33 +77,57 @@ void* __libc_memalign(size_t, size_t);
 }
 namespace {
 std::atomic<int64_t> allocations{0};
+
+// --alloc_sites: while `record_sites` is set, every allocation also records its call stack
+// (glibc's backtrace; the recording's own allocations are neither counted as sites nor recorded,
+// through the thread-local guard).
+using CallStack = std::vector<void*>;
+constexpr int kSiteFrames = 32;
+std::atomic<bool> record_sites{false};
+thread_local bool in_site_hook = false;
+std::mutex sites_mu;
+std::map<CallStack, int64_t>* sites = nullptr;  // guarded by sites_mu; set while recording
+
+void CountAllocation() {
+  allocations.fetch_add(1, std::memory_order_relaxed);
+  if (!record_sites.load(std::memory_order_relaxed) || in_site_hook) return;
+  in_site_hook = true;
+  void* frames[kSiteFrames];
+  const int n = backtrace(frames, kSiteFrames);
+  {
+    std::lock_guard<std::mutex> lock(sites_mu);
+    // Frame 0 is this function, frame 1 the wrapper; the caller of malloc is frame 2.
+    if (sites != nullptr && n > 2) ++(*sites)[CallStack(frames + 2, frames + n)];
+  }
+  in_site_hook = false;
 }
+}  // namespace
 extern "C" {
 void* malloc(size_t n) {
-  allocations.fetch_add(1, std::memory_order_relaxed);
+  CountAllocation();
   return __libc_malloc(n);
 }
 void* calloc(size_t count, size_t n) {
-  allocations.fetch_add(1, std::memory_order_relaxed);
+  CountAllocation();
   return __libc_calloc(count, n);
 }
 void* realloc(void* p, size_t n) {
-  allocations.fetch_add(1, std::memory_order_relaxed);
+  CountAllocation();
   return __libc_realloc(p, n);
 }
 int posix_memalign(void** out, size_t alignment, size_t n) {
-  allocations.fetch_add(1, std::memory_order_relaxed);
+  CountAllocation();
   void* p = __libc_memalign(alignment, n);
   if (p == nullptr) return ENOMEM;
   *out = p;
   return 0;
 }
 void* aligned_alloc(size_t alignment, size_t n) {
-  allocations.fetch_add(1, std::memory_order_relaxed);
+  CountAllocation();
   return __libc_memalign(alignment, n);
 }
 void* memalign(size_t alignment, size_t n) {
-  allocations.fetch_add(1, std::memory_order_relaxed);
+  CountAllocation();
   return __libc_memalign(alignment, n);
 }
 }
@@ -166,6 +199,109 @@ int LongAppend(const titans::TitansModel& model, const std::vector<at::Tensor>& 
       1e6 * r->kernel_seconds / tokens, 1e6 * dense_seconds / tokens, 100 * bound / seconds,
       1e3 * static_cast<double>(allocations.load() - allocs_before) / tokens);
   return 0;
+}
+
+// Where this executable is loaded.
+void* ExecutableBase() {
+  static void* const base = [] {
+    Dl_info info;
+    return dladdr(reinterpret_cast<void*>(&ExecutableBase), &info) != 0 ? info.dli_fbase : nullptr;
+  }();
+  return base;
+}
+
+// A frame's name: the symbol dladdr finds in a shared library, or for this executable (whose
+// functions are mostly not exported) the function and line addr2line reads from its debug
+// information; raw addresses where neither knows.
+std::string FrameName(void* address, std::map<void*, std::string>* cache) {
+  if (auto it = cache->find(address); it != cache->end()) return it->second;
+  std::string name;
+  Dl_info info;
+  if (dladdr(address, &info) != 0 && info.dli_fname != nullptr) {
+    const std::string object = info.dli_fname;
+    const bool in_self = info.dli_fbase == ExecutableBase();
+    if (info.dli_sname != nullptr && !in_self) {
+      int status = 0;
+      char* demangled = abi::__cxa_demangle(info.dli_sname, nullptr, nullptr, &status);
+      name = status == 0 && demangled != nullptr ? demangled : info.dli_sname;
+      std::free(demangled);
+    } else if (in_self) {
+      // The return address points after the call; one byte back is inside it.
+      const auto offset =
+          reinterpret_cast<uintptr_t>(address) - reinterpret_cast<uintptr_t>(info.dli_fbase) - 1;
+      const std::string command =
+          absl::StrCat("addr2line -f -C -s -i -e /proc/", getpid(), "/exe ", absl::Hex(offset));
+      if (FILE* pipe = popen(command.c_str(), "r")) {
+        char line[1024];
+        std::vector<std::string> lines;
+        while (std::fgets(line, sizeof(line), pipe) != nullptr) {
+          lines.emplace_back(line, strcspn(line, "\n"));
+        }
+        pclose(pipe);
+        // With -i, pairs of (function, file:line) from the innermost inlined frame out.
+        for (size_t i = 0; i + 1 < lines.size(); i += 2) {
+          absl::StrAppend(&name, i == 0 ? "" : " <- ", lines[i], " (", lines[i + 1], ")");
+        }
+      }
+    }
+    if (name.empty()) {
+      name = absl::StrCat(object.substr(object.rfind('/') + 1), "+0x",
+                          absl::Hex(reinterpret_cast<uintptr_t>(address) -
+                                    reinterpret_cast<uintptr_t>(info.dli_fbase)));
+    }
+  } else {
+    name = absl::StrCat("0x", absl::Hex(reinterpret_cast<uintptr_t>(address)));
+  }
+  if (name.size() > 160) name = name.substr(0, 157) + "...";
+  (*cache)[address] = name;
+  return name;
+}
+
+// Runs `steps` more steps of `plan` recording every allocation's call stack, then prints the
+// `top` most frequent stacks with their allocations per step. Allocator, LibTorch allocator and
+// tensor-construction frames are shown too: the first frame in this project's code is usually
+// the one to read.
+bool PrintAllocationSites(titans::ModelRunner& runner, const titans::StepPlan& plan, int steps,
+                          int top) {
+  std::map<CallStack, int64_t> recorded;
+  {
+    void* warm[2];
+    backtrace(warm, 2);  // loads the unwinder before recording starts
+    std::lock_guard<std::mutex> lock(sites_mu);
+    sites = &recorded;
+  }
+  record_sites = true;
+  bool ok = true;
+  for (int s = 0; s < steps && ok; ++s) ok = runner.Step(plan).ok();
+  record_sites = false;
+  {
+    std::lock_guard<std::mutex> lock(sites_mu);
+    sites = nullptr;
+  }
+  // Stacks are shown and merged as the allocating frame plus the frames in this executable (the
+  // project's code): the library frames between them say how, not where.
+  std::map<CallStack, int64_t> merged;
+  for (const auto& [stack, count] : recorded) {
+    CallStack shown = {stack.front()};
+    for (size_t i = 1; i < stack.size(); ++i) {
+      Dl_info info;
+      if (dladdr(stack[i], &info) != 0 && info.dli_fbase == ExecutableBase()) {
+        shown.push_back(stack[i]);
+      }
+    }
+    merged[shown] += count;
+  }
+  std::vector<std::pair<int64_t, const CallStack*>> order;
+  for (const auto& [stack, count] : merged) order.emplace_back(count, &stack);
+  std::sort(order.begin(), order.end(),
+            [](const auto& a, const auto& b) { return a.first > b.first; });
+  std::map<void*, std::string> names;
+  for (int i = 0; i < top && i < static_cast<int>(order.size()); ++i) {
+    std::printf("    %9.1f allocations/step\n", static_cast<double>(order[i].first) / steps);
+    for (void* frame : *order[i].second)
+      std::printf("        %s\n", FrameName(frame, &names).c_str());
+  }
+  return ok;
 }
 
 // LibTorch operator calls per step over `steps` more steps of `plan` (-1 on a failed step).
@@ -283,6 +419,11 @@ int main(int argc, char** argv) {
     if (ops < 0) return Fail("a step failed while counting operators");
     if (list_ops) {
       for (const auto& [name, count] : op_names) std::printf("    %9.1f %s\n", count, name.c_str());
+    }
+    if (const int top = absl::GetFlag(FLAGS_alloc_sites); top > 0) {
+      if (!PrintAllocationSites(**runner, decode, steps, top)) {
+        return Fail("a step failed while recording allocation sites");
+      }
     }
     std::printf("%8d %12.0f %7.2fx %10.3f %14.1f %7.1f%% %10.1f %7.2fx %12.0f %9.0f\n", n,
                 tokens_per_second, tokens_per_second / first, 1e3 * seconds / steps,
