@@ -1,4 +1,5 @@
 #include "server/engine/engine_impl.h"
+#include "server/log.h"
 
 namespace titans::engine {
 
@@ -29,7 +30,9 @@ absl::Status Engine::Impl::Start() {
     shared_ = files_->shared();
     std::vector<std::string> errors;
     for (SessionRecord& r : files_->List(&errors)) Register(std::move(r));
-    for (const std::string& e : errors) std::fprintf(stderr, "engine: skipped %s\n", e.c_str());
+    for (const std::string& e : errors) {
+      server::Log(server::LogLevel::kWarning, "session_record_skipped", {{"error", e}});
+    }
   }
   if (options_.durability != Durability::kNone && !files_) {
     return absl::InvalidArgumentError(
@@ -73,8 +76,8 @@ void Engine::Impl::Shutdown(int64_t deadline_ms) {
       if (s->slot) {
         absl::Status st = Persist(s.get());
         if (!st.ok()) {
-          std::fprintf(stderr, "engine: could not persist %s: %s\n", id.c_str(),
-                       st.ToString().c_str());
+          server::Log(server::LogLevel::kError, "session_persist_failed",
+                      {{"session", id}, {"error", st.ToString()}});
         }
       }
     }

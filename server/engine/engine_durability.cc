@@ -1,7 +1,9 @@
 #include <algorithm>
 #include <limits>
 
+#include "absl/strings/str_format.h"
 #include "server/engine/engine_impl.h"
+#include "server/log.h"
 
 namespace titans::engine {
 
@@ -10,7 +12,9 @@ absl::Status Engine::Impl::Recover() {
   const std::string dir = options_.state_dir + "/wal";
   std::vector<std::string> warnings;
   std::vector<WalRecord> records = Wal::ReadAll(dir, &warnings);
-  for (const std::string& w : warnings) std::fprintf(stderr, "engine: log: %s\n", w.c_str());
+  for (const std::string& w : warnings) {
+    server::Log(server::LogLevel::kWarning, "wal_read_warning", {{"detail", w}});
+  }
   std::set<Session*> touched;
   std::set<Session*> broken;
   for (const WalRecord& r : records) {
@@ -24,7 +28,9 @@ absl::Status Engine::Impl::Recover() {
     }
     absl::StatusOr<bool> applied = ReplayRecord(s, r);
     if (!applied.ok()) {
-      std::fprintf(stderr, "engine: %s\n", applied.status().ToString().c_str());
+      server::Log(server::LogLevel::kError, "wal_replay_failed",
+                  {{"session", s->record.id}, {"error", applied.status().ToString()}});
+      observer().OnRestore(0, 0, false);
       broken.insert(s);
     } else if (*applied) {
       touched.insert(s);
@@ -35,13 +41,14 @@ absl::Status Engine::Impl::Recover() {
     absl::Status st = Persist(s);
     if (!st.ok()) return st;
   }
-  for (size_t i = 0; i < broken.size(); ++i) observer().OnRestore(0, 0, false);
   unrecoverable_sessions_ = static_cast<int64_t>(broken.size());
   TITANS_ASSIGN_OR_RETURN(wal_, Wal::Open(dir));
   TITANS_RETURN_IF_ERROR(wal_->DropOldSegments());
   recovery_seconds_ = std::chrono::duration<double>(Clock::now() - start).count();
-  std::fprintf(stderr, "engine: recovered %lld log records into %zu sessions in %.3f s\n",
-               static_cast<long long>(recovered_records_), touched.size(), recovery_seconds_);
+  server::Log(server::LogLevel::kInfo, "wal_recovered",
+              {{"records", std::to_string(recovered_records_)},
+               {"sessions", std::to_string(touched.size())},
+               {"seconds", absl::StrFormat("%.3f", recovery_seconds_)}});
   return absl::OkStatus();
 }
 
@@ -79,6 +86,16 @@ std::unique_ptr<Session> Engine::Impl::NewSession() const {
 
 absl::Status Engine::Impl::EnsureResident(Session* s) {
   if (s->slot) return absl::OkStatus();
+  const auto start = Clock::now();
+  int64_t bytes = 0;
+  bool complete = true;
+  absl::Status st = Restore(s, &bytes, &complete);
+  observer().OnRestore(bytes, std::chrono::duration<double>(Clock::now() - start).count(),
+                       st.ok() && complete);
+  return st;
+}
+
+absl::Status Engine::Impl::Restore(Session* s, int64_t* bytes, bool* complete) {
   const std::string id = s->record.id;
   if (shared_) {
     TITANS_ASSIGN_OR_RETURN(const bool migrated, files_->Acquire(id));
@@ -91,6 +108,7 @@ absl::Status Engine::Impl::EnsureResident(Session* s) {
     s->persisted_position = s->record.position;
   }
   TITANS_ASSIGN_OR_RETURN(std::string blob, files_->ReadState(id));
+  *bytes += static_cast<int64_t>(blob.size());
   TITANS_ASSIGN_OR_RETURN(SlotId slot, runner_->Import(blob));
   s->slot = slot;
   LoadHistory(s);
@@ -100,8 +118,9 @@ absl::Status Engine::Impl::EnsureResident(Session* s) {
     for (const WalRecord& r : log) {
       absl::StatusOr<bool> applied = ReplayRecord(s, r);
       if (!applied.ok()) {  // keeps the last consistent state, reported like Recover()
-        std::fprintf(stderr, "engine: %s\n", applied.status().ToString().c_str());
-        observer().OnRestore(0, 0, false);
+        server::Log(server::LogLevel::kError, "wal_replay_failed",
+                    {{"session", id}, {"error", applied.status().ToString()}});
+        *complete = false;
         std::lock_guard<std::mutex> lock(mu_);
         ++unrecoverable_sessions_;
         break;
@@ -175,8 +194,8 @@ void Engine::Impl::LoadHistory(Session* s) {
       }
     }
     if (!restored && tokens.status().code() != absl::StatusCode::kNotFound) {
-      std::fprintf(stderr, "engine: session %s: rewind history not restored; it restarts at %lld\n",
-                   id.c_str(), static_cast<long long>(position));
+      server::Log(server::LogLevel::kWarning, "rewind_history_not_restored",
+                  {{"session", id}, {"restarts_at", std::to_string(position)}});
     }
   }
   if (!restored) ResetHistory(s);

@@ -206,6 +206,10 @@ class Engine::Impl {
   // its record re-read (another replica may have changed it) and its log since the checkpoint
   // replayed. NOT_FOUND when the session no longer exists in the store.
   absl::Status EnsureResident(Session* s);
+  // EnsureResident's work, timed and reported by it (OnRestore): reads the state (adding its
+  // size to *bytes) and, from a shared store, replays the session's log; *complete is false when
+  // a log record could not be applied (the session keeps its last consistent state).
+  absl::Status Restore(Session* s, int64_t* bytes, bool* complete);
 
   // Applies one log record to the session's state. False if the state already contains it (or
   // it belongs to an abandoned epoch); DATA_LOSS if it does not continue the state (a gap).

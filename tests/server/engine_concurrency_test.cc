@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <future>
+#include <mutex>
 #include <random>
 #include <thread>
 
@@ -216,6 +217,52 @@ TEST_F(EngineConcurrencyTest, RandomOperationsFromManyThreads) {
     absl::Status appended = Append(id, "still works");
     EXPECT_TRUE(appended.ok()) << id << ": " << appended;
   }
+}
+
+// Reading a spilled session back is timed and reported to the observer (the
+// titans_restore_duration_seconds metric), with the bytes read.
+class RestoreCounter : public engine::EngineObserver {
+ public:
+  void OnRestore(int64_t bytes, double seconds, bool ok) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++restores_;
+    if (ok && bytes > 0 && seconds > 0) ++timed_;
+  }
+  int restores() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return restores_;
+  }
+  int timed() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return timed_;
+  }
+
+ private:
+  std::mutex mu_;
+  int restores_ = 0, timed_ = 0;
+};
+
+TEST_F(EngineConcurrencyTest, RestoresOfSpilledSessionsAreTimed) {
+  engine_->Shutdown(0);
+  engine_.reset();
+  RestoreCounter counter;
+  options_.observer = &counter;
+  options_.max_resident_sessions = 1;
+  auto e = Engine::Create(options_);
+  ASSERT_TRUE(e.ok()) << e.status();
+  engine_ = std::move(*e);
+  for (const char* id : {"a", "b"}) {
+    engine::CreateParams p;
+    p.id = id;
+    ASSERT_TRUE(engine_->CreateSession(p).ok());
+  }
+  ASSERT_TRUE(Append("a", "the first fact").ok());
+  ASSERT_TRUE(Append("b", "another session").ok());  // one resident slot: spills "a"
+  ASSERT_TRUE(Append("a", "and more").ok());         // reads "a" back
+  engine_->Shutdown(0);
+  engine_.reset();  // no more events once the counter goes
+  EXPECT_GE(counter.timed(), 1);
+  EXPECT_EQ(counter.restores(), counter.timed());
 }
 
 }  // namespace
