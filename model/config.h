@@ -31,8 +31,8 @@ struct MemoryConfig {
   Activation activation = Activation::kSiLU;
   bool residual = false;  // M(z) = z + MLP(z).
   // SiLU on the memory's queries and keys before their L2 norm (the paper's choice). Without it
-  // they are signed unit vectors, so unrelated keys can be near-orthogonal; after SiLU they are
-  // nearly non-negative and any two overlap, which blurs every read (docs/evaluation.md).
+  // ("none") they are signed unit vectors; trained that way the default model recalled fact lists
+  // worse (docs/evaluation.md, "Signed keys").
   bool qk_silu = true;
   int chunk_size = 16;  // b: gradients inside a chunk are taken at its start weights.
   // Inner learning rate theta_t in (0, theta_max). 0.01: with chunk 16 and eta ~0.88 a chunk adds

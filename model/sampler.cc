@@ -176,7 +176,7 @@ absl::StatusOr<Rng> Rng::FromState(const State& state) {
 int32_t SampleToken(const float* logits, int32_t vocab_size, const SamplingParams& params,
                     const std::vector<int32_t>& recent_tokens, Rng* rng) {
   if (logits == nullptr || vocab_size <= 0) return 0;
-  // Per-thread buffers: every call rebuilds them, none is held across calls.
+  // Per-thread buffers: every call rebuilds their contents; only their capacity carries over.
   thread_local std::vector<int32_t> penalized;
   thread_local std::vector<Candidate> cands;
   BuildCandidates(logits, vocab_size, params.repetition_penalty, recent_tokens, &penalized, &cands);

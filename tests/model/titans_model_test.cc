@@ -88,7 +88,7 @@ INSTANTIATE_TEST_SUITE_P(AllVariants, ChunkedVsTokenByToken, ::testing::ValuesIn
 // memory.qk_activation "none" drops the SiLU before the queries' and keys' L2 norm: the reads
 // change (same weights, different logits), and the chunked form still equals the per-token
 // recurrence, for every memory variant.
-TEST(ChunkedVsTokenByToken, QueryKeyActivationNone) {
+TEST(QueryKeyActivation, NoneChangesReadsAndKeepsChunkedEqualToPerToken) {
   for (Variant v : {Variant::kMAC, Variant::kMAG, Variant::kMAL, Variant::kLMM}) {
     ModelConfig c = TinyConfig(v, /*depth=*/2, /*chunk=*/4);
     auto with_silu = MakeModel(c, 3, /*dbl=*/true);
