@@ -4,6 +4,7 @@
 #include <google/protobuf/descriptor.pb.h>
 #include <google/protobuf/dynamic_message.h>
 #include <google/protobuf/stubs/common.h>
+#include <google/protobuf/unknown_field_set.h>
 
 #include <cstdio>
 #include <memory>
@@ -98,31 +99,50 @@ std::string BadUtf8Field(const Message& m, const Descriptor& strict, const std::
   return "";
 }
 
-thread_local grpc::Status last_parse_error;
+// The unknown field that carries a parse error inside the emptied message: the highest field
+// number protobuf allows, which titans.proto will never use. Its payload is the status code (one
+// byte) followed by the message.
+constexpr int kParseErrorField = 536870911;
 
-grpc::Status Failed(grpc::Status st) {
-  last_parse_error = st;
-  return st;
+grpc::Status Failed(Message* msg, const grpc::Status& st) {
+  msg->Clear();
+  std::string payload(1, static_cast<char>(st.error_code()));
+  payload += st.error_message();
+  msg->GetReflection()->MutableUnknownFields(msg)->AddLengthDelimited(kParseErrorField, payload);
+  return grpc::Status::OK;
 }
 
 }  // namespace
 
-grpc::Status TakeParseError() {
-  grpc::Status st = last_parse_error;
-  last_parse_error = grpc::Status::OK;
-  return st;
+grpc::Status RequestError(const Message& msg) {
+  const google::protobuf::UnknownFieldSet& unknown = msg.GetReflection()->GetUnknownFields(msg);
+  for (int i = 0; i < unknown.field_count(); ++i) {
+    const google::protobuf::UnknownField& f = unknown.field(i);
+    if (f.number() != kParseErrorField ||
+        f.type() != google::protobuf::UnknownField::TYPE_LENGTH_DELIMITED ||
+        f.length_delimited().empty()) {
+      continue;
+    }
+    const std::string& payload = f.length_delimited();
+    return grpc::Status(static_cast<grpc::StatusCode>(payload[0]), payload.substr(1));
+  }
+  return grpc::Status::OK;
 }
 
 grpc::Status ParseRequest(grpc::ByteBuffer* buffer, Message* msg) {
   std::vector<grpc::Slice> slices;
   if (!buffer->Dump(&slices).ok()) {
-    return grpc::Status(grpc::StatusCode::INTERNAL, "cannot read the request");
+    return Failed(msg, grpc::Status(grpc::StatusCode::INTERNAL, "cannot read the request"));
   }
   std::string bytes;
   for (const grpc::Slice& s : slices)
     bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
   buffer->Clear();
-  if (msg->ParseFromString(bytes)) return grpc::Status::OK;
+  if (msg->ParseFromString(bytes)) {
+    google::protobuf::UnknownFieldSet* unknown = msg->GetReflection()->MutableUnknownFields(msg);
+    if (!unknown->empty()) unknown->DeleteByNumber(kParseErrorField);  // never the client's
+    return grpc::Status::OK;
+  }
   const std::string type = msg->GetDescriptor()->name();
   const LenientSchema& lenient = Lenient();
   const Descriptor* d = lenient.pool.FindMessageTypeByName(msg->GetDescriptor()->full_name());
@@ -132,12 +152,12 @@ grpc::Status ParseRequest(grpc::ByteBuffer* buffer, Message* msg) {
       const std::string bad = BadUtf8Field(*m, *msg->GetDescriptor(), "");
       if (!bad.empty()) {
         return Failed(
-            grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, bad + " is not valid UTF-8"));
+            msg, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, bad + " is not valid UTF-8"));
       }
     }
   }
-  return Failed(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                             "the request is not a valid titans.v1." + type + " message"));
+  return Failed(msg, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                  "the request is not a valid titans.v1." + type + " message"));
 }
 
 grpc::Status ParseAnyMessage(grpc::ByteBuffer* buffer, grpc::protobuf::MessageLite* msg) {

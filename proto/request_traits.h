@@ -3,7 +3,7 @@
 // empty message before any handler runs. These specialisations of grpc::SerializationTraits
 // parse as usual and, only when that fails, find out why: INVALID_ARGUMENT naming the field
 // ("labels.key is not valid UTF-8"), or "request is not a valid <Type>" for bytes that are no
-// message at all. Serialisation is unchanged.
+// message at all (the handler returns it: see ParseRequest). Serialisation is unchanged.
 //
 // This header is force-included (-include) into every translation unit that uses the generated
 // code (proto/CMakeLists.txt), so that every instantiation sees the same specialisation.
@@ -16,14 +16,16 @@
 
 namespace titans::proto {
 
-// Parses the buffer into *msg (clearing the buffer, as gRPC's own deserialiser does).
+// Parses the buffer into *msg (clearing the buffer, as gRPC's own deserialiser does). Always
+// returns OK: a request that does not parse becomes an empty message carrying its error
+// (RequestError), because gRPC's callback API answers a failed deserialisation with UNIMPLEMENTED
+// and an empty message before any handler runs, and a streaming Read could not tell it from the
+// end of the stream. Every handler checks RequestError first.
 grpc::Status ParseRequest(grpc::ByteBuffer* buffer, google::protobuf::Message* msg);
-// The error of the last request that failed to parse on this thread, cleared by the call (OK if
-// none). A streaming handler's Read() returns false both at the end of the stream and on a
-// message that does not parse (the deserialiser runs on the handler's thread), so handlers call
-// this after their read loop: a bad message must fail the call, not end it early as if the
-// client had finished.
-grpc::Status TakeParseError();
+// Why `msg` did not parse (INVALID_ARGUMENT naming the field or the type, or INTERNAL), or OK if
+// it did. A client cannot forge one: ParseRequest strips the field that carries it from every
+// message that parses.
+grpc::Status RequestError(const google::protobuf::Message& msg);
 // The same for a titans.v1 message seen through its base class (gRPC's generated unary handlers
 // deserialise through SerializationTraits<MessageLite>); any other message is parsed exactly as
 // gRPC's default does.

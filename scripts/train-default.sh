@@ -37,7 +37,8 @@
 #
 # TITANS_CONFIG=FILE trains the Titans model from another config (an experiment, e.g.
 # models/configs/titans-wide-heads.json: 2 heads x 64, docs/evaluation.md); the shipped models
-# come from the default.
+# come from the default. TITANS_ONLY=1 trains only the Titans stages and installs nothing (for an
+# experiment whose baseline is already trained: models/swa-baseline does not depend on the config).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS="${1:-runs}"
@@ -87,6 +88,11 @@ stages() {  # NAME CONFIG
     --steps 1024 --checkpoint_every 128 --eval_every 256 --lr 2e-4 --min_lr 3e-5 --seed 27
 }
 stages titans-default "${TITANS_CONFIG:-models/configs/titans-default.json}" &
+if [ "${TITANS_ONLY:-0}" = 1 ]; then
+  wait
+  echo "trained $RUNS/titans-default-english16b/model (TITANS_ONLY: nothing installed)"
+  exit 0
+fi
 stages swa-baseline models/configs/swa-baseline.json &
 wait
 

@@ -1,6 +1,8 @@
-// The titans.v1.Titans gRPC service over an Engine. Handlers are thin: authenticate, translate
-// the request, hand it to the engine, wait (watching for cancellation and deadlines), convert the
-// status once. Generated protobuf headers stay inside service.cc.
+// The titans.v1.Titans gRPC service over an Engine, on gRPC's callback API: no thread per call
+// and no polling. Handlers are thin: check the request parsed, authenticate, translate it, hand
+// it to the engine and return; the engine's completion finishes the call, and a cancelled call
+// or a passed deadline raises the operation's cancel flag (server/stream_reactors.h). Generated
+// protobuf headers stay out of this header.
 #ifndef TITANS_SERVER_SERVICE_H_
 #define TITANS_SERVER_SERVICE_H_
 
@@ -27,9 +29,13 @@ struct ServiceOptions {
   std::atomic<int64_t>* inflight_request_bytes = nullptr;
   // Where ExportSession / ImportSession read and write snapshot files; empty disables files.
   std::string snapshot_dir;
+  // Threads for the handlers' work that may block: the engine's synchronous calls (create, get,
+  // list, import; they can read or write the session store) and snapshot files.
+  int blocking_threads = 4;
 };
 
-// The engine and authenticator must outlive the service. Thread-safe.
+// The engine and authenticator must outlive the service, and the service the server it is
+// registered with (its destructor waits for the blocking work submitted). Thread-safe.
 std::unique_ptr<grpc::Service> MakeTitansService(engine::Engine* engine, const Authenticator* auth,
                                                  ServiceOptions options = {});
 

@@ -1,10 +1,8 @@
-// GenerateEventQueue: events queued while the handler was busy leave as one, in order, with the
+// MergeGenerateEvents: events merged while a write was under way leave as one, in order, with the
 // newest position and the last event's finish and timings; nothing is lost or reordered.
 #include "server/generate_events.h"
 
 #include <gtest/gtest.h>
-
-#include <thread>
 
 namespace titans {
 namespace {
@@ -18,20 +16,15 @@ engine::GenerateEvent Token(int32_t id, const std::string& text, int64_t positio
   return e;
 }
 
-TEST(GenerateEventQueue, QueuedEventsLeaveAsOneInOrder) {
-  GenerateEventQueue q;
-  q.Push(Token(104, "h", 11));
-  q.Push(Token(105, "i", 12));
+TEST(MergeGenerateEvents, MergedEventsLeaveAsOneInOrder) {
+  engine::GenerateEvent e = Token(104, "h", 11);
+  MergeGenerateEvents(&e, Token(105, "i", 12));
   engine::GenerateEvent last = Token(33, "!", 13);
   last.finish = engine::Finish::kLength;
   last.total_seconds = 1.5;
   last.time_to_first_token_seconds = 0.25;
   last.prompt_tokens = 7;
-  q.Push(last);
-  q.Finish(absl::OkStatus());
-  engine::GenerateEvent e;
-  int checks = 0;
-  ASSERT_TRUE(q.Next(&e, std::chrono::milliseconds(1), [&] { ++checks; }));
+  MergeGenerateEvents(&e, last);
   EXPECT_EQ(e.tokens, (std::vector<int32_t>{104, 105, 33}));
   EXPECT_EQ(e.text, "hi!");
   EXPECT_EQ(e.position, 13);
@@ -40,44 +33,14 @@ TEST(GenerateEventQueue, QueuedEventsLeaveAsOneInOrder) {
   EXPECT_EQ(e.total_seconds, 1.5);
   EXPECT_EQ(e.time_to_first_token_seconds, 0.25);
   EXPECT_EQ(e.prompt_tokens, 7);
-  EXPECT_EQ(checks, 0) << "nothing to wait for";
-  EXPECT_FALSE(q.Next(&e, std::chrono::milliseconds(1), nullptr)) << "drained and finished";
-  EXPECT_TRUE(q.status().ok());
 }
 
-// A producer on another thread: whatever the interleaving, the consumer sees every token once,
-// in order, and the finish last.
-TEST(GenerateEventQueue, ConcurrentProducerLosesNothing) {
-  GenerateEventQueue q;
-  constexpr int kTokens = 2000;
-  std::thread producer([&] {
-    for (int i = 0; i < kTokens; ++i) {
-      engine::GenerateEvent e =
-          Token(i % 250, std::string(1, static_cast<char>('a' + i % 26)), 11 + i);
-      if (i + 1 == kTokens) e.finish = engine::Finish::kStop;
-      q.Push(e);
-    }
-    q.Finish(absl::CancelledError("test"));
-  });
-  std::vector<int32_t> tokens;
-  std::string text;
-  engine::GenerateEvent e;
-  engine::Finish finish = engine::Finish::kNone;
-  while (q.Next(&e, std::chrono::milliseconds(1), nullptr)) {
-    EXPECT_EQ(finish, engine::Finish::kNone) << "an event after the finish";
-    tokens.insert(tokens.end(), e.tokens.begin(), e.tokens.end());
-    text += e.text;
-    finish = e.finish;
-    EXPECT_EQ(e.position, 10 + static_cast<int64_t>(tokens.size()));
-  }
-  producer.join();
-  ASSERT_EQ(tokens.size(), static_cast<size_t>(kTokens));
-  for (int i = 0; i < kTokens; ++i) {
-    ASSERT_EQ(tokens[i], i % 250) << i;
-    ASSERT_EQ(text[i], static_cast<char>('a' + i % 26)) << i;
-  }
-  EXPECT_EQ(finish, engine::Finish::kStop);
-  EXPECT_EQ(q.status().code(), absl::StatusCode::kCancelled);
+// A multi-byte character split between two events is whole again once they are merged.
+TEST(MergeGenerateEvents, SplitCharactersJoin) {
+  engine::GenerateEvent e = Token(0xc3, "\xc3", 11);
+  MergeGenerateEvents(&e, Token(0xa9, "\xa9", 12));
+  EXPECT_EQ(e.text, "\xc3\xa9");
+  EXPECT_EQ(e.tokens, (std::vector<int32_t>{0xc3, 0xa9}));
 }
 
 }  // namespace

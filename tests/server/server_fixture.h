@@ -65,6 +65,7 @@ class ServerTest : public ::testing::Test {
     }
     server_ = builder.BuildAndStart();
     ASSERT_NE(port, 0);
+    port_ = port;
     channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(port),
                                    grpc::InsecureChannelCredentials());
     stub_ = pb::Titans::NewStub(channel_);
@@ -136,6 +137,7 @@ class ServerTest : public ::testing::Test {
 
   std::string root_, model_dir_, auth_env_;
   bool with_rpc_observer_ = false;
+  int port_ = 0;  // the server's, once started
   std::unique_ptr<server::ServerMetrics> metrics_;
   engine::EngineOptions options_;
   server::ServiceOptions service_options_;
