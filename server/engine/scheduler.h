@@ -26,7 +26,10 @@ struct Assignment {
 
 // Visits candidates in the given (round-robin) order and grants each one min(wanted, left)
 // tokens until the budget is spent; decode steps (wanted == 1) and control operations are
-// served before long appends so interactive sessions never wait behind bulk context. A
+// served before long appends so interactive sessions never wait behind bulk context, but while
+// appends or prompts wait, decodes take at most three quarters of the budget (so more decoding
+// sessions than the budget cannot starve new prompts; the caller's rotation serves the decodes
+// left out in the next steps). A
 // candidate that gets nothing this step is simply not in the plan. The first candidate always
 // runs (so a single indivisible operation larger than the budget still progresses).
 std::vector<Assignment> PlanStep(const std::vector<Candidate>& candidates, int64_t budget);

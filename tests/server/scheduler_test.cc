@@ -52,5 +52,23 @@ TEST(PlanStep, ExhaustedBudgetStillServesEveryDecode) {
   EXPECT_TRUE(PlanStep({}, 100).empty());
 }
 
+// More decoding sessions than the budget: a waiting prompt still gets a quarter of it.
+TEST(PlanStep, ManyDecodesDoNotStarveAPrompt) {
+  std::vector<Candidate> c;
+  for (int i = 0; i < 1000; ++i) c.push_back({i, 1, false});
+  c.push_back({1000, 17, false});
+  auto plan = PlanStep(c, 512);
+  EXPECT_EQ(Granted(plan, 1000), 17);
+  int64_t decodes = 0;
+  for (const Assignment& a : plan) decodes += a.session < 1000;
+  EXPECT_EQ(decodes, 384);
+  c.back().wanted_tokens = 4096;
+  plan = PlanStep(c, 512);
+  EXPECT_EQ(Granted(plan, 1000), 128);
+  // With nothing else waiting, decodes use the whole budget.
+  c.pop_back();
+  EXPECT_EQ(PlanStep(c, 512).size(), 512u);
+}
+
 }  // namespace
 }  // namespace titans::engine
