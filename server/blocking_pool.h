@@ -1,6 +1,7 @@
 // BlockingPool: a few threads for the handlers' work that may block (the engine's synchronous
 // calls, which can read or write the session store, and snapshot files), so that gRPC's callback
-// threads never wait on a disk or on Redis. Work runs in submission order across the threads.
+// threads never wait on a disk or on Redis. Work starts in submission order, on whichever thread is
+// free.
 //
 // Thread safety: Run may be called from any thread. The destructor finishes the work already
 // submitted, then joins the threads; nothing may be submitted after it has begun.

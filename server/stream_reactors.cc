@@ -2,6 +2,7 @@
 
 #include <deque>
 #include <memory>
+#include <optional>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
@@ -25,10 +26,8 @@ grpc::Status InflightExhausted(int64_t limit) {
                                    " bytes, --max_inflight_request_bytes); retry later"));
 }
 
-const grpc::Status& ClientCancelled() {
-  static const grpc::Status* status =
-      new grpc::Status(grpc::StatusCode::CANCELLED, "client cancelled");
-  return *status;
+grpc::Status ClientCancelled() {
+  return grpc::Status(grpc::StatusCode::CANCELLED, "client cancelled");
 }
 
 void FillAppend(const engine::AppendResult& r, pb::AppendResponse* out) {
@@ -166,11 +165,10 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
           {
             absl::MutexLock lock(&mu_);
             if (client_gone_) return;
-            if (has_pending_) {
-              MergeGenerateEvents(&pending_, e);
+            if (pending_) {
+              MergeGenerateEvents(&*pending_, e);
             } else {
               pending_ = e;
-              has_pending_ = true;
             }
           }
           Advance();
@@ -191,7 +189,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
       writing_ = false;
       if (!ok) {  // the client is gone: stop the generation, drop what it would have read
         client_gone_ = true;
-        has_pending_ = false;
+        pending_.reset();
         cancel_->store(true);
       }
     }
@@ -210,11 +208,10 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
     {
       absl::MutexLock lock(&mu_);
       if (writing_ || finished_) return;
-      if (has_pending_) {
+      if (pending_) {
         out_.Clear();
-        ToProto(pending_, &out_);
-        pending_ = engine::GenerateEvent();
-        has_pending_ = false;
+        ToProto(*pending_, &out_);
+        pending_.reset();
         writing_ = write = true;
       } else if (engine_done_) {
         finished_ = finish = true;
@@ -227,8 +224,8 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
 
   const CancelFlag cancel_ = NewCancelFlag();
   absl::Mutex mu_;
-  engine::GenerateEvent pending_ ABSL_GUARDED_BY(mu_);
-  bool has_pending_ ABSL_GUARDED_BY(mu_) = false;
+  // Events not yet written, merged.
+  std::optional<engine::GenerateEvent> pending_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool client_gone_ ABSL_GUARDED_BY(mu_) = false;
   bool engine_done_ ABSL_GUARDED_BY(mu_) = false;

@@ -41,12 +41,9 @@ TEST_F(ServerTest, OpenGenerateStreamsDoNotTakeAThreadEach) {
   };
   std::vector<Call> calls(kStreams);
   for (int i = 0; i < kStreams; ++i) {
-    pb::GenerateRequest req;
-    req.set_session_id("s" + std::to_string(i % kSessions));
-    req.set_max_tokens(1 << 20);
-    req.set_stop_at_eos(false);
     calls[i].ctx = Ctx();
-    calls[i].reader = stub_->Generate(calls[i].ctx.get(), req);
+    calls[i].reader =
+        StartGeneration("s" + std::to_string(i % kSessions), 1 << 20, calls[i].ctx.get());
   }
   // Every call has reached the engine: each session holds its calls (the running one included;
   // the server may take calls on different threads, so not necessarily in the order sent).
@@ -138,12 +135,8 @@ TEST_F(ServerTest, DeadlineStopsAQueuedAppend) {
   Start();
   Create("s");
   // A long generation holds the session, so the append waits behind it.
-  pb::GenerateRequest gen;
-  gen.set_session_id("s");
-  gen.set_max_tokens(4096);
-  gen.set_stop_at_eos(false);
   auto gen_ctx = Ctx();
-  auto reader = stub_->Generate(gen_ctx.get(), gen);
+  auto reader = StartGeneration("s", 4096, gen_ctx.get());
   pb::GenerateResponse msg;
   ASSERT_TRUE(reader->Read(&msg));
   pb::AppendRequest req;

@@ -35,13 +35,5 @@ TEST(MergeGenerateEvents, MergedEventsLeaveAsOneInOrder) {
   EXPECT_EQ(e.prompt_tokens, 7);
 }
 
-// A multi-byte character split between two events is whole again once they are merged.
-TEST(MergeGenerateEvents, SplitCharactersJoin) {
-  engine::GenerateEvent e = Token(0xc3, "\xc3", 11);
-  MergeGenerateEvents(&e, Token(0xa9, "\xa9", 12));
-  EXPECT_EQ(e.text, "\xc3\xa9");
-  EXPECT_EQ(e.tokens, (std::vector<int32_t>{0xc3, 0xa9}));
-}
-
 }  // namespace
 }  // namespace titans

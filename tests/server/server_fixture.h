@@ -126,6 +126,17 @@ class ServerTest : public ::testing::Test {
     return text;
   }
 
+  // Starts a generation of up to `max_tokens` that does not stop at end-of-sequence, under `ctx`;
+  // the caller reads (or not) and finishes it.
+  std::unique_ptr<grpc::ClientReader<pb::GenerateResponse>> StartGeneration(
+      const std::string& id, int max_tokens, grpc::ClientContext* ctx) {
+    pb::GenerateRequest req;
+    req.set_session_id(id);
+    req.set_max_tokens(max_tokens);
+    req.set_stop_at_eos(false);
+    return stub_->Generate(ctx, req);
+  }
+
   int64_t Position(const std::string& id, const std::string& token = "") {
     pb::GetSessionRequest req;
     req.set_session_id(id);

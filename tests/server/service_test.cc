@@ -381,12 +381,8 @@ TEST_F(ServerTest, ClientDisconnectMidGenerate) {
   Start();
   Create("s");
   ASSERT_TRUE(AppendText("s", "prompt").ok());
-  pb::GenerateRequest req;
-  req.set_session_id("s");
-  req.set_max_tokens(4000);
-  req.set_stop_at_eos(false);
   auto ctx = Ctx();
-  auto reader = stub_->Generate(ctx.get(), req);
+  auto reader = StartGeneration("s", 4000, ctx.get());
   pb::GenerateResponse msg;
   int received = 0;
   while (received < 3 && reader->Read(&msg)) ++received;

@@ -20,7 +20,6 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
-#include <fstream>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -51,16 +50,6 @@ namespace {
 int Fail(const std::string& why) {
   std::fprintf(stderr, "titans-bench-streams: %s\n", why.c_str());
   return 1;
-}
-
-// Threads of process `pid` (from /proc/PID/status), -1 if unknown.
-int ThreadsOf(pid_t pid) {
-  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind("Threads:", 0) == 0) return std::stoi(line.substr(8));
-  }
-  return -1;
 }
 
 // One Generate call; reads every message, keeping the gaps between them per token.
@@ -119,9 +108,10 @@ struct ServerSample {
 ServerSample Sample(pid_t pid) {
   ServerSample s;
   if (pid <= 0) return s;
-  s.threads = ThreadsOf(pid);
-  auto mem = titans::bench::ReadResidentMemory(pid);
-  if (mem.ok()) s.rss_mib = static_cast<double>(mem->rss) / (1 << 20);
+  auto status = titans::bench::ReadProcessStatus(pid);
+  if (!status.ok()) return s;
+  s.threads = status->threads;
+  s.rss_mib = static_cast<double>(status->rss) / (1 << 20);
   return s;
 }
 

@@ -38,10 +38,10 @@ int FreePort() {
 
 }  // namespace
 
-absl::StatusOr<ResidentMemory> ReadResidentMemory(pid_t pid) {
+absl::StatusOr<ProcessStatus> ReadProcessStatus(pid_t pid) {
   std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
   if (!in) return absl::NotFoundError(absl::StrCat("no process ", pid));
-  ResidentMemory m;
+  ProcessStatus m;
   std::string line;
   while (std::getline(in, line)) {
     std::vector<std::string> words =
@@ -51,6 +51,7 @@ absl::StatusOr<ResidentMemory> ReadResidentMemory(pid_t pid) {
     if (!absl::SimpleAtoi(words[1], &kib)) continue;
     if (words[0] == "VmRSS:") m.rss = kib * 1024;
     if (words[0] == "VmHWM:") m.peak = kib * 1024;
+    if (words[0] == "Threads:") m.threads = static_cast<int>(kib);  // a count, not KiB
   }
   return m;
 }

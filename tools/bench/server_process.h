@@ -15,12 +15,13 @@
 
 namespace titans::bench {
 
-// Resident and peak resident memory of process `pid` in bytes (from /proc/PID/status);
-// NOT_FOUND if the process is gone.
-struct ResidentMemory {
+// Resident and peak resident memory of process `pid` in bytes, and its thread count (from
+// /proc/PID/status); NOT_FOUND if the process is gone.
+struct ProcessStatus {
   int64_t rss = 0, peak = 0;
+  int threads = 0;
 };
-absl::StatusOr<ResidentMemory> ReadResidentMemory(pid_t pid);
+absl::StatusOr<ProcessStatus> ReadProcessStatus(pid_t pid);
 
 class ServerProcess {
  public:

@@ -102,7 +102,7 @@ struct Server {
   pid_t pid = -1;  // -1 when the server is not ours to measure
   int64_t rss() const {
     if (pid <= 0) return -1;
-    auto m = titans::bench::ReadResidentMemory(pid);
+    auto m = titans::bench::ReadProcessStatus(pid);
     return m.ok() ? m->rss : -1;
   }
 };
