@@ -80,7 +80,7 @@ TEST_F(ServerTest, OpenGenerateStreamsDoNotTakeAThreadEach) {
 
 // A reader that falls behind gets the same tokens as one that keeps up, in fewer messages. The
 // slow client's channel takes 1 KiB ahead of its reads (HTTP/2 flow control), so the server's
-// writes wait on it as soon as it stops reading.
+// writes wait on it as soon as it stops reading; it reads nothing until the generation is over.
 TEST_F(ServerTest, SlowReaderGetsEveryTokenInFewerMessages) {
   Start();
   grpc::ChannelArguments small_window;
@@ -103,7 +103,15 @@ TEST_F(ServerTest, SlowReaderGetsEveryTokenInFewerMessages) {
     auto reader = (slow ? slow_stub : stub_)->Generate(ctx.get(), req);
     pb::GenerateResponse msg;
     int64_t last_position = 0;
-    if (slow) std::this_thread::sleep_for(std::chrono::seconds(1));  // stalled at the start
+    if (slow) {
+      // Stalled until the whole generation is done: everything past the first window's worth
+      // of messages has to queue behind a write. Waiting on the position, not a fixed sleep,
+      // keeps this independent of how fast the machine generates.
+      const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+      while (Position(id) < 15 + 1000 && std::chrono::steady_clock::now() < give_up) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+    }
     while (reader->Read(&msg)) {
       ++*messages;
       tokens->insert(tokens->end(), msg.token_ids().begin(), msg.token_ids().end());
