@@ -80,7 +80,7 @@ const std::string& ModelRunner::fingerprint() const { return model_.fingerprint(
 int64_t ModelRunner::parameter_count() const { return CountParameters(model_.config()); }
 
 int32_t ModelRunner::slots_in_use() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   return in_use_;
 }
 
@@ -92,7 +92,7 @@ ModelRunner::Slot* ModelRunner::Find(SlotId slot) const {
 }
 
 bool ModelRunner::allocated(SlotId slot) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   return Find(slot) != nullptr;
 }
 
@@ -116,14 +116,14 @@ absl::StatusOr<SlotId> ModelRunner::Take() {
 }
 
 absl::StatusOr<SlotId> ModelRunner::NewSlot() {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   TITANS_ASSIGN_OR_RETURN(SlotId id, Take());
   slots_[id]->state = model_.NewState();
   return id;
 }
 
 void ModelRunner::Free(SlotId slot) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   if (Find(slot) == nullptr) return;
   slots_[slot].reset();
   free_.push_back(slot);
@@ -131,7 +131,7 @@ void ModelRunner::Free(SlotId slot) {
 }
 
 absl::StatusOr<SlotId> ModelRunner::Fork(SlotId slot) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   const Slot* from = Find(slot);
   if (from == nullptr) return absl::NotFoundError(absl::StrCat("runner slot ", slot, " is free"));
   TITANS_ASSIGN_OR_RETURN(SlotId id, Take());
@@ -141,14 +141,14 @@ absl::StatusOr<SlotId> ModelRunner::Fork(SlotId slot) {
 
 absl::StatusOr<SlotId> ModelRunner::Import(std::string_view blob) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     if (Full()) return Take().status();  // RESOURCE_EXHAUSTED before parsing anything
   }
   // Parsed without the lock: a large blob does not hold up the step in progress.
   TITANS_ASSIGN_OR_RETURN(SessionState state,
                           DeserializeSessionState(blob, model_.config(), model_.fingerprint()));
   MoveSessionState(&state, model_.device());
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   TITANS_ASSIGN_OR_RETURN(SlotId id, Take());
   slots_[id]->state = std::move(state);
   return id;
@@ -157,7 +157,7 @@ absl::StatusOr<SlotId> ModelRunner::Import(std::string_view blob) {
 absl::StatusOr<std::string> ModelRunner::Export(SlotId slot) const {
   SessionState copy;  // shallow (held values never change): serialised without the lock
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     const Slot* s = Find(slot);
     if (s == nullptr) return absl::NotFoundError(absl::StrCat("runner slot ", slot, " is free"));
     copy = s->state;
@@ -166,14 +166,14 @@ absl::StatusOr<std::string> ModelRunner::Export(SlotId slot) const {
 }
 
 std::shared_ptr<const SlotSnapshot> ModelRunner::Snapshot(SlotId slot) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   const Slot* s = Find(slot);
   if (s == nullptr) return nullptr;
   return std::make_shared<const SlotSnapshot>(s->state);
 }
 
 absl::Status ModelRunner::Restore(SlotId slot, const SlotSnapshot& snapshot) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   Slot* s = Find(slot);
   if (s == nullptr) return absl::NotFoundError(absl::StrCat("runner slot ", slot, " is free"));
   s->state = snapshot.state;
@@ -181,7 +181,7 @@ absl::Status ModelRunner::Restore(SlotId slot, const SlotSnapshot& snapshot) {
 }
 
 absl::StatusOr<SlotId> ModelRunner::FromSnapshot(const SlotSnapshot& snapshot) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   TITANS_ASSIGN_OR_RETURN(SlotId id, Take());
   slots_[id]->state = snapshot.state;
   return id;
@@ -196,13 +196,13 @@ int64_t ModelRunner::SnapshotPosition(const SlotSnapshot& snapshot) {
 }
 
 void ModelRunner::Settle(SlotId slot) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   Slot* s = Find(slot);
   if (s != nullptr) SettleSessionState(&s->state);
 }
 
 absl::Status ModelRunner::StartSampling(SlotId slot, const SamplingParams& params) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   Slot* s = Find(slot);
   if (s == nullptr) return absl::NotFoundError(absl::StrCat("runner slot ", slot, " is free"));
   TITANS_RETURN_IF_ERROR(ValidateSamplingParams(params, model_.config().vocab_size));
@@ -215,25 +215,25 @@ absl::Status ModelRunner::StartSampling(SlotId slot, const SamplingParams& param
 }
 
 int64_t ModelRunner::position(SlotId slot) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   const Slot* s = Find(slot);
   return s ? s->state.position : 0;
 }
 
 int64_t ModelRunner::state_bytes(SlotId slot) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   const Slot* s = Find(slot);
   return s ? StateBytes(s->state) : 0;
 }
 
 Rng::State ModelRunner::rng_state(SlotId slot) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   const Slot* s = Find(slot);
   return s ? s->state.rng_state : Rng::State{};
 }
 
 void ModelRunner::set_rng_state(SlotId slot, const Rng::State& state) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   if (Slot* s = Find(slot)) s->state.rng_state = state;
 }
 
@@ -292,7 +292,7 @@ class TokenLists {
 }  // namespace
 
 absl::StatusOr<StepResult> ModelRunner::Step(const StepPlan& plan) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   const auto start = Clock::now();
   const int64_t kernel_start = kernels::MemoryKernelNanos();
   TITANS_RETURN_IF_ERROR(CheckPlan(plan));

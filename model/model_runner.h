@@ -31,7 +31,6 @@
 #include <array>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -40,6 +39,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "model/config.h"
+#include "model/mutex.h"
 #include "model/sampler.h"
 #include "model/tokenizer.h"
 
@@ -179,9 +179,7 @@ class ModelRunner {
   std::unique_ptr<TitansModel> owned_model_;  // null when the caller owns the model
   const TitansModel& model_;
   const int32_t capacity_;
-  // std::mutex, not absl::Mutex: Debian's Abseil is not built with ThreadSanitizer, so TSan
-  // (scripts/tsan.sh) cannot see its locking and reports every access it orders as a race.
-  mutable std::mutex mu_;
+  mutable Mutex mu_;  // model/mutex.h says why not absl::Mutex
   std::vector<std::unique_ptr<Slot>> slots_ ABSL_GUARDED_BY(mu_);  // nullptr: free
   std::vector<SlotId> free_ ABSL_GUARDED_BY(mu_);  // free slot ids of slots_, lowest last
   int32_t in_use_ ABSL_GUARDED_BY(mu_) = 0;

@@ -29,7 +29,9 @@ absl::Status Engine::Impl::Start() {
     TITANS_ASSIGN_OR_RETURN(files_, OpenSessionStore(spec));
     shared_ = files_->shared();
     std::vector<std::string> errors;
-    for (SessionRecord& r : files_->List(&errors)) Register(std::move(r));
+    std::vector<SessionRecord> records = files_->List(&errors);
+    MutexLock lock(&mu_);
+    for (SessionRecord& r : records) Register(std::move(r));
     for (const std::string& e : errors) {
       server::Log(server::LogLevel::kWarning, "session_record_skipped", {{"error", e}});
     }
@@ -50,27 +52,21 @@ absl::Status Engine::Impl::Start() {
 
 void Engine::Impl::Shutdown(int64_t deadline_ms) {
   {
-    std::unique_lock<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     if (stopped_) return;
     draining_ = true;
     const auto deadline = Clock::now() + std::chrono::milliseconds(deadline_ms);
-    while (HasRunnable() && Clock::now() < deadline) {
-      lock.unlock();
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-      lock.lock();
-    }
+    // Polls every 5 ms while the engine thread drains (the waits release mu_).
+    constexpr auto kPoll = std::chrono::milliseconds(5);
+    while (HasRunnable() && Clock::now() < deadline) cv_.WaitWithTimeout(&mu_, kPoll);
     draining_deadline_passed_ = true;  // the engine thread now fails what is left
-    while (HasRunnable()) {
-      lock.unlock();
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-      lock.lock();
-    }
+    while (HasRunnable()) cv_.WaitWithTimeout(&mu_, kPoll);
     stop_ = true;
     stopped_ = true;
-    cv_.notify_all();
+    cv_.SignalAll();
   }
   if (thread_.joinable()) thread_.join();
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   if (files_) {
     for (auto& [id, s] : sessions_) {
       if (s->slot) {
@@ -85,7 +81,7 @@ void Engine::Impl::Shutdown(int64_t deadline_ms) {
 }
 
 Engine::Stats Engine::Impl::stats() {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   Engine::Stats st;
   for (auto& [id, s] : sessions_) {
     if (!s->held) continue;  // another replica's (shared store): its gauges count it

@@ -15,40 +15,67 @@ absl::Status Engine::Impl::Recover() {
   for (const std::string& w : warnings) {
     server::Log(server::LogLevel::kWarning, "wal_read_warning", {{"detail", w}});
   }
-  std::set<Session*> touched;
-  std::set<Session*> broken;
+  // Per session with records: loading its checkpoint and replaying them is one restore, timed
+  // and reported once (titans_restore_duration_seconds), failed if any part failed.
+  struct Replay {
+    int64_t bytes = 0;
+    Clock::duration time{};
+    int64_t applied = 0;
+    bool ok = true;
+  };
+  std::map<Session*, Replay> replays;
   for (const WalRecord& r : records) {
-    auto it = sessions_.find(r.session_id);
-    if (it == sessions_.end()) continue;  // closed after it was logged
-    Session* s = it->second.get();
-    if (broken.count(s)) continue;
-    if (!EnsureResident(s).ok()) {
-      broken.insert(s);
-      continue;
+    Session* s = nullptr;
+    {
+      MutexLock lock(&mu_);
+      auto it = sessions_.find(r.session_id);
+      if (it != sessions_.end()) s = it->second.get();
     }
-    absl::StatusOr<bool> applied = ReplayRecord(s, r);
-    if (!applied.ok()) {
-      server::Log(server::LogLevel::kError, "wal_replay_failed",
-                  {{"session", s->record.id}, {"error", applied.status().ToString()}});
-      observer().OnRestore(0, 0, false);
-      broken.insert(s);
-    } else if (*applied) {
-      touched.insert(s);
-      ++recovered_records_;
+    if (s == nullptr) continue;  // closed after it was logged
+    Replay& replay = replays[s];
+    if (!replay.ok) continue;
+    const auto replay_start = Clock::now();
+    if (!s->slot) {
+      bool complete = true;
+      replay.ok = Restore(s, &replay.bytes, &complete).ok() && complete;
+    }
+    if (replay.ok) {
+      absl::StatusOr<bool> applied = ReplayRecord(s, r);
+      if (!applied.ok()) {
+        server::Log(server::LogLevel::kError, "wal_replay_failed",
+                    {{"session", s->record.id}, {"error", applied.status().ToString()}});
+        replay.ok = false;
+      } else {
+        replay.applied += *applied;
+      }
+    }
+    replay.time += Clock::now() - replay_start;
+  }
+  int64_t recovered = 0, broken = 0, touched = 0;
+  for (const auto& [s, replay] : replays) {
+    observer().OnRestore(replay.bytes, std::chrono::duration<double>(replay.time).count(),
+                         replay.ok);
+    recovered += replay.applied;
+    broken += !replay.ok;
+    if (replay.applied > 0) {
+      ++touched;
+      PublishReplayed(s, 0);  // counted below
+      TITANS_RETURN_IF_ERROR(Persist(s));
     }
   }
-  for (Session* s : touched) {
-    absl::Status st = Persist(s);
-    if (!st.ok()) return st;
-  }
-  unrecoverable_sessions_ = static_cast<int64_t>(broken.size());
   TITANS_ASSIGN_OR_RETURN(wal_, Wal::Open(dir));
   TITANS_RETURN_IF_ERROR(wal_->DropOldSegments());
-  recovery_seconds_ = std::chrono::duration<double>(Clock::now() - start).count();
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  {
+    MutexLock lock(&mu_);
+    recovered_records_ = recovered;
+    unrecoverable_sessions_ = broken;
+    recovery_seconds_ = seconds;
+  }
   server::Log(server::LogLevel::kInfo, "wal_recovered",
-              {{"records", std::to_string(recovered_records_)},
-               {"sessions", std::to_string(touched.size())},
-               {"seconds", absl::StrFormat("%.3f", recovery_seconds_)}});
+              {{"records", std::to_string(recovered)},
+               {"sessions", std::to_string(touched)},
+               {"seconds", absl::StrFormat("%.3f", seconds)}});
   return absl::OkStatus();
 }
 
@@ -66,14 +93,14 @@ void Engine::Impl::Register(SessionRecord r) {
 void Engine::Impl::Discover(const std::string& principal, const std::string& id) {
   if (!shared_) return;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     if (Find(principal, id).ok()) return;
   }
   if (!ValidateName(id, "id").ok() || !ValidatePrincipal(principal).ok()) return;
   for (const std::string& name : StorageNames(principal, id)) {
     auto record = files_->ReadRecord(name);
     if (record.ok() && record->id == name) {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(&mu_);
       if (!sessions_.count(name)) Register(std::move(*record));
       return;
     }
@@ -102,7 +129,7 @@ absl::Status Engine::Impl::Restore(Session* s, int64_t* bytes, bool* complete) {
     if (migrated) observer().OnSessionAcquired();
     s->held = true;
     TITANS_ASSIGN_OR_RETURN(SessionRecord record, files_->ReadRecord(id));
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     record.last_used_unix_ms = s->record.last_used_unix_ms;
     s->record = std::move(record);
     s->persisted_position = s->record.position;
@@ -121,19 +148,27 @@ absl::Status Engine::Impl::Restore(Session* s, int64_t* bytes, bool* complete) {
         server::Log(server::LogLevel::kError, "wal_replay_failed",
                     {{"session", id}, {"error", applied.status().ToString()}});
         *complete = false;
-        std::lock_guard<std::mutex> lock(mu_);
+        MutexLock lock(&mu_);
         ++unrecoverable_sessions_;
         break;
       }
       replayed += *applied;
     }
     if (replayed > 0) {
-      std::lock_guard<std::mutex> lock(mu_);
-      recovered_records_ += replayed;
+      PublishReplayed(s, replayed);
       TITANS_RETURN_IF_ERROR(Persist(s));  // the checkpoint clears the log
     }
   }
   return absl::OkStatus();
+}
+
+void Engine::Impl::PublishReplayed(Session* s, int64_t records) {
+  const SlotId slot = *s->slot;
+  const int64_t position = runner_->position(slot), state_bytes = runner_->state_bytes(slot);
+  MutexLock lock(&mu_);
+  s->record.position = position;
+  s->state_bytes = state_bytes;
+  recovered_records_ += records;
 }
 
 absl::StatusOr<bool> Engine::Impl::ReplayRecord(Session* s, const WalRecord& r) {
@@ -156,8 +191,6 @@ absl::StatusOr<bool> Engine::Impl::ReplayRecord(Session* s, const WalRecord& r) 
   }
   if (r.has_rng) runner_->set_rng_state(slot, r.rng);
   s->history.Record(r.tokens);
-  s->record.position = runner_->position(slot);
-  s->state_bytes = runner_->state_bytes(slot);
   return true;
 }
 
@@ -337,7 +370,7 @@ void Engine::Impl::ExecuteRewind(Session* s, Op& op,
   }
   (void)runner_->Restore(slot, **target);
   s->history.TruncateTo(runner_->position(slot));
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   ++s->record.epoch;
   absl::Status st = files_ ? Persist(s) : absl::OkStatus();
   if (st.code() == absl::StatusCode::kAborted) st = MovedError(ClientId(s->record));
@@ -386,7 +419,10 @@ void Engine::Impl::CommitDurable(std::vector<std::function<void()>>* callbacks) 
     statuses.assign(pending_durable_.size(), wal_->Sync());
     bytes = wal_->bytes_total() - before;
   }
-  log_bytes_ += bytes;
+  {
+    MutexLock lock(&mu_);
+    log_bytes_ += bytes;
+  }
   const bool all_ok =
       std::all_of(statuses.begin(), statuses.end(), [](const absl::Status& st) { return st.ok(); });
   observer().OnLogCommit(bytes, std::chrono::duration<double>(Clock::now() - start).count(),
@@ -509,30 +545,43 @@ absl::Status Engine::Impl::Persist(Session* s, bool create) {
   return st;
 }
 
-void Engine::Impl::Sweep() {
+void Engine::Impl::Sweep(std::vector<std::function<void()>>* callbacks) {
   const int64_t now = NowMs();
-  std::vector<std::string> expired;
+  std::vector<Session*> expired;
   for (auto& [id, s] : sessions_) {
     if (!s->ops.empty() || s->busy) continue;
     if (now - s->record.last_used_unix_ms > s->record.idle_ttl_seconds * 1000) {
-      expired.push_back(id);
+      expired.push_back(s.get());
     }
   }
-  for (const std::string& id : expired) {
-    Session* s = sessions_[id].get();
-    if (shared_) {
-      // Another replica may be using it: only the local copy goes (Redis expires the keys of
-      // sessions that nobody uses).
-      Erase(id);
-      continue;
-    }
-    if (files_) {
-      DirectoryStore graveyard(options_.state_dir + "/expired");
-      if (!options_.state_dir.empty() && graveyard.Init().ok() && EnsureResident(s).ok()) {
+  if (expired.empty()) return;
+  if (shared_) {
+    // Another replica may be using them: only the local copies go (Redis expires the keys of
+    // sessions that nobody uses).
+    for (Session* s : expired) Erase(s->record.id);
+    return;
+  }
+  if (files_) {
+    // The states go to <state_dir>/expired and the files away without mu_ (no I/O under the
+    // lock). Only this thread steps, sweeps or erases sessions, so they stay; an operation
+    // queued on one meanwhile is answered below.
+    mu_.Unlock();
+    DirectoryStore graveyard(options_.state_dir + "/expired");
+    const bool keep = !options_.state_dir.empty() && graveyard.Init().ok();
+    for (Session* s : expired) {
+      if (keep && EnsureResident(s).ok()) {
         auto blob = runner_->Export(*s->slot);
         if (blob.ok()) (void)graveyard.Write(s->record, *blob);
       }
-      files_->Remove(id);
+      files_->Remove(s->record.id);
+    }
+    mu_.Lock();
+  }
+  for (Session* s : expired) {
+    const std::string id = s->record.id;
+    for (auto& op : s->ops) {
+      Fail(*op, absl::NotFoundError(absl::StrCat("session '", ShowValue(id), "' expired")),
+           callbacks);
     }
     Erase(id);
     ++expired_total_;

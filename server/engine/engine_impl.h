@@ -13,9 +13,7 @@
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <deque>
-#include <mutex>
 #include <random>
 #include <set>
 #include <thread>
@@ -25,6 +23,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "model/model_runner.h"
+#include "model/mutex.h"
 #include "model/status_macros.h"
 #include "model/text_stream.h"
 #include "model/utf8.h"
@@ -122,21 +121,21 @@ class Engine::Impl {
  public:
   Impl(EngineOptions options, std::unique_ptr<ModelRunner> runner);
 
-  absl::Status Start();
+  absl::Status Start() ABSL_LOCKS_EXCLUDED(mu_);
 
   // Replays the write-ahead log onto the latest checkpoints, checkpoints the result and starts a
   // fresh log. A session whose records do not continue its checkpoint (a gap) keeps its last
   // consistent state and is counted as unrecoverable.
-  absl::Status Recover();
+  absl::Status Recover() ABSL_LOCKS_EXCLUDED(mu_);
 
   ~Impl() { Shutdown(0); }
 
-  // Registers a stored session (not resident). Requires mu_ once the engine thread runs.
-  void Register(SessionRecord r);
+  // Registers a stored session (not resident).
+  void Register(SessionRecord r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Shared stores: a session this replica has not seen may have been created by another one;
   // register it so that it can be acquired. No-op otherwise.
-  void Discover(const std::string& principal, const std::string& id);
+  void Discover(const std::string& principal, const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
 
   std::unique_ptr<Session> NewSession() const;
 
@@ -164,37 +163,40 @@ class Engine::Impl {
                                          const std::string& history_owner = "")
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  absl::StatusOr<SessionInfo> CreateSession(const CreateParams& p);
+  absl::StatusOr<SessionInfo> CreateSession(const CreateParams& p) ABSL_LOCKS_EXCLUDED(mu_);
 
-  absl::StatusOr<SessionInfo> GetSession(const std::string& principal, const std::string& id);
+  absl::StatusOr<SessionInfo> GetSession(const std::string& principal, const std::string& id)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   // Shared stores: updates the registry's view of a session that another replica may be serving
   // (not resident here, or resident but taken over): its record from the store.
-  void Refresh(const std::string& id);
+  void Refresh(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
 
   std::vector<SessionInfo> List(const std::string& principal,
                                 const std::map<std::string, std::string>& filter,
-                                const std::string& after, int limit, bool* more);
+                                const std::string& after, int limit, bool* more)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   absl::StatusOr<std::vector<int32_t>> Tokenize(const Input& input, bool allow_empty);
 
   // Queues `op` on the session; on failure the op is returned to the caller to report.
-  absl::Status Enqueue(const std::string& principal, const std::string& id,
-                       std::unique_ptr<Op>& op);
+  absl::Status Enqueue(const std::string& principal, const std::string& id, std::unique_ptr<Op>& op)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   // ---- Engine thread (the step: engine_step.cc; residency: engine_durability.cc) ----------------
 
-  void Loop();
+  void Loop() ABSL_LOCKS_EXCLUDED(mu_);
 
   // Shared stores, before a step: a session this replica holds in RAM may have been taken over
   // by another replica since; such copies are dropped so that the step acquires and loads the
   // current state (one round trip to the store per step).
-  void DropMoved(const std::vector<Session*>& order, const std::vector<Assignment>& plan);
+  void DropMoved(const std::vector<Session*>& order, const std::vector<Assignment>& plan)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   // Shared stores, every ownership_check_seconds: one round trip asks which of the idle sessions
   // this replica holds another replica has acquired since; their copies are dropped (memory and
-  // gauges). Called by the engine loop holding `lock` (on mu_), which it releases meanwhile.
-  void DropLostSessions(std::unique_lock<std::mutex>& lock);
+  // gauges). Called by the engine loop holding mu_, which it releases meanwhile.
+  void DropLostSessions() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Tokens accepted but not yet consumed, over all sessions.
   int64_t QueuedTokens() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -205,15 +207,21 @@ class Engine::Impl {
   // With a shared store the session is first acquired (fencing off any replica that held it),
   // its record re-read (another replica may have changed it) and its log since the checkpoint
   // replayed. NOT_FOUND when the session no longer exists in the store.
-  absl::Status EnsureResident(Session* s);
+  absl::Status EnsureResident(Session* s) ABSL_LOCKS_EXCLUDED(mu_);
   // EnsureResident's work, timed and reported by it (OnRestore): reads the state (adding its
   // size to *bytes) and, from a shared store, replays the session's log; *complete is false when
   // a log record could not be applied (the session keeps its last consistent state).
-  absl::Status Restore(Session* s, int64_t* bytes, bool* complete);
+  absl::Status Restore(Session* s, int64_t* bytes, bool* complete) ABSL_LOCKS_EXCLUDED(mu_);
 
-  // Applies one log record to the session's state. False if the state already contains it (or
-  // it belongs to an abandoned epoch); DATA_LOSS if it does not continue the state (a gap).
-  absl::StatusOr<bool> ReplayRecord(Session* s, const WalRecord& r);
+  // After a replay: the session's position and state size as the state now has them, published
+  // at once under mu_ (readers never see the replay's intermediate positions), and `records`
+  // more recovered records counted.
+  void PublishReplayed(Session* s, int64_t records) ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Applies one log record to the session's state (not to its record: PublishReplayed does). False
+  // if the state already contains it (or it belongs to an abandoned epoch); DATA_LOSS if it does
+  // not continue the state (a gap).
+  absl::StatusOr<bool> ReplayRecord(Session* s, const WalRecord& r) ABSL_LOCKS_EXCLUDED(mu_);
 
   // ---- Rewind history (engine_durability.cc), then the step's execution -------------------------
 
@@ -255,7 +263,8 @@ class Engine::Impl {
   // Rewind op: the session goes back to op.target_position. Persisted at once (with a new epoch,
   // so that log records of the abandoned tokens are never replayed onto it); in sync mode a
   // failed write leaves the session as it was and fails the operation.
-  void ExecuteRewind(Session* s, Op& op, std::vector<std::function<void()>>* callbacks);
+  void ExecuteRewind(Session* s, Op& op, std::vector<std::function<void()>>* callbacks)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   // One session's work in this step's batched runner step.
   struct Forwarding {
@@ -270,7 +279,7 @@ class Engine::Impl {
   // Engine thread, without mu_ (only this thread touches states and head operations). Runs
   // control operations, scores and failures directly; queues token work into *batch.
   void Prepare(Session* s, int64_t tokens, std::vector<Forwarding>* batch,
-               std::vector<std::function<void()>>* callbacks);
+               std::vector<std::function<void()>>* callbacks) ABSL_LOCKS_EXCLUDED(mu_);
 
   // The next up-to-`tokens` tokens of an append or prompt.
   static std::vector<int32_t> NextPiece(const Op& op, int64_t tokens);
@@ -283,7 +292,7 @@ class Engine::Impl {
                 std::vector<std::function<void()>>* callbacks);
 
   // The step's group commit: every completed operation's record, one write and one fdatasync.
-  void CommitDurable(std::vector<std::function<void()>>* callbacks);
+  void CommitDurable(std::vector<std::function<void()>>* callbacks) ABSL_LOCKS_EXCLUDED(mu_);
 
   // One runner step for every session's tokens of this step (continuous batching; the tokens move
   // into the runner's plan), then each operation's bookkeeping. If the step fails as a whole, every
@@ -340,11 +349,13 @@ class Engine::Impl {
 
   // With mu_: expires idle sessions past their TTL (never ones with queued work). With a
   // state_dir, the state is persisted to <state_dir>/expired first.
-  void Sweep() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Releases mu_ while it writes files; operations queued meanwhile on an expiring session fail
+  // (NOT_FOUND) through *callbacks, which the caller runs without mu_.
+  void Sweep(std::vector<std::function<void()>>* callbacks) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  void Shutdown(int64_t deadline_ms);
+  void Shutdown(int64_t deadline_ms) ABSL_LOCKS_EXCLUDED(mu_);
 
-  Engine::Stats stats();
+  Engine::Stats stats() ABSL_LOCKS_EXCLUDED(mu_);
 
   // ---- Operations (caller threads; engine_requests.cc) ------------------------------------------
 
@@ -352,7 +363,8 @@ class Engine::Impl {
               std::function<void(absl::StatusOr<AppendResult>)> done);
 
   void Generate(const std::string& principal, const std::string& id, GenerateParams params,
-                CancelFlag cancel, std::function<void(const GenerateEvent&)> on_event, Done done);
+                CancelFlag cancel, std::function<void(const GenerateEvent&)> on_event, Done done)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   void Score(const std::string& principal, const std::string& id, std::vector<int32_t> tokens,
              bool commit, std::function<void(absl::StatusOr<ScoreResult>)> done);
@@ -368,7 +380,8 @@ class Engine::Impl {
   void Export(const std::string& principal, const std::string& id,
               std::function<void(absl::StatusOr<std::string>)> done);
 
-  absl::StatusOr<SessionInfo> Import(const CreateParams& p, const std::string& snapshot);
+  absl::StatusOr<SessionInfo> Import(const CreateParams& p, const std::string& snapshot)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   EngineOptions options_;
@@ -377,8 +390,8 @@ class Engine::Impl {
   ModelInfo info_;
   std::unique_ptr<SessionStore> files_;
 
-  std::mutex mu_;
-  std::condition_variable cv_;
+  Mutex mu_;
+  CondVar cv_;  // signalled when work arrives, the queues drain, or the engine stops
   std::map<std::string, std::unique_ptr<Session>> sessions_ ABSL_GUARDED_BY(mu_);
   int64_t steps_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t expired_total_ ABSL_GUARDED_BY(mu_) = 0;
@@ -393,11 +406,11 @@ class Engine::Impl {
     std::function<void(absl::Status)> on_failure;
   };
   std::vector<PendingDurable> pending_durable_;
-  int64_t recovered_records_ = 0;
-  int64_t log_bytes_ = 0;
-  bool shared_ = false;  // files_ is shared with other replicas
-  int64_t unrecoverable_sessions_ = 0;
-  double recovery_seconds_ = 0;
+  int64_t recovered_records_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t log_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // added to by the engine thread, read by stats()
+  bool shared_ = false;                         // files_ is shared with other replicas
+  int64_t unrecoverable_sessions_ ABSL_GUARDED_BY(mu_) = 0;
+  double recovery_seconds_ ABSL_GUARDED_BY(mu_) = 0;
   std::atomic<bool> draining_{false};
   std::atomic<bool> draining_deadline_passed_{false};
   bool stop_ ABSL_GUARDED_BY(mu_) = false;

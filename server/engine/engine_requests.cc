@@ -136,7 +136,7 @@ absl::StatusOr<SessionInfo> Engine::Impl::AddSession(const CreateParams& p, Slot
 absl::StatusOr<SessionInfo> Engine::Impl::CreateSession(const CreateParams& p) {
   // The slot is taken before the engine lock (the runner's own lock may wait for a step).
   TITANS_ASSIGN_OR_RETURN(SlotId slot, runner_->NewSlot());
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   return AddSession(p, slot);
 }
 
@@ -146,13 +146,13 @@ absl::StatusOr<SessionInfo> Engine::Impl::GetSession(const std::string& principa
   if (shared_) {
     std::string name;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(&mu_);
       auto s = Find(principal, id);
       if (s.ok()) name = (*s)->record.id;
     }
     if (!name.empty()) Refresh(name);
   }
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   TITANS_ASSIGN_OR_RETURN(Session * s, Find(principal, id));
   return InfoOf(*s);
 }
@@ -161,7 +161,7 @@ void Engine::Impl::Refresh(const std::string& id) {
   bool resident;
   int64_t seen_use;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     auto it = sessions_.find(id);
     if (it == sessions_.end() || it->second->busy || !it->second->ops.empty()) return;
     resident = !it->second->spilled;
@@ -169,7 +169,7 @@ void Engine::Impl::Refresh(const std::string& id) {
   }
   if (resident && files_->Moved({id}).empty()) return;  // held here: the local view is current
   auto record = files_->ReadRecord(id);
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   auto it = sessions_.find(id);
   if (it == sessions_.end() || it->second->busy || !it->second->ops.empty()) return;
   // Loaded (or reloaded) by the engine thread meanwhile: its record is newer than the one read
@@ -192,12 +192,12 @@ std::vector<SessionInfo> Engine::Impl::List(const std::string& principal,
                                             const std::string& after, int limit, bool* more) {
   if (shared_) {  // sessions created by other replicas too
     std::vector<SessionRecord> stored = files_->List(nullptr);
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     for (SessionRecord& r : stored) {
       if (!sessions_.count(r.id)) Register(std::move(r));
     }
   }
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   std::vector<const Session*> matching;
   for (const auto& [name, s] : sessions_) {
     if (s->record.principal != principal || ClientId(s->record) <= after) continue;
@@ -244,7 +244,7 @@ absl::StatusOr<std::vector<int32_t>> Engine::Impl::Tokenize(const Input& input, 
 absl::Status Engine::Impl::Enqueue(const std::string& principal, const std::string& id,
                                    std::unique_ptr<Op>& op) {
   Discover(principal, id);
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   TITANS_RETURN_IF_ERROR(CheckOpen());
   TITANS_ASSIGN_OR_RETURN(Session * s, Find(principal, id));
   if (static_cast<int32_t>(s->ops.size()) >= options_.max_ops_per_session) {
@@ -257,7 +257,7 @@ absl::Status Engine::Impl::Enqueue(const std::string& principal, const std::stri
         "server queue is full (", options_.max_queued_tokens, " tokens); retry later"));
   }
   s->ops.push_back(std::move(op));
-  cv_.notify_all();
+  cv_.SignalAll();
   return absl::OkStatus();
 }
 
@@ -293,7 +293,7 @@ void Engine::Impl::Generate(const std::string& principal, const std::string& id,
   op->done = done;
   Discover(principal, id);
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     auto s = Find(principal, id);
     if (!s.ok()) return done(s.status());
     op->sampling = Resolve(**s, params);
@@ -382,7 +382,7 @@ void Engine::Impl::Export(const std::string& principal, const std::string& id,
 absl::StatusOr<SessionInfo> Engine::Impl::Import(const CreateParams& p,
                                                  const std::string& snapshot) {
   TITANS_ASSIGN_OR_RETURN(SlotId slot, runner_->Import(snapshot));
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   return AddSession(p, slot);
 }
 

@@ -22,7 +22,7 @@ void ReleaseFreeHeap() {
 }  // namespace
 
 void Engine::Impl::Loop() {
-  std::unique_lock<std::mutex> lock(mu_);
+  mu_.Lock();
   auto last_sweep = Clock::now();
   auto last_ownership_check = Clock::now();
   const auto ownership_check_interval = std::chrono::duration_cast<Clock::duration>(
@@ -35,21 +35,27 @@ void Engine::Impl::Loop() {
       if (steps_ != steps_at_release && Clock::now() - last_release >= std::chrono::seconds(1)) {
         steps_at_release = steps_;
         last_release = Clock::now();
-        lock.unlock();
+        mu_.Unlock();
         ReleaseFreeHeap();
-        lock.lock();
+        mu_.Lock();
         continue;  // work may have arrived meanwhile
       }
-      cv_.wait_for(lock, std::chrono::milliseconds(500));
+      cv_.WaitWithTimeout(&mu_, std::chrono::milliseconds(500));
     }
     if (stop_) break;
     if (Clock::now() - last_sweep > std::chrono::seconds(1)) {
-      Sweep();
+      std::vector<std::function<void()>> callbacks;
+      Sweep(&callbacks);
+      if (!callbacks.empty()) {
+        mu_.Unlock();
+        for (auto& cb : callbacks) cb();
+        mu_.Lock();
+      }
       last_sweep = Clock::now();
     }
     if (shared_ && options_.ownership_check_seconds > 0 &&
         Clock::now() - last_ownership_check > ownership_check_interval) {
-      DropLostSessions(lock);
+      DropLostSessions();
       last_ownership_check = Clock::now();
       if (stop_) break;
     }
@@ -84,7 +90,7 @@ void Engine::Impl::Loop() {
     std::vector<Assignment> plan = PlanStep(candidates, options_.step_token_budget);
     for (const Assignment& a : plan) order[a.session]->busy = true;
     ++steps_;
-    lock.unlock();
+    mu_.Unlock();
     if (shared_) DropMoved(order, plan);
     std::vector<std::function<void()>> callbacks;
     std::vector<Forwarding> batch;
@@ -99,12 +105,13 @@ void Engine::Impl::Loop() {
     observer().OnStep(static_cast<int>(plan.size()), step_tokens,
                       std::chrono::duration<double>(Clock::now() - step_start).count(),
                       kernel_seconds);
-    lock.lock();
+    mu_.Lock();
     Update(order, plan, &callbacks);
-    lock.unlock();
+    mu_.Unlock();
     for (auto& cb : callbacks) cb();
-    lock.lock();
+    mu_.Lock();
   }
+  mu_.Unlock();
 }
 
 void Engine::Impl::DropMoved(const std::vector<Session*>& order,
@@ -120,19 +127,19 @@ void Engine::Impl::DropMoved(const std::vector<Session*>& order,
   if (ids.empty()) return;
   std::vector<std::string> moved = files_->Moved(ids);
   if (moved.empty()) return;
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   for (const std::string& id : moved) DropResident(by_id[id]);
 }
 
-void Engine::Impl::DropLostSessions(std::unique_lock<std::mutex>& lock) {
+void Engine::Impl::DropLostSessions() {
   std::vector<std::string> names;
   for (auto& [name, s] : sessions_) {
     if (s->held && !s->busy && s->ops.empty()) names.push_back(name);
   }
   if (names.empty()) return;
-  lock.unlock();
+  mu_.Unlock();
   const std::vector<std::string> moved = files_->Moved(names);
-  lock.lock();
+  mu_.Lock();
   for (const std::string& name : moved) {
     auto it = sessions_.find(name);
     // A session with work queued meanwhile is the next step's (DropMoved, then acquire).
@@ -237,7 +244,7 @@ void Engine::Impl::Prepare(Session* s, int64_t tokens, std::vector<Forwarding>* 
       p.sampling = s->sampling;
       absl::StatusOr<SessionInfo> info;
       {
-        std::lock_guard<std::mutex> lock(mu_);
+        MutexLock lock(&mu_);
         info = AddSession(p, *fork_slot, &history, s->record.id);
       }
       auto done = std::move(op.fork_done);

@@ -142,7 +142,7 @@ absl::StatusOr<std::unique_ptr<RedisStore>> RedisStore::Open(const std::string& 
 }
 
 RedisStore::~RedisStore() {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   if (context_) redisFree(context_);
 }
 
@@ -166,7 +166,7 @@ absl::Status RedisStore::ConnectLocked() {
 std::vector<absl::StatusOr<RedisStore::Reply>> RedisStore::Pipeline(
     const std::vector<std::vector<std::string>>& cmds) {
   std::vector<absl::StatusOr<Reply>> out;
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   absl::Status st = ConnectLocked();
   if (st.ok()) {
     for (const auto& cmd : cmds) {
@@ -218,13 +218,13 @@ std::string RedisStore::Key(const std::string& id, const char* suffix) const {
 }
 
 std::string RedisStore::FenceOf(const std::string& id) {
-  std::lock_guard<std::mutex> lock(fences_mu_);
+  MutexLock lock(&fences_mu_);
   auto it = fences_.find(id);
   return it == fences_.end() ? "0" : it->second;
 }
 
 int64_t RedisStore::TtlMs(const std::string& id) {
-  std::lock_guard<std::mutex> lock(fences_mu_);
+  MutexLock lock(&fences_mu_);
   auto it = ttl_ms_.find(id);
   return it == ttl_ms_.end() ? 0 : it->second;
 }
@@ -247,7 +247,7 @@ absl::Status RedisStore::Create(const SessionRecord& r, const std::string& state
       Command({"EVAL", kCreateScript, "6", prefix_ + ":fence_counter", Key(r.id, "fence"),
                Key(r.id, "rec"), Key(r.id, "state"), Key(r.id, "log"), prefix_ + ":sessions",
                EncodeSessionRecord(r), state_blob, std::to_string(ttl), r.id}));
-  std::lock_guard<std::mutex> lock(fences_mu_);
+  MutexLock lock(&fences_mu_);
   fences_[r.id] = std::to_string(fence.integer);
   ttl_ms_[r.id] = ttl;
   return absl::OkStatus();
@@ -256,7 +256,7 @@ absl::Status RedisStore::Create(const SessionRecord& r, const std::string& state
 absl::Status RedisStore::Write(const SessionRecord& r, const std::string& state_blob) {
   const int64_t ttl = r.idle_ttl_seconds * 1000;
   {
-    std::lock_guard<std::mutex> lock(fences_mu_);
+    MutexLock lock(&fences_mu_);
     ttl_ms_[r.id] = ttl;
   }
   return Command(
@@ -290,7 +290,7 @@ absl::StatusOr<SessionRecord> RedisStore::ReadRecord(const std::string& id) {
           record.position, last[0].position_before + static_cast<int64_t>(last[0].tokens.size()));
     }
   }
-  std::lock_guard<std::mutex> lock(fences_mu_);
+  MutexLock lock(&fences_mu_);
   ttl_ms_[id] = record.idle_ttl_seconds * 1000;
   return record;
 }
@@ -299,7 +299,7 @@ void RedisStore::Remove(const std::string& id) {
   (void)Command({"EVAL", kRemoveScript, "7", Key(id, "rec"), Key(id, "state"), Key(id, "log"),
                  Key(id, "rwt"), Key(id, "rwp"), Key(id, "fence"), prefix_ + ":sessions",
                  Key(id, "rw:"), id});
-  std::lock_guard<std::mutex> lock(fences_mu_);
+  MutexLock lock(&fences_mu_);
   fences_.erase(id);
   ttl_ms_.erase(id);
 }
@@ -339,7 +339,7 @@ absl::StatusOr<bool> RedisStore::Acquire(const std::string& id) {
                                    Key(id, "fence"), Key(id, "rec"), std::to_string(ttl)}));
   if (reply.elements.size() != 2) return absl::UnavailableError("redis: unexpected acquire reply");
   const std::string previous = reply.elements[1].str;
-  std::lock_guard<std::mutex> lock(fences_mu_);
+  MutexLock lock(&fences_mu_);
   auto it = fences_.find(id);
   const bool migrated = it == fences_.end() || it->second != previous;
   fences_[id] = std::to_string(reply.elements[0].integer);

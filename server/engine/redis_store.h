@@ -23,9 +23,9 @@
 
 #include <map>
 #include <memory>
-#include <mutex>
 
 #include "absl/base/thread_annotations.h"
+#include "model/mutex.h"
 #include "server/engine/session_store.h"
 
 struct redisContext;
@@ -93,9 +93,9 @@ class RedisStore : public SessionStore {
   const std::string host_;
   const int port_;
   const std::string prefix_;
-  std::mutex mu_;
+  Mutex mu_;
   redisContext* context_ ABSL_GUARDED_BY(mu_) = nullptr;
-  std::mutex fences_mu_;
+  Mutex fences_mu_;
   std::map<std::string, std::string> fences_ ABSL_GUARDED_BY(fences_mu_);
   std::map<std::string, int64_t> ttl_ms_ ABSL_GUARDED_BY(fences_mu_);
 };

@@ -13,6 +13,7 @@
 #include "model/determinism.h"
 #include "server/engine/engine.h"
 #include "tests/model/model_test_util.h"
+#include "tests/server/redis_fixture.h"
 #include "tests/server/server_fixture.h"
 
 namespace titans::testing {
@@ -263,6 +264,76 @@ TEST_F(EngineConcurrencyTest, RestoresOfSpilledSessionsAreTimed) {
   engine_.reset();  // no more events once the counter goes
   EXPECT_GE(counter.timed(), 1);
   EXPECT_EQ(counter.restores(), counter.timed());
+}
+
+// The log's byte count grows on the engine thread as steps commit while stats() (the metrics
+// scrape) reads it on another: both under the engine's lock (a race TSan reported before).
+TEST_F(EngineConcurrencyTest, StatsReadWhileTheLogCommits) {
+  engine::CreateParams p;
+  p.id = "s";
+  ASSERT_TRUE(engine_->CreateSession(p).ok());
+  std::atomic<bool> done{false};
+  std::vector<int64_t> seen;
+  std::thread scraper([&] {
+    while (!done) seen.push_back(engine_->stats().log_bytes);
+  });
+  for (int i = 0; i < 20; ++i) ASSERT_TRUE(Append("s", "another acknowledged line ").ok());
+  done = true;
+  scraper.join();
+  EXPECT_TRUE(std::is_sorted(seen.begin(), seen.end()));
+  EXPECT_GT(engine_->stats().log_bytes, 0);
+}
+
+// A replica loading a session from a shared store replays the log records another replica wrote
+// after the last checkpoint, on its engine thread, while GetSession reads the session's position
+// on others (a race TSan reported before): every position read is one the session really had.
+TEST_F(EngineConcurrencyTest, GetSessionWhileALoadReplaysTheSharedLog) {
+  engine_->Shutdown(0);
+  engine_.reset();
+  RedisServer redis(root_);
+  ASSERT_NE(redis.port(), 0) << "redis-server did not start (scripts/setup.sh installs it)";
+  engine::EngineOptions shared = options_;
+  shared.state_dir.clear();
+  shared.session_store = redis.spec();
+  shared.checkpoint_interval_tokens = int64_t{1} << 40;  // only the log holds the appends
+  shared.ownership_check_seconds = 0;
+  auto a = Engine::Create(shared);
+  ASSERT_TRUE(a.ok()) << a.status();
+  engine_ = std::move(*a);
+  engine::CreateParams p;
+  p.id = "s";
+  ASSERT_TRUE(engine_->CreateSession(p).ok());
+  for (int i = 0; i < 30; ++i) ASSERT_TRUE(Append("s", "a line for the log ").ok());
+  auto info = engine_->GetSession("", "s");
+  ASSERT_TRUE(info.ok());
+  const int64_t logged_position = info->position;
+  auto b = Engine::Create(shared);  // the second replica
+  ASSERT_TRUE(b.ok()) << b.status();
+  std::unique_ptr<Engine> replica = std::move(*b);
+  std::atomic<bool> done{false};
+  std::vector<int64_t> seen;
+  std::thread reader([&] {
+    while (!done) {
+      auto s = replica->GetSession("", "s");
+      if (s.ok()) seen.push_back(s->position);
+    }
+  });
+  std::promise<absl::Status> appended;
+  engine::Input in;
+  in.text = "x";
+  replica->Append("", "s", in, nullptr,
+                  [&](absl::StatusOr<engine::AppendResult> r) { appended.set_value(r.status()); });
+  ASSERT_TRUE(appended.get_future().get().ok());
+  done = true;
+  reader.join();
+  auto after = replica->GetSession("", "s");
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->position, logged_position + 1);  // the whole log, then the new byte
+  EXPECT_TRUE(std::is_sorted(seen.begin(), seen.end()));
+  replica->Shutdown(0);
+  replica.reset();
+  engine_->Shutdown(0);
+  engine_.reset();
 }
 
 }  // namespace
