@@ -27,7 +27,7 @@
 #include "server/metrics.h"
 #include "server/rpc_observer.h"
 #include "server/service.h"
-#include "tools/program_flags.h"
+#include "model/program_flags.h"
 
 ABSL_FLAG(std::string, host, "0.0.0.0", "address to listen on");
 ABSL_FLAG(int32_t, port, 50051, "gRPC port");

@@ -23,7 +23,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_split.h"
 #include "titans/v1/titans.grpc.pb.h"
-#include "tools/program_flags.h"
+#include "model/program_flags.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051", "server address");
 ABSL_FLAG(std::string, token, "", "bearer token (default: $TITANS_TOKEN)");

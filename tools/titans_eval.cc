@@ -21,7 +21,7 @@
 #include "model/evaluation.h"
 #include "model/file_util.h"
 #include "model/trainer.h"
-#include "tools/program_flags.h"
+#include "model/program_flags.h"
 
 ABSL_FLAG(std::string, model, TITANS_DEFAULT_MODEL_DIR, "model directory");
 ABSL_FLAG(std::string, baseline, "", "a second model to compare (e.g. attention-only)");

@@ -13,7 +13,7 @@
 #include "model/generator.h"
 #include "model/session_state.h"
 #include "model/titans_model.h"
-#include "tools/program_flags.h"
+#include "model/program_flags.h"
 
 ABSL_FLAG(std::string, model_dir, TITANS_DEFAULT_MODEL_DIR, "model directory");
 ABSL_FLAG(std::string, device, "cpu", "cpu or cuda[:N]");

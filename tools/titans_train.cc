@@ -19,7 +19,7 @@
 #include "model/config.h"
 #include "model/file_util.h"
 #include "model/trainer.h"
-#include "tools/program_flags.h"
+#include "model/program_flags.h"
 
 ABSL_FLAG(std::vector<std::string>, data, {}, "training text files (comma-separated)");
 ABSL_FLAG(std::string, out, "", "checkpoint and output directory (required)");

@@ -1,9 +1,15 @@
 // The engine's internals, shared by its implementation files (not a public header: include
-// server/engine/engine.h). Engine::Impl is split by the thread that runs each part:
+// server/engine/engine.h). Engine::Impl's parts, one job per file:
 //   engine.cc             the facade, start-up, shutdown and statistics
 //   engine_requests.cc    admission and operations on caller (gRPC) threads
-//   engine_step.cc        the engine thread's step: schedule -> execute -> update
-//   engine_durability.cc  recovery, residency, spilling, checkpoints, rewind history
+//   engine_step.cc        the engine thread's loop: schedule -> execute -> update
+//   engine_execute.cc     the executor: a step's work through the runner, completions, failures
+//   engine_durability.cc  the write-ahead log's group commit, checkpoints, Persist
+//   engine_recovery.cc    start-up recovery, registering sessions, loading a stored session
+//   engine_residency.cc   spilling, the TTL sweep, copies taken over by another replica
+//   engine_rewind.cc      rewind points, a session's state at an earlier position, Rewind
+// The scheduling policy is a pure function in scheduler.h; storage is behind SessionStore
+// (directory_store.h, redis_store.h) and the write-ahead log (wal.h).
 // The engine reaches the model only through its ModelRunner (model/model_runner.h): a resident
 // session is a runner slot id, rollback and rewind points are SlotSnapshots, stored states are
 // blobs, and a step is a plain-data StepPlan. No LibTorch header is included here

@@ -26,7 +26,7 @@
 #include "model/determinism.h"
 #include "model/session_state.h"
 #include "model/titans_model.h"
-#include "tools/program_flags.h"
+#include "model/program_flags.h"
 
 ABSL_FLAG(std::string, model_dir, TITANS_DEFAULT_MODEL_DIR, "the Titans model");
 ABSL_FLAG(std::vector<std::string>, histories,

@@ -45,7 +45,7 @@
 #include "tools/bench/load_target.h"
 #include "tools/bench/server_process.h"
 #include "tools/bench/workload.h"
-#include "tools/program_flags.h"
+#include "model/program_flags.h"
 
 ABSL_FLAG(std::string, address, "", "a running server (host:port); default: start --server");
 ABSL_FLAG(std::string, server, TITANS_SERVER_BINARY, "titans-server binary to start");

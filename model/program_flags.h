@@ -1,6 +1,7 @@
-// Command-line helpers shared by the project's programs (header-only; Abseil flags).
-#ifndef TITANS_TOOLS_PROGRAM_FLAGS_H_
-#define TITANS_TOOLS_PROGRAM_FLAGS_H_
+// Command-line helpers shared by the server and the tools (header-only; Abseil flags). It lives in
+// model/, the base every program depends on, so that server/ need not depend on tools/.
+#ifndef TITANS_MODEL_PROGRAM_FLAGS_H_
+#define TITANS_MODEL_PROGRAM_FLAGS_H_
 
 #include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
@@ -19,4 +20,4 @@ inline void ShowOwnFlagsInHelp() {
 
 }  // namespace titans
 
-#endif  // TITANS_TOOLS_PROGRAM_FLAGS_H_
+#endif  // TITANS_MODEL_PROGRAM_FLAGS_H_
