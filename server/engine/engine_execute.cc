@@ -10,96 +10,94 @@ namespace titans::engine {
 void Engine::Impl::Prepare(Session* s, int64_t tokens, std::vector<Forwarding>* batch,
                            std::vector<std::function<void()>>* callbacks) {
   Op& op = *s->ops.front();
-  if (!op.started) {
-    op.started = true;
+  if (op.status == OpStatus::kWaiting) {  // first scheduled: running below, or failed
     observer().OnQueueTime(std::chrono::duration<double>(Clock::now() - op.arrival).count());
   }
   absl::Status resident = EnsureResident(s);
   if (!resident.ok()) {
-    if (resident.code() == absl::StatusCode::kNotFound && shared_) {
-      s->gone = true;  // closed or expired on another replica
-      Fail(op,
-           absl::NotFoundError(
-               absl::StrCat("session '", ShowValue(ClientId(s->record)), "' not found")),
-           callbacks);
-    } else if (resident.code() == absl::StatusCode::kUnavailable) {
-      Fail(op, resident, callbacks);
-    } else {
-      Fail(op,
-           absl::DataLossError(
-               absl::StrCat("session state could not be restored: ", resident.message())),
-           callbacks);
-    }
+    Fail(op, LoadError(s, resident), callbacks);
     return;
   }
   const SlotId slot = *s->slot;
-  if (op.position_before < 0) op.position_before = runner_->position(slot);
-  const bool cancelled = op.cancel && op.cancel->load();
-  switch (op.kind) {
-    case OpKind::kAppend: {
-      if (!op.backup) op.backup = runner_->Snapshot(slot);
-      if (cancelled || draining_deadline_passed_) {
-        (void)runner_->Restore(slot, *op.backup);
-        Fail(op,
-             cancelled ? absl::CancelledError("append cancelled; the session is unchanged")
-                       : absl::UnavailableError("server is shutting down"),
-             callbacks);
-        return;
-      }
-      // Pieces end where a rewind point falls due (a rewind replays at most the interval).
-      batch->push_back(Forwarding{
-          s, &op, NextPiece(op, std::min<int64_t>(tokens, TokensToNextPoint(*s, op))), false});
-      return;
-    }
-    case OpKind::kGenerate:
-      PrepareGenerate(s, &op, tokens, cancelled, batch, callbacks);
-      return;
-    case OpKind::kScore:
-      ExecuteScore(s, &op, callbacks);
-      return;
-    case OpKind::kExport: {
-      auto blob = runner_->Export(slot);
-      auto done = std::move(op.export_done);
-      callbacks->push_back([done, blob] { done(blob); });
-      MarkDone(op);
-      return;
-    }
-    case OpKind::kRewind:
-      ExecuteRewind(s, op, callbacks);
-      return;
-    case OpKind::kFork: {
-      auto forked = StateAt(s, op.target_position);
-      if (!forked.ok()) {
-        Fail(op, forked.status(), callbacks);
-        return;
-      }
-      if (s->history.end() != runner_->position(slot)) ResetHistory(s);
-      RewindHistory history = s->history.CopyUpTo(ModelRunner::SnapshotPosition(**forked));
-      absl::StatusOr<SlotId> fork_slot = runner_->FromSnapshot(**forked);
-      if (!fork_slot.ok()) {
-        Fail(op, fork_slot.status(), callbacks);
-        return;
-      }
-      CreateParams p;
-      p.principal = s->record.principal;
-      p.id = op.new_id;
-      p.idle_ttl_seconds = s->record.idle_ttl_seconds;
-      p.labels = s->record.labels;
-      p.sampling = s->sampling;
-      absl::StatusOr<SessionInfo> info;
-      {
-        MutexLock lock(&mu_);
-        info = AddSession(p, *fork_slot, &history, s->record.id);
-      }
-      auto done = std::move(op.fork_done);
-      callbacks->push_back([done, info] { done(info); });
-      MarkDone(op);
-      return;
-    }
-    case OpKind::kClose:
-      MarkDone(op);  // Update() erases the session and answers the queued operations
-      return;
+  if (op.status == OpStatus::kWaiting) {
+    op.status = OpStatus::kRunning;
+    op.position_before = runner_->position(slot);
   }
+  const bool cancelled = op.cancel && op.cancel->load();
+  std::visit(Overloaded{
+                 [&](AppendOp&) { PrepareAppend(s, &op, tokens, cancelled, batch, callbacks); },
+                 [&](GenerateOp&) { PrepareGenerate(s, &op, tokens, cancelled, batch, callbacks); },
+                 [&](ScoreOp&) { ExecuteScore(s, &op, callbacks); },
+                 [&](ExportOp& e) {
+                   callbacks->push_back(
+                       [done = std::move(e.done), blob = runner_->Export(slot)] { done(blob); });
+                   MarkDone(op);
+                 },
+                 [&](RewindOp&) { ExecuteRewind(s, op, callbacks); },
+                 [&](ForkOp& f) { ExecuteFork(s, &op, f, callbacks); },
+                 // Update() erases the session and answers the operations queued behind it.
+                 [&](CloseOp&) { MarkDone(op); },
+             },
+             op.kind);
+}
+
+absl::Status Engine::Impl::LoadError(Session* s, const absl::Status& error) {
+  if (error.code() == absl::StatusCode::kNotFound && shared_) {
+    s->gone = true;  // closed or expired on another replica
+    return absl::NotFoundError(
+        absl::StrCat("session '", ShowValue(ClientId(s->record)), "' not found"));
+  }
+  if (error.code() == absl::StatusCode::kUnavailable) return error;
+  return absl::DataLossError(
+      absl::StrCat("session state could not be restored: ", error.message()));
+}
+
+void Engine::Impl::PrepareAppend(Session* s, Op* op, int64_t tokens, bool cancelled,
+                                 std::vector<Forwarding>* batch,
+                                 std::vector<std::function<void()>>* callbacks) {
+  const SlotId slot = *s->slot;
+  if (!op->backup) op->backup = runner_->Snapshot(slot);
+  if (cancelled || draining_deadline_passed_) {
+    (void)runner_->Restore(slot, *op->backup);
+    Fail(*op,
+         cancelled ? absl::CancelledError("append cancelled; the session is unchanged")
+                   : absl::UnavailableError("server is shutting down"),
+         callbacks);
+    return;
+  }
+  // Pieces end where a rewind point falls due (a rewind replays at most the interval).
+  batch->push_back(Forwarding{
+      s, op, NextPiece(*op, std::min<int64_t>(tokens, TokensToNextPoint(*s, *op))), false});
+}
+
+void Engine::Impl::ExecuteFork(Session* s, Op* op, ForkOp& fork,
+                               std::vector<std::function<void()>>* callbacks) {
+  const SlotId slot = *s->slot;
+  auto forked = StateAt(s, fork.position);
+  if (!forked.ok()) {
+    Fail(*op, forked.status(), callbacks);
+    return;
+  }
+  if (s->history.end() != runner_->position(slot)) ResetHistory(s);
+  RewindHistory history = s->history.CopyUpTo(ModelRunner::SnapshotPosition(**forked));
+  absl::StatusOr<SlotId> fork_slot = runner_->FromSnapshot(**forked);
+  if (!fork_slot.ok()) {
+    Fail(*op, fork_slot.status(), callbacks);
+    return;
+  }
+  CreateParams p;
+  p.principal = s->record.principal;
+  p.id = fork.new_id;
+  p.idle_ttl_seconds = s->record.idle_ttl_seconds;
+  p.labels = s->record.labels;
+  p.sampling = s->sampling;
+  absl::StatusOr<SessionInfo> info;
+  {
+    MutexLock lock(&mu_);
+    info = AddSession(p, *fork_slot, &history, s->record.id);
+  }
+  callbacks->push_back([done = std::move(fork.done), info] { done(info); });
+  MarkDone(*op);
 }
 
 std::vector<int32_t> Engine::Impl::NextPiece(const Op& op, int64_t tokens) {
@@ -111,13 +109,14 @@ void Engine::Impl::PrepareGenerate(Session* s, Op* op, int64_t tokens, bool canc
                                    std::vector<Forwarding>* batch,
                                    std::vector<std::function<void()>>* callbacks) {
   const SlotId slot = *s->slot;
+  GenerateOp& g = *op->as<GenerateOp>();
   if (cancelled || draining_deadline_passed_) {
     // The session keeps what was consumed so far; in sync mode that part is logged like a
     // finished operation (otherwise recovery would find a gap in the session's log).
-    std::string rest = op->stream ? op->stream->Flush() : "";
+    std::string rest = g.stream ? g.stream->Flush() : "";
     GenerateEvent e = Event(runner_->position(slot), *op, Finish::kCancelled, {}, rest);
-    auto on_event = op->on_event;
-    auto done = std::move(op->done);
+    auto on_event = g.on_event;
+    auto done = std::move(g.done);
     const absl::Status st = cancelled ? absl::CancelledError("generation cancelled")
                                       : absl::UnavailableError("server is shutting down");
     op->backup.reset();  // keep, do not roll back, if the log commit fails: report its error
@@ -148,14 +147,14 @@ void Engine::Impl::PrepareGenerate(Session* s, Op* op, int64_t tokens, bool canc
     }
     before_sampling.push_back(bos);
   }
-  if (!op->stream) {
+  if (!g.stream) {
     // Reseeds the slot's sampler (a request seed) or continues its own stream.
-    absl::Status st = runner_->StartSampling(slot, op->sampling);
+    absl::Status st = runner_->StartSampling(slot, g.sampling);
     if (!st.ok()) {
       Fail(*op, st, callbacks);
       return;
     }
-    op->stream.emplace(runner_->tokenizer(), op->sampling);
+    g.stream.emplace(runner_->tokenizer(), g.sampling);
   }
   // The token is drawn in the runner's step, together with every other decode of the step.
   batch->push_back(Forwarding{s, op, std::move(before_sampling), true});
@@ -163,15 +162,16 @@ void Engine::Impl::PrepareGenerate(Session* s, Op* op, int64_t tokens, bool canc
 
 void Engine::Impl::FinishDecode(Session* s, Op* op, int64_t token,
                                 std::vector<std::function<void()>>* callbacks) {
-  TextStream::Step step = op->stream->Commit(static_cast<int32_t>(token));
+  GenerateOp& g = *op->as<GenerateOp>();
+  TextStream::Step step = g.stream->Commit(static_cast<int32_t>(token));
   const auto now = Clock::now();
-  if (!op->first_token) {
-    op->first_token = now;
+  if (!g.first_token) {
+    g.first_token = now;
     observer().OnTimeToFirstToken(std::chrono::duration<double>(now - op->arrival).count());
   } else {
-    observer().OnInterTokenLatency(std::chrono::duration<double>(now - op->last_token).count());
+    observer().OnInterTokenLatency(std::chrono::duration<double>(now - g.last_token).count());
   }
-  op->last_token = now;
+  g.last_token = now;
   Finish f = Finish::kNone;
   if (step.finished) {
     switch (step.finish_reason) {
@@ -190,12 +190,12 @@ void Engine::Impl::FinishDecode(Session* s, Op* op, int64_t token,
     }
   }
   GenerateEvent e = Event(runner_->position(*s->slot), *op, f, {step.token}, step.text_delta);
-  auto on_event = op->on_event;
+  auto on_event = g.on_event;
   if (f == Finish::kNone) {
     callbacks->push_back([on_event, e] { on_event(e); });
     return;
   }
-  auto done = std::move(op->done);
+  auto done = std::move(g.done);
   Complete(
       s, *op,
       [on_event, done, e] {
@@ -212,7 +212,8 @@ void Engine::Impl::ExecuteScore(Session* s, Op* op, std::vector<std::function<vo
   SlotWork work;
   work.slot = slot;
   work.action = SlotAction::kScore;
-  work.commit = op->commit;
+  ScoreOp& score = *op->as<ScoreOp>();
+  work.commit = score.commit;
   const int32_t bos = runner_->tokenizer().bos_id();
   const bool with_bos = runner_->position(slot) == 0 && bos >= 0;
   if (with_bos) work.tokens.push_back(bos);
@@ -220,7 +221,7 @@ void Engine::Impl::ExecuteScore(Session* s, Op* op, std::vector<std::function<vo
   const std::vector<int32_t> consumed = work.tokens;
   // The runner changes the slot only for a committed, successful score; the snapshot undoes it
   // if the log commit then fails.
-  std::shared_ptr<const SlotSnapshot> before = op->commit ? runner_->Snapshot(slot) : nullptr;
+  std::shared_ptr<const SlotSnapshot> before = score.commit ? runner_->Snapshot(slot) : nullptr;
   absl::StatusOr<SlotOutcome> outcome = StepOne(std::move(work));
   absl::StatusOr<ScoreResult> result = [&]() -> absl::StatusOr<ScoreResult> {
     if (!outcome.ok()) return outcome.status();
@@ -231,8 +232,8 @@ void Engine::Impl::ExecuteScore(Session* s, Op* op, std::vector<std::function<vo
     observer().OnTokens("scored", static_cast<int64_t>(op->tokens.size()));
     return r;
   }();
-  auto done = std::move(op->score_done);
-  if (result.ok() && op->commit) {
+  auto done = std::move(score.done);
+  if (result.ok() && score.commit) {
     op->backup = std::move(before);
     op->log_tokens.insert(op->log_tokens.end(), consumed.begin(), consumed.end());
     op->log_pieces.push_back(static_cast<int32_t>(consumed.size()));
@@ -256,7 +257,7 @@ double Engine::Impl::RunBatch(std::vector<Forwarding>& batch,
     w.tokens = std::move(f.tokens);  // read back from the plan below
     if (f.decode) {
       w.action = SlotAction::kSample;
-      w.sampling = &f.op->sampling;
+      w.sampling = &f.op->as<GenerateOp>()->sampling;
     }
     plan.work.push_back(std::move(w));
   }
@@ -284,13 +285,13 @@ double Engine::Impl::RunBatch(std::vector<Forwarding>& batch,
       FinishDecode(f.session, &op, token, callbacks);
       continue;
     }
-    observer().OnTokens(op.kind == OpKind::kAppend ? "appended" : "prompt",
-                        static_cast<int64_t>(tokens.size()));
+    AppendOp* append = op.as<AppendOp>();
+    observer().OnTokens(append ? "appended" : "prompt", static_cast<int64_t>(tokens.size()));
     op.consumed += tokens.size();
-    if (op.kind == OpKind::kAppend) MaybeTakeInnerPoint(*f.session, &op);
-    if (op.kind == OpKind::kAppend && op.remaining() == 0) {
+    if (append) MaybeTakeInnerPoint(*f.session, &op);
+    if (append && op.remaining() == 0) {
       AppendResult r{static_cast<int64_t>(op.tokens.size()), step->slots[i].position};
-      auto done = std::move(op.append_done);
+      auto done = std::move(append->done);
       Complete(
           f.session, op, [done, r] { done(r); }, [done](absl::Status st) { done(st); }, callbacks);
       op.tokens.clear();
@@ -330,7 +331,7 @@ void Engine::Impl::Complete(Session* s, Op& op, std::function<void()> on_done,
   record.epoch = s->record.epoch;
   record.tokens = std::move(op.log_tokens);
   record.pieces = std::move(op.log_pieces);
-  record.has_rng = op.kind == OpKind::kGenerate;
+  record.has_rng = op.is<GenerateOp>();
   record.rng = runner_->rng_state(*s->slot);
   std::shared_ptr<const SlotSnapshot> before = op.backup;
   ModelRunner* runner = runner_.get();
@@ -347,27 +348,7 @@ void Engine::Impl::Complete(Session* s, Op& op, std::function<void()> on_done,
 
 void Engine::Impl::Fail(Op& op, absl::Status status,
                         std::vector<std::function<void()>>* callbacks) {
-  switch (op.kind) {
-    case OpKind::kAppend:
-      callbacks->push_back([done = std::move(op.append_done), status] { done(status); });
-      break;
-    case OpKind::kGenerate:
-      callbacks->push_back([done = std::move(op.done), status] { done(status); });
-      break;
-    case OpKind::kScore:
-      callbacks->push_back([done = std::move(op.score_done), status] { done(status); });
-      break;
-    case OpKind::kFork:
-    case OpKind::kRewind:
-      callbacks->push_back([done = std::move(op.fork_done), status] { done(status); });
-      break;
-    case OpKind::kExport:
-      callbacks->push_back([done = std::move(op.export_done), status] { done(status); });
-      break;
-    case OpKind::kClose:
-      callbacks->push_back([done = std::move(op.done), status] { done(status); });
-      break;
-  }
+  callbacks->push_back(op.TakeFailure(std::move(status)));
   MarkDone(op);
 }
 
@@ -390,11 +371,12 @@ GenerateEvent Engine::Impl::Event(int64_t position, const Op& op, Finish f,
   e.finish = f;
   e.position = position;
   e.prompt_tokens = static_cast<int32_t>(op.tokens.size());
-  e.generated_tokens = op.stream ? op.stream->generated() : 0;
+  const GenerateOp& g = *op.as<GenerateOp>();
+  e.generated_tokens = g.stream ? g.stream->generated() : 0;
   e.total_seconds = std::chrono::duration<double>(Clock::now() - op.arrival).count();
-  if (op.first_token) {
+  if (g.first_token) {
     e.time_to_first_token_seconds =
-        std::chrono::duration<double>(*op.first_token - op.arrival).count();
+        std::chrono::duration<double>(*g.first_token - op.arrival).count();
   }
   return e;
 }

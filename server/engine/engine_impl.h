@@ -35,6 +35,7 @@
 #include "model/utf8.h"
 #include "server/engine/directory_store.h"
 #include "server/engine/engine.h"
+#include "server/engine/operation.h"
 #include "server/engine/rewind_history.h"
 #include "server/engine/scheduler.h"
 #include "server/engine/session_store.h"
@@ -47,54 +48,6 @@ inline int64_t NowMs() {
              std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
-
-using Clock = std::chrono::steady_clock;
-
-enum class OpKind { kAppend, kGenerate, kScore, kClose, kFork, kExport, kRewind };
-
-struct Op {
-  OpKind kind;
-  std::vector<int32_t> tokens;  // append tokens, generate prompt, score tokens
-  size_t consumed = 0;
-  CancelFlag cancel;
-  Clock::time_point arrival = Clock::now();
-  // Append, generate, committed score: the session before the operation, restored on failure
-  // or cancellation (atomicity).
-  std::shared_ptr<const SlotSnapshot> backup;
-  std::function<void(absl::StatusOr<AppendResult>)> append_done;
-  // Generate.
-  GenerateParams generate;
-  SamplingParams sampling;
-  std::optional<TextStream> stream;  // once the prompt is consumed
-  std::function<void(const GenerateEvent&)> on_event;
-  Engine::Done done;
-  std::optional<Clock::time_point> first_token;
-  // Score.
-  bool commit = false;
-  std::function<void(absl::StatusOr<ScoreResult>)> score_done;
-  // Fork / export / rewind.
-  std::string new_id;
-  int64_t target_position = -1;  // fork / rewind: the position to go to (-1: the current one)
-  std::function<void(absl::StatusOr<SessionInfo>)> fork_done;  // also rewind
-  std::function<void(absl::StatusOr<std::string>)> export_done;
-
-  bool finished = false;  // set by the engine thread; Update() then pops it
-  bool started = false;   // has been scheduled at least once (queue-time metric)
-  Clock::time_point last_token;
-  // What the operation consumed, in the pieces it was consumed in (the write-ahead log record).
-  int64_t position_before = -1;
-  std::vector<int32_t> log_tokens, log_pieces;
-  // Append: rewind points taken inside the operation (its pieces end on them), committed to the
-  // session's history with its tokens when it completes, so that a rewind into a long append
-  // replays at most the rewind interval. Only the ones the window needs are kept.
-  std::vector<RewindPoint> inner_points;
-
-  // Engine thread only (it changes `consumed` without holding mu_).
-  int64_t remaining() const { return static_cast<int64_t>(tokens.size() - consumed); }
-  // remaining() as of the end of the last step, for readers holding mu_ on other threads
-  // (admission control). Written by the engine thread under mu_.
-  int64_t queued_tokens = 0;
-};
 
 struct Session {
   Session(int64_t rewind_window, int64_t rewind_interval)
@@ -311,6 +264,15 @@ class Engine::Impl {
   GenerateEvent Event(int64_t position, const Op& op, Finish f, std::vector<int32_t> tokens,
                       std::string text) const;
 
+  // Fails loading a session's state (EnsureResident's `error`) as the operation reports it.
+  absl::Status LoadError(Session* s, const absl::Status& error);
+
+  void PrepareAppend(Session* s, Op* op, int64_t tokens, bool cancelled,
+                     std::vector<Forwarding>* batch, std::vector<std::function<void()>>* callbacks);
+
+  // Fork op: a new session at the fork's position (the current one, or from the rewind history).
+  void ExecuteFork(Session* s, Op* op, ForkOp& fork, std::vector<std::function<void()>>* callbacks);
+
   void PrepareGenerate(Session* s, Op* op, int64_t tokens, bool cancelled,
                        std::vector<Forwarding>* batch,
                        std::vector<std::function<void()>>* callbacks);
@@ -322,7 +284,7 @@ class Engine::Impl {
 
   void Fail(Op& op, absl::Status status, std::vector<std::function<void()>>* callbacks);
 
-  void MarkDone(Op& op) { op.finished = true; }
+  void MarkDone(Op& op) { op.status = OpStatus::kFinished; }
 
   // With mu_: pops finished operations, refreshes session metadata, erases closed sessions.
   void Update(const std::vector<Session*>& order, const std::vector<Assignment>& plan,

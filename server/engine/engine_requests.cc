@@ -266,11 +266,8 @@ void Engine::Impl::Append(const std::string& principal, const std::string& id, I
                           std::function<void(absl::StatusOr<AppendResult>)> done) {
   auto tokens = Tokenize(input, false);
   if (!tokens.ok()) return done(tokens.status());
-  auto op = std::make_unique<Op>();
-  op->kind = OpKind::kAppend;
-  op->tokens = std::move(*tokens);
+  auto op = std::make_unique<Op>(AppendOp{done}, std::move(*tokens));
   op->cancel = std::move(cancel);
-  op->append_done = done;
   absl::Status st = Enqueue(principal, id, op);
   if (!st.ok()) done(st);
 }
@@ -285,22 +282,21 @@ void Engine::Impl::Generate(const std::string& principal, const std::string& id,
     return done(absl::InvalidArgumentError(
         absl::StrCat("max_tokens must be in [1, ", options_.max_generate_tokens, "]")));
   }
-  auto op = std::make_unique<Op>();
-  op->kind = OpKind::kGenerate;
-  op->tokens = std::move(*prompt);
-  op->cancel = std::move(cancel);
-  op->on_event = std::move(on_event);
-  op->done = done;
+  GenerateOp generate;
+  generate.on_event = std::move(on_event);
+  generate.done = done;
   Discover(principal, id);
   {
     MutexLock lock(&mu_);
     auto s = Find(principal, id);
     if (!s.ok()) return done(s.status());
-    op->sampling = Resolve(**s, params);
+    generate.sampling = Resolve(**s, params);
   }
-  op->generate = std::move(params);
-  absl::Status valid = ValidateSamplingParams(op->sampling, runner_->config().vocab_size);
+  generate.params = std::move(params);
+  absl::Status valid = ValidateSamplingParams(generate.sampling, runner_->config().vocab_size);
   if (!valid.ok()) return done(valid);
+  auto op = std::make_unique<Op>(std::move(generate), std::move(*prompt));
+  op->cancel = std::move(cancel);
   absl::Status st = Enqueue(principal, id, op);
   if (!st.ok()) done(st);
 }
@@ -313,23 +309,18 @@ void Engine::Impl::Score(const std::string& principal, const std::string& id,
   in.has_tokens = true;
   auto checked = Tokenize(in, false);
   if (!checked.ok()) return done(checked.status());
-  auto op = std::make_unique<Op>();
-  op->kind = OpKind::kScore;
-  op->tokens = std::move(*checked);
-  op->commit = commit;
-  op->score_done = done;
+  auto op = std::make_unique<Op>(ScoreOp{commit, done}, std::move(*checked));
   if (id.empty()) {  // stateless: a temporary session of its own
     auto tmp = CreateSession(CreateParams{principal, "", 0, {}, std::nullopt});
     if (!tmp.ok()) return done(tmp.status());
     const std::string tmp_id = tmp->id;
-    op->commit = false;
-    op->score_done = [this, principal, tmp_id, done](absl::StatusOr<ScoreResult> r) {
-      if (r.ok()) r->position = 0;
-      done(std::move(r));
-      Close(principal, tmp_id, [](absl::Status) {});
-    };
+    op->kind = ScoreOp{false, [this, principal, tmp_id, done](absl::StatusOr<ScoreResult> r) {
+                         if (r.ok()) r->position = 0;
+                         done(std::move(r));
+                         Close(principal, tmp_id, [](absl::Status) {});
+                       }};
     absl::Status st = Enqueue(principal, tmp_id, op);
-    if (!st.ok()) op->score_done(st);
+    if (!st.ok()) op->TakeFailure(st)();
     return;
   }
   absl::Status st = Enqueue(principal, id, op);
@@ -337,9 +328,7 @@ void Engine::Impl::Score(const std::string& principal, const std::string& id,
 }
 
 void Engine::Impl::Close(const std::string& principal, const std::string& id, Done done) {
-  auto op = std::make_unique<Op>();
-  op->kind = OpKind::kClose;
-  op->done = done;
+  auto op = std::make_unique<Op>(CloseOp{done});
   absl::Status st = Enqueue(principal, id, op);
   if (!st.ok()) done(st);
 }
@@ -350,11 +339,7 @@ void Engine::Impl::Fork(const std::string& principal, const std::string& id,
   if (position < -1) {
     return done(absl::InvalidArgumentError("position must not be negative"));
   }
-  auto op = std::make_unique<Op>();
-  op->kind = OpKind::kFork;
-  op->new_id = new_id;
-  op->target_position = position;
-  op->fork_done = done;
+  auto op = std::make_unique<Op>(ForkOp{new_id, position, done});
   absl::Status st = Enqueue(principal, id, op);
   if (!st.ok()) done(st);
 }
@@ -362,19 +347,14 @@ void Engine::Impl::Fork(const std::string& principal, const std::string& id,
 void Engine::Impl::Rewind(const std::string& principal, const std::string& id, int64_t position,
                           std::function<void(absl::StatusOr<SessionInfo>)> done) {
   if (position < 0) return done(absl::InvalidArgumentError("position must not be negative"));
-  auto op = std::make_unique<Op>();
-  op->kind = OpKind::kRewind;
-  op->target_position = position;
-  op->fork_done = done;
+  auto op = std::make_unique<Op>(RewindOp{position, done});
   absl::Status st = Enqueue(principal, id, op);
   if (!st.ok()) done(st);
 }
 
 void Engine::Impl::Export(const std::string& principal, const std::string& id,
                           std::function<void(absl::StatusOr<std::string>)> done) {
-  auto op = std::make_unique<Op>();
-  op->kind = OpKind::kExport;
-  op->export_done = done;
+  auto op = std::make_unique<Op>(ExportOp{done});
   absl::Status st = Enqueue(principal, id, op);
   if (!st.ok()) done(st);
 }

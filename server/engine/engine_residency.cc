@@ -24,7 +24,7 @@ absl::Status Engine::Impl::MovedError(const std::string& id) {
 }
 
 bool Engine::Impl::Quiescent(const Session& s) {
-  return s.ops.empty() || s.ops.front()->position_before < 0;
+  return s.ops.empty() || s.ops.front()->status == OpStatus::kWaiting;
 }
 
 void Engine::Impl::SpillIfNeeded(std::vector<std::function<void()>>* callbacks) {
@@ -103,7 +103,7 @@ void Engine::Impl::DropMoved(const std::vector<Session*>& order,
   std::map<std::string, Session*> by_id;
   for (const Assignment& a : plan) {
     Session* s = order[a.session];
-    if (!s->slot || s->ops.front()->position_before >= 0) continue;  // not loaded / mid-op
+    if (!s->slot || s->ops.front()->status != OpStatus::kWaiting) continue;  // not loaded / mid-op
     ids.push_back(s->record.id);
     by_id[s->record.id] = s;
   }

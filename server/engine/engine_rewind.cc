@@ -168,8 +168,9 @@ absl::StatusOr<std::shared_ptr<const SlotSnapshot>> Engine::Impl::StateAt(Sessio
 
 void Engine::Impl::ExecuteRewind(Session* s, Op& op,
                                  std::vector<std::function<void()>>* callbacks) {
-  auto done = std::move(op.fork_done);
-  auto target = StateAt(s, op.target_position);
+  RewindOp& rewind = *op.as<RewindOp>();
+  auto done = std::move(rewind.done);
+  auto target = StateAt(s, rewind.position);
   if (!target.ok()) {
     callbacks->push_back([done, st = target.status()] { done(st); });
     MarkDone(op);
@@ -181,7 +182,7 @@ void Engine::Impl::ExecuteRewind(Session* s, Op& op,
   const int64_t position_before = s->history.end();
   std::vector<int64_t> dropped;
   for (const RewindPoint& p : s->history.points()) {
-    if (p.position > op.target_position) dropped.push_back(p.position);
+    if (p.position > rewind.position) dropped.push_back(p.position);
   }
   (void)runner_->Restore(slot, **target);
   s->history.TruncateTo(runner_->position(slot));
@@ -209,7 +210,7 @@ void Engine::Impl::ExecuteRewind(Session* s, Op& op,
   s->record.position = runner_->position(slot);
   s->state_bytes = runner_->state_bytes(slot);
   s->rewind_floor = s->history.first_position();
-  s->ops.front()->finished = true;
+  MarkDone(op);
   SessionInfo info = InfoOf(*s);
   info.queued_operations -= 1;  // this operation is done
   observer().OnTokens("rewound", position_before - s->record.position);

@@ -22,6 +22,23 @@ void ReleaseFreeHeap() {
 #endif
 }
 
+// What the scheduler sees of a session's head operation (plain data).
+Candidate CandidateFor(const Op& op, int64_t index) {
+  Candidate c{index, 0, false};
+  const int64_t rest = std::max<int64_t>(op.remaining(), 2);
+  std::visit(Overloaded{
+                 [&](const AppendOp&) { c.wanted_tokens = rest; },
+                 [&](const GenerateOp&) { c.wanted_tokens = op.remaining() > 0 ? rest : 1; },
+                 [&](const ScoreOp&) {
+                   c.wanted_tokens = rest;
+                   c.indivisible = true;
+                 },
+                 [](const auto&) {},  // control operations take no tokens
+             },
+             op.kind);
+  return c;
+}
+
 }  // namespace
 
 void Engine::Impl::Loop() {
@@ -72,23 +89,7 @@ void Engine::Impl::Loop() {
     }
     std::rotate(order.begin(), order.begin() + (rr_cursor_++ % order.size()), order.end());
     for (size_t i = 0; i < order.size(); ++i) {
-      const Op& op = *order[i]->ops.front();
-      Candidate c{static_cast<int64_t>(i), 0, false};
-      switch (op.kind) {
-        case OpKind::kAppend:
-          c.wanted_tokens = std::max<int64_t>(op.remaining(), 2);
-          break;
-        case OpKind::kGenerate:
-          c.wanted_tokens = op.remaining() > 0 ? std::max<int64_t>(op.remaining(), 2) : 1;
-          break;
-        case OpKind::kScore:
-          c.wanted_tokens = std::max<int64_t>(op.remaining(), 2);
-          c.indivisible = true;
-          break;
-        default:
-          c.wanted_tokens = 0;
-      }
-      candidates.push_back(c);
+      candidates.push_back(CandidateFor(*order[i]->ops.front(), static_cast<int64_t>(i)));
     }
     std::vector<Assignment> plan = PlanStep(candidates, options_.step_token_budget);
     for (const Assignment& a : plan) order[a.session]->busy = true;
@@ -146,16 +147,17 @@ void Engine::Impl::Update(const std::vector<Session*>& order, const std::vector<
       s->state_bytes = runner_->state_bytes(*s->slot);
       s->spilled = false;
     }
-    if (!op.finished) continue;
-    if (s->slot && op.kind != OpKind::kClose && !s->moved) {
+    if (op.status != OpStatus::kFinished) continue;
+    CloseOp* close_op = op.as<CloseOp>();
+    if (s->slot && !close_op && !s->moved) {
       // Nothing more queued: the slot gives up its working room (before a rewind point shares it).
       if (s->ops.size() == 1) runner_->Settle(*s->slot);
       MaybeTakePoint(s);
     }
     s->rewind_floor = s->history.first_position();
     if (s->moved) DropResident(s);
-    const bool close = op.kind == OpKind::kClose || s->gone;
-    Done close_done = close ? std::move(op.done) : nullptr;
+    const bool close = close_op || s->gone;
+    Done close_done = close_op ? std::move(close_op->done) : nullptr;
     s->ops.pop_front();
     if (close) {
       std::vector<std::unique_ptr<Op>> rest;
@@ -176,10 +178,6 @@ void Engine::Impl::Update(const std::vector<Session*>& order, const std::vector<
   CheckpointIfDue();
   SpillIfNeeded(callbacks);
 }
-
-}  // namespace titans::engine
-
-namespace titans::engine {
 
 void Engine::Impl::Erase(const std::string& id) {
   auto it = sessions_.find(id);
