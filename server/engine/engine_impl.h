@@ -157,10 +157,18 @@ class Engine::Impl {
   // gauges). Called by the engine loop holding mu_, which it releases meanwhile.
   void DropLostSessions() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  // Tokens accepted but not yet consumed, over all sessions.
-  int64_t QueuedTokens() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Tokens accepted but not yet consumed, over all sessions (a running total).
+  int64_t QueuedTokens() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return queued_tokens_; }
 
-  bool HasRunnable() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Some session has an operation queued.
+  bool HasRunnable() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !runnable_.empty(); }
+
+  // Every change to a session's queue goes through these three, which keep the running totals
+  // (QueuedTokens, HasRunnable, the sessions a step considers) without scanning all sessions.
+  void PushOp(Session* s, std::unique_ptr<Op> op) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::unique_ptr<Op> PopOp(Session* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The op's tokens still to consume as admission control counts them.
+  void SetQueuedTokens(Op* op, int64_t tokens) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Runs on the engine thread without mu_: only it touches states and head operations.
   // With a shared store the session is first acquired (fencing off any replica that held it),
@@ -361,6 +369,10 @@ class Engine::Impl {
   Mutex mu_;
   CondVar cv_;  // signalled when work arrives, the queues drain, or the engine stops
   std::map<std::string, std::unique_ptr<Session>> sessions_ ABSL_GUARDED_BY(mu_);
+  // Ids of the sessions with queued operations (ordered as sessions_), and the sum of every
+  // queued operation's queued_tokens: kept by PushOp / PopOp / SetQueuedTokens.
+  std::set<std::string> runnable_ ABSL_GUARDED_BY(mu_);
+  int64_t queued_tokens_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t steps_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t expired_total_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t rr_cursor_ = 0;

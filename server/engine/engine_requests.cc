@@ -251,12 +251,11 @@ absl::Status Engine::Impl::Enqueue(const std::string& principal, const std::stri
     return absl::ResourceExhaustedError(absl::StrCat("session '", id, "' has ", s->ops.size(),
                                                      " operations queued (limit reached)"));
   }
-  op->queued_tokens = op->remaining();  // not yet visible to the engine thread
-  if (QueuedTokens() + op->queued_tokens > options_.max_queued_tokens) {
+  if (QueuedTokens() + op->remaining() > options_.max_queued_tokens) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "server queue is full (", options_.max_queued_tokens, " tokens); retry later"));
   }
-  s->ops.push_back(std::move(op));
+  PushOp(s, std::move(op));
   cv_.SignalAll();
   return absl::OkStatus();
 }

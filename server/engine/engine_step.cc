@@ -83,10 +83,8 @@ void Engine::Impl::Loop() {
     // Schedule (plain data), execute (no lock held), update.
     std::vector<Session*> order;
     std::vector<Candidate> candidates;
-    for (auto& [id, s] : sessions_) {
-      if (s->ops.empty()) continue;
-      order.push_back(s.get());
-    }
+    order.reserve(runnable_.size());
+    for (const std::string& id : runnable_) order.push_back(sessions_.at(id).get());
     std::rotate(order.begin(), order.begin() + (rr_cursor_++ % order.size()), order.end());
     for (size_t i = 0; i < order.size(); ++i) {
       candidates.push_back(CandidateFor(*order[i]->ops.front(), static_cast<int64_t>(i)));
@@ -118,19 +116,24 @@ void Engine::Impl::Loop() {
   mu_.Unlock();
 }
 
-int64_t Engine::Impl::QueuedTokens() {
-  int64_t total = 0;
-  for (auto& [id, s] : sessions_) {
-    for (auto& op : s->ops) total += op->queued_tokens;
-  }
-  return total;
+void Engine::Impl::PushOp(Session* s, std::unique_ptr<Op> op) {
+  op->queued_tokens = op->remaining();
+  queued_tokens_ += op->queued_tokens;
+  s->ops.push_back(std::move(op));
+  runnable_.insert(s->record.id);
 }
 
-bool Engine::Impl::HasRunnable() {
-  for (auto& [id, s] : sessions_) {
-    if (!s->ops.empty()) return true;
-  }
-  return false;
+std::unique_ptr<Op> Engine::Impl::PopOp(Session* s) {
+  std::unique_ptr<Op> op = std::move(s->ops.front());
+  s->ops.pop_front();
+  queued_tokens_ -= op->queued_tokens;
+  if (s->ops.empty()) runnable_.erase(s->record.id);
+  return op;
+}
+
+void Engine::Impl::SetQueuedTokens(Op* op, int64_t tokens) {
+  queued_tokens_ += tokens - op->queued_tokens;
+  op->queued_tokens = tokens;
 }
 
 void Engine::Impl::Update(const std::vector<Session*>& order, const std::vector<Assignment>& plan,
@@ -140,7 +143,7 @@ void Engine::Impl::Update(const std::vector<Session*>& order, const std::vector<
     Session* s = order[a.session];
     s->busy = false;
     Op& op = *s->ops.front();
-    op.queued_tokens = op.remaining();
+    SetQueuedTokens(&op, op.remaining());
     s->record.last_used_unix_ms = now;
     if (s->slot) {
       s->record.position = runner_->position(*s->slot);
@@ -158,10 +161,10 @@ void Engine::Impl::Update(const std::vector<Session*>& order, const std::vector<
     if (s->moved) DropResident(s);
     const bool close = close_op || s->gone;
     Done close_done = close_op ? std::move(close_op->done) : nullptr;
-    s->ops.pop_front();
+    PopOp(s);
     if (close) {
       std::vector<std::unique_ptr<Op>> rest;
-      for (auto& o : s->ops) rest.push_back(std::move(o));
+      while (!s->ops.empty()) rest.push_back(PopOp(s));
       const std::string id = s->record.id;
       const bool gone = s->gone;
       if (files_ && !gone) files_->Remove(id);
@@ -183,6 +186,7 @@ void Engine::Impl::Erase(const std::string& id) {
   auto it = sessions_.find(id);
   if (it == sessions_.end()) return;
   if (it->second->slot) runner_->Free(*it->second->slot);
+  while (!it->second->ops.empty()) PopOp(it->second.get());  // already answered
   sessions_.erase(it);
 }
 

@@ -350,6 +350,46 @@ TEST_F(ServerTest, SessionAndQueueCapacity) {
   EXPECT_TRUE(AppendText("a", std::string(100, 'z')).ok());
 }
 
+// The queue's token budget is a running total: operations that finish, fail, are cancelled or
+// are dropped with their closed session all give their tokens back.
+TEST_F(ServerTest, QueueBudgetIsWholeAgainAfterEveryWayAnOperationEnds) {
+  options_.max_queued_tokens = 2000;
+  options_.step_token_budget = 16;
+  Start();
+  Create("done");
+  ASSERT_TRUE(AppendText("done", std::string(500, 'a')).ok());
+  Create("cancelled");
+  {
+    pb::AppendRequest req;
+    req.set_session_id("cancelled");
+    req.set_text(std::string(1500, 'c'));
+    pb::AppendResponse resp;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(50));
+    (void)stub_->Append(&ctx, req, &resp);  // deadline or done, either way it ends
+  }
+  Create("closed");
+  std::thread queued([&] { (void)AppendText("closed", std::string(1000, 'q')); });
+  std::thread more([&] { (void)AppendText("closed", std::string(400, 'r')); });
+  pb::CloseSessionRequest close;
+  close.set_session_id("closed");
+  pb::CloseSessionResponse closed;
+  (void)stub_->CloseSession(Ctx().get(), close, &closed);
+  queued.join();
+  more.join();
+  // Whatever raced, nothing is left queued once the engine has drained.
+  engine::Engine::Stats st = engine_->stats();
+  for (int i = 0; i < 500 && (st.queued_tokens != 0 || st.queued_operations != 0); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    st = engine_->stats();
+  }
+  EXPECT_EQ(st.queued_tokens, 0);
+  EXPECT_EQ(st.queued_operations, 0);
+  EXPECT_TRUE(AppendText("done", std::string(2000, 'b')).ok());
+  EXPECT_EQ(AppendText("done", std::string(2001, 'b')).error_code(),
+            StatusCode::RESOURCE_EXHAUSTED);
+}
+
 // A client that gives up on an append (deadline) gets its status; the session is unchanged.
 TEST_F(ServerTest, CancelledAppendLeavesSessionUnchanged) {
   options_.step_token_budget = 16;
