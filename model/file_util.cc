@@ -21,26 +21,6 @@ std::string StrError(int err) {
   return StrErrorResult(strerror_r(err, buf, sizeof(buf)), buf);
 }
 
-absl::Status ErrnoStatus(int err, const std::string& what, const std::string& path) {
-  const std::string msg = absl::StrCat(what, " '", path, "': ", StrError(err));
-  switch (err) {
-    case ENOENT:
-    case ENOTDIR:
-      return absl::NotFoundError(msg);
-    case EACCES:
-    case EPERM:
-    case EROFS:
-      return absl::PermissionDeniedError(msg);
-    case ENOSPC:
-    case EDQUOT:
-      return absl::ResourceExhaustedError(msg);
-    case EISDIR:
-      return absl::FailedPreconditionError(msg);
-    default:
-      return absl::InternalError(msg);
-  }
-}
-
 // Closes fd on scope exit unless released.
 class FdCloser {
  public:
@@ -91,6 +71,26 @@ absl::Status WriteAndSync(const std::string& tmp, std::string_view data) {
 }
 
 }  // namespace
+
+absl::Status ErrnoStatus(int err, const std::string& what, const std::string& path) {
+  const std::string msg = absl::StrCat(what, " '", path, "': ", StrError(err));
+  switch (err) {
+    case ENOENT:
+    case ENOTDIR:
+      return absl::NotFoundError(msg);
+    case EACCES:
+    case EPERM:
+    case EROFS:
+      return absl::PermissionDeniedError(msg);
+    case ENOSPC:
+    case EDQUOT:
+      return absl::ResourceExhaustedError(msg);
+    case EISDIR:
+      return absl::FailedPreconditionError(msg);
+    default:
+      return absl::InternalError(msg);
+  }
+}
 
 absl::StatusOr<std::string> ReadFileToString(const std::string& path) {
   int fd;

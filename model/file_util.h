@@ -31,6 +31,10 @@ absl::StatusOr<std::string> ReadFileToString(const std::string& path);
 // file gets mode 0644 minus the umask.
 absl::Status WriteFileAtomic(const std::string& path, std::string_view data);
 
+// The status for a failed system call on `path`, mapped and worded as described above:
+// "<what> '<path>': <strerror>".
+absl::Status ErrnoStatus(int err, const std::string& what, const std::string& path);
+
 }  // namespace titans
 
 #endif  // TITANS_MODEL_FILE_UTIL_H_

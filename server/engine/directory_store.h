@@ -11,13 +11,15 @@
 #ifndef TITANS_SERVER_ENGINE_DIRECTORY_STORE_H_
 #define TITANS_SERVER_ENGINE_DIRECTORY_STORE_H_
 
+#include "server/engine/env.h"
 #include "server/engine/session_store.h"
 
 namespace titans::engine {
 
 class DirectoryStore : public SessionStore {
  public:
-  explicit DirectoryStore(std::string dir) : dir_(std::move(dir)) {}
+  // `env` (not owned) must outlive the store.
+  DirectoryStore(std::string dir, Env* env) : dir_(std::move(dir)), env_(env) {}
 
   absl::Status Init() override;  // creates the directory if needed
   bool shared() const override { return false; }
@@ -52,6 +54,7 @@ class DirectoryStore : public SessionStore {
   std::string PointPath(const std::string& id, int64_t position) const;
 
   std::string dir_;
+  Env* const env_;
 };
 
 }  // namespace titans::engine

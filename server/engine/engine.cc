@@ -4,7 +4,9 @@
 namespace titans::engine {
 
 Engine::Impl::Impl(EngineOptions options, std::unique_ptr<ModelRunner> runner)
-    : options_(std::move(options)), runner_(std::move(runner)) {
+    : options_(std::move(options)),
+      env_(options_.env ? options_.env : Env::Default()),
+      runner_(std::move(runner)) {
   const ModelConfig& c = runner_->config();
   info_.name = c.name;
   info_.variant = std::string(VariantName(c.variant));
@@ -26,7 +28,7 @@ absl::Status Engine::Impl::Start() {
   std::string spec = options_.session_store;
   if (spec.empty() && !options_.state_dir.empty()) spec = options_.state_dir + "/sessions";
   if (!spec.empty()) {
-    TITANS_ASSIGN_OR_RETURN(files_, OpenSessionStore(spec));
+    TITANS_ASSIGN_OR_RETURN(files_, OpenSessionStore(spec, env_));
     shared_ = files_->shared();
     std::vector<std::string> errors;
     std::vector<SessionRecord> records = files_->List(&errors);

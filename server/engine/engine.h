@@ -24,6 +24,7 @@
 
 #include "absl/status/statusor.h"
 #include "model/sampler.h"
+#include "server/engine/env.h"
 #include "server/engine/observer.h"
 
 namespace titans::engine {
@@ -45,6 +46,10 @@ struct EngineOptions {
   int64_t max_resident_sessions = 1000;
   // Where spilled and persisted states live; empty = memory only (no spilling, nothing persisted).
   std::string state_dir;
+  // The file system and clock the engine's storage uses (state_dir, the write-ahead log, session
+  // timestamps and TTLs). Null: the real ones (Env::Default()). Not owned; must outlive the engine.
+  // Tests pass a fault-injecting Env.
+  Env* env = nullptr;
   // Where session states are stored: empty = <state_dir>/sessions (a local directory), or
   // "redis://HOST:PORT[/PREFIX]" to share sessions between replicas (see redis_store.h). With a
   // shared store, a session can be served by any replica: the one that gets a request for it

@@ -75,33 +75,57 @@ void Engine::Impl::CheckpointIfDue() {
 }
 
 absl::Status Engine::Impl::Persist(Session* s, bool create) {
+  SessionRecord record = s->record;
+  const absl::Status st = WriteCheckpoint(s, &record, create);
+  CommitCheckpoint(s, record, st);
+  return st;
+}
+
+absl::Status Engine::Impl::PersistWithoutLock(Session* s) {
+  SessionRecord record;
+  {
+    MutexLock lock(&mu_);
+    record = s->record;
+  }
+  const absl::Status st = WriteCheckpoint(s, &record, /*create=*/false);
+  MutexLock lock(&mu_);
+  CommitCheckpoint(s, record, st);
+  return st;
+}
+
+absl::Status Engine::Impl::WriteCheckpoint(Session* s, SessionRecord* record, bool create) {
   const auto start = Clock::now();
   TITANS_ASSIGN_OR_RETURN(std::string blob, runner_->Export(*s->slot));
-  s->record.position = runner_->position(*s->slot);
-  s->record.state_bytes = s->state_bytes;
+  record->position = runner_->position(*s->slot);
+  record->state_bytes = runner_->state_bytes(*s->slot);
   // The rewind points and tokens go first, the checkpoint last: whatever stops us between the
   // writes (a crash, another replica taking the session over), the stored tokens reach at least
   // as far as the stored checkpoint, and LoadHistory cuts them back to it. (The other order lost
   // the history of a session taken over between the writes.) A new session has no fence to
   // write under until Create, and a history of one point to lose.
-  const bool pair_tokens = s->history.enabled() && s->history.end() == s->record.position;
+  const bool pair_tokens = s->history.enabled() && s->history.end() == record->position;
   auto write_tokens = [&] {
     StorePoints(s);
     return files_->WriteRewindTokens(
-        s->record.id,
-        RewindTokens{s->history.first_position(), s->history.tokens(), s->record.epoch});
+        record->id, RewindTokens{s->history.first_position(), s->history.tokens(), record->epoch});
   };
   absl::Status st = pair_tokens && !create ? write_tokens() : absl::OkStatus();
-  if (st.ok()) st = create ? files_->Create(s->record, blob) : files_->Write(s->record, blob);
+  if (st.ok()) st = create ? files_->Create(*record, blob) : files_->Write(*record, blob);
   if (st.ok() && pair_tokens && create) st = write_tokens();
-  if (st.code() == absl::StatusCode::kAborted) s->moved = true;
-  if (st.ok()) {
-    s->persisted_position = s->record.position;
-    s->last_checkpoint = Clock::now();
-  }
   observer().OnCheckpoint(static_cast<int64_t>(blob.size()),
                           std::chrono::duration<double>(Clock::now() - start).count(), st.ok());
   return st;
+}
+
+void Engine::Impl::CommitCheckpoint(Session* s, const SessionRecord& written,
+                                    const absl::Status& st) {
+  if (st.code() == absl::StatusCode::kAborted) s->moved = true;
+  if (!st.ok()) return;
+  s->record.position = written.position;
+  s->record.state_bytes = written.state_bytes;
+  s->state_bytes = written.state_bytes;
+  s->persisted_position = written.position;
+  s->last_checkpoint = Clock::now();
 }
 
 }  // namespace titans::engine

@@ -13,7 +13,7 @@
 // The engine reaches the model only through its ModelRunner (model/model_runner.h): a resident
 // session is a runner slot id, rollback and rewind points are SlotSnapshots, stored states are
 // blobs, and a step is a plain-data StepPlan. No LibTorch header is included here
-// (tests/server/engine_tensor_free_test.py checks the whole include graph).
+// (tests/server/engine/engine_tensor_free_test.py checks the whole include graph).
 #ifndef TITANS_SERVER_ENGINE_ENGINE_IMPL_H_
 #define TITANS_SERVER_ENGINE_ENGINE_IMPL_H_
 
@@ -42,12 +42,6 @@
 #include "server/engine/wal.h"
 
 namespace titans::engine {
-
-inline int64_t NowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 struct Session {
   Session(int64_t rewind_window, int64_t rewind_interval)
@@ -321,7 +315,17 @@ class Engine::Impl {
 
   // Checkpoints the session (with `create`: stores a new session). In a shared store an ABORTED
   // result means another replica acquired the session: this replica's copy must be dropped.
-  absl::Status Persist(Session* s, bool create = false);
+  absl::Status Persist(Session* s, bool create = false) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Persist from the engine thread without mu_ (loading, recovery): the writes happen unlocked,
+  // and what readers see of the session changes under mu_ afterwards.
+  absl::Status PersistWithoutLock(Session* s) ABSL_LOCKS_EXCLUDED(mu_);
+  // Persist's I/O: the state, and the rewind points and tokens, stored under `*record` (the
+  // session's record, whose position and state size it sets). Changes nothing other threads read.
+  absl::Status WriteCheckpoint(Session* s, SessionRecord* record, bool create);
+  // Persist's outcome into the session: its persisted position, or `moved` when another replica
+  // fenced the write off (ABORTED).
+  void CommitCheckpoint(Session* s, const SessionRecord& written, const absl::Status& st)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // With mu_: expires idle sessions past their TTL (never ones with queued work). With a
   // state_dir, the state is persisted to <state_dir>/expired first.
@@ -362,6 +366,7 @@ class Engine::Impl {
  private:
   EngineOptions options_;
   EngineObserver null_observer_;
+  Env* const env_;                       // options_.env or the default
   std::unique_ptr<ModelRunner> runner_;  // every resident session's state, in slots
   ModelInfo info_;
   std::unique_ptr<SessionStore> files_;

@@ -12,7 +12,7 @@ absl::Status Engine::Impl::Recover() {
   const auto start = Clock::now();
   const std::string dir = options_.state_dir + "/wal";
   std::vector<std::string> warnings;
-  std::vector<WalRecord> records = Wal::ReadAll(dir, &warnings);
+  std::vector<WalRecord> records = Wal::ReadAll(dir, &warnings, env_);
   for (const std::string& w : warnings) {
     server::Log(server::LogLevel::kWarning, "wal_read_warning", {{"detail", w}});
   }
@@ -61,10 +61,10 @@ absl::Status Engine::Impl::Recover() {
     if (replay.applied > 0) {
       ++touched;
       PublishReplayed(s, 0);  // counted below
-      TITANS_RETURN_IF_ERROR(Persist(s));
+      TITANS_RETURN_IF_ERROR(PersistWithoutLock(s));
     }
   }
-  TITANS_ASSIGN_OR_RETURN(wal_, Wal::Open(dir));
+  TITANS_ASSIGN_OR_RETURN(wal_, Wal::Open(dir, env_));
   TITANS_RETURN_IF_ERROR(wal_->DropOldSegments());
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   {
@@ -157,7 +157,7 @@ absl::Status Engine::Impl::Restore(Session* s, int64_t* bytes, bool* complete) {
     }
     if (replayed > 0) {
       PublishReplayed(s, replayed);
-      TITANS_RETURN_IF_ERROR(Persist(s));  // the checkpoint clears the log
+      TITANS_RETURN_IF_ERROR(PersistWithoutLock(s));  // the checkpoint clears the log
     }
   }
   return absl::OkStatus();

@@ -99,7 +99,7 @@ absl::StatusOr<SessionInfo> Engine::Impl::AddSession(const CreateParams& p, Slot
   s->record.principal = p.principal;
   s->record.labels = p.labels;
   s->record.idle_ttl_seconds = ttl;
-  s->record.created_unix_ms = s->record.last_used_unix_ms = NowMs();
+  s->record.created_unix_ms = s->record.last_used_unix_ms = env_->NowUnixMs();
   s->record.position = runner_->position(slot);
   s->sampling = p.sampling;
   s->state_bytes = runner_->state_bytes(slot);

@@ -54,7 +54,7 @@ void Engine::Impl::SpillIfNeeded(std::vector<std::function<void()>>* callbacks) 
 }
 
 void Engine::Impl::Sweep(std::vector<std::function<void()>>* callbacks) {
-  const int64_t now = NowMs();
+  const int64_t now = env_->NowUnixMs();
   std::vector<Session*> expired;
   for (auto& [id, s] : sessions_) {
     if (!s->ops.empty() || s->busy) continue;
@@ -74,7 +74,7 @@ void Engine::Impl::Sweep(std::vector<std::function<void()>>* callbacks) {
     // lock). Only this thread steps, sweeps or erases sessions, so they stay; an operation
     // queued on one meanwhile is answered below.
     mu_.Unlock();
-    DirectoryStore graveyard(options_.state_dir + "/expired");
+    DirectoryStore graveyard(options_.state_dir + "/expired", env_);
     const bool keep = !options_.state_dir.empty() && graveyard.Init().ok();
     for (Session* s : expired) {
       if (keep && EnsureResident(s).ok()) {

@@ -138,7 +138,7 @@ void Engine::Impl::SetQueuedTokens(Op* op, int64_t tokens) {
 
 void Engine::Impl::Update(const std::vector<Session*>& order, const std::vector<Assignment>& plan,
                           std::vector<std::function<void()>>* callbacks) {
-  const int64_t now = NowMs();
+  const int64_t now = env_->NowUnixMs();
   for (const Assignment& a : plan) {
     Session* s = order[a.session];
     s->busy = false;

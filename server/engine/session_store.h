@@ -25,6 +25,8 @@
 
 namespace titans::engine {
 
+class Env;
+
 struct SessionRecord {
   // `id` is the storage name (StorageName below): the key of the session in the engine, in the
   // store, in the write-ahead log and in Redis. The client sees ClientId(record).
@@ -117,7 +119,9 @@ class SessionStore {
 };
 
 // Opens the store named by `spec`: a directory path, or "redis://HOST:PORT[/PREFIX]".
-absl::StatusOr<std::unique_ptr<SessionStore>> OpenSessionStore(const std::string& spec);
+// `env` (directory stores only; null: Env::Default()) must outlive the store.
+absl::StatusOr<std::unique_ptr<SessionStore>> OpenSessionStore(const std::string& spec,
+                                                               Env* env = nullptr);
 
 }  // namespace titans::engine
 

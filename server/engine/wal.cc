@@ -1,22 +1,15 @@
 #include "server/engine/wal.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
 #include <cstring>
-#include <filesystem>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "model/crc32c.h"
-#include "model/file_util.h"
+#include "model/status_macros.h"
 
 namespace titans::engine {
 namespace {
-
-namespace fs = std::filesystem;
 
 constexpr uint32_t kMaxPayload = 1u << 30;
 
@@ -33,23 +26,17 @@ bool Get(std::string_view* in, T* v) {
   return true;
 }
 
-std::vector<std::pair<uint64_t, std::string>> Segments(const std::string& dir) {
+std::vector<std::pair<uint64_t, std::string>> Segments(const std::string& dir, Env* env) {
   std::vector<std::pair<uint64_t, std::string>> out;
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(dir, ec)) {
-    const std::string name = entry.path().filename().string();
+  absl::StatusOr<std::vector<std::string>> names = env->ListDir(dir);
+  if (!names.ok()) return out;
+  for (const std::string& name : *names) {
     if (name.size() != 24 || name.substr(20) != ".wal") continue;
-    out.emplace_back(std::stoull(name.substr(0, 20)), entry.path().string());
+    if (name.find_first_not_of("0123456789") != 20) continue;
+    out.emplace_back(std::stoull(name.substr(0, 20)), dir + "/" + name);
   }
   std::sort(out.begin(), out.end());
   return out;
-}
-
-absl::Status Errno(const std::string& what) {
-  const int e = errno;
-  const std::string msg = absl::StrCat(what, ": ", std::strerror(e));
-  if (e == ENOSPC || e == EDQUOT) return absl::ResourceExhaustedError(msg);
-  return absl::UnavailableError(msg);
 }
 
 }  // namespace
@@ -109,35 +96,27 @@ absl::StatusOr<WalRecord> DecodeWalPayload(std::string_view in) {
   return r;
 }
 
-absl::StatusOr<std::unique_ptr<Wal>> Wal::Open(const std::string& dir) {
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) return absl::UnavailableError("cannot create log directory " + dir + ": " + ec.message());
-  auto segments = Segments(dir);
+absl::StatusOr<std::unique_ptr<Wal>> Wal::Open(const std::string& dir, Env* env) {
+  absl::Status created = env->CreateDirs(dir);
+  if (!created.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot create the log directory: ", created.message()));
+  }
+  auto segments = Segments(dir, env);
   const uint64_t next = segments.empty() ? 1 : segments.back().first + 1;
-  auto wal = std::unique_ptr<Wal>(new Wal(dir, next));
+  auto wal = std::unique_ptr<Wal>(new Wal(dir, next, env));
   absl::Status st = wal->OpenSegment();
   if (!st.ok()) return st;
   return wal;
 }
 
-Wal::~Wal() {
-  if (fd_ >= 0) ::close(fd_);
-}
-
 absl::Status Wal::OpenSegment() {
-  if (fd_ >= 0) ::close(fd_);
+  file_.reset();
   const std::string path = absl::StrFormat("%s/%020u.wal", dir_, sequence_);
-  fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd_ < 0) return Errno("cannot open " + path);
+  TITANS_ASSIGN_OR_RETURN(file_, env_->NewWritableFile(path));
   durable_size_ = 0;
   // Make the new file's directory entry durable too.
-  const int dfd = ::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
-  return absl::OkStatus();
+  return env_->SyncDir(dir_);
 }
 
 absl::Status Wal::Append(const WalRecord& record) {
@@ -147,23 +126,18 @@ absl::Status Wal::Append(const WalRecord& record) {
 
 absl::Status Wal::Sync() {
   if (buffer_.empty()) return absl::OkStatus();
-  size_t written = 0;
-  absl::Status st;
-  while (written < buffer_.size()) {
-    const ssize_t n = ::write(fd_, buffer_.data() + written, buffer_.size() - written);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      st = Errno("log write failed");
-      break;
-    }
-    written += static_cast<size_t>(n);
-  }
-  if (st.ok() && ::fdatasync(fd_) != 0) st = Errno("log fdatasync failed");
+  if (!file_) return absl::UnavailableError("the log has no open segment");
+  absl::Status st = file_->Append(buffer_);
+  if (st.ok()) st = file_->Sync();
   if (!st.ok()) {
     // Cut the partial write so that no unacknowledged record can be replayed.
-    if (::ftruncate(fd_, durable_size_) == 0) ::lseek(fd_, durable_size_, SEEK_SET);
+    (void)file_->Truncate(durable_size_);
     buffer_.clear();
-    return st;
+    // A full disk stays RESOURCE_EXHAUSTED; any other failure is worth retrying elsewhere.
+    const absl::StatusCode code = st.code() == absl::StatusCode::kResourceExhausted
+                                      ? st.code()
+                                      : absl::StatusCode::kUnavailable;
+    return absl::Status(code, absl::StrCat("log write failed: ", st.message()));
   }
   durable_size_ += static_cast<int64_t>(buffer_.size());
   bytes_since_drop_ += static_cast<int64_t>(buffer_.size());
@@ -192,10 +166,11 @@ std::string ParseWalSegment(std::string_view in, std::vector<WalRecord>* out) {
   return "";
 }
 
-std::vector<WalRecord> Wal::ReadAll(const std::string& dir, std::vector<std::string>* warnings) {
+std::vector<WalRecord> Wal::ReadAll(const std::string& dir, std::vector<std::string>* warnings,
+                                    Env* env) {
   std::vector<WalRecord> out;
-  for (const auto& [seq, path] : Segments(dir)) {
-    auto data = ReadFileToString(path);
+  for (const auto& [seq, path] : Segments(dir, env)) {
+    auto data = env->ReadFile(path);
     if (!data.ok()) {
       warnings->push_back(std::string(data.status().message()));
       continue;
@@ -210,11 +185,8 @@ absl::Status Wal::DropOldSegments() {
   ++sequence_;
   absl::Status st = OpenSegment();
   if (!st.ok()) return st;
-  for (const auto& [seq, path] : Segments(dir_)) {
-    if (seq < sequence_) {
-      std::error_code ec;
-      fs::remove(path, ec);
-    }
+  for (const auto& [seq, path] : Segments(dir_, env_)) {
+    if (seq < sequence_) (void)env_->RemoveFile(path);
   }
   bytes_since_drop_ = 0;
   return absl::OkStatus();

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "server/engine/env.h"
 
 namespace titans::engine {
 
@@ -44,9 +45,9 @@ std::string ParseWalSegment(std::string_view data, std::vector<WalRecord>* out);
 class Wal {
  public:
   // Opens (creating if needed) the log directory and starts a new segment after the existing
-  // ones. Existing segments are left for ReadAll (recovery).
-  static absl::StatusOr<std::unique_ptr<Wal>> Open(const std::string& dir);
-  ~Wal();
+  // ones. Existing segments are left for ReadAll (recovery). `env` must outlive the log.
+  static absl::StatusOr<std::unique_ptr<Wal>> Open(const std::string& dir,
+                                                   Env* env = Env::Default());
 
   // Buffers a record in the current segment (not yet durable).
   absl::Status Append(const WalRecord& record);
@@ -57,7 +58,8 @@ class Wal {
 
   // Every record of every segment in order. `warnings` receives torn tails and damaged records
   // (the segment is cut at the first damaged record; later segments are still read).
-  static std::vector<WalRecord> ReadAll(const std::string& dir, std::vector<std::string>* warnings);
+  static std::vector<WalRecord> ReadAll(const std::string& dir, std::vector<std::string>* warnings,
+                                        Env* env = Env::Default());
 
   // Starts a new segment and deletes all older ones (the caller has checkpointed every record
   // they hold).
@@ -67,12 +69,14 @@ class Wal {
   int64_t bytes_total() const { return bytes_total_; }
 
  private:
-  Wal(std::string dir, uint64_t next_sequence) : dir_(std::move(dir)), sequence_(next_sequence) {}
+  Wal(std::string dir, uint64_t next_sequence, Env* env)
+      : dir_(std::move(dir)), sequence_(next_sequence), env_(env) {}
   absl::Status OpenSegment();
 
   std::string dir_;
   uint64_t sequence_;
-  int fd_ = -1;
+  Env* const env_;
+  std::unique_ptr<WritableFile> file_;
   int64_t durable_size_ = 0;
   std::string buffer_;
   int64_t bytes_since_drop_ = 0;

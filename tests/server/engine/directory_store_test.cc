@@ -15,7 +15,7 @@ namespace {
 
 TEST(DirectoryStore, RoundTripAndUntrustedRecords) {
   const std::string dir = TempDir("titans_directory_store");
-  engine::DirectoryStore store(dir);
+  engine::DirectoryStore store(dir, engine::Env::Default());
   ASSERT_TRUE(store.Init().ok());
   engine::SessionRecord r;
   r.id = "good";

@@ -19,7 +19,7 @@ import time
 
 SERVER, MODEL_DIR, PROTO_DIR = sys.argv[1:4]
 work = tempfile.mkdtemp(prefix="titans_shared_")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pyutil"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "pyutil"))
 from titans_testutil import Checks, free_port, titans_stubs  # noqa: E402
 grpc, pb, rpc = titans_stubs(PROTO_DIR, work)
 

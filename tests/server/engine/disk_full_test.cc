@@ -1,13 +1,11 @@
 // A full disk under --durability=sync: every operation that cannot be made durable fails with
 // RESOURCE_EXHAUSTED and leaves its session exactly as it was; once space returns the server goes
-// on, and a crash image holds exactly the acknowledged operations. The state directory is a tiny
-// tmpfs mounted for the test (needs root, as in CI; skipped where mounting is not permitted).
-#include <sys/mount.h>
-
+// on, and a crash image holds exactly the acknowledged operations. The full disk is a
+// FaultInjectionEnv (writes under the state directory fail with ENOSPC): no root, no mounts.
 #include <cmath>
-#include <fstream>
 
 #include "model/determinism.h"
+#include "tests/server/engine/fault_injection_env.h"
 #include "tests/server/server_fixture.h"
 
 namespace titans::testing {
@@ -19,35 +17,16 @@ class DiskFullTest : public ServerTest {
  protected:
   void SetUp() override {
     ServerTest::SetUp();
-    mount_point_ = root_ + "/small_disk";
-    std::filesystem::create_directories(mount_point_);
-    if (::mount("tmpfs", mount_point_.c_str(), "tmpfs", 0, "size=8m") != 0) {
-      GTEST_SKIP() << "cannot mount a tmpfs here (not root?): " << std::strerror(errno);
-    }
-    mounted_ = true;
-    options_.state_dir = mount_point_ + "/state";
+    options_.state_dir = root_ + "/state";
     options_.durability = engine::Durability::kSync;
     options_.checkpoint_interval_tokens = 1 << 30;
+    options_.env = &env_;
+    env_.SetPathFilter(options_.state_dir);
   }
 
-  void TearDown() override {
-    if (server_) server_->Shutdown(std::chrono::system_clock::now());
-    if (engine_) engine_->Shutdown(0);
-    server_.reset();
-    engine_.reset();
-    if (mounted_) ::umount2(mount_point_.c_str(), MNT_DETACH);
-    ServerTest::TearDown();
-  }
-
-  // Fills the file system: writes `filler` until the disk is full. (The log's last page may still
-  // have room for a few bytes, so the operations below carry more than a page of tokens.)
-  void Fill() {
-    std::ofstream out(mount_point_ + "/filler", std::ios::binary);
-    const std::string block(4096, 'x');
-    while (out.write(block.data(), block.size()) && out.flush()) {
-    }
-  }
-  void Free() { std::filesystem::remove(mount_point_ + "/filler"); }
+  // The state directory's disk is full until Free().
+  void Fill() { env_.SetFreeBytes(0); }
+  void Free() { env_.SetFreeBytes(std::nullopt); }
 
   std::vector<float> Probe(const std::string& id) {
     pb::ScoreRequest req;
@@ -58,8 +37,7 @@ class DiskFullTest : public ServerTest {
     return {resp.logprobs().begin(), resp.logprobs().end()};
   }
 
-  std::string mount_point_;
-  bool mounted_ = false;
+  FaultInjectionEnv env_;
 };
 
 TEST_F(DiskFullTest, FailedWritesLeaveSessionsConsistent) {
@@ -103,13 +81,14 @@ TEST_F(DiskFullTest, FailedWritesLeaveSessionsConsistent) {
   const int64_t final_position = Position("s");
   // A crash image now holds exactly the acknowledged operations.
   const std::string image = root_ + "/image";
-  std::filesystem::copy(options_.state_dir, image, std::filesystem::copy_options::recursive);
+  env_.CrashImage(options_.state_dir, image, /*torn_bytes=*/0);
   const std::vector<float> live = Probe("s");
   server_->Shutdown(std::chrono::system_clock::now());
   engine_->Shutdown(0);
   server_.reset();
   engine_.reset();
   options_.state_dir = image;
+  options_.env = nullptr;
   Start();
   EXPECT_EQ(Position("s"), final_position);
   const std::vector<float> recovered = Probe("s");
