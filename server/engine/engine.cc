@@ -68,15 +68,21 @@ void Engine::Impl::Shutdown(int64_t deadline_ms) {
     cv_.SignalAll();
   }
   if (thread_.joinable()) thread_.join();
-  MutexLock lock(&mu_);
-  if (files_) {
+  // The engine thread has stopped: nothing erases sessions or changes states any more, so the
+  // checkpoints are written without mu_ (GetSession and stats() are not held up meanwhile).
+  std::vector<Session*> resident;
+  {
+    MutexLock lock(&mu_);
     for (auto& [id, s] : sessions_) {
-      if (s->slot) {
-        absl::Status st = Persist(s.get());
-        if (!st.ok()) {
-          server::Log(server::LogLevel::kError, "session_persist_failed",
-                      {{"session", id}, {"error", st.ToString()}});
-        }
+      if (s->slot) resident.push_back(s.get());
+    }
+  }
+  if (files_) {
+    for (Session* s : resident) {
+      absl::Status st = PersistWithoutLock(s);
+      if (!st.ok()) {
+        server::Log(server::LogLevel::kError, "session_persist_failed",
+                    {{"session", s->record.id}, {"error", st.ToString()}});
       }
     }
   }

@@ -51,27 +51,32 @@ void Engine::Impl::CommitDurable(std::vector<std::function<void()>>* callbacks) 
 
 void Engine::Impl::CheckpointIfDue() {
   if (options_.durability == Durability::kNone) return;
-  const auto now = Clock::now();
-  for (auto& [id, s] : sessions_) {
-    // Only between operations: a started operation may have partly changed the state (an
-    // unfinished append must never reach a checkpoint).
-    if (!s->slot || s->busy || !Quiescent(*s)) continue;
-    const int64_t lag = s->record.position - s->persisted_position;
-    if (lag <= 0) continue;
-    const bool due = lag >= options_.checkpoint_interval_tokens ||
-                     std::chrono::duration<double>(now - s->last_checkpoint).count() >=
-                         options_.checkpoint_interval_seconds;
-    if (due) (void)Persist(s.get());
-  }
-  if (wal_ && wal_->bytes_since_drop() > options_.wal_max_bytes) {
-    bool all = true;
+  // Past wal_max_bytes every session with unpersisted tokens is checkpointed, so that the old log
+  // can go; only if all of them are between operations (an unfinished append must never reach a
+  // checkpoint).
+  const bool drop_log = wal_ && wal_->bytes_since_drop() > options_.wal_max_bytes;
+  bool all_quiescent = true;
+  std::vector<Session*> due;
+  {
+    MutexLock lock(&mu_);
+    const auto now = Clock::now();
     for (auto& [id, s] : sessions_) {
-      if (s->slot && s->record.position > s->persisted_position) {
-        all = Quiescent(*s) && Persist(s.get()).ok() && all;
+      const int64_t lag = s->record.position - s->persisted_position;
+      if (!s->slot || lag <= 0) continue;
+      if (!Quiescent(*s)) {
+        all_quiescent = false;
+        continue;
+      }
+      if (drop_log || lag >= options_.checkpoint_interval_tokens ||
+          std::chrono::duration<double>(now - s->last_checkpoint).count() >=
+              options_.checkpoint_interval_seconds) {
+        due.push_back(s.get());
       }
     }
-    if (all) (void)wal_->DropOldSegments();
   }
+  bool all_written = true;
+  for (Session* s : due) all_written = PersistWithoutLock(s).ok() && all_written;
+  if (drop_log && all_quiescent && all_written) (void)wal_->DropOldSegments();
 }
 
 absl::Status Engine::Impl::Persist(Session* s, bool create) {

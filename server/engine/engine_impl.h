@@ -289,8 +289,19 @@ class Engine::Impl {
   void MarkDone(Op& op) { op.status = OpStatus::kFinished; }
 
   // With mu_: pops finished operations, refreshes session metadata, erases closed sessions.
-  void Update(const std::vector<Session*>& order, const std::vector<Assignment>& plan,
-              std::vector<std::function<void()>>* callbacks) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A session whose Close finished in this step (or that is gone from the shared store).
+  struct Closing {
+    Session* session;
+    Engine::Done done;  // the Close's completion (null when gone)
+  };
+  std::vector<Closing> Update(const std::vector<Session*>& order,
+                              const std::vector<Assignment>& plan)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Engine thread, after Update: removes the closed sessions' files (without mu_), then erases
+  // them, failing what was queued behind the close, and answers the closes.
+  void FinishCloses(std::vector<Closing>& closing, std::vector<std::function<void()>>* callbacks)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   // Removes the session from the registry, releasing its runner slot if it has one.
   void Erase(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -306,12 +317,13 @@ class Engine::Impl {
 
   // With mu_: periodic checkpoints (kPeriodic, kSync) of sessions with unpersisted tokens, and in
   // sync mode, once the log is large, a checkpoint of every session so the old log can go.
-  void CheckpointIfDue() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Engine thread: chooses under mu_, writes without it (only this thread changes states).
+  void CheckpointIfDue() ABSL_LOCKS_EXCLUDED(mu_);
 
   // With mu_: keeps at most max_resident_sessions states in RAM by spilling the least recently
   // used idle ones to state_dir (without a state_dir nothing is spilled).
-  void SpillIfNeeded(std::vector<std::function<void()>>* callbacks)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Engine thread: chooses under mu_, writes without it.
+  void SpillIfNeeded() ABSL_LOCKS_EXCLUDED(mu_);
 
   // Checkpoints the session (with `create`: stores a new session). In a shared store an ABORTED
   // result means another replica acquired the session: this replica's copy must be dropped.

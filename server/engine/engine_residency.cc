@@ -27,29 +27,33 @@ bool Engine::Impl::Quiescent(const Session& s) {
   return s.ops.empty() || s.ops.front()->status == OpStatus::kWaiting;
 }
 
-void Engine::Impl::SpillIfNeeded(std::vector<std::function<void()>>* callbacks) {
-  (void)callbacks;
+void Engine::Impl::SpillIfNeeded() {
   if (!files_) return;
-  std::vector<Session*> resident;
-  for (auto& [id, s] : sessions_) {
-    if (s->slot) resident.push_back(s.get());
-  }
-  const int64_t excess = static_cast<int64_t>(resident.size()) - options_.max_resident_sessions;
-  if (excess <= 0) return;
-  std::sort(resident.begin(), resident.end(), [](const Session* a, const Session* b) {
-    return a->record.last_used_unix_ms < b->record.last_used_unix_ms;
-  });
-  int64_t spilled = 0;
-  for (Session* s : resident) {
-    if (spilled >= excess) break;
-    if (!s->ops.empty() || s->busy) continue;
-    if (Persist(s).ok()) {
-      runner_->Free(*s->slot);
-      s->slot.reset();
-      s->history = RewindHistory(options_.rewind_window_tokens, options_.rewind_interval_tokens);
-      s->spilled = true;
-      ++spilled;
+  std::vector<Session*> victims;
+  {
+    MutexLock lock(&mu_);
+    std::vector<Session*> resident;
+    for (auto& [id, s] : sessions_) {
+      if (s->slot) resident.push_back(s.get());
     }
+    const int64_t excess = static_cast<int64_t>(resident.size()) - options_.max_resident_sessions;
+    if (excess <= 0) return;
+    std::sort(resident.begin(), resident.end(), [](const Session* a, const Session* b) {
+      return a->record.last_used_unix_ms < b->record.last_used_unix_ms;
+    });
+    for (Session* s : resident) {
+      if (static_cast<int64_t>(victims.size()) >= excess) break;
+      if (s->ops.empty() && !s->busy) victims.push_back(s);
+    }
+  }
+  for (Session* s : victims) {
+    if (!PersistWithoutLock(s).ok()) continue;
+    MutexLock lock(&mu_);
+    if (!s->ops.empty()) continue;  // wanted again meanwhile: stays (its checkpoint is current)
+    runner_->Free(*s->slot);
+    s->slot.reset();
+    s->history = RewindHistory(options_.rewind_window_tokens, options_.rewind_interval_tokens);
+    s->spilled = true;
   }
 }
 

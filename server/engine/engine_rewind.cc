@@ -186,9 +186,17 @@ void Engine::Impl::ExecuteRewind(Session* s, Op& op,
   }
   (void)runner_->Restore(slot, **target);
   s->history.TruncateTo(runner_->position(slot));
-  MutexLock lock(&mu_);
+  // The new epoch is written without mu_ (only this thread changes the session's state).
+  SessionRecord record;
+  {
+    MutexLock lock(&mu_);
+    record = s->record;
+  }
+  ++record.epoch;
+  absl::Status st = files_ ? WriteCheckpoint(s, &record, false) : absl::OkStatus();
+  mu_.Lock();
   ++s->record.epoch;
-  absl::Status st = files_ ? Persist(s) : absl::OkStatus();
+  if (files_) CommitCheckpoint(s, record, st);
   if (st.code() == absl::StatusCode::kAborted) st = MovedError(ClientId(s->record));
   if (!st.ok() && (options_.durability == Durability::kSync || s->moved)) {
     (void)runner_->Restore(slot, *before);
@@ -202,10 +210,8 @@ void Engine::Impl::ExecuteRewind(Session* s, Op& op,
                                                 st.message())));
     });
     MarkDone(op);
+    mu_.Unlock();
     return;
-  }
-  if (files_) {
-    for (int64_t p : dropped) files_->RemoveRewindPoint(s->record.id, p);
   }
   s->record.position = runner_->position(slot);
   s->state_bytes = runner_->state_bytes(slot);
@@ -215,6 +221,10 @@ void Engine::Impl::ExecuteRewind(Session* s, Op& op,
   info.queued_operations -= 1;  // this operation is done
   observer().OnTokens("rewound", position_before - s->record.position);
   callbacks->push_back([done, info] { done(info); });
+  mu_.Unlock();
+  if (files_) {
+    for (int64_t p : dropped) files_->RemoveRewindPoint(record.id, p);
+  }
 }
 
 }  // namespace titans::engine

@@ -108,8 +108,11 @@ void Engine::Impl::Loop() {
                       std::chrono::duration<double>(Clock::now() - step_start).count(),
                       kernel_seconds);
     mu_.Lock();
-    Update(order, plan, &callbacks);
+    std::vector<Closing> closing = Update(order, plan);
     mu_.Unlock();
+    FinishCloses(closing, &callbacks);
+    CheckpointIfDue();
+    SpillIfNeeded();
     for (auto& cb : callbacks) cb();
     mu_.Lock();
   }
@@ -136,9 +139,10 @@ void Engine::Impl::SetQueuedTokens(Op* op, int64_t tokens) {
   op->queued_tokens = tokens;
 }
 
-void Engine::Impl::Update(const std::vector<Session*>& order, const std::vector<Assignment>& plan,
-                          std::vector<std::function<void()>>* callbacks) {
+std::vector<Engine::Impl::Closing> Engine::Impl::Update(const std::vector<Session*>& order,
+                                                        const std::vector<Assignment>& plan) {
   const int64_t now = env_->NowUnixMs();
+  std::vector<Closing> closing;
   for (const Assignment& a : plan) {
     Session* s = order[a.session];
     s->busy = false;
@@ -159,27 +163,36 @@ void Engine::Impl::Update(const std::vector<Session*>& order, const std::vector<
     }
     s->rewind_floor = s->history.first_position();
     if (s->moved) DropResident(s);
-    const bool close = close_op || s->gone;
-    Done close_done = close_op ? std::move(close_op->done) : nullptr;
+    if (close_op || s->gone) {
+      closing.push_back(Closing{s, close_op ? std::move(close_op->done) : nullptr});
+    }
     PopOp(s);
-    if (close) {
-      std::vector<std::unique_ptr<Op>> rest;
-      while (!s->ops.empty()) rest.push_back(PopOp(s));
-      const std::string id = s->record.id;
-      const bool gone = s->gone;
-      if (files_ && !gone) files_->Remove(id);
-      Erase(id);
-      if (!gone) {
-        observer().OnSessionClosed("closed");
-        callbacks->push_back([close_done] { close_done(absl::OkStatus()); });
-      }
-      for (auto& o : rest) {
-        Fail(*o, absl::NotFoundError("session '" + ShowValue(id) + "' was closed"), callbacks);
-      }
+  }
+  return closing;
+}
+
+void Engine::Impl::FinishCloses(std::vector<Closing>& closing,
+                                std::vector<std::function<void()>>* callbacks) {
+  if (closing.empty()) return;
+  // The files go without mu_. The sessions stay in the table meanwhile, so no new session can
+  // take their ids (and then lose its files) before they are erased below.
+  for (const Closing& c : closing) {
+    if (files_ && !c.session->gone) files_->Remove(c.session->record.id);
+  }
+  MutexLock lock(&mu_);
+  for (Closing& c : closing) {
+    const std::string id = c.session->record.id;
+    const bool gone = c.session->gone;
+    while (!c.session->ops.empty()) {  // queued behind the close
+      std::unique_ptr<Op> rest = PopOp(c.session);
+      Fail(*rest, absl::NotFoundError("session '" + ShowValue(id) + "' was closed"), callbacks);
+    }
+    Erase(id);
+    if (!gone) {
+      observer().OnSessionClosed("closed");
+      callbacks->push_back([done = std::move(c.done)] { done(absl::OkStatus()); });
     }
   }
-  CheckpointIfDue();
-  SpillIfNeeded(callbacks);
 }
 
 void Engine::Impl::Erase(const std::string& id) {
