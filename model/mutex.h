@@ -50,6 +50,13 @@ class CondVar {
  public:
   // Releases `mu` while waiting, until signalled, `timeout` passes, or a spurious wake-up;
   // `mu` is held again on return (callers re-check their condition).
+  // Releases `mu` while waiting until signalled (or a spurious wake-up); `mu` is held again on
+  // return.
+  void Wait(Mutex* mu) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    std::unique_lock<std::mutex> lock(mu->mu_, std::adopt_lock);
+    cv_.wait(lock);
+    lock.release();
+  }
   void WaitWithTimeout(Mutex* mu, std::chrono::steady_clock::duration timeout)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     std::unique_lock<std::mutex> lock(mu->mu_, std::adopt_lock);

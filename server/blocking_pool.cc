@@ -11,25 +11,27 @@ BlockingPool::BlockingPool(int threads) {
 
 BlockingPool::~BlockingPool() {
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     stopping_ = true;
   }
+  cv_.SignalAll();
   for (std::thread& t : threads_) t.join();
 }
 
 void BlockingPool::Run(std::function<void()> work) {
-  absl::MutexLock lock(&mu_);
-  queue_.push_back(std::move(work));
+  {
+    MutexLock lock(&mu_);
+    queue_.push_back(std::move(work));
+  }
+  cv_.Signal();
 }
-
-bool BlockingPool::HasWorkOrStopping() const { return stopping_ || !queue_.empty(); }
 
 void BlockingPool::Loop() {
   for (;;) {
     std::function<void()> work;
     {
-      absl::MutexLock lock(&mu_);
-      mu_.Await(absl::Condition(this, &BlockingPool::HasWorkOrStopping));
+      MutexLock lock(&mu_);
+      while (!stopping_ && queue_.empty()) cv_.Wait(&mu_);
       if (queue_.empty()) return;  // stopping, and everything submitted is done
       work = std::move(queue_.front());
       queue_.pop_front();

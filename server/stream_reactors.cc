@@ -7,7 +7,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
+#include "model/mutex.h"
 #include "proto/request_traits.h"
 #include "server/generate_events.h"
 #include "server/proto_convert.h"
@@ -163,7 +163,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
         principal, request.session_id(), GenerateParamsOf(request), cancel_,
         [this](const engine::GenerateEvent& e) {
           {
-            absl::MutexLock lock(&mu_);
+            MutexLock lock(&mu_);
             if (client_gone_) return;
             if (pending_) {
               MergeGenerateEvents(&*pending_, e);
@@ -175,7 +175,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
         },
         [this](absl::Status s) {
           {
-            absl::MutexLock lock(&mu_);
+            MutexLock lock(&mu_);
             engine_done_ = true;
             status_ = ToGrpc(s);
           }
@@ -185,7 +185,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
 
   void OnWriteDone(bool ok) override {
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       writing_ = false;
       if (!ok) {  // the client is gone: stop the generation, drop what it would have read
         client_gone_ = true;
@@ -206,7 +206,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
     bool finish = false;
     grpc::Status status;
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       if (writing_ || finished_) return;
       if (pending_) {
         out_.Clear();
@@ -223,7 +223,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
   }
 
   const CancelFlag cancel_ = NewCancelFlag();
-  absl::Mutex mu_;
+  Mutex mu_;
   // Events not yet written, merged.
   std::optional<engine::GenerateEvent> pending_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
@@ -249,7 +249,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<pb::StreamRequest, pb
     pb::StreamRequest command;
     if (ok) command.Swap(&command_);
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       reading_ = false;
       if (!ok || !bad.ok()) {  // the end of the stream, or a message that did not parse
         read_closed_ = true;
@@ -264,7 +264,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<pb::StreamRequest, pb
   }
   void OnWriteDone(bool ok) override {
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       writing_ = false;
       if (!ok) {  // the client is gone: stop the command, drop the unsent answers
         client_gone_ = true;
@@ -276,7 +276,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<pb::StreamRequest, pb
   }
   void OnCancel() override {
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       cancelled_ = true;
     }
     cancel_->store(true);
@@ -297,7 +297,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<pb::StreamRequest, pb
     const uint64_t request_id = command.request_id();
     uint64_t serial;
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       serial = serial_;
     }
     if (command.has_append()) {
@@ -336,7 +336,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<pb::StreamRequest, pb
   // Queues an answer; a generation's event joins the unsent one before it of the same command.
   void Push(Outgoing out) {
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       if (client_gone_) return;
       if (out.is_event && !queue_.empty() && queue_.back().is_event &&
           queue_.back().serial == out.serial) {
@@ -352,7 +352,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<pb::StreamRequest, pb
   // unless the call is cancelled.
   void CommandDone(uint64_t request_id, const grpc::Status& status) {
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       command_active_ = false;
       if (!status.ok() && !cancelled_ && !client_gone_) {
         Outgoing out;
@@ -373,7 +373,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<pb::StreamRequest, pb
     enum { kNone, kWrite, kRead, kFinish } action = kNone;
     grpc::Status status;
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       if (finished_) return;
       const bool over = read_closed_ || cancelled_ || client_gone_;
       if (!writing_ && !queue_.empty() && !client_gone_) {
@@ -414,7 +414,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<pb::StreamRequest, pb
   pb::StreamRequest command_;
   // Being written; touched only by the thread that set writing_ until OnWriteDone.
   pb::StreamResponse out_;
-  absl::Mutex mu_;
+  Mutex mu_;
   std::deque<Outgoing> queue_ ABSL_GUARDED_BY(mu_);
   uint64_t serial_ ABSL_GUARDED_BY(mu_) = 0;
   bool reading_ ABSL_GUARDED_BY(mu_) = false;

@@ -74,7 +74,8 @@ void Engine::Impl::Shutdown(int64_t deadline_ms) {
   {
     MutexLock lock(&mu_);
     for (auto& [id, s] : sessions_) {
-      if (s->slot) resident.push_back(s.get());
+      // A session still being created is its creator's to write.
+      if (s->slot && s->phase == SessionPhase::kOpen) resident.push_back(s.get());
     }
   }
   if (files_) {

@@ -62,7 +62,7 @@ void Engine::Impl::CheckpointIfDue() {
     const auto now = Clock::now();
     for (auto& [id, s] : sessions_) {
       const int64_t lag = s->record.position - s->persisted_position;
-      if (!s->slot || lag <= 0) continue;
+      if (!s->slot || lag <= 0 || s->phase != SessionPhase::kOpen) continue;
       if (!Quiescent(*s)) {
         all_quiescent = false;
         continue;

@@ -43,10 +43,16 @@
 
 namespace titans::engine {
 
+// Where a session is in its life; it only moves forward. Only an open session is found by
+// requests: a creating one is being written to the store for the first time (not yet visible), a
+// closing one has had its Close done and is having its files removed.
+enum class SessionPhase { kCreating, kOpen, kClosing };
+
 struct Session {
   Session(int64_t rewind_window, int64_t rewind_interval)
       : history(rewind_window, rewind_interval) {}
   SessionRecord record;
+  SessionPhase phase = SessionPhase::kOpen;  // under mu_
   std::optional<SamplingParams> sampling;
   std::optional<SlotId> slot;  // the runner slot holding the state; empty while spilled
   std::deque<std::unique_ptr<Op>> ops;
@@ -101,7 +107,11 @@ class Engine::Impl {
 
   absl::Status CheckOpen() const;
 
+  // An open session of `principal` (NOT_FOUND otherwise).
   absl::StatusOr<Session*> Find(const std::string& principal, const std::string& id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Any session of `principal` with that id, whatever its phase (null if none).
+  Session* FindAnyPhase(const std::string& principal, const std::string& id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   SessionInfo InfoOf(const Session& s) const;
@@ -115,6 +125,12 @@ class Engine::Impl {
                                          const RewindHistory* history = nullptr,
                                          const std::string& history_owner = "")
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // AddSession's writes (without mu_): a fork's stored rewind points copied, and in sync mode or
+  // with a shared store the new session's first checkpoint.
+  absl::Status CreateFiles(Session* s, SessionRecord* record,
+                           const std::vector<int64_t>& stored_points,
+                           const std::string& history_owner) ABSL_LOCKS_EXCLUDED(mu_);
 
   absl::StatusOr<SessionInfo> CreateSession(const CreateParams& p) ABSL_LOCKS_EXCLUDED(mu_);
 

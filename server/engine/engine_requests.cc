@@ -26,16 +26,22 @@ absl::Status Engine::Impl::CheckOpen() const {
   return absl::OkStatus();
 }
 
-absl::StatusOr<Session*> Engine::Impl::Find(const std::string& principal, const std::string& id) {
-  auto it = sessions_.end();
+Session* Engine::Impl::FindAnyPhase(const std::string& principal, const std::string& id) {
   for (const std::string& name : StorageNames(principal, id)) {
-    it = sessions_.find(name);
-    if (it != sessions_.end()) break;
+    auto it = sessions_.find(name);
+    if (it != sessions_.end()) {
+      return it->second->record.principal == principal ? it->second.get() : nullptr;
+    }
   }
-  if (it == sessions_.end() || it->second->record.principal != principal) {
+  return nullptr;
+}
+
+absl::StatusOr<Session*> Engine::Impl::Find(const std::string& principal, const std::string& id) {
+  Session* s = FindAnyPhase(principal, id);
+  if (s == nullptr || s->phase != SessionPhase::kOpen) {
     return absl::NotFoundError(absl::StrCat("session '", ShowValue(id), "' not found"));
   }
-  return it->second.get();
+  return s;
 }
 
 SessionInfo Engine::Impl::InfoOf(const Session& s) const {
@@ -71,12 +77,12 @@ absl::StatusOr<SessionInfo> Engine::Impl::AddSession(const CreateParams& p, Slot
   std::string client_id = p.id;
   if (client_id.empty()) {
     do client_id = NewSessionId();
-    while (Find(p.principal, client_id).ok());
+    while (FindAnyPhase(p.principal, client_id) != nullptr);
   } else {
     TITANS_RETURN_IF_ERROR(ValidateName(client_id, "session_id"));
     // Only this principal's sessions count: another's with the same id is neither revealed nor
     // in the way (the storage names differ).
-    if (Find(p.principal, client_id).ok()) {
+    if (FindAnyPhase(p.principal, client_id) != nullptr) {
       return absl::AlreadyExistsError(
           absl::StrCat("session '", ShowValue(client_id), "' already exists"));
     }
@@ -103,12 +109,11 @@ absl::StatusOr<SessionInfo> Engine::Impl::AddSession(const CreateParams& p, Slot
   s->record.position = runner_->position(slot);
   s->sampling = p.sampling;
   s->state_bytes = runner_->state_bytes(slot);
+  std::vector<int64_t> stored_points;  // a fork's points kept in the store, to copy
   if (history) {
     s->history = *history;
-    if (files_) {  // the fork gets its own copies of the stored points
-      for (const RewindPoint& point : s->history.points()) {
-        if (!point.state) (void)files_->CopyRewindPoint(history_owner, id, point.position);
-      }
+    for (const RewindPoint& point : s->history.points()) {
+      if (!point.state) stored_points.push_back(point.position);
     }
   } else {
     s->history.Reset(RewindPoint{s->record.position, runner_->Snapshot(slot)});
@@ -117,20 +122,40 @@ absl::StatusOr<SessionInfo> Engine::Impl::AddSession(const CreateParams& p, Slot
   s->slot = slot;
   Session* session = s.get();
   SessionInfo info = InfoOf(*s);
+  const bool write =
+      files_ && (!stored_points.empty() || options_.durability == Durability::kSync || shared_);
+  if (write) session->phase = SessionPhase::kCreating;  // holds the id, found by no request
   sessions_.emplace(id, std::move(s));
-  if (options_.durability == Durability::kSync || shared_) {
-    // The session must exist after a crash before any of its operations is acknowledged; in a
-    // shared store, also so that other replicas can find it (and the id stays unique).
-    absl::Status st = Persist(session, /*create=*/true);
+  if (write) {
+    // The files are written without mu_. Nothing else touches a creating session: requests do
+    // not find it, and the engine thread's sweeps, spills and checkpoints pass it by.
+    SessionRecord record = session->record;
+    mu_.Unlock();
+    absl::Status st = CreateFiles(session, &record, stored_points, history_owner);
+    mu_.Lock();
     if (!st.ok()) {
       session->slot.reset();  // the scope frees it
       Erase(id);
       return st;
     }
+    if (options_.durability == Durability::kSync || shared_) CommitCheckpoint(session, record, st);
+    session->phase = SessionPhase::kOpen;
   }
   taken.Release();
   observer().OnSessionOpened();
   return info;
+}
+
+absl::Status Engine::Impl::CreateFiles(Session* s, SessionRecord* record,
+                                       const std::vector<int64_t>& stored_points,
+                                       const std::string& history_owner) {
+  for (int64_t position : stored_points) {  // the fork gets its own copies of the stored points
+    (void)files_->CopyRewindPoint(history_owner, record->id, position);
+  }
+  if (options_.durability != Durability::kSync && !shared_) return absl::OkStatus();
+  // The session must exist after a crash before any of its operations is acknowledged; in a
+  // shared store, also so that other replicas can find it (and the id stays unique).
+  return WriteCheckpoint(s, record, /*create=*/true);
 }
 
 absl::StatusOr<SessionInfo> Engine::Impl::CreateSession(const CreateParams& p) {
@@ -163,7 +188,10 @@ void Engine::Impl::Refresh(const std::string& id) {
   {
     MutexLock lock(&mu_);
     auto it = sessions_.find(id);
-    if (it == sessions_.end() || it->second->busy || !it->second->ops.empty()) return;
+    if (it == sessions_.end() || it->second->busy || !it->second->ops.empty() ||
+        it->second->phase != SessionPhase::kOpen) {
+      return;
+    }
     resident = !it->second->spilled;
     seen_use = it->second->record.last_used_unix_ms;
   }
@@ -171,7 +199,10 @@ void Engine::Impl::Refresh(const std::string& id) {
   auto record = files_->ReadRecord(id);
   MutexLock lock(&mu_);
   auto it = sessions_.find(id);
-  if (it == sessions_.end() || it->second->busy || !it->second->ops.empty()) return;
+  if (it == sessions_.end() || it->second->busy || !it->second->ops.empty() ||
+      it->second->phase != SessionPhase::kOpen) {
+    return;
+  }
   // Loaded (or reloaded) by the engine thread meanwhile: its record is newer than the one read
   // above (a rewind may even have advanced the epoch), so leave it.
   if (it->second->spilled == resident || it->second->record.last_used_unix_ms != seen_use) return;
@@ -200,7 +231,10 @@ std::vector<SessionInfo> Engine::Impl::List(const std::string& principal,
   MutexLock lock(&mu_);
   std::vector<const Session*> matching;
   for (const auto& [name, s] : sessions_) {
-    if (s->record.principal != principal || ClientId(s->record) <= after) continue;
+    if (s->record.principal != principal || ClientId(s->record) <= after ||
+        s->phase != SessionPhase::kOpen) {
+      continue;
+    }
     bool ok = true;
     for (const auto& [k, v] : filter) {
       auto it = s->record.labels.find(k);

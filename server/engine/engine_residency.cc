@@ -34,7 +34,7 @@ void Engine::Impl::SpillIfNeeded() {
     MutexLock lock(&mu_);
     std::vector<Session*> resident;
     for (auto& [id, s] : sessions_) {
-      if (s->slot) resident.push_back(s.get());
+      if (s->slot && s->phase == SessionPhase::kOpen) resident.push_back(s.get());
     }
     const int64_t excess = static_cast<int64_t>(resident.size()) - options_.max_resident_sessions;
     if (excess <= 0) return;
@@ -61,7 +61,7 @@ void Engine::Impl::Sweep(std::vector<std::function<void()>>* callbacks) {
   const int64_t now = env_->NowUnixMs();
   std::vector<Session*> expired;
   for (auto& [id, s] : sessions_) {
-    if (!s->ops.empty() || s->busy) continue;
+    if (!s->ops.empty() || s->busy || s->phase != SessionPhase::kOpen) continue;
     if (now - s->record.last_used_unix_ms > s->record.idle_ttl_seconds * 1000) {
       expired.push_back(s.get());
     }
@@ -121,7 +121,9 @@ void Engine::Impl::DropMoved(const std::vector<Session*>& order,
 void Engine::Impl::DropLostSessions() {
   std::vector<std::string> names;
   for (auto& [name, s] : sessions_) {
-    if (s->held && !s->busy && s->ops.empty()) names.push_back(name);
+    if (s->held && !s->busy && s->ops.empty() && s->phase == SessionPhase::kOpen) {
+      names.push_back(name);
+    }
   }
   if (names.empty()) return;
   mu_.Unlock();
@@ -130,7 +132,10 @@ void Engine::Impl::DropLostSessions() {
   for (const std::string& name : moved) {
     auto it = sessions_.find(name);
     // A session with work queued meanwhile is the next step's (DropMoved, then acquire).
-    if (it == sessions_.end() || it->second->busy || !it->second->ops.empty()) continue;
+    if (it == sessions_.end() || it->second->busy || !it->second->ops.empty() ||
+        it->second->phase != SessionPhase::kOpen) {
+      continue;
+    }
     DropResident(it->second.get());
   }
 }

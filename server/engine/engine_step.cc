@@ -164,6 +164,7 @@ std::vector<Engine::Impl::Closing> Engine::Impl::Update(const std::vector<Sessio
     s->rewind_floor = s->history.first_position();
     if (s->moved) DropResident(s);
     if (close_op || s->gone) {
+      s->phase = SessionPhase::kClosing;  // no new operations while its files go
       closing.push_back(Closing{s, close_op ? std::move(close_op->done) : nullptr});
     }
     PopOp(s);
