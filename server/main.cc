@@ -19,6 +19,7 @@
 #include "absl/flags/usage.h"
 #include "model/determinism.h"
 #include "model/file_util.h"
+#include "model/program_flags.h"
 #include "model/threading.h"
 #include "server/auth.h"
 #include "server/engine/engine.h"
@@ -27,7 +28,6 @@
 #include "server/metrics.h"
 #include "server/rpc_observer.h"
 #include "server/service.h"
-#include "model/program_flags.h"
 
 ABSL_FLAG(std::string, host, "0.0.0.0", "address to listen on");
 ABSL_FLAG(int32_t, port, 50051, "gRPC port");
@@ -108,6 +108,141 @@ int Fail(const std::string& what) {
   return 1;
 }
 
+// Before any other thread allocates. Measured (docs/benchmarks.md, soak): with glibc's default
+// arenas resident memory rose ~25 MiB over the first minutes of load, with 2 it stayed flat, at
+// the same throughput. Returns the arena setting in use, for the start-up log line.
+absl::StatusOr<std::string> ConfigureMallocArenas() {
+  const int32_t arenas = absl::GetFlag(FLAGS_malloc_arena_max);
+  if (arenas < 0) return absl::InvalidArgumentError("--malloc_arena_max must be >= 0");
+  const char* arenas_env = std::getenv("MALLOC_ARENA_MAX");
+  if (arenas > 0 && arenas_env == nullptr) mallopt(M_ARENA_MAX, arenas);
+  if (arenas_env != nullptr) return std::string(arenas_env) + " (MALLOC_ARENA_MAX)";
+  return arenas > 0 ? std::to_string(arenas) : "glibc default";
+}
+
+absl::Status ConfigureLoggingFromFlags() {
+  auto level = titans::server::ParseLogLevel(absl::GetFlag(FLAGS_log_level));
+  if (!level.ok()) return level.status();
+  const std::string format = absl::GetFlag(FLAGS_log_format);
+  if (format != "text" && format != "json") {
+    return absl::InvalidArgumentError("--log_format must be text or json");
+  }
+  titans::server::ConfigureLogging(*level, format == "json");
+  return absl::OkStatus();
+}
+
+// The engine's options from the flags (the observer is the caller's).
+absl::StatusOr<titans::engine::EngineOptions> EngineOptionsFromFlags() {
+  titans::engine::EngineOptions options;
+  options.model_dir = absl::GetFlag(FLAGS_model_dir);
+  options.device = absl::GetFlag(FLAGS_device);
+  options.state_dir = absl::GetFlag(FLAGS_state_dir);
+  options.session_store = absl::GetFlag(FLAGS_session_store);
+  options.ownership_check_seconds = absl::GetFlag(FLAGS_ownership_check_seconds);
+  if (options.ownership_check_seconds < 0) {
+    return absl::InvalidArgumentError("--ownership_check_seconds must not be negative");
+  }
+  options.max_sessions = absl::GetFlag(FLAGS_max_sessions);
+  options.max_resident_sessions = absl::GetFlag(FLAGS_max_resident_sessions);
+  options.default_idle_ttl_seconds = absl::GetFlag(FLAGS_default_idle_ttl_seconds);
+  options.max_idle_ttl_seconds = absl::GetFlag(FLAGS_max_idle_ttl_seconds);
+  options.max_queued_tokens = absl::GetFlag(FLAGS_max_queued_tokens);
+  options.max_tokens_per_request = absl::GetFlag(FLAGS_max_tokens_per_request);
+  options.max_generate_tokens = absl::GetFlag(FLAGS_max_generate_tokens);
+  options.max_ops_per_session = absl::GetFlag(FLAGS_max_ops_per_session);
+  options.step_token_budget = absl::GetFlag(FLAGS_step_token_budget);
+  const std::string durability = absl::GetFlag(FLAGS_durability);
+  if (durability == "none") {
+    options.durability = titans::engine::Durability::kNone;
+  } else if (durability == "periodic") {
+    options.durability = titans::engine::Durability::kPeriodic;
+  } else if (durability == "sync") {
+    options.durability = titans::engine::Durability::kSync;
+  } else {
+    return absl::InvalidArgumentError("--durability must be none, periodic or sync");
+  }
+  options.checkpoint_interval_tokens = absl::GetFlag(FLAGS_checkpoint_interval_tokens);
+  options.checkpoint_interval_seconds = absl::GetFlag(FLAGS_checkpoint_interval_seconds);
+  options.wal_max_bytes = absl::GetFlag(FLAGS_wal_max_bytes);
+  options.rewind_window_tokens = absl::GetFlag(FLAGS_rewind_window_tokens);
+  options.rewind_interval_tokens = absl::GetFlag(FLAGS_rewind_interval_tokens);
+  return options;
+}
+
+// TLS from --tls_cert / --tls_key (and client certificates with --tls_client_ca), else insecure.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> CredentialsFromFlags() {
+  if (!absl::GetFlag(FLAGS_tls_cert).empty()) {
+    auto cert = titans::ReadFileToString(absl::GetFlag(FLAGS_tls_cert));
+    auto key = titans::ReadFileToString(absl::GetFlag(FLAGS_tls_key));
+    if (!cert.ok() || !key.ok()) {
+      return absl::InvalidArgumentError("cannot read --tls_cert / --tls_key");
+    }
+    grpc::SslServerCredentialsOptions ssl;
+    ssl.pem_key_cert_pairs.push_back({*key, *cert});
+    if (!absl::GetFlag(FLAGS_tls_client_ca).empty()) {
+      auto ca = titans::ReadFileToString(absl::GetFlag(FLAGS_tls_client_ca));
+      if (!ca.ok()) return absl::InvalidArgumentError("cannot read --tls_client_ca");
+      ssl.pem_root_certs = *ca;
+      ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+    }
+    return grpc::SslServerCredentials(ssl);
+  }
+  return grpc::InsecureServerCredentials();
+}
+
+absl::StatusOr<titans::server::ServiceOptions> ServiceOptionsFromFlags() {
+  titans::server::ServiceOptions options;
+  options.snapshot_dir = absl::GetFlag(FLAGS_snapshot_dir);
+  options.max_inflight_request_bytes = absl::GetFlag(FLAGS_max_inflight_request_bytes);
+  if (options.max_inflight_request_bytes < 0) {
+    return absl::InvalidArgumentError("--max_inflight_request_bytes must not be negative");
+  }
+  if (!options.snapshot_dir.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(options.snapshot_dir, ec);
+    if (ec) return absl::InvalidArgumentError("cannot create --snapshot_dir: " + ec.message());
+  }
+  return options;
+}
+
+// The gRPC server on --host:--port with the service, the per-RPC observer (metrics, logs),
+// health checking and reflection; null if it cannot listen.
+std::unique_ptr<grpc::Server> StartGrpcServer(grpc::Service* service,
+                                              std::shared_ptr<grpc::ServerCredentials> credentials,
+                                              titans::server::ServerMetrics* metrics,
+                                              const titans::server::Authenticator* auth,
+                                              int* bound_port) {
+  grpc::ServerBuilder builder;
+  const std::string address =
+      absl::GetFlag(FLAGS_host) + ":" + std::to_string(absl::GetFlag(FLAGS_port));
+  builder.AddListeningPort(address, std::move(credentials), bound_port);
+  builder.SetMaxReceiveMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
+  builder.RegisterService(service);
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> observers;
+  observers.push_back(titans::server::MakeRpcObserverFactory(metrics, auth));
+  builder.experimental().SetInterceptorCreators(std::move(observers));
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (*bound_port == 0) return nullptr;
+  return server;
+}
+
+// After SIGTERM / SIGINT: not ready any more, the engine finishes (or, past the grace period,
+// fails) queued work and checkpoints, then the server and the metrics endpoint stop.
+void Drain(int sig, titans::engine::Engine* engine, grpc::Server* server,
+           titans::server::HttpEndpoint* http, titans::server::ServerMetrics* metrics,
+           std::atomic<bool>* serving) {
+  titans::server::Log(titans::server::LogLevel::kInfo, "draining",
+                      {{"signal", std::to_string(sig)}});
+  *serving = false;
+  metrics->SetServing(false);
+  server->GetHealthCheckService()->SetServingStatus(false);
+  const double grace = absl::GetFlag(FLAGS_shutdown_grace_seconds);
+  engine->Shutdown(static_cast<int64_t>(grace * 1000));
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  http->Stop();
+  titans::server::Log(titans::server::LogLevel::kInfo, "stopped");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -116,16 +251,8 @@ int main(int argc, char** argv) {
       "Serves a Titans model with server-side session memory over gRPC.\n"
       "  titans-server --port 50051 --model_dir models/default --state_dir /var/lib/titans");
   absl::ParseCommandLine(argc, argv);
-  // Before any other thread allocates. Measured (docs/benchmarks.md, soak): with glibc's default
-  // arenas resident memory rose ~25 MiB over the first minutes of load, with 2 it stayed flat,
-  // at the same throughput.
-  const int32_t arenas = absl::GetFlag(FLAGS_malloc_arena_max);
-  if (arenas < 0) return Fail("--malloc_arena_max must be >= 0");
-  const char* arenas_env = std::getenv("MALLOC_ARENA_MAX");
-  if (arenas > 0 && arenas_env == nullptr) mallopt(M_ARENA_MAX, arenas);
-  const std::string arenas_in_use = arenas_env != nullptr
-                                        ? std::string(arenas_env) + " (MALLOC_ARENA_MAX)"
-                                        : (arenas > 0 ? std::to_string(arenas) : "glibc default");
+  absl::StatusOr<std::string> arenas_in_use = ConfigureMallocArenas();
+  if (!arenas_in_use.ok()) return Fail(std::string(arenas_in_use.status().message()));
   // Before anything touches LibTorch (see model/determinism.h).
   if (absl::GetFlag(FLAGS_batch_invariant)) titans::UseBatchInvariantCpuKernels();
   if (absl::Status threads = titans::ApplyThreadPolicy(
@@ -141,52 +268,19 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  auto level = titans::server::ParseLogLevel(absl::GetFlag(FLAGS_log_level));
-  if (!level.ok()) return Fail(level.status().ToString());
-  if (absl::GetFlag(FLAGS_log_format) != "text" && absl::GetFlag(FLAGS_log_format) != "json") {
-    return Fail("--log_format must be text or json");
+  if (absl::Status logging = ConfigureLoggingFromFlags(); !logging.ok()) {
+    return Fail(std::string(logging.message()));
   }
-  titans::server::ConfigureLogging(*level, absl::GetFlag(FLAGS_log_format) == "json");
   titans::server::ServerMetrics metrics;
 
   auto auth = titans::server::Authenticator::Load(absl::GetFlag(FLAGS_auth_tokens_file),
                                                   std::getenv("TITANS_AUTH_TOKENS"));
   if (!auth.ok()) return Fail(auth.status().ToString());
 
-  titans::engine::EngineOptions options;
-  options.model_dir = absl::GetFlag(FLAGS_model_dir);
-  options.device = absl::GetFlag(FLAGS_device);
-  options.state_dir = absl::GetFlag(FLAGS_state_dir);
-  options.session_store = absl::GetFlag(FLAGS_session_store);
-  options.ownership_check_seconds = absl::GetFlag(FLAGS_ownership_check_seconds);
-  if (options.ownership_check_seconds < 0)
-    return Fail("--ownership_check_seconds must not be negative");
-  options.max_sessions = absl::GetFlag(FLAGS_max_sessions);
-  options.max_resident_sessions = absl::GetFlag(FLAGS_max_resident_sessions);
-  options.default_idle_ttl_seconds = absl::GetFlag(FLAGS_default_idle_ttl_seconds);
-  options.max_idle_ttl_seconds = absl::GetFlag(FLAGS_max_idle_ttl_seconds);
-  options.max_queued_tokens = absl::GetFlag(FLAGS_max_queued_tokens);
-  options.max_tokens_per_request = absl::GetFlag(FLAGS_max_tokens_per_request);
-  options.max_generate_tokens = absl::GetFlag(FLAGS_max_generate_tokens);
-  options.max_ops_per_session = absl::GetFlag(FLAGS_max_ops_per_session);
-  options.step_token_budget = absl::GetFlag(FLAGS_step_token_budget);
-  options.observer = &metrics;
-  const std::string durability = absl::GetFlag(FLAGS_durability);
-  if (durability == "none") {
-    options.durability = titans::engine::Durability::kNone;
-  } else if (durability == "periodic") {
-    options.durability = titans::engine::Durability::kPeriodic;
-  } else if (durability == "sync") {
-    options.durability = titans::engine::Durability::kSync;
-  } else {
-    return Fail("--durability must be none, periodic or sync");
-  }
-  options.checkpoint_interval_tokens = absl::GetFlag(FLAGS_checkpoint_interval_tokens);
-  options.checkpoint_interval_seconds = absl::GetFlag(FLAGS_checkpoint_interval_seconds);
-  options.wal_max_bytes = absl::GetFlag(FLAGS_wal_max_bytes);
-  options.rewind_window_tokens = absl::GetFlag(FLAGS_rewind_window_tokens);
-  options.rewind_interval_tokens = absl::GetFlag(FLAGS_rewind_interval_tokens);
-  auto engine = titans::engine::Engine::Create(options);
+  absl::StatusOr<titans::engine::EngineOptions> options = EngineOptionsFromFlags();
+  if (!options.ok()) return Fail(std::string(options.status().message()));
+  options->observer = &metrics;
+  auto engine = titans::engine::Engine::Create(*options);
   if (!engine.ok()) return Fail(engine.status().ToString());
   const titans::engine::ModelInfo& model = (*engine)->model_info();
   metrics.SetModelInfo(model);
@@ -200,51 +294,23 @@ int main(int argc, char** argv) {
     if (!st.ok()) return Fail(st.ToString());
   }
 
-  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
-  if (!absl::GetFlag(FLAGS_tls_cert).empty()) {
-    auto cert = titans::ReadFileToString(absl::GetFlag(FLAGS_tls_cert));
-    auto key = titans::ReadFileToString(absl::GetFlag(FLAGS_tls_key));
-    if (!cert.ok() || !key.ok()) return Fail("cannot read --tls_cert / --tls_key");
-    grpc::SslServerCredentialsOptions ssl;
-    ssl.pem_key_cert_pairs.push_back({*key, *cert});
-    if (!absl::GetFlag(FLAGS_tls_client_ca).empty()) {
-      auto ca = titans::ReadFileToString(absl::GetFlag(FLAGS_tls_client_ca));
-      if (!ca.ok()) return Fail("cannot read --tls_client_ca");
-      ssl.pem_root_certs = *ca;
-      ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
-    }
-    credentials = grpc::SslServerCredentials(ssl);
-  }
+  auto credentials = CredentialsFromFlags();
+  if (!credentials.ok()) return Fail(std::string(credentials.status().message()));
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  titans::server::ServiceOptions service_options;
-  service_options.snapshot_dir = absl::GetFlag(FLAGS_snapshot_dir);
-  service_options.max_inflight_request_bytes = absl::GetFlag(FLAGS_max_inflight_request_bytes);
-  if (service_options.max_inflight_request_bytes < 0) {
-    return Fail("--max_inflight_request_bytes must not be negative");
-  }
-  if (!service_options.snapshot_dir.empty()) {
-    std::error_code ec;
-    std::filesystem::create_directories(service_options.snapshot_dir, ec);
-    if (ec) return Fail("cannot create --snapshot_dir: " + ec.message());
-  }
+  auto service_options = ServiceOptionsFromFlags();
+  if (!service_options.ok()) return Fail(std::string(service_options.status().message()));
   static std::atomic<int64_t> inflight_request_bytes{0};  // outlives the service and metrics
-  service_options.inflight_request_bytes = &inflight_request_bytes;
+  service_options->inflight_request_bytes = &inflight_request_bytes;
   metrics.SetInflightSource(&inflight_request_bytes);
-  auto service = titans::server::MakeTitansService(engine->get(), &*auth, service_options);
-  grpc::ServerBuilder builder;
-  const std::string address =
-      absl::GetFlag(FLAGS_host) + ":" + std::to_string(absl::GetFlag(FLAGS_port));
+  auto service = titans::server::MakeTitansService(engine->get(), &*auth, *service_options);
   int bound_port = 0;
-  builder.AddListeningPort(address, credentials, &bound_port);
-  builder.SetMaxReceiveMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
-  builder.RegisterService(service.get());
-  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> observers;
-  observers.push_back(titans::server::MakeRpcObserverFactory(&metrics, &*auth));
-  builder.experimental().SetInterceptorCreators(std::move(observers));
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (!server || bound_port == 0) return Fail("cannot listen on " + address);
+  std::unique_ptr<grpc::Server> server =
+      StartGrpcServer(service.get(), *credentials, &metrics, &*auth, &bound_port);
+  if (!server)
+    return Fail("cannot listen on " + absl::GetFlag(FLAGS_host) + ":" +
+                std::to_string(absl::GetFlag(FLAGS_port)));
   server->GetHealthCheckService()->SetServingStatus(true);
   serving = true;
   titans::server::Log(titans::server::LogLevel::kInfo, "listening",
@@ -254,21 +320,12 @@ int main(int argc, char** argv) {
                        {"variant", model.variant},
                        {"initialization", model.initialization},
                        {"auth", auth->enabled() ? "bearer" : "off"},
-                       {"malloc_arenas", arenas_in_use},
+                       {"malloc_arenas", *arenas_in_use},
                        {"threads", titans::DescribeThreads()},
-                       {"state_dir", options.state_dir}});
+                       {"state_dir", options->state_dir}});
 
   int sig = 0;
   sigwait(&signals, &sig);
-  titans::server::Log(titans::server::LogLevel::kInfo, "draining",
-                      {{"signal", std::to_string(sig)}});
-  serving = false;
-  metrics.SetServing(false);
-  server->GetHealthCheckService()->SetServingStatus(false);
-  const double grace = absl::GetFlag(FLAGS_shutdown_grace_seconds);
-  (*engine)->Shutdown(static_cast<int64_t>(grace * 1000));
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  http.Stop();
-  titans::server::Log(titans::server::LogLevel::kInfo, "stopped");
+  Drain(sig, engine->get(), server.get(), &http, &metrics, &serving);
   return 0;
 }
