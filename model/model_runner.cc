@@ -289,6 +289,115 @@ class TokenLists {
   size_t used_ = 0;
 };
 
+// One Step's passes over its slots' live states: what ModelRunner::Step runs under the runner's
+// lock, after checking the plan. Per-slot failures go into the slots' outcomes; a failure of a
+// whole pass (LibTorch) is returned.
+class StepExecution {
+ public:
+  StepExecution(const TitansModel& model, const StepPlan& plan,
+                const std::vector<SessionState*>& live, StepResult* result)
+      : model_(model), plan_(plan), live_(live), result_(result), rng_after_(live.size()) {}
+
+  // Decode slots with nothing to consume first sample from their logits and join the feed pass
+  // with the drawn token; slots with tokens before sampling sample after it and run a second
+  // pass (the first token of a generation, after its prompt or BOS). Scores run last, one
+  // forward each (they need every position's logits).
+  absl::Status Run() {
+    const size_t n = plan_.work.size();
+    std::vector<size_t> decode_now, sample_later, pass, scores;
+    decode_now.reserve(n);
+    pass.reserve(n);
+    thread_local TokenLists pass_tokens;
+    pass_tokens.Clear();
+    for (size_t i = 0; i < n; ++i) {
+      const SlotWork& w = plan_.work[i];
+      if (w.action == SlotAction::kScore) {
+        scores.push_back(i);
+      } else if (w.action == SlotAction::kSample && w.tokens.empty()) {
+        decode_now.push_back(i);
+      } else {
+        if (w.action == SlotAction::kSample) sample_later.push_back(i);
+        pass.push_back(i);
+        pass_tokens.Next().assign(w.tokens.begin(), w.tokens.end());
+      }
+    }
+    Sample(decode_now);
+    for (size_t i : decode_now) {
+      pass.push_back(i);
+      pass_tokens.Next().push_back(result_->slots[i].sampled);
+    }
+    TITANS_RETURN_IF_ERROR(Forward(pass, pass_tokens.View()));
+    std::vector<size_t> second;
+    for (size_t i : sample_later) {
+      if (result_->slots[i].status.ok()) second.push_back(i);
+    }
+    Sample(second);
+    thread_local TokenLists second_tokens;
+    second_tokens.Clear();
+    for (size_t i : second) second_tokens.Next().push_back(result_->slots[i].sampled);
+    TITANS_RETURN_IF_ERROR(Forward(second, second_tokens.View()));
+    for (size_t i : scores) Score(i);
+    return absl::OkStatus();
+  }
+
+  // The sampler state of slot i after its draw.
+  const Rng::State& rng_after(size_t i) const { return rng_after_[i]; }
+
+ private:
+  // Draws one token for each listed slot from its current logits: one host copy for them all.
+  void Sample(const std::vector<size_t>& which) {
+    if (which.empty()) return;
+    const int32_t vocab = model_.config().vocab_size;
+    std::vector<at::Tensor> rows;
+    rows.reserve(which.size());
+    for (size_t i : which) rows.push_back(live_[i]->last_logits);
+    const at::Tensor host = at::cat(rows, 0).to(at::kCPU).to(at::kFloat).contiguous();  // [k, V]
+    const float* logits = host.data_ptr<float>();
+    for (size_t k = 0; k < which.size(); ++k) {
+      const size_t i = which[k];
+      Rng rng = ContinueOrSeed(live_[i]->rng_state);  // seeded here if StartSampling was skipped
+      result_->slots[i].sampled = SampleToken(logits + k * vocab, vocab, *plan_.work[i].sampling,
+                                              live_[i]->recent_tokens, &rng);
+      rng_after_[i] = rng.state();
+    }
+  }
+
+  // Runs the listed slots' token lists through one batched forward pass.
+  absl::Status Forward(const std::vector<size_t>& which,
+                       absl::Span<const std::vector<int64_t>> tokens) {
+    if (which.empty()) return absl::OkStatus();
+    std::vector<SessionState*> states;
+    states.reserve(which.size());
+    for (size_t i : which) states.push_back(live_[i]);
+    std::vector<absl::Status> statuses;
+    TITANS_RETURN_IF_ERROR(model_.ForwardMany(states, tokens, &statuses));
+    for (size_t k = 0; k < which.size(); ++k) {
+      if (!statuses[k].ok()) result_->slots[which[k]].status = statuses[k];
+    }
+    return absl::OkStatus();
+  }
+
+  // Slot i's tokens scored from its state (kept only for a committed score).
+  void Score(size_t i) {
+    const SlotWork& w = plan_.work[i];
+    SessionState work = *live_[i];
+    absl::StatusOr<std::vector<float>> logprobs =
+        model_.ScoreTokens(&work, std::vector<int64_t>(w.tokens.begin(), w.tokens.end()));
+    if (!logprobs.ok()) {
+      result_->slots[i].status = logprobs.status();
+      return;
+    }
+    result_->slots[i].logprobs = *std::move(logprobs);
+    if (w.commit) *live_[i] = std::move(work);
+  }
+
+  const TitansModel& model_;
+  const StepPlan& plan_;
+  const std::vector<SessionState*>& live_;
+  StepResult* const result_;
+  std::vector<Rng::State> rng_after_;
+};
+
 }  // namespace
 
 absl::StatusOr<StepResult> ModelRunner::Step(const StepPlan& plan) {
@@ -300,7 +409,6 @@ absl::StatusOr<StepResult> ModelRunner::Step(const StepPlan& plan) {
   // modified in place, so the inference tensors they end up holding are safe to copy later.
   c10::InferenceMode inference;
   const size_t n = plan.work.size();
-  const int32_t vocab = model_.config().vocab_size;
   StepResult result;
   result.slots.resize(n);
   std::vector<SessionState*> live(n);
@@ -317,94 +425,8 @@ absl::StatusOr<StepResult> ModelRunner::Step(const StepPlan& plan) {
     before.reserve(n);
     for (size_t i = 0; i < n; ++i) before.push_back(*live[i]);
   }
-  std::vector<Rng::State> rng_after(n);
-
-  // Draws one token for each listed slot from its current logits: one host copy for them all.
-  auto sample = [&](const std::vector<size_t>& which) {
-    if (which.empty()) return;
-    std::vector<at::Tensor> rows;
-    rows.reserve(which.size());
-    for (size_t i : which) rows.push_back(live[i]->last_logits);
-    const at::Tensor host = at::cat(rows, 0).to(at::kCPU).to(at::kFloat).contiguous();  // [k, V]
-    const float* logits = host.data_ptr<float>();
-    for (size_t k = 0; k < which.size(); ++k) {
-      const size_t i = which[k];
-      Rng rng = ContinueOrSeed(live[i]->rng_state);  // seeded here if StartSampling was skipped
-      result.slots[i].sampled = SampleToken(logits + k * vocab, vocab, *plan.work[i].sampling,
-                                            live[i]->recent_tokens, &rng);
-      rng_after[i] = rng.state();
-    }
-  };
-  // Runs the listed slots' token lists through one batched forward pass; per-slot failures go
-  // into their outcomes. A failure of the whole pass (LibTorch) is returned.
-  auto forward = [&](const std::vector<size_t>& which,
-                     absl::Span<const std::vector<int64_t>> tokens) -> absl::Status {
-    if (which.empty()) return absl::OkStatus();
-    std::vector<SessionState*> states;
-    states.reserve(which.size());
-    for (size_t i : which) states.push_back(live[i]);
-    std::vector<absl::Status> statuses;
-    TITANS_RETURN_IF_ERROR(model_.ForwardMany(states, tokens, &statuses));
-    for (size_t k = 0; k < which.size(); ++k) {
-      if (!statuses[k].ok()) result.slots[which[k]].status = statuses[k];
-    }
-    return absl::OkStatus();
-  };
-  auto as_ids = [](const std::vector<int32_t>& t) {
-    return std::vector<int64_t>(t.begin(), t.end());
-  };
-
-  absl::Status failed = [&]() -> absl::Status {
-    // Decode slots with nothing to consume first sample from their logits and join the feed
-    // pass with the drawn token; slots with tokens before sampling sample after it and run a
-    // second pass (the first token of a generation, after its prompt or BOS).
-    std::vector<size_t> decode_now, sample_later, pass, scores;
-    decode_now.reserve(n);
-    pass.reserve(n);
-    thread_local TokenLists pass_tokens;
-    pass_tokens.Clear();
-    for (size_t i = 0; i < n; ++i) {
-      const SlotWork& w = plan.work[i];
-      if (w.action == SlotAction::kScore) {
-        scores.push_back(i);
-      } else if (w.action == SlotAction::kSample && w.tokens.empty()) {
-        decode_now.push_back(i);
-      } else {
-        if (w.action == SlotAction::kSample) sample_later.push_back(i);
-        pass.push_back(i);
-        pass_tokens.Next().assign(w.tokens.begin(), w.tokens.end());
-      }
-    }
-    sample(decode_now);
-    for (size_t i : decode_now) {
-      pass.push_back(i);
-      pass_tokens.Next().push_back(result.slots[i].sampled);
-    }
-    TITANS_RETURN_IF_ERROR(forward(pass, pass_tokens.View()));
-    std::vector<size_t> second;
-    for (size_t i : sample_later) {
-      if (result.slots[i].status.ok()) second.push_back(i);
-    }
-    sample(second);
-    thread_local TokenLists second_tokens;
-    second_tokens.Clear();
-    for (size_t i : second) second_tokens.Next().push_back(result.slots[i].sampled);
-    TITANS_RETURN_IF_ERROR(forward(second, second_tokens.View()));
-    // Scores need every position's logits: one forward each (Forward, all logits).
-    for (size_t i : scores) {
-      const SlotWork& w = plan.work[i];
-      SessionState work = *live[i];
-      absl::StatusOr<std::vector<float>> logprobs = model_.ScoreTokens(&work, as_ids(w.tokens));
-      if (!logprobs.ok()) {
-        result.slots[i].status = logprobs.status();
-        continue;
-      }
-      result.slots[i].logprobs = *std::move(logprobs);
-      if (w.commit) *live[i] = std::move(work);
-    }
-    return absl::OkStatus();
-  }();
-
+  StepExecution execution(model_, plan, live, &result);
+  const absl::Status failed = execution.Run();
   for (size_t i = 0; i < n; ++i) {
     SlotOutcome& out = result.slots[i];
     if (!failed.ok() || !out.status.ok()) {
@@ -412,7 +434,7 @@ absl::StatusOr<StepResult> ModelRunner::Step(const StepPlan& plan) {
       out.sampled = -1;
       out.logprobs.clear();
     } else if (plan.work[i].action == SlotAction::kSample) {
-      live[i]->rng_state = rng_after[i];
+      live[i]->rng_state = execution.rng_after(i);
     }
     out.position = live[i]->position;
   }
