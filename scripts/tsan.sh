@@ -17,7 +17,7 @@ if [ ! -f "$dir/build.ninja" ]; then
     -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=thread" \
     -DCMAKE_SHARED_LINKER_FLAGS="-fsanitize=thread"
 fi
-cmake --build "$dir" -j "${TITANS_BUILD_JOBS:-2}" -- server_tests model_tests
+cmake --build "$dir" -j "${TITANS_BUILD_JOBS:-2}" -- server_tests storage_tests model_tests
 cd "$dir"
 ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1 TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$(pwd)/../scripts/tsan.supp" \
   ctest --output-on-failure -j "${TITANS_TEST_JOBS:-2}" -R "^(EngineConcurrencyTest|RewindHistory|PlanStep|RedisStoreTest|WalTest|ModelRunner|GenerateEventQueue)\." "$@"
