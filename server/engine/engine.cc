@@ -32,7 +32,7 @@ absl::Status Engine::Impl::Start() {
     shared_ = files_->shared();
     std::vector<std::string> errors;
     std::vector<SessionRecord> records = files_->List(&errors);
-    MutexLock lock(&mu_);
+    MutexLock lock(table_.mu());
     for (SessionRecord& r : records) Register(std::move(r));
     for (const std::string& e : errors) {
       server::Log(server::LogLevel::kWarning, "session_record_skipped", {{"error", e}});
@@ -54,29 +54,30 @@ absl::Status Engine::Impl::Start() {
 
 void Engine::Impl::Shutdown(int64_t deadline_ms) {
   {
-    MutexLock lock(&mu_);
+    MutexLock lock(table_.mu());
     if (stopped_) return;
     draining_ = true;
     const auto deadline = Clock::now() + std::chrono::milliseconds(deadline_ms);
-    // Polls every 5 ms while the engine thread drains (the waits release mu_).
+    // Polls every 5 ms while the engine thread drains (the waits release the engine lock).
     constexpr auto kPoll = std::chrono::milliseconds(5);
-    while (HasRunnable() && Clock::now() < deadline) cv_.WaitWithTimeout(&mu_, kPoll);
+    while (table_.HasRunnable() && Clock::now() < deadline) cv_.WaitWithTimeout(table_.mu(), kPoll);
     draining_deadline_passed_ = true;  // the engine thread now fails what is left
-    while (HasRunnable()) cv_.WaitWithTimeout(&mu_, kPoll);
+    while (table_.HasRunnable()) cv_.WaitWithTimeout(table_.mu(), kPoll);
     stop_ = true;
     stopped_ = true;
     cv_.SignalAll();
   }
   if (thread_.joinable()) thread_.join();
   // The engine thread has stopped: nothing erases sessions or changes states any more, so the
-  // checkpoints are written without mu_ (GetSession and stats() are not held up meanwhile).
+  // checkpoints are written without the engine lock (GetSession and stats() are not held up
+  // meanwhile).
   std::vector<Session*> resident;
   {
-    MutexLock lock(&mu_);
-    for (auto& [id, s] : sessions_) {
+    MutexLock lock(table_.mu());
+    table_.ForEach([&](Session* s) {
       // A session still being created is its creator's to write.
-      if (s->slot && s->phase == SessionPhase::kOpen) resident.push_back(s.get());
-    }
+      if (s->slot && s->phase == SessionPhase::kOpen) resident.push_back(s);
+    });
   }
   if (files_) {
     for (Session* s : resident) {
@@ -90,17 +91,17 @@ void Engine::Impl::Shutdown(int64_t deadline_ms) {
 }
 
 Engine::Stats Engine::Impl::stats() {
-  MutexLock lock(&mu_);
+  MutexLock lock(table_.mu());
   Engine::Stats st;
-  for (auto& [id, s] : sessions_) {
-    if (!s->held) continue;  // another replica's (shared store): its gauges count it
+  table_.ForEach([&st](Session* s) {
+    if (!s->held) return;  // another replica's (shared store): its gauges count it
     ++st.sessions;
     (s->spilled ? st.spilled : st.resident) += 1;
     (s->spilled ? st.spilled_state_bytes : st.resident_state_bytes) += s->state_bytes;
     st.queued_operations += static_cast<int64_t>(s->ops.size());
     st.unpersisted_tokens += s->record.position - s->persisted_position;
-  }
-  st.queued_tokens = QueuedTokens();
+  });
+  st.queued_tokens = table_.QueuedTokens();
   st.log_bytes = log_bytes_;
   st.recovery_seconds = recovery_seconds_;
   st.recovered_records = recovered_records_;

@@ -25,7 +25,7 @@ void Engine::Impl::CommitDurable(std::vector<std::function<void()>>* callbacks) 
     bytes = wal_->bytes_total() - before;
   }
   {
-    MutexLock lock(&mu_);
+    MutexLock lock(table_.mu());
     log_bytes_ += bytes;
   }
   const bool all_ok =
@@ -58,21 +58,21 @@ void Engine::Impl::CheckpointIfDue() {
   bool all_quiescent = true;
   std::vector<Session*> due;
   {
-    MutexLock lock(&mu_);
+    MutexLock lock(table_.mu());
     const auto now = Clock::now();
-    for (auto& [id, s] : sessions_) {
+    table_.ForEach([&](Session* s) {
       const int64_t lag = s->record.position - s->persisted_position;
-      if (!s->slot || lag <= 0 || s->phase != SessionPhase::kOpen) continue;
+      if (!s->slot || lag <= 0 || s->phase != SessionPhase::kOpen) return;
       if (!Quiescent(*s)) {
         all_quiescent = false;
-        continue;
+        return;
       }
       if (drop_log || lag >= options_.checkpoint_interval_tokens ||
           std::chrono::duration<double>(now - s->last_checkpoint).count() >=
               options_.checkpoint_interval_seconds) {
-        due.push_back(s.get());
+        due.push_back(s);
       }
-    }
+    });
   }
   bool all_written = true;
   for (Session* s : due) all_written = PersistWithoutLock(s).ok() && all_written;
@@ -89,11 +89,11 @@ absl::Status Engine::Impl::Persist(Session* s, bool create) {
 absl::Status Engine::Impl::PersistWithoutLock(Session* s) {
   SessionRecord record;
   {
-    MutexLock lock(&mu_);
+    MutexLock lock(table_.mu());
     record = s->record;
   }
   const absl::Status st = WriteCheckpoint(s, &record, /*create=*/false);
-  MutexLock lock(&mu_);
+  MutexLock lock(table_.mu());
   CommitCheckpoint(s, record, st);
   return st;
 }

@@ -1,5 +1,5 @@
 // The executor: runs one step's work through the ModelRunner (token pieces, decodes, scores,
-// control operations) and completes or fails each operation. Engine thread, without mu_.
+// control operations) and completes or fails each operation. Engine thread, without table_.mu()->
 
 #include <algorithm>
 
@@ -93,7 +93,7 @@ void Engine::Impl::ExecuteFork(Session* s, Op* op, ForkOp& fork,
   p.sampling = s->sampling;
   absl::StatusOr<SessionInfo> info;
   {
-    MutexLock lock(&mu_);
+    MutexLock lock(table_.mu());
     info = AddSession(p, *fork_slot, &history, s->record.id);
   }
   callbacks->push_back([done = std::move(fork.done), info] { done(info); });

@@ -8,6 +8,8 @@
 //   engine_recovery.cc    start-up recovery, registering sessions, loading a stored session
 //   engine_residency.cc   spilling, the TTL sweep, copies taken over by another replica
 //   engine_rewind.cc      rewind points, a session's state at an earlier position, Rewind
+// Plain data and bookkeeping in their own headers: a session, its phase, and the table of them
+// that owns the engine's lock (session_table.h), an operation and its completion (operation.h).
 // The scheduling policy is a pure function in scheduler.h; storage is behind SessionStore
 // (directory_store.h, redis_store.h) and the write-ahead log (wal.h).
 // The engine reaches the model only through its ModelRunner (model/model_runner.h): a resident
@@ -39,62 +41,31 @@
 #include "server/engine/rewind_history.h"
 #include "server/engine/scheduler.h"
 #include "server/engine/session_store.h"
+#include "server/engine/session_table.h"
 #include "server/engine/wal.h"
 
 namespace titans::engine {
-
-// Where a session is in its life; it only moves forward. Only an open session is found by
-// requests: a creating one is being written to the store for the first time (not yet visible), a
-// closing one has had its Close done and is having its files removed.
-enum class SessionPhase { kCreating, kOpen, kClosing };
-
-struct Session {
-  Session(int64_t rewind_window, int64_t rewind_interval)
-      : history(rewind_window, rewind_interval) {}
-  SessionRecord record;
-  SessionPhase phase = SessionPhase::kOpen;  // under mu_
-  std::optional<SamplingParams> sampling;
-  std::optional<SlotId> slot;  // the runner slot holding the state; empty while spilled
-  std::deque<std::unique_ptr<Op>> ops;
-  bool busy = false;               // the engine thread is executing its head operation
-  bool spilled = false;            // mirror of !slot, kept under mu_ for readers
-  int64_t persisted_position = 0;  // position of the last state written to disk
-  std::chrono::steady_clock::time_point last_checkpoint = std::chrono::steady_clock::now();
-  int64_t state_bytes = 0;
-  // Engine thread only (loaded with the state, dropped when spilled).
-  RewindHistory history;
-  int64_t rewind_floor = 0;  // history.first_position(), kept under mu_ for readers
-  // Shared store: another replica acquired the session; the resident copy is dropped between
-  // operations (and the session acquired again if a request comes here).
-  bool moved = false;
-  // The session no longer exists in the (shared) store: closed or expired elsewhere.
-  bool gone = false;
-  // This replica holds the session: always without a shared store; with one, it created or
-  // acquired the session and has not seen another replica acquire it since. Only held sessions
-  // are counted in stats() (the gauges), so that the counts summed over replicas are the open
-  // sessions. Atomic: the engine thread sets it while loading, without mu_.
-  std::atomic<bool> held{true};
-};
 
 class Engine::Impl {
  public:
   Impl(EngineOptions options, std::unique_ptr<ModelRunner> runner);
 
-  absl::Status Start() ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status Start() ABSL_LOCKS_EXCLUDED(table_.mu());
 
   // Replays the write-ahead log onto the latest checkpoints, checkpoints the result and starts a
   // fresh log. A session whose records do not continue its checkpoint (a gap) keeps its last
   // consistent state and is counted as unrecoverable.
-  absl::Status Recover() ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status Recover() ABSL_LOCKS_EXCLUDED(table_.mu());
 
   ~Impl() { Shutdown(0); }
 
   // Registers a stored session (not resident).
-  void Register(SessionRecord r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Register(SessionRecord r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(table_.mu());
 
   // Shared stores: a session this replica has not seen may have been created by another one;
   // register it so that it can be acquired. No-op otherwise.
-  void Discover(const std::string& principal, const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
+  void Discover(const std::string& principal, const std::string& id)
+      ABSL_LOCKS_EXCLUDED(table_.mu());
 
   std::unique_ptr<Session> NewSession() const;
 
@@ -107,98 +78,79 @@ class Engine::Impl {
 
   absl::Status CheckOpen() const;
 
-  // An open session of `principal` (NOT_FOUND otherwise).
-  absl::StatusOr<Session*> Find(const std::string& principal, const std::string& id)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Any session of `principal` with that id, whatever its phase (null if none).
-  Session* FindAnyPhase(const std::string& principal, const std::string& id)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-
   SessionInfo InfoOf(const Session& s) const;
 
   absl::StatusOr<int64_t> ResolveTtl(int64_t ttl) const;
 
   // Registers a new session holding runner slot `slot` (taken over: freed if the session cannot
   // be added). Its rewind history starts at the slot's state, or is `history` (a fork's: stored
-  // points are those of session `history_owner`). Requires mu_.
+  // points are those of session `history_owner`). Requires the lock.
   absl::StatusOr<SessionInfo> AddSession(const CreateParams& p, SlotId slot,
                                          const RewindHistory* history = nullptr,
                                          const std::string& history_owner = "")
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(table_.mu());
 
-  // AddSession's writes (without mu_): a fork's stored rewind points copied, and in sync mode or
-  // with a shared store the new session's first checkpoint.
+  // AddSession's writes (without the engine lock): a fork's stored rewind points copied, and in
+  // sync mode or with a shared store the new session's first checkpoint.
   absl::Status CreateFiles(Session* s, SessionRecord* record,
                            const std::vector<int64_t>& stored_points,
-                           const std::string& history_owner) ABSL_LOCKS_EXCLUDED(mu_);
+                           const std::string& history_owner) ABSL_LOCKS_EXCLUDED(table_.mu());
 
-  absl::StatusOr<SessionInfo> CreateSession(const CreateParams& p) ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<SessionInfo> CreateSession(const CreateParams& p) ABSL_LOCKS_EXCLUDED(table_.mu());
 
   absl::StatusOr<SessionInfo> GetSession(const std::string& principal, const std::string& id)
-      ABSL_LOCKS_EXCLUDED(mu_);
+      ABSL_LOCKS_EXCLUDED(table_.mu());
 
   // Shared stores: updates the registry's view of a session that another replica may be serving
   // (not resident here, or resident but taken over): its record from the store.
-  void Refresh(const std::string& id) ABSL_LOCKS_EXCLUDED(mu_);
+  void Refresh(const std::string& id) ABSL_LOCKS_EXCLUDED(table_.mu());
 
   std::vector<SessionInfo> List(const std::string& principal,
                                 const std::map<std::string, std::string>& filter,
                                 const std::string& after, int limit, bool* more)
-      ABSL_LOCKS_EXCLUDED(mu_);
+      ABSL_LOCKS_EXCLUDED(table_.mu());
 
   absl::StatusOr<std::vector<int32_t>> Tokenize(const Input& input, bool allow_empty);
 
   // Queues `op` on the session; on failure the op is returned to the caller to report.
   absl::Status Enqueue(const std::string& principal, const std::string& id, std::unique_ptr<Op>& op)
-      ABSL_LOCKS_EXCLUDED(mu_);
+      ABSL_LOCKS_EXCLUDED(table_.mu());
 
   // ---- Engine thread (the step: engine_step.cc; residency: engine_durability.cc) ----------------
 
-  void Loop() ABSL_LOCKS_EXCLUDED(mu_);
+  void Loop() ABSL_LOCKS_EXCLUDED(table_.mu());
 
   // Shared stores, before a step: a session this replica holds in RAM may have been taken over
   // by another replica since; such copies are dropped so that the step acquires and loads the
   // current state (one round trip to the store per step).
   void DropMoved(const std::vector<Session*>& order, const std::vector<Assignment>& plan)
-      ABSL_LOCKS_EXCLUDED(mu_);
+      ABSL_LOCKS_EXCLUDED(table_.mu());
 
   // Shared stores, every ownership_check_seconds: one round trip asks which of the idle sessions
   // this replica holds another replica has acquired since; their copies are dropped (memory and
-  // gauges). Called by the engine loop holding mu_, which it releases meanwhile.
-  void DropLostSessions() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // gauges). Called by the engine loop holding the engine lock, which it releases meanwhile.
+  void DropLostSessions() ABSL_EXCLUSIVE_LOCKS_REQUIRED(table_.mu());
 
-  // Tokens accepted but not yet consumed, over all sessions (a running total).
-  int64_t QueuedTokens() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return queued_tokens_; }
-
-  // Some session has an operation queued.
-  bool HasRunnable() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !runnable_.empty(); }
-
-  // Every change to a session's queue goes through these three, which keep the running totals
-  // (QueuedTokens, HasRunnable, the sessions a step considers) without scanning all sessions.
-  void PushOp(Session* s, std::unique_ptr<Op> op) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  std::unique_ptr<Op> PopOp(Session* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The op's tokens still to consume as admission control counts them.
-  void SetQueuedTokens(Op* op, int64_t tokens) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-
-  // Runs on the engine thread without mu_: only it touches states and head operations.
+  // Runs on the engine thread without the engine lock: only it touches states and head operations.
   // With a shared store the session is first acquired (fencing off any replica that held it),
   // its record re-read (another replica may have changed it) and its log since the checkpoint
   // replayed. NOT_FOUND when the session no longer exists in the store.
-  absl::Status EnsureResident(Session* s) ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status EnsureResident(Session* s) ABSL_LOCKS_EXCLUDED(table_.mu());
   // EnsureResident's work, timed and reported by it (OnRestore): reads the state (adding its
   // size to *bytes) and, from a shared store, replays the session's log; *complete is false when
   // a log record could not be applied (the session keeps its last consistent state).
-  absl::Status Restore(Session* s, int64_t* bytes, bool* complete) ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status Restore(Session* s, int64_t* bytes, bool* complete) ABSL_LOCKS_EXCLUDED(table_.mu());
 
   // After a replay: the session's position and state size as the state now has them, published
-  // at once under mu_ (readers never see the replay's intermediate positions), and `records`
-  // more recovered records counted.
-  void PublishReplayed(Session* s, int64_t records) ABSL_LOCKS_EXCLUDED(mu_);
+  // at once under the engine lock (readers never see the replay's intermediate positions), and
+  // `records` more recovered records counted.
+  void PublishReplayed(Session* s, int64_t records) ABSL_LOCKS_EXCLUDED(table_.mu());
 
   // Applies one log record to the session's state (not to its record: PublishReplayed does). False
   // if the state already contains it (or it belongs to an abandoned epoch); DATA_LOSS if it does
   // not continue the state (a gap).
-  absl::StatusOr<bool> ReplayRecord(Session* s, const WalRecord& r) ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<bool> ReplayRecord(Session* s, const WalRecord& r)
+      ABSL_LOCKS_EXCLUDED(table_.mu());
 
   // ---- Rewind history (engine_durability.cc), then the step's execution -------------------------
 
@@ -241,7 +193,7 @@ class Engine::Impl {
   // so that log records of the abandoned tokens are never replayed onto it); in sync mode a
   // failed write leaves the session as it was and fails the operation.
   void ExecuteRewind(Session* s, Op& op, std::vector<std::function<void()>>* callbacks)
-      ABSL_LOCKS_EXCLUDED(mu_);
+      ABSL_LOCKS_EXCLUDED(table_.mu());
 
   // One session's work in this step's batched runner step.
   struct Forwarding {
@@ -253,10 +205,10 @@ class Engine::Impl {
     bool decode = false;  // sample one token of a generation after `tokens`
   };
 
-  // Engine thread, without mu_ (only this thread touches states and head operations). Runs
-  // control operations, scores and failures directly; queues token work into *batch.
+  // Engine thread, without the engine lock (only this thread touches states and head operations).
+  // Runs control operations, scores and failures directly; queues token work into *batch.
   void Prepare(Session* s, int64_t tokens, std::vector<Forwarding>* batch,
-               std::vector<std::function<void()>>* callbacks) ABSL_LOCKS_EXCLUDED(mu_);
+               std::vector<std::function<void()>>* callbacks) ABSL_LOCKS_EXCLUDED(table_.mu());
 
   // The next up-to-`tokens` tokens of an append or prompt.
   static std::vector<int32_t> NextPiece(const Op& op, int64_t tokens);
@@ -269,7 +221,8 @@ class Engine::Impl {
                 std::vector<std::function<void()>>* callbacks);
 
   // The step's group commit: every completed operation's record, one write and one fdatasync.
-  void CommitDurable(std::vector<std::function<void()>>* callbacks) ABSL_LOCKS_EXCLUDED(mu_);
+  void CommitDurable(std::vector<std::function<void()>>* callbacks)
+      ABSL_LOCKS_EXCLUDED(table_.mu());
 
   // One runner step for every session's tokens of this step (continuous batching; the tokens move
   // into the runner's plan), then each operation's bookkeeping. If the step fails as a whole, every
@@ -304,66 +257,68 @@ class Engine::Impl {
 
   void MarkDone(Op& op) { op.status = OpStatus::kFinished; }
 
-  // With mu_: pops finished operations, refreshes session metadata, erases closed sessions.
-  // A session whose Close finished in this step (or that is gone from the shared store).
+  // With the engine lock: pops finished operations, refreshes session metadata, erases closed
+  // sessions. A session whose Close finished in this step (or that is gone from the shared store).
   struct Closing {
     Session* session;
     Engine::Done done;  // the Close's completion (null when gone)
   };
   std::vector<Closing> Update(const std::vector<Session*>& order,
                               const std::vector<Assignment>& plan)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(table_.mu());
 
-  // Engine thread, after Update: removes the closed sessions' files (without mu_), then erases
-  // them, failing what was queued behind the close, and answers the closes.
+  // Engine thread, after Update: removes the closed sessions' files (without the engine lock), then
+  // erases them, failing what was queued behind the close, and answers the closes.
   void FinishCloses(std::vector<Closing>& closing, std::vector<std::function<void()>>* callbacks)
-      ABSL_LOCKS_EXCLUDED(mu_);
+      ABSL_LOCKS_EXCLUDED(table_.mu());
 
   // Removes the session from the registry, releasing its runner slot if it has one.
-  void Erase(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Erase(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(table_.mu());
 
   // Forgets the resident state (another replica holds the session now); a later operation here
   // acquires the session again and loads it from the store.
-  void DropResident(Session* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void DropResident(Session* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(table_.mu());
 
   static absl::Status MovedError(const std::string& id);
 
   // No operation of the session has started changing its state.
   static bool Quiescent(const Session& s);
 
-  // With mu_: periodic checkpoints (kPeriodic, kSync) of sessions with unpersisted tokens, and in
-  // sync mode, once the log is large, a checkpoint of every session so the old log can go.
-  // Engine thread: chooses under mu_, writes without it (only this thread changes states).
-  void CheckpointIfDue() ABSL_LOCKS_EXCLUDED(mu_);
+  // With the engine lock: periodic checkpoints (kPeriodic, kSync) of sessions with unpersisted
+  // tokens, and in sync mode, once the log is large, a checkpoint of every session so the old log
+  // can go. Engine thread: chooses under the engine lock, writes without it (only this thread
+  // changes states).
+  void CheckpointIfDue() ABSL_LOCKS_EXCLUDED(table_.mu());
 
-  // With mu_: keeps at most max_resident_sessions states in RAM by spilling the least recently
-  // used idle ones to state_dir (without a state_dir nothing is spilled).
-  // Engine thread: chooses under mu_, writes without it.
-  void SpillIfNeeded() ABSL_LOCKS_EXCLUDED(mu_);
+  // With the engine lock: keeps at most max_resident_sessions states in RAM by spilling the least
+  // recently used idle ones to state_dir (without a state_dir nothing is spilled). Engine thread:
+  // chooses under the engine lock, writes without it.
+  void SpillIfNeeded() ABSL_LOCKS_EXCLUDED(table_.mu());
 
   // Checkpoints the session (with `create`: stores a new session). In a shared store an ABORTED
   // result means another replica acquired the session: this replica's copy must be dropped.
-  absl::Status Persist(Session* s, bool create = false) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Persist from the engine thread without mu_ (loading, recovery): the writes happen unlocked,
-  // and what readers see of the session changes under mu_ afterwards.
-  absl::Status PersistWithoutLock(Session* s) ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status Persist(Session* s, bool create = false) ABSL_EXCLUSIVE_LOCKS_REQUIRED(table_.mu());
+  // Persist from the engine thread without the engine lock (loading, recovery): the writes happen
+  // unlocked, and what readers see of the session changes under the engine lock afterwards.
+  absl::Status PersistWithoutLock(Session* s) ABSL_LOCKS_EXCLUDED(table_.mu());
   // Persist's I/O: the state, and the rewind points and tokens, stored under `*record` (the
   // session's record, whose position and state size it sets). Changes nothing other threads read.
   absl::Status WriteCheckpoint(Session* s, SessionRecord* record, bool create);
   // Persist's outcome into the session: its persisted position, or `moved` when another replica
   // fenced the write off (ABORTED).
   void CommitCheckpoint(Session* s, const SessionRecord& written, const absl::Status& st)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(table_.mu());
 
-  // With mu_: expires idle sessions past their TTL (never ones with queued work). With a
-  // state_dir, the state is persisted to <state_dir>/expired first.
-  // Releases mu_ while it writes files; operations queued meanwhile on an expiring session fail
-  // (NOT_FOUND) through *callbacks, which the caller runs without mu_.
-  void Sweep(std::vector<std::function<void()>>* callbacks) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // With the engine lock: expires idle sessions past their TTL (never ones with queued work). With
+  // a state_dir, the state is persisted to <state_dir>/expired first. Releases the engine lock
+  // while it writes files; operations queued meanwhile on an expiring session fail (NOT_FOUND)
+  // through *callbacks, which the caller runs without table_.mu()->
+  void Sweep(std::vector<std::function<void()>>* callbacks)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(table_.mu());
 
-  void Shutdown(int64_t deadline_ms) ABSL_LOCKS_EXCLUDED(mu_);
+  void Shutdown(int64_t deadline_ms) ABSL_LOCKS_EXCLUDED(table_.mu());
 
-  Engine::Stats stats() ABSL_LOCKS_EXCLUDED(mu_);
+  Engine::Stats stats() ABSL_LOCKS_EXCLUDED(table_.mu());
 
   // ---- Operations (caller threads; engine_requests.cc) ------------------------------------------
 
@@ -372,7 +327,7 @@ class Engine::Impl {
 
   void Generate(const std::string& principal, const std::string& id, GenerateParams params,
                 CancelFlag cancel, std::function<void(const GenerateEvent&)> on_event, Done done)
-      ABSL_LOCKS_EXCLUDED(mu_);
+      ABSL_LOCKS_EXCLUDED(table_.mu());
 
   void Score(const std::string& principal, const std::string& id, std::vector<int32_t> tokens,
              bool commit, std::function<void(absl::StatusOr<ScoreResult>)> done);
@@ -389,7 +344,7 @@ class Engine::Impl {
               std::function<void(absl::StatusOr<std::string>)> done);
 
   absl::StatusOr<SessionInfo> Import(const CreateParams& p, const std::string& snapshot)
-      ABSL_LOCKS_EXCLUDED(mu_);
+      ABSL_LOCKS_EXCLUDED(table_.mu());
 
  private:
   EngineOptions options_;
@@ -399,15 +354,10 @@ class Engine::Impl {
   ModelInfo info_;
   std::unique_ptr<SessionStore> files_;
 
-  Mutex mu_;
-  CondVar cv_;  // signalled when work arrives, the queues drain, or the engine stops
-  std::map<std::string, std::unique_ptr<Session>> sessions_ ABSL_GUARDED_BY(mu_);
-  // Ids of the sessions with queued operations (ordered as sessions_), and the sum of every
-  // queued operation's queued_tokens: kept by PushOp / PopOp / SetQueuedTokens.
-  std::set<std::string> runnable_ ABSL_GUARDED_BY(mu_);
-  int64_t queued_tokens_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t steps_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t expired_total_ ABSL_GUARDED_BY(mu_) = 0;
+  SessionTable table_;  // the sessions, their queues and the engine's lock
+  CondVar cv_;          // signalled when work arrives, the queues drain, or the engine stops
+  int64_t steps_ ABSL_GUARDED_BY(table_.mu()) = 0;
+  int64_t expired_total_ ABSL_GUARDED_BY(table_.mu()) = 0;
   uint64_t rr_cursor_ = 0;
   std::unique_ptr<Wal> wal_;
   // Operations complete only after their log record is durable (sync mode): the step's records
@@ -419,14 +369,15 @@ class Engine::Impl {
     std::function<void(absl::Status)> on_failure;
   };
   std::vector<PendingDurable> pending_durable_;
-  int64_t recovered_records_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t log_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // added to by the engine thread, read by stats()
-  bool shared_ = false;                         // files_ is shared with other replicas
-  int64_t unrecoverable_sessions_ ABSL_GUARDED_BY(mu_) = 0;
-  double recovery_seconds_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t recovered_records_ ABSL_GUARDED_BY(table_.mu()) = 0;
+  int64_t log_bytes_ ABSL_GUARDED_BY(table_.mu()) =
+      0;                 // added to by the engine thread, read by stats()
+  bool shared_ = false;  // files_ is shared with other replicas
+  int64_t unrecoverable_sessions_ ABSL_GUARDED_BY(table_.mu()) = 0;
+  double recovery_seconds_ ABSL_GUARDED_BY(table_.mu()) = 0;
   std::atomic<bool> draining_{false};
   std::atomic<bool> draining_deadline_passed_{false};
-  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  bool stop_ ABSL_GUARDED_BY(table_.mu()) = false;
   bool stopped_ = false;
   std::thread thread_;
 };

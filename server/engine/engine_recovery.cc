@@ -28,9 +28,8 @@ absl::Status Engine::Impl::Recover() {
   for (const WalRecord& r : records) {
     Session* s = nullptr;
     {
-      MutexLock lock(&mu_);
-      auto it = sessions_.find(r.session_id);
-      if (it != sessions_.end()) s = it->second.get();
+      MutexLock lock(table_.mu());
+      s = table_.Get(r.session_id);
     }
     if (s == nullptr) continue;  // closed after it was logged
     Replay& replay = replays[s];
@@ -68,7 +67,7 @@ absl::Status Engine::Impl::Recover() {
   TITANS_RETURN_IF_ERROR(wal_->DropOldSegments());
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   {
-    MutexLock lock(&mu_);
+    MutexLock lock(table_.mu());
     recovered_records_ = recovered;
     unrecoverable_sessions_ = broken;
     recovery_seconds_ = seconds;
@@ -88,21 +87,21 @@ void Engine::Impl::Register(SessionRecord r) {
   s->record = std::move(r);
   s->rewind_floor = s->record.position;
   s->held = !shared_;  // a shared store's session is held only once acquired
-  sessions_.emplace(s->record.id, std::move(s));
+  table_.Insert(std::move(s));
 }
 
 void Engine::Impl::Discover(const std::string& principal, const std::string& id) {
   if (!shared_) return;
   {
-    MutexLock lock(&mu_);
-    if (Find(principal, id).ok()) return;
+    MutexLock lock(table_.mu());
+    if (table_.Find(principal, id).ok()) return;
   }
   if (!ValidateName(id, "id").ok() || !ValidatePrincipal(principal).ok()) return;
   for (const std::string& name : StorageNames(principal, id)) {
     auto record = files_->ReadRecord(name);
     if (record.ok() && record->id == name) {
-      MutexLock lock(&mu_);
-      if (!sessions_.count(name)) Register(std::move(*record));
+      MutexLock lock(table_.mu());
+      if (!table_.Contains(name)) Register(std::move(*record));
       return;
     }
   }
@@ -130,7 +129,7 @@ absl::Status Engine::Impl::Restore(Session* s, int64_t* bytes, bool* complete) {
     if (migrated) observer().OnSessionAcquired();
     s->held = true;
     TITANS_ASSIGN_OR_RETURN(SessionRecord record, files_->ReadRecord(id));
-    MutexLock lock(&mu_);
+    MutexLock lock(table_.mu());
     record.last_used_unix_ms = s->record.last_used_unix_ms;
     s->record = std::move(record);
     s->persisted_position = s->record.position;
@@ -149,7 +148,7 @@ absl::Status Engine::Impl::Restore(Session* s, int64_t* bytes, bool* complete) {
         server::Log(server::LogLevel::kError, "wal_replay_failed",
                     {{"session", id}, {"error", applied.status().ToString()}});
         *complete = false;
-        MutexLock lock(&mu_);
+        MutexLock lock(table_.mu());
         ++unrecoverable_sessions_;
         break;
       }
@@ -166,7 +165,7 @@ absl::Status Engine::Impl::Restore(Session* s, int64_t* bytes, bool* complete) {
 void Engine::Impl::PublishReplayed(Session* s, int64_t records) {
   const SlotId slot = *s->slot;
   const int64_t position = runner_->position(slot), state_bytes = runner_->state_bytes(slot);
-  MutexLock lock(&mu_);
+  MutexLock lock(table_.mu());
   s->record.position = position;
   s->state_bytes = state_bytes;
   recovered_records_ += records;

@@ -26,24 +26,6 @@ absl::Status Engine::Impl::CheckOpen() const {
   return absl::OkStatus();
 }
 
-Session* Engine::Impl::FindAnyPhase(const std::string& principal, const std::string& id) {
-  for (const std::string& name : StorageNames(principal, id)) {
-    auto it = sessions_.find(name);
-    if (it != sessions_.end()) {
-      return it->second->record.principal == principal ? it->second.get() : nullptr;
-    }
-  }
-  return nullptr;
-}
-
-absl::StatusOr<Session*> Engine::Impl::Find(const std::string& principal, const std::string& id) {
-  Session* s = FindAnyPhase(principal, id);
-  if (s == nullptr || s->phase != SessionPhase::kOpen) {
-    return absl::NotFoundError(absl::StrCat("session '", ShowValue(id), "' not found"));
-  }
-  return s;
-}
-
 SessionInfo Engine::Impl::InfoOf(const Session& s) const {
   SessionInfo info;
   info.id = ClientId(s.record);
@@ -77,12 +59,12 @@ absl::StatusOr<SessionInfo> Engine::Impl::AddSession(const CreateParams& p, Slot
   std::string client_id = p.id;
   if (client_id.empty()) {
     do client_id = NewSessionId();
-    while (FindAnyPhase(p.principal, client_id) != nullptr);
+    while (table_.FindAnyPhase(p.principal, client_id) != nullptr);
   } else {
     TITANS_RETURN_IF_ERROR(ValidateName(client_id, "session_id"));
     // Only this principal's sessions count: another's with the same id is neither revealed nor
     // in the way (the storage names differ).
-    if (FindAnyPhase(p.principal, client_id) != nullptr) {
+    if (table_.FindAnyPhase(p.principal, client_id) != nullptr) {
       return absl::AlreadyExistsError(
           absl::StrCat("session '", ShowValue(client_id), "' already exists"));
     }
@@ -92,7 +74,7 @@ absl::StatusOr<SessionInfo> Engine::Impl::AddSession(const CreateParams& p, Slot
   TITANS_ASSIGN_OR_RETURN(int64_t ttl, ResolveTtl(p.idle_ttl_seconds));
   // Only sessions this replica holds count (with a shared store it also knows other replicas').
   int64_t held = 0;
-  for (const auto& [name, other] : sessions_) held += other->held ? 1 : 0;
+  table_.ForEach([&held](Session* other) { held += other->held ? 1 : 0; });
   if (held >= options_.max_sessions) {
     return absl::ResourceExhaustedError(
         absl::StrCat("session limit reached (", options_.max_sessions, ")"));
@@ -125,14 +107,14 @@ absl::StatusOr<SessionInfo> Engine::Impl::AddSession(const CreateParams& p, Slot
   const bool write =
       files_ && (!stored_points.empty() || options_.durability == Durability::kSync || shared_);
   if (write) session->phase = SessionPhase::kCreating;  // holds the id, found by no request
-  sessions_.emplace(id, std::move(s));
+  table_.Insert(std::move(s));
   if (write) {
-    // The files are written without mu_. Nothing else touches a creating session: requests do
-    // not find it, and the engine thread's sweeps, spills and checkpoints pass it by.
+    // The files are written without table_.mu()-> Nothing else touches a creating session: requests
+    // do not find it, and the engine thread's sweeps, spills and checkpoints pass it by.
     SessionRecord record = session->record;
-    mu_.Unlock();
+    table_.mu()->Unlock();
     absl::Status st = CreateFiles(session, &record, stored_points, history_owner);
-    mu_.Lock();
+    table_.mu()->Lock();
     if (!st.ok()) {
       session->slot.reset();  // the scope frees it
       Erase(id);
@@ -161,7 +143,7 @@ absl::Status Engine::Impl::CreateFiles(Session* s, SessionRecord* record,
 absl::StatusOr<SessionInfo> Engine::Impl::CreateSession(const CreateParams& p) {
   // The slot is taken before the engine lock (the runner's own lock may wait for a step).
   TITANS_ASSIGN_OR_RETURN(SlotId slot, runner_->NewSlot());
-  MutexLock lock(&mu_);
+  MutexLock lock(table_.mu());
   return AddSession(p, slot);
 }
 
@@ -171,14 +153,14 @@ absl::StatusOr<SessionInfo> Engine::Impl::GetSession(const std::string& principa
   if (shared_) {
     std::string name;
     {
-      MutexLock lock(&mu_);
-      auto s = Find(principal, id);
+      MutexLock lock(table_.mu());
+      auto s = table_.Find(principal, id);
       if (s.ok()) name = (*s)->record.id;
     }
     if (!name.empty()) Refresh(name);
   }
-  MutexLock lock(&mu_);
-  TITANS_ASSIGN_OR_RETURN(Session * s, Find(principal, id));
+  MutexLock lock(table_.mu());
+  TITANS_ASSIGN_OR_RETURN(Session * s, table_.Find(principal, id));
   return InfoOf(*s);
 }
 
@@ -186,31 +168,24 @@ void Engine::Impl::Refresh(const std::string& id) {
   bool resident;
   int64_t seen_use;
   {
-    MutexLock lock(&mu_);
-    auto it = sessions_.find(id);
-    if (it == sessions_.end() || it->second->busy || !it->second->ops.empty() ||
-        it->second->phase != SessionPhase::kOpen) {
-      return;
-    }
-    resident = !it->second->spilled;
-    seen_use = it->second->record.last_used_unix_ms;
+    MutexLock lock(table_.mu());
+    const Session* s = table_.Get(id);
+    if (s == nullptr || s->busy || !s->ops.empty() || s->phase != SessionPhase::kOpen) return;
+    resident = !s->spilled;
+    seen_use = s->record.last_used_unix_ms;
   }
   if (resident && files_->Moved({id}).empty()) return;  // held here: the local view is current
   auto record = files_->ReadRecord(id);
-  MutexLock lock(&mu_);
-  auto it = sessions_.find(id);
-  if (it == sessions_.end() || it->second->busy || !it->second->ops.empty() ||
-      it->second->phase != SessionPhase::kOpen) {
-    return;
-  }
+  MutexLock lock(table_.mu());
+  Session* s = table_.Get(id);
+  if (s == nullptr || s->busy || !s->ops.empty() || s->phase != SessionPhase::kOpen) return;
   // Loaded (or reloaded) by the engine thread meanwhile: its record is newer than the one read
   // above (a rewind may even have advanced the epoch), so leave it.
-  if (it->second->spilled == resident || it->second->record.last_used_unix_ms != seen_use) return;
+  if (s->spilled == resident || s->record.last_used_unix_ms != seen_use) return;
   if (!record.ok()) {
     if (record.status().code() == absl::StatusCode::kNotFound) Erase(id);
     return;
   }
-  Session* s = it->second.get();
   if (resident) DropResident(s);
   const int64_t last_used = s->record.last_used_unix_ms;
   s->record = std::move(*record);
@@ -223,25 +198,25 @@ std::vector<SessionInfo> Engine::Impl::List(const std::string& principal,
                                             const std::string& after, int limit, bool* more) {
   if (shared_) {  // sessions created by other replicas too
     std::vector<SessionRecord> stored = files_->List(nullptr);
-    MutexLock lock(&mu_);
+    MutexLock lock(table_.mu());
     for (SessionRecord& r : stored) {
-      if (!sessions_.count(r.id)) Register(std::move(r));
+      if (!table_.Contains(r.id)) Register(std::move(r));
     }
   }
-  MutexLock lock(&mu_);
+  MutexLock lock(table_.mu());
   std::vector<const Session*> matching;
-  for (const auto& [name, s] : sessions_) {
+  table_.ForEach([&](const Session* s) {
     if (s->record.principal != principal || ClientId(s->record) <= after ||
         s->phase != SessionPhase::kOpen) {
-      continue;
+      return;
     }
     bool ok = true;
     for (const auto& [k, v] : filter) {
       auto it = s->record.labels.find(k);
       ok = ok && it != s->record.labels.end() && it->second == v;
     }
-    if (ok) matching.push_back(s.get());
-  }
+    if (ok) matching.push_back(s);
+  });
   std::sort(matching.begin(), matching.end(), [](const Session* a, const Session* b) {
     return ClientId(a->record) < ClientId(b->record);
   });
@@ -278,18 +253,18 @@ absl::StatusOr<std::vector<int32_t>> Engine::Impl::Tokenize(const Input& input, 
 absl::Status Engine::Impl::Enqueue(const std::string& principal, const std::string& id,
                                    std::unique_ptr<Op>& op) {
   Discover(principal, id);
-  MutexLock lock(&mu_);
+  MutexLock lock(table_.mu());
   TITANS_RETURN_IF_ERROR(CheckOpen());
-  TITANS_ASSIGN_OR_RETURN(Session * s, Find(principal, id));
+  TITANS_ASSIGN_OR_RETURN(Session * s, table_.Find(principal, id));
   if (static_cast<int32_t>(s->ops.size()) >= options_.max_ops_per_session) {
     return absl::ResourceExhaustedError(absl::StrCat("session '", id, "' has ", s->ops.size(),
                                                      " operations queued (limit reached)"));
   }
-  if (QueuedTokens() + op->remaining() > options_.max_queued_tokens) {
+  if (table_.QueuedTokens() + op->remaining() > options_.max_queued_tokens) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "server queue is full (", options_.max_queued_tokens, " tokens); retry later"));
   }
-  PushOp(s, std::move(op));
+  table_.PushOp(s, std::move(op));
   cv_.SignalAll();
   return absl::OkStatus();
 }
@@ -320,8 +295,8 @@ void Engine::Impl::Generate(const std::string& principal, const std::string& id,
   generate.done = done;
   Discover(principal, id);
   {
-    MutexLock lock(&mu_);
-    auto s = Find(principal, id);
+    MutexLock lock(table_.mu());
+    auto s = table_.Find(principal, id);
     if (!s.ok()) return done(s.status());
     generate.sampling = Resolve(**s, params);
   }
@@ -395,7 +370,7 @@ void Engine::Impl::Export(const std::string& principal, const std::string& id,
 absl::StatusOr<SessionInfo> Engine::Impl::Import(const CreateParams& p,
                                                  const std::string& snapshot) {
   TITANS_ASSIGN_OR_RETURN(SlotId slot, runner_->Import(snapshot));
-  MutexLock lock(&mu_);
+  MutexLock lock(table_.mu());
   return AddSession(p, slot);
 }
 

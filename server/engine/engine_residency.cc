@@ -31,11 +31,11 @@ void Engine::Impl::SpillIfNeeded() {
   if (!files_) return;
   std::vector<Session*> victims;
   {
-    MutexLock lock(&mu_);
+    MutexLock lock(table_.mu());
     std::vector<Session*> resident;
-    for (auto& [id, s] : sessions_) {
-      if (s->slot && s->phase == SessionPhase::kOpen) resident.push_back(s.get());
-    }
+    table_.ForEach([&resident](Session* s) {
+      if (s->slot && s->phase == SessionPhase::kOpen) resident.push_back(s);
+    });
     const int64_t excess = static_cast<int64_t>(resident.size()) - options_.max_resident_sessions;
     if (excess <= 0) return;
     std::sort(resident.begin(), resident.end(), [](const Session* a, const Session* b) {
@@ -48,7 +48,7 @@ void Engine::Impl::SpillIfNeeded() {
   }
   for (Session* s : victims) {
     if (!PersistWithoutLock(s).ok()) continue;
-    MutexLock lock(&mu_);
+    MutexLock lock(table_.mu());
     if (!s->ops.empty()) continue;  // wanted again meanwhile: stays (its checkpoint is current)
     runner_->Free(*s->slot);
     s->slot.reset();
@@ -60,12 +60,12 @@ void Engine::Impl::SpillIfNeeded() {
 void Engine::Impl::Sweep(std::vector<std::function<void()>>* callbacks) {
   const int64_t now = env_->NowUnixMs();
   std::vector<Session*> expired;
-  for (auto& [id, s] : sessions_) {
-    if (!s->ops.empty() || s->busy || s->phase != SessionPhase::kOpen) continue;
+  table_.ForEach([&](Session* s) {
+    if (!s->ops.empty() || s->busy || s->phase != SessionPhase::kOpen) return;
     if (now - s->record.last_used_unix_ms > s->record.idle_ttl_seconds * 1000) {
-      expired.push_back(s.get());
+      expired.push_back(s);
     }
-  }
+  });
   if (expired.empty()) return;
   if (shared_) {
     // Another replica may be using them: only the local copies go (Redis expires the keys of
@@ -74,10 +74,10 @@ void Engine::Impl::Sweep(std::vector<std::function<void()>>* callbacks) {
     return;
   }
   if (files_) {
-    // The states go to <state_dir>/expired and the files away without mu_ (no I/O under the
-    // lock). Only this thread steps, sweeps or erases sessions, so they stay; an operation
+    // The states go to <state_dir>/expired and the files away without the engine lock (no I/O under
+    // the lock). Only this thread steps, sweeps or erases sessions, so they stay; an operation
     // queued on one meanwhile is answered below.
-    mu_.Unlock();
+    table_.mu()->Unlock();
     DirectoryStore graveyard(options_.state_dir + "/expired", env_);
     const bool keep = !options_.state_dir.empty() && graveyard.Init().ok();
     for (Session* s : expired) {
@@ -87,7 +87,7 @@ void Engine::Impl::Sweep(std::vector<std::function<void()>>* callbacks) {
       }
       files_->Remove(s->record.id);
     }
-    mu_.Lock();
+    table_.mu()->Lock();
   }
   for (Session* s : expired) {
     const std::string id = s->record.id;
@@ -114,29 +114,26 @@ void Engine::Impl::DropMoved(const std::vector<Session*>& order,
   if (ids.empty()) return;
   std::vector<std::string> moved = files_->Moved(ids);
   if (moved.empty()) return;
-  MutexLock lock(&mu_);
+  MutexLock lock(table_.mu());
   for (const std::string& id : moved) DropResident(by_id[id]);
 }
 
 void Engine::Impl::DropLostSessions() {
   std::vector<std::string> names;
-  for (auto& [name, s] : sessions_) {
+  table_.ForEach([&names](Session* s) {
     if (s->held && !s->busy && s->ops.empty() && s->phase == SessionPhase::kOpen) {
-      names.push_back(name);
+      names.push_back(s->record.id);
     }
-  }
+  });
   if (names.empty()) return;
-  mu_.Unlock();
+  table_.mu()->Unlock();
   const std::vector<std::string> moved = files_->Moved(names);
-  mu_.Lock();
+  table_.mu()->Lock();
   for (const std::string& name : moved) {
-    auto it = sessions_.find(name);
+    Session* s = table_.Get(name);
     // A session with work queued meanwhile is the next step's (DropMoved, then acquire).
-    if (it == sessions_.end() || it->second->busy || !it->second->ops.empty() ||
-        it->second->phase != SessionPhase::kOpen) {
-      continue;
-    }
-    DropResident(it->second.get());
+    if (s == nullptr || s->busy || !s->ops.empty() || s->phase != SessionPhase::kOpen) continue;
+    DropResident(s);
   }
 }
 

@@ -186,15 +186,16 @@ void Engine::Impl::ExecuteRewind(Session* s, Op& op,
   }
   (void)runner_->Restore(slot, **target);
   s->history.TruncateTo(runner_->position(slot));
-  // The new epoch is written without mu_ (only this thread changes the session's state).
+  // The new epoch is written without the engine lock (only this thread changes the session's
+  // state).
   SessionRecord record;
   {
-    MutexLock lock(&mu_);
+    MutexLock lock(table_.mu());
     record = s->record;
   }
   ++record.epoch;
   absl::Status st = files_ ? WriteCheckpoint(s, &record, false) : absl::OkStatus();
-  mu_.Lock();
+  table_.mu()->Lock();
   ++s->record.epoch;
   if (files_) CommitCheckpoint(s, record, st);
   if (st.code() == absl::StatusCode::kAborted) st = MovedError(ClientId(s->record));
@@ -210,7 +211,7 @@ void Engine::Impl::ExecuteRewind(Session* s, Op& op,
                                                 st.message())));
     });
     MarkDone(op);
-    mu_.Unlock();
+    table_.mu()->Unlock();
     return;
   }
   s->record.position = runner_->position(slot);
@@ -221,7 +222,7 @@ void Engine::Impl::ExecuteRewind(Session* s, Op& op,
   info.queued_operations -= 1;  // this operation is done
   observer().OnTokens("rewound", position_before - s->record.position);
   callbacks->push_back([done, info] { done(info); });
-  mu_.Unlock();
+  table_.mu()->Unlock();
   if (files_) {
     for (int64_t p : dropped) files_->RemoveRewindPoint(record.id, p);
   }

@@ -42,7 +42,7 @@ Candidate CandidateFor(const Op& op, int64_t index) {
 }  // namespace
 
 void Engine::Impl::Loop() {
-  mu_.Lock();
+  table_.mu()->Lock();
   auto last_sweep = Clock::now();
   auto last_ownership_check = Clock::now();
   const auto ownership_check_interval = std::chrono::duration_cast<Clock::duration>(
@@ -50,26 +50,26 @@ void Engine::Impl::Loop() {
   int64_t steps_at_release = 0;
   auto last_release = Clock::now();
   while (!stop_) {
-    if (!HasRunnable()) {
+    if (!table_.HasRunnable()) {
       // Idle after work (at most once a second): give freed memory back, without the lock.
       if (steps_ != steps_at_release && Clock::now() - last_release >= std::chrono::seconds(1)) {
         steps_at_release = steps_;
         last_release = Clock::now();
-        mu_.Unlock();
+        table_.mu()->Unlock();
         ReleaseFreeHeap();
-        mu_.Lock();
+        table_.mu()->Lock();
         continue;  // work may have arrived meanwhile
       }
-      cv_.WaitWithTimeout(&mu_, std::chrono::milliseconds(500));
+      cv_.WaitWithTimeout(table_.mu(), std::chrono::milliseconds(500));
     }
     if (stop_) break;
     if (Clock::now() - last_sweep > std::chrono::seconds(1)) {
       std::vector<std::function<void()>> callbacks;
       Sweep(&callbacks);
       if (!callbacks.empty()) {
-        mu_.Unlock();
+        table_.mu()->Unlock();
         for (auto& cb : callbacks) cb();
-        mu_.Lock();
+        table_.mu()->Lock();
       }
       last_sweep = Clock::now();
     }
@@ -79,12 +79,10 @@ void Engine::Impl::Loop() {
       last_ownership_check = Clock::now();
       if (stop_) break;
     }
-    if (!HasRunnable()) continue;
+    if (!table_.HasRunnable()) continue;
     // Schedule (plain data), execute (no lock held), update.
-    std::vector<Session*> order;
+    std::vector<Session*> order = table_.Runnable();
     std::vector<Candidate> candidates;
-    order.reserve(runnable_.size());
-    for (const std::string& id : runnable_) order.push_back(sessions_.at(id).get());
     std::rotate(order.begin(), order.begin() + (rr_cursor_++ % order.size()), order.end());
     for (size_t i = 0; i < order.size(); ++i) {
       candidates.push_back(CandidateFor(*order[i]->ops.front(), static_cast<int64_t>(i)));
@@ -92,7 +90,7 @@ void Engine::Impl::Loop() {
     std::vector<Assignment> plan = PlanStep(candidates, options_.step_token_budget);
     for (const Assignment& a : plan) order[a.session]->busy = true;
     ++steps_;
-    mu_.Unlock();
+    table_.mu()->Unlock();
     if (shared_) DropMoved(order, plan);
     std::vector<std::function<void()>> callbacks;
     std::vector<Forwarding> batch;
@@ -107,36 +105,16 @@ void Engine::Impl::Loop() {
     observer().OnStep(static_cast<int>(plan.size()), step_tokens,
                       std::chrono::duration<double>(Clock::now() - step_start).count(),
                       kernel_seconds);
-    mu_.Lock();
+    table_.mu()->Lock();
     std::vector<Closing> closing = Update(order, plan);
-    mu_.Unlock();
+    table_.mu()->Unlock();
     FinishCloses(closing, &callbacks);
     CheckpointIfDue();
     SpillIfNeeded();
     for (auto& cb : callbacks) cb();
-    mu_.Lock();
+    table_.mu()->Lock();
   }
-  mu_.Unlock();
-}
-
-void Engine::Impl::PushOp(Session* s, std::unique_ptr<Op> op) {
-  op->queued_tokens = op->remaining();
-  queued_tokens_ += op->queued_tokens;
-  s->ops.push_back(std::move(op));
-  runnable_.insert(s->record.id);
-}
-
-std::unique_ptr<Op> Engine::Impl::PopOp(Session* s) {
-  std::unique_ptr<Op> op = std::move(s->ops.front());
-  s->ops.pop_front();
-  queued_tokens_ -= op->queued_tokens;
-  if (s->ops.empty()) runnable_.erase(s->record.id);
-  return op;
-}
-
-void Engine::Impl::SetQueuedTokens(Op* op, int64_t tokens) {
-  queued_tokens_ += tokens - op->queued_tokens;
-  op->queued_tokens = tokens;
+  table_.mu()->Unlock();
 }
 
 std::vector<Engine::Impl::Closing> Engine::Impl::Update(const std::vector<Session*>& order,
@@ -147,7 +125,7 @@ std::vector<Engine::Impl::Closing> Engine::Impl::Update(const std::vector<Sessio
     Session* s = order[a.session];
     s->busy = false;
     Op& op = *s->ops.front();
-    SetQueuedTokens(&op, op.remaining());
+    table_.SetQueuedTokens(&op, op.remaining());
     s->record.last_used_unix_ms = now;
     if (s->slot) {
       s->record.position = runner_->position(*s->slot);
@@ -167,7 +145,7 @@ std::vector<Engine::Impl::Closing> Engine::Impl::Update(const std::vector<Sessio
       s->phase = SessionPhase::kClosing;  // no new operations while its files go
       closing.push_back(Closing{s, close_op ? std::move(close_op->done) : nullptr});
     }
-    PopOp(s);
+    table_.PopOp(s);
   }
   return closing;
 }
@@ -175,17 +153,17 @@ std::vector<Engine::Impl::Closing> Engine::Impl::Update(const std::vector<Sessio
 void Engine::Impl::FinishCloses(std::vector<Closing>& closing,
                                 std::vector<std::function<void()>>* callbacks) {
   if (closing.empty()) return;
-  // The files go without mu_. The sessions stay in the table meanwhile, so no new session can
-  // take their ids (and then lose its files) before they are erased below.
+  // The files go without table_.mu()-> The sessions stay in the table meanwhile, so no new session
+  // can take their ids (and then lose its files) before they are erased below.
   for (const Closing& c : closing) {
     if (files_ && !c.session->gone) files_->Remove(c.session->record.id);
   }
-  MutexLock lock(&mu_);
+  MutexLock lock(table_.mu());
   for (Closing& c : closing) {
     const std::string id = c.session->record.id;
     const bool gone = c.session->gone;
     while (!c.session->ops.empty()) {  // queued behind the close
-      std::unique_ptr<Op> rest = PopOp(c.session);
+      std::unique_ptr<Op> rest = table_.PopOp(c.session);
       Fail(*rest, absl::NotFoundError("session '" + ShowValue(id) + "' was closed"), callbacks);
     }
     Erase(id);
@@ -197,11 +175,10 @@ void Engine::Impl::FinishCloses(std::vector<Closing>& closing,
 }
 
 void Engine::Impl::Erase(const std::string& id) {
-  auto it = sessions_.find(id);
-  if (it == sessions_.end()) return;
-  if (it->second->slot) runner_->Free(*it->second->slot);
-  while (!it->second->ops.empty()) PopOp(it->second.get());  // already answered
-  sessions_.erase(it);
+  Session* s = table_.Get(id);
+  if (s == nullptr) return;
+  if (s->slot) runner_->Free(*s->slot);
+  table_.Remove(id);  // its queued operations were answered by the caller
 }
 
 }  // namespace titans::engine
