@@ -366,9 +366,10 @@ absl::StatusOr<std::string> SerializeSessionState(const ModelConfig& config,
   return out;
 }
 
-absl::StatusOr<SessionState> DeserializeSessionState(std::string_view blob,
-                                                     const ModelConfig& config,
-                                                     const std::string& model_fingerprint) {
+namespace {
+
+// The payload of a serialized state, after checking its frame: magic, version, length, checksum.
+absl::StatusOr<std::string_view> StatePayload(std::string_view blob) {
   if (blob.size() < kHeaderBytes || std::memcmp(blob.data(), kMagic, sizeof(kMagic)) != 0) {
     return absl::DataLossError(
         "session state: not a Titans session state (bad magic or too short)");
@@ -392,7 +393,14 @@ absl::StatusOr<SessionState> DeserializeSessionState(std::string_view blob,
   if (Crc32c(payload.data(), payload.size()) != crc) {
     return absl::DataLossError("session state: checksum mismatch (corrupted)");
   }
-  TITANS_ASSIGN_OR_RETURN(SafetensorsFile file, ParseSafetensors(payload));
+  return payload;
+}
+
+// A serialized state's metadata into *s: the model it belongs to, position, sampler, recent
+// tokens (the tensors are read separately).
+absl::Status ReadStateMetadata(const SafetensorsFile& file, const ModelConfig& config,
+                               const std::string& model_fingerprint, SessionState* state) {
+  SessionState& s = *state;
   auto meta = [&](const char* key) -> const std::string* {
     auto it = file.metadata.find(key);
     return it == file.metadata.end() ? nullptr : &it->second;
@@ -403,7 +411,6 @@ absl::StatusOr<SessionState> DeserializeSessionState(std::string_view blob,
                                                       fp ? *fp : "?", "', this model is '",
                                                       model_fingerprint, "'"));
   }
-  SessionState s;
   const std::string* pos = meta("position");
   if (pos == nullptr || !absl::SimpleAtoi(*pos, &s.position) || s.position < 0) {
     return absl::InvalidArgumentError("session state: missing or invalid position");
@@ -432,6 +439,18 @@ absl::StatusOr<SessionState> DeserializeSessionState(std::string_view blob,
       s.recent_tokens.push_back(id);
     }
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<SessionState> DeserializeSessionState(std::string_view blob,
+                                                     const ModelConfig& config,
+                                                     const std::string& model_fingerprint) {
+  TITANS_ASSIGN_OR_RETURN(std::string_view payload, StatePayload(blob));
+  TITANS_ASSIGN_OR_RETURN(SafetensorsFile file, ParseSafetensors(payload));
+  SessionState s;
+  TITANS_RETURN_IF_ERROR(ReadStateMetadata(file, config, model_fingerprint, &s));
   std::vector<StateSlot> slots = StateSlots(config, 1, &s);
   if (slots.size() != file.tensors.size()) {
     return absl::InvalidArgumentError(absl::StrCat("session state: has ", file.tensors.size(),

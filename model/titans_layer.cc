@@ -249,6 +249,45 @@ struct SliceCache {
   int64_t start = -1, count = 0;
 };
 
+// AttendSlices' kernel call: every stream's window attention in one pass, on the CPU or the GPU.
+void RunWindowAttention(const kernels::WindowShape& shape, const at::Tensor& qx,
+                        const at::Tensor& kx, const at::Tensor& vx, const at::Tensor& pkc,
+                        const at::Tensor& pvc, const std::vector<kernels::AttentionStream>& streams,
+                        SequenceKernels where, at::Tensor* heads) {
+  const at::Tensor q = qx.contiguous(), k = kx.contiguous(), v = vx.contiguous();
+  const float* pk_data = pkc.defined() ? pkc.data_ptr<float>() : nullptr;
+  const float* pv_data = pvc.defined() ? pvc.data_ptr<float>() : nullptr;
+  if (where == SequenceKernels::kCpu) {
+    kernels::RaggedWindowAttention(shape, q.data_ptr<float>(), k.data_ptr<float>(),
+                                   v.data_ptr<float>(), pk_data, pv_data, streams.data(),
+                                   static_cast<int64_t>(streams.size()), heads->data_ptr<float>());
+  } else {
+    const std::string error = kernels::RaggedWindowAttentionCuda(
+        shape, q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), pk_data, pv_data,
+        streams.data(), static_cast<int64_t>(streams.size()), heads->data_ptr<float>(),
+        CudaStreamOf(q));
+    TORCH_CHECK(error.empty(), error);
+  }
+}
+
+// After the kernel: each slice's cache is the one the kernel wrote (a fresh tensor or ring, or
+// the old ring updated in place).
+void CommitSliceCaches(const std::vector<StreamSlice>& slices, bool ring,
+                       std::vector<SliceCache>* caches) {
+  for (size_t i = 0; i < slices.size(); ++i) {
+    LayerState* st = slices[i].state;
+    SliceCache& cache = (*caches)[i];
+    if (cache.new_k.defined()) {
+      st->attn_k = std::move(cache.new_k);
+      st->attn_v = std::move(cache.new_v);
+      // A fresh ring is this pass's own: its free slots are room.
+      st->attn_room = ring ? st->attn_k.size(2) - cache.count : 0;
+    }
+    st->attn_start = cache.start;
+    st->attn_count = ring ? cache.count : 0;
+  }
+}
+
 // The attention of every slice in one kernel call (kernels/sequence_kernels.h): each token's work
 // in an order fixed by its position, so a session's bits do not depend on the batch or on how its
 // stream was split. q, k, v: [B, T, H*dh] projections, except that k and v hold E rows per token
@@ -321,32 +360,8 @@ at::Tensor AttendSlices(const ModelConfig& c, const std::vector<StreamSlice>& sl
       streams.push_back(a_s);
     }
   }
-  const at::Tensor q = qx.contiguous(), k = kx.contiguous(), v = vx.contiguous();
-  const float* pk_data = pkc.defined() ? pkc.data_ptr<float>() : nullptr;
-  const float* pv_data = pvc.defined() ? pvc.data_ptr<float>() : nullptr;
-  if (where == SequenceKernels::kCpu) {
-    kernels::RaggedWindowAttention(shape, q.data_ptr<float>(), k.data_ptr<float>(),
-                                   v.data_ptr<float>(), pk_data, pv_data, streams.data(),
-                                   static_cast<int64_t>(streams.size()), heads.data_ptr<float>());
-  } else {
-    const std::string error = kernels::RaggedWindowAttentionCuda(
-        shape, q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), pk_data, pv_data,
-        streams.data(), static_cast<int64_t>(streams.size()), heads.data_ptr<float>(),
-        CudaStreamOf(q));
-    TORCH_CHECK(error.empty(), error);
-  }
-  for (size_t i = 0; i < slices.size(); ++i) {
-    LayerState* st = slices[i].state;
-    SliceCache& cache = caches[i];
-    if (cache.new_k.defined()) {
-      st->attn_k = std::move(cache.new_k);
-      st->attn_v = std::move(cache.new_v);
-      // A fresh ring is this pass's own: its free slots are room.
-      st->attn_room = ring ? st->attn_k.size(2) - cache.count : 0;
-    }
-    st->attn_start = cache.start;
-    st->attn_count = ring ? cache.count : 0;
-  }
+  RunWindowAttention(shape, qx, kx, vx, pkc, pvc, streams, where, &heads);
+  CommitSliceCaches(slices, ring, &caches);
   return heads;
 }
 

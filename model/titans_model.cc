@@ -261,25 +261,54 @@ class WorkingCopies {
   const size_t used_;
 };
 
+// ForwardMany's arguments: one non-empty list of in-vocabulary tokens per batch-1 state.
+absl::Status CheckForwardManyInput(const std::vector<SessionState*>& states,
+                                   absl::Span<const std::vector<int64_t>> tokens,
+                                   int64_t vocab_size) {
+  if (states.size() != tokens.size()) {
+    return absl::InvalidArgumentError("ForwardMany: one token list per state");
+  }
+  for (size_t i = 0; i < states.size(); ++i) {
+    if (states[i]->batch() != 1) {
+      return absl::InvalidArgumentError("ForwardMany needs batch-1 states");
+    }
+    if (tokens[i].empty()) return absl::InvalidArgumentError("no tokens to consume");
+    for (int64_t id : tokens[i]) {
+      if (id < 0 || id >= vocab_size) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("token id ", id, " is outside the vocabulary [0, ", vocab_size, ")"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+// One finiteness check (and one host sync) for all sessions' new logits: a session whose logits
+// are not finite fails (its entry in *result), the others are unaffected.
+void FailNonFiniteLogits(WorkingCopies& next, std::vector<absl::Status>* result) {
+  std::vector<size_t> checked;
+  std::vector<at::Tensor> rows;
+  checked.reserve(result->size());
+  rows.reserve(result->size());
+  for (size_t i = 0; i < result->size(); ++i) {
+    if (!(*result)[i].ok()) continue;
+    checked.push_back(i);
+    rows.push_back(next[i].last_logits);
+  }
+  if (rows.empty()) return;
+  const at::Tensor finite = at::isfinite(at::cat(rows, 0)).all(-1).to(at::kCPU).contiguous();
+  const bool* row_finite = finite.data_ptr<bool>();
+  for (size_t k = 0; k < checked.size(); ++k) {
+    if (!row_finite[k]) (*result)[checked[k]] = NonFinite();
+  }
+}
+
 }  // namespace
 
 absl::Status TitansModel::ForwardMany(const std::vector<SessionState*>& states,
                                       absl::Span<const std::vector<int64_t>> tokens,
                                       std::vector<absl::Status>* statuses) const {
-  if (states.size() != tokens.size()) {
-    return absl::InvalidArgumentError("ForwardMany: one token list per state");
-  }
-  for (size_t i = 0; i < states.size(); ++i) {
-    if (states[i]->batch() != 1)
-      return absl::InvalidArgumentError("ForwardMany needs batch-1 states");
-    if (tokens[i].empty()) return absl::InvalidArgumentError("no tokens to consume");
-    for (int64_t id : tokens[i]) {
-      if (id < 0 || id >= config_.vocab_size) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "token id ", id, " is outside the vocabulary [0, ", config_.vocab_size, ")"));
-      }
-    }
-  }
+  TITANS_RETURN_IF_ERROR(CheckForwardManyInput(states, tokens, config_.vocab_size));
   try {
     WorkingCopies next(states.size());
     for (size_t i = 0; i < states.size(); ++i) {
@@ -328,23 +357,7 @@ absl::Status TitansModel::ForwardMany(const std::vector<SessionState*>& states,
         }
       }
     }
-    // One finiteness check (and one host sync) for all sessions' new logits.
-    std::vector<size_t> checked;
-    std::vector<at::Tensor> rows;
-    checked.reserve(states.size());
-    rows.reserve(states.size());
-    for (size_t i = 0; i < states.size(); ++i) {
-      if (!result[i].ok()) continue;
-      checked.push_back(i);
-      rows.push_back(next[i].last_logits);
-    }
-    if (!rows.empty()) {
-      const at::Tensor finite = at::isfinite(at::cat(rows, 0)).all(-1).to(at::kCPU).contiguous();
-      const bool* row_finite = finite.data_ptr<bool>();
-      for (size_t k = 0; k < checked.size(); ++k) {
-        if (!row_finite[k]) result[checked[k]] = NonFinite();
-      }
-    }
+    FailNonFiniteLogits(next, &result);
     if (statuses == nullptr) {
       for (const absl::Status& st : result) {
         if (!st.ok()) return st;

@@ -360,6 +360,42 @@ Trainer::RowContent Trainer::LongPasskeyRow(LongPasskey* task, int64_t segment, 
   return content;
 }
 
+void Trainer::MaybeStartLongTask(LongPasskey* long_task) {
+  std::uniform_real_distribution<double> unit(0.0, 1.0);
+  const double kind = unit(rng_);
+  if (kind < options_.long_passkey_fraction + options_.long_recall_fraction) {
+    long_task->active = true;
+    long_task->facts.clear();
+    long_task->asked.clear();
+    if (kind >= options_.long_passkey_fraction) {  // a recall task: 2..8 distinct keys
+      std::uniform_int_distribution<int> count(2, 8), letter(0, 25), digit(0, 9);
+      const int n = count(rng_);
+      std::set<std::string> used;
+      while (static_cast<int>(long_task->facts.size()) < n) {
+        std::string key = {static_cast<char>('a' + letter(rng_)),
+                           static_cast<char>('a' + letter(rng_)),
+                           static_cast<char>('a' + letter(rng_))};
+        if (!used.insert(key).second) continue;
+        long_task->facts.emplace_back(key, std::string{static_cast<char>('0' + digit(rng_)),
+                                                       static_cast<char>('0' + digit(rng_))});
+      }
+      for (int i = 0; i < n; ++i) long_task->asked.push_back(static_cast<size_t>(i));
+      std::shuffle(long_task->asked.begin(), long_task->asked.end(), rng_);
+    }
+    long_task->noise = unit(rng_) < options_.passkey_noise_fraction;
+    std::uniform_int_distribution<int> digit(0, 9);
+    long_task->key.clear();
+    // Drawn for recall tasks too (unused there): the data stream, and so the shipped models,
+    // stay what scripts/train-default.sh produced.
+    for (int i = 0; i < 5; ++i)
+      long_task->key += static_cast<char>('0' + (i == 0 ? 1 + digit(rng_) % 9 : digit(rng_)));
+    std::uniform_int_distribution<int64_t> ask(1, options_.stream_segments - 1);
+    long_task->ask_segment = ask(rng_);
+    std::uniform_int_distribution<int64_t> phase(0, sizeof(kNoiseSentence) - 2);
+    long_task->noise_phase = phase(rng_);
+  }
+}
+
 Trainer::Batch Trainer::SampleBatch(bool streaming) {
   const int64_t B = options_.batch, T = options_.seq_len;
   // Stateless, or the first segment of new streams: every row is T + 1 new tokens.
@@ -385,39 +421,7 @@ Trainer::Batch Trainer::SampleBatch(bool streaming) {
     if (fresh && long_task != nullptr &&
         options_.long_passkey_fraction + options_.long_recall_fraction > 0 &&
         model_->config().tokenizer.type == "byte") {
-      std::uniform_real_distribution<double> unit(0.0, 1.0);
-      const double kind = unit(rng_);
-      if (kind < options_.long_passkey_fraction + options_.long_recall_fraction) {
-        long_task->active = true;
-        long_task->facts.clear();
-        long_task->asked.clear();
-        if (kind >= options_.long_passkey_fraction) {  // a recall task: 2..8 distinct keys
-          std::uniform_int_distribution<int> count(2, 8), letter(0, 25), digit(0, 9);
-          const int n = count(rng_);
-          std::set<std::string> used;
-          while (static_cast<int>(long_task->facts.size()) < n) {
-            std::string key = {static_cast<char>('a' + letter(rng_)),
-                               static_cast<char>('a' + letter(rng_)),
-                               static_cast<char>('a' + letter(rng_))};
-            if (!used.insert(key).second) continue;
-            long_task->facts.emplace_back(key, std::string{static_cast<char>('0' + digit(rng_)),
-                                                           static_cast<char>('0' + digit(rng_))});
-          }
-          for (int i = 0; i < n; ++i) long_task->asked.push_back(static_cast<size_t>(i));
-          std::shuffle(long_task->asked.begin(), long_task->asked.end(), rng_);
-        }
-        long_task->noise = unit(rng_) < options_.passkey_noise_fraction;
-        std::uniform_int_distribution<int> digit(0, 9);
-        long_task->key.clear();
-        // Drawn for recall tasks too (unused there): the data stream, and so the shipped models,
-        // stay what scripts/train-default.sh produced.
-        for (int i = 0; i < 5; ++i)
-          long_task->key += static_cast<char>('0' + (i == 0 ? 1 + digit(rng_) % 9 : digit(rng_)));
-        std::uniform_int_distribution<int64_t> ask(1, options_.stream_segments - 1);
-        long_task->ask_segment = ask(rng_);
-        std::uniform_int_distribution<int64_t> phase(0, sizeof(kNoiseSentence) - 2);
-        long_task->noise_phase = phase(rng_);
-      }
+      MaybeStartLongTask(long_task);
     }
     if (long_task != nullptr && long_task->active) {
       if (fresh) *cursor = start(rng_);

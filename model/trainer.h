@@ -195,6 +195,9 @@ class Trainer {
     int64_t ask_segment = 0;  // the segment (0-based) that ends with the question
     int64_t noise_phase = 0;  // where in the noise cycle the next filler byte is
   };
+  // At a stream's start: makes the row a long passkey or recall task by the options' fractions
+  // (drawing its key or facts, the segment that asks, the noise phase).
+  void MaybeStartLongTask(LongPasskey* long_task);
   // The `segment`-th `length` tokens of a long passkey row (answers index into them).
   RowContent LongPasskeyRow(LongPasskey* task, int64_t segment, int64_t length,
                             int64_t* text_cursor);

@@ -22,8 +22,8 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_split.h"
-#include "titans/v1/titans.grpc.pb.h"
 #include "model/program_flags.h"
+#include "titans/v1/titans.grpc.pb.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051", "server address");
 ABSL_FLAG(std::string, token, "", "bearer token (default: $TITANS_TOKEN)");
@@ -177,6 +177,114 @@ int Generate(Client& c, const std::string& id) {
   return 0;
 }
 
+// create: creates a session with the --id, --ttl and --label flags and prints its id.
+int Create(Client& c) {
+  pb::CreateSessionRequest req;
+  req.set_session_id(absl::GetFlag(FLAGS_id));
+  req.set_idle_ttl_seconds(absl::GetFlag(FLAGS_ttl));
+  for (const std::string& kv : absl::GetFlag(FLAGS_label)) {
+    std::vector<std::string> p = absl::StrSplit(kv, absl::MaxSplits('=', 1));
+    if (p.size() == 2) (*req.mutable_labels())[p[0]] = p[1];
+  }
+  pb::Session s;
+  grpc::Status st = c.stub().CreateSession(c.Ctx(req.session_id()).get(), req, &s);
+  if (st.ok()) std::printf("%s\n", s.session_id().c_str());
+  return Report(st);
+}
+
+// fork: forks session `id` into `new_id` (empty: assigned by the server) and prints its id.
+int Fork(Client& c, const std::string& id, const std::string& new_id) {
+  pb::ForkSessionRequest req;
+  req.set_session_id(id);
+  req.set_new_session_id(new_id);
+  pb::Session s;
+  grpc::Status st = c.stub().ForkSession(c.Ctx(req.session_id()).get(), req, &s);
+  if (st.ok()) std::printf("%s\n", s.session_id().c_str());
+  return Report(st);
+}
+
+// rewind: rewinds session `id` to `position` (decimal) and prints the position it is at.
+int Rewind(Client& c, const std::string& id, const std::string& position) {
+  pb::RewindSessionRequest req;
+  req.set_session_id(id);
+  req.set_position(std::strtoull(position.c_str(), nullptr, 10));
+  pb::Session s;
+  grpc::Status st = c.stub().RewindSession(c.Ctx(req.session_id()).get(), req, &s);
+  if (st.ok()) std::printf("%llu\n", static_cast<unsigned long long>(s.position()));
+  return Report(st);
+}
+
+// snapshot: writes session `id`'s snapshot to the file `path`.
+int Snapshot(Client& c, const std::string& id, const std::string& path) {
+  pb::ExportSessionRequest req;
+  req.set_session_id(id);
+  pb::ExportSessionResponse resp;
+  grpc::Status st = c.stub().ExportSession(c.Ctx(req.session_id()).get(), req, &resp);
+  if (!st.ok()) return Report(st);
+  std::ofstream(path, std::ios::binary) << resp.snapshot();
+  std::printf("wrote %zu bytes (position %llu, model %s)\n", resp.snapshot().size(),
+              static_cast<unsigned long long>(resp.position()), resp.model_fingerprint().c_str());
+  return 0;
+}
+
+// restore: imports the snapshot file `path` as session `new_id` and prints the session.
+int Restore(Client& c, const std::string& path, const std::string& new_id) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Report(grpc::Status(grpc::StatusCode::NOT_FOUND, "cannot open " + path));
+  std::stringstream blob;
+  blob << in.rdbuf();
+  pb::ImportSessionRequest req;
+  req.set_snapshot(blob.str());
+  req.set_session_id(new_id);
+  pb::Session s;
+  grpc::Status st = c.stub().ImportSession(c.Ctx().get(), req, &s);
+  if (st.ok()) PrintSession(s);
+  return Report(st);
+}
+
+// get: prints session `id`.
+int Get(Client& c, const std::string& id) {
+  pb::GetSessionRequest req;
+  req.set_session_id(id);
+  pb::Session s;
+  grpc::Status st = c.stub().GetSession(c.Ctx(req.session_id()).get(), req, &s);
+  if (st.ok()) PrintSession(s);
+  return Report(st);
+}
+
+// list: prints every session, page by page.
+int List(Client& c) {
+  pb::ListSessionsRequest req;
+  while (true) {
+    pb::ListSessionsResponse resp;
+    grpc::Status st = c.stub().ListSessions(c.Ctx().get(), req, &resp);
+    if (!st.ok()) return Report(st);
+    for (const auto& s : resp.sessions()) PrintSession(s);
+    if (resp.next_page_token().empty()) return 0;
+    req.set_page_token(resp.next_page_token());
+  }
+}
+
+// close: closes session `id`.
+int Close(Client& c, const std::string& id) {
+  pb::CloseSessionRequest req;
+  req.set_session_id(id);
+  pb::CloseSessionResponse resp;
+  return Report(c.stub().CloseSession(c.Ctx(req.session_id()).get(), req, &resp));
+}
+
+// models: prints the models the server serves.
+int Models(Client& c) {
+  pb::ListModelsResponse resp;
+  grpc::Status st = c.stub().ListModels(c.Ctx().get(), pb::ListModelsRequest(), &resp);
+  for (const auto& m : resp.models()) {
+    std::printf("%s\t%s\t%llu parameters\t%s\t%s\n", m.name().c_str(), m.variant().c_str(),
+                static_cast<unsigned long long>(m.parameters()), m.initialization().c_str(),
+                m.fingerprint().c_str());
+  }
+  return Report(st);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -193,97 +301,16 @@ int main(int argc, char** argv) {
   const std::string cmd = args[1];
   auto arg = [&](size_t i) { return i < args.size() ? std::string(args[i]) : std::string(); };
   Client c;
-  if (cmd == "create") {
-    pb::CreateSessionRequest req;
-    req.set_session_id(absl::GetFlag(FLAGS_id));
-    req.set_idle_ttl_seconds(absl::GetFlag(FLAGS_ttl));
-    for (const std::string& kv : absl::GetFlag(FLAGS_label)) {
-      std::vector<std::string> p = absl::StrSplit(kv, absl::MaxSplits('=', 1));
-      if (p.size() == 2) (*req.mutable_labels())[p[0]] = p[1];
-    }
-    pb::Session s;
-    grpc::Status st = c.stub().CreateSession(c.Ctx(req.session_id()).get(), req, &s);
-    if (st.ok()) std::printf("%s\n", s.session_id().c_str());
-    return Report(st);
-  }
+  if (cmd == "create") return Create(c);
   if (cmd == "append" && args.size() >= 3) return Append(c, arg(2), arg(3));
   if (cmd == "generate" && args.size() >= 3) return Generate(c, arg(2));
-  if (cmd == "fork" && args.size() >= 3) {
-    pb::ForkSessionRequest req;
-    req.set_session_id(arg(2));
-    req.set_new_session_id(arg(3));
-    pb::Session s;
-    grpc::Status st = c.stub().ForkSession(c.Ctx(req.session_id()).get(), req, &s);
-    if (st.ok()) std::printf("%s\n", s.session_id().c_str());
-    return Report(st);
-  }
-  if (cmd == "rewind" && args.size() >= 4) {
-    pb::RewindSessionRequest req;
-    req.set_session_id(arg(2));
-    req.set_position(std::strtoull(arg(3).c_str(), nullptr, 10));
-    pb::Session s;
-    grpc::Status st = c.stub().RewindSession(c.Ctx(req.session_id()).get(), req, &s);
-    if (st.ok()) std::printf("%llu\n", static_cast<unsigned long long>(s.position()));
-    return Report(st);
-  }
-  if (cmd == "snapshot" && args.size() >= 4) {
-    pb::ExportSessionRequest req;
-    req.set_session_id(arg(2));
-    pb::ExportSessionResponse resp;
-    grpc::Status st = c.stub().ExportSession(c.Ctx(req.session_id()).get(), req, &resp);
-    if (!st.ok()) return Report(st);
-    std::ofstream(arg(3), std::ios::binary) << resp.snapshot();
-    std::printf("wrote %zu bytes (position %llu, model %s)\n", resp.snapshot().size(),
-                static_cast<unsigned long long>(resp.position()), resp.model_fingerprint().c_str());
-    return 0;
-  }
-  if (cmd == "restore" && args.size() >= 3) {
-    std::ifstream in(arg(2), std::ios::binary);
-    if (!in) return Report(grpc::Status(grpc::StatusCode::NOT_FOUND, "cannot open " + arg(2)));
-    std::stringstream blob;
-    blob << in.rdbuf();
-    pb::ImportSessionRequest req;
-    req.set_snapshot(blob.str());
-    req.set_session_id(arg(3));
-    pb::Session s;
-    grpc::Status st = c.stub().ImportSession(c.Ctx().get(), req, &s);
-    if (st.ok()) PrintSession(s);
-    return Report(st);
-  }
-  if (cmd == "get" && args.size() >= 3) {
-    pb::GetSessionRequest req;
-    req.set_session_id(arg(2));
-    pb::Session s;
-    grpc::Status st = c.stub().GetSession(c.Ctx(req.session_id()).get(), req, &s);
-    if (st.ok()) PrintSession(s);
-    return Report(st);
-  }
-  if (cmd == "list") {
-    pb::ListSessionsRequest req;
-    while (true) {
-      pb::ListSessionsResponse resp;
-      grpc::Status st = c.stub().ListSessions(c.Ctx().get(), req, &resp);
-      if (!st.ok()) return Report(st);
-      for (const auto& s : resp.sessions()) PrintSession(s);
-      if (resp.next_page_token().empty()) return 0;
-      req.set_page_token(resp.next_page_token());
-    }
-  }
-  if (cmd == "close" && args.size() >= 3) {
-    pb::CloseSessionRequest req;
-    req.set_session_id(arg(2));
-    pb::CloseSessionResponse resp;
-    return Report(c.stub().CloseSession(c.Ctx(req.session_id()).get(), req, &resp));
-  }
-  if (cmd == "models") {
-    pb::ListModelsResponse resp;
-    grpc::Status st = c.stub().ListModels(c.Ctx().get(), pb::ListModelsRequest(), &resp);
-    for (const auto& m : resp.models()) {
-      std::printf("%s\t%s\t%llu parameters\t%s\t%s\n", m.name().c_str(), m.variant().c_str(),
-                  static_cast<unsigned long long>(m.parameters()), m.initialization().c_str(),
-                  m.fingerprint().c_str());
-    }
-    return Report(st);
-  }
+  if (cmd == "fork" && args.size() >= 3) return Fork(c, arg(2), arg(3));
+  if (cmd == "rewind" && args.size() >= 4) return Rewind(c, arg(2), arg(3));
+  if (cmd == "snapshot" && args.size() >= 4) return Snapshot(c, arg(2), arg(3));
+  if (cmd == "restore" && args.size() >= 3) return Restore(c, arg(2), arg(3));
+  if (cmd == "get" && args.size() >= 3) return Get(c, arg(2));
+  if (cmd == "list") return List(c);
+  if (cmd == "close" && args.size() >= 3) return Close(c, arg(2));
+  if (cmd == "models") return Models(c);
   return Usage();
 }

@@ -9,17 +9,20 @@
 // makes data/kjv.txt from Debian's bible-kjv packages.
 #include <cmath>
 #include <cstdio>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/str_split.h"
 #include "model/config.h"
 #include "model/file_util.h"
-#include "model/trainer.h"
 #include "model/program_flags.h"
+#include "model/trainer.h"
 
 ABSL_FLAG(std::vector<std::string>, data, {}, "training text files (comma-separated)");
 ABSL_FLAG(std::string, out, "", "checkpoint and output directory (required)");
@@ -57,16 +60,10 @@ ABSL_FLAG(int64_t, eval_sequences, 16, "held-out windows per evaluation");
 ABSL_FLAG(int64_t, checkpoint_every, 200, "steps between checkpoints");
 ABSL_FLAG(uint64_t, seed, 1, "seed for initialisation, data order and synthetic tasks");
 
-int main(int argc, char** argv) {
-  titans::ShowOwnFlagsInHelp();
-  absl::SetProgramUsageMessage("Trains a Titans model on text and synthetic passkey tasks.");
-  absl::ParseCommandLine(argc, argv);
-  auto fail = [](const std::string& message) {
-    std::fprintf(stderr, "titans-train: %s\n", message.c_str());
-    return 1;
-  };
-  const std::string out = absl::GetFlag(FLAGS_out);
-  if (out.empty()) return fail("--out is required");
+namespace {
+
+// The training options the flags set.
+titans::TrainOptions OptionsFromFlags() {
   titans::TrainOptions options;
   options.batch = absl::GetFlag(FLAGS_batch);
   options.seq_len = absl::GetFlag(FLAGS_seq_len);
@@ -87,6 +84,66 @@ int main(int argc, char** argv) {
   options.stream_segments = absl::GetFlag(FLAGS_stream_segments);
   options.long_passkey_fraction = absl::GetFlag(FLAGS_long_passkey_fraction);
   options.long_recall_fraction = absl::GetFlag(FLAGS_long_recall_fraction);
+  return options;
+}
+
+// The model training starts from: --init, or else a random one (--config's, named --name).
+absl::StatusOr<std::unique_ptr<titans::TitansModel>> StartingModel(uint64_t seed) {
+  if (!absl::GetFlag(FLAGS_init).empty())
+    return titans::TitansModel::Load(absl::GetFlag(FLAGS_init));
+  titans::ModelConfig config;
+  if (!absl::GetFlag(FLAGS_config).empty()) {
+    auto text = titans::ReadFileToString(absl::GetFlag(FLAGS_config));
+    if (!text.ok()) return text.status();
+    auto parsed = titans::ParseModelConfig(*text);
+    if (!parsed.ok()) return parsed.status();
+    config = *parsed;
+  }
+  config.name = absl::GetFlag(FLAGS_name);
+  return titans::TitansModel::CreateRandom(config, seed);
+}
+
+// The trained model's provenance: this command line, and how an --init model came to be.
+std::string Provenance(int argc, char** argv, const titans::TitansModel& model) {
+  std::string command = "titans-train";
+  for (int i = 1; i < argc; ++i) command += std::string(" ") + argv[i];
+  std::string provenance = "Trained by: " + command;
+  // Fine-tuning: keep how the starting model came to be, so the recipe stays complete.
+  if (!absl::GetFlag(FLAGS_init).empty() && !model.config().description.empty()) {
+    provenance += ". Started from a model described as: " + model.config().description;
+  }
+  return provenance;
+}
+
+// Prints the progress line of one step.
+void PrintProgress(const titans::TrainProgress& p) {
+  if (std::isnan(p.loss)) {
+    std::printf("step %6lld  skipped (non-finite logits or gradients)\n",
+                static_cast<long long>(p.step));
+    return;
+  }
+  std::printf("step %6lld  loss %.4f  (%.3f bits/byte)  lr %.2e  %7.0f tok/s",
+              static_cast<long long>(p.step), p.loss, p.loss / std::log(2.0), p.lr,
+              p.tokens_per_second);
+  if (p.answer_loss >= 0) std::printf("  answers %.3f", p.answer_loss);
+  if (p.eval_bits_per_byte >= 0) std::printf("  | held-out %.4f bits/byte", p.eval_bits_per_byte);
+  std::printf("\n");
+  std::fflush(stdout);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  titans::ShowOwnFlagsInHelp();
+  absl::SetProgramUsageMessage("Trains a Titans model on text and synthetic passkey tasks.");
+  absl::ParseCommandLine(argc, argv);
+  auto fail = [](const std::string& message) {
+    std::fprintf(stderr, "titans-train: %s\n", message.c_str());
+    return 1;
+  };
+  const std::string out = absl::GetFlag(FLAGS_out);
+  if (out.empty()) return fail("--out is required");
+  const titans::TrainOptions options = OptionsFromFlags();
   if (absl::Status valid = titans::ValidateTrainOptions(options); !valid.ok()) {
     return fail("bad options: " + std::string(valid.message()));
   }
@@ -95,30 +152,9 @@ int main(int argc, char** argv) {
                                          absl::GetFlag(FLAGS_test_fraction), options.seq_len);
   if (!corpus.ok()) return fail(corpus.status().ToString());
 
-  absl::StatusOr<std::unique_ptr<titans::TitansModel>> model;
-  if (!absl::GetFlag(FLAGS_init).empty()) {
-    model = titans::TitansModel::Load(absl::GetFlag(FLAGS_init));
-  } else {
-    titans::ModelConfig config;
-    if (!absl::GetFlag(FLAGS_config).empty()) {
-      auto text = titans::ReadFileToString(absl::GetFlag(FLAGS_config));
-      if (!text.ok()) return fail(text.status().ToString());
-      auto parsed = titans::ParseModelConfig(*text);
-      if (!parsed.ok()) return fail(parsed.status().ToString());
-      config = *parsed;
-    }
-    config.name = absl::GetFlag(FLAGS_name);
-    model = titans::TitansModel::CreateRandom(config, options.seed);
-  }
+  absl::StatusOr<std::unique_ptr<titans::TitansModel>> model = StartingModel(options.seed);
   if (!model.ok()) return fail(model.status().ToString());
-  std::string command = "titans-train";
-  for (int i = 1; i < argc; ++i) command += std::string(" ") + argv[i];
-  std::string provenance = "Trained by: " + command;
-  // Fine-tuning: keep how the starting model came to be, so the recipe stays complete.
-  if (!absl::GetFlag(FLAGS_init).empty() && !(*model)->config().description.empty()) {
-    provenance += ". Started from a model described as: " + (*model)->config().description;
-  }
-  (*model)->SetProvenance("trained", provenance);
+  (*model)->SetProvenance("trained", Provenance(argc, argv, **model));
 
   titans::Trainer trainer(model->get(), &*corpus, options, out);
   if (absl::GetFlag(FLAGS_resume)) {
@@ -131,20 +167,7 @@ int main(int argc, char** argv) {
                "titans-train: %zu training / %zu held-out bytes, %lld steps of %lld x %lld\n",
                corpus->train().size(), corpus->test().size(), static_cast<long long>(options.steps),
                static_cast<long long>(options.batch), static_cast<long long>(options.seq_len));
-  absl::Status st = trainer.Run([](const titans::TrainProgress& p) {
-    if (std::isnan(p.loss)) {
-      std::printf("step %6lld  skipped (non-finite logits or gradients)\n",
-                  static_cast<long long>(p.step));
-      return;
-    }
-    std::printf("step %6lld  loss %.4f  (%.3f bits/byte)  lr %.2e  %7.0f tok/s",
-                static_cast<long long>(p.step), p.loss, p.loss / std::log(2.0), p.lr,
-                p.tokens_per_second);
-    if (p.answer_loss >= 0) std::printf("  answers %.3f", p.answer_loss);
-    if (p.eval_bits_per_byte >= 0) std::printf("  | held-out %.4f bits/byte", p.eval_bits_per_byte);
-    std::printf("\n");
-    std::fflush(stdout);
-  });
+  absl::Status st = trainer.Run(PrintProgress);
   if (!st.ok()) return fail(st.ToString());
   std::fprintf(stderr, "titans-train: final model in %s/model\n", out.c_str());
   return 0;

@@ -24,9 +24,9 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
 #include "model/determinism.h"
+#include "model/program_flags.h"
 #include "model/session_state.h"
 #include "model/titans_model.h"
-#include "model/program_flags.h"
 
 ABSL_FLAG(std::string, model_dir, TITANS_DEFAULT_MODEL_DIR, "the Titans model");
 ABSL_FLAG(std::vector<std::string>, histories,
@@ -78,6 +78,97 @@ Timing TimeFrom(const titans::TitansModel& model, const titans::SessionState& st
   return best;
 }
 
+// Parses --histories into `histories`; false (the bad entry printed) if one is not positive.
+bool ParseHistories(std::vector<int64_t>* histories) {
+  for (const std::string& h : absl::GetFlag(FLAGS_histories)) {
+    int64_t v = 0;
+    if (!absl::SimpleAtoi(h, &v) || v < 1) {
+      std::fprintf(stderr, "bad --histories entry %s\n", h.c_str());
+      return false;
+    }
+    histories->push_back(v);
+  }
+  return true;
+}
+
+// `tc` made a full-attention transformer: same widths, depth, heads and feed-forward; no memory.
+titans::ModelConfig FullAttentionConfig(const titans::ModelConfig& tc) {
+  titans::ModelConfig fc = tc;
+  fc.variant = titans::Variant::kSWA;
+  fc.attention.window = 1 << 30;
+  fc.name = "full-attention";
+  return fc;
+}
+
+// Opens --tsv and writes its header; null if --tsv is empty or cannot be opened.
+std::FILE* OpenTsv() {
+  std::FILE* tsv = nullptr;
+  if (!absl::GetFlag(FLAGS_tsv).empty()) {
+    tsv = std::fopen(absl::GetFlag(FLAGS_tsv).c_str(), "w");
+    if (tsv) {
+      std::fprintf(tsv, "model\thistory\tappend_us_per_token\tdecode_ms_per_token\tstate_bytes\n");
+    }
+  }
+  return tsv;
+}
+
+// Prints one row of the table, and writes it to `tsv` unless that is null.
+void Row(std::FILE* tsv, const char* name, int64_t h, const Timing& t, int64_t bytes,
+         const char* note) {
+  std::printf("%-16s %10lld %18.1f %18.2f %14.2f %s\n", name, static_cast<long long>(h),
+              t.append_us_per_token, t.decode_ms_per_token, bytes / 1048576.0, note);
+  std::fflush(stdout);
+  if (tsv) {
+    std::fprintf(tsv, "%s\t%lld\t%.3f\t%.4f\t%lld\n", name, static_cast<long long>(h),
+                 t.append_us_per_token, t.decode_ms_per_token, static_cast<long long>(bytes));
+    std::fflush(tsv);
+  }
+}
+
+// Prints the Titans model's rows; false if a step failed.
+bool MeasureTitans(const titans::TitansModel& m, const std::vector<int64_t>& histories,
+                   std::FILE* tsv) {
+  // Titans: stream the history for real, measuring at each requested length on the way.
+  titans::SessionState s = m.NewState();
+  const int64_t piece = absl::GetFlag(FLAGS_stream_piece);
+  double streaming_seconds = 0;  // time spent streaming, not timing
+  for (int64_t h : histories) {
+    const Clock::time_point start = Clock::now();
+    while (s.position < h) {
+      const int64_t n = std::min(piece, h - s.position);
+      if (!m.Forward(&s, Tokens(n, static_cast<uint64_t>(s.position))).ok()) return false;
+    }
+    streaming_seconds += Since(start);
+    char note[96];
+    std::snprintf(note, sizeof(note), "streamed: %.0f tokens/s so far",
+                  static_cast<double>(s.position) / streaming_seconds);
+    Row(tsv, m.config().name.c_str(), h, TimeFrom(m, s), titans::StateBytes(s), note);
+  }
+  return true;
+}
+
+// Prints the rows of the full-attention model `m`, whose config is `fc`; false if a step failed.
+bool MeasureFullAttention(const titans::TitansModel& m, const titans::ModelConfig& fc,
+                          const std::vector<int64_t>& histories, std::FILE* tsv) {
+  // Full attention: a cache of h synthesised keys and values per layer.
+  for (int64_t h : histories) {
+    if (h > absl::GetFlag(FLAGS_full_attention_max_history)) {
+      std::printf("%-16s %10lld %18s %18s %14s skipped (over --full_attention_max_history)\n",
+                  fc.name.c_str(), static_cast<long long>(h), "-", "-", "-");
+      continue;
+    }
+    titans::SessionState s = m.NewState();
+    if (!m.Forward(&s, Tokens(8, 1)).ok()) return false;  // real last logits
+    for (titans::LayerState& L : s.layers) {
+      L.attn_k = at::randn({1, fc.num_heads, h, fc.head_dim});
+      L.attn_v = at::randn({1, fc.num_heads, h, fc.head_dim});
+    }
+    s.position = h;
+    Row(tsv, fc.name.c_str(), h, TimeFrom(m, s), titans::StateBytes(s), "synthesised cache");
+  }
+  return true;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -87,88 +178,25 @@ int main(int argc, char** argv) {
   if (absl::GetFlag(FLAGS_batch_invariant)) titans::UseBatchInvariantCpuKernels();
   at::NoGradGuard no_grad;
   std::vector<int64_t> histories;
-  for (const std::string& h : absl::GetFlag(FLAGS_histories)) {
-    int64_t v = 0;
-    if (!absl::SimpleAtoi(h, &v) || v < 1) {
-      std::fprintf(stderr, "bad --histories entry %s\n", h.c_str());
-      return 1;
-    }
-    histories.push_back(v);
-  }
+  if (!ParseHistories(&histories)) return 1;
   auto titans_model = titans::TitansModel::Load(absl::GetFlag(FLAGS_model_dir));
   if (!titans_model.ok()) {
     std::fprintf(stderr, "%s\n", titans_model.status().ToString().c_str());
     return 1;
   }
-  const titans::ModelConfig& tc = (*titans_model)->config();
-  // The full-attention transformer: same widths, depth, heads and feed-forward; no memory.
-  titans::ModelConfig fc = tc;
-  fc.variant = titans::Variant::kSWA;
-  fc.attention.window = 1 << 30;
-  fc.name = "full-attention";
+  const titans::ModelConfig fc = FullAttentionConfig((*titans_model)->config());
   auto full_model = titans::TitansModel::CreateRandom(fc, 1);
   if (!full_model.ok()) {
     std::fprintf(stderr, "%s\n", full_model.status().ToString().c_str());
     return 1;
   }
-  std::FILE* tsv = nullptr;
-  if (!absl::GetFlag(FLAGS_tsv).empty()) {
-    tsv = std::fopen(absl::GetFlag(FLAGS_tsv).c_str(), "w");
-    if (tsv) {
-      std::fprintf(tsv, "model\thistory\tappend_us_per_token\tdecode_ms_per_token\tstate_bytes\n");
-    }
-  }
+  std::FILE* tsv = OpenTsv();
   std::printf("%-16s %10s %18s %18s %14s %s\n", "model", "history", "append us/token",
               "decode ms/token", "state MiB", "notes");
-  auto row = [&](const char* name, int64_t h, const Timing& t, int64_t bytes, const char* note) {
-    std::printf("%-16s %10lld %18.1f %18.2f %14.2f %s\n", name, static_cast<long long>(h),
-                t.append_us_per_token, t.decode_ms_per_token, bytes / 1048576.0, note);
-    std::fflush(stdout);
-    if (tsv) {
-      std::fprintf(tsv, "%s\t%lld\t%.3f\t%.4f\t%lld\n", name, static_cast<long long>(h),
-                   t.append_us_per_token, t.decode_ms_per_token, static_cast<long long>(bytes));
-      std::fflush(tsv);
-    }
-  };
-
-  // Titans: stream the history for real, measuring at each requested length on the way.
-  {
-    const titans::TitansModel& m = **titans_model;
-    titans::SessionState s = m.NewState();
-    const int64_t piece = absl::GetFlag(FLAGS_stream_piece);
-    double streaming_seconds = 0;  // time spent streaming, not timing
-    for (int64_t h : histories) {
-      const Clock::time_point start = Clock::now();
-      while (s.position < h) {
-        const int64_t n = std::min(piece, h - s.position);
-        if (!m.Forward(&s, Tokens(n, static_cast<uint64_t>(s.position))).ok()) return 1;
-      }
-      streaming_seconds += Since(start);
-      char note[96];
-      std::snprintf(note, sizeof(note), "streamed: %.0f tokens/s so far",
-                    static_cast<double>(s.position) / streaming_seconds);
-      row(tc.name.c_str(), h, TimeFrom(m, s), titans::StateBytes(s), note);
-    }
-  }
-
-  // Full attention: a cache of h synthesised keys and values per layer.
-  if (absl::GetFlag(FLAGS_full_attention)) {
-    const titans::TitansModel& m = **full_model;
-    for (int64_t h : histories) {
-      if (h > absl::GetFlag(FLAGS_full_attention_max_history)) {
-        std::printf("%-16s %10lld %18s %18s %14s skipped (over --full_attention_max_history)\n",
-                    fc.name.c_str(), static_cast<long long>(h), "-", "-", "-");
-        continue;
-      }
-      titans::SessionState s = m.NewState();
-      if (!m.Forward(&s, Tokens(8, 1)).ok()) return 1;  // real last logits
-      for (titans::LayerState& L : s.layers) {
-        L.attn_k = at::randn({1, fc.num_heads, h, fc.head_dim});
-        L.attn_v = at::randn({1, fc.num_heads, h, fc.head_dim});
-      }
-      s.position = h;
-      row(fc.name.c_str(), h, TimeFrom(m, s), titans::StateBytes(s), "synthesised cache");
-    }
+  if (!MeasureTitans(**titans_model, histories, tsv)) return 1;
+  if (absl::GetFlag(FLAGS_full_attention) &&
+      !MeasureFullAttention(**full_model, fc, histories, tsv)) {
+    return 1;
   }
   if (tsv) std::fclose(tsv);
   return 0;

@@ -115,70 +115,62 @@ ServerSample Sample(pid_t pid) {
   return s;
 }
 
-}  // namespace
+// What the calls received, summed over all of them once they have ended.
+struct CallTotals {
+  int64_t tokens = 0, errors = 0, generating = 0;
+  std::vector<double> gaps;  // every call's gaps between messages, per token
+  std::string first_error;
+};
 
-int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("Opens many Generate calls on one server at once (see the file).");
-  absl::ParseCommandLine(argc, argv);
-  const int streams = absl::GetFlag(FLAGS_streams);
-  const int sessions = absl::GetFlag(FLAGS_sessions);
-  if (streams < 1 || sessions < 1 || sessions > streams) {
-    return Fail("--streams and --sessions must be positive, sessions <= streams");
-  }
-  const int per_session = (streams + sessions - 1) / sessions;
-  std::string address = absl::GetFlag(FLAGS_address);
-  std::unique_ptr<titans::bench::ServerProcess> server;
-  if (address.empty()) {
-    std::vector<std::string> flags = {"--model_dir",
-                                      absl::GetFlag(FLAGS_model_dir),
-                                      "--max_sessions",
-                                      std::to_string(std::max(sessions, 10000)),
-                                      "--max_resident_sessions",
-                                      std::to_string(std::max(sessions, 1000)),
-                                      "--max_ops_per_session",
-                                      std::to_string(std::max(per_session, 64)),
-                                      "--max_queued_tokens",
-                                      std::to_string(int64_t{1} << 40),
-                                      "--max_generate_tokens",
-                                      std::to_string(absl::GetFlag(FLAGS_max_tokens)),
-                                      "--rewind_window_tokens",
-                                      "0"};
-    for (const std::string& f : absl::GetFlag(FLAGS_server_flags)) flags.push_back(f);
-    auto started = titans::bench::ServerProcess::Start(absl::GetFlag(FLAGS_server), flags,
-                                                       "/tmp/titans-bench-streams-server.log", 60);
-    if (!started.ok()) return Fail(std::string(started.status().message()));
-    server = std::make_unique<titans::bench::ServerProcess>(std::move(*started));
-    address = server->address();
-  }
-  const pid_t pid = server ? server->pid() : -1;
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(-1);
-  auto stub = pb::Titans::NewStub(
-      grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+// The flags of a started server: room for every session and every call queued behind one.
+std::vector<std::string> ServerFlags(int sessions, int per_session) {
+  std::vector<std::string> flags = {"--model_dir",
+                                    absl::GetFlag(FLAGS_model_dir),
+                                    "--max_sessions",
+                                    std::to_string(std::max(sessions, 10000)),
+                                    "--max_resident_sessions",
+                                    std::to_string(std::max(sessions, 1000)),
+                                    "--max_ops_per_session",
+                                    std::to_string(std::max(per_session, 64)),
+                                    "--max_queued_tokens",
+                                    std::to_string(int64_t{1} << 40),
+                                    "--max_generate_tokens",
+                                    std::to_string(absl::GetFlag(FLAGS_max_tokens)),
+                                    "--rewind_window_tokens",
+                                    "0"};
+  for (const std::string& f : absl::GetFlag(FLAGS_server_flags)) flags.push_back(f);
+  return flags;
+}
 
-  const std::string prefix = absl::StrCat("streams", ::getpid(), "-");
+// Creates the sessions `prefix`0 to `prefix`(sessions - 1); the first failure ends it.
+grpc::Status CreateSessions(pb::Titans::Stub* stub, const std::string& prefix, int sessions) {
   for (int s = 0; s < sessions; ++s) {
     pb::CreateSessionRequest req;
     req.set_session_id(prefix + std::to_string(s));
     pb::Session out;
     grpc::ClientContext ctx;
     grpc::Status st = stub->CreateSession(&ctx, req, &out);
-    if (!st.ok()) return Fail("CreateSession: " + st.error_message());
+    if (!st.ok()) return st;
   }
-  const ServerSample idle = Sample(pid);
+  return grpc::Status::OK;
+}
 
-  std::atomic<int> done{0};
-  std::vector<std::unique_ptr<Call>> calls;
-  calls.reserve(streams);
-  const Clock::time_point open_start = Clock::now();
+// Opens `streams` Generate calls, round-robin over the sessions, into `calls`.
+void OpenCalls(pb::Titans::Stub* stub, const std::string& prefix, int streams, int sessions,
+               std::atomic<int>* done, std::vector<std::unique_ptr<Call>>* calls) {
   for (int i = 0; i < streams; ++i) {
     pb::GenerateRequest req;
     req.set_session_id(prefix + std::to_string(i % sessions));
     req.set_prompt_text("Once upon a time");
     req.set_max_tokens(absl::GetFlag(FLAGS_max_tokens));
     req.set_stop_at_eos(false);
-    calls.push_back(std::make_unique<Call>(stub.get(), req, &done));
+    calls->push_back(std::make_unique<Call>(stub, req, done));
   }
+}
+
+// Polls the sessions until the server holds all `streams` calls; returns how many it held.
+int64_t WaitUntilHeld(pb::Titans::Stub* stub, const std::string& prefix, int streams, int sessions,
+                      const std::atomic<int>& done) {
   // Until the server holds every call: its sessions' queues add up to them.
   int64_t held = 0;
   for (int tries = 0; tries < 6000 && held < streams; ++tries) {
@@ -193,28 +185,38 @@ int main(int argc, char** argv) {
     held += done.load();  // finished ones were held too
     if (held < streams) std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  const double open_seconds = std::chrono::duration<double>(Clock::now() - open_start).count();
-  const ServerSample open = Sample(pid);
-  std::this_thread::sleep_for(std::chrono::duration<double>(absl::GetFlag(FLAGS_hold_seconds)));
-  const ServerSample held_sample = Sample(pid);
+  return held;
+}
+
+// Cancels every call and waits for all to end; false if some have not after ~2 minutes.
+bool CancelAll(const std::vector<std::unique_ptr<Call>>& calls, const std::atomic<int>& done,
+               int streams) {
   for (auto& c : calls) c->Cancel();
   for (int tries = 0; tries < 12000 && done.load() < streams; ++tries) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  if (done.load() < streams) return Fail("calls did not finish after the cancel");
+  return done.load() >= streams;
+}
 
-  int64_t tokens = 0, errors = 0, generating = 0;
-  std::vector<double> gaps;
-  std::string first_error;
+// Sums up the ended calls.
+CallTotals Total(const std::vector<std::unique_ptr<Call>>& calls) {
+  CallTotals t;
   for (auto& c : calls) {
-    tokens += c->tokens();
-    generating += c->tokens() > 0;
-    gaps.insert(gaps.end(), c->gaps().begin(), c->gaps().end());
+    t.tokens += c->tokens();
+    t.generating += c->tokens() > 0;
+    t.gaps.insert(t.gaps.end(), c->gaps().begin(), c->gaps().end());
     const auto code = c->status().error_code();
     if (code != grpc::StatusCode::CANCELLED && code != grpc::StatusCode::OK) {
-      if (errors++ == 0) first_error = c->status().error_message();
+      if (t.errors++ == 0) t.first_error = c->status().error_message();
     }
   }
+  return t;
+}
+
+// Prints the server's cost idle, with every call open and after the hold, and the totals `t`.
+void PrintReport(int streams, int sessions, double open_seconds, int64_t held,
+                 const ServerSample& idle, const ServerSample& open,
+                 const ServerSample& held_sample, const CallTotals& t) {
   std::printf("streams %d over %d sessions: all held by the server after %.2f s (%lld counted)\n",
               streams, sessions, open_seconds, static_cast<long long>(held));
   std::printf("server threads: %d idle, %d with every call open, %d after %.0f s\n", idle.threads,
@@ -223,11 +225,60 @@ int main(int argc, char** argv) {
               idle.rss_mib, open.rss_mib, held_sample.rss_mib,
               (held_sample.rss_mib - idle.rss_mib) * 1024 / streams);
   std::printf("tokens received: %lld by %lld generating calls; ITL p50 %.1f ms, p99 %.1f ms\n",
-              static_cast<long long>(tokens), static_cast<long long>(generating),
-              Percentile(gaps, 0.5) * 1e3, Percentile(gaps, 0.99) * 1e3);
-  std::printf("errors: %lld%s\n", static_cast<long long>(errors),
-              errors ? (" (first: " + first_error + ")").c_str() : "");
+              static_cast<long long>(t.tokens), static_cast<long long>(t.generating),
+              Percentile(t.gaps, 0.5) * 1e3, Percentile(t.gaps, 0.99) * 1e3);
+  std::printf("errors: %lld%s\n", static_cast<long long>(t.errors),
+              t.errors ? (" (first: " + t.first_error + ")").c_str() : "");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("Opens many Generate calls on one server at once (see the file).");
+  absl::ParseCommandLine(argc, argv);
+  const int streams = absl::GetFlag(FLAGS_streams);
+  const int sessions = absl::GetFlag(FLAGS_sessions);
+  if (streams < 1 || sessions < 1 || sessions > streams) {
+    return Fail("--streams and --sessions must be positive, sessions <= streams");
+  }
+  const int per_session = (streams + sessions - 1) / sessions;
+  std::string address = absl::GetFlag(FLAGS_address);
+  std::unique_ptr<titans::bench::ServerProcess> server;
+  if (address.empty()) {
+    auto started = titans::bench::ServerProcess::Start(absl::GetFlag(FLAGS_server),
+                                                       ServerFlags(sessions, per_session),
+                                                       "/tmp/titans-bench-streams-server.log", 60);
+    if (!started.ok()) return Fail(std::string(started.status().message()));
+    server = std::make_unique<titans::bench::ServerProcess>(std::move(*started));
+    address = server->address();
+  }
+  const pid_t pid = server ? server->pid() : -1;
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(-1);
+  auto stub = pb::Titans::NewStub(
+      grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+
+  const std::string prefix = absl::StrCat("streams", ::getpid(), "-");
+  if (grpc::Status st = CreateSessions(stub.get(), prefix, sessions); !st.ok()) {
+    return Fail("CreateSession: " + st.error_message());
+  }
+  const ServerSample idle = Sample(pid);
+
+  std::atomic<int> done{0};
+  std::vector<std::unique_ptr<Call>> calls;
+  calls.reserve(streams);
+  const Clock::time_point open_start = Clock::now();
+  OpenCalls(stub.get(), prefix, streams, sessions, &done, &calls);
+  const int64_t held = WaitUntilHeld(stub.get(), prefix, streams, sessions, done);
+  const double open_seconds = std::chrono::duration<double>(Clock::now() - open_start).count();
+  const ServerSample open = Sample(pid);
+  std::this_thread::sleep_for(std::chrono::duration<double>(absl::GetFlag(FLAGS_hold_seconds)));
+  const ServerSample held_sample = Sample(pid);
+  if (!CancelAll(calls, done, streams)) return Fail("calls did not finish after the cancel");
+
+  const CallTotals totals = Total(calls);
+  PrintReport(streams, sessions, open_seconds, held, idle, open, held_sample, totals);
   calls.clear();
   if (server) server->Stop();
-  return errors == 0 && held >= streams ? 0 : 1;
+  return totals.errors == 0 && held >= streams ? 0 : 1;
 }

@@ -344,6 +344,70 @@ double OpsPerStep(titans::ModelRunner& runner, const titans::StepPlan& plan, int
   return ok ? static_cast<double>(ops.load()) / steps : -1;
 }
 
+// Adds `n` new slots of `runner`: each with its prompt to `prompt`, sampling to `decode`.
+void AddSlots(titans::ModelRunner& runner, int n, const titans::SamplingParams* sampling,
+              titans::StepPlan* prompt, titans::StepPlan* decode) {
+  for (int i = 0; i < n; ++i) {
+    const titans::SlotId slot = *runner.NewSlot();
+    titans::SlotWork w;
+    w.slot = slot;
+    for (int t = 0; t < absl::GetFlag(FLAGS_prompt_tokens); ++t)
+      w.tokens.push_back(97 + (t * 7 + i) % 26);
+    prompt->work.push_back(w);
+    titans::SlotWork d;
+    d.slot = slot;
+    d.action = titans::SlotAction::kSample;
+    d.sampling = sampling;
+    decode->work.push_back(d);
+  }
+}
+
+// Measures and prints the row for `n` sessions; `*first`: the first row's tokens/s (0: none yet).
+int SessionsRow(const titans::TitansModel& model, const std::vector<at::Tensor>& dense, int n,
+                int steps, const titans::SamplingParams* sampling, double* first) {
+  auto runner = titans::ModelRunner::Create(model, n);
+  if (!runner.ok()) return Fail(runner.status().ToString());
+  titans::StepPlan prompt, decode;
+  AddSlots(**runner, n, sampling, &prompt, &decode);
+  if (auto r = (*runner)->Step(prompt); !r.ok()) return Fail(r.status().ToString());
+  if (auto r = (*runner)->Step(decode); !r.ok()) return Fail(r.status().ToString());  // warm
+  double kernel = 0;
+  const int64_t allocs_before = allocations.load();
+  const auto start = std::chrono::steady_clock::now();
+  for (int s = 0; s < steps; ++s) {
+    auto r = (*runner)->Step(decode);
+    if (!r.ok()) return Fail(r.status().ToString());
+    for (const titans::SlotOutcome& o : r->slots) {
+      if (!o.status.ok()) return Fail(o.status.ToString());
+    }
+    kernel += r->kernel_seconds;
+  }
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double allocs = static_cast<double>(allocations.load() - allocs_before) / steps;
+  const double tokens_per_second = static_cast<double>(n) * steps / seconds;
+  if (*first == 0) *first = tokens_per_second;
+  // The bound: the kernel's time in these steps plus the dense layers at the same rows.
+  const double bound = kernel / steps + DenseSeconds(dense, n, steps);
+  const double per_token = seconds / steps / n;
+  std::vector<std::pair<std::string, double>> op_names;
+  const bool list_ops = absl::GetFlag(FLAGS_op_names);
+  const double ops = OpsPerStep(**runner, decode, 2, list_ops ? &op_names : nullptr);
+  if (ops < 0) return Fail("a step failed while counting operators");
+  if (list_ops) {
+    for (const auto& [name, count] : op_names) std::printf("    %9.1f %s\n", count, name.c_str());
+  }
+  if (const int top = absl::GetFlag(FLAGS_alloc_sites); top > 0) {
+    if (!PrintAllocationSites(**runner, decode, steps, top)) {
+      return Fail("a step failed while recording allocation sites");
+    }
+  }
+  std::printf("%8d %12.0f %7.2fx %10.3f %14.1f %7.1f%% %10.1f %7.2fx %12.0f %9.0f\n", n,
+              tokens_per_second, tokens_per_second / *first, 1e3 * seconds / steps, 1e6 * per_token,
+              100 * kernel / seconds, 1e6 * bound / n, per_token / (bound / n), allocs, ops);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -376,59 +440,7 @@ int main(int argc, char** argv) {
   titans::SamplingParams greedy;
   greedy.temperature = 0;
   for (int n : counts) {
-    auto runner = titans::ModelRunner::Create(**model, n);
-    if (!runner.ok()) return Fail(runner.status().ToString());
-    titans::StepPlan prompt, decode;
-    for (int i = 0; i < n; ++i) {
-      const titans::SlotId slot = *(*runner)->NewSlot();
-      titans::SlotWork w;
-      w.slot = slot;
-      for (int t = 0; t < absl::GetFlag(FLAGS_prompt_tokens); ++t)
-        w.tokens.push_back(97 + (t * 7 + i) % 26);
-      prompt.work.push_back(w);
-      titans::SlotWork d;
-      d.slot = slot;
-      d.action = titans::SlotAction::kSample;
-      d.sampling = &greedy;
-      decode.work.push_back(d);
-    }
-    if (auto r = (*runner)->Step(prompt); !r.ok()) return Fail(r.status().ToString());
-    if (auto r = (*runner)->Step(decode); !r.ok()) return Fail(r.status().ToString());  // warm
-    double kernel = 0;
-    const int64_t allocs_before = allocations.load();
-    const auto start = std::chrono::steady_clock::now();
-    for (int s = 0; s < steps; ++s) {
-      auto r = (*runner)->Step(decode);
-      if (!r.ok()) return Fail(r.status().ToString());
-      for (const titans::SlotOutcome& o : r->slots) {
-        if (!o.status.ok()) return Fail(o.status.ToString());
-      }
-      kernel += r->kernel_seconds;
-    }
-    const double seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    const double allocs = static_cast<double>(allocations.load() - allocs_before) / steps;
-    const double tokens_per_second = static_cast<double>(n) * steps / seconds;
-    if (first == 0) first = tokens_per_second;
-    // The bound: the kernel's time in these steps plus the dense layers at the same rows.
-    const double bound = kernel / steps + DenseSeconds(dense, n, steps);
-    const double per_token = seconds / steps / n;
-    std::vector<std::pair<std::string, double>> op_names;
-    const bool list_ops = absl::GetFlag(FLAGS_op_names);
-    const double ops = OpsPerStep(**runner, decode, 2, list_ops ? &op_names : nullptr);
-    if (ops < 0) return Fail("a step failed while counting operators");
-    if (list_ops) {
-      for (const auto& [name, count] : op_names) std::printf("    %9.1f %s\n", count, name.c_str());
-    }
-    if (const int top = absl::GetFlag(FLAGS_alloc_sites); top > 0) {
-      if (!PrintAllocationSites(**runner, decode, steps, top)) {
-        return Fail("a step failed while recording allocation sites");
-      }
-    }
-    std::printf("%8d %12.0f %7.2fx %10.3f %14.1f %7.1f%% %10.1f %7.2fx %12.0f %9.0f\n", n,
-                tokens_per_second, tokens_per_second / first, 1e3 * seconds / steps,
-                1e6 * per_token, 100 * kernel / seconds, 1e6 * bound / n, per_token / (bound / n),
-                allocs, ops);
+    if (int rc = SessionsRow(**model, dense, n, steps, &greedy, &first); rc != 0) return rc;
   }
   return 0;
 }
