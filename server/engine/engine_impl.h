@@ -21,11 +21,7 @@
 
 #include <atomic>
 #include <chrono>
-#include <deque>
-#include <random>
-#include <set>
 #include <thread>
-#include <unordered_map>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"

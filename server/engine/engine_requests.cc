@@ -1,3 +1,5 @@
+#include <random>
+
 #include "server/engine/engine_impl.h"
 
 namespace titans::engine {
