@@ -246,7 +246,7 @@ void Drain(int sig, titans::engine::Engine* engine, grpc::Server* server,
 }  // namespace
 
 int main(int argc, char** argv) {
-  titans::ShowOwnFlagsInHelp();
+  titans::ShowOwnFlagsInHelp("titans-server");
   absl::SetProgramUsageMessage(
       "Serves a Titans model with server-side session memory over gRPC.\n"
       "  titans-server --port 50051 --model_dir models/default --state_dir /var/lib/titans");

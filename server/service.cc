@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "model/file_util.h"
+#include "model/version.h"
 #include "proto/request_traits.h"
 #include "server/blocking_pool.h"
 #include "server/proto_convert.h"
@@ -306,6 +307,7 @@ class TitansService final : public pb::Titans::CallbackService {
     m->set_fingerprint(i.fingerprint);
     m->set_description(i.description);
     m->set_config_json(i.config_json);
+    m->set_server_version(ProjectVersion());
   }
 
   Engine* engine_;

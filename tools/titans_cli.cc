@@ -288,7 +288,7 @@ int Models(Client& c) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  titans::ShowOwnFlagsInHelp();
+  titans::ShowOwnFlagsInHelp("titans-cli");
   absl::SetProgramUsageMessage(
       "titans-cli [--server host:port] [--token T] <command> [args]\n"
       "  create [--id ID] [--ttl S] [--label k=v,..]   append ID [FILE|-] | append ID --text T\n"

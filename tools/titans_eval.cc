@@ -318,7 +318,7 @@ absl::Status RunEvaluation() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  titans::ShowOwnFlagsInHelp();
+  titans::ShowOwnFlagsInHelp("titans-eval");
   absl::SetProgramUsageMessage("Measures bits per byte and passkey retrieval of Titans models.");
   absl::ParseCommandLine(argc, argv);
   if (absl::Status st = RunEvaluation(); !st.ok()) {

@@ -27,7 +27,7 @@ ABSL_FLAG(uint64_t, seed, 0, "sampling seed");
 ABSL_FLAG(std::vector<std::string>, stop, {}, "comma-separated stop strings");
 
 int main(int argc, char** argv) {
-  titans::ShowOwnFlagsInHelp();
+  titans::ShowOwnFlagsInHelp("titans-generate");
   absl::SetProgramUsageMessage("Generates text from a Titans model directory.");
   absl::ParseCommandLine(argc, argv);
   titans::LoadOptions options;

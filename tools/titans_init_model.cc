@@ -20,7 +20,7 @@ ABSL_FLAG(std::string, variant, "",
 ABSL_FLAG(uint64_t, seed, 20261129, "initialisation seed");
 
 int main(int argc, char** argv) {
-  titans::ShowOwnFlagsInHelp();
+  titans::ShowOwnFlagsInHelp("titans-init-model");
   absl::SetProgramUsageMessage("Writes a randomly initialised Titans model directory.");
   absl::ParseCommandLine(argc, argv);
   const std::string out = absl::GetFlag(FLAGS_out);

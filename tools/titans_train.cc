@@ -134,7 +134,7 @@ void PrintProgress(const titans::TrainProgress& p) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  titans::ShowOwnFlagsInHelp();
+  titans::ShowOwnFlagsInHelp("titans-train");
   absl::SetProgramUsageMessage("Trains a Titans model on text and synthetic passkey tasks.");
   absl::ParseCommandLine(argc, argv);
   auto fail = [](const std::string& message) {

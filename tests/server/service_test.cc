@@ -6,6 +6,7 @@
 #include <fstream>
 #include <thread>
 
+#include "model/version.h"
 #include "server/log.h"
 #include "tests/server/server_fixture.h"
 
@@ -275,6 +276,11 @@ TEST_F(ServerTest, UnknownModel) {
   ASSERT_TRUE(stub_->GetModel(Ctx().get(), get, &info).ok());
   EXPECT_EQ(info.variant(), "mag");
   EXPECT_EQ(info.initialization(), "random");
+  EXPECT_EQ(info.server_version(), ProjectVersion());  // VERSION, compiled in
+  pb::ListModelsResponse models;
+  ASSERT_TRUE(stub_->ListModels(Ctx().get(), pb::ListModelsRequest(), &models).ok());
+  ASSERT_EQ(models.models_size(), 1);
+  EXPECT_EQ(models.models(0).server_version(), ProjectVersion());
 }
 
 // Operations on one session from many threads run one at a time, in arrival order: nothing is

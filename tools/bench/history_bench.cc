@@ -172,7 +172,7 @@ bool MeasureFullAttention(const titans::TitansModel& m, const titans::ModelConfi
 }  // namespace
 
 int main(int argc, char** argv) {
-  titans::ShowOwnFlagsInHelp();
+  titans::ShowOwnFlagsInHelp("titans-bench-history");
   absl::SetProgramUsageMessage("Per-token cost against session history: Titans vs full attention.");
   absl::ParseCommandLine(argc, argv);
   if (absl::GetFlag(FLAGS_batch_invariant)) titans::UseBatchInvariantCpuKernels();

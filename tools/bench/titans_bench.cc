@@ -297,7 +297,7 @@ int RunLong(Server& server) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  titans::ShowOwnFlagsInHelp();
+  titans::ShowOwnFlagsInHelp("titans-bench");
   absl::SetProgramUsageMessage("Load generator and benchmarks for titans-server.");
   absl::ParseCommandLine(argc, argv);
   if (absl::GetFlag(FLAGS_batch_invariant)) titans::UseBatchInvariantCpuKernels();
