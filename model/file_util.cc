@@ -41,6 +41,18 @@ class FdCloser {
   int fd_;
 };
 
+absl::Status WriteAndSync(const std::string& tmp, std::string_view data) {
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoStatus(errno, "cannot create", tmp);
+  FdCloser closer(fd);
+  if (absl::Status s = WriteAll(fd, data, tmp); !s.ok()) return s;
+  if (::fsync(fd) != 0) return ErrnoStatus(errno, "cannot fsync", tmp);
+  if (const int err = closer.Close(); err != 0) return ErrnoStatus(err, "cannot close", tmp);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 std::string DirName(const std::string& path) {
   const size_t slash = path.find_last_of('/');
   if (slash == std::string::npos) return ".";
@@ -59,18 +71,6 @@ absl::Status WriteAll(int fd, std::string_view data, const std::string& path) {
   }
   return absl::OkStatus();
 }
-
-absl::Status WriteAndSync(const std::string& tmp, std::string_view data) {
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return ErrnoStatus(errno, "cannot create", tmp);
-  FdCloser closer(fd);
-  if (absl::Status s = WriteAll(fd, data, tmp); !s.ok()) return s;
-  if (::fsync(fd) != 0) return ErrnoStatus(errno, "cannot fsync", tmp);
-  if (const int err = closer.Close(); err != 0) return ErrnoStatus(err, "cannot close", tmp);
-  return absl::OkStatus();
-}
-
-}  // namespace
 
 absl::Status ErrnoStatus(int err, const std::string& what, const std::string& path) {
   const std::string msg = absl::StrCat(what, " '", path, "': ", StrError(err));

@@ -31,6 +31,13 @@ absl::StatusOr<std::string> ReadFileToString(const std::string& path);
 // file gets mode 0644 minus the umask.
 absl::Status WriteFileAtomic(const std::string& path, std::string_view data);
 
+// The directory part of `path` ("." when it has none, "/" for a file in the root).
+std::string DirName(const std::string& path);
+
+// Writes all of `data` to `fd` (retrying short and interrupted writes); on error a prefix may have
+// been written. `path` names the file in the error.
+absl::Status WriteAll(int fd, std::string_view data, const std::string& path);
+
 // The status for a failed system call on `path`, mapped and worded as described above:
 // "<what> '<path>': <strerror>".
 absl::Status ErrnoStatus(int err, const std::string& what, const std::string& path);

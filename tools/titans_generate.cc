@@ -11,9 +11,9 @@
 #include "absl/flags/usage.h"
 #include "model/file_util.h"
 #include "model/generator.h"
+#include "model/program_flags.h"
 #include "model/session_state.h"
 #include "model/titans_model.h"
-#include "model/program_flags.h"
 
 ABSL_FLAG(std::string, model_dir, TITANS_DEFAULT_MODEL_DIR, "model directory");
 ABSL_FLAG(std::string, device, "cpu", "cpu or cuda[:N]");

@@ -10,8 +10,8 @@
 #include "model/config.h"
 #include "model/file_util.h"
 #include "model/params.h"
-#include "model/titans_model.h"
 #include "model/program_flags.h"
+#include "model/titans_model.h"
 
 ABSL_FLAG(std::string, out, "", "output model directory (required)");
 ABSL_FLAG(std::string, config, "", "config.json to start from (default: built-in defaults)");

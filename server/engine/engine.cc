@@ -81,7 +81,7 @@ void Engine::Impl::Shutdown(int64_t deadline_ms) {
   }
   if (files_) {
     for (Session* s : resident) {
-      absl::Status st = PersistWithoutLock(s);
+      absl::Status st = Persist(s);
       if (!st.ok()) {
         server::Log(server::LogLevel::kError, "session_persist_failed",
                     {{"session", s->record.id}, {"error", st.ToString()}});

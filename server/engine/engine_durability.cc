@@ -75,18 +75,11 @@ void Engine::Impl::CheckpointIfDue() {
     });
   }
   bool all_written = true;
-  for (Session* s : due) all_written = PersistWithoutLock(s).ok() && all_written;
+  for (Session* s : due) all_written = Persist(s).ok() && all_written;
   if (drop_log && all_quiescent && all_written) (void)wal_->DropOldSegments();
 }
 
-absl::Status Engine::Impl::Persist(Session* s, bool create) {
-  SessionRecord record = s->record;
-  const absl::Status st = WriteCheckpoint(s, &record, create);
-  CommitCheckpoint(s, record, st);
-  return st;
-}
-
-absl::Status Engine::Impl::PersistWithoutLock(Session* s) {
+absl::Status Engine::Impl::Persist(Session* s) {
   SessionRecord record;
   {
     MutexLock lock(table_.mu());

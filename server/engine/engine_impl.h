@@ -236,12 +236,11 @@ class Engine::Impl {
   // changes states).
   void CheckpointIfDue() ABSL_LOCKS_EXCLUDED(table_.mu());
 
-  // Checkpoints the session (with `create`: stores a new session). In a shared store an ABORTED
-  // result means another replica acquired the session: this replica's copy must be dropped.
-  absl::Status Persist(Session* s, bool create = false) ABSL_EXCLUSIVE_LOCKS_REQUIRED(table_.mu());
-  // Persist from the engine thread without the engine lock (loading, recovery): the writes happen
-  // unlocked, and what readers see of the session changes under the engine lock afterwards.
-  absl::Status PersistWithoutLock(Session* s) ABSL_LOCKS_EXCLUDED(table_.mu());
+  // Checkpoints the session from the engine thread (or at shutdown, the thread stopped): the writes
+  // happen without the engine lock, what readers see of the session changes under it afterwards.
+  // In a shared store an ABORTED result means another replica acquired the session: this
+  // replica's copy must be dropped (the session is marked moved).
+  absl::Status Persist(Session* s) ABSL_LOCKS_EXCLUDED(table_.mu());
   // Persist's I/O: the state, and the rewind points and tokens, stored under `*record` (the
   // session's record, whose position and state size it sets). Changes nothing other threads read.
   absl::Status WriteCheckpoint(Session* s, SessionRecord* record, bool create);

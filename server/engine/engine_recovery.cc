@@ -60,7 +60,7 @@ absl::Status Engine::Impl::Recover() {
     if (replay.applied > 0) {
       ++touched;
       PublishReplayed(s, 0);  // counted below
-      TITANS_RETURN_IF_ERROR(PersistWithoutLock(s));
+      TITANS_RETURN_IF_ERROR(Persist(s));
     }
   }
   TITANS_ASSIGN_OR_RETURN(wal_, Wal::Open(dir, env_));
@@ -156,7 +156,7 @@ absl::Status Engine::Impl::Restore(Session* s, int64_t* bytes, bool* complete) {
     }
     if (replayed > 0) {
       PublishReplayed(s, replayed);
-      TITANS_RETURN_IF_ERROR(PersistWithoutLock(s));  // the checkpoint clears the log
+      TITANS_RETURN_IF_ERROR(Persist(s));  // the checkpoint clears the log
     }
   }
   return absl::OkStatus();

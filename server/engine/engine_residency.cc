@@ -47,7 +47,7 @@ void Engine::Impl::SpillIfNeeded() {
     }
   }
   for (Session* s : victims) {
-    if (!PersistWithoutLock(s).ok()) continue;
+    if (!Persist(s).ok()) continue;
     MutexLock lock(table_.mu());
     if (!s->ops.empty()) continue;  // wanted again meanwhile: stays (its checkpoint is current)
     runner_->Free(*s->slot);

@@ -24,17 +24,7 @@ class PosixWritableFile : public WritableFile {
   PosixWritableFile(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
   ~PosixWritableFile() override { ::close(fd_); }
 
-  absl::Status Append(std::string_view data) override {
-    while (!data.empty()) {
-      const ssize_t n = ::write(fd_, data.data(), data.size());
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        return ErrnoStatus(errno, "cannot write", path_);
-      }
-      data.remove_prefix(static_cast<size_t>(n));
-    }
-    return absl::OkStatus();
-  }
+  absl::Status Append(std::string_view data) override { return WriteAll(fd_, data, path_); }
 
   absl::Status Sync() override {
     if (::fdatasync(fd_) != 0) return ErrnoStatus(errno, "cannot fdatasync", path_);
@@ -123,13 +113,6 @@ class PosixEnv : public Env {
         .count();
   }
 };
-
-std::string DirName(const std::string& path) {
-  const size_t slash = path.find_last_of('/');
-  if (slash == std::string::npos) return ".";
-  if (slash == 0) return "/";
-  return path.substr(0, slash);
-}
 
 }  // namespace
 

@@ -39,13 +39,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "model/determinism.h"
+#include "model/program_flags.h"
 #include "model/threading.h"
 #include "model/trainer.h"
 #include "server/engine/engine.h"
 #include "tools/bench/load_target.h"
 #include "tools/bench/server_process.h"
 #include "tools/bench/workload.h"
-#include "model/program_flags.h"
 
 ABSL_FLAG(std::string, address, "", "a running server (host:port); default: start --server");
 ABSL_FLAG(std::string, server, TITANS_SERVER_BINARY, "titans-server binary to start");

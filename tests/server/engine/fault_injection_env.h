@@ -178,16 +178,19 @@ class FaultInjectionEnv : public engine::Env {
     std::optional<Crash> crash;
     {
       MutexLock lock(&mu_);
-      if (!crash_ || !(filter_.empty() || absl::StrContains(path, filter_))) return false;
+      if (!crash_ || !MatchesLocked(path)) return false;
       crash.swap(crash_);
     }
     CrashImage(crash->from, crash->to, crash->torn_bytes);
     return true;
   }
 
+  bool MatchesLocked(const std::string& path) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return filter_.empty() || absl::StrContains(path, filter_);
+  }
   bool Applies(const std::string& path) {
     MutexLock lock(&mu_);
-    return filter_.empty() || absl::StrContains(path, filter_);
+    return MatchesLocked(path);
   }
   absl::Status Injected(const char* what, const std::string& path) {
     ++failed_calls_;
@@ -196,7 +199,7 @@ class FaultInjectionEnv : public engine::Env {
   // How many of `n` bytes fit on the disk (and uses them up).
   int64_t Reserve(const std::string& path, int64_t n) {
     MutexLock lock(&mu_);
-    if (!free_bytes_ || !(filter_.empty() || absl::StrContains(path, filter_))) return n;
+    if (!free_bytes_ || !MatchesLocked(path)) return n;
     const int64_t allowed = std::min(n, *free_bytes_);
     *free_bytes_ -= allowed;
     return allowed;
