@@ -2,7 +2,8 @@
 """The project's one version string (VERSION) is what every place that states a version says.
 
 Usage: version_test.py SOURCE_DIR TITANS_SERVER TITANS_CLI
-Checks `--version` of the programs, the Helm chart's appVersion and default image tag, and that
+Checks `--version` of the programs, the Helm chart's appVersion and default image tag, the Python
+package's version and licence, and that
 the repository carries its Apache-2.0 LICENSE.
 """
 import pathlib
@@ -29,6 +30,17 @@ def main():
     tag = re.search(r'^\s+tag:\s*"?([^"\n]+)"?\s*$', values, re.M)
     if not tag or tag.group(1) != version:
         failures.append(f"helm/titans/values.yaml image.tag is {tag.group(1) if tag else None!r}")
+    pyproject = (source / "python/pyproject.toml").read_text()
+    declared = re.search(r'^version\s*=\s*"([^"]+)"', pyproject, re.M)
+    if not declared or declared.group(1) != version:
+        failures.append(f"python/pyproject.toml version is "
+                        f"{declared.group(1) if declared else None!r}")
+    if 'license = {text = "Apache-2.0"}' not in pyproject:
+        failures.append("python/pyproject.toml does not declare the Apache-2.0 licence")
+    module = (source / "python/titans/_version.py").read_text()
+    stated = re.search(r'^__version__\s*=\s*"([^"]+)"', module, re.M)
+    if not stated or stated.group(1) != version:
+        failures.append(f"python/titans/_version.py says {stated.group(1) if stated else None!r}")
     license_text = (source / "LICENSE").read_text()
     if "Apache License" not in license_text or "Version 2.0" not in license_text:
         failures.append("LICENSE is not the Apache License 2.0")
@@ -36,7 +48,7 @@ def main():
         print("FAIL:", f)
     if failures:
         sys.exit(1)
-    print(f"version {version}: programs, chart and licence agree")
+    print(f"version {version}: programs, chart, Python package and licence agree")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Generated gRPC stubs of titans.v1 (scripts/generate-python-stubs.sh; do not edit)."""

@@ -1,0 +1,104 @@
+"""Fixtures for the titans client tests: a real titans-server started once for the module, with
+bearer tokens required, and a scripted in-process fake server for what a real one cannot be made
+to do on demand (fail with UNAVAILABLE, show the metadata and deadline a call arrived with).
+
+Environment (set by CTest): TITANS_SERVER (the titans-server binary), TITANS_MODEL_DIR.
+"""
+import os
+import socket
+import subprocess
+import tempfile
+import threading
+from concurrent import futures
+
+import grpc
+import pytest
+
+from titans.v1 import titans_pb2 as pb
+from titans.v1 import titans_pb2_grpc as rpc
+
+TOKEN = "token-of-alice"
+OTHER_TOKEN = "token-of-bob"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server_address():
+    binary, model = os.environ["TITANS_SERVER"], os.environ["TITANS_MODEL_DIR"]
+    work = tempfile.mkdtemp(prefix="titans_pyclient_")
+    tokens = os.path.join(work, "tokens")
+    with open(tokens, "w") as f:
+        f.write(f"{TOKEN} alice\n{OTHER_TOKEN} bob\n")
+    port = free_port()
+    log = open(os.path.join(work, "server.log"), "w")
+    proc = subprocess.Popen(
+        [binary, f"--port={port}", "--host=127.0.0.1", f"--model_dir={model}",
+         f"--state_dir={work}/state", f"--snapshot_dir={work}/snapshots",
+         f"--auth_tokens_file={tokens}", "--metrics_port=-1", "--shutdown_grace_seconds=5"],
+        stdout=log, stderr=subprocess.STDOUT)
+    address = f"127.0.0.1:{port}"
+    channel = grpc.insecure_channel(address)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=60)
+    except grpc.FutureTimeoutError:
+        proc.kill()
+        raise RuntimeError(open(os.path.join(work, "server.log")).read())
+    channel.close()
+    yield address
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+class ScriptedServicer(rpc.TitansServicer):
+    """Answers GetSession, GetModel, Append and CloseSession; each call first takes the next
+    status from `failures[method]` (if any) and fails with it. Records every call's method,
+    metadata and time remaining before its deadline."""
+
+    def __init__(self):
+        self.failures = {}
+        self.calls = []
+        self.lock = threading.Lock()
+
+    def _enter(self, method, context):
+        with self.lock:
+            self.calls.append((method, dict(context.invocation_metadata()),
+                               context.time_remaining()))
+            queue = self.failures.get(method, [])
+            code = queue.pop(0) if queue else None
+        if code is not None:
+            context.abort(code, f"scripted {code.name}")
+
+    def GetSession(self, request, context):
+        self._enter("GetSession", context)
+        return pb.Session(session_id=request.session_id, position=7)
+
+    def GetModel(self, request, context):
+        self._enter("GetModel", context)
+        return pb.ModelInfo(name="fake")
+
+    def Append(self, request, context):
+        self._enter("Append", context)
+        return pb.AppendResponse(tokens_consumed=len(request.text), position=len(request.text))
+
+    def CloseSession(self, request, context):
+        self._enter("CloseSession", context)
+        return pb.CloseSessionResponse()
+
+
+@pytest.fixture
+def scripted():
+    servicer = ScriptedServicer()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    rpc.add_TitansServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}", servicer
+    server.stop(grace=None)
