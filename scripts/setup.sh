@@ -13,7 +13,7 @@ PACKAGES=(
   libhiredis-dev libmicrohttpd-dev redis-server haproxy
   golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v3-dev python3-yaml
   bible-kjv bible-kjv-text fortunes jargon-text gnuplot-nox xz-utils
-  python3 python3-numpy python3-grpcio python3-protobuf python3-pytest python3-venv openssl
+  python3 python3-numpy python3-grpcio python3-protobuf python3-pytest python3-venv python3-torch openssl
 )
 
 missing=()

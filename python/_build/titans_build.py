@@ -4,7 +4,7 @@ Why our own backend and not setuptools: `pip install ./python` runs the build in
 environment and first installs the backend named in pyproject.toml into it from the package
 index. The machines this project targets are often offline (Debian's packages only), so
 setuptools cannot be fetched there and the install fails. A backend with no requirements builds
-anywhere. The package is pure Python with committed stubs, so a wheel is just its files, their
+anywhere. The packages (titans, titans_torch) are pure Python with committed stubs, so a wheel is just its files, their
 metadata (from pyproject.toml's [project] table) and a RECORD; sdists and editable installs are
 supported too.
 """
@@ -18,7 +18,7 @@ import tarfile
 import zipfile
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent  # python/
-PACKAGE = "titans"
+PACKAGES = ("titans", "titans_torch")
 
 
 def _project():
@@ -87,9 +87,10 @@ def _license_file():
 
 
 def _package_files():
-    for path in sorted((ROOT / PACKAGE).rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
-            yield path.relative_to(ROOT).as_posix(), path.read_bytes()
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+                yield path.relative_to(ROOT).as_posix(), path.read_bytes()
 
 
 def _dist_info_files(project):
@@ -152,7 +153,7 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
 
 def build_editable(wheel_directory, config_settings=None, metadata_directory=None):
     # A .pth file puts python/ on sys.path: edits to the sources take effect without reinstalling.
-    return _write_wheel(wheel_directory, [(f"_{PACKAGE}_editable.pth", f"{ROOT}\n".encode())])
+    return _write_wheel(wheel_directory, [("_titans_editable.pth", f"{ROOT}\n".encode())])
 
 
 def build_sdist(sdist_directory, config_settings=None):

@@ -4,7 +4,9 @@ to do on demand (fail with UNAVAILABLE, show the metadata and deadline a call ar
 
 Environment (set by CTest): TITANS_SERVER (the titans-server binary), TITANS_MODEL_DIR.
 """
+import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -27,34 +29,54 @@ def free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server_address():
-    binary, model = os.environ["TITANS_SERVER"], os.environ["TITANS_MODEL_DIR"]
-    work = tempfile.mkdtemp(prefix="titans_pyclient_")
-    tokens = os.path.join(work, "tokens")
-    with open(tokens, "w") as f:
-        f.write(f"{TOKEN} alice\n{OTHER_TOKEN} bob\n")
+@contextlib.contextmanager
+def running_server(model_dir, extra=()):
+    """A titans-server on a free loopback port serving `model_dir`; yields its address."""
+    work = tempfile.mkdtemp(prefix="titans_py_")
     port = free_port()
-    log = open(os.path.join(work, "server.log"), "w")
-    proc = subprocess.Popen(
-        [binary, f"--port={port}", "--host=127.0.0.1", f"--model_dir={model}",
-         f"--state_dir={work}/state", f"--snapshot_dir={work}/snapshots",
-         f"--auth_tokens_file={tokens}", "--metrics_port=-1", "--shutdown_grace_seconds=5"],
-        stdout=log, stderr=subprocess.STDOUT)
+    log_path = os.path.join(work, "server.log")
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [os.environ["TITANS_SERVER"], f"--port={port}", "--host=127.0.0.1",
+             f"--model_dir={model_dir}", f"--state_dir={work}/state",
+             f"--snapshot_dir={work}/snapshots", "--metrics_port=-1",
+             "--shutdown_grace_seconds=5", *extra],
+            stdout=log, stderr=subprocess.STDOUT)
     address = f"127.0.0.1:{port}"
     channel = grpc.insecure_channel(address)
+    ready = grpc.channel_ready_future(channel)
     try:
-        grpc.channel_ready_future(channel).result(timeout=60)
-    except grpc.FutureTimeoutError:
-        proc.kill()
-        raise RuntimeError(open(os.path.join(work, "server.log")).read())
-    channel.close()
-    yield address
-    proc.terminate()
+        for _ in range(120):  # up to 60 s, failing at once if the server exits
+            try:
+                ready.result(timeout=0.5)
+                break
+            except grpc.FutureTimeoutError:
+                if proc.poll() is not None:
+                    raise RuntimeError(open(log_path).read()) from None
+        else:
+            proc.kill()
+            raise RuntimeError("server not ready after 60 s: " + open(log_path).read())
+    finally:
+        ready.cancel()
+        channel.close()
     try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        yield address
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def server_address(tmp_path_factory):
+    tokens = tmp_path_factory.mktemp("auth") / "tokens"
+    tokens.write_text(f"{TOKEN} alice\n{OTHER_TOKEN} bob\n")
+    with running_server(os.environ["TITANS_MODEL_DIR"],
+                        [f"--auth_tokens_file={tokens}"]) as address:
+        yield address
 
 
 class ScriptedServicer(rpc.TitansServicer):

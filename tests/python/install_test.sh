@@ -15,6 +15,8 @@ check() {  # check VENV
 import sys
 import titans, titans.aio
 from titans.v1 import titans_pb2, titans_pb2_grpc
+import titans_torch
+assert titans_torch.TitansModel
 assert titans.__version__ == sys.argv[1], (titans.__version__, sys.argv[1])
 assert titans_pb2.DESCRIPTOR.package == "titans.v1"
 from importlib import metadata
