@@ -59,8 +59,8 @@ def complete_config(raw: dict) -> dict:
         raise ValueError(f"config.json: variant {config['variant']!r}")
     if config["head_dim"] % 2:
         raise ValueError("config.json: head_dim must be even (rotary pairs)")
-    if config["tokenizer"]["type"] != "byte":
-        raise ValueError("titans_torch reads byte-tokenizer models only (tokenizer.type 'byte')")
+    if config["tokenizer"]["type"] not in ("byte", "sentencepiece"):
+        raise ValueError(f"config.json: tokenizer.type {config['tokenizer']['type']!r}")
     return config
 
 

@@ -109,8 +109,9 @@ def main(argv=None) -> int:
     if len(train) < args.seq_len + 2:
         sys.exit(f"--data: {len(train)} training bytes, fewer than --seq_len + 2")
     model = TitansModel.load(args.model_dir, device=device)
-    if model.config["vocab_size"] < 256:
-        sys.exit("the model's vocabulary is smaller than the byte tokenizer's")
+    if model.config["tokenizer"]["type"] != "byte":
+        sys.exit("titans_torch.train reads text as bytes: the model must use the byte tokenizer "
+                 "(tokenizer.type 'byte'); SentencePiece models train with titans-train")
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},

@@ -381,3 +381,41 @@ def test_example_streams_a_file_and_answers(server_address, tmp_path, monkeypatc
     assert out.stdout.startswith(" What is the pass key? The pass key is ")
     assert "tokens appended" in out.stderr and "[length;" in out.stderr
     assert "100.0%" in out.stderr or "append" in out.stderr
+
+
+def test_tls_and_mutual_tls(tmp_path):
+    """tls=True with the server's CA; mutual TLS with a client certificate; a client without
+    one is refused."""
+    import subprocess
+    from conftest import running_server
+
+    def self_signed(name):
+        key, cert = tmp_path / f"{name}.key", tmp_path / f"{name}.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj",
+                        "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                        "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+        return key, cert
+    server_key, server_cert = self_signed("server")
+    with running_server(os.environ["TITANS_MODEL_DIR"],
+                        [f"--tls_cert={server_cert}", f"--tls_key={server_key}"]) as address:
+        with titans.Client(address, tls=True, root_certificates=server_cert.read_bytes()) as c:
+            with c.create_session() as session:
+                assert session.append(TEXT).position == len(TEXT)
+        with titans.Client(address, timeout=5, retry=titans.RetryPolicy(1)) as plain:
+            with pytest.raises(titans.TitansError) as error:
+                plain.get_model()
+            assert error.value.code == grpc.StatusCode.UNAVAILABLE
+    client_key, client_cert = self_signed("client")
+    with running_server(os.environ["TITANS_MODEL_DIR"],
+                        [f"--tls_cert={server_cert}", f"--tls_key={server_key}",
+                         f"--tls_client_ca={client_cert}"]) as address:
+        with titans.Client(address, root_certificates=server_cert.read_bytes(),
+                           private_key=client_key.read_bytes(),
+                           certificate_chain=client_cert.read_bytes()) as c:
+            assert c.get_model().parameters > 0
+        with titans.Client(address, tls=True, root_certificates=server_cert.read_bytes(),
+                           timeout=5, retry=titans.RetryPolicy(1)) as anonymous:
+            with pytest.raises(titans.TitansError) as error:
+                anonymous.get_model()
+            assert error.value.code == grpc.StatusCode.UNAVAILABLE
