@@ -56,6 +56,24 @@ absl::StatusOr<ProcessStatus> ReadProcessStatus(pid_t pid) {
   return m;
 }
 
+absl::StatusOr<double> ReadCpuSeconds(pid_t pid) {
+  std::ifstream in(pid == 0 ? std::string("/proc/self/stat")
+                            : absl::StrCat("/proc/", pid, "/stat"));
+  std::string stat;
+  if (!in || !std::getline(in, stat)) return absl::NotFoundError(absl::StrCat("no process ", pid));
+  // Fields after the command name (which may hold spaces, so split after its closing ')'):
+  // state is field 3, utime 14 and stime 15, in clock ticks.
+  const size_t close = stat.rfind(')');
+  if (close == std::string::npos) return absl::InternalError("unreadable /proc stat");
+  std::vector<std::string> fields = absl::StrSplit(stat.substr(close + 2), ' ');
+  int64_t utime = 0, stime = 0;
+  if (fields.size() < 13 || !absl::SimpleAtoi(fields[11], &utime) ||
+      !absl::SimpleAtoi(fields[12], &stime)) {
+    return absl::InternalError("unreadable /proc stat");
+  }
+  return static_cast<double>(utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+}
+
 absl::StatusOr<ServerProcess> ServerProcess::Start(const std::string& binary,
                                                    const std::vector<std::string>& flags,
                                                    const std::string& log_path,

@@ -23,6 +23,10 @@ struct ProcessStatus {
 };
 absl::StatusOr<ProcessStatus> ReadProcessStatus(pid_t pid);
 
+// CPU time (user + system, all threads) process `pid` has used so far, in seconds (from
+// /proc/PID/stat; 0 for this process); NOT_FOUND if the process is gone.
+absl::StatusOr<double> ReadCpuSeconds(pid_t pid);
+
 class ServerProcess {
  public:
   // Starts `binary` with --host 127.0.0.1 --port P --metrics_port 0 plus `flags`, and waits up

@@ -162,6 +162,58 @@ void PrintRow(const WorkloadOptions& o, const std::string& target, const Workloa
   }
 }
 
+// CPU used by this process (the load generator, and the engine of the in-process baseline) and
+// by the started server over one run, from /proc: on a shared machine the gRPC run's client
+// takes cores the server could use, so its tokens per server CPU-second show the server's own
+// cost beside the wall-clock ratio.
+class CpuMeter {
+ public:
+  explicit CpuMeter(pid_t server) : server_(server) {
+    if (server_ == -1) return;
+    start_ = Now();
+    self_ = titans::bench::ReadCpuSeconds(0).value_or(0);
+    if (server_ > 0) other_ = titans::bench::ReadCpuSeconds(server_).value_or(0);
+  }
+  void Stop() {
+    if (server_ == -1) return;
+    wall_ = Now() - start_;
+    self_ = titans::bench::ReadCpuSeconds(0).value_or(0) - self_;
+    if (server_ > 0) other_ = titans::bench::ReadCpuSeconds(server_).value_or(0) - other_;
+  }
+  bool measured() const { return wall_ > 0; }
+  double self_cores() const { return self_ / wall_; }
+  double server_cores() const { return server_ > 0 ? other_ / wall_ : -1; }
+  double self_seconds() const { return self_; }
+  double server_seconds() const { return other_; }
+
+ private:
+  pid_t server_;
+  double start_ = 0, wall_ = 0, self_ = 0, other_ = 0;
+};
+
+void PrintCpu(const WorkloadReport& grpc, const CpuMeter& grpc_cpu, const WorkloadReport* base,
+              const CpuMeter& base_cpu) {
+  if (!grpc_cpu.measured()) return;
+  const double tokens = grpc.tokens_per_second() * grpc.seconds;
+  std::printf("    cpu, grpc: client %.2f cores", grpc_cpu.self_cores());
+  if (grpc_cpu.server_cores() >= 0) {
+    const double share = grpc_cpu.self_seconds() /
+                         std::max(1e-9, grpc_cpu.self_seconds() + grpc_cpu.server_seconds());
+    std::printf(" (%.0f%% of the CPU used), server %.2f cores, %.0f tokens per server CPU-second",
+                100 * share, grpc_cpu.server_cores(),
+                tokens / std::max(1e-9, grpc_cpu.server_seconds()));
+  }
+  std::printf("\n");
+  if (base != nullptr && base_cpu.measured()) {
+    const double base_tokens = base->tokens_per_second() * base->seconds;
+    std::printf(
+        "    cpu, in-process: %.2f cores (engine and load generator), %.0f tokens per "
+        "CPU-second\n",
+        base_cpu.self_cores(), base_tokens / std::max(1e-9, base_cpu.self_seconds()));
+  }
+  std::fflush(stdout);
+}
+
 // Load and concurrency sweep: gRPC, then the in-process baseline, per sessions value.
 int RunLoad(Server& server, titans::engine::Engine* engine, FILE* tsv) {
   auto grpc_target = titans::bench::MakeGrpcTarget(server.address, 600);
@@ -181,16 +233,22 @@ int RunLoad(Server& server, titans::engine::Engine* engine, FILE* tsv) {
     double baseline_tps = 0;
     WorkloadReport base;
     WorkloadOptions o = BaseOptions(sessions, absl::StrCat("b", ::getpid(), "-", run++));
+    CpuMeter base_cpu(-1);
     if (local) {
+      base_cpu = CpuMeter(server.pid);
       base = titans::bench::RunWorkload(local.get(), o);
+      base_cpu.Stop();
       baseline_tps = base.tokens_per_second();
       errors += base.errors;
     }
     o.session_prefix = absl::StrCat("g", ::getpid(), "-", run++);
+    CpuMeter grpc_cpu(server.pid);
     WorkloadReport r = titans::bench::RunWorkload(grpc_target.get(), o);
+    grpc_cpu.Stop();
     errors += r.errors;
     PrintRow(o, "grpc", r, baseline_tps, server.rss(), tsv);
     if (local) PrintRow(o, "in-process", base, baseline_tps, -1, tsv);
+    PrintCpu(r, grpc_cpu, local ? &base : nullptr, base_cpu);
   }
   return errors == 0 ? 0 : 1;
 }
