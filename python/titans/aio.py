@@ -254,6 +254,13 @@ class AsyncSession:
             idempotent=True, timeout=self._client.stream_timeout)
         return Snapshot(response.snapshot, response.model_fingerprint, response.position)
 
+    async def export_to_file(self, file_name: str) -> Snapshot:
+        """See titans.Session.export_to_file."""
+        response = await self._client._call(
+            "ExportSession", pb.ExportSessionRequest(session_id=self.id, file_name=file_name),
+            session_id=self.id, idempotent=True, timeout=self._client.stream_timeout)
+        return Snapshot(response.snapshot, response.model_fingerprint, response.position)
+
     async def close(self) -> None:
         await self._client._call("CloseSession", pb.CloseSessionRequest(session_id=self.id),
                                  session_id=self.id, idempotent=True, gone_is_done=True)

@@ -245,6 +245,11 @@ def test_asyncio_client(server_address):
                 info = await fork.rewind(3 * len(TEXT))
                 assert info.position == 3 * len(TEXT)
                 snapshot = await fork.export()
+                written = await fork.export_to_file("py-aio-snapshot")
+                assert written.position == snapshot.position and not written.data
+                from_file = await client.import_session(file_name="py-aio-snapshot")
+                assert from_file.info.position == snapshot.position
+                await from_file.close()
                 copy = await client.import_session(snapshot)
                 probe = [ord(c) for c in "earth"]
                 assert (await copy.score(probe)).logprobs == (await fork.score(probe)).logprobs
