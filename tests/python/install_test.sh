@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `pip install ./python` works offline: into a fresh virtual environment that sees Debian's
 # grpcio and protobuf (--system-site-packages), with the package index unreachable (--no-index),
-# as a wheel and as an editable install; the installed package imports, states the project's
+# as a wheel (with the torch extra, met by Debian's python3-torch) and as an editable install; the installed package imports, states the project's
 # version and carries its stubs.
 #
 # Usage: install_test.sh SOURCE_DIR
@@ -27,7 +27,8 @@ PY
   )
 }
 /usr/bin/python3 -m venv --system-site-packages "$work/venv"
-PIP_NO_INDEX=1 "$work/venv/bin/pip" install --quiet --disable-pip-version-check "$source_dir/python"
+PIP_NO_INDEX=1 "$work/venv/bin/pip" install --quiet --disable-pip-version-check \
+  "$source_dir/python[torch]"
 check "$work/venv"
 case "$("$work/venv/bin/python" -c 'import titans; print(titans.__file__)')" in
   "$work"/venv/*) ;;
