@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `pip install ./python` works offline: into a fresh virtual environment that sees Debian's
 # grpcio and protobuf (--system-site-packages), with the package index unreachable (--no-index),
-# as a wheel (with the torch extra, met by Debian's python3-torch) and as an editable install; the installed package imports, states the project's
-# version and carries its stubs.
+# as a wheel (with the torch extra, met by Debian's python3-torch) and as an editable install;
+# the installed package imports, states the project's version and carries its stubs.
 #
 # Usage: install_test.sh SOURCE_DIR
 set -euo pipefail
