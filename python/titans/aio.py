@@ -153,6 +153,13 @@ class AsyncGeneration:
         self._cancelled = True
         self._call.cancel()
 
+    async def __aenter__(self) -> "AsyncGeneration":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self._state.finish_reason is None:
+            self.cancel()
+
     async def result(self) -> GenerationResult:
         async for _ in self:
             pass

@@ -160,7 +160,8 @@ class Generation:
     """A generation in progress: iterate it for TextDelta objects as tokens arrive; afterwards
     `finish_reason`, `timings`, `text` and `token_ids` describe the whole of it. cancel() stops it
     before the next token (the session keeps the prompt and the tokens generated so far);
-    iteration then ends with finish_reason CANCELLED."""
+    iteration then ends with finish_reason CANCELLED. As a context manager it cancels on exit
+    unless finished; an abandoned one is cancelled when garbage-collected."""
 
     def __init__(self, call, method: str):
         self._call, self._method = call, method
@@ -180,6 +181,15 @@ class Generation:
     def cancel(self) -> None:
         self._cancelled = True
         self._call.cancel()
+
+    def __enter__(self) -> "Generation":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Leaving a `with` block cancels the generation if it has not finished (a loop that
+        breaks early does not leave the server generating for nobody)."""
+        if self._state.finish_reason is None:
+            self.cancel()
 
     def result(self) -> GenerationResult:
         """Reads the rest of the generation and returns all of it."""

@@ -152,6 +152,20 @@ def test_cancel_a_generation(client):
         assert session.refresh().position == position + 4
 
 
+def test_leaving_a_generation_block_early_cancels_it(client):
+    with client.create_session() as session:
+        session.append(TEXT)
+        with session.generate(max_tokens=4096, temperature=0, stop_at_eos=False) as generation:
+            for delta in generation:
+                break
+        assert generation.finish_reason is None  # not read to the end by the caller
+        position = session.append("after").position - 5  # queued behind the generation
+        assert len(TEXT) + 1 <= position < len(TEXT) + 4096
+        with session.generate(max_tokens=3, temperature=0, stop_at_eos=False) as finished:
+            assert len(finished.result().token_ids) == 3
+        assert finished.finish_reason == titans.FinishReason.LENGTH
+
+
 def test_fork_rewind_score(client):
     with client.create_session() as session:
         session.append(TEXT * 3)
