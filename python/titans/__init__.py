@@ -15,10 +15,11 @@ from titans._common import (AppendResult, FinishReason, GenerationResult, ModelI
                             RetryPolicy, ScoreResult, SessionInfo, Snapshot, TextDelta, Timings,
                             TitansError)
 from titans._version import __version__
-from titans.client import Client, Generation, Session
+from titans.client import Client, Generation, Session, SessionStream
 
 __all__ = [
     "AppendResult", "Client", "FinishReason", "Generation", "GenerationResult", "ModelInfo",
-    "Progress", "RetryPolicy", "ScoreResult", "Session", "SessionInfo", "Snapshot", "TextDelta",
+    "Progress", "RetryPolicy", "ScoreResult", "Session", "SessionInfo", "SessionStream", "Snapshot",
+    "TextDelta",
     "Timings", "TitansError", "__version__",
 ]

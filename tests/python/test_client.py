@@ -125,6 +125,26 @@ def test_generate_streams_deltas_with_finish_reason_and_timings(client):
         fork.close()
 
 
+def test_one_stream_for_many_turns(client):
+    with client.create_session() as session:
+        with session.stream() as stream:
+            r = stream.append(TEXT)
+            assert (r.tokens_consumed, r.position) == (len(TEXT), len(TEXT))
+            deltas = list(stream.generate(" And", max_tokens=8, temperature=0,
+                                          stop_at_eos=False))
+            assert sum(len(d.token_ids) for d in deltas) == 8
+            assert stream.last_generation.finish_reason == titans.FinishReason.LENGTH
+            with pytest.raises(titans.TitansError) as error:  # a failed command...
+                stream.append([10 ** 6])
+            assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT
+            r = stream.append(TEXT)  # ...and the stream goes on
+            assert r.position == 2 * len(TEXT) + len(" And") + 8
+        # The same turns as separate calls give the same text (greedy).
+        fork = session.fork(position=len(TEXT))
+        assert greedy(fork, 8, " And").text == "".join(d.text for d in deltas)
+        fork.close()
+
+
 def test_stop_string(client):
     with client.create_session() as session:
         session.append(TEXT * 4)
