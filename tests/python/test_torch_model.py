@@ -91,6 +91,7 @@ def compare_with_server(model_dir, nbytes, seed, model=None):
 @pytest.mark.parametrize("name", ["default", "swa-baseline"])
 def test_shipped_models_match_the_server(name):
     worst, count = compare_with_server(os.path.join(SOURCE, "models", name), 3000, seed=1)
+    print(f"{name}: largest difference {worst:.2e} nats over {count} tokens")  # pytest -s
     assert count == 3000
     assert worst < TOLERANCE, f"{name}: {worst:.2e} nats"
 
@@ -99,6 +100,7 @@ def test_shipped_models_match_the_server(name):
 def test_random_models_of_every_variant_match_the_server(tmp_path, name):
     model_dir = random_model(tmp_path, name, RANDOM_MODELS[name])
     worst, count = compare_with_server(model_dir, 1200, seed=zlib.crc32(name.encode()))
+    print(f"{name}: largest difference {worst:.2e} nats over {count} tokens")  # pytest -s
     assert worst < TOLERANCE, f"{name}: {worst:.2e} nats"
 
 
