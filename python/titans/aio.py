@@ -178,6 +178,78 @@ class AsyncGeneration:
         return self._state.timings
 
 
+class AsyncSessionStream:
+    """See titans.SessionStream: `async with session.stream() as s`, `await s.append(...)`,
+    `async for delta in s.generate(...)`."""
+
+    def __init__(self, session: "AsyncSession", timeout: Optional[float]):
+        c = session._client
+        self._session = session
+        self._next_id = 0
+        self._call = c._stub.Stream(timeout=timeout or c.stream_timeout,
+                                    metadata=common.metadata(c._token, session.id))
+
+    async def _send(self, **command) -> int:
+        self._next_id += 1
+        try:
+            await self._call.write(pb.StreamRequest(request_id=self._next_id, **command))
+        except grpc.RpcError as error:
+            raise TitansError.from_rpc_error(error, "Stream") from None
+        return self._next_id
+
+    async def _answers(self, request_id: int):
+        try:
+            while True:
+                response = await self._call.read()
+                if response is grpc.aio.EOF:
+                    return
+                if response.request_id != request_id:
+                    continue
+                if response.HasField("error"):
+                    code = next((c for c in grpc.StatusCode if c.value[0] == response.error.code),
+                                grpc.StatusCode.UNKNOWN)
+                    raise TitansError(code, response.error.message, "Stream")
+                yield response
+        except grpc.RpcError as error:
+            raise TitansError.from_rpc_error(error, "Stream") from None
+
+    async def append(self, data: Union[str, bytes, Sequence[int]]) -> AppendResult:
+        stream, _, pieces = common.append_plan(self._session.id, data)
+        if stream:
+            raise ValueError("input too large for one Stream command: use AsyncSession.append")
+        request, _ = next(pieces)
+        async for response in self._answers(await self._send(append=request)):
+            return AppendResult(response.append.tokens_consumed, response.append.position)
+        raise TitansError(grpc.StatusCode.UNAVAILABLE, "stream ended before the answer", "Stream")
+
+    async def generate(self, prompt: Union[str, bytes, Sequence[int], None] = None, *,
+                       max_tokens: int = 0, stop: Sequence[str] = (),
+                       stop_at_eos: Optional[bool] = None, **sampling
+                       ) -> AsyncIterator[TextDelta]:
+        request = common.generate_request(self._session.id, prompt, max_tokens, stop, stop_at_eos,
+                                          sampling)
+        state = common.GenerationState()
+        async for response in self._answers(await self._send(generate=request)):
+            yield state.add(response.generate)
+            if state.finish_reason is not None:
+                self.last_generation = state.result()
+                return
+
+    async def close(self) -> None:
+        await self._call.done_writing()
+        while await self._call.read() is not grpc.aio.EOF:
+            pass
+
+    async def __aenter__(self) -> "AsyncSessionStream":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if exc[0] is None:
+            await self.close()
+        else:
+            self._call.cancel()
+
+
 class AsyncSession:
     """See titans.Session. `async with` closes the session on exit."""
 
@@ -234,6 +306,10 @@ class AsyncSession:
         return AsyncGeneration(c._stub.Generate(request, timeout=timeout or c.stream_timeout,
                                                 metadata=common.metadata(c._token, self.id)))
 
+    def stream(self, *, timeout: Optional[float] = None) -> AsyncSessionStream:
+        """One bidirectional call for many appends and generations (see AsyncSessionStream)."""
+        return AsyncSessionStream(self, timeout)
+
     async def score(self, tokens: Sequence[int], *, commit: bool = False) -> ScoreResult:
         response = await self._client._call("Score", pb.ScoreRequest(
             session_id=self.id, tokens=pb.TokenIds(ids=common._token_list(tokens)),
@@ -282,4 +358,4 @@ class AsyncSession:
         return f"AsyncSession({self.id!r})"
 
 
-__all__ = ["AsyncClient", "AsyncSession", "AsyncGeneration"]
+__all__ = ["AsyncClient", "AsyncSession", "AsyncSessionStream", "AsyncGeneration"]

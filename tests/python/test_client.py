@@ -291,6 +291,17 @@ def test_asyncio_client(server_address):
                 await fork.close()
                 listed = [s.session_id async for s in client.list_sessions(labels={"case": "aio"})]
                 assert listed == [session.id]
+                # Many turns over one Stream call.
+                async with session.stream() as stream:
+                    r = await stream.append(TEXT)
+                    turn = [d async for d in stream.generate(" And", max_tokens=4,
+                                                             temperature=0, stop_at_eos=False)]
+                    assert sum(len(d.token_ids) for d in turn) == 4
+                    with pytest.raises(titans.TitansError) as error:
+                        await stream.append([10 ** 6])
+                    assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT
+                    again = await stream.append("x")
+                    assert again.position == r.position + len(" And") + 4 + 1
                 # Cancellation.
                 long = session.generate(max_tokens=4096, temperature=0, stop_at_eos=False)
                 async for _ in long:
