@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import random
+import secrets
 from typing import Callable, Dict, Iterable, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 import grpc
@@ -200,6 +201,13 @@ class GenerationState:
 
 
 Input = Union[str, bytes, bytearray, memoryview, Sequence[int], "io.RawIOBase"]  # noqa: F821
+
+
+def new_session_id() -> str:
+    """A session id chosen by the client, in the server's own format ("s-" and 128 random bits
+    from the OS: as unguessable as one the server assigns). Choosing it here lets CreateSession
+    carry the routing header, so a new session starts on the replica that will serve it."""
+    return "s-" + secrets.token_hex(16)
 
 
 def metadata(token: Optional[str], session_id: str = "") -> Tuple[Tuple[str, str], ...]:

@@ -59,6 +59,7 @@ class AsyncClient:
     async def create_session(self, session_id: str = "", *, model: str = "",
                              idle_ttl_seconds: int = 0,
                              labels: Optional[Mapping[str, str]] = None) -> "AsyncSession":
+        session_id = session_id or common.new_session_id()
         info = await self._call("CreateSession", pb.CreateSessionRequest(
             session_id=session_id, model=model, idle_ttl_seconds=idle_ttl_seconds,
             labels=dict(labels or {})), session_id=session_id, idempotent=False)

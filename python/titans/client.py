@@ -80,7 +80,10 @@ class Client:
     def create_session(self, session_id: str = "", *, model: str = "",
                        idle_ttl_seconds: int = 0,
                        labels: Optional[Mapping[str, str]] = None) -> "Session":
-        """Opens a session; an empty id lets the server choose one (128 random bits)."""
+        """Opens a session. Without an id the client picks one in the server's format ("s-" and
+        128 random bits, titans._common.new_session_id) so that the call carries the routing
+        header; ALREADY_EXISTS if the id is taken."""
+        session_id = session_id or common.new_session_id()
         info = self._call("CreateSession", pb.CreateSessionRequest(
             session_id=session_id, model=model, idle_ttl_seconds=idle_ttl_seconds,
             labels=dict(labels or {})), session_id=session_id, idempotent=False)

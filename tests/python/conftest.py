@@ -79,7 +79,7 @@ def server_address(tmp_path_factory):
 
 
 class ScriptedServicer(rpc.TitansServicer):
-    """Answers GetSession, GetModel, Append and CloseSession; each call first takes the next
+    """Answers CreateSession, GetSession, GetModel, Append and CloseSession; each call first takes the next
     status from `failures[method]` (if any) and fails with it. Records every call's method,
     metadata and time remaining before its deadline."""
 
@@ -108,6 +108,10 @@ class ScriptedServicer(rpc.TitansServicer):
     def Append(self, request, context):
         self._enter("Append", context)
         return pb.AppendResponse(tokens_consumed=len(request.text), position=len(request.text))
+
+    def CreateSession(self, request, context):
+        self._enter("CreateSession", context)
+        return pb.Session(session_id=request.session_id)
 
     def CloseSession(self, request, context):
         self._enter("CloseSession", context)

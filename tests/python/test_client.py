@@ -3,6 +3,7 @@ against a scripted fake for retries, routing metadata and deadlines."""
 import asyncio
 import io
 import os
+import re
 
 import grpc
 import pytest
@@ -376,7 +377,11 @@ def test_routing_header_token_and_deadline_on_every_call(scripted):
     for method, md, remaining in servicer.calls:
         assert md.get("authorization") == "Bearer t0k"
         assert remaining is not None and 0 < remaining < 4000  # stream_timeout 3600 s
+    with titans.Client(address) as c:
+        created = c.create_session()
+    assert re.fullmatch(r"s-[0-9a-f]{32}", created.id)
     by_method = {m: (md, remaining) for m, md, remaining in servicer.calls}
+    assert by_method["CreateSession"][0].get("x-titans-session") == created.id
     assert by_method["GetSession"][0].get("x-titans-session") == "routed"
     assert by_method["Append"][0].get("x-titans-session") == "routed"
     assert "x-titans-session" not in by_method["GetModel"][0]
