@@ -162,54 +162,51 @@ void PrintRow(const WorkloadOptions& o, const std::string& target, const Workloa
   }
 }
 
-// CPU used by this process (the load generator, and the engine of the in-process baseline) and
-// by the started server over one run, from /proc: on a shared machine the gRPC run's client
-// takes cores the server could use, so its tokens per server CPU-second show the server's own
-// cost beside the wall-clock ratio.
+// CPU used over one run, from /proc, by this process (the load generator, and the engine of the
+// in-process baseline) and by the server when it is ours (pid > 0): on a shared machine the
+// gRPC run's client takes cores the server could use, so its tokens per server CPU-second show
+// the server's own cost beside the wall-clock ratio.
 class CpuMeter {
  public:
-  explicit CpuMeter(pid_t server) : server_(server) {
-    if (server_ == -1) return;
-    start_ = Now();
-    self_ = titans::bench::ReadCpuSeconds(0).value_or(0);
-    if (server_ > 0) other_ = titans::bench::ReadCpuSeconds(server_).value_or(0);
+  explicit CpuMeter(pid_t server) : server_(server), start_(Now()) {
+    self_ = Read(0);
+    if (server_ > 0) server_seconds_ = Read(server_);
   }
   void Stop() {
-    if (server_ == -1) return;
     wall_ = Now() - start_;
-    self_ = titans::bench::ReadCpuSeconds(0).value_or(0) - self_;
-    if (server_ > 0) other_ = titans::bench::ReadCpuSeconds(server_).value_or(0) - other_;
+    self_ = Read(0) - self_;
+    if (server_ > 0) server_seconds_ = Read(server_) - server_seconds_;
   }
-  bool measured() const { return wall_ > 0; }
-  double self_cores() const { return self_ / wall_; }
-  double server_cores() const { return server_ > 0 ? other_ / wall_ : -1; }
+  bool has_server() const { return server_ > 0; }
   double self_seconds() const { return self_; }
-  double server_seconds() const { return other_; }
+  double server_seconds() const { return server_seconds_; }
+  double self_cores() const { return self_ / std::max(1e-9, wall_); }
+  double server_cores() const { return server_seconds_ / std::max(1e-9, wall_); }
 
  private:
+  static double Read(pid_t pid) { return titans::bench::ReadCpuSeconds(pid).value_or(0); }
   pid_t server_;
-  double start_ = 0, wall_ = 0, self_ = 0, other_ = 0;
+  double start_, wall_ = 0, self_ = 0, server_seconds_ = 0;
 };
 
 void PrintCpu(const WorkloadReport& grpc, const CpuMeter& grpc_cpu, const WorkloadReport* base,
-              const CpuMeter& base_cpu) {
-  if (!grpc_cpu.measured()) return;
-  const double tokens = grpc.tokens_per_second() * grpc.seconds;
+              const CpuMeter* base_cpu) {
   std::printf("    cpu, grpc: client %.2f cores", grpc_cpu.self_cores());
-  if (grpc_cpu.server_cores() >= 0) {
+  if (grpc_cpu.has_server()) {
     const double share = grpc_cpu.self_seconds() /
                          std::max(1e-9, grpc_cpu.self_seconds() + grpc_cpu.server_seconds());
-    std::printf(" (%.0f%% of the CPU used), server %.2f cores, %.0f tokens per server CPU-second",
-                100 * share, grpc_cpu.server_cores(),
-                tokens / std::max(1e-9, grpc_cpu.server_seconds()));
+    std::printf(
+        " (%.0f%% of the CPU used), server %.2f cores, %.0f tokens per server CPU-second",
+        100 * share, grpc_cpu.server_cores(),
+        grpc.tokens_per_second() * grpc.seconds / std::max(1e-9, grpc_cpu.server_seconds()));
   }
   std::printf("\n");
-  if (base != nullptr && base_cpu.measured()) {
-    const double base_tokens = base->tokens_per_second() * base->seconds;
+  if (base != nullptr) {
     std::printf(
         "    cpu, in-process: %.2f cores (engine and load generator), %.0f tokens per "
         "CPU-second\n",
-        base_cpu.self_cores(), base_tokens / std::max(1e-9, base_cpu.self_seconds()));
+        base_cpu->self_cores(),
+        base->tokens_per_second() * base->seconds / std::max(1e-9, base_cpu->self_seconds()));
   }
   std::fflush(stdout);
 }
@@ -233,11 +230,11 @@ int RunLoad(Server& server, titans::engine::Engine* engine, FILE* tsv) {
     double baseline_tps = 0;
     WorkloadReport base;
     WorkloadOptions o = BaseOptions(sessions, absl::StrCat("b", ::getpid(), "-", run++));
-    CpuMeter base_cpu(-1);
+    std::optional<CpuMeter> base_cpu;
     if (local) {
-      base_cpu = CpuMeter(server.pid);
+      base_cpu.emplace(/*server=*/-1);  // the engine runs in this process
       base = titans::bench::RunWorkload(local.get(), o);
-      base_cpu.Stop();
+      base_cpu->Stop();
       baseline_tps = base.tokens_per_second();
       errors += base.errors;
     }
@@ -248,7 +245,7 @@ int RunLoad(Server& server, titans::engine::Engine* engine, FILE* tsv) {
     errors += r.errors;
     PrintRow(o, "grpc", r, baseline_tps, server.rss(), tsv);
     if (local) PrintRow(o, "in-process", base, baseline_tps, -1, tsv);
-    PrintCpu(r, grpc_cpu, local ? &base : nullptr, base_cpu);
+    PrintCpu(r, grpc_cpu, local ? &base : nullptr, base_cpu ? &*base_cpu : nullptr);
   }
   return errors == 0 ? 0 : 1;
 }
