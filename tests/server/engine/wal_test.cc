@@ -32,6 +32,16 @@ class WalTest : public ::testing::Test {
            ::testing::UnitTest::GetInstance()->current_test_info()->name();
     fs::remove_all(dir_);
   }
+  // Writes three synced 4-token records of session "s" to a fresh log; *path: its one segment.
+  void WriteThreeRecords(std::string* path) {
+    {
+      auto wal = Wal::Open(dir_);
+      ASSERT_TRUE(wal.ok());
+      for (int i = 0; i < 3; ++i) ASSERT_TRUE((*wal)->Append(Record("s", i * 4, 4, false)).ok());
+      ASSERT_TRUE((*wal)->Sync().ok());
+    }
+    for (const auto& e : fs::directory_iterator(dir_)) *path = e.path().string();
+  }
   std::string dir_;
 };
 
@@ -66,16 +76,9 @@ TEST_F(WalTest, RecordsSurviveAndReadInOrder) {
 }
 
 TEST_F(WalTest, TornTailIsCutAtEveryByte) {
-  std::string segment;
-  {
-    auto wal = Wal::Open(dir_);
-    ASSERT_TRUE(wal.ok());
-    for (int i = 0; i < 3; ++i) ASSERT_TRUE((*wal)->Append(Record("s", i * 4, 4, false)).ok());
-    ASSERT_TRUE((*wal)->Sync().ok());
-  }
   std::string path;
-  for (const auto& e : fs::directory_iterator(dir_)) path = e.path().string();
-  segment = *ReadFileToString(path);
+  ASSERT_NO_FATAL_FAILURE(WriteThreeRecords(&path));
+  const std::string segment = *ReadFileToString(path);
   const size_t one = EncodeWalRecord(Record("s", 0, 4, false)).size();
   for (size_t cut = 0; cut <= segment.size(); ++cut) {
     ASSERT_TRUE(WriteFileAtomic(path, segment.substr(0, cut)).ok());
@@ -87,14 +90,8 @@ TEST_F(WalTest, TornTailIsCutAtEveryByte) {
 }
 
 TEST_F(WalTest, DamagedRecordStopsTheSegment) {
-  {
-    auto wal = Wal::Open(dir_);
-    ASSERT_TRUE(wal.ok());
-    for (int i = 0; i < 3; ++i) ASSERT_TRUE((*wal)->Append(Record("s", i * 4, 4, false)).ok());
-    ASSERT_TRUE((*wal)->Sync().ok());
-  }
   std::string path;
-  for (const auto& e : fs::directory_iterator(dir_)) path = e.path().string();
+  ASSERT_NO_FATAL_FAILURE(WriteThreeRecords(&path));
   std::string data = *ReadFileToString(path);
   const size_t one = data.size() / 3;
   data[one + 12] ^= 0x01;  // inside the second record's payload
