@@ -7,7 +7,7 @@ the most sessions is killed with SIGKILL mid-stream. Checks: before the kill no 
 dead replica's sessions continue on the others (acquired from Redis), nothing acknowledged is lost,
 and every session's state matches an uninterrupted reference.
 
-Usage: multi_replica_test.py SERVER_BINARY MODEL_DIR PROTO_DIR REPO_DIR
+Usage: multi_replica_test.py SERVER_BINARY MODEL_DIR REPO_DIR
 Prints "N passed, M failed"; exits non-zero on any failure.
 """
 import atexit
@@ -22,11 +22,11 @@ import threading
 import time
 import urllib.request
 
-SERVER, MODEL_DIR, PROTO_DIR, REPO = sys.argv[1:5]
+SERVER, MODEL_DIR, REPO = sys.argv[1:4]
 work = tempfile.mkdtemp(prefix="titans_multi_")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pyutil"))
 from titans_testutil import Checks, free_port, stop as stop_processes, titans_stubs  # noqa: E402
-grpc, pb, rpc = titans_stubs(PROTO_DIR, work)
+grpc, pb, rpc = titans_stubs()
 
 checks = Checks()
 check = checks.check

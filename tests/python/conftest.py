@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -20,14 +21,11 @@ import pytest
 from titans.v1 import titans_pb2 as pb
 from titans.v1 import titans_pb2_grpc as rpc
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pyutil"))
+from titans_testutil import free_port, self_signed, stop  # noqa: E402,F401
+
 TOKEN = "token-of-alice"
 OTHER_TOKEN = "token-of-bob"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -61,11 +59,7 @@ def running_server(model_dir, extra=()):
     try:
         yield address
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop([proc])
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -47,6 +47,9 @@ from grpc_std.health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 from grpc_std.reflection.v1alpha import reflection_pb2, reflection_pb2_grpc  # noqa: E402
 from titans.v1 import titans_pb2 as pb, titans_pb2_grpc as rpc  # noqa: E402
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pyutil"))
+from titans_testutil import self_signed as self_signed_in  # noqa: E402
+
 results = {"passed": 0, "failed": 0}
 
 
@@ -77,15 +80,6 @@ def start_server(port, state_dir, extra=(), credentials=None, metrics_port=-1):
         channel = grpc.secure_channel(f"localhost:{port}", credentials)
     grpc.channel_ready_future(channel).result(timeout=60)
     return proc, channel
-
-
-def self_signed(name):
-    key, cert = os.path.join(work, name + ".key"), os.path.join(work, name + ".pem")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj",
-                    "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-                    "-keyout", key, "-out", cert], check=True, capture_output=True)
-    return open(key, "rb").read(), open(cert, "rb").read(), key, cert
 
 
 def code_of(fn):
@@ -285,8 +279,8 @@ try:
     # one without a certificate does not.
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
-    server_key, server_cert, server_key_file, server_cert_file = self_signed("server")
-    client_key, client_cert, _, client_cert_file = self_signed("client")
+    server_key, server_cert, server_key_file, server_cert_file = self_signed_in(work, "server")
+    client_key, client_cert, _, client_cert_file = self_signed_in(work, "client")
     port = free_port()
     good = grpc.ssl_channel_credentials(root_certificates=server_cert, private_key=client_key,
                                         certificate_chain=client_cert)

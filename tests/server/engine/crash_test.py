@@ -4,7 +4,7 @@ generations and rewinds, restart it on the same state directory, and check that 
 there and that each session's state matches an uninterrupted reference built from the
 acknowledged operations alone.
 
-Usage: crash_test.py SERVER_BINARY MODEL_DIR PROTO_DIR
+Usage: crash_test.py SERVER_BINARY MODEL_DIR
 Prints "N passed, M failed"; exits non-zero on any failure.
 """
 import os
@@ -16,11 +16,11 @@ import tempfile
 import threading
 import time
 
-SERVER, MODEL_DIR, PROTO_DIR = sys.argv[1:4]
+SERVER, MODEL_DIR = sys.argv[1:3]
 work = tempfile.mkdtemp(prefix="titans_crash_")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "pyutil"))
 from titans_testutil import Checks, free_port, titans_stubs  # noqa: E402
-grpc, pb, rpc = titans_stubs(PROTO_DIR, work)
+grpc, pb, rpc = titans_stubs()
 
 checks = Checks()
 check = checks.check

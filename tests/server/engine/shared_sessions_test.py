@@ -5,7 +5,7 @@ between them all the time; then replica A is killed with SIGKILL and the clients
 Checks: no acknowledged operation is lost, each session's state matches an uninterrupted
 reference, and a restarted A serves the sessions as B left them.
 
-Usage: shared_sessions_test.py SERVER_BINARY MODEL_DIR PROTO_DIR
+Usage: shared_sessions_test.py SERVER_BINARY MODEL_DIR
 Prints "N passed, M failed"; exits non-zero on any failure.
 """
 import os
@@ -17,11 +17,11 @@ import tempfile
 import threading
 import time
 
-SERVER, MODEL_DIR, PROTO_DIR = sys.argv[1:4]
+SERVER, MODEL_DIR = sys.argv[1:3]
 work = tempfile.mkdtemp(prefix="titans_shared_")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "pyutil"))
 from titans_testutil import Checks, free_port, titans_stubs  # noqa: E402
-grpc, pb, rpc = titans_stubs(PROTO_DIR, work)
+grpc, pb, rpc = titans_stubs()
 
 checks = Checks()
 check = checks.check
