@@ -5,7 +5,7 @@ import dataclasses
 import enum
 import random
 import secrets
-from typing import Callable, Dict, Iterable, Iterator, Mapping, Optional, Sequence, Tuple, Union
+from typing import IO, Callable, Dict, Iterable, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 import grpc
 
@@ -200,7 +200,62 @@ class GenerationState:
                                 self.position)
 
 
-Input = Union[str, bytes, bytearray, memoryview, Sequence[int], "io.RawIOBase"]  # noqa: F821
+Input = Union[str, bytes, bytearray, memoryview, Sequence[int], IO]
+
+
+def after_failure(error: grpc.RpcError, method: str, attempt: int, policy: RetryPolicy,
+                  backoffs: Iterator[float], gone_is_done: bool) -> Optional[float]:
+    """What a failed attempt of a unary call leads to, for the blocking and the asyncio client
+    alike: seconds to wait before the next attempt, None when the call counts as done (a retried
+    CloseSession that finds the session gone), or TitansError raised."""
+    if gone_is_done and attempt > 1 and error.code() == grpc.StatusCode.NOT_FOUND:
+        return None
+    sleep = next(backoffs, None) if error.code() in policy.retry_on else None
+    if sleep is None:
+        raise TitansError.from_rpc_error(error, method) from None
+    return sleep
+
+
+def stream_error(response: pb.StreamResponse) -> TitansError:
+    """The TitansError of a failed Stream command."""
+    code = next((c for c in grpc.StatusCode if c.value[0] == response.error.code),
+                grpc.StatusCode.UNKNOWN)
+    return TitansError(code, response.error.message, "Stream")
+
+
+def stream_append_request(session_id: str, data) -> pb.AppendRequest:
+    """The one AppendRequest a Stream command carries (ValueError where the input would need
+    AppendStream)."""
+    stream, _, pieces = append_plan(session_id, data)
+    if stream:
+        raise ValueError("input too large for one Stream command: use the session's append")
+    return next(pieces)[0]
+
+
+def create_request(session_id: str, model: str, idle_ttl_seconds: int,
+                   labels: Optional[Mapping[str, str]]) -> pb.CreateSessionRequest:
+    return pb.CreateSessionRequest(session_id=session_id or new_session_id(), model=model,
+                                   idle_ttl_seconds=idle_ttl_seconds, labels=dict(labels or {}))
+
+
+def import_request(snapshot, session_id: str, file_name: str, idle_ttl_seconds: int,
+                   labels: Optional[Mapping[str, str]]) -> pb.ImportSessionRequest:
+    data = snapshot.data if isinstance(snapshot, Snapshot) else bytes(snapshot or b"")
+    return pb.ImportSessionRequest(snapshot=data, session_id=session_id, file_name=file_name,
+                                   idle_ttl_seconds=idle_ttl_seconds, labels=dict(labels or {}))
+
+
+def fork_request(session_id: str, new_session_id: str,
+                 position: Optional[int]) -> pb.ForkSessionRequest:
+    request = pb.ForkSessionRequest(session_id=session_id, new_session_id=new_session_id)
+    if position is not None:
+        request.position = position
+    return request
+
+
+def score_request(session_id: str, tokens, commit: bool) -> pb.ScoreRequest:
+    return pb.ScoreRequest(session_id=session_id, tokens=pb.TokenIds(ids=_token_list(tokens)),
+                           commit=commit)
 
 
 def new_session_id() -> str:

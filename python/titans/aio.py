@@ -49,20 +49,18 @@ class AsyncClient:
                     request, timeout=timeout or self.timeout,
                     metadata=common.metadata(self._token, session_id))
             except grpc.RpcError as error:
-                if gone_is_done and attempt > 1 and error.code() == grpc.StatusCode.NOT_FOUND:
-                    return None
-                sleep = next(backoffs, None) if error.code() in policy.retry_on else None
+                sleep = common.after_failure(error, method, attempt, policy, backoffs,
+                                             gone_is_done)
                 if sleep is None:
-                    raise TitansError.from_rpc_error(error, method) from None
+                    return None
                 await asyncio.sleep(sleep)
 
     async def create_session(self, session_id: str = "", *, model: str = "",
                              idle_ttl_seconds: int = 0,
                              labels: Optional[Mapping[str, str]] = None) -> "AsyncSession":
-        session_id = session_id or common.new_session_id()
-        info = await self._call("CreateSession", pb.CreateSessionRequest(
-            session_id=session_id, model=model, idle_ttl_seconds=idle_ttl_seconds,
-            labels=dict(labels or {})), session_id=session_id, idempotent=False)
+        request = common.create_request(session_id, model, idle_ttl_seconds, labels)
+        info = await self._call("CreateSession", request, session_id=request.session_id,
+                          idempotent=False)
         return AsyncSession(self, SessionInfo.from_proto(info))
 
     def session(self, session_id: str) -> "AsyncSession":
@@ -89,16 +87,14 @@ class AsyncClient:
                              session_id: str = "", *, file_name: str = "",
                              idle_ttl_seconds: int = 0,
                              labels: Optional[Mapping[str, str]] = None) -> "AsyncSession":
-        data = snapshot.data if isinstance(snapshot, Snapshot) else bytes(snapshot or b"")
-        info = await self._call("ImportSession", pb.ImportSessionRequest(
-            snapshot=data, session_id=session_id, file_name=file_name,
-            idle_ttl_seconds=idle_ttl_seconds, labels=dict(labels or {})),
+        info = await self._call("ImportSession", common.import_request(
+            snapshot, session_id, file_name, idle_ttl_seconds, labels),
             session_id=session_id, idempotent=False, timeout=self.stream_timeout)
         return AsyncSession(self, SessionInfo.from_proto(info))
 
     async def score(self, tokens: Sequence[int]) -> ScoreResult:
-        response = await self._call("Score", pb.ScoreRequest(tokens=pb.TokenIds(
-            ids=common._token_list(tokens))), idempotent=True)
+        response = await self._call("Score", common.score_request("", tokens, False),
+                                  idempotent=True)
         return ScoreResult(tuple(response.logprobs), response.position)
 
     async def list_models(self) -> list:
@@ -207,18 +203,13 @@ class AsyncSessionStream:
                 if response.request_id != request_id:
                     continue
                 if response.HasField("error"):
-                    code = next((c for c in grpc.StatusCode if c.value[0] == response.error.code),
-                                grpc.StatusCode.UNKNOWN)
-                    raise TitansError(code, response.error.message, "Stream")
+                    raise common.stream_error(response)
                 yield response
         except grpc.RpcError as error:
             raise TitansError.from_rpc_error(error, "Stream") from None
 
     async def append(self, data: Union[str, bytes, Sequence[int]]) -> AppendResult:
-        stream, _, pieces = common.append_plan(self._session.id, data)
-        if stream:
-            raise ValueError("input too large for one Stream command: use AsyncSession.append")
-        request, _ = next(pieces)
+        request = common.stream_append_request(self._session.id, data)
         async for response in self._answers(await self._send(append=request)):
             return AppendResult(response.append.tokens_consumed, response.append.position)
         raise TitansError(grpc.StatusCode.UNAVAILABLE, "stream ended before the answer", "Stream")
@@ -312,16 +303,13 @@ class AsyncSession:
         return AsyncSessionStream(self, timeout)
 
     async def score(self, tokens: Sequence[int], *, commit: bool = False) -> ScoreResult:
-        response = await self._client._call("Score", pb.ScoreRequest(
-            session_id=self.id, tokens=pb.TokenIds(ids=common._token_list(tokens)),
-            commit=commit), session_id=self.id, idempotent=not commit)
+        response = await self._client._call("Score", common.score_request(self.id, tokens, commit),
+                                          session_id=self.id, idempotent=not commit)
         return ScoreResult(tuple(response.logprobs), response.position)
 
     async def fork(self, new_session_id: str = "", *,
                    position: Optional[int] = None) -> "AsyncSession":
-        request = pb.ForkSessionRequest(session_id=self.id, new_session_id=new_session_id)
-        if position is not None:
-            request.position = position
+        request = common.fork_request(self.id, new_session_id, position)
         info = await self._client._call("ForkSession", request, session_id=self.id,
                                         idempotent=False)
         return AsyncSession(self._client, SessionInfo.from_proto(info))

@@ -68,11 +68,10 @@ class Client:
                     request, timeout=timeout or self.timeout,
                     metadata=common.metadata(self._token, session_id))
             except grpc.RpcError as error:
-                if gone_is_done and attempt > 1 and error.code() == grpc.StatusCode.NOT_FOUND:
-                    return None  # the attempt before this one closed it
-                sleep = next(backoffs, None) if error.code() in policy.retry_on else None
+                sleep = common.after_failure(error, method, attempt, policy, backoffs,
+                                             gone_is_done)
                 if sleep is None:
-                    raise TitansError.from_rpc_error(error, method) from None
+                    return None
                 time.sleep(sleep)
 
     # Sessions ----------------------------------------------------------------------------------
@@ -83,10 +82,9 @@ class Client:
         """Opens a session. Without an id the client picks one in the server's format ("s-" and
         128 random bits, titans._common.new_session_id) so that the call carries the routing
         header; ALREADY_EXISTS if the id is taken."""
-        session_id = session_id or common.new_session_id()
-        info = self._call("CreateSession", pb.CreateSessionRequest(
-            session_id=session_id, model=model, idle_ttl_seconds=idle_ttl_seconds,
-            labels=dict(labels or {})), session_id=session_id, idempotent=False)
+        request = common.create_request(session_id, model, idle_ttl_seconds, labels)
+        info = self._call("CreateSession", request, session_id=request.session_id,
+                          idempotent=False)
         return Session(self, SessionInfo.from_proto(info))
 
     def session(self, session_id: str) -> "Session":
@@ -117,18 +115,16 @@ class Client:
         """A session restored from an exported snapshot, or from `file_name` in the server's
         --snapshot_dir (FAILED_PRECONDITION if it comes from another model, DATA_LOSS if it is
         corrupted)."""
-        data = snapshot.data if isinstance(snapshot, Snapshot) else bytes(snapshot or b"")
-        info = self._call("ImportSession", pb.ImportSessionRequest(
-            snapshot=data, session_id=session_id, file_name=file_name,
-            idle_ttl_seconds=idle_ttl_seconds, labels=dict(labels or {})),
+        info = self._call("ImportSession", common.import_request(
+            snapshot, session_id, file_name, idle_ttl_seconds, labels),
             session_id=session_id, idempotent=False,
             timeout=self.stream_timeout)
         return Session(self, SessionInfo.from_proto(info))
 
     def score(self, tokens: Sequence[int]) -> ScoreResult:
         """log p of each token from an empty context (the first after <|bos|>); no session."""
-        response = self._call("Score", pb.ScoreRequest(tokens=pb.TokenIds(
-            ids=common._token_list(tokens))), idempotent=True)
+        response = self._call("Score", common.score_request("", tokens, False),
+                                  idempotent=True)
         return ScoreResult(tuple(response.logprobs), response.position)
 
     # Models ------------------------------------------------------------------------------------
@@ -248,9 +244,7 @@ class SessionStream:
                 if response.request_id != request_id:
                     continue  # cannot happen with one command at a time; kept safe
                 if response.HasField("error"):
-                    code = next((c for c in grpc.StatusCode if c.value[0] == response.error.code),
-                                grpc.StatusCode.UNKNOWN)
-                    raise TitansError(code, response.error.message, "Stream")
+                    raise common.stream_error(response)
                 yield response
         except grpc.RpcError as error:
             raise TitansError.from_rpc_error(error, "Stream") from None
@@ -258,10 +252,7 @@ class SessionStream:
     def append(self, data: Union[str, bytes, Sequence[int]]) -> AppendResult:
         """Appends text or token ids (up to the server's message size; use Session.append for
         files and larger inputs)."""
-        stream, _, pieces = common.append_plan(self._session.id, data)
-        if stream:
-            raise ValueError("input too large for one Stream command: use Session.append")
-        request, _ = next(pieces)
+        request = common.stream_append_request(self._session.id, data)
         for response in self._answers(self._send(append=request)):
             return AppendResult(response.append.tokens_consumed, response.append.position)
         raise TitansError(grpc.StatusCode.UNAVAILABLE, "stream ended before the answer", "Stream")
@@ -367,17 +358,14 @@ class Session:
     def score(self, tokens: Sequence[int], *, commit: bool = False) -> ScoreResult:
         """log p of each token after the session's context; with commit the tokens then join
         the session (not retried), without it the session is unchanged (retried)."""
-        response = self._client._call("Score", pb.ScoreRequest(
-            session_id=self.id, tokens=pb.TokenIds(ids=common._token_list(tokens)),
-            commit=commit), session_id=self.id, idempotent=not commit)
+        response = self._client._call("Score", common.score_request(self.id, tokens, commit),
+                                          session_id=self.id, idempotent=not commit)
         return ScoreResult(tuple(response.logprobs), response.position)
 
     def fork(self, new_session_id: str = "", *, position: Optional[int] = None) -> "Session":
         """A new session that starts as an exact copy of this one (at `position`, if given:
         an earlier point it can rewind to)."""
-        request = pb.ForkSessionRequest(session_id=self.id, new_session_id=new_session_id)
-        if position is not None:
-            request.position = position
+        request = common.fork_request(self.id, new_session_id, position)
         info = self._client._call("ForkSession", request, session_id=self.id, idempotent=False)
         return Session(self._client, SessionInfo.from_proto(info))
 

@@ -491,7 +491,7 @@ class TitansModel(nn.Module):
         """The neural memory (section 1) over x [B, T, d]: write and read every token, chunk by
         chunk; o = W_o(RMSNorm_h(y) * SiLU(W_g x))."""
         c, m = self.config, f"layers.{i}.memory."
-        mem, H, dh = c["memory"], c["num_heads"], c["head_dim"]
+        mem, H = c["memory"], c["num_heads"]
         B, T = x.shape[:2]
         q, ls = self._query_rows(x, self.p(m + "q_proj.weight"), self.p(m + "q_conv.weight"),
                                  ls, "q")

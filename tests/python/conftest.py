@@ -22,7 +22,7 @@ from titans.v1 import titans_pb2 as pb
 from titans.v1 import titans_pb2_grpc as rpc
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pyutil"))
-from titans_testutil import free_port, self_signed, stop  # noqa: E402,F401
+from titans_testutil import free_port, stop  # noqa: E402
 
 TOKEN = "token-of-alice"
 OTHER_TOKEN = "token-of-bob"

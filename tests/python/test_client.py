@@ -11,7 +11,8 @@ import pytest
 import titans
 import titans.aio
 from titans import _common
-from conftest import OTHER_TOKEN, TOKEN, free_port, running_server, self_signed
+from conftest import OTHER_TOKEN, TOKEN, running_server
+from titans_testutil import free_port, self_signed
 
 TEXT = "In the beginning God created the heaven and the earth. "
 

@@ -11,7 +11,6 @@ Prints "N passed, M failed" and exits non-zero on any failure.
 """
 import json
 import os
-import shutil
 import signal
 import urllib.request
 import socket
