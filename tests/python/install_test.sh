@@ -26,6 +26,15 @@ print("imported titans", titans.__version__, "from", titans.__file__)
 PY
   )
 }
+# The build backend's own reader of pyproject.toml (for Python < 3.11, which has no tomllib)
+# reads what tomllib reads.
+/usr/bin/python3 - "$source_dir/python" <<'PY'
+import sys, tomllib
+sys.path.insert(0, sys.argv[1] + "/_build")
+import titans_build
+text = open(sys.argv[1] + "/pyproject.toml").read()
+assert titans_build._read_project_table(text) == tomllib.loads(text)["project"]
+PY
 /usr/bin/python3 -m venv --system-site-packages "$work/venv"
 PIP_NO_INDEX=1 "$work/venv/bin/pip" install --quiet --disable-pip-version-check \
   "$source_dir/python[torch]"

@@ -145,6 +145,12 @@ def test_training_reaches_the_memory_through_the_chunked_form(tmp_path):
         grad = model.p(name).grad
         assert grad is not None and grad.abs().sum() > 0, name
     assert state.position == 95 and state.layers[0].weights[0].shape[0] == 2
+    # The state carries the graph until detached (truncated backpropagation between calls).
+    assert state.layers[0].weights[0].requires_grad
+    detached = state.detach()
+    assert not detached.layers[0].weights[0].requires_grad
+    assert not detached.last_logits.requires_grad and detached.position == 95
+    assert torch.equal(detached.layers[1].momentum[0], state.layers[1].momentum[0])
 
 
 def test_save_and_load_round_trip_and_the_server_checks_the_checksum(tmp_path):
