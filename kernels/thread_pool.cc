@@ -98,8 +98,7 @@ void ThreadPool::WorkerLoop(int index) {
   }
 }
 
-void ThreadPool::ParallelFor(int64_t count, int max_parts,
-                             const std::function<void(int64_t, int64_t)>& fn) {
+void ThreadPool::ParallelFor(int64_t count, int max_parts, RangeFn fn) {
   if (count <= 0) return;
   const int parts = static_cast<int>(std::min<int64_t>({count, max_parts, size()}));
   if (parts <= 1) {

@@ -10,6 +10,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace titans::kernels {
@@ -29,6 +30,24 @@ int UsableCpuCount();
 // where there is no limit or no readable file. UsableCpuCount reads "/sys/fs/cgroup".
 int CgroupCpuLimit(const std::string& cgroup_root, const std::string& own_cgroup = "/");
 
+// A non-owning reference to a callable taking (begin, end): what ParallelFor runs. Unlike a
+// std::function it never allocates (a lambda capturing more than two pointers makes
+// std::function allocate on every call; measured: about 30 allocations per decode step at 256
+// sessions). Written here because the kernels link no library but the C++ runtime (Abseil has
+// FunctionRef). The callable must outlive the call it is passed to.
+class RangeFn {
+ public:
+  template <typename F, typename = std::enable_if_t<!std::is_same_v<F, RangeFn>>>
+  RangeFn(const F& f)  // NOLINT(google-explicit-constructor): lambdas convert implicitly
+      : object_(&f),
+        call_([](const void* o, int64_t b, int64_t e) { (*static_cast<const F*>(o))(b, e); }) {}
+  void operator()(int64_t begin, int64_t end) const { call_(object_, begin, end); }
+
+ private:
+  const void* object_;
+  void (*call_)(const void*, int64_t, int64_t);
+};
+
 class ThreadPool {
  public:
   // Starts `threads - 1` workers (the caller is the last one). threads >= 1.
@@ -41,7 +60,7 @@ class ThreadPool {
 
   // Calls fn(begin, end) on up to `max_parts` disjoint ranges covering [0, count) and returns when
   // all are done. Ranges are split evenly by count.
-  void ParallelFor(int64_t count, int max_parts, const std::function<void(int64_t, int64_t)>& fn);
+  void ParallelFor(int64_t count, int max_parts, RangeFn fn);
 
   // The process-wide pool: SetDefaultSize's threads, else UsableCpuCount().
   static ThreadPool& Default();
@@ -56,7 +75,7 @@ class ThreadPool {
   std::mutex mu_;
   std::condition_variable start_cv_, done_cv_;
   std::vector<std::thread> workers_;
-  const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
+  const RangeFn* fn_ = nullptr;
   int64_t count_ = 0;
   int parts_ = 0;
   int pending_ = 0;

@@ -4,6 +4,7 @@
 
 #include "kernels/memory_kernel.h"
 #include "kernels/memory_kernel_cuda.h"
+#include "model/buffer_pool.h"
 
 #ifdef TITANS_WITH_CUDA
 #include <c10/cuda/CUDAStream.h>
@@ -203,9 +204,9 @@ struct GroupLayout {
 
 // Inference: the fused kernel (kernels/memory_kernel.h), one task per group, over any number
 // of memory states at once (the server batches sessions this way). The old states stay intact:
-// weights / momentum go to fresh tensors when a chunk closes; the open chunk's new rows are
-// appended in place to the state's PendingChunk when it may claim them, else written with the
-// carried-over rows into a new chunk-sized PendingChunk.
+// weights / momentum go to new tensors when a chunk closes (recycled ones no state holds, or
+// fresh); the open chunk's new rows are appended in place to the state's PendingChunk when it may
+// claim them, else written with the carried-over rows into another chunk-sized PendingChunk.
 class KernelBatch {
  private:
   using LayerTensors = std::array<at::Tensor, kernels::kMaxMemoryDepth>;
@@ -311,17 +312,27 @@ class KernelBatch {
       if (st->chunk->rows.compare_exchange_strong(expected, p + n)) e.chunk = st->chunk;
     }
     const bool in_place = e.chunk != nullptr;
+    // New buffers (chunk, and weights and momentum at a close) come from buffers earlier states
+    // gave up where the pool has them (model/buffer_pool.h): none of them is held by anyone else.
+    BufferPool& pool = BufferPool::ForThisThread();
+    bool chunk_has_buffers = in_place;
     if (!in_place) {  // also when nothing stays pending: the next step appends there in place
-      e.chunk = std::make_shared<PendingChunk>();
+      widths_.clear();
+      for (int l = 0; l < L; ++l) {
+        widths_.emplace_back(st->weights[l].size(2), st->weights[l].size(1));
+      }
+      e.chunk = pool.TakeChunk(G, b, widths_, options);
+      chunk_has_buffers = e.chunk != nullptr;
+      if (!chunk_has_buffers) e.chunk = std::make_shared<PendingChunk>();
       e.chunk->rows.store(e.p_out);
     }
     for (int l = 0; l < L; ++l) {
       e.w_in[l] = st->weights[l].contiguous();
       e.s_in[l] = st->momentum[l].contiguous();
-      e.w_out[l] = closes ? at::empty_like(e.w_in[l]) : e.w_in[l];
-      e.s_out[l] = closes ? at::empty_like(e.s_in[l]) : e.s_in[l];
+      e.w_out[l] = closes ? pool.TakeOrEmpty(e.w_in[l].sizes(), options) : e.w_in[l];
+      e.s_out[l] = closes ? pool.TakeOrEmpty(e.s_in[l].sizes(), options) : e.s_in[l];
       // The kernel uses these as the open chunk's rows, room for a whole chunk.
-      if (in_place) {
+      if (chunk_has_buffers) {
         e.z_out[l] = e.chunk->inputs[l];
         e.d_out[l] = e.chunk->deltas[l];
       } else {
@@ -355,7 +366,7 @@ class KernelBatch {
       gates_in = e.gates_prev.data_ptr<float>();
       gates_step = e.gates_prev.stride(0);
     }
-    if (in_place) {
+    if (chunk_has_buffers) {
       e.gates_out = e.chunk->gates;
     } else {
       e.gates_out = at::empty({G, b, 3}, options);
@@ -401,6 +412,7 @@ class KernelBatch {
   at::Device device_ = at::kCPU;
   std::vector<Entry> entries_;
   std::vector<kernels::MemoryTask> tasks_;
+  std::vector<std::pair<int64_t, int64_t>> widths_;  // QueuePacked's scratch: layer widths
 };
 
 }  // namespace

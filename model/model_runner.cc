@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/types/span.h"
 #include "kernels/memory_kernel.h"
+#include "model/buffer_pool.h"
 #include "model/session_state.h"
 #include "model/status_macros.h"
 #include "model/titans_model.h"
@@ -200,6 +201,8 @@ void ModelRunner::Settle(SlotId slot) {
   Slot* s = Find(slot);
   if (s != nullptr) SettleSessionState(&s->state);
 }
+
+void ModelRunner::ReleaseCachedBuffers() { BufferPool::ForThisThread().Clear(); }
 
 absl::Status ModelRunner::StartSampling(SlotId slot, const SamplingParams& params) {
   MutexLock lock(&mu_);

@@ -155,6 +155,11 @@ class ModelRunner {
   // room, until its next step. Values are unchanged, bit for bit. A no-op for a free slot.
   void Settle(SlotId slot);
 
+  // Frees the buffers that the calling thread keeps for its next steps' new state buffers
+  // (model/buffer_pool.h; at most 256 MiB, about what the last chunk closes replaced). For a
+  // caller that falls idle, on the thread that runs its steps.
+  void ReleaseCachedBuffers();
+
   // Accessors for an allocated slot (0 / zeros for a free one).
   int64_t position(SlotId slot) const;
   int64_t state_bytes(SlotId slot) const;

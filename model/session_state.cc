@@ -5,6 +5,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "model/buffer_pool.h"
 #include "model/crc32c.h"
 #include "model/ops.h"
 #include "model/safetensors.h"
@@ -278,7 +279,16 @@ void SettleSessionState(SessionState* state) {
   CompactSessionState(state);
 }
 
-void ReleaseStateTensors(SessionState* state) {
+void ReleaseStateTensors(SessionState* state, BufferPool* pool) {
+  if (pool != nullptr) {
+    for (LayerState& L : state->layers) {
+      for (auto* list : {&L.memory.weights, &L.memory.momentum}) {
+        for (at::Tensor& t : *list) pool->Give(t);
+      }
+      pool->GiveChunk(L.memory.chunk);
+    }
+    pool->Give(state->last_logits);
+  }
   // With a chunk the pending tensor fields are empty (memory_math.h), so this reaches them all.
   ForEachStateTensor(*state, [](at::Tensor& t) { t.reset(); });
   for (LayerState& L : state->layers) L.memory.chunk.reset();

@@ -122,8 +122,11 @@ void CompactSessionState(SessionState* state, bool keep_logits = false);
 void SettleSessionState(SessionState* state);
 
 // Drops every tensor and chunk `state` holds, keeping its vectors' sizes and capacity: a copy
-// assigned into it later reuses them (ForwardMany's working copies).
-void ReleaseStateTensors(SessionState* state);
+// assigned into it later reuses them (ForwardMany's working copies). With a pool, the memory's
+// weights, momentum and open chunk and the last logits go to it instead where nothing else holds
+// them (BufferPool::Give).
+class BufferPool;
+void ReleaseStateTensors(SessionState* state, BufferPool* pool = nullptr);
 
 // Moves every tensor of `state` to `device` (a no-op for tensors already there), e.g. a state
 // parsed on the host into a model that runs on a GPU.

@@ -2,10 +2,12 @@
 
 #include <c10/util/Exception.h>
 
+#include <cstring>
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "model/buffer_pool.h"
 #include "model/crc32c.h"
 #include "model/file_util.h"
 #include "model/ops.h"
@@ -226,6 +228,10 @@ absl::Status NonFinite() {
 }
 
 void AppendRecent(SessionState* s, const int64_t* ids, int64_t n) {
+  // Room for all it will hold at once: no reallocation per session as a young one grows.
+  if (s->recent_tokens.capacity() < SessionState::kRecentTokens) {
+    s->recent_tokens.reserve(SessionState::kRecentTokens);
+  }
   for (int64_t t = std::max<int64_t>(0, n - SessionState::kRecentTokens); t < n; ++t) {
     s->recent_tokens.push_back(static_cast<int32_t>(ids[t]));
   }
@@ -239,14 +245,16 @@ void AppendRecent(SessionState* s, const int64_t* ids, int64_t n) {
 // copying a state into a used one reuses its vectors (measured: about 7 of the 14 allocations per
 // session and decode step), and committing swaps it with the session's state. Between calls they
 // hold no tensors (ReleaseStateTensors: nothing stays alive, and GrantRingRoom's count of a
-// ring's holders stays exact).
+// ring's holders stays exact); the buffers of the states they replaced that nothing else holds go
+// to the thread's BufferPool, for the next call's new ones.
 class WorkingCopies {
  public:
   explicit WorkingCopies(size_t n) : copies_(Pool()), used_(n) {
     if (copies_.size() < n) copies_.resize(n);
   }
   ~WorkingCopies() {
-    for (size_t i = 0; i < used_; ++i) ReleaseStateTensors(&copies_[i]);
+    BufferPool& pool = BufferPool::ForThisThread();
+    for (size_t i = 0; i < used_; ++i) ReleaseStateTensors(&copies_[i], &pool);
   }
   WorkingCopies(const WorkingCopies&) = delete;
   WorkingCopies& operator=(const WorkingCopies&) = delete;
@@ -281,6 +289,23 @@ absl::Status CheckForwardManyInput(const std::vector<SessionState*>& states,
     }
   }
   return absl::OkStatus();
+}
+
+// Session k's logits [1, V] from a step's [1, sessions, V]. Where those are a plain CPU float
+// tensor, a copy into a buffer of its own, recycled from a state an earlier step replaced: a
+// decode step then makes no tensor per session (a view would be one) and a resting session holds
+// no part of the step's logits. Elsewhere a view (detached where autograd records).
+at::Tensor LogitsRow(const at::Tensor& logits, int64_t k) {
+  if (logits.device().is_cpu() && logits.scalar_type() == at::kFloat && !logits.requires_grad() &&
+      logits.is_contiguous()) {
+    const int64_t vocab = logits.size(2);
+    at::Tensor row = BufferPool::ForThisThread().TakeOrEmpty({1, vocab}, logits.options());
+    std::memcpy(row.data_ptr<float>(), logits.data_ptr<float>() + k * vocab,
+                static_cast<size_t>(vocab) * sizeof(float));
+    return row;
+  }
+  at::Tensor row = logits.select(1, k);
+  return row.requires_grad() ? row.detach() : row;
 }
 
 // One finiteness check (and one host sync) for all sessions' new logits: a session whose logits
@@ -350,10 +375,7 @@ absl::Status TitansModel::ForwardMany(const std::vector<SessionState*>& states,
         const size_t i = which[k];
         done[i] += lengths[k];
         if (done[i] == static_cast<int64_t>(tokens[i].size())) {
-          // [1, V]; a detached view only where autograd records (not under the runner's
-          // InferenceMode: there detach() would be one more tensor per session and step).
-          at::Tensor row = logits.select(1, k);
-          next[i].last_logits = row.requires_grad() ? row.detach() : std::move(row);
+          next[i].last_logits = LogitsRow(logits, static_cast<int64_t>(k));
         }
       }
     }

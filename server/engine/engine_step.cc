@@ -56,6 +56,7 @@ void Engine::Impl::Loop() {
         steps_at_release = steps_;
         last_release = Clock::now();
         table_.mu()->Unlock();
+        runner_->ReleaseCachedBuffers();  // this thread runs the steps: its buffers
         ReleaseFreeHeap();
         table_.mu()->Lock();
         continue;  // work may have arrived meanwhile

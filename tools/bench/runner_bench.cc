@@ -44,6 +44,7 @@
 #include "absl/flags/parse.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "kernels/linear.h"
 #include "model/determinism.h"
 #include "model/model_runner.h"
@@ -61,6 +62,10 @@ ABSL_FLAG(int32_t, compute_threads, 0, "as titans-server's flag");
 ABSL_FLAG(int32_t, library_threads, 1, "as titans-server's flag");
 ABSL_FLAG(bool, op_names, false,
           "also list the LibTorch operators called per decode step, most frequent first");
+ABSL_FLAG(int32_t, max_step_growth, -1,
+          "if >= 0: fail (exit 1) when a row's heap allocations or LibTorch operator calls per "
+          "step exceed the first row's by more than this (issue 20: neither may grow with the "
+          "number of sessions)");
 ABSL_FLAG(int32_t, alloc_sites, 0,
           "if > 0, also list this many call stacks that allocate in a decode step, most "
           "frequent first, with their allocations per step (recorded in extra steps)");
@@ -363,14 +368,21 @@ void AddSlots(titans::ModelRunner& runner, int n, const titans::SamplingParams* 
 }
 
 // Measures and prints the row for `n` sessions; `*first`: the first row's tokens/s (0: none yet).
+// `*first_counts`: the first row's allocations and operator calls per step (set by it).
 int SessionsRow(const titans::TitansModel& model, const std::vector<at::Tensor>& dense, int n,
-                int steps, const titans::SamplingParams* sampling, double* first) {
+                int steps, const titans::SamplingParams* sampling, double* first,
+                std::pair<double, double>* first_counts) {
   auto runner = titans::ModelRunner::Create(model, n);
   if (!runner.ok()) return Fail(runner.status().ToString());
   titans::StepPlan prompt, decode;
   AddSlots(**runner, n, sampling, &prompt, &decode);
   if (auto r = (*runner)->Step(prompt); !r.ok()) return Fail(r.status().ToString());
-  if (auto r = (*runner)->Step(decode); !r.ok()) return Fail(r.status().ToString());  // warm
+  // Warm-up: one memory chunk of decode steps, so that every slot has closed a chunk once and
+  // the rows below measure the steady state (the first close of a slot allocates its buffers;
+  // later ones reuse those the slots gave up, model/buffer_pool.h).
+  for (int s = 0; s <= model.config().memory.chunk_size; ++s) {
+    if (auto r = (*runner)->Step(decode); !r.ok()) return Fail(r.status().ToString());
+  }
   double kernel = 0;
   const int64_t allocs_before = allocations.load();
   const auto start = std::chrono::steady_clock::now();
@@ -405,6 +417,15 @@ int SessionsRow(const titans::TitansModel& model, const std::vector<at::Tensor>&
   std::printf("%8d %12.0f %7.2fx %10.3f %14.1f %7.1f%% %10.1f %7.2fx %12.0f %9.0f\n", n,
               tokens_per_second, tokens_per_second / *first, 1e3 * seconds / steps, 1e6 * per_token,
               100 * kernel / seconds, 1e6 * bound / n, per_token / (bound / n), allocs, ops);
+  if (first_counts->first < 0) *first_counts = {allocs, ops};
+  if (const int limit = absl::GetFlag(FLAGS_max_step_growth); limit >= 0) {
+    if (allocs > first_counts->first + limit || ops > first_counts->second + limit) {
+      return Fail(absl::StrFormat(
+          "%d sessions: %.1f allocations and %.1f operator calls per step, against %.1f and %.1f "
+          "in the first row (--max_step_growth %d)",
+          n, allocs, ops, first_counts->first, first_counts->second, limit));
+    }
+  }
   return 0;
 }
 
@@ -439,8 +460,11 @@ int main(int argc, char** argv) {
   double first = 0;
   titans::SamplingParams greedy;
   greedy.temperature = 0;
+  std::pair<double, double> first_counts{-1, -1};
   for (int n : counts) {
-    if (int rc = SessionsRow(**model, dense, n, steps, &greedy, &first); rc != 0) return rc;
+    if (int rc = SessionsRow(**model, dense, n, steps, &greedy, &first, &first_counts); rc != 0) {
+      return rc;
+    }
   }
   return 0;
 }
