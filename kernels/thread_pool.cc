@@ -88,13 +88,22 @@ void ThreadPool::WorkerLoop(int index) {
     start_cv_.wait(lock, [&] { return stop_ || generation_ != seen; });
     if (stop_) return;
     seen = generation_;
-    if (index >= parts_) continue;
-    const auto* fn = fn_;
-    const auto [begin, end] = Range(count_, parts_, index);
+    if (!open_ || index >= parts_) continue;  // late for this call, or not needed by it
+    ++joined_;
+    const RangeFn* fn = fn_;
     lock.unlock();
-    if (begin < end) (*fn)(begin, end);
+    RunChunks(*fn);
     lock.lock();
-    if (--pending_ == 0) done_cv_.notify_one();
+    if (--joined_ == 0) done_cv_.notify_one();
+  }
+}
+
+void ThreadPool::RunChunks(const RangeFn& fn) {
+  while (true) {
+    const int64_t chunk = next_chunk_.fetch_add(1, std::memory_order_relaxed);
+    if (chunk >= chunks_) return;
+    const auto [begin, end] = Range(count_, static_cast<int>(chunks_), static_cast<int>(chunk));
+    if (begin < end) fn(begin, end);
   }
 }
 
@@ -111,14 +120,18 @@ void ThreadPool::ParallelFor(int64_t count, int max_parts, RangeFn fn) {
     fn_ = &fn;
     count_ = count;
     parts_ = parts;
-    pending_ = parts - 1;
+    chunks_ = std::min<int64_t>(count, int64_t{parts} * kChunksPerPart);
+    next_chunk_.store(0, std::memory_order_relaxed);
+    open_ = true;
     ++generation_;
   }
   start_cv_.notify_all();
-  const auto [begin, end] = Range(count, parts, 0);
-  fn(begin, end);
+  RunChunks(fn);
+  // Every chunk is taken: workers that have not joined yet must not (fn is about to go), and
+  // those that did finish their last chunk.
   std::unique_lock<std::mutex> lock(mu_);
-  done_cv_.wait(lock, [&] { return pending_ == 0; });
+  open_ = false;
+  done_cv_.wait(lock, [&] { return joined_ == 0; });
 }
 
 namespace {

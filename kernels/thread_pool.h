@@ -1,9 +1,11 @@
 // A small fixed pool of worker threads for the kernels' "parallel for". Work is split into
-// contiguous static ranges, so which thread runs an item never changes its result.
+// contiguous chunks that the threads take in turn; each item is computed by one thread on its
+// own, so which thread runs it never changes its result.
 // Thread safety: ParallelFor may be called from several threads; calls are serialised.
 #ifndef TITANS_KERNELS_THREAD_POOL_H_
 #define TITANS_KERNELS_THREAD_POOL_H_
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -58,9 +60,15 @@ class ThreadPool {
 
   int size() const { return static_cast<int>(workers_.size()) + 1; }
 
-  // Calls fn(begin, end) on up to `max_parts` disjoint ranges covering [0, count) and returns when
-  // all are done. Ranges are split evenly by count.
+  // Calls fn(begin, end) on disjoint ranges covering [0, count), on the calling thread and up to
+  // `max_parts` - 1 workers, and returns when all are done. The range is cut evenly into up to
+  // kChunksPerPart chunks per thread, which the threads take in turn as they finish one: a thread
+  // that is late or preempted (other processes, gRPC threads on the same cores) or given costly
+  // items (sessions closing a memory chunk) leaves more of the work to the others instead of
+  // holding the call up. Callers' results must not depend on which thread runs an item or on
+  // where the chunks are cut (every kernel here computes each item on its own).
   void ParallelFor(int64_t count, int max_parts, RangeFn fn);
+  static constexpr int kChunksPerPart = 4;
 
   // The process-wide pool: SetDefaultSize's threads, else UsableCpuCount().
   static ThreadPool& Default();
@@ -70,6 +78,8 @@ class ThreadPool {
 
  private:
   void WorkerLoop(int index);
+  // Takes chunks of the current call and runs them until none is left.
+  void RunChunks(const RangeFn& fn);
 
   std::mutex call_mu_;  // one ParallelFor at a time
   std::mutex mu_;
@@ -78,7 +88,10 @@ class ThreadPool {
   const RangeFn* fn_ = nullptr;
   int64_t count_ = 0;
   int parts_ = 0;
-  int pending_ = 0;
+  int64_t chunks_ = 0;
+  std::atomic<int64_t> next_chunk_{0};  // the next chunk to take
+  bool open_ = false;                   // workers may still join the current call
+  int joined_ = 0;                      // workers running chunks of the current call
   uint64_t generation_ = 0;
   bool stop_ = false;
 };

@@ -68,6 +68,7 @@ void Engine::Impl::Shutdown(int64_t deadline_ms) {
     cv_.SignalAll();
   }
   if (thread_.joinable()) thread_.join();
+  completions_.Flush();  // every answer the engine thread produced is delivered
   // The engine thread has stopped: nothing erases sessions or changes states any more, so the
   // checkpoints are written without the engine lock (GetSession and stats() are not held up
   // meanwhile).

@@ -8,6 +8,7 @@
 //   engine_recovery.cc    start-up recovery, registering sessions, loading a stored session
 //   engine_residency.cc   spilling, the TTL sweep, copies taken over by another replica
 //   engine_rewind.cc      rewind points, a session's state at an earlier position, Rewind
+// Completions (answers, generated tokens) run on their own thread, in order (completion_queue.h).
 // Plain data and bookkeeping in their own headers: a session, its phase, and the table of them
 // that owns the engine's lock (session_table.h), an operation and its completion (operation.h).
 // The scheduling policy is a pure function in scheduler.h; storage is behind SessionStore
@@ -31,6 +32,7 @@
 #include "model/status_macros.h"
 #include "model/text_stream.h"
 #include "model/utf8.h"
+#include "server/engine/completion_queue.h"
 #include "server/engine/directory_store.h"
 #include "server/engine/engine.h"
 #include "server/engine/operation.h"
@@ -392,6 +394,8 @@ class Engine::Impl {
   std::atomic<bool> draining_deadline_passed_{false};
   bool stop_ ABSL_GUARDED_BY(table_.mu()) = false;
   bool stopped_ = false;
+  // The engine thread's completions run here, in order, while it goes on (completion_queue.h).
+  CompletionQueue completions_;
   std::thread thread_;
 };
 

@@ -69,7 +69,7 @@ void Engine::Impl::Loop() {
       Sweep(&callbacks);
       if (!callbacks.empty()) {
         table_.mu()->Unlock();
-        for (auto& cb : callbacks) cb();
+        completions_.Post(std::move(callbacks));
         table_.mu()->Lock();
       }
       last_sweep = Clock::now();
@@ -112,7 +112,7 @@ void Engine::Impl::Loop() {
     FinishCloses(closing, &callbacks);
     CheckpointIfDue();
     SpillIfNeeded();
-    for (auto& cb : callbacks) cb();
+    completions_.Post(std::move(callbacks));  // they run while the next step does
     table_.mu()->Lock();
   }
   table_.mu()->Unlock();

@@ -7,8 +7,11 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <string>
 #include <thread>
 
@@ -105,6 +108,31 @@ TEST(ThreadPool, EveryItemRunsOnceWhateverTheSplit) {
     });
     for (int64_t i = 0; i < count; ++i) EXPECT_EQ(hits[i].load(), 1) << count << " " << i;
   }
+}
+
+// A thread held up in its chunk (preempted, or given a costly item) does not hold the others up:
+// they take every chunk left. Here the worker's first chunk waits until the calling thread has
+// run all the others; with ranges fixed per thread that never happens and the wait runs out.
+TEST(ThreadPool, AStalledThreadLeavesItsChunksToTheOthers) {
+  ThreadPool pool(2);
+  constexpr int64_t kCount = 2 * ThreadPool::kChunksPerPart;  // chunks of one item
+  const std::thread::id caller = std::this_thread::get_id();
+  std::mutex mu;
+  std::condition_variable cv;
+  int64_t by_caller = 0, by_worker = 0;
+  pool.ParallelFor(kCount, 2, [&](int64_t begin, int64_t end) {
+    std::unique_lock<std::mutex> lock(mu);
+    if (std::this_thread::get_id() == caller) {
+      by_caller += end - begin;
+      cv.notify_all();
+      return;
+    }
+    // At most a minute, so that a regression fails instead of hanging.
+    cv.wait_for(lock, std::chrono::minutes(1), [&] { return by_caller + end - begin >= kCount; });
+    by_worker += end - begin;
+  });
+  EXPECT_EQ(by_caller + by_worker, kCount);
+  EXPECT_GE(by_caller, kCount - 1) << "the caller waited for a stalled worker's chunks";
 }
 
 }  // namespace
