@@ -3,7 +3,7 @@
 # into build-tsan/ and runs the engine-level tests there:  scripts/tsan.sh [ctest args]
 # EngineConcurrencyTest drives the engine from many client threads through its C++ API; the
 # scheduler, rewind history, log and Redis store tests run too, the model runner's tests (slot
-# operations on other threads while steps run) and the Generate event queue's. The gRPC-level tests are left
+# operations on other threads while steps run), the Generate event queue's and the completion queue's. The gRPC-level tests are left
 # out: Debian's gRPC is not instrumented and hands messages between its threads through
 # synchronisation TSan cannot see (every report there is inside gRPC). LibTorch's intra-op
 # threads are limited to one (OMP_NUM_THREADS=1) so that tensor work stays on threads TSan sees.
@@ -20,4 +20,4 @@ fi
 cmake --build "$dir" -j "${TITANS_BUILD_JOBS:-2}" -- server_tests storage_tests model_tests
 cd "$dir"
 ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1 TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$(pwd)/../scripts/tsan.supp" \
-  ctest --output-on-failure -j "${TITANS_TEST_JOBS:-2}" -R "^(EngineConcurrencyTest|RewindHistory|PlanStep|RedisStoreTest|WalTest|ModelRunner|GenerateEventQueue)\." "$@"
+  ctest --output-on-failure -j "${TITANS_TEST_JOBS:-2}" -R "^(EngineConcurrencyTest|RewindHistory|PlanStep|RedisStoreTest|WalTest|ModelRunner|GenerateEventQueue|CompletionQueue)\." "$@"
