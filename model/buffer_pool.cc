@@ -6,10 +6,15 @@
 
 namespace titans {
 
-BufferPool& BufferPool::ForThisThread() {
-  thread_local BufferPool pool;
-  return pool;
-}
+namespace {
+thread_local BufferPool* current_pool = nullptr;
+}  // namespace
+
+BufferPool* BufferPool::Current() { return current_pool; }
+
+BufferPool::Use::Use(BufferPool* pool) : previous_(current_pool) { current_pool = pool; }
+
+BufferPool::Use::~Use() { current_pool = previous_; }
 
 BufferPool::Key BufferPool::TensorKey(at::IntArrayRef sizes, const at::TensorOptions& options,
                                       bool inference) {
@@ -96,8 +101,9 @@ at::Tensor BufferPool::Take(at::IntArrayRef sizes, const at::TensorOptions& opti
   return at::Tensor();
 }
 
-at::Tensor BufferPool::TakeOrEmpty(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor t = Take(sizes, options);
+at::Tensor BufferPool::TakeOrEmpty(BufferPool* pool, at::IntArrayRef sizes,
+                                   const at::TensorOptions& options) {
+  at::Tensor t = pool != nullptr ? pool->Take(sizes, options) : at::Tensor();
   return t.defined() ? t : at::empty(sizes, options);
 }
 

@@ -4,8 +4,8 @@
 // A step replaces some of a session's tensors with new ones: every session's last-logits row, and
 // at a chunk close the memory's weights, momentum and open-chunk buffers. The old ones are freed
 // once the step commits (the working copy that held them is released). Instead of freeing and
-// allocating again, ForwardMany gives the buffers it drops to this pool and the next new buffer
-// of the same shape is taken from it: a decode step then allocates no state buffer at all.
+// allocating again, ForwardMany gives the buffers it drops to the current pool and the next new
+// buffer of the same shape is taken from it: a decode step then allocates no state buffer at all.
 //
 // Only a buffer nothing else refers to is kept: its TensorImpl and storage each have one owner
 // (the argument), so no state, snapshot, rewind point or view can see it being written. A buffer
@@ -14,9 +14,12 @@
 // Written here rather than taken from LibTorch: its CPU allocator has no cache, and each Tensor
 // also costs a TensorImpl; recycling whole tensors saves both.
 //
-// Memory: at most kMaxBytes are kept per thread; beyond that, given buffers are freed. Clear()
-// frees them all (the engine does so when it falls idle, before giving freed memory back).
-// Thread safety: one pool per thread (ForThisThread); a pool is used by its own thread only.
+// Which pool: the one a BufferPool::Use on the calling thread names (ModelRunner::Step uses its
+// own), else none: code outside such a scope (training, tools, tests) allocates as usual, and no
+// thread keeps buffers nobody will clear.
+// Memory: a pool keeps at most kMaxBytes; beyond that, given buffers are freed. Clear() frees
+// them all (the engine has its runner do so when it falls idle, before returning freed memory).
+// Thread safety: none; a pool is used by one thread at a time (the runner's, under its lock).
 #ifndef TITANS_MODEL_BUFFER_POOL_H_
 #define TITANS_MODEL_BUFFER_POOL_H_
 
@@ -35,8 +38,19 @@ class BufferPool {
  public:
   static constexpr int64_t kMaxBytes = int64_t{256} << 20;
 
-  // The calling thread's pool.
-  static BufferPool& ForThisThread();
+  // The pool the innermost Use on this thread names, or nullptr.
+  static BufferPool* Current();
+  // Makes `pool` the calling thread's current pool for its lifetime (nullptr: none).
+  class Use {
+   public:
+    explicit Use(BufferPool* pool);
+    ~Use();
+    Use(const Use&) = delete;
+    Use& operator=(const Use&) = delete;
+
+   private:
+    BufferPool* previous_;
+  };
 
   // Keeps `t` for a later Take if nothing else holds it (see above) and it is a contiguous,
   // whole-storage tensor of at most 4 dimensions; otherwise drops it. Leaves `t` undefined.
@@ -48,8 +62,9 @@ class BufferPool {
   // A kept tensor of exactly these sizes, dtype, device and inference-ness (that of the current
   // InferenceMode), or an undefined tensor. Its values are stale.
   at::Tensor Take(at::IntArrayRef sizes, const at::TensorOptions& options);
-  // Take, or a new at::empty when none is kept.
-  at::Tensor TakeOrEmpty(at::IntArrayRef sizes, const at::TensorOptions& options);
+  // Take from `pool`, or a new at::empty when it keeps none (or is nullptr).
+  static at::Tensor TakeOrEmpty(BufferPool* pool, at::IntArrayRef sizes,
+                                const at::TensorOptions& options);
   // A kept chunk for `groups` groups, rows of `chunk` tokens and layer widths `widths` (in_l,
   // out_l per layer), with `options`; null if none. Its row count is 0 and its values stale.
   std::shared_ptr<PendingChunk> TakeChunk(int64_t groups, int64_t chunk,

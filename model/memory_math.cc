@@ -313,15 +313,15 @@ class KernelBatch {
     }
     const bool in_place = e.chunk != nullptr;
     // New buffers (chunk, and weights and momentum at a close) come from buffers earlier states
-    // gave up where the pool has them (model/buffer_pool.h): none of them is held by anyone else.
-    BufferPool& pool = BufferPool::ForThisThread();
+    // gave up where the current pool has them (model/buffer_pool.h): none is held by anyone else.
+    BufferPool* const pool = BufferPool::Current();
     bool chunk_has_buffers = in_place;
     if (!in_place) {  // also when nothing stays pending: the next step appends there in place
       widths_.clear();
       for (int l = 0; l < L; ++l) {
         widths_.emplace_back(st->weights[l].size(2), st->weights[l].size(1));
       }
-      e.chunk = pool.TakeChunk(G, b, widths_, options);
+      if (pool != nullptr) e.chunk = pool->TakeChunk(G, b, widths_, options);
       chunk_has_buffers = e.chunk != nullptr;
       if (!chunk_has_buffers) e.chunk = std::make_shared<PendingChunk>();
       e.chunk->rows.store(e.p_out);
@@ -329,8 +329,8 @@ class KernelBatch {
     for (int l = 0; l < L; ++l) {
       e.w_in[l] = st->weights[l].contiguous();
       e.s_in[l] = st->momentum[l].contiguous();
-      e.w_out[l] = closes ? pool.TakeOrEmpty(e.w_in[l].sizes(), options) : e.w_in[l];
-      e.s_out[l] = closes ? pool.TakeOrEmpty(e.s_in[l].sizes(), options) : e.s_in[l];
+      e.w_out[l] = closes ? BufferPool::TakeOrEmpty(pool, e.w_in[l].sizes(), options) : e.w_in[l];
+      e.s_out[l] = closes ? BufferPool::TakeOrEmpty(pool, e.s_in[l].sizes(), options) : e.s_in[l];
       // The kernel uses these as the open chunk's rows, room for a whole chunk.
       if (chunk_has_buffers) {
         e.z_out[l] = e.chunk->inputs[l];

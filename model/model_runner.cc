@@ -73,7 +73,7 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Load(const std::string
 }
 
 ModelRunner::ModelRunner(const TitansModel& model, int32_t capacity)
-    : model_(model), capacity_(capacity) {}
+    : model_(model), capacity_(capacity), buffers_(std::make_unique<BufferPool>()) {}
 
 const ModelConfig& ModelRunner::config() const { return model_.config(); }
 const Tokenizer& ModelRunner::tokenizer() const { return model_.tokenizer(); }
@@ -202,7 +202,10 @@ void ModelRunner::Settle(SlotId slot) {
   if (s != nullptr) SettleSessionState(&s->state);
 }
 
-void ModelRunner::ReleaseCachedBuffers() { BufferPool::ForThisThread().Clear(); }
+void ModelRunner::ReleaseCachedBuffers() {
+  MutexLock lock(&mu_);
+  buffers_->Clear();
+}
 
 absl::Status ModelRunner::StartSampling(SlotId slot, const SamplingParams& params) {
   MutexLock lock(&mu_);
@@ -411,6 +414,7 @@ absl::StatusOr<StepResult> ModelRunner::Step(const StepPlan& plan) {
   // InferenceMode: no autograd metadata for the step's many small tensors. Slot states are never
   // modified in place, so the inference tensors they end up holding are safe to copy later.
   c10::InferenceMode inference;
+  BufferPool::Use use_buffers(buffers_.get());  // new state buffers from replaced ones
   const size_t n = plan.work.size();
   StepResult result;
   result.slots.resize(n);

@@ -45,6 +45,7 @@
 
 namespace titans {
 
+class BufferPool;
 class TitansModel;
 
 using SlotId = int32_t;
@@ -155,9 +156,8 @@ class ModelRunner {
   // room, until its next step. Values are unchanged, bit for bit. A no-op for a free slot.
   void Settle(SlotId slot);
 
-  // Frees the buffers that the calling thread keeps for its next steps' new state buffers
-  // (model/buffer_pool.h; at most 256 MiB, about what the last chunk closes replaced). For a
-  // caller that falls idle, on the thread that runs its steps.
+  // Frees the buffers the runner keeps for its next steps' new state buffers (model/buffer_pool.h:
+  // those its steps' states gave up; at most 256 MiB). For a caller that falls idle.
   void ReleaseCachedBuffers();
 
   // Accessors for an allocated slot (0 / zeros for a free one).
@@ -188,6 +188,8 @@ class ModelRunner {
   std::vector<std::unique_ptr<Slot>> slots_ ABSL_GUARDED_BY(mu_);  // nullptr: free
   std::vector<SlotId> free_ ABSL_GUARDED_BY(mu_);  // free slot ids of slots_, lowest last
   int32_t in_use_ ABSL_GUARDED_BY(mu_) = 0;
+  // Buffers replaced states gave up, for the next steps (a pointer: no LibTorch in this header).
+  std::unique_ptr<BufferPool> buffers_ ABSL_GUARDED_BY(mu_);
 };
 
 // Frees a runner slot when it goes out of scope unless Release()d: for a slot taken for work

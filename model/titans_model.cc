@@ -246,15 +246,15 @@ void AppendRecent(SessionState* s, const int64_t* ids, int64_t n) {
 // session and decode step), and committing swaps it with the session's state. Between calls they
 // hold no tensors (ReleaseStateTensors: nothing stays alive, and GrantRingRoom's count of a
 // ring's holders stays exact); the buffers of the states they replaced that nothing else holds go
-// to the thread's BufferPool, for the next call's new ones.
+// to the current BufferPool (the runner's, in its steps), for the next call's new ones.
 class WorkingCopies {
  public:
   explicit WorkingCopies(size_t n) : copies_(Pool()), used_(n) {
     if (copies_.size() < n) copies_.resize(n);
   }
   ~WorkingCopies() {
-    BufferPool& pool = BufferPool::ForThisThread();
-    for (size_t i = 0; i < used_; ++i) ReleaseStateTensors(&copies_[i], &pool);
+    BufferPool* const pool = BufferPool::Current();
+    for (size_t i = 0; i < used_; ++i) ReleaseStateTensors(&copies_[i], pool);
   }
   WorkingCopies(const WorkingCopies&) = delete;
   WorkingCopies& operator=(const WorkingCopies&) = delete;
@@ -292,14 +292,14 @@ absl::Status CheckForwardManyInput(const std::vector<SessionState*>& states,
 }
 
 // Session k's logits [1, V] from a step's [1, sessions, V]. Where those are a plain CPU float
-// tensor, a copy into a buffer of its own, recycled from a state an earlier step replaced: a
+// tensor, a copy into a buffer of its own (from the current BufferPool where it has one): a
 // decode step then makes no tensor per session (a view would be one) and a resting session holds
 // no part of the step's logits. Elsewhere a view (detached where autograd records).
 at::Tensor LogitsRow(const at::Tensor& logits, int64_t k) {
   if (logits.device().is_cpu() && logits.scalar_type() == at::kFloat && !logits.requires_grad() &&
       logits.is_contiguous()) {
     const int64_t vocab = logits.size(2);
-    at::Tensor row = BufferPool::ForThisThread().TakeOrEmpty({1, vocab}, logits.options());
+    at::Tensor row = BufferPool::TakeOrEmpty(BufferPool::Current(), {1, vocab}, logits.options());
     std::memcpy(row.data_ptr<float>(), logits.data_ptr<float>() + k * vocab,
                 static_cast<size_t>(vocab) * sizeof(float));
     return row;

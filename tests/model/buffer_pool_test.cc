@@ -118,7 +118,8 @@ TEST(BufferPoolReuse, DecodeStepsReuseBuffersAndChangeNoResultOrCopy) {
     auto model = MakeModel(TinyConfig(v, 2, 4), 41);
     ASSERT_NE(model, nullptr);
     c10::InferenceMode inference;  // as the runner runs its steps
-    BufferPool& pool = BufferPool::ForThisThread();
+    BufferPool pool;
+    BufferPool::Use use(&pool);  // as ModelRunner::Step does with its own
     constexpr int kSessions = 3, kSteps = 40, kCopyAt = 13;
     // Runs kSteps single-token steps of kSessions sessions; with `reuse` false the pool is emptied
     // before every step (everything allocated anew). Returns the states, and in *copies the
@@ -153,8 +154,35 @@ TEST(BufferPoolReuse, DecodeStepsReuseBuffersAndChangeNoResultOrCopy) {
       EXPECT_EQ(MaxStateDiff(reused_copies[i], fresh_copies[i]), 0.0)
           << Name(v) << " session " << i << ": a held copy changed";
     }
-    pool.Clear();
   }
+}
+
+// Outside a BufferPool::Use nothing is pooled: a thread that runs the model outside a runner's
+// step (training, recovery on another thread, tools) keeps no buffers.
+TEST(BufferPoolReuse, NothingIsKeptOutsideAUse) {
+  EXPECT_EQ(BufferPool::Current(), nullptr);
+  auto model = MakeModel(TinyConfig(Variant::kMAL, 2, 4), 43);
+  ASSERT_NE(model, nullptr);
+  c10::InferenceMode inference;
+  BufferPool pool;
+  {
+    BufferPool::Use use(&pool);
+    EXPECT_EQ(BufferPool::Current(), &pool);
+    {
+      BufferPool::Use none(nullptr);
+      EXPECT_EQ(BufferPool::Current(), nullptr);
+      SessionState s = model->NewState();
+      std::vector<SessionState*> states{&s};
+      for (int step = 0; step < 9; ++step) {
+        const std::vector<std::vector<int64_t>> tokens{{step + 65}};
+        ASSERT_TRUE(model->ForwardMany(states, tokens, nullptr).ok());
+      }
+    }
+    EXPECT_EQ(BufferPool::Current(), &pool);
+  }
+  EXPECT_EQ(BufferPool::Current(), nullptr);
+  EXPECT_EQ(pool.bytes(), 0);
+  EXPECT_EQ(pool.taken(), 0);
 }
 
 }  // namespace
