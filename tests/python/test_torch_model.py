@@ -18,6 +18,7 @@ import torch
 import titans
 from conftest import running_server
 from titans_torch import TitansModel
+from titans_torch.write_gate import recall_head
 
 SOURCE = os.environ.get("TITANS_SOURCE_DIR",
                         os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -207,3 +208,45 @@ def test_fine_tune_resume_and_serve(tmp_path):
             session.append(TEXT[:200])
             result = session.generate(max_tokens=8, temperature=0, stop_at_eos=False).result()
             assert len(result.token_ids) == 8
+
+
+def test_write_gate_shifts_one_head_and_the_server_serves_it(tmp_path):
+    start = random_model(tmp_path, "gate", {"variant": "mal"})
+    out = tmp_path / "calibrated"
+    env = {**os.environ, "PYTHONPATH": os.path.join(SOURCE, "python")}
+    run = subprocess.run(
+        [sys.executable, "-m", "titans_torch.write_gate", "--model_dir", start, "--out", str(out),
+         "--layer", "1", "--head", "1", "--theta_bias_shift", "-2.5"],
+        env=env, capture_output=True, text=True, timeout=300, check=True)
+    assert "theta_proj.bias[1] -2.5" in run.stdout
+    before, after = TitansModel.load(start), TitansModel.load(str(out))
+    changed = "layers.1.memory.theta_proj.bias"
+    for name, _, _, _ in before.slots:
+        if name == changed:
+            assert after.p(name)[1].item() == pytest.approx(before.p(name)[1].item() - 2.5)
+            assert torch.equal(after.p(name)[0], before.p(name)[0])
+        else:
+            assert torch.equal(after.p(name), before.p(name)), name
+    config = json.loads((out / "config.json").read_text())
+    assert config["description"].startswith("python3 -m titans_torch.write_gate")
+    # Writing less changes what the model predicts, and the server agrees with titans_torch.
+    worst, _ = compare_with_server(str(out), 300, seed=6)
+    assert worst < TOLERANCE
+    assert before.score(list(TEXT[:300]))[0] != after.score(list(TEXT[:300]))[0]
+    # A head or layer that does not exist is refused, and nothing is written.
+    bad = subprocess.run(
+        [sys.executable, "-m", "titans_torch.write_gate", "--model_dir", start, "--out",
+         str(tmp_path / "bad"), "--layer", "0", "--head", "2", "--theta_bias_shift", "-1"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "head 2 out of range" in bad.stderr
+    assert not (tmp_path / "bad").exists()
+    # --head auto picks the head whose gate opens most on a passkey's digits, and shifts that one.
+    auto = subprocess.run(
+        [sys.executable, "-m", "titans_torch.write_gate", "--model_dir", start, "--out",
+         str(tmp_path / "auto"), "--layer", "1", "--head", "auto", "--theta_bias_shift", "-1"],
+        env=env, capture_output=True, text=True, timeout=300, check=True)
+    picked = int(auto.stdout.split("recall head of layer 1: ")[1].split()[0])
+    head, ratios = recall_head(before, 1)
+    assert picked == head and ratios[head] == max(ratios) and len(ratios) == 2
+    shifted = TitansModel.load(str(tmp_path / "auto")).p(changed)
+    assert shifted[picked].item() == pytest.approx(before.p(changed)[picked].item() - 1)
