@@ -1,0 +1,251 @@
+#!/usr/bin/python3
+"""Looks inside a model's neural memory while it reads recall tasks (docs/evaluation.md,
+"Calibrating the recall head's writes"). Uses titans_torch, which matches the server to 1e-5 nats.
+
+    scripts/memory-probe.py addressing MODEL_DIR   multi-fact: does the question's memory query
+                                                   match its own fact's key better than the others?
+    scripts/memory-probe.py needle MODEL_DIR       passkey in text: the needle's key against every
+                                                   haystack key, per head of the last layer
+    scripts/memory-probe.py trace MODEL_DIR        how much of a needle is left in the last layer's
+                                                   memory read after L bytes of haystack
+    scripts/memory-probe.py gates MODEL_DIR        mean forgetting (alpha), momentum (eta) and write
+                                                   (theta) gates per head, on text and on noise
+
+Text haystacks: the held-out tail of data/english.txt (never trained on), or with --licences the
+licence texts scripts/evaluate-default.sh uses. Deterministic (--seed).
+"""
+import argparse
+import glob
+import os
+import random
+import sys
+
+import torch
+import torch.nn.functional as F
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, os.path.join(ROOT, "python"))
+from titans_torch.model import BOS, TitansModel  # noqa: E402
+
+NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+QUESTION = " What is the pass key? The pass key is "
+
+
+def needle(key):
+    return f" The pass key is {key}. Remember it. {key} is the pass key. "
+
+
+def text_haystack(licences):
+    if licences:
+        files = [f for f in sorted(glob.glob("/usr/share/common-licenses/*"))
+                 if not f.endswith(("GFDL", "GPL", "LGPL"))]
+        return "".join(open(f, errors="replace").read() for f in files)
+    with open(os.path.join(ROOT, "data", "english.txt"), "rb") as f:  # the last 5% is held out
+        data = f.read()
+    return data[len(data) - len(data) // 20:].decode("utf-8", errors="replace")
+
+
+class Recorder:
+    """Keeps each memory layer's queries and keys ([T, H, dh], normalised, per call appended)
+    and inputs ([T, d]) while the model reads."""
+
+    def __init__(self, model):
+        self.model, self.q, self.k, self.x, self.out = model, {}, {}, {}, {}
+        query_rows, memory = model._query_rows, model._memory
+        layer = {"i": 0}
+
+        def record_rows(x, proj, taps, ls, tail):
+            h, ls = query_rows(x, proj, taps, ls, tail)
+            H, dh = model.config["num_heads"], model.config["head_dim"]
+            store = self.q if tail == "q" else self.k
+            store.setdefault(layer["i"], []).append(h[0].detach().reshape(-1, H, dh))
+            return h, ls
+
+        def record_memory(i, x, ls, position):
+            layer["i"] = i
+            self.x.setdefault(i, []).append(x[0].detach())
+            out, ls = memory(i, x, ls, position)
+            self.out[i] = out[0].detach()
+            return out, ls
+
+        model._query_rows, model._memory = record_rows, record_memory
+
+    def clear(self):
+        self.q.clear(), self.k.clear(), self.x.clear(), self.out.clear()
+
+    def read(self, tokens, state=None, piece=4096):
+        """Scores `tokens` in pieces (the attention mask of one long call would be T x T)."""
+        with torch.no_grad():
+            for begin in range(0, len(tokens), piece):
+                _, state = self.model.score(tokens[begin:begin + piece], state)
+        return state
+
+    def rows(self, store, layer, n_tokens):
+        """Layer `layer`'s rows for the last n_tokens read (dropping <|bos|>)."""
+        rows = torch.cat(store[layer])
+        return rows[rows.shape[0] - n_tokens:]
+
+
+def addressing(model, args):
+    rec, rng = Recorder(model), random.Random(args.seed)
+    filler = text_haystack(args.licences) if args.filler == "text" else NOISE * 200
+    L = model.config["num_layers"]
+    stats = {}
+    for _ in range(args.trials):
+        names = []
+        while len(names) < args.facts:
+            name = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(3))
+            if name not in names:
+                names.append(name)
+        values = [f"{rng.randrange(10)}{rng.randrange(10)}" for _ in names]
+        text = "".join(f"{n}={v}, " for n, v in zip(names, values))
+        first_digits = [8 * i + 4 for i in range(args.facts)]
+        start = rng.randrange(0, len(filler) - args.gap)
+        text += filler[start:start + args.gap] + " Recall: "
+        order = list(range(args.facts))
+        rng.shuffle(order)
+        asked = []
+        for i in order:
+            text += names[i] + "="
+            asked.append((i, len(text) - 1))  # the '=' after which the first digit comes
+            text += values[i] + ", "
+        tokens = list(text.encode())
+        rec.clear()
+        rec.read(tokens)
+        for layer in range(L):
+            K, Q = rec.rows(rec.k, layer, len(tokens)), rec.rows(rec.q, layer, len(tokens))
+            for h in range(model.config["num_heads"]):
+                s = stats.setdefault((layer, h), [0, 0, 0.0, 0.0])
+                for i, at in asked:
+                    sims = K[first_digits, h] @ Q[at, h]
+                    s[0] += int(sims.argmax().item() == i)
+                    s[1] += 1
+                    s[2] += sims[i].item()
+                    s[3] += (sims.sum() - sims[i]).item() / (args.facts - 1)
+    print(f"{args.facts} facts, {args.gap} bytes of {args.filler}, {args.trials} tasks: the query "
+          "at each question's '=' against the keys at every fact's first value digit")
+    print("| layer | head | own fact's key the closest | q.k own fact | q.k other facts |")
+    print("|---|---|---|---|---|")
+    for (layer, h), (best, n, own, other) in sorted(stats.items()):
+        print(f"| {layer} | {h} | {best}/{n} | {own / n:.3f} | {other / n:.3f} |")
+
+
+def needle_vs_haystack(model, args):
+    rec, rng = Recorder(model), random.Random(args.seed)
+    filler = text_haystack(args.licences) if args.filler == "text" else NOISE * 3000
+    last = model.config["num_layers"] - 1
+    print(f"passkey in {args.filler}: the last layer's query at the question against the keys at "
+          f"the needle's first digits and at every haystack byte ({args.trials} tasks per length)")
+    print("| haystack | head | q.k needle | q.k haystack, mean | haystack keys at or above the "
+          "needle's, per task |")
+    print("|---|---|---|---|---|")
+    for length in args.lengths:
+        sums = {}
+        for _ in range(args.trials):
+            key = str(rng.randrange(1, 10)) + "".join(str(rng.randrange(10)) for _ in range(4))
+            n = needle(key)
+            hay = length - len(n) - len(QUESTION)
+            start = rng.randrange(0, len(filler) - hay)
+            haystack = filler[start:start + hay]
+            at = len(haystack[:int(rng.random() * 0.5 * len(haystack))].encode("utf-8", "replace"))
+            tokens = list(haystack.encode("utf-8", "replace"))
+            tokens = tokens[:at] + list(n.encode()) + tokens[at:] + list(QUESTION.encode())
+            digits = [at + n.index(key), at + n.rindex(key)]
+            rec.clear()
+            rec.read(tokens)
+            K, Q = rec.rows(rec.k, last, len(tokens)), rec.rows(rec.q, last, len(tokens))
+            hay_mask = torch.ones(len(tokens), dtype=torch.bool)
+            hay_mask[at:at + len(n)] = False
+            hay_mask[len(tokens) - len(QUESTION):] = False
+            for h in range(model.config["num_heads"]):
+                sims = K[:, h] @ Q[-1, h]
+                best = sims[digits].max().item()
+                s = sums.setdefault(h, [0.0, 0.0, 0.0])
+                s[0] += best
+                s[1] += sims[hay_mask].mean().item()
+                s[2] += (sims[hay_mask] >= best).sum().item()
+        for h, (best, mean, above) in sorted(sums.items()):
+            t = args.trials
+            print(f"| {length} | {h} | {best / t:.3f} | {mean / t:.3f} | {above / t:.1f} |")
+
+
+def trace(model, args):
+    rec, rng = Recorder(model), random.Random(args.seed)
+    last = model.config["num_layers"] - 1
+    fillers = {"text": text_haystack(args.licences), "noise": NOISE * 3000}
+    print("two sessions that differ only in the key (71432 / 58209), the same haystack after it: "
+          "the last layer's memory output at the question's last byte, |a - b| / |a|, and "
+          "log p(first digit)")
+    print("| haystack | bytes after the needle | read difference | log p, key a | log p, key b |")
+    print("|---|---|---|---|---|")
+    for kind in (args.filler,) if args.filler != "both" else ("text", "noise"):
+        filler = fillers[kind]
+        start = rng.randrange(0, len(filler) - args.lengths[-1] - 1)
+        hay = list(filler[start:start + args.lengths[-1]].encode("utf-8", "replace"))
+        hay = hay[:args.lengths[-1]]
+        seen = {}
+        for key in ("71432", "58209"):
+            state = rec.read(list(b"Notes. ") + list(needle(key).encode()))
+            done = 0
+            for length in args.lengths:
+                state = rec.read(hay[done:length], state)
+                done = length
+                with torch.no_grad():
+                    logp, _ = model.score(list(QUESTION.encode()) + [ord(key[0])], state)
+                seen[(key, length)] = (rec.out[last][-2].clone(), logp[-1])
+        for length in args.lengths:
+            (a, la), (b, lb) = seen[("71432", length)], seen[("58209", length)]
+            print(f"| {kind} | {length} | {((a - b).norm() / a.norm()).item():.3f} | {la:.2f} | "
+                  f"{lb:.2f} |")
+
+
+def gates(model, args):
+    rec = Recorder(model)
+    texts = {"text": text_haystack(args.licences)[:8192], "noise": (NOISE * 100)[:8192]}
+    theta_max = model.config["memory"]["theta_max"]
+    print("| input | layer | head | alpha per byte | kept after 64 K bytes | eta | theta |")
+    print("|---|---|---|---|---|---|---|")
+    for name, text in texts.items():
+        tokens = list(text.encode("utf-8", "replace"))
+        rec.clear()
+        rec.read(tokens)
+        for i in sorted(rec.x):
+            x = torch.cat(rec.x[i])[-len(tokens):]
+
+            def gate(n):
+                p = f"layers.{i}.memory.{n}_proj."
+                return x @ model.p(p + "weight").t() + model.p(p + "bias")
+
+            with torch.no_grad():
+                log_keep = F.logsigmoid(-gate("alpha"))
+                eta, theta = torch.sigmoid(gate("eta")), theta_max * torch.sigmoid(gate("theta"))
+            for h in range(model.config["num_heads"]):
+                alpha = -log_keep[:, h].mean().item()
+                print(f"| {name} | {i} | {h} | {alpha:.2e} | {torch.exp(-torch.tensor(alpha * 65536)).item():.3f} | "
+                      f"{eta[:, h].mean().item():.3f} | {theta[:, h].mean().item():.4f} |")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("probe", choices=["addressing", "needle", "trace", "gates"])
+    p.add_argument("model_dir")
+    p.add_argument("--filler", default=None, help="text or noise (trace: also both)")
+    p.add_argument("--licences", action="store_true", help="text haystack: the licence texts")
+    p.add_argument("--trials", type=int, default=20)
+    p.add_argument("--facts", type=int, default=4)
+    p.add_argument("--gap", type=int, default=1024)
+    p.add_argument("--lengths", default=None, help="comma-separated haystack lengths in bytes")
+    p.add_argument("--seed", type=int, default=1)
+    args = p.parse_args()
+    defaults = {"addressing": ("noise", "0"), "needle": ("text", "4096,16384"),
+                "trace": ("both", "1024,4096,16384,32768,65536"), "gates": ("text", "0")}
+    args.filler = args.filler or defaults[args.probe][0]
+    args.lengths = [int(v) for v in (args.lengths or defaults[args.probe][1]).split(",")]
+    torch.set_num_threads(1)
+    model = TitansModel.load(args.model_dir)
+    {"addressing": addressing, "needle": needle_vs_haystack, "trace": trace,
+     "gates": gates}[args.probe](model, args)
+
+
+if __name__ == "__main__":
+    main()
