@@ -90,7 +90,7 @@ def addressing(model, args):
     rec, rng = Recorder(model), random.Random(args.seed)
     filler = text_haystack(args.licences) if args.filler == "text" else NOISE * 200
     L = model.config["num_layers"]
-    stats = {}
+    stats, recall_rows = {}, []
     for _ in range(args.trials):
         names = []
         while len(names) < args.facts:
@@ -114,6 +114,8 @@ def addressing(model, args):
         rec.read(tokens)
         for layer in range(L):
             K, Q = rec.rows(rec.k, layer, len(tokens)), rec.rows(rec.q, layer, len(tokens))
+            if layer == L - 1:
+                recall_rows.append((K[first_digits], Q[[at for _, at in asked]], order))
             for h in range(model.config["num_heads"]):
                 s = stats.setdefault((layer, h), [0, 0, 0.0, 0.0])
                 for i, at in asked:
@@ -128,6 +130,20 @@ def addressing(model, args):
     print("|---|---|---|---|---|")
     for (layer, h), (best, n, own, other) in sorted(stats.items()):
         print(f"| {layer} | {h} | {best}/{n} | {own / n:.3f} | {other / n:.3f} |")
+    # Is the name in the keys at all, under a component they share? Subtract the mean fact key
+    # (and the mean question query) of the last layer's best head, renormalise, and look again.
+    head = max(range(model.config["num_heads"]), key=lambda h: stats[(L - 1, h)][0])
+    keys = torch.cat([k[:, head] for k, _, _ in recall_rows])
+    queries = torch.cat([q[:, head] for _, q, _ in recall_rows])
+    for label, mk, mq in (("keys and queries centred", keys.mean(0), queries.mean(0)),
+                          ("both centred on the mean key", keys.mean(0), keys.mean(0))):
+        best = 0
+        for k, q, order in recall_rows:
+            k = F.normalize(k[:, head] - mk, dim=-1)
+            q = F.normalize(q[:, head] - mq, dim=-1)
+            best += int(((q @ k.t()).argmax(-1) == torch.tensor(order)).sum().item())
+        print(f"layer {L - 1} head {head}, {label}: own fact's key the closest {best}/"
+              f"{len(recall_rows) * args.facts}")
 
 
 def needle_vs_haystack(model, args):
@@ -170,6 +186,12 @@ def needle_vs_haystack(model, args):
 
 
 def trace(model, args):
+    if args.no_forgetting:  # alpha ~ 0 in every memory head
+        with torch.no_grad():
+            for i in range(model.config["num_layers"]):
+                model.p(f"layers.{i}.memory.alpha_proj.bias").sub_(30)
+    if args.no_bound:
+        model.config["memory"]["max_weight_rms"] = 0.0
     rec, rng = Recorder(model), random.Random(args.seed)
     last = model.config["num_layers"] - 1
     fillers = {"text": text_haystack(args.licences), "noise": NOISE * 3000}
@@ -236,6 +258,8 @@ def main():
     p.add_argument("--gap", type=int, default=1024)
     p.add_argument("--lengths", default=None, help="comma-separated haystack lengths in bytes")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--no_forgetting", action="store_true", help="trace: alpha ~ 0 everywhere")
+    p.add_argument("--no_bound", action="store_true", help="trace: no memory weight bound")
     args = p.parse_args()
     defaults = {"addressing": ("noise", "0"), "needle": ("text", "4096,16384"),
                 "trace": ("both", "1024,4096,16384,32768,65536"), "gates": ("text", "0")}
