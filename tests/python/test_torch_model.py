@@ -250,3 +250,26 @@ def test_write_gate_shifts_one_head_and_the_server_serves_it(tmp_path):
     assert picked == head and ratios[head] == max(ratios) and len(ratios) == 2
     shifted = TitansModel.load(str(tmp_path / "auto")).p(changed)
     assert shifted[picked].item() == pytest.approx(before.p(changed)[picked].item() - 1)
+
+
+def test_memory_probe_reports_every_head(tmp_path):
+    model = random_model(tmp_path, "probe", {"variant": "mal", "attention": {"window": 16}})
+    probe = os.path.join(SOURCE, "scripts", "memory-probe.py")
+
+    def run(*args):
+        return subprocess.run([sys.executable, probe, *args, model, "--licences", "--trials", "2"],
+                              capture_output=True, text=True, timeout=600, check=True).stdout
+
+    rows = [l for l in run("addressing", "--gap", "128").splitlines() if l.startswith("| ")]
+    assert len(rows) == 1 + 2 * 2  # header, then 2 layers x 2 heads
+    for row in rows[1:]:
+        closest, asked = row.split("|")[3].split("/")
+        assert 0 <= int(closest) <= int(asked) == 2 * 4
+    rows = [l for l in run("needle", "--lengths", "512").splitlines() if l.startswith("| 512 ")]
+    assert len(rows) == 2
+    rows = [l for l in run("trace", "--lengths", "256,512").splitlines() if l.startswith("| ")]
+    assert [r.split("|")[1].strip() for r in rows[1:]] == ["text", "text", "noise", "noise"]
+    # Two different keys leave two different reads right after the needle.
+    assert float(rows[1].split("|")[3]) > 0
+    rows = [l for l in run("gates").splitlines() if l.startswith("| text ")]
+    assert len(rows) == 2 * 2 and all(0 < float(r.split("|")[7]) <= 0.1 for r in rows)
