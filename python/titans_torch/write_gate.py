@@ -67,8 +67,8 @@ def recall_head(model: TitansModel, layer: int) -> Tuple[int, List[float]]:
     inputs = {}
     original = model._memory
 
-    def record(i, x, ls, position):
-        inputs[i] = x.detach()
+    def record(i, x, ls, position):  # MAC calls it once per segment: keep every call's rows
+        inputs.setdefault(i, []).append(x.detach())
         return original(i, x, ls, position)
 
     ratios = torch.zeros(model.config["num_heads"], dtype=torch.float64)
@@ -77,9 +77,10 @@ def recall_head(model: TitansModel, layer: int) -> Tuple[int, List[float]]:
         for key in _KEYS:
             needle = f" The pass key is {key}. Remember it. {key} is the pass key. "
             text = _NOISE * 4 + needle + _NOISE * 4
+            inputs.clear()
             with torch.no_grad():
                 model.score(list(text.encode()))
-            x = inputs[layer][0, 1:]  # [T, d], without <|bos|>
+            x = torch.cat(inputs[layer], 1)[0, 1:]  # [T, d], without <|bos|>
             gate = (x @ model.p(f"layers.{layer}.memory.theta_proj.weight").t() +
                     model.p(f"layers.{layer}.memory.theta_proj.bias"))
             theta = torch.sigmoid(gate.double())  # theta / theta_max, [T, H]

@@ -250,6 +250,10 @@ def test_write_gate_shifts_one_head_and_the_server_serves_it(tmp_path):
     assert picked == head and ratios[head] == max(ratios) and len(ratios) == 2
     shifted = TitansModel.load(str(tmp_path / "auto")).p(changed)
     assert shifted[picked].item() == pytest.approx(before.p(changed)[picked].item() - 1)
+    # MAC reads its memory once per segment; the probe spans several segments.
+    mac = random_model(tmp_path, "gate_mac", {"variant": "mac", "attention": {"segment_size": 16}})
+    head, ratios = recall_head(TitansModel.load(mac), 1)
+    assert len(ratios) == 2 and ratios[head] == max(ratios) and all(r > 0 for r in ratios)
 
 
 def test_memory_probe_reports_every_head(tmp_path):
