@@ -25,14 +25,8 @@ import torch.nn.functional as F
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, os.path.join(ROOT, "python"))
-from titans_torch.model import BOS, TitansModel  # noqa: E402
-
-NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
-QUESTION = " What is the pass key? The pass key is "
-
-
-def needle(key):
-    return f" The pass key is {key}. Remember it. {key} is the pass key. "
+from titans_torch.model import TitansModel  # noqa: E402
+from titans_torch.passkey import NOISE, QUESTION, needle  # noqa: E402
 
 
 def text_haystack(licences):
@@ -46,29 +40,20 @@ def text_haystack(licences):
 
 
 class Recorder:
-    """Keeps each memory layer's queries and keys ([T, H, dh], normalised, per call appended)
-    and inputs ([T, d]) while the model reads."""
+    """Keeps each memory layer's queries and keys ([T, H, dh], normalised), inputs ([T, d]) and
+    last output while the model reads (through TitansModel.memory_observer; one piece per read)."""
 
     def __init__(self, model):
         self.model, self.q, self.k, self.x, self.out = model, {}, {}, {}, {}
-        query_rows, memory = model._query_rows, model._memory
-        layer = {"i": 0}
+        H, dh = model.config["num_heads"], model.config["head_dim"]
 
-        def record_rows(x, proj, taps, ls, tail):
-            h, ls = query_rows(x, proj, taps, ls, tail)
-            H, dh = model.config["num_heads"], model.config["head_dim"]
-            store = self.q if tail == "q" else self.k
-            store.setdefault(layer["i"], []).append(h[0].detach().reshape(-1, H, dh))
-            return h, ls
+        def observe(i, x, q, k, out):
+            self.x.setdefault(i, []).append(x[0])
+            self.q.setdefault(i, []).append(q[0].reshape(-1, H, dh))
+            self.k.setdefault(i, []).append(k[0].reshape(-1, H, dh))
+            self.out[i] = out[0]
 
-        def record_memory(i, x, ls, position):
-            layer["i"] = i
-            self.x.setdefault(i, []).append(x[0].detach())
-            out, ls = memory(i, x, ls, position)
-            self.out[i] = out[0].detach()
-            return out, ls
-
-        model._query_rows, model._memory = record_rows, record_memory
+        model.memory_observer = observe
 
     def clear(self):
         self.q.clear(), self.k.clear(), self.x.clear(), self.out.clear()
@@ -222,29 +207,35 @@ def trace(model, args):
 
 
 def gates(model, args):
+    """Mean gates per head over 8 KiB of text, of noise, and over a passkey's ten digits planted
+    in that text (the key told twice)."""
     rec = Recorder(model)
-    texts = {"text": text_haystack(args.licences)[:8192], "noise": (NOISE * 100)[:8192]}
-    theta_max = model.config["memory"]["theta_max"]
+    text = text_haystack(args.licences)[:8192]
+    key = "71432"
+    planted = text[:4096] + needle(key) + text[4096:]
+    at = len(planted[:4096].encode("utf-8", "replace"))
+    digits = [at + needle(key).index(key) + j for j in range(len(key))]
+    digits += [at + needle(key).rindex(key) + j for j in range(len(key))]
+    inputs = {"text": (text, None), "noise": ((NOISE * 100)[:8192], None),
+              "key digits in text": (planted, digits)}
     print("| input | layer | head | alpha per byte | kept after 64 K bytes | eta | theta |")
     print("|---|---|---|---|---|---|---|")
-    for name, text in texts.items():
-        tokens = list(text.encode("utf-8", "replace"))
+    for name, (body, rows) in inputs.items():
+        tokens = list(body.encode("utf-8", "replace"))
         rec.clear()
         rec.read(tokens)
         for i in sorted(rec.x):
             x = torch.cat(rec.x[i])[-len(tokens):]
-
-            def gate(n):
-                p = f"layers.{i}.memory.{n}_proj."
-                return x @ model.p(p + "weight").t() + model.p(p + "bias")
-
             with torch.no_grad():
-                log_keep = F.logsigmoid(-gate("alpha"))
-                eta, theta = torch.sigmoid(gate("eta")), theta_max * torch.sigmoid(gate("theta"))
+                log_keep, log_eta, theta = model.gates(i, x)  # [T, H]
+            if rows is not None:
+                log_keep, log_eta, theta = log_keep[rows], log_eta[rows], theta[rows]
             for h in range(model.config["num_heads"]):
                 alpha = -log_keep[:, h].mean().item()
-                print(f"| {name} | {i} | {h} | {alpha:.2e} | {torch.exp(-torch.tensor(alpha * 65536)).item():.3f} | "
-                      f"{eta[:, h].mean().item():.3f} | {theta[:, h].mean().item():.4f} |")
+                kept = torch.exp(-torch.tensor(alpha * 65536)).item()
+                print(f"| {name} | {i} | {h} | {alpha:.2e} | {kept:.3f} | "
+                      f"{log_eta[:, h].exp().mean().item():.3f} | "
+                      f"{theta[:, h].mean().item():.4f} |")
 
 
 def main():

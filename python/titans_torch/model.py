@@ -309,6 +309,10 @@ class TitansModel(nn.Module):
         self.params = nn.ParameterDict({
             _key(name): nn.Parameter(_initial_value(self.config, shape, kind, value, generator))
             for name, shape, kind, value in self.slots})
+        # Called as memory_observer(layer, x, q, k, out) by every memory read (x [B, T, d] its input,
+        # q and k [B, T, H * dh] normalised, out [B, T, d] its output; MAC: once per segment), for
+        # tools that look inside the memory (scripts/memory-probe.py, titans_torch.write_gate).
+        self.memory_observer = None
 
     # Loading and saving
 
@@ -487,6 +491,18 @@ class TitansModel(nn.Module):
                                  attn_v=values[:, :, cached + T - keep:])
         return torch.matmul(heads, self.p(a + "wo.weight").t()), ls
 
+    def gates(self, i, x):
+        """Layer i's memory gates per token and head for its input x [B, T, d]: log(1 - alpha),
+        log eta and theta = theta_max * sigmoid(.), each [B, T, H]."""
+        m = f"layers.{i}.memory."
+
+        def gate(name):
+            return torch.matmul(x, self.p(m + f"{name}_proj.weight").t()) + self.p(
+                m + f"{name}_proj.bias")
+
+        return (F.logsigmoid(-gate("alpha")), F.logsigmoid(gate("eta")),
+                self.config["memory"]["theta_max"] * torch.sigmoid(gate("theta")))
+
     def _memory(self, i, x, ls: LayerState, position):
         """The neural memory (section 1) over x [B, T, d]: write and read every token, chunk by
         chunk; o = W_o(RMSNorm_h(y) * SiLU(W_g x))."""
@@ -501,11 +517,7 @@ class TitansModel(nn.Module):
                                 self.p(m + "v_conv.weight"), ls.tails["v"])
         v = F.silu(v)
         ls = dataclasses.replace(ls, tails={**ls.tails, "v": v_tail})
-        gate = lambda name: torch.matmul(x, self.p(m + f"{name}_proj.weight").t()) + self.p(  # noqa
-            m + f"{name}_proj.bias")
-        log_keep = F.logsigmoid(-gate("alpha")).transpose(1, 2)  # [B, H, T]
-        log_eta = F.logsigmoid(gate("eta")).transpose(1, 2)
-        theta = (mem["theta_max"] * torch.sigmoid(gate("theta"))).transpose(1, 2)
+        log_keep, log_eta, theta = (g.transpose(1, 2) for g in self.gates(i, x))  # [B, H, T]
         kq, vq, qq = (split_heads(t, H) for t in (k, v, q))  # [B, H, T, dh]
         ys, begin, b = [], 0, mem["chunk_size"]
         while begin < T:
@@ -522,6 +534,8 @@ class TitansModel(nn.Module):
             B, T, -1)
         out = torch.matmul(normed * self.p(m + "out_norm.weight") * F.silu(
             torch.matmul(x, self.p(m + "out_gate.weight").t())), self.p(m + "out_proj.weight").t())
+        if self.memory_observer is not None:
+            self.memory_observer(i, x, q, k, out)
         return out, ls
 
     def _mac(self, i, n, ls: LayerState, position):

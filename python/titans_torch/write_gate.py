@@ -5,8 +5,8 @@
 
 theta_t = theta_max * sigmoid(w . x_t + b) per head (docs/model.md): a shift of b by -s divides a
 small theta by about e^s and a saturated one by less, so the head keeps writing hard where its
-gate is open (a passkey's digits: theta ~0.08 in the default model's recall head) and writes far
-less everywhere else (ordinary text: ~0.009). Every write of text erases a little of what the
+gate is open (a passkey's digits: theta 0.077 in the stage-7 model's recall head) and writes far
+less everywhere else (ordinary text: 0.0099; `scripts/memory-probe.py gates`). Every write of text erases a little of what the
 head holds (the delta rule's error term reaches every stored association whose key is not
 orthogonal), so fewer small writes keep a key longer; docs/evaluation.md has the diagnosis and
 the measurements behind the default model's calibration. The output is the same model with that
@@ -18,11 +18,11 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-
 from typing import List, Tuple
 
 import torch
 
+from titans_torch import passkey
 from titans_torch.model import TitansModel
 
 
@@ -40,57 +40,51 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def shift_theta_bias(model: TitansModel, layer: int, head: int, shift: float) -> None:
-    """Adds `shift` to layer `layer`'s theta gate bias of head `head`, in place.
-    ValueError if the model has no memory there or the head does not exist."""
+def _check(model: TitansModel, layer: int, head=None) -> None:
+    """ValueError unless the model has a memory layer `layer` (and a head `head`)."""
     if model.config["variant"] == "swa":
         raise ValueError("an attention-only model has no memory gates")
     if not 0 <= layer < model.config["num_layers"]:
         raise ValueError(f"layer {layer} out of range [0, {model.config['num_layers']})")
-    if not 0 <= head < model.config["num_heads"]:
+    if head is not None and not 0 <= head < model.config["num_heads"]:
         raise ValueError(f"head {head} out of range [0, {model.config['num_heads']})")
+
+
+def shift_theta_bias(model: TitansModel, layer: int, head: int, shift: float) -> None:
+    """Adds `shift` to layer `layer`'s theta gate bias of head `head`, in place.
+    ValueError if the model has no memory there or the head does not exist."""
+    _check(model, layer, head)
     with torch.no_grad():
         model.p(f"layers.{layer}.memory.theta_proj.bias")[head] += shift
 
 
-# The probe for --head auto: a passkey in RULER's noise haystack (what every model of the recipe
+# The probe for --head auto: passkeys in RULER's noise haystack (what every model of the recipe
 # trains on, so no evaluation text is looked at).
-_NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 _KEYS = ("71432", "58209", "30967", "92815")
 
 
 def recall_head(model: TitansModel, layer: int) -> Tuple[int, List[float]]:
     """The head of memory layer `layer` whose theta gate is most open on passkey digits relative
-    to the haystack around them, and every head's ratio (mean theta on the digits / elsewhere)."""
-    if not 0 <= layer < model.config["num_layers"]:
-        raise ValueError(f"layer {layer} out of range [0, {model.config['num_layers']})")
-    inputs = {}
-    original = model._memory
-
-    def record(i, x, ls, position):  # MAC calls it once per segment: keep every call's rows
-        inputs.setdefault(i, []).append(x.detach())
-        return original(i, x, ls, position)
-
+    to the haystack around them, and every head's ratio (mean theta on the digits / elsewhere).
+    ValueError if the model has no memory layer `layer`."""
+    _check(model, layer)
+    inputs = []  # layer `layer`'s memory input, one piece per read (MAC: per segment)
     ratios = torch.zeros(model.config["num_heads"], dtype=torch.float64)
-    model._memory = record
+    model.memory_observer = lambda i, x, q, k, out: inputs.append(x) if i == layer else None
     try:
         for key in _KEYS:
-            needle = f" The pass key is {key}. Remember it. {key} is the pass key. "
-            text = _NOISE * 4 + needle + _NOISE * 4
+            text = passkey.NOISE * 4 + passkey.needle(key) + passkey.NOISE * 4
             inputs.clear()
             with torch.no_grad():
                 model.score(list(text.encode()))
-            x = torch.cat(inputs[layer], 1)[0, 1:]  # [T, d], without <|bos|>
-            gate = (x @ model.p(f"layers.{layer}.memory.theta_proj.weight").t() +
-                    model.p(f"layers.{layer}.memory.theta_proj.bias"))
-            theta = torch.sigmoid(gate.double())  # theta / theta_max, [T, H]
+                _, _, theta = model.gates(layer, torch.cat(inputs, 1)[:, 1:])  # without <|bos|>
+            theta = theta[0].double()  # [T, H]
             digits = torch.zeros(len(text), dtype=torch.bool)
-            start = len(_NOISE) * 4
-            for at in (needle.index(key), needle.rindex(key)):
-                digits[start + at:start + at + len(key)] = True
+            for at in (text.index(key), text.rindex(key)):
+                digits[at:at + len(key)] = True
             ratios += theta[digits].mean(0) / theta[~digits].mean(0)
     finally:
-        model._memory = original
+        model.memory_observer = None
     ratios /= len(_KEYS)
     return int(ratios.argmax().item()), ratios.tolist()
 
@@ -100,8 +94,6 @@ def main(argv=None) -> int:
     model = TitansModel.load(args.model_dir)
     try:
         if args.head == "auto":
-            if model.config["variant"] == "swa":
-                raise ValueError("an attention-only model has no memory gates")
             head, ratios = recall_head(model, args.layer)
             print(f"recall head of layer {args.layer}: {head} (theta on digits / elsewhere: "
                   + ", ".join(f"{r:.2f}" for r in ratios) + ")")
@@ -110,8 +102,7 @@ def main(argv=None) -> int:
                 head = int(args.head)
             except ValueError:
                 raise ValueError(f"--head must be an index or 'auto', not {args.head!r}")
-        args.head = head
-        shift_theta_bias(model, args.layer, args.head, args.theta_bias_shift)
+        shift_theta_bias(model, args.layer, head, args.theta_bias_shift)
     except ValueError as e:
         print(f"write_gate: {e}", file=sys.stderr)
         return 2
@@ -119,7 +110,7 @@ def main(argv=None) -> int:
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     previous = model.config.get("description", "")
     model.save(args.out, description=f"{command}. Started from a model described as: {previous}")
-    print(f"wrote {args.out}: layers.{args.layer}.memory.theta_proj.bias[{args.head}] "
+    print(f"wrote {args.out}: layers.{args.layer}.memory.theta_proj.bias[{head}] "
           f"{args.theta_bias_shift:+g}")
     return 0
 
