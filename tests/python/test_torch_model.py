@@ -250,10 +250,33 @@ def test_write_gate_shifts_one_head_and_the_server_serves_it(tmp_path):
     assert picked == head and ratios[head] == max(ratios) and len(ratios) == 2
     shifted = TitansModel.load(str(tmp_path / "auto")).p(changed)
     assert shifted[picked].item() == pytest.approx(before.p(changed)[picked].item() - 1)
-    # MAC reads its memory once per segment; the probe spans several segments.
-    mac = random_model(tmp_path, "gate_mac", {"variant": "mac", "attention": {"segment_size": 16}})
-    head, ratios = recall_head(TitansModel.load(mac), 1)
-    assert len(ratios) == 2 and ratios[head] == max(ratios) and all(r > 0 for r in ratios)
+
+
+@pytest.mark.parametrize("variant", ["mal", "mac"])
+@pytest.mark.parametrize("target", [0, 1])
+def test_recall_head_is_the_head_whose_gate_opens_on_digits(tmp_path, variant, target):
+    # A model whose first-layer memory input carries a "digit" feature in dimension 0 (digits'
+    # embeddings only; the memory reads the RMS-normalised embedding there), and whose head
+    # `target` alone opens its theta gate on it: that head is the recall head, the other's ratio
+    # is 1. MAC reads its memory once per segment, so the probe spans several reads there.
+    path = random_model(tmp_path, f"gate_{variant}",
+                        {"variant": variant, "attention": {"segment_size": 16}})
+    model = TitansModel.load(path)
+    with torch.no_grad():
+        embedding = model.p("embedding.weight")
+        embedding[:, 0] = 0
+        embedding[ord("0"):ord("9") + 1, 0] = 3 * embedding.abs().max()
+        weight = model.p("layers.0.memory.theta_proj.weight")
+        weight.zero_()
+        weight[target, 0] = 4.0
+        model.p("layers.0.memory.theta_proj.bias").fill_(-2.0)
+    head, ratios = recall_head(model, 0)
+    assert head == target
+    # MAC's memory reads the attention output, where the digit feature arrives diluted.
+    assert ratios[target] > (3 if variant == "mal" else 1.1)
+    assert ratios[1 - target] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="layer 2 out of range"):
+        recall_head(model, 2)
 
 
 def test_memory_probe_reports_every_head(tmp_path):
@@ -275,5 +298,7 @@ def test_memory_probe_reports_every_head(tmp_path):
     assert [r.split("|")[1].strip() for r in rows[1:]] == ["text", "text", "noise", "noise"]
     # Two different keys leave two different reads right after the needle.
     assert float(rows[1].split("|")[3]) > 0
-    rows = [l for l in run("gates").splitlines() if l.startswith("| text ")]
-    assert len(rows) == 2 * 2 and all(0 < float(r.split("|")[7]) <= 0.1 for r in rows)
+    gates = run("gates").splitlines()
+    for kind in ("text", "noise", "key digits in text"):
+        rows = [l for l in gates if l.startswith(f"| {kind} |")]
+        assert len(rows) == 2 * 2 and all(0 < float(r.split("|")[7]) <= 0.1 for r in rows)
