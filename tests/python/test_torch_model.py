@@ -18,7 +18,7 @@ import torch
 import titans
 from conftest import running_server
 from titans_torch import TitansModel
-from titans_torch.write_gate import recall_head
+from titans_torch.write_gate import fit_stream, recall_head, split_training_text
 
 SOURCE = os.environ.get("TITANS_SOURCE_DIR",
                         os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -250,6 +250,84 @@ def test_write_gate_shifts_one_head_and_the_server_serves_it(tmp_path):
     assert picked == head and ratios[head] == max(ratios) and len(ratios) == 2
     shifted = TitansModel.load(str(tmp_path / "auto")).p(changed)
     assert shifted[picked].item() == pytest.approx(before.p(changed)[picked].item() - 1)
+
+
+def test_fit_streams_plant_a_passkey_and_four_facts_and_classify_every_byte():
+    text = TEXT.decode("utf-8", "replace")
+    rng = random.Random(3)
+    for _ in range(5):
+        tokens, classes = fit_stream(rng, text)
+        assert len(tokens) == len(classes)
+        stream = bytes(tokens).decode()
+        needle = stream.index(" The pass key is ")
+        key = stream[needle + 17:needle + 22]
+        assert key.isdigit() and f"{key} is the pass key." in stream
+        facts = [stream[i - 3:i + 3] for i in range(3, len(stream) - 3)
+                 if stream[i] == "=" and stream[i + 1:i + 3].isdigit() and stream[i + 3] == ","
+                 and stream[i - 3:i].isalpha() and stream[i - 3:i].islower()]
+        assert len(facts) >= 4
+        told = [i for i, c in enumerate(classes) if c == 0]
+        assert len(told) == 10 + 4 * 2  # the key twice, four two-digit values
+        assert all(chr(tokens[i]).isdigit() for i in told)
+        # Every other digit is the text's own; every text byte that is not a digit is "text".
+        for i, c in enumerate(classes):
+            if c == 1:
+                assert chr(tokens[i]).isdigit()
+            if c == 2:
+                assert not chr(tokens[i]).isdigit()
+    train, held_out = split_training_text(b"x" * 95 + b"y" * 5)
+    assert (train, held_out) == ("x" * 95, "y" * 5)
+
+
+def test_write_gate_fit_writes_the_texts_digits_less_and_only_changes_that_heads_row(tmp_path):
+    start = random_model(tmp_path, "fit", {"variant": "mal"})
+    # Training text with digits of its own: the licence text, numbered.
+    lines = TEXT.decode("utf-8", "replace").splitlines()[:400]
+    corpus = tmp_path / "numbered.txt"
+    corpus.write_text("".join(f"{i * 37 % 1000} {line}\n" for i, line in enumerate(lines)))
+    env = {**os.environ, "PYTHONPATH": os.path.join(SOURCE, "python")}
+    out = tmp_path / "fitted"
+    run = subprocess.run(
+        [sys.executable, "-m", "titans_torch.write_gate", "--model_dir", start, "--out", str(out),
+         "--layer", "1", "--head", "1", "--fit_on", str(corpus), "--fit_streams", "4"],
+        env=env, capture_output=True, text=True, timeout=600, check=True)
+    assert "theta_proj row 1 fitted" in run.stdout
+    before, after = TitansModel.load(start), TitansModel.load(str(out))
+    for name, _, _, _ in before.slots:
+        if name.startswith("layers.1.memory.theta_proj."):
+            assert not torch.equal(after.p(name)[1], before.p(name)[1]), name
+            assert torch.equal(after.p(name)[0], before.p(name)[0]), name
+        else:
+            assert torch.equal(after.p(name), before.p(name)), name
+
+    def theta(line, kind):  # "<kind> BEFORE -> AFTER" on the report's line
+        part = line.split(kind + " ")[1].split(",")[0]
+        return [float(v) for v in part.split(" -> ")]
+
+    for line in run.stdout.splitlines():
+        if "streams:" in line:
+            digits, text, told = (theta(line, k) for k in ("text digits", "other text",
+                                                           "told digits"))
+            assert digits[1] < digits[0], line
+            assert told[1] >= 0.95 * told[0], line
+            assert text[1] == pytest.approx(text[0], rel=0.5), line
+    worst, _ = compare_with_server(str(out), 300, seed=7)
+    assert worst < TOLERANCE
+    # A text without digits gives the fit nothing to write less: refused, nothing written.
+    plain = tmp_path / "plain.txt"
+    plain.write_text("no digits here at all. " * 300)
+    bad = subprocess.run(
+        [sys.executable, "-m", "titans_torch.write_gate", "--model_dir", start, "--out",
+         str(tmp_path / "bad"), "--layer", "1", "--head", "0", "--fit_on", str(plain),
+         "--fit_streams", "2"],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "no digits of text" in bad.stderr
+    assert not (tmp_path / "bad").exists()
+    missing = subprocess.run(
+        [sys.executable, "-m", "titans_torch.write_gate", "--model_dir", start, "--out",
+         str(tmp_path / "bad"), "--layer", "1", "--head", "0"],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert missing.returncode == 2 and "nothing to do" in missing.stderr
 
 
 @pytest.mark.parametrize("variant", ["mal", "mac"])
