@@ -207,8 +207,8 @@ def trace(model, args):
 
 
 def gates(model, args):
-    """Mean gates per head over 8 KiB of text, of noise, and over a passkey's ten digits planted
-    in that text (the key told twice)."""
+    """Mean gates per head over 8 KiB of text, of noise, over a passkey's ten digits planted in
+    that text (the key told twice), and over the text's own digits."""
     rec = Recorder(model)
     text = text_haystack(args.licences)[:8192]
     key = "71432"
@@ -216,8 +216,12 @@ def gates(model, args):
     at = len(planted[:4096].encode("utf-8", "replace"))
     digits = [at + needle(key).index(key) + j for j in range(len(key))]
     digits += [at + needle(key).rindex(key) + j for j in range(len(key))]
+    text_digits = [i for i, b in enumerate(text.encode("utf-8", "replace"))
+                   if ord("0") <= b <= ord("9")]
     inputs = {"text": (text, None), "noise": ((NOISE * 100)[:8192], None),
               "key digits in text": (planted, digits)}
+    if text_digits:  # the digits the text itself holds (what erases keys: docs/evaluation.md)
+        inputs["the text's own digits"] = (text, text_digits)
     print("| input | layer | head | alpha per byte | kept after 64 K bytes | eta | theta |")
     print("|---|---|---|---|---|---|---|")
     for name, (body, rows) in inputs.items():

@@ -19,7 +19,7 @@ serves.
 
 The fit (--fit_on): in long licence text, the recall head loses a key mostly to the text's own
 digits (0.4% of its bytes: with them deleted, 9 of 10 keys are recalled after 64 KiB instead of
-4), which the stage-7 gate writes 4.7 times harder than other text, because they look like a
+4), which the calibrated gate writes 5.2 times harder than other text, because they look like a
 key's digits. The gate's input does not depend on the gate (it is the layer's input), so its new
 weights can be fitted offline, exactly: streams of the training text (the part titans-train
 trains on: all but the last 5% of each file) with a passkey and four facts planted in the formats
