@@ -323,6 +323,14 @@ def test_write_gate_fit_writes_the_texts_digits_less_and_only_changes_that_heads
         env=env, capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "no digits of text" in bad.stderr
     assert not (tmp_path / "bad").exists()
+    mac = random_model(tmp_path, "fit_mac", {"variant": "mac", "attention": {"segment_size": 16}})
+    refused = subprocess.run(
+        [sys.executable, "-m", "titans_torch.write_gate", "--model_dir", mac, "--out",
+         str(tmp_path / "bad"), "--layer", "1", "--head", "0", "--fit_on", str(corpus),
+         "--fit_streams", "1"],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "MAC" in refused.stderr
+    assert not (tmp_path / "bad").exists()
     missing = subprocess.run(
         [sys.executable, "-m", "titans_torch.write_gate", "--model_dir", start, "--out",
          str(tmp_path / "bad"), "--layer", "1", "--head", "0"],
