@@ -338,6 +338,66 @@ def test_write_gate_fit_writes_the_texts_digits_less_and_only_changes_that_heads
     assert missing.returncode == 2 and "nothing to do" in missing.stderr
 
 
+def test_train_gate_trains_one_row_and_resumes_bit_for_bit(tmp_path):
+    start = random_model(tmp_path, "train_gate", {"variant": "mal", "attention": {"window": 16}})
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(TEXT[:20000])
+    env = {**os.environ, "PYTHONPATH": os.path.join(SOURCE, "python")}
+
+    def train(out, steps, resume=False):
+        return subprocess.run(
+            [sys.executable, "-m", "titans_torch.train_gate", "--model_dir", start, "--out",
+             str(out), "--layer", "1", "--head", "0", "--data", str(corpus), "--steps",
+             str(steps), "--length", "600", "--lr", "0.05", "--threads", "1"]
+            + (["--resume"] if resume else []),
+            env=env, capture_output=True, text=True, timeout=600)
+
+    whole = train(tmp_path / "whole", 3)
+    assert whole.returncode == 0, whole.stderr
+    assert whole.stdout.count("step ") == 3 and "answer" in whole.stdout
+    assert not (tmp_path / "whole" / "checkpoint.pt").exists()
+    before, after = TitansModel.load(start), TitansModel.load(str(tmp_path / "whole"))
+    for name, _, _, _ in before.slots:
+        if name.startswith("layers.1.memory.theta_proj."):
+            assert not torch.equal(after.p(name)[0], before.p(name)[0]), name
+            assert torch.equal(after.p(name)[1], before.p(name)[1]), name
+        else:
+            assert torch.equal(after.p(name), before.p(name)), name
+    worst, _ = compare_with_server(str(tmp_path / "whole"), 300, seed=8)
+    assert worst < TOLERANCE
+    # Interrupted after two steps (the checkpoint of step 2 kept, as a killed run leaves it:
+    # here a run whose os.remove does nothing), then resumed: the same model, bit for bit.
+    part = tmp_path / "part"
+    partial = subprocess.run(
+        [sys.executable, "-c", "import sys, torch; sys.path.insert(0, sys.argv[1]);"
+         "from titans_torch import train_gate; import os;"
+         "orig = os.remove; os.remove = lambda p: None;"
+         "sys.exit(train_gate.main(sys.argv[2:]))", os.path.join(SOURCE, "python"),
+         "--model_dir", start, "--out", str(part), "--layer", "1", "--head", "0", "--data",
+         str(corpus), "--steps", "2", "--length", "600", "--lr", "0.05", "--threads", "1"],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert partial.returncode == 0, partial.stderr
+    assert (part / "checkpoint.pt").exists()
+    resumed = train(part, 3, resume=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed at step 2" in resumed.stdout
+    again = TitansModel.load(str(part))
+    for name in ("layers.1.memory.theta_proj.weight", "layers.1.memory.theta_proj.bias"):
+        assert torch.equal(again.p(name), after.p(name)), name
+    # Bad arguments: refused with a message, nothing trained.
+    bad = subprocess.run(
+        [sys.executable, "-m", "titans_torch.train_gate", "--model_dir", start, "--out",
+         str(tmp_path / "bad"), "--layer", "1", "--head", "5", "--data", str(corpus)],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "head 5 out of range" in bad.stderr
+    short = subprocess.run(
+        [sys.executable, "-m", "titans_torch.train_gate", "--model_dir", start, "--out",
+         str(tmp_path / "bad"), "--layer", "1", "--head", "0", "--data", str(corpus),
+         "--length", "65536"],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert short.returncode == 2 and "more than --length" in short.stderr
+
+
 @pytest.mark.parametrize("variant", ["mal", "mac"])
 @pytest.mark.parametrize("target", [0, 1])
 def test_recall_head_is_the_head_whose_gate_opens_on_digits(tmp_path, variant, target):

@@ -1,0 +1,176 @@
+"""Trains one memory head's write gate row (its theta gate's weights and bias: d + 1 numbers) by
+gradient on long passkey streams of training text, everything else frozen.
+
+    python3 -m titans_torch.train_gate --model_dir models/default --out gated \
+        --layer 1 --head auto --data data/english.txt,data/kjv.txt --steps 20 --length 65536
+
+Each step reads one stream of `--length` or half as many bytes: a window of the training text
+(all but the last 5% of each file, as titans-train splits it; three steps in four from the first
+file) with a passkey needle in its first half and the question at the end, and minimises
+    mean loss of the key's five digits + lm_weight * mean loss of the text's bytes
+through the whole stream (read in pieces of 2,048 bytes, the gradient flowing through the memory
+across all of them), with respect to that one gate row only (Adam, gradient norm clipped at 1).
+So the gate learns which writes of text erase a key asked tens of thousands of bytes later,
+while the language-modelling term keeps the writes that predict text (the offline fit of
+`titans_torch.write_gate --fit_on` sees neither). A stream whose gradient is not finite (the
+memory's recurrence over 64 K bytes can overflow it, mostly on keys the model already lost) is
+skipped, as titans-train skips such batches.
+
+Checkpoints after every step to OUT/checkpoint.pt (written atomically: the row, the optimizer,
+the data order); `--resume` continues from there. Deterministic for a given --threads. The
+final model goes to OUT (config.json + model.safetensors, the command in its description), and
+the checkpoint is removed.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import shlex
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from titans_torch import passkey
+from titans_torch.model import BOS, TitansModel
+from titans_torch.write_gate import _check, recall_head, split_training_text
+
+PIECE = 2048  # bytes per forward call (the attention mask of one call is PIECE x PIECE)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python3 -m titans_torch.train_gate",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--model_dir", required=True, help="model to start from")
+    p.add_argument("--out", required=True, help="directory of the new model (and checkpoint)")
+    p.add_argument("--layer", type=int, required=True, help="memory layer (0-based)")
+    p.add_argument("--head", required=True,
+                   help="head within the layer, or 'auto' (write_gate's recall_head)")
+    p.add_argument("--data", required=True, help="training text files (comma-separated)")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--length", type=int, default=65536, help="bytes of the longest stream")
+    p.add_argument("--lr", type=float, default=0.005)
+    p.add_argument("--lm_weight", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    args = p.parse_args(argv)
+    if args.steps < 1:
+        p.error("--steps must be at least 1")
+    if args.length < 256:
+        p.error("--length must be at least 256 bytes")
+    return args
+
+
+def passkey_stream(rng: random.Random, texts, length: int):
+    """(tokens with <|bos|> first, mask of the text's bytes among the predictions, mask of the
+    key's digits among the predictions): a window of a text with a needle in its first half."""
+    text = texts[0] if len(texts) == 1 or rng.random() < 0.75 else texts[rng.randrange(1, len(texts))]
+    key = str(rng.randrange(1, 10)) + "".join(str(rng.randrange(10)) for _ in range(4))
+    needle, question = passkey.needle(key).encode(), passkey.QUESTION.encode()
+    hay_len = max(0, length - len(needle) - len(question) - len(key))
+    start = rng.randrange(0, max(1, len(text) - hay_len))
+    hay = text[start:start + hay_len].encode("utf-8", "replace")[:hay_len]
+    at = int(rng.random() * 0.5 * len(hay))
+    tokens = [BOS] + list(hay[:at]) + list(needle) + list(hay[at:]) + list(question) + list(
+        key.encode())
+    n = len(tokens) - 1  # predictions: token i + 1 after tokens[:i + 1]
+    is_text = torch.zeros(n, dtype=torch.bool)
+    is_text[:at] = True
+    is_text[at + len(needle):len(hay) + len(needle)] = True
+    is_answer = torch.zeros(n, dtype=torch.bool)
+    is_answer[n - len(key):] = True
+    return tokens, is_text, is_answer
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    model = TitansModel.load(args.model_dir)
+    try:
+        if args.head == "auto":
+            head, _ = recall_head(model, args.layer)
+        else:
+            try:
+                head = int(args.head)
+            except ValueError:
+                raise ValueError(f"--head must be an index or 'auto', not {args.head!r}")
+        _check(model, args.layer, head)
+        texts = []
+        for path in args.data.split(","):
+            with open(path, "rb") as f:
+                texts.append(split_training_text(f.read())[0])
+        if any(len(t) < args.length for t in texts):
+            raise ValueError(f"every --data file needs more than --length ({args.length}) "
+                             "bytes of training text")
+    except (ValueError, OSError) as e:
+        print(f"train_gate: {e}", file=sys.stderr)
+        return 2
+    for p in model.parameters():
+        p.requires_grad_(False)
+    m = f"layers.{args.layer}.memory.theta_proj."
+    weight, bias = model.p(m + "weight"), model.p(m + "bias")
+    weight.requires_grad_(True)
+    bias.requires_grad_(True)
+    optimizer = torch.optim.Adam([weight, bias], lr=args.lr)
+    rng = random.Random(args.seed)
+    os.makedirs(args.out, exist_ok=True)
+    checkpoint = os.path.join(args.out, "checkpoint.pt")
+    first = 0
+    if args.resume:
+        saved = torch.load(checkpoint, weights_only=False)
+        with torch.no_grad():
+            weight[head] = saved["weight_row"]
+            bias[head] = saved["bias_row"]
+        optimizer.load_state_dict(saved["optimizer"])
+        rng.setstate(saved["rng"])
+        first = saved["step"]
+        print(f"resumed at step {first}", flush=True)
+    others = [i for i in range(weight.shape[0]) if i != head]
+    for step in range(first, args.steps):
+        began = time.time()
+        length = rng.choice([args.length // 2, args.length])
+        tokens, is_text, is_answer = passkey_stream(rng, texts, length)
+        ids = torch.tensor([tokens])
+        optimizer.zero_grad()
+        state, losses = None, []
+        for begin in range(0, len(tokens) - 1, PIECE):
+            end = min(begin + PIECE, len(tokens) - 1)
+            logits, state = model(ids[:, begin:end], state)
+            losses.append(F.cross_entropy(logits[0], ids[0, begin + 1:end + 1], reduction="none"))
+        nats = torch.cat(losses)
+        answer, text = nats[is_answer].mean(), nats[is_text].mean()
+        (answer + args.lm_weight * text).backward()
+        with torch.no_grad():
+            weight.grad[others] = 0
+            bias.grad[others] = 0
+        finite = bool(torch.isfinite(weight.grad).all() and torch.isfinite(bias.grad).all())
+        if finite:
+            torch.nn.utils.clip_grad_norm_([weight, bias], 1.0)
+            optimizer.step()
+        print(f"step {step + 1}: {len(tokens) - 1} bytes, answer {answer.item():.3f} nats/digit, "
+              f"text {text.item() / math.log(2):.4f} bits/byte"
+              + ("" if finite else ", non-finite gradient: skipped")
+              + f" ({time.time() - began:.0f} s)", flush=True)
+        torch.save({"step": step + 1, "weight_row": weight[head].detach().clone(),
+                    "bias_row": bias[head].detach().clone(),
+                    "optimizer": optimizer.state_dict(), "rng": rng.getstate()},
+                   checkpoint + ".tmp")
+        os.replace(checkpoint + ".tmp", checkpoint)
+    weight.requires_grad_(False)
+    bias.requires_grad_(False)
+    command = "python3 -m titans_torch.train_gate " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    previous = model.config.get("description", "")
+    model.save(args.out, description=f"{command}. Started from a model described as: {previous}")
+    os.remove(checkpoint)  # the model is written: a run that ends leaves only the model
+    print(f"wrote {args.out}: {m}weight[{head}] and bias[{head}] trained for {args.steps} steps")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
