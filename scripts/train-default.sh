@@ -35,6 +35,11 @@
 #      an exact fit of its gate row on the layer inputs recorded from the training text, about
 #      two minutes); digits in the text were what erased keys in long licence text
 #      (docs/evaluation.md, "The text's own digits").
+#  10. gate (Titans only): that gate row alone trained by gradient for 20 steps on one 32 or 64
+#      KiB passkey stream of training text each (`python3 -m titans_torch.train_gate`: the key's
+#      loss plus the text's, the gradient through the memory across the whole stream), so it
+#      learns which writes erase a key asked tens of thousands of bytes later (about 15 minutes
+#      on both cores, checkpointed every step; docs/evaluation.md, "Training the gate row").
 #
 # The Titans config (models/configs/titans-default.json) writes much harder than the first
 # default: memory.theta_max 0.1 with little momentum (eta ~ 0.12) and almost no forgetting
@@ -121,11 +126,21 @@ fit_digits() {  # stage 9, Titans only: the recall head writes told digits, not 
     --layer 1 --head auto --fit_on data/kjv.txt,data/english.txt \
     >> "$RUNS/titans-default-digits.log" 2>&1
 }
+train_gate() {  # stage 10, Titans only: the recall head's gate row trained on long streams
+  [ -f "$RUNS/titans-default-gated/model/config.json" ] && return 0
+  local resume=()
+  [ -f "$RUNS/titans-default-gated/model/checkpoint.pt" ] && resume=(--resume)
+  PYTHONPATH=python /usr/bin/python3 -m titans_torch.train_gate \
+    --model_dir "$RUNS/titans-default-digits/model" \
+    --out "$RUNS/titans-default-gated/model" \
+    --layer 1 --head auto --data data/english.txt,data/kjv.txt --steps 20 --length 65536 \
+    "${resume[@]}" >> "$RUNS/titans-default-gated.log" 2>&1
+}
 { stages titans-default "${TITANS_CONFIG:-models/configs/titans-default.json}" && calibrate &&
-  fit_digits; } &
+  fit_digits && train_gate; } &
 if [ "${TITANS_ONLY:-0}" = 1 ]; then
   wait
-  echo "trained $RUNS/titans-default-digits/model (TITANS_ONLY: nothing installed)"
+  echo "trained $RUNS/titans-default-gated/model (TITANS_ONLY: nothing installed)"
   exit 0
 fi
 stages swa-baseline models/configs/swa-baseline.json &
@@ -144,6 +159,6 @@ for name in titans-default swa-baseline; do
   done
 done
 rm -rf models/default models/swa-baseline
-cp -r "$RUNS/titans-default-digits/model" models/default
+cp -r "$RUNS/titans-default-gated/model" models/default
 cp -r "$RUNS/swa-baseline-english16c/model" models/swa-baseline
 echo "installed models/default and models/swa-baseline"
