@@ -16,10 +16,10 @@ while the language-modelling term keeps the writes that predict text (the offlin
 memory's recurrence over 64 K bytes can overflow it, mostly on keys the model already lost) is
 skipped, as titans-train skips such batches.
 
-Checkpoints after every step to OUT/checkpoint.pt (written atomically: the row, the optimizer,
-the data order); `--resume` continues from there. Deterministic for a given --threads. The
-final model goes to OUT (config.json + model.safetensors, the command in its description), and
-the checkpoint is removed.
+Checkpoints after every step to OUT.checkpoint.pt, beside the model directory (written
+atomically: the row, the optimizer, the data order); `--resume` continues from there, after an
+interruption or to train a finished run for more --steps. Deterministic for a given --threads.
+The model goes to OUT (config.json + model.safetensors, the command in its description).
 """
 from __future__ import annotations
 
@@ -27,7 +27,6 @@ import argparse
 import math
 import os
 import random
-import shlex
 import sys
 import time
 
@@ -36,7 +35,8 @@ import torch.nn.functional as F
 
 from titans_torch import passkey
 from titans_torch.model import BOS, TitansModel
-from titans_torch.write_gate import _check, recall_head, split_training_text
+from titans_torch.write_gate import (add_head_arguments, read_training_texts, resolve_head,
+                                     save_with_command)
 
 PIECE = 2048  # bytes per forward call (the attention mask of one call is PIECE x PIECE)
 
@@ -44,11 +44,7 @@ PIECE = 2048  # bytes per forward call (the attention mask of one call is PIECE 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python3 -m titans_torch.train_gate",
                                 description=__doc__.split("\n\n")[0])
-    p.add_argument("--model_dir", required=True, help="model to start from")
-    p.add_argument("--out", required=True, help="directory of the new model (and checkpoint)")
-    p.add_argument("--layer", type=int, required=True, help="memory layer (0-based)")
-    p.add_argument("--head", required=True,
-                   help="head within the layer, or 'auto' (write_gate's recall_head)")
+    add_head_arguments(p)
     p.add_argument("--data", required=True, help="training text files (comma-separated)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--length", type=int, default=65536, help="bytes of the longest stream")
@@ -56,7 +52,7 @@ def parse_args(argv=None):
     p.add_argument("--lm_weight", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--resume", action="store_true", help="continue from OUT.checkpoint.pt")
     args = p.parse_args(argv)
     if args.steps < 1:
         p.error("--steps must be at least 1")
@@ -89,24 +85,16 @@ def passkey_stream(rng: random.Random, texts, length: int):
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
     model = TitansModel.load(args.model_dir)
+    checkpoint = os.path.normpath(args.out) + ".checkpoint.pt"
     try:
-        if args.head == "auto":
-            head, _ = recall_head(model, args.layer)
-        else:
-            try:
-                head = int(args.head)
-            except ValueError:
-                raise ValueError(f"--head must be an index or 'auto', not {args.head!r}")
-        _check(model, args.layer, head)
-        texts = []
-        for path in args.data.split(","):
-            with open(path, "rb") as f:
-                texts.append(split_training_text(f.read())[0])
+        head = resolve_head(model, args.layer, args.head)
+        texts, _ = read_training_texts(args.data)
         if any(len(t) < args.length for t in texts):
             raise ValueError(f"every --data file needs more than --length ({args.length}) "
                              "bytes of training text")
+        if args.resume and not os.path.exists(checkpoint):
+            raise ValueError(f"--resume: no checkpoint {checkpoint}")
     except (ValueError, OSError) as e:
         print(f"train_gate: {e}", file=sys.stderr)
         return 2
@@ -118,8 +106,7 @@ def main(argv=None) -> int:
     bias.requires_grad_(True)
     optimizer = torch.optim.Adam([weight, bias], lr=args.lr)
     rng = random.Random(args.seed)
-    os.makedirs(args.out, exist_ok=True)
-    checkpoint = os.path.join(args.out, "checkpoint.pt")
+    os.makedirs(os.path.dirname(checkpoint) or ".", exist_ok=True)
     first = 0
     if args.resume:
         saved = torch.load(checkpoint, weights_only=False)
@@ -163,11 +150,7 @@ def main(argv=None) -> int:
         os.replace(checkpoint + ".tmp", checkpoint)
     weight.requires_grad_(False)
     bias.requires_grad_(False)
-    command = "python3 -m titans_torch.train_gate " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    previous = model.config.get("description", "")
-    model.save(args.out, description=f"{command}. Started from a model described as: {previous}")
-    os.remove(checkpoint)  # the model is written: a run that ends leaves only the model
+    save_with_command(model, args.out, "train_gate", argv)
     print(f"wrote {args.out}: {m}weight[{head}] and bias[{head}] trained for {args.steps} steps")
     return 0
 

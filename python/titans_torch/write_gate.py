@@ -32,7 +32,7 @@ the model was trained on are read once, the layer's input recorded, and the head
   + 10 * mean over the told digits of max(0, logit - logit')^2    (write what it is told as hard)
   + l2 * |weight change|^2
 with L-BFGS in float64, one thread (so the result does not depend on the machine's cores).
-Writing less of all text as well recalls more still in held-out English but costs 0.015-0.02
+Writing less of all text as well recalls more still in held-out English but costs 0.007-0.02
 bits per byte (docs/evaluation.md), which is why the rest of the text keeps its writes.
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ import random
 import shlex
 import sys
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 
@@ -50,15 +50,21 @@ from titans_torch import passkey
 from titans_torch.model import TitansModel
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python3 -m titans_torch.write_gate",
-                                description=__doc__.split("\n\n")[0])
+def add_head_arguments(p: argparse.ArgumentParser) -> None:
+    """--model_dir, --out, --layer and --head: which model's head a gate tool changes, and where
+    the new model goes (shared by write_gate and train_gate)."""
     p.add_argument("--model_dir", required=True, help="model to start from")
     p.add_argument("--out", required=True, help="directory of the new model")
     p.add_argument("--layer", type=int, required=True, help="memory layer (0-based)")
     p.add_argument("--head", required=True,
                    help="head within the layer (0-based), or 'auto': the head whose gate opens "
                         "most on a passkey's digits against the text around them (recall_head)")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python3 -m titans_torch.write_gate",
+                                description=__doc__.split("\n\n")[0])
+    add_head_arguments(p)
     p.add_argument("--theta_bias_shift", type=float, default=0.0,
                    help="added to the head's theta gate bias (negative: writes less)")
     p.add_argument("--fit_on", default="",
@@ -129,11 +135,49 @@ def recall_head(model: TitansModel, layer: int) -> Tuple[int, List[float]]:
 _TOLD, _TEXT_DIGIT, _TEXT, _OTHER = 0, 1, 2, 3
 
 
+def resolve_head(model: TitansModel, layer: int, spec: str,
+                 say: Callable[[str], None] = print) -> int:
+    """The head --head names: an index (checked), or 'auto' (recall_head, whose ratios go to
+    `say`). ValueError for anything else, or a layer or head the model does not have."""
+    if spec == "auto":
+        head, ratios = recall_head(model, layer)
+        say(f"recall head of layer {layer}: {head} (theta on digits / elsewhere: "
+            + ", ".join(f"{r:.2f}" for r in ratios) + ")")
+        return head
+    try:
+        head = int(spec)
+    except ValueError:
+        raise ValueError(f"--head must be an index or 'auto', not {spec!r}")
+    _check(model, layer, head)
+    return head
+
+
 def split_training_text(data: bytes, test_fraction: float = 0.05) -> Tuple[str, str]:
     """(training part, held-out part) of one file, split as titans-train splits it."""
     test = int(len(data) * test_fraction)
     train, held_out = data[:len(data) - test], data[len(data) - test:]
     return train.decode("utf-8", "replace"), held_out.decode("utf-8", "replace")
+
+
+def read_training_texts(paths: str) -> Tuple[List[str], List[str]]:
+    """The training parts and the held-out parts of comma-separated files. OSError if one
+    cannot be read."""
+    training, held_out = [], []
+    for path in paths.split(","):
+        with open(path, "rb") as f:
+            train_part, held_part = split_training_text(f.read())
+        training.append(train_part)
+        held_out.append(held_part)
+    return training, held_out
+
+
+def save_with_command(model: TitansModel, out: str, module: str, argv) -> None:
+    """Writes `model` to `out` with the command that made it (and the model it started from) as
+    its description."""
+    command = f"python3 -m titans_torch.{module} " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    previous = model.config.get("description", "")
+    model.save(out, description=f"{command}. Started from a model described as: {previous}")
 
 
 def fit_stream(rng: random.Random, text: str, length: int = 3000) -> Tuple[List[int], List[int]]:
@@ -259,34 +303,18 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     model = TitansModel.load(args.model_dir)
     try:
-        if args.head == "auto":
-            head, ratios = recall_head(model, args.layer)
-            print(f"recall head of layer {args.layer}: {head} (theta on digits / elsewhere: "
-                  + ", ".join(f"{r:.2f}" for r in ratios) + ")")
-        else:
-            try:
-                head = int(args.head)
-            except ValueError:
-                raise ValueError(f"--head must be an index or 'auto', not {args.head!r}")
+        head = resolve_head(model, args.layer, args.head)
         if args.theta_bias_shift != 0:
             shift_theta_bias(model, args.layer, head, args.theta_bias_shift)
         report = None
         if args.fit_on:
-            training, held_out = [], []
-            for path in args.fit_on.split(","):
-                with open(path, "rb") as f:
-                    train_part, held_part = split_training_text(f.read())
-                training.append(train_part)
-                held_out.append(held_part)
+            training, held_out = read_training_texts(args.fit_on)
             report = fit_digit_gate(model, args.layer, head, training, held_out,
                                     args.fit_streams, args.fit_seed, args.fit_l2)
     except (ValueError, OSError) as e:
         print(f"write_gate: {e}", file=sys.stderr)
         return 2
-    command = "python3 -m titans_torch.write_gate " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    previous = model.config.get("description", "")
-    model.save(args.out, description=f"{command}. Started from a model described as: {previous}")
+    save_with_command(model, args.out, "write_gate", argv)
     if args.theta_bias_shift != 0:
         print(f"wrote {args.out}: layers.{args.layer}.memory.theta_proj.bias[{head}] "
               f"{args.theta_bias_shift:+g}")

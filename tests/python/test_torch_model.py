@@ -210,23 +210,39 @@ def test_fine_tune_resume_and_serve(tmp_path):
             assert len(result.token_ids) == 8
 
 
+def run_gate_tool(module, *args):
+    """python3 -m titans_torch.MODULE ARGS..., its output captured."""
+    env = {**os.environ, "PYTHONPATH": os.path.join(SOURCE, "python")}
+    return subprocess.run([sys.executable, "-m", f"titans_torch.{module}", *map(str, args)],
+                          env=env, capture_output=True, text=True, timeout=600)
+
+
+def assert_only_row_changed(before, after, names, row):
+    """Every parameter equal except `names`, which differ in `row` and only there."""
+    for name, _, _, _ in before.slots:
+        if name in names:
+            assert not torch.equal(after.p(name)[row], before.p(name)[row]), name
+            for other in range(before.p(name).shape[0]):
+                if other != row:
+                    assert torch.equal(after.p(name)[other], before.p(name)[other]), name
+        else:
+            assert torch.equal(after.p(name), before.p(name)), name
+
+
+GATE_ROW = ("layers.1.memory.theta_proj.weight", "layers.1.memory.theta_proj.bias")
+
+
 def test_write_gate_shifts_one_head_and_the_server_serves_it(tmp_path):
     start = random_model(tmp_path, "gate", {"variant": "mal"})
     out = tmp_path / "calibrated"
-    env = {**os.environ, "PYTHONPATH": os.path.join(SOURCE, "python")}
-    run = subprocess.run(
-        [sys.executable, "-m", "titans_torch.write_gate", "--model_dir", start, "--out", str(out),
-         "--layer", "1", "--head", "1", "--theta_bias_shift", "-2.5"],
-        env=env, capture_output=True, text=True, timeout=300, check=True)
+    run = run_gate_tool("write_gate", "--model_dir", start, "--out", out, "--layer", "1",
+                        "--head", "1", "--theta_bias_shift", "-2.5")
+    assert run.returncode == 0, run.stderr
     assert "theta_proj.bias[1] -2.5" in run.stdout
     before, after = TitansModel.load(start), TitansModel.load(str(out))
     changed = "layers.1.memory.theta_proj.bias"
-    for name, _, _, _ in before.slots:
-        if name == changed:
-            assert after.p(name)[1].item() == pytest.approx(before.p(name)[1].item() - 2.5)
-            assert torch.equal(after.p(name)[0], before.p(name)[0])
-        else:
-            assert torch.equal(after.p(name), before.p(name)), name
+    assert_only_row_changed(before, after, {changed}, 1)
+    assert after.p(changed)[1].item() == pytest.approx(before.p(changed)[1].item() - 2.5)
     config = json.loads((out / "config.json").read_text())
     assert config["description"].startswith("python3 -m titans_torch.write_gate")
     # Writing less changes what the model predicts, and the server agrees with titans_torch.
@@ -234,17 +250,14 @@ def test_write_gate_shifts_one_head_and_the_server_serves_it(tmp_path):
     assert worst < TOLERANCE
     assert before.score(list(TEXT[:300]))[0] != after.score(list(TEXT[:300]))[0]
     # A head or layer that does not exist is refused, and nothing is written.
-    bad = subprocess.run(
-        [sys.executable, "-m", "titans_torch.write_gate", "--model_dir", start, "--out",
-         str(tmp_path / "bad"), "--layer", "0", "--head", "2", "--theta_bias_shift", "-1"],
-        env=env, capture_output=True, text=True, timeout=300)
+    bad = run_gate_tool("write_gate", "--model_dir", start, "--out", tmp_path / "bad", "--layer",
+                        "0", "--head", "2", "--theta_bias_shift", "-1")
     assert bad.returncode == 2 and "head 2 out of range" in bad.stderr
     assert not (tmp_path / "bad").exists()
     # --head auto picks the head whose gate opens most on a passkey's digits, and shifts that one.
-    auto = subprocess.run(
-        [sys.executable, "-m", "titans_torch.write_gate", "--model_dir", start, "--out",
-         str(tmp_path / "auto"), "--layer", "1", "--head", "auto", "--theta_bias_shift", "-1"],
-        env=env, capture_output=True, text=True, timeout=300, check=True)
+    auto = run_gate_tool("write_gate", "--model_dir", start, "--out", tmp_path / "auto",
+                         "--layer", "1", "--head", "auto", "--theta_bias_shift", "-1")
+    assert auto.returncode == 0, auto.stderr
     picked = int(auto.stdout.split("recall head of layer 1: ")[1].split()[0])
     head, ratios = recall_head(before, 1)
     assert picked == head and ratios[head] == max(ratios) and len(ratios) == 2
@@ -285,20 +298,12 @@ def test_write_gate_fit_writes_the_texts_digits_less_and_only_changes_that_heads
     lines = TEXT.decode("utf-8", "replace").splitlines()[:400]
     corpus = tmp_path / "numbered.txt"
     corpus.write_text("".join(f"{i * 37 % 1000} {line}\n" for i, line in enumerate(lines)))
-    env = {**os.environ, "PYTHONPATH": os.path.join(SOURCE, "python")}
     out = tmp_path / "fitted"
-    run = subprocess.run(
-        [sys.executable, "-m", "titans_torch.write_gate", "--model_dir", start, "--out", str(out),
-         "--layer", "1", "--head", "1", "--fit_on", str(corpus), "--fit_streams", "4"],
-        env=env, capture_output=True, text=True, timeout=600, check=True)
+    run = run_gate_tool("write_gate", "--model_dir", start, "--out", out, "--layer", "1",
+                        "--head", "1", "--fit_on", corpus, "--fit_streams", "4")
+    assert run.returncode == 0, run.stderr
     assert "theta_proj row 1 fitted" in run.stdout
-    before, after = TitansModel.load(start), TitansModel.load(str(out))
-    for name, _, _, _ in before.slots:
-        if name.startswith("layers.1.memory.theta_proj."):
-            assert not torch.equal(after.p(name)[1], before.p(name)[1]), name
-            assert torch.equal(after.p(name)[0], before.p(name)[0]), name
-        else:
-            assert torch.equal(after.p(name), before.p(name)), name
+    assert_only_row_changed(TitansModel.load(start), TitansModel.load(str(out)), GATE_ROW, 1)
 
     def theta(line, kind):  # "<kind> BEFORE -> AFTER" on the report's line
         part = line.split(kind + " ")[1].split(",")[0]
@@ -316,86 +321,54 @@ def test_write_gate_fit_writes_the_texts_digits_less_and_only_changes_that_heads
     # A text without digits gives the fit nothing to write less: refused, nothing written.
     plain = tmp_path / "plain.txt"
     plain.write_text("no digits here at all. " * 300)
-    bad = subprocess.run(
-        [sys.executable, "-m", "titans_torch.write_gate", "--model_dir", start, "--out",
-         str(tmp_path / "bad"), "--layer", "1", "--head", "0", "--fit_on", str(plain),
-         "--fit_streams", "2"],
-        env=env, capture_output=True, text=True, timeout=600)
-    assert bad.returncode == 2 and "no digits of text" in bad.stderr
-    assert not (tmp_path / "bad").exists()
     mac = random_model(tmp_path, "fit_mac", {"variant": "mac", "attention": {"segment_size": 16}})
-    refused = subprocess.run(
-        [sys.executable, "-m", "titans_torch.write_gate", "--model_dir", mac, "--out",
-         str(tmp_path / "bad"), "--layer", "1", "--head", "0", "--fit_on", str(corpus),
-         "--fit_streams", "1"],
-        env=env, capture_output=True, text=True, timeout=600)
-    assert refused.returncode == 2 and "MAC" in refused.stderr
-    assert not (tmp_path / "bad").exists()
-    missing = subprocess.run(
-        [sys.executable, "-m", "titans_torch.write_gate", "--model_dir", start, "--out",
-         str(tmp_path / "bad"), "--layer", "1", "--head", "0"],
-        env=env, capture_output=True, text=True, timeout=600)
-    assert missing.returncode == 2 and "nothing to do" in missing.stderr
+    for model, args, message in (
+            (start, ["--fit_on", plain, "--fit_streams", "2"], "no digits of text"),
+            (mac, ["--fit_on", corpus, "--fit_streams", "1"], "MAC"),
+            (start, [], "nothing to do")):
+        bad = run_gate_tool("write_gate", "--model_dir", model, "--out", tmp_path / "bad",
+                            "--layer", "1", "--head", "0", *args)
+        assert bad.returncode == 2 and message in bad.stderr, (args, bad.stderr)
+        assert not (tmp_path / "bad").exists()
 
 
 def test_train_gate_trains_one_row_and_resumes_bit_for_bit(tmp_path):
     start = random_model(tmp_path, "train_gate", {"variant": "mal", "attention": {"window": 16}})
     corpus = tmp_path / "corpus.txt"
     corpus.write_bytes(TEXT[:20000])
-    env = {**os.environ, "PYTHONPATH": os.path.join(SOURCE, "python")}
 
-    def train(out, steps, resume=False):
-        return subprocess.run(
-            [sys.executable, "-m", "titans_torch.train_gate", "--model_dir", start, "--out",
-             str(out), "--layer", "1", "--head", "0", "--data", str(corpus), "--steps",
-             str(steps), "--length", "600", "--lr", "0.05", "--threads", "1"]
-            + (["--resume"] if resume else []),
-            env=env, capture_output=True, text=True, timeout=600)
+    def train(out, steps, *more):
+        return run_gate_tool("train_gate", "--model_dir", start, "--out", out, "--layer", "1",
+                             "--head", "0", "--data", corpus, "--steps", steps, "--length", "600",
+                             "--lr", "0.05", "--threads", "1", *more)
 
     whole = train(tmp_path / "whole", 3)
     assert whole.returncode == 0, whole.stderr
     assert whole.stdout.count("step ") == 3 and "answer" in whole.stdout
-    assert not (tmp_path / "whole" / "checkpoint.pt").exists()
-    before, after = TitansModel.load(start), TitansModel.load(str(tmp_path / "whole"))
-    for name, _, _, _ in before.slots:
-        if name.startswith("layers.1.memory.theta_proj."):
-            assert not torch.equal(after.p(name)[0], before.p(name)[0]), name
-            assert torch.equal(after.p(name)[1], before.p(name)[1]), name
-        else:
-            assert torch.equal(after.p(name), before.p(name)), name
+    assert (tmp_path / "whole.checkpoint.pt").exists()
+    assert sorted(p.name for p in (tmp_path / "whole").iterdir()) == ["config.json",
+                                                                     "model.safetensors"]
+    after = TitansModel.load(str(tmp_path / "whole"))
+    assert_only_row_changed(TitansModel.load(start), after, GATE_ROW, 0)
     worst, _ = compare_with_server(str(tmp_path / "whole"), 300, seed=8)
     assert worst < TOLERANCE
-    # Interrupted after two steps (the checkpoint of step 2 kept, as a killed run leaves it:
-    # here a run whose os.remove does nothing), then resumed: the same model, bit for bit.
+    # Two steps, then resumed from their checkpoint for a third: the same model, bit for bit.
     part = tmp_path / "part"
-    partial = subprocess.run(
-        [sys.executable, "-c", "import sys, torch; sys.path.insert(0, sys.argv[1]);"
-         "from titans_torch import train_gate; import os;"
-         "orig = os.remove; os.remove = lambda p: None;"
-         "sys.exit(train_gate.main(sys.argv[2:]))", os.path.join(SOURCE, "python"),
-         "--model_dir", start, "--out", str(part), "--layer", "1", "--head", "0", "--data",
-         str(corpus), "--steps", "2", "--length", "600", "--lr", "0.05", "--threads", "1"],
-        env=env, capture_output=True, text=True, timeout=600)
-    assert partial.returncode == 0, partial.stderr
-    assert (part / "checkpoint.pt").exists()
-    resumed = train(part, 3, resume=True)
+    assert train(part, 2).returncode == 0
+    resumed = train(part, 3, "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    assert "resumed at step 2" in resumed.stdout
+    assert "resumed at step 2" in resumed.stdout and resumed.stdout.count("step ") == 2
     again = TitansModel.load(str(part))
-    for name in ("layers.1.memory.theta_proj.weight", "layers.1.memory.theta_proj.bias"):
+    for name in GATE_ROW:
         assert torch.equal(again.p(name), after.p(name)), name
     # Bad arguments: refused with a message, nothing trained.
-    bad = subprocess.run(
-        [sys.executable, "-m", "titans_torch.train_gate", "--model_dir", start, "--out",
-         str(tmp_path / "bad"), "--layer", "1", "--head", "5", "--data", str(corpus)],
-        env=env, capture_output=True, text=True, timeout=600)
-    assert bad.returncode == 2 and "head 5 out of range" in bad.stderr
-    short = subprocess.run(
-        [sys.executable, "-m", "titans_torch.train_gate", "--model_dir", start, "--out",
-         str(tmp_path / "bad"), "--layer", "1", "--head", "0", "--data", str(corpus),
-         "--length", "65536"],
-        env=env, capture_output=True, text=True, timeout=600)
-    assert short.returncode == 2 and "more than --length" in short.stderr
+    for args, message in ((["--head", "5"], "head 5 out of range"),
+                          (["--length", "65536"], "more than --length"),
+                          (["--length", "600", "--resume"], "no checkpoint")):
+        bad = run_gate_tool("train_gate", "--model_dir", start, "--out", tmp_path / "bad",
+                            "--layer", "1", "--head", "0", "--data", corpus, *args)
+        assert bad.returncode == 2 and message in bad.stderr, (args, bad.stderr)
+        assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.parametrize("variant", ["mal", "mac"])
