@@ -111,33 +111,25 @@ stages() {  # NAME CONFIG
     --long_recall_fraction 0.25 --passkey_noise_fraction 0.1 \
     --steps 1024 --checkpoint_every 128 --eval_every 256 --lr 1.5e-4 --min_lr 2e-5 --seed 29
 }
-calibrate() {  # stage 8, Titans only: the recall head writes less (seconds, no training)
-  [ -f "$RUNS/titans-default-calibrated/model/config.json" ] && return 0
-  PYTHONPATH=python /usr/bin/python3 -m titans_torch.write_gate \
-    --model_dir "$RUNS/titans-default-english16c/model" \
-    --out "$RUNS/titans-default-calibrated/model" \
-    --layer 1 --head auto --theta_bias_shift -1.5 >> "$RUNS/titans-default-calibrated.log" 2>&1
+gate_step() {  # MODULE FROM TO ARGS...: a titans_torch gate tool, $RUNS/FROM/model -> $RUNS/TO/model
+  local module="$1" from="$2" to="$3"
+  shift 3
+  [ -f "$RUNS/$to/model/config.json" ] && return 0
+  PYTHONPATH=python /usr/bin/python3 -m "titans_torch.$module" --model_dir "$RUNS/$from/model" \
+    --out "$RUNS/$to/model" "$@" >> "$RUNS/$to.log" 2>&1
 }
-fit_digits() {  # stage 9, Titans only: the recall head writes told digits, not the text's
-  [ -f "$RUNS/titans-default-digits/model/config.json" ] && return 0
-  PYTHONPATH=python /usr/bin/python3 -m titans_torch.write_gate \
-    --model_dir "$RUNS/titans-default-calibrated/model" \
-    --out "$RUNS/titans-default-digits/model" \
-    --layer 1 --head auto --fit_on data/kjv.txt,data/english.txt \
-    >> "$RUNS/titans-default-digits.log" 2>&1
-}
-train_gate() {  # stage 10, Titans only: the recall head's gate row trained on long streams
-  [ -f "$RUNS/titans-default-gated/model/config.json" ] && return 0
+recall_head() {  # stages 8-10, Titans only: the recall head's write gate (see the list above)
+  gate_step write_gate titans-default-english16c titans-default-calibrated \
+    --layer 1 --head auto --theta_bias_shift -1.5 || return
+  gate_step write_gate titans-default-calibrated titans-default-digits \
+    --layer 1 --head auto --fit_on data/kjv.txt,data/english.txt || return
   local resume=()
-  [ -f "$RUNS/titans-default-gated/model/checkpoint.pt" ] && resume=(--resume)
-  PYTHONPATH=python /usr/bin/python3 -m titans_torch.train_gate \
-    --model_dir "$RUNS/titans-default-digits/model" \
-    --out "$RUNS/titans-default-gated/model" \
+  [ -f "$RUNS/titans-default-gated/model.checkpoint.pt" ] && resume=(--resume)
+  gate_step train_gate titans-default-digits titans-default-gated \
     --layer 1 --head auto --data data/english.txt,data/kjv.txt --steps 20 --length 65536 \
-    "${resume[@]}" >> "$RUNS/titans-default-gated.log" 2>&1
+    "${resume[@]}"
 }
-{ stages titans-default "${TITANS_CONFIG:-models/configs/titans-default.json}" && calibrate &&
-  fit_digits && train_gate; } &
+{ stages titans-default "${TITANS_CONFIG:-models/configs/titans-default.json}" && recall_head; } &
 if [ "${TITANS_ONLY:-0}" = 1 ]; then
   wait
   echo "trained $RUNS/titans-default-gated/model (TITANS_ONLY: nothing installed)"
