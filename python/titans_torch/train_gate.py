@@ -6,8 +6,9 @@ gradient on long passkey streams of training text, everything else frozen.
 
 Each step reads one stream of `--length` or half as many bytes: a window of the training text
 (all but the last 5% of each file, as titans-train splits it; three steps in four from the first
-file) with a passkey needle in its first half and the question at the end, and minimises
-    mean loss of the key's five digits + lm_weight * mean loss of the text's bytes
+file), or with probability --noise_fraction a window of RULER's noise haystack, with a passkey
+needle in its first half and the question at the end, and minimises
+    mean loss of the key's five digits + lm_weight * mean loss of the haystack's bytes
 through the whole stream (read in pieces of 2,048 bytes, the gradient flowing through the memory
 across all of them), with respect to that one gate row only (Adam, gradient norm clipped at 1).
 So the gate learns which writes of text erase a key asked tens of thousands of bytes later,
@@ -50,6 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--length", type=int, default=65536, help="bytes of the longest stream")
     p.add_argument("--lr", type=float, default=0.005)
     p.add_argument("--lm_weight", type=float, default=1.0)
+    p.add_argument("--noise_fraction", type=float, default=0.0,
+                   help="share of the streams whose haystack is RULER's noise, not text")
     p.add_argument("--seed", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--resume", action="store_true", help="continue from OUT.checkpoint.pt")
@@ -58,13 +61,22 @@ def parse_args(argv=None):
         p.error("--steps must be at least 1")
     if args.length < 256:
         p.error("--length must be at least 256 bytes")
+    if not 0 <= args.noise_fraction <= 1:
+        p.error("--noise_fraction must be in [0, 1]")
     return args
 
 
-def passkey_stream(rng: random.Random, texts, length: int):
-    """(tokens with <|bos|> first, mask of the text's bytes among the predictions, mask of the
-    key's digits among the predictions): a window of a text with a needle in its first half."""
-    text = texts[0] if len(texts) == 1 or rng.random() < 0.75 else texts[rng.randrange(1, len(texts))]
+def passkey_stream(rng: random.Random, texts, length: int, noise_fraction: float = 0.0):
+    """(tokens with <|bos|> first, mask of the haystack's bytes among the predictions, mask of
+    the key's digits among the predictions): a window of a text, or with probability
+    noise_fraction of RULER's noise haystack, with a needle in its first half. (With
+    noise_fraction 0 no draw is made for it, so the streams are those of runs without it.)"""
+    if noise_fraction > 0 and rng.random() < noise_fraction:
+        offset = rng.randrange(len(passkey.NOISE))
+        text = (passkey.NOISE * (length // len(passkey.NOISE) + 2))[offset:]
+    else:
+        text = texts[0] if len(texts) == 1 or rng.random() < 0.75 else texts[
+            rng.randrange(1, len(texts))]
     key = str(rng.randrange(1, 10)) + "".join(str(rng.randrange(10)) for _ in range(4))
     needle, question = passkey.needle(key).encode(), passkey.QUESTION.encode()
     hay_len = max(0, length - len(needle) - len(question) - len(key))
@@ -121,7 +133,7 @@ def main(argv=None) -> int:
     for step in range(first, args.steps):
         began = time.time()
         length = rng.choice([args.length // 2, args.length])
-        tokens, is_text, is_answer = passkey_stream(rng, texts, length)
+        tokens, is_text, is_answer = passkey_stream(rng, texts, length, args.noise_fraction)
         ids = torch.tensor([tokens])
         optimizer.zero_grad()
         state, losses = None, []

@@ -364,11 +364,37 @@ def test_train_gate_trains_one_row_and_resumes_bit_for_bit(tmp_path):
     # Bad arguments: refused with a message, nothing trained.
     for args, message in ((["--head", "5"], "head 5 out of range"),
                           (["--length", "65536"], "more than --length"),
-                          (["--length", "600", "--resume"], "no checkpoint")):
+                          (["--length", "600", "--resume"], "no checkpoint"),
+                          (["--noise_fraction", "1.5"], "--noise_fraction must be in [0, 1]")):
         bad = run_gate_tool("train_gate", "--model_dir", start, "--out", tmp_path / "bad",
                             "--layer", "1", "--head", "0", "--data", corpus, *args)
         assert bad.returncode == 2 and message in bad.stderr, (args, bad.stderr)
         assert not (tmp_path / "bad").exists()
+
+
+def test_train_gate_streams_text_or_noise():
+    from titans_torch import passkey
+    from titans_torch.train_gate import passkey_stream
+    texts = [TEXT.decode("utf-8", "replace")]
+    noise_bytes = set(passkey.NOISE.encode())
+    kinds = []
+    for seed in range(40):
+        tokens, is_text, is_answer = passkey_stream(random.Random(seed), texts, 3000, 0.5)
+        stream = bytes(tokens[1:])
+        haystack = bytes(b for b, t in zip(stream, is_text.tolist()) if t)
+        # The answer is the needle's key, at the end, after the question.
+        key = stream[-5:].decode()
+        assert is_answer.sum() == 5 and is_answer[-5:].all()
+        assert passkey.needle(key).encode() in stream
+        assert stream.endswith((passkey.QUESTION + key).encode())
+        noise = set(haystack) <= noise_bytes and passkey.NOISE.encode()[:40] in stream
+        assert noise or haystack[200:260] in TEXT, seed
+        kinds.append(noise)
+    assert 10 <= sum(kinds) <= 30  # about half of 40 in the noise
+    assert not any(set(bytes(passkey_stream(random.Random(s), texts, 3000)[0][1:200])) <=
+                   noise_bytes for s in range(5))
+    assert all(set(bytes(passkey_stream(random.Random(s), texts, 3000, 1.0)[0][1:200])) <=
+               noise_bytes for s in range(5))
 
 
 @pytest.mark.parametrize("variant", ["mal", "mac"])
