@@ -37,29 +37,15 @@ a = p.parse_args()
 torch.set_num_threads(a.threads)
 model = TitansModel.load(a.model_dir)
 texts, held = read_training_texts(",".join(os.path.join(ROOT, "data", f) for f in ("english.txt", "kjv.txt")))
-NOISE = passkey.NOISE
-def filler(rng, n, src):
-    if src == "noise":
-        off = rng.randrange(len(NOISE)); return ((NOISE * (n // len(NOISE) + 2))[off:off + n]).encode()
-    start = rng.randrange(0, len(src) - n - 1)
-    return src[start:start + n].encode("utf-8", "replace")[:n].ljust(n, b" ")
-def task(rng, pairs, gap, src):
-    keys = []
-    while len(keys) < pairs:
-        k = "".join(chr(97 + rng.randrange(26)) for _ in range(3))
-        if k not in keys: keys.append(k)
-    vals = ["%d%d" % (rng.randrange(10), rng.randrange(10)) for _ in keys]
-    s = b"".join(f"{k}={v}, ".encode() for k, v in zip(keys, vals))
-    lo = len(s); s += filler(rng, gap, src); hi = len(s)
-    s += b" Recall: "
-    order = list(range(pairs)); rng.shuffle(order); ans = []
-    for i in order:
-        s += f"{keys[i]}=".encode(); ans += [len(s), len(s) + 1]; s += f"{vals[i]}, ".encode()
-    # passkey needle + question appended to the same stream for the keep set
+def task(rng, pairs, gap, source):
+    """A recall task (source None: in the noise) with a passkey needle, 128 filler bytes and the
+    passkey question after it (their keys and queries are held in place by the fit)."""
+    text, answers, order, filler = passkey.recall_task(rng, pairs, gap, source)
     key = str(rng.randrange(1, 10)) + "".join(str(rng.randrange(10)) for _ in range(4))
-    ndl = len(s); s += passkey.needle(key).encode() + filler(rng, 128, src) + passkey.QUESTION.encode()
-    qpos = len(s)
-    return list(s), ans, order, (lo, hi), (ndl, qpos)
+    needle = len(text)
+    text += passkey.needle(key).encode() + passkey.haystack(rng, 128, source) + \
+        passkey.QUESTION.encode()
+    return list(text), answers, order, filler, (needle, len(text))
 X = {}
 def obs(i, x, q, k, out):
     if i == a.layer: X["x"] = x[0]
@@ -74,7 +60,7 @@ def collect(n, seed):
     with torch.no_grad():
         for t in range(n):
             pairs = rng.randrange(2, 9); gap = rng.choice([256, 1024])
-            src = "noise" if rng.random() < 0.3 else texts[0 if rng.random() < 0.75 else 1]
+            src = None if rng.random() < 0.3 else texts[0 if rng.random() < 0.75 else 1]
             s, ans, order, (lo, hi), (ndl, qpos) = task(rng, pairs, gap, src)
             _, state = model(torch.tensor([[BOS] + s]), None)
             x = X["x"]

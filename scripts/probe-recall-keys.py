@@ -17,10 +17,9 @@ sys.path.insert(0, os.path.join(ROOT, "python"))
 import torch, torch.nn.functional as F
 from titans_torch import passkey
 from titans_torch.model import BOS, TitansModel
-from titans_torch.train_gate import passkey_stream
+from titans_torch.train_gate import passkey_stream, stream_nats
 from titans_torch.write_gate import read_training_texts
 
-PIECE = 2048
 p = argparse.ArgumentParser()
 p.add_argument("--model_dir", default=os.path.join(ROOT, "models/default"))
 p.add_argument("--out", required=True)
@@ -54,50 +53,21 @@ train = [t for t in model.parameters() if t.requires_grad]
 print("training", len(train), "tensors", sum(t.numel() for t in train), "numbers", flush=True)
 opt = torch.optim.Adam(train, lr=a.lr)
 rng = random.Random(a.seed)
-NOISE = passkey.NOISE
 
-def filler(rng, n, src):
-    if src == "noise":
-        off = rng.randrange(len(NOISE))
-        return ((NOISE * (n // len(NOISE) + 2))[off:off + n]).encode()
-    start = rng.randrange(0, len(src) - n - 1)
-    return src[start:start + n].encode("utf-8", "replace")[:n].ljust(n, b" ")
 
-def recall_task(rng, pairs, gap, src):
-    keys = []
-    while len(keys) < pairs:
-        k = "".join(chr(97 + rng.randrange(26)) for _ in range(3))
-        if k not in keys: keys.append(k)
-    vals = ["%d%d" % (rng.randrange(10), rng.randrange(10)) for _ in keys]
-    s = b"".join(f"{k}={v}, ".encode() for k, v in zip(keys, vals))
-    text_lo = len(s)
-    s += filler(rng, gap, src)
-    text_hi = len(s)
-    s += b" Recall: "
-    ans = []
-    order = list(range(pairs)); rng.shuffle(order)
-    for i in order:
-        s += f"{keys[i]}=".encode()
-        ans += [len(s), len(s) + 1]
-        s += f"{vals[i]}, ".encode()
-    recall_task.last_order = order
-    return list(s), ans, (text_lo, text_hi) if src != "noise" else (0, 0)
+def recall_task(rng, pairs, gap, source):
+    """One task as (bytes, answer offsets, filler range scored as text or (0, 0) in the noise,
+    the order asked); source None is the noise."""
+    text, answers, order, filler = passkey.recall_task(rng, pairs, gap, source)
+    return list(text), answers, filler if source is not None else (0, 0), order
 
-# Row byte j is ids[j + 1], predicted at logits index j: an answer byte x is scored at index x.
 QK = []
 def observer(i, x, q, k, out):
     if i == a.layer: QK.append((q, k))
 def run2(rows, ans_rows, ranges):
     QK.clear()
     ids = torch.tensor([[BOS] + r for r in rows])
-    state, outs = None, []
-    T = ids.shape[1] - 1
-    for b in range(0, T, PIECE):
-        e = min(b + PIECE, T)
-        logits, state = model(ids[:, b:e], state)
-        outs.append(logits)
-    logits = torch.cat(outs, 1)
-    nats = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none").view(ids.shape[0], T)
+    nats, logits = stream_nats(model, ids)
     amask = torch.zeros_like(nats, dtype=torch.bool); tmask = torch.zeros_like(amask)
     for r, (ans, (lo, hi)) in enumerate(zip(ans_rows, ranges)):
         for x in ans: amask[r, x] = True
@@ -108,11 +78,11 @@ def evaluate():
     erng = random.Random(1234)
     res = {}
     with torch.no_grad():
-        for src_name, src in (("noise", "noise"), ("lic", lic)):
+        for src_name, src in (("noise", None), ("lic", lic)):
             for gap in (1024, 4096):
                 good = tot = 0
                 for _ in range(5):
-                    rows, ans, rg = zip(*[recall_task(erng, 4, gap, src) for _ in range(4)])
+                    rows, ans, rg, _ = zip(*[recall_task(erng, 4, gap, src) for _ in range(4)])
                     nats, am, tm, logits = run2(list(rows), list(ans), list(rg))
                     ids = torch.tensor([[BOS] + r for r in rows])
                     pred = logits.argmax(-1)
@@ -134,12 +104,7 @@ for step in range(a.steps):
     if a.passkey_every and step % a.passkey_every == a.passkey_every - 1:
         L = rng.choice([a.pk_len // 2, a.pk_len])
         toks, is_text, is_ans = passkey_stream(rng, texts, L)
-        ids = torch.tensor([toks]); state, ls = None, []
-        for b in range(0, len(toks) - 1, PIECE):
-            e = min(b + PIECE, len(toks) - 1)
-            lg, state = model(ids[:, b:e], state)
-            ls.append(F.cross_entropy(lg[0], ids[0, b + 1:e + 1], reduction="none"))
-        n = torch.cat(ls)
+        n = stream_nats(model, torch.tensor([toks]))[0][0]
         ansl, txt = n[is_ans].mean(), n[is_text].mean()
         kind = "pk"
     else:
@@ -148,8 +113,8 @@ for step in range(a.steps):
         gap = rng.choice([int(g) for g in a.gaps.split(",")])
         tasks = []
         for _ in range(a.batch):
-            t = recall_task(rng, pairs, gap, "noise" if rng.random() < 0.3 else texts[0 if rng.random() < 0.75 else 1])
-            tasks.append(t + (list(recall_task.last_order),))
+            t = recall_task(rng, pairs, gap, None if rng.random() < 0.3 else texts[0 if rng.random() < 0.75 else 1])
+            tasks.append(t)
         rows, ans, rg, orders = zip(*tasks)
         model.memory_observer = observer if a.contrast else None
         n, am, tm, _ = run2(list(rows), list(ans), list(rg))

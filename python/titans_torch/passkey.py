@@ -14,3 +14,39 @@ def needle(key: str) -> str:
 def fact(name: str, value: str) -> str:
     """One fact of a multi-fact recall task: a three-letter name and a two-digit value."""
     return f"{name}={value}, "
+
+
+def haystack(rng, n: int, source=None) -> bytes:
+    """n bytes of filler: RULER's noise from a random phase (source None), or a random window of
+    the text `source` (padded with spaces where its encoding falls short)."""
+    if source is None:
+        offset = rng.randrange(len(NOISE))
+        return (NOISE * (n // len(NOISE) + 2))[offset:offset + n].encode()
+    start = rng.randrange(0, len(source) - n - 1)
+    return source[start:start + n].encode("utf-8", "replace")[:n].ljust(n, b" ")
+
+
+def recall_task(rng, pairs: int, filler_bytes: int, source=None):
+    """A multi-fact recall task in titans-eval's format (model/trainer.cc's MakeRecallTask, not
+    its random draws): `pairs` facts, `filler_bytes` of haystack(source), then every name asked
+    in a random order. Returns (bytes, the byte offsets of the answers' digits in question
+    order, the order (question j asks fact order[j]), (filler begin, filler end))."""
+    names = []
+    while len(names) < pairs:
+        name = "".join(chr(ord("a") + rng.randrange(26)) for _ in range(3))
+        if name not in names:
+            names.append(name)
+    values = ["%d%d" % (rng.randrange(10), rng.randrange(10)) for _ in names]
+    text = "".join(fact(n, v) for n, v in zip(names, values)).encode()
+    begin = len(text)
+    text += haystack(rng, filler_bytes, source)
+    end = len(text)
+    text += b" Recall: "
+    order = list(range(pairs))
+    rng.shuffle(order)
+    answers = []
+    for i in order:
+        text += f"{names[i]}=".encode()
+        answers += [len(text), len(text) + 1]
+        text += f"{values[i]}, ".encode()
+    return text, answers, order, (begin, end)

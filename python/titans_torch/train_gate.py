@@ -66,6 +66,21 @@ def parse_args(argv=None):
     return args
 
 
+def stream_nats(model: TitansModel, ids: torch.Tensor):
+    """The loss of every prediction of a batch of streams ids [B, N] from a fresh state, read in
+    pieces of PIECE tokens with the gradient flowing across them: (nats [B, N - 1], logits
+    [B, N - 1, V])."""
+    state, losses, outputs = None, [], []
+    for begin in range(0, ids.shape[1] - 1, PIECE):
+        end = min(begin + PIECE, ids.shape[1] - 1)
+        logits, state = model(ids[:, begin:end], state)
+        losses.append(F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                      ids[:, begin + 1:end + 1].reshape(-1),
+                                      reduction="none").view(ids.shape[0], -1))
+        outputs.append(logits)
+    return torch.cat(losses, 1), torch.cat(outputs, 1)
+
+
 def passkey_stream(rng: random.Random, texts, length: int, noise_fraction: float = 0.0):
     """(tokens with <|bos|> first, mask of the haystack's bytes among the predictions, mask of
     the key's digits among the predictions): a window of a text, or with probability
@@ -136,12 +151,7 @@ def main(argv=None) -> int:
         tokens, is_text, is_answer = passkey_stream(rng, texts, length, args.noise_fraction)
         ids = torch.tensor([tokens])
         optimizer.zero_grad()
-        state, losses = None, []
-        for begin in range(0, len(tokens) - 1, PIECE):
-            end = min(begin + PIECE, len(tokens) - 1)
-            logits, state = model(ids[:, begin:end], state)
-            losses.append(F.cross_entropy(logits[0], ids[0, begin + 1:end + 1], reduction="none"))
-        nats = torch.cat(losses)
+        nats = stream_nats(model, ids)[0][0]
         answer, text = nats[is_answer].mean(), nats[is_text].mean()
         (answer + args.lm_weight * text).backward()
         with torch.no_grad():
