@@ -40,6 +40,10 @@
 #      loss plus the text's, the gradient through the memory across the whole stream), so it
 #      learns which writes erase a key asked tens of thousands of bytes later (about 15 minutes
 #      on both cores, checkpointed every step; docs/evaluation.md, "Training the gate row").
+#  11. gate2 (Titans only): 30 more such steps from stage 10's model, on another draw of streams
+#      (--seed 6), 30% of them in RULER's noise, with a fresh optimizer: held-out English at
+#      64 KiB from 13 to 28 of 40 keys (about 30 minutes on both cores; docs/evaluation.md,
+#      "Training the gate row").
 #
 # The Titans config (models/configs/titans-default.json) writes much harder than the first
 # default: memory.theta_max 0.1 with little momentum (eta ~ 0.12) and almost no forgetting
@@ -118,7 +122,7 @@ gate_step() {  # MODULE FROM TO ARGS...: a titans_torch gate tool, $RUNS/FROM/mo
   PYTHONPATH=python /usr/bin/python3 -m "titans_torch.$module" --model_dir "$RUNS/$from/model" \
     --out "$RUNS/$to/model" "$@" >> "$RUNS/$to.log" 2>&1
 }
-recall_head() {  # stages 8-10, Titans only: the recall head's write gate (see the list above)
+recall_head() {  # stages 8-11, Titans only: the recall head's write gate (see the list above)
   gate_step write_gate titans-default-english16c titans-default-calibrated \
     --layer 1 --head auto --theta_bias_shift -1.5 || return
   gate_step write_gate titans-default-calibrated titans-default-digits \
@@ -127,12 +131,17 @@ recall_head() {  # stages 8-10, Titans only: the recall head's write gate (see t
   [ -f "$RUNS/titans-default-gated/model.checkpoint.pt" ] && resume=(--resume)
   gate_step train_gate titans-default-digits titans-default-gated \
     --layer 1 --head auto --data data/english.txt,data/kjv.txt --steps 20 --length 65536 \
-    "${resume[@]}"
+    "${resume[@]}" || return
+  resume=()
+  [ -f "$RUNS/titans-default-gated2/model.checkpoint.pt" ] && resume=(--resume)
+  gate_step train_gate titans-default-gated titans-default-gated2 \
+    --layer 1 --head auto --data data/english.txt,data/kjv.txt --steps 30 --length 65536 \
+    --seed 6 --noise_fraction 0.3 "${resume[@]}"
 }
 { stages titans-default "${TITANS_CONFIG:-models/configs/titans-default.json}" && recall_head; } &
 if [ "${TITANS_ONLY:-0}" = 1 ]; then
   wait
-  echo "trained $RUNS/titans-default-gated/model (TITANS_ONLY: nothing installed)"
+  echo "trained $RUNS/titans-default-gated2/model (TITANS_ONLY: nothing installed)"
   exit 0
 fi
 stages swa-baseline models/configs/swa-baseline.json &
@@ -151,6 +160,6 @@ for name in titans-default swa-baseline; do
   done
 done
 rm -rf models/default models/swa-baseline
-cp -r "$RUNS/titans-default-gated/model" models/default
+cp -r "$RUNS/titans-default-gated2/model" models/default
 cp -r "$RUNS/swa-baseline-english16c/model" models/swa-baseline
 echo "installed models/default and models/swa-baseline"
