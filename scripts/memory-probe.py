@@ -26,7 +26,7 @@ import torch.nn.functional as F
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, os.path.join(ROOT, "python"))
 from titans_torch.model import TitansModel  # noqa: E402
-from titans_torch.passkey import NOISE, QUESTION, needle  # noqa: E402
+from titans_torch.passkey import NOISE, QUESTION, needle, random_key  # noqa: E402
 
 
 def text_haystack(licences):
@@ -143,7 +143,7 @@ def needle_vs_haystack(model, args):
     for length in args.lengths:
         sums = {}
         for _ in range(args.trials):
-            key = str(rng.randrange(1, 10)) + "".join(str(rng.randrange(10)) for _ in range(4))
+            key = random_key(rng)
             n = needle(key)
             hay = length - len(n) - len(QUESTION)
             start = rng.randrange(0, len(filler) - hay)

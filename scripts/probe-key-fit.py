@@ -45,7 +45,7 @@ def task(rng, pairs, gap, source):
     """A recall task (source None: in the noise) with a passkey needle, 128 filler bytes and the
     passkey question after it (their keys and queries are held in place by the fit)."""
     text, answers, order, filler = passkey.recall_task(rng, pairs, gap, source)
-    key = str(rng.randrange(1, 10)) + "".join(str(rng.randrange(10)) for _ in range(4))
+    key = passkey.random_key(rng)
     needle = len(text)
     text += passkey.needle(key).encode() + passkey.haystack(rng, 128, source) + \
         passkey.QUESTION.encode()

@@ -16,12 +16,21 @@ def fact(name: str, value: str) -> str:
     return f"{name}={value}, "
 
 
+def random_key(rng) -> str:
+    """A five-digit passkey without a leading zero, as the trainer draws them."""
+    return str(rng.randrange(1, 10)) + "".join(str(rng.randrange(10)) for _ in range(4))
+
+
+def noise(offset: int, n: int) -> str:
+    """n characters of RULER's noise sentences repeated, starting `offset` into the cycle."""
+    return (NOISE * ((offset + n) // len(NOISE) + 1))[offset:offset + n]
+
+
 def haystack(rng, n: int, source=None) -> bytes:
     """n bytes of filler: RULER's noise from a random phase (source None), or a random window of
     the text `source` (padded with spaces where its encoding falls short)."""
     if source is None:
-        offset = rng.randrange(len(NOISE))
-        return (NOISE * (n // len(NOISE) + 2))[offset:offset + n].encode()
+        return noise(rng.randrange(len(NOISE)), n).encode()
     start = rng.randrange(0, len(source) - n - 1)
     return source[start:start + n].encode("utf-8", "replace")[:n].ljust(n, b" ")
 

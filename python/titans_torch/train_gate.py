@@ -87,12 +87,13 @@ def passkey_stream(rng: random.Random, texts, length: int, noise_fraction: float
     noise_fraction of RULER's noise haystack, with a needle in its first half. (With
     noise_fraction 0 no draw is made for it, so the streams are those of runs without it.)"""
     if noise_fraction > 0 and rng.random() < noise_fraction:
-        offset = rng.randrange(len(passkey.NOISE))
-        text = (passkey.NOISE * (length // len(passkey.NOISE) + 2))[offset:]
+        offset = rng.randrange(len(passkey.NOISE))  # the cycle from there, at least length long
+        cycles = length // len(passkey.NOISE) + 2
+        text = passkey.noise(offset, cycles * len(passkey.NOISE) - offset)
     else:
         text = texts[0] if len(texts) == 1 or rng.random() < 0.75 else texts[
             rng.randrange(1, len(texts))]
-    key = str(rng.randrange(1, 10)) + "".join(str(rng.randrange(10)) for _ in range(4))
+    key = passkey.random_key(rng)
     needle, question = passkey.needle(key).encode(), passkey.QUESTION.encode()
     hay_len = max(0, length - len(needle) - len(question) - len(key))
     start = rng.randrange(0, max(1, len(text) - hay_len))

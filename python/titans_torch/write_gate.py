@@ -184,7 +184,7 @@ def fit_stream(rng: random.Random, text: str, length: int = 3000) -> Tuple[List[
     """A window of `text` with a passkey needle and four facts planted at random places (in the
     trained formats), as bytes, and each byte's class: a told digit (the key's and the facts'
     values), a digit of the text, other text, or the needle's and facts' other bytes."""
-    key = str(rng.randrange(1, 10)) + "".join(str(rng.randrange(10)) for _ in range(4))
+    key = passkey.random_key(rng)
     names: List[str] = []
     while len(names) < 4:
         name = "".join(chr(ord("a") + rng.randrange(26)) for _ in range(3))
