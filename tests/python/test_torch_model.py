@@ -372,6 +372,82 @@ def test_train_gate_trains_one_row_and_resumes_bit_for_bit(tmp_path):
         assert not (tmp_path / "bad").exists()
 
 
+def test_fit_keys_refits_only_one_heads_query_and_key_rows(tmp_path):
+    start = random_model(tmp_path, "fit_keys", {"variant": "mal", "attention": {"window": 16}})
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(TEXT[:20000])
+    out = tmp_path / "keyed"
+    run = run_gate_tool("fit_keys", "--model_dir", start, "--out", out, "--layer", "1",
+                        "--head", "1", "--data", corpus, "--tasks", "4", "--iters", "30",
+                        "--lr", "0.03", "--threads", "1")
+    assert run.returncode == 0, run.stderr
+    # The fit's own measure: the contrastive loss on its recorded tasks falls.
+    fit_losses = [float(line.split(" train c ")[1].split()[0])
+                  for line in run.stdout.splitlines() if line.startswith("it ")]
+    assert len(fit_losses) == 3 and fit_losses[-1] < fit_losses[0], run.stdout
+    before, after = TitansModel.load(start), TitansModel.load(str(out))
+    head_dim, rows = SMALL["head_dim"], slice(SMALL["head_dim"], 2 * SMALL["head_dim"])
+    refitted = {f"layers.1.memory.{n}" for n in ("q_proj.weight", "k_proj.weight",
+                                                 "q_conv.weight", "k_conv.weight")}
+    for name, _, _, _ in before.slots:
+        if name in refitted:
+            assert not torch.equal(after.p(name)[rows], before.p(name)[rows]), name
+            assert torch.equal(after.p(name)[:head_dim], before.p(name)[:head_dim]), name
+        else:
+            assert torch.equal(after.p(name), before.p(name)), name
+    assert "fit_keys" in json.loads((out / "config.json").read_text())["description"]
+    worst, _ = compare_with_server(str(out), 300, seed=9)
+    assert worst < TOLERANCE
+    bad = run_gate_tool("fit_keys", "--model_dir", start, "--out", tmp_path / "bad", "--layer",
+                        "1", "--head", "2", "--data", corpus)
+    assert bad.returncode == 2 and "head 2 out of range" in bad.stderr, bad.stderr
+    assert not (tmp_path / "bad").exists()
+
+
+def test_train_recall_trains_the_named_parameters_and_resumes_bit_for_bit(tmp_path):
+    start = random_model(tmp_path, "train_recall", {"variant": "mal",
+                                                    "attention": {"window": 16}})
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(TEXT[:20000])
+    trained = r"layers\.1\.(memory\.out_proj|ffn\.)"
+
+    def train(out, steps, *more):
+        return run_gate_tool("train_recall", "--model_dir", start, "--out", out, "--data",
+                             corpus, "--params", trained, "--steps", steps, "--batch", "2",
+                             "--gaps", "64,200", "--pk_len", "600", "--passkey_every", "2",
+                             "--eval_every", "0", "--checkpoint_every", "1", "--threads", "1",
+                             "--contrast", "1", *more)
+
+    whole = train(tmp_path / "whole", 3)
+    assert whole.returncode == 0, whole.stderr
+    steps = [line for line in whole.stdout.splitlines() if line.startswith("step ")]
+    assert len(steps) == 3 and " pk " in steps[1] and " mf" in steps[0], whole.stdout
+    before, after = TitansModel.load(start), TitansModel.load(str(tmp_path / "whole"))
+    names = {"layers.1.memory.out_proj.weight", "layers.1.ffn.up.weight",
+             "layers.1.ffn.gate.weight", "layers.1.ffn.down.weight"}
+    for name, _, _, _ in before.slots:
+        assert torch.equal(after.p(name), before.p(name)) == (name not in names), name
+    worst, _ = compare_with_server(str(tmp_path / "whole"), 300, seed=10)
+    assert worst < TOLERANCE
+    # Two steps, then resumed from their checkpoint for a third: the same model, bit for bit.
+    part = tmp_path / "part"
+    assert train(part, 2).returncode == 0
+    resumed = train(part, 3, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed at step 2" in resumed.stdout and resumed.stdout.count("step ") == 2
+    again = TitansModel.load(str(part))
+    for name in names:
+        assert torch.equal(again.p(name), after.p(name)), name
+    for args, message in ((["--params", "no_such_parameter"], "names no parameter"),
+                          (["--params", "("], "not a regular expression"),
+                          (["--gaps", "a,b"], "--gaps must be"),
+                          (["--resume"], "no checkpoint")):
+        bad = run_gate_tool("train_recall", "--model_dir", start, "--out", tmp_path / "bad",
+                            "--data", corpus, *args)
+        assert bad.returncode == 2 and message in bad.stderr, (args, bad.stderr)
+        assert not (tmp_path / "bad").exists()
+
+
 def test_train_gate_streams_text_or_noise():
     from titans_torch import passkey
     from titans_torch.train_gate import passkey_stream
