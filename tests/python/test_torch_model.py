@@ -229,6 +229,18 @@ def assert_only_row_changed(before, after, names, row):
             assert torch.equal(after.p(name), before.p(name)), name
 
 
+def assert_resumes_bit_for_bit(train, part, after, names):
+    """train(OUT, STEPS, *more) for 2 steps, then resumed from their checkpoint for a third: the
+    parameters `names` equal those of `after` (3 steps in one run), bit for bit."""
+    assert train(part, 2).returncode == 0
+    resumed = train(part, 3, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed at step 2" in resumed.stdout and resumed.stdout.count("step ") == 2
+    again = TitansModel.load(str(part))
+    for name in names:
+        assert torch.equal(again.p(name), after.p(name)), name
+
+
 GATE_ROW = ("layers.1.memory.theta_proj.weight", "layers.1.memory.theta_proj.bias")
 
 
@@ -352,15 +364,7 @@ def test_train_gate_trains_one_row_and_resumes_bit_for_bit(tmp_path):
     assert_only_row_changed(TitansModel.load(start), after, GATE_ROW, 0)
     worst, _ = compare_with_server(str(tmp_path / "whole"), 300, seed=8)
     assert worst < TOLERANCE
-    # Two steps, then resumed from their checkpoint for a third: the same model, bit for bit.
-    part = tmp_path / "part"
-    assert train(part, 2).returncode == 0
-    resumed = train(part, 3, "--resume")
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resumed at step 2" in resumed.stdout and resumed.stdout.count("step ") == 2
-    again = TitansModel.load(str(part))
-    for name in GATE_ROW:
-        assert torch.equal(again.p(name), after.p(name)), name
+    assert_resumes_bit_for_bit(train, tmp_path / "part", after, GATE_ROW)
     # Bad arguments: refused with a message, nothing trained.
     for args, message in ((["--head", "5"], "head 5 out of range"),
                           (["--length", "65536"], "more than --length"),
@@ -429,15 +433,7 @@ def test_train_recall_trains_the_named_parameters_and_resumes_bit_for_bit(tmp_pa
         assert torch.equal(after.p(name), before.p(name)) == (name not in names), name
     worst, _ = compare_with_server(str(tmp_path / "whole"), 300, seed=10)
     assert worst < TOLERANCE
-    # Two steps, then resumed from their checkpoint for a third: the same model, bit for bit.
-    part = tmp_path / "part"
-    assert train(part, 2).returncode == 0
-    resumed = train(part, 3, "--resume")
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resumed at step 2" in resumed.stdout and resumed.stdout.count("step ") == 2
-    again = TitansModel.load(str(part))
-    for name in names:
-        assert torch.equal(again.p(name), after.p(name)), name
+    assert_resumes_bit_for_bit(train, tmp_path / "part", after, names)
     for args, message in ((["--params", "no_such_parameter"], "names no parameter"),
                           (["--params", "("], "not a regular expression"),
                           (["--gaps", "a,b"], "--gaps must be"),
