@@ -26,7 +26,7 @@ import torch.nn.functional as F
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, os.path.join(ROOT, "python"))
 from titans_torch.model import TitansModel  # noqa: E402
-from titans_torch.passkey import NOISE, QUESTION, needle, random_key  # noqa: E402
+from titans_torch.passkey import NOISE, QUESTION, needle, random_key, value_offset  # noqa: E402
 
 
 def text_haystack(licences):
@@ -84,7 +84,7 @@ def addressing(model, args):
                 names.append(name)
         values = [f"{rng.randrange(10)}{rng.randrange(10)}" for _ in names]
         text = "".join(f"{n}={v}, " for n, v in zip(names, values))
-        first_digits = [8 * i + 4 for i in range(args.facts)]
+        first_digits = [value_offset(i) for i in range(args.facts)]
         start = rng.randrange(0, len(filler) - args.gap)
         text += filler[start:start + args.gap] + " Recall: "
         order = list(range(args.facts))

@@ -39,7 +39,7 @@ for pairs in map(int, args.facts.split(",")):
                 _, logits = stream_nats(model, torch.tensor([[BOS] + row for row in rows]))
                 predicted = logits.argmax(-1)  # index j predicts row byte j
                 for r, (text, answers, _, _) in enumerate(tasks):
-                    stated_firsts = {text[8 * i + 4] for i in range(pairs)}  # "abc=42, "
+                    stated_firsts = {text[passkey.value_offset(i)] for i in range(pairs)}
                     for j in range(pairs):
                         at_first, at_second = answers[2 * j], answers[2 * j + 1]
                         first_right = int(predicted[r, at_first]) == rows[r][at_first]

@@ -100,15 +100,14 @@ class KeyFit:
         with torch.no_grad():
             for _ in range(count):
                 pairs, gap = rng.randrange(2, 9), rng.choice([256, 1024])
-                source = None if rng.random() < 0.3 else texts[0 if rng.random() < 0.75 else
-                                                               1 % len(texts)]
+                source = passkey.filler_source(rng, texts)
                 text, answers, order, (begin, end), (needle, question_end) = task(
                     rng, pairs, gap, source)
                 _, state = self.model(torch.tensor([[BOS] + text]), None)
                 x = self.recorded["x"]
                 w1 = state.layers[self.layer].weights[0][0, self.head]  # [hidden, dh]
-                # Input position = byte offset + 1 (<|bos|> first); a fact's digits at 8 i + 4, + 5.
-                key_at = [8 * i + 5 + d for d in (0, 1) for i in range(pairs)]
+                # Input position = byte offset + 1 (<|bos|> first).
+                key_at = [passkey.value_offset(i) + 1 + d for d in (0, 1) for i in range(pairs)]
                 query_at = [answers[2 * j] + d for d in (0, 1) for j in range(pairs)]
                 keep_at = rng.sample(range(begin + 4, end), 64) + list(
                     range(needle + 2, question_end + 1))

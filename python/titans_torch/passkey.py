@@ -16,6 +16,18 @@ def fact(name: str, value: str) -> str:
     return f"{name}={value}, "
 
 
+def value_offset(i: int) -> int:
+    """The byte offset of fact i's first value digit in a recall task (the facts come first,
+    each `fact(name, value)`: "abc=42, "); the second digit is the next byte."""
+    return i * len(fact("abc", "42")) + len("abc=")
+
+
+def filler_source(rng, texts):
+    """The filler of a training recall task: None (RULER's noise) 30% of the time, else the
+    first text 75% of the time and the second (if any) otherwise."""
+    return None if rng.random() < 0.3 else texts[0 if rng.random() < 0.75 else 1 % len(texts)]
+
+
 def random_key(rng) -> str:
     """A five-digit passkey without a leading zero, as the trainer draws them."""
     return str(rng.randrange(1, 10)) + "".join(str(rng.randrange(10)) for _ in range(4))

@@ -132,8 +132,8 @@ class Trainer:
     def contrastive_loss(self, rows_answers, orders, pairs: int) -> torch.Tensor:
         """Mean over rows and the two digits of CE(softmax_facts(q . k / tau), asked fact) for
         the contrasted head: the query at the question's '=' (first digit) or first digit
-        (second) against the keys at each stated fact's first or second digit (byte 8 i + 4 + d:
-        input position one more, after <|bos|>)."""
+        (second) against the keys at each stated fact's first or second digit (byte
+        passkey.value_offset(i) + d: input position one more, after <|bos|>)."""
         H, dh = self.model.config["num_heads"], self.model.config["head_dim"]
         q = torch.cat([p[0] for p in self.observed], 1)
         k = torch.cat([p[1] for p in self.observed], 1)
@@ -143,7 +143,7 @@ class Trainer:
         losses = []
         for r in range(B):
             for d in (0, 1):
-                keys = k[r, [8 * i + 5 + d for i in range(pairs)]]  # [pairs, dh]
+                keys = k[r, [passkey.value_offset(i) + 1 + d for i in range(pairs)]]  # [pairs, dh]
                 queries = q[r, [rows_answers[r][2 * j] + d for j in range(pairs)]]  # [pairs, dh]
                 losses.append(F.cross_entropy(queries @ keys.t() / self.args.tau,
                                               torch.tensor(orders[r])))
@@ -188,8 +188,7 @@ class Trainer:
         else:
             pairs = rng.randrange(2, 9)
             gap = rng.choice(args.gap_choices)
-            tasks = [recall_task(rng, pairs, gap, None if rng.random() < 0.3 else
-                                 texts[0 if rng.random() < 0.75 else 1 % len(texts)])
+            tasks = [recall_task(rng, pairs, gap, passkey.filler_source(rng, texts))
                      for _ in range(args.batch)]
             rows, answers, text_ranges, orders = zip(*tasks)
             model.memory_observer = self.observe if args.contrast else None
