@@ -15,7 +15,9 @@ like layers.1.memory.q_proj.weight), gradient norm clipped at 1, a step whose gr
 finite skipped. Optionally (--contrast) a contrastive term on one memory head's addressing: at
 each question, the query (at '=' for the first digit, at the first digit for the second)
 against the keys at every stated fact's digit, softmax over the facts at temperature --tau, the
-asked fact the target (it needs that head's q/k parameters among --params to act).
+asked fact the target (it needs that head's q/k parameters among --params to act). Optionally
+(--anchor) a pull toward the starting model: the weight times the sum over the trained tensors
+of their squared change relative to their starting size.
 
 Every --eval_every steps it prints the facts recalled exactly (greedy, teacher-forced) of 20
 four-fact tasks per filler (RULER noise, the licence texts in /usr/share/common-licenses) and
@@ -68,6 +70,8 @@ def parse_args(argv=None):
     p.add_argument("--contrast", type=float, default=0.0,
                    help="weight of the contrastive term")
     p.add_argument("--tau", type=float, default=0.1, help="its temperature")
+    p.add_argument("--anchor", type=float, default=0.0,
+                   help="weight of the trained tensors' squared relative change from the start")
     p.add_argument("--layer", type=int, default=1, help="the memory layer of the contrasted head")
     p.add_argument("--head", type=int, default=0, help="the contrasted head")
     p.add_argument("--eval_every", type=int, default=25, help="0: no evaluation")
@@ -78,6 +82,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.steps < 1 or args.batch < 1 or args.checkpoint_every < 1:
         p.error("--steps, --batch and --checkpoint_every must be at least 1")
+    if args.anchor < 0 or args.contrast < 0:
+        p.error("--anchor and --contrast must be >= 0")
     try:
         args.gap_choices = [int(g) for g in args.gaps.split(",")]
     except ValueError:
@@ -112,6 +118,17 @@ class Trainer:
         for name, tensor in model.named_parameters():
             tensor.requires_grad_(bool(re.search(args.params, parameter_name(name))))
         self.trained = [t for t in model.parameters() if t.requires_grad]
+        # The starting values, for --anchor (taken before a resume overwrites the parameters).
+        self.start = [t.detach().clone() for t in self.trained]
+
+    def anchor_loss(self) -> torch.Tensor:
+        """Sum over the trained tensors of |t - t0|^2 / |t0|^2 (a tensor that starts at zero
+        counts its absolute change): a pull toward the starting model, scale-free per tensor."""
+        total = torch.zeros(())
+        for t, t0 in zip(self.trained, self.start):
+            size = t0.pow(2).sum().item()
+            total = total + (t - t0).pow(2).sum() / (size if size > 0 else 1.0)
+        return total
 
     def observe(self, layer, x, q, k, out):
         if layer == self.args.layer:
@@ -201,7 +218,12 @@ class Trainer:
                 contrast = self.contrastive_loss(answers, orders, pairs)
                 answer = answer + args.contrast * contrast
                 kind += f" c{contrast.item():.3f}"
-        (answer + args.lm_weight * text).backward()
+        loss = answer + args.lm_weight * text
+        if args.anchor:
+            anchor = self.anchor_loss()
+            loss = loss + args.anchor * anchor
+            kind += f" a{anchor.item():.2e}"
+        loss.backward()
         finite = all(torch.isfinite(t.grad).all() for t in self.trained if t.grad is not None)
         if finite:
             torch.nn.utils.clip_grad_norm_(self.trained, 1.0)

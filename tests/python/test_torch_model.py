@@ -434,8 +434,18 @@ def test_train_recall_trains_the_named_parameters_and_resumes_bit_for_bit(tmp_pa
     worst, _ = compare_with_server(str(tmp_path / "whole"), 300, seed=10)
     assert worst < TOLERANCE
     assert_resumes_bit_for_bit(train, tmp_path / "part", after, names)
+
+    # --anchor pulls the trained tensors back toward the start: the same run moves them less.
+    def relative_change(model):
+        return sum(((model.p(n) - before.p(n)).pow(2).sum() / before.p(n).pow(2).sum()).item()
+                   for n in names)
+    anchored = train(tmp_path / "anchored", 3, "--anchor", "1e4")
+    assert anchored.returncode == 0, anchored.stderr
+    pulled = TitansModel.load(str(tmp_path / "anchored"))
+    assert 0 < relative_change(pulled) < 0.9 * relative_change(after)
     for args, message in ((["--params", "no_such_parameter"], "names no parameter"),
                           (["--params", "("], "not a regular expression"),
+                          (["--anchor", "-1"], "must be >= 0"),
                           (["--gaps", "a,b"], "--gaps must be"),
                           (["--resume"], "no checkpoint")):
         bad = run_gate_tool("train_recall", "--model_dir", start, "--out", tmp_path / "bad",
