@@ -7,7 +7,8 @@ facts' names (docs/evaluation.md, "Training the keys apart").
 
 A step is a batch of --batch multi-fact tasks in titans-eval's format (2-8 facts, a filler of
 one of --gaps bytes, 30% of the fillers RULER's noise, the rest training text), or every
---passkey_every-th step one passkey stream of --pk_len or half as many bytes of training text;
+--passkey_every-th step one passkey stream of --pk_len or half as many bytes of training text
+(or, a --noise_fraction of them, of RULER's noise);
 the loss is the answers' digits plus --lm_weight times the filler's text (bytes of the noise are
 not scored), read from a fresh state in pieces of 2,048 bytes with the gradient flowing through
 the memory across them; Adam on the parameters --params names (a regular expression over names
@@ -66,6 +67,8 @@ def parse_args(argv=None):
                    help="every Nth step is one passkey stream instead (0: never)")
     p.add_argument("--pk_len", type=int, default=16384,
                    help="bytes of the longest passkey stream")
+    p.add_argument("--noise_fraction", type=float, default=0.0,
+                   help="share of the passkey streams in RULER's noise haystack, not text")
     p.add_argument("--gaps", default="256,1024,2048,4096", help="filler bytes to draw from")
     p.add_argument("--contrast", type=float, default=0.0,
                    help="weight of the contrastive term")
@@ -84,6 +87,8 @@ def parse_args(argv=None):
         p.error("--steps, --batch and --checkpoint_every must be at least 1")
     if args.anchor < 0 or args.contrast < 0:
         p.error("--anchor and --contrast must be >= 0")
+    if not 0 <= args.noise_fraction <= 1:
+        p.error("--noise_fraction must be in [0, 1]")
     try:
         args.gap_choices = [int(g) for g in args.gaps.split(",")]
     except ValueError:
@@ -198,7 +203,7 @@ class Trainer:
         optimizer.zero_grad()
         if args.passkey_every and step % args.passkey_every == args.passkey_every - 1:
             length = rng.choice([args.pk_len // 2, args.pk_len])
-            tokens, is_text, is_answer = passkey_stream(rng, texts, length)
+            tokens, is_text, is_answer = passkey_stream(rng, texts, length, args.noise_fraction)
             nats = stream_nats(model, torch.tensor([tokens]))[0][0]
             answer, text = nats[is_answer].mean(), nats[is_text].mean()
             kind = "pk"

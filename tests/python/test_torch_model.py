@@ -443,9 +443,15 @@ def test_train_recall_trains_the_named_parameters_and_resumes_bit_for_bit(tmp_pa
     assert anchored.returncode == 0, anchored.stderr
     pulled = TitansModel.load(str(tmp_path / "anchored"))
     assert 0 < relative_change(pulled) < 0.9 * relative_change(after)
+    # --noise_fraction 1 puts the passkey stream (step 2) in the noise: other weights.
+    noisy = train(tmp_path / "noisy", 3, "--noise_fraction", "1")
+    assert noisy.returncode == 0, noisy.stderr
+    in_noise = TitansModel.load(str(tmp_path / "noisy"))
+    assert any(not torch.equal(in_noise.p(n), after.p(n)) for n in names)
     for args, message in ((["--params", "no_such_parameter"], "names no parameter"),
                           (["--params", "("], "not a regular expression"),
                           (["--anchor", "-1"], "must be >= 0"),
+                          (["--noise_fraction", "2"], "--noise_fraction must be"),
                           (["--gaps", "a,b"], "--gaps must be"),
                           (["--resume"], "no checkpoint")):
         bad = run_gate_tool("train_recall", "--model_dir", start, "--out", tmp_path / "bad",
