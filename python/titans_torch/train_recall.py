@@ -123,17 +123,16 @@ class Trainer:
         for name, tensor in model.named_parameters():
             tensor.requires_grad_(bool(re.search(args.params, parameter_name(name))))
         self.trained = [t for t in model.parameters() if t.requires_grad]
-        # The starting values, for --anchor (taken before a resume overwrites the parameters).
+        # The starting values and their squared sizes (1 for a tensor that starts at zero), for
+        # --anchor; taken before a resume overwrites the parameters.
         self.start = [t.detach().clone() for t in self.trained]
+        self.start_sizes = [t0.pow(2).sum().item() or 1.0 for t0 in self.start]
 
     def anchor_loss(self) -> torch.Tensor:
         """Sum over the trained tensors of |t - t0|^2 / |t0|^2 (a tensor that starts at zero
         counts its absolute change): a pull toward the starting model, scale-free per tensor."""
-        total = torch.zeros(())
-        for t, t0 in zip(self.trained, self.start):
-            size = t0.pow(2).sum().item()
-            total = total + (t - t0).pow(2).sum() / (size if size > 0 else 1.0)
-        return total
+        return sum((t - t0).pow(2).sum() / size
+                   for t, t0, size in zip(self.trained, self.start, self.start_sizes))
 
     def observe(self, layer, x, q, k, out):
         if layer == self.args.layer:
