@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from titans_torch import passkey
 from titans_torch.model import BOS, TitansModel
 from titans_torch.train_gate import passkey_stream, stream_nats
-from titans_torch.write_gate import read_training_texts, save_with_command
+from titans_torch.write_gate import read_training_texts, resolve_head, save_with_command
 
 
 def parse_args(argv=None):
@@ -76,7 +76,9 @@ def parse_args(argv=None):
     p.add_argument("--anchor", type=float, default=0.0,
                    help="weight of the trained tensors' squared relative change from the start")
     p.add_argument("--layer", type=int, default=1, help="the memory layer of the contrasted head")
-    p.add_argument("--head", type=int, default=0, help="the contrasted head")
+    p.add_argument("--head", default="0",
+                   help="the contrasted head (0-based), or 'auto': the recall head, as "
+                        "fit_keys --head auto picks it")
     p.add_argument("--eval_every", type=int, default=25, help="0: no evaluation")
     p.add_argument("--checkpoint_every", type=int, default=25)
     p.add_argument("--seed", type=int, default=1)
@@ -245,6 +247,7 @@ def main(argv=None) -> int:
     checkpoint = os.path.normpath(args.out) + ".checkpoint.pt"
     try:
         texts, held_out = read_training_texts(args.data)
+        args.head = resolve_head(model, args.layer, args.head)
         if args.resume and not os.path.exists(checkpoint):
             raise ValueError(f"--resume: no checkpoint {checkpoint}")
     except (ValueError, OSError) as e:

@@ -448,8 +448,25 @@ def test_train_recall_trains_the_named_parameters_and_resumes_bit_for_bit(tmp_pa
     assert noisy.returncode == 0, noisy.stderr
     in_noise = TitansModel.load(str(tmp_path / "noisy"))
     assert any(not torch.equal(in_noise.p(n), after.p(n)) for n in names)
+    # --head auto contrasts the recall head, as fit_keys picks it: the same run as naming that
+    # head, another run than naming the other (the contrast acts through the q rows trained).
+    picked, _ = recall_head(before, 1)
+
+    def contrast_on(head):
+        out = tmp_path / f"head_{head}"
+        done = run_gate_tool("train_recall", "--model_dir", start, "--out", out, "--data",
+                             corpus, "--params", r"layers\.1\.memory\.q_proj", "--steps", "1",
+                             "--batch", "2", "--gaps", "64", "--eval_every", "0",
+                             "--threads", "1", "--contrast", "10", "--head", head)
+        assert done.returncode == 0, done.stderr
+        return done.stdout, TitansModel.load(str(out)).p("layers.1.memory.q_proj.weight")
+    said, by_auto = contrast_on("auto")
+    assert f"recall head of layer 1: {picked} " in said, said
+    assert torch.equal(by_auto, contrast_on(str(picked))[1])
+    assert not torch.equal(by_auto, contrast_on(str(1 - picked))[1])
     for args, message in ((["--params", "no_such_parameter"], "names no parameter"),
                           (["--params", "("], "not a regular expression"),
+                          (["--head", "5"], "head 5 out of range"),
                           (["--anchor", "-1"], "must be >= 0"),
                           (["--noise_fraction", "2"], "--noise_fraction must be"),
                           (["--gaps", "a,b"], "--gaps must be"),
