@@ -10,7 +10,9 @@ question after them), then refits only the head's rows of q_proj, k_proj, q_conv
 offline (Adam over all recorded tasks per iteration) to minimise, at each question, the
 cross-entropy of softmax(q . k / tau) over the stated facts' keys (the query at '=' against the
 keys at each fact's first value digit, and one byte later for the second digit), plus --own
-times 1 - q . k with the asked fact's key, plus --keep times the squared change of the head's
+times 1 - q . k with the asked fact's key, plus --passkeys times the same cross-entropy for a passkey's answer digits (the query before
+each digit against the needle's ten digit keys, that digit's two the target), plus --keep times
+the squared change of the head's
 unit keys and queries at 64 random filler bytes and at the needle and question of each task (so
 what the head does on text and passkeys stays where it was). The rest of the model is
 unchanged. Prints, on another 60 tasks (seed 99) before and after, the contrastive loss, how
@@ -47,6 +49,10 @@ def parse_args(argv=None):
                    help="weight of the change of the keys and queries the fit must leave alone")
     p.add_argument("--own", type=float, default=0.0,
                    help="weight of 1 - q . k with the own fact's key")
+    p.add_argument("--passkeys", type=float, default=0.0,
+                   help="weight of the passkey term: at each answer digit's query, the "
+                        "cross-entropy of softmax(q . k / tau) over the needle's ten digit keys, "
+                        "the digit's two keys the target")
     p.add_argument("--iters", type=int, default=150, help="Adam steps over all recorded tasks")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--threads", type=int, default=2)
@@ -60,13 +66,23 @@ def parse_args(argv=None):
 
 def task(rng: random.Random, pairs: int, gap: int, source):
     """A recall task (source None: in the noise) with a passkey needle, 128 filler bytes and the
-    passkey question after it (their keys and queries are held in place by the fit)."""
+    passkey question after it (their keys and queries are held in place by the fit), and the
+    key (its answer, read after the question)."""
     text, answers, order, filler = passkey.recall_task(rng, pairs, gap, source)
     key = passkey.random_key(rng)
     needle = len(text)
     text += passkey.needle(key).encode() + passkey.haystack(rng, 128, source) + \
         passkey.QUESTION.encode()
-    return list(text), answers, order, filler, (needle, len(text))
+    return list(text), answers, order, filler, (needle, len(text)), key
+
+
+def needle_digits(needle: int, key: str):
+    """The byte offsets of the key's digits in a needle that starts at byte `needle`: the first
+    occurrence's five, then the second's."""
+    text = passkey.needle(key)
+    first = needle + len(" The pass key is ")
+    second = needle + text.index(f" {key} is the pass key") + 1
+    return [first + i for i in range(len(key))] + [second + i for i in range(len(key))]
 
 
 class KeyFit:
@@ -101,18 +117,26 @@ class KeyFit:
             for _ in range(count):
                 pairs, gap = rng.randrange(2, 9), rng.choice([256, 1024])
                 source = passkey.filler_source(rng, texts)
-                text, answers, order, (begin, end), (needle, question_end) = task(
+                text, answers, order, (begin, end), (needle, question_end), key = task(
                     rng, pairs, gap, source)
                 _, state = self.model(torch.tensor([[BOS] + text]), None)
                 x = self.recorded["x"]
                 w1 = state.layers[self.layer].weights[0][0, self.head]  # [hidden, dh]
+                # The key read after the question (a second call, so that the recorded task
+                # before it is what it was without it).
+                self.model(torch.tensor([list(key.encode())]), state)
+                x_all = torch.cat([x, self.recorded["x"]], 0)
+                # Answer digit i is predicted at input position question_end + i (the byte
+                # before it, after <|bos|>); its keys are at the needle's digits i.
+                passkey_keys = self.windows(x_all, [at + 1 for at in needle_digits(needle, key)])
+                passkey_queries = self.windows(x_all, [question_end + i for i in range(len(key))])
                 # Input position = byte offset + 1 (<|bos|> first).
                 key_at = [passkey.value_offset(i) + 1 + d for d in (0, 1) for i in range(pairs)]
                 query_at = [answers[2 * j] + d for d in (0, 1) for j in range(pairs)]
                 keep_at = rng.sample(range(begin + 4, end), 64) + list(
                     range(needle + 2, question_end + 1))
                 data.append((self.windows(x, key_at), self.windows(x, query_at), order, pairs,
-                             self.windows(x, keep_at), w1))
+                             self.windows(x, keep_at), w1, passkey_keys, passkey_queries))
         self.model.memory_observer = None
         return data
 
@@ -128,11 +152,28 @@ class KeyFit:
                      rows[which + "_conv.weight"].t()[None])
         return F.normalize(F.silu(projected.sum(1)), dim=-1)
 
+    def passkey_losses(self, data, rows):
+        """(mean over answer digits of -log of the softmax(q . k / tau) mass on the needle's
+        two keys of that digit among its ten digit keys, share of digits whose highest-scoring
+        key is one of the two)."""
+        loss, right, digits = 0.0, 0, 0
+        for *_, passkey_keys, passkey_queries in data:
+            keys = self.unit_rows(passkey_keys, rows, "k")  # [10, dh]
+            queries = self.unit_rows(passkey_queries, rows, "q")  # [5, dh]
+            logits = queries @ keys.t() / self.args.tau  # [5, 10]
+            n = queries.shape[0]
+            own = torch.cat([torch.eye(n, dtype=torch.bool)] * 2, 1)
+            loss = loss + (logits.logsumexp(1) -
+                           logits.masked_fill(~own, float("-inf")).logsumexp(1)).sum()
+            right += int(own[torch.arange(n), logits.argmax(1)].sum())
+            digits += n
+        return loss / digits, right / digits
+
     def losses(self, data, rows, start):
         """(contrastive loss per question (+ --own term), share of questions whose own fact's
         key scores highest, mean squared change of the kept keys and queries from `start`)."""
         contrast, right, questions, change = 0.0, 0, 0, 0.0
-        for key_windows, query_windows, order, pairs, keep_windows, _ in data:
+        for key_windows, query_windows, order, pairs, keep_windows, _, _, _ in data:
             keys = self.unit_rows(key_windows, rows, "k")
             queries = self.unit_rows(query_windows, rows, "q")
             target = torch.tensor(order)
@@ -154,7 +195,7 @@ class KeyFit:
         digits), as unit vectors (q . k), and as the memory's hidden codes SiLU(W1 x) under the
         session's own W1 (what the W2 part of a write's effect on a read follows)."""
         found = {"qk own": [], "qk other": [], "hidden own": [], "hidden other": []}
-        for key_windows, query_windows, order, pairs, _, w1 in data:
+        for key_windows, query_windows, order, pairs, _, w1, _, _ in data:
             k = self.unit_rows(key_windows, rows, "k")[:pairs]
             q = self.unit_rows(query_windows, rows, "q")[:pairs]
             hidden_k = F.normalize(F.silu(k @ w1.t()), dim=-1)
@@ -186,13 +227,18 @@ def main(argv=None) -> int:
     with torch.no_grad():
         contrast, right, _ = fit.losses(held_out_tasks, start, start)
         print(f"before: val contrast {contrast:.3f} acc {right:.3f}", flush=True)
+        print("before, held-out passkey digits: loss {:.3f} acc {:.3f}".format(
+            *fit.passkey_losses(held_out_tasks, start)), flush=True)
         print("before, held-out cosines (first digits):", fit.overlaps(held_out_tasks, start),
               flush=True)
     optimizer = torch.optim.Adam(list(fitted.values()), lr=args.lr)
     for it in range(args.iters):
         optimizer.zero_grad()
         contrast, right, change = fit.losses(fit_tasks, fitted, start)
-        (contrast + args.keep * change).backward()
+        loss = contrast + args.keep * change
+        if args.passkeys:
+            loss = loss + args.passkeys * fit.passkey_losses(fit_tasks, fitted)[0]
+        loss.backward()
         optimizer.step()
         if it % 25 == 0 or it == args.iters - 1:
             with torch.no_grad():
@@ -203,6 +249,8 @@ def main(argv=None) -> int:
     with torch.no_grad():
         print("after, held-out cosines (first digits):", fit.overlaps(held_out_tasks, fitted),
               flush=True)
+        print("after, held-out passkey digits: loss {:.3f} acc {:.3f}".format(
+            *fit.passkey_losses(held_out_tasks, fitted)), flush=True)
         for name, rows in fitted.items():
             model.p(fit.prefix + name)[fit.rows] = rows
     save_with_command(model, args.out, "fit_keys", argv)

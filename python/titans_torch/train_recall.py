@@ -8,7 +8,8 @@ facts' names (docs/evaluation.md, "Training the keys apart").
 A step is a batch of --batch multi-fact tasks in titans-eval's format (2-8 facts, a filler of
 one of --gaps bytes, 30% of the fillers RULER's noise, the rest training text), or every
 --passkey_every-th step one passkey stream of --pk_len or half as many bytes of training text
-(or, a --noise_fraction of them, of RULER's noise);
+(or, a --noise_fraction of them, of RULER's noise); optionally every --short_noise_every-th
+step a batch of --batch short passkey tasks in the noise (their answers' loss alone);
 the loss is the answers' digits plus --lm_weight times the filler's text (bytes of the noise are
 not scored), read from a fresh state in pieces of 2,048 bytes with the gradient flowing through
 the memory across them; Adam on the parameters --params names (a regular expression over names
@@ -69,6 +70,12 @@ def parse_args(argv=None):
                    help="bytes of the longest passkey stream")
     p.add_argument("--noise_fraction", type=float, default=0.0,
                    help="share of the passkey streams in RULER's noise haystack, not text")
+    p.add_argument("--short_noise_every", type=int, default=0,
+                   help="every Nth step (0: never; a --passkey_every step takes precedence) is "
+                        "a batch of --batch passkey tasks in RULER's noise, of one of "
+                        "--short_noise_lengths bytes")
+    p.add_argument("--short_noise_lengths", default="1024,2048,4096",
+                   help="their lengths in bytes to draw from")
     p.add_argument("--gaps", default="256,1024,2048,4096", help="filler bytes to draw from")
     p.add_argument("--contrast", type=float, default=0.0,
                    help="weight of the contrastive term")
@@ -97,6 +104,15 @@ def parse_args(argv=None):
         p.error(f"--gaps must be comma-separated byte counts, not {args.gaps!r}")
     if not args.gap_choices or min(args.gap_choices) < 0:
         p.error("--gaps must be byte counts >= 0")
+    if args.short_noise_every < 0:
+        p.error("--short_noise_every must be >= 0")
+    try:
+        args.short_noise_choices = [int(n) for n in args.short_noise_lengths.split(",")]
+    except ValueError:
+        p.error("--short_noise_lengths must be comma-separated byte counts, not "
+                f"{args.short_noise_lengths!r}")
+    if not args.short_noise_choices or min(args.short_noise_choices) < 256:
+        p.error("--short_noise_lengths must be byte counts >= 256")
     try:
         re.compile(args.params)
     except re.error as e:
@@ -208,6 +224,15 @@ class Trainer:
             nats = stream_nats(model, torch.tensor([tokens]))[0][0]
             answer, text = nats[is_answer].mean(), nats[is_text].mean()
             kind = "pk"
+        elif args.short_noise_every and step % args.short_noise_every == args.short_noise_every - 1:
+            # A batch of short passkeys in the noise: the greedy check there fails on a few keys
+            # (mostly ones with a repeated digit) that one long stream per step rarely draws.
+            length = rng.choice(args.short_noise_choices)
+            rows = [passkey_stream(rng, texts, length, 1.0) for _ in range(args.batch)]
+            nats = stream_nats(model, torch.tensor([tokens for tokens, _, _ in rows]))[0]
+            answer = nats[torch.stack([is_answer for _, _, is_answer in rows])].mean()
+            text = torch.zeros(())
+            kind = f"pkn{length}"
         else:
             pairs = rng.randrange(2, 9)
             gap = rng.choice(args.gap_choices)

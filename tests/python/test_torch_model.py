@@ -376,6 +376,16 @@ def test_train_gate_trains_one_row_and_resumes_bit_for_bit(tmp_path):
         assert not (tmp_path / "bad").exists()
 
 
+def test_fit_keys_finds_both_occurrences_of_the_needles_digits():
+    from titans_torch import passkey
+    from titans_torch.fit_keys import needle_digits
+    for key in ("41884", "10000", "99999"):
+        text = "x" * 11 + passkey.needle(key)
+        at = needle_digits(11, key)
+        assert "".join(text[i] for i in at) == key + key
+        assert at[5] > at[4] + 5  # the second occurrence, not the first again
+
+
 def test_fit_keys_refits_only_one_heads_query_and_key_rows(tmp_path):
     start = random_model(tmp_path, "fit_keys", {"variant": "mal", "attention": {"window": 16}})
     corpus = tmp_path / "corpus.txt"
@@ -400,6 +410,20 @@ def test_fit_keys_refits_only_one_heads_query_and_key_rows(tmp_path):
         else:
             assert torch.equal(after.p(name), before.p(name)), name
     assert "fit_keys" in json.loads((out / "config.json").read_text())["description"]
+    # --passkeys adds the passkey digits' addressing to the fit: on the held-out tasks their
+    # loss ends lower than after the same fit without it (both start from the same value).
+    with_passkeys = run_gate_tool("fit_keys", "--model_dir", start, "--out",
+                                  tmp_path / "keyed_passkeys", "--layer", "1", "--head", "1",
+                                  "--data", corpus, "--tasks", "4", "--iters", "30", "--lr",
+                                  "0.03", "--threads", "1", "--passkeys", "10")
+    assert with_passkeys.returncode == 0, with_passkeys.stderr
+
+    def passkey_loss(output, when):
+        line = next(l for l in output.splitlines()
+                    if l.startswith(f"{when}, held-out passkey digits: loss "))
+        return float(line.split(" loss ")[1].split()[0])
+    assert passkey_loss(run.stdout, "before") == passkey_loss(with_passkeys.stdout, "before")
+    assert passkey_loss(with_passkeys.stdout, "after") < passkey_loss(run.stdout, "after")
     worst, _ = compare_with_server(str(out), 300, seed=9)
     assert worst < TOLERANCE
     bad = run_gate_tool("fit_keys", "--model_dir", start, "--out", tmp_path / "bad", "--layer",
@@ -448,6 +472,15 @@ def test_train_recall_trains_the_named_parameters_and_resumes_bit_for_bit(tmp_pa
     assert noisy.returncode == 0, noisy.stderr
     in_noise = TitansModel.load(str(tmp_path / "noisy"))
     assert any(not torch.equal(in_noise.p(n), after.p(n)) for n in names)
+    # --short_noise_every 1: the steps that are not passkey streams (2 of 3) are batches of
+    # short passkeys in the noise, which train the weights otherwise.
+    short = train(tmp_path / "short", 3, "--short_noise_every", "1",
+                  "--short_noise_lengths", "300")
+    assert short.returncode == 0, short.stderr
+    kinds = [line.split()[2] for line in short.stdout.splitlines() if line.startswith("step ")]
+    assert kinds == ["pkn300", "pk", "pkn300"], short.stdout
+    in_short_noise = TitansModel.load(str(tmp_path / "short"))
+    assert any(not torch.equal(in_short_noise.p(n), after.p(n)) for n in names)
     # --head auto contrasts the recall head, as fit_keys picks it: the same run as naming that
     # head, another run than naming the other (the contrast acts through the q rows trained).
     picked, _ = recall_head(before, 1)
@@ -470,6 +503,8 @@ def test_train_recall_trains_the_named_parameters_and_resumes_bit_for_bit(tmp_pa
                           (["--anchor", "-1"], "must be >= 0"),
                           (["--noise_fraction", "2"], "--noise_fraction must be"),
                           (["--gaps", "a,b"], "--gaps must be"),
+                          (["--short_noise_every", "-1"], "--short_noise_every must be"),
+                          (["--short_noise_lengths", "100"], "--short_noise_lengths must be"),
                           (["--resume"], "no checkpoint")):
         bad = run_gate_tool("train_recall", "--model_dir", start, "--out", tmp_path / "bad",
                             "--data", corpus, *args)
