@@ -376,6 +376,27 @@ def test_train_gate_trains_one_row_and_resumes_bit_for_bit(tmp_path):
         assert not (tmp_path / "bad").exists()
 
 
+def test_passkey_probe_counts_keys_and_names_every_miss(tmp_path):
+    from titans_torch import passkey
+    from titans_torch.passkey_probe import probe, task
+    start = random_model(tmp_path, "probe", {"variant": "mal", "attention": {"window": 16}})
+    tasks = [task(random.Random(seed), 64) for seed in range(6)]
+    for tokens, key, at in tasks:
+        text = bytes(tokens[1:]).decode()
+        assert text.endswith(passkey.QUESTION + key)
+        assert text.index(passkey.needle(key)) == at < 32
+    right, misses = probe(TitansModel.load(start), tasks, batch=4)
+    # An untrained model misses keys; each miss names its key, digit, probability and reading.
+    assert right + len(misses) == len(tasks) and misses
+    for miss in misses:
+        key, rest = miss.split("@")
+        assert key in [k for _, k, _ in tasks] and " d" in rest and " got " in rest
+    run = run_gate_tool("passkey_probe", "--model_dir", start, "--length", "64", "--tasks", "6",
+                        "--seed", "1")
+    assert run.returncode == 0 and run.stdout.startswith(f"{start}: "), run.stderr
+    assert run_gate_tool("passkey_probe", "--model_dir", start, "--tasks", "0").returncode == 2
+
+
 def test_fit_keys_finds_both_occurrences_of_the_needles_digits():
     from titans_torch import passkey
     from titans_torch.fit_keys import needle_digits
