@@ -65,7 +65,10 @@ def main(argv=None) -> int:
     rng = random.Random(args.seed)
     tasks = [task(rng, args.length) for _ in range(args.tasks)]
     for model_dir in args.model_dir.split(","):
-        right, misses = probe(TitansModel.load(model_dir), tasks)
+        # titans_torch's attention scores a whole row at once (memory ~ rows x length^2):
+        # ten rows at 1-4 KiB, fewer beyond, one from 16 KiB on.
+        rows = max(1, min(10, int(1.6e8 // args.length ** 2)))
+        right, misses = probe(TitansModel.load(model_dir), tasks, batch=rows)
         print(f"{model_dir}: {right}/{args.tasks}" + (": " + "; ".join(misses) if misses else ""),
               flush=True)
     return 0
