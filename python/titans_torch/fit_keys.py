@@ -10,9 +10,10 @@ question after them), then refits only the head's rows of q_proj, k_proj, q_conv
 offline (Adam over all recorded tasks per iteration) to minimise, at each question, the
 cross-entropy of softmax(q . k / tau) over the stated facts' keys (the query at '=' against the
 keys at each fact's first value digit, and one byte later for the second digit), plus --own
-times 1 - q . k with the asked fact's key, plus --keep_passkeys times the squared change of a passkey's reads (the unit queries before its
-answer digits and keys at the needle's digits; it prints how well those queries pick their
-digit's keys, softmax over the needle's ten), plus --keep times the squared change of the head's
+times 1 - q . k with the asked fact's key, plus --keep_passkeys times the squared change of a
+passkey's reads (the unit queries before its answer digits and the keys at the needle's digits;
+it prints how well those queries pick their digit's keys, softmax over the needle's ten), plus
+--keep times the squared change of the head's
 unit keys and queries at 64 random filler bytes and at the needle and question of each task (so
 what the head does on text and passkeys stays where it was). The rest of the model is
 unchanged. Prints, on another 60 tasks (seed 99) before and after, the contrastive loss, how
@@ -26,6 +27,7 @@ import argparse
 import random
 import sys
 import time
+from typing import List, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -84,6 +86,18 @@ def needle_digits(needle: int, key: str):
     return [first + i for i in range(len(key))] + [second + i for i in range(len(key))]
 
 
+class Recorded(NamedTuple):
+    """One recorded task: conv input windows [N, taps, d] at the positions the fit reads."""
+    keys: torch.Tensor  # each fact's first value digit, then each fact's second
+    queries: torch.Tensor  # each question's '=', then its first digit, in question order
+    order: List[int]  # question j asks fact order[j]
+    pairs: int
+    kept: torch.Tensor  # 64 filler bytes, the needle and the question
+    w1: torch.Tensor  # the session's memory W1 of the head at the question [hidden, dh]
+    passkey_keys: torch.Tensor  # the needle's ten digits
+    passkey_queries: torch.Tensor  # the bytes before the five answer digits
+
+
 class KeyFit:
     """The recorded tasks of one head, and the losses of its q/k rows on them."""
 
@@ -134,8 +148,9 @@ class KeyFit:
                 query_at = [answers[2 * j] + d for d in (0, 1) for j in range(pairs)]
                 keep_at = rng.sample(range(begin + 4, end), 64) + list(
                     range(needle + 2, question_end + 1))
-                data.append((self.windows(x, key_at), self.windows(x, query_at), order, pairs,
-                             self.windows(x, keep_at), w1, passkey_keys, passkey_queries))
+                data.append(Recorded(self.windows(x, key_at), self.windows(x, query_at), order,
+                                     pairs, self.windows(x, keep_at), w1, passkey_keys,
+                                     passkey_queries))
         self.model.memory_observer = None
         return data
 
@@ -151,14 +166,25 @@ class KeyFit:
                      rows[which + "_conv.weight"].t()[None])
         return F.normalize(F.silu(projected.sum(1)), dim=-1)
 
-    def passkey_losses(self, data, rows, start):
+    def passkey_change(self, data, rows, start):
+        """Mean over tasks of the squared change from `start` of the passkey's unit keys (the
+        needle's digits) and queries (before the answer digits): what --keep_passkeys holds."""
+        def moved(windows, which):
+            return (self.unit_rows(windows, rows, which) -
+                    self.unit_rows(windows, start, which)).pow(2).sum(-1).mean()
+        change = 0.0
+        for task in data:
+            change = change + (moved(task.passkey_keys, "k") + moved(task.passkey_queries, "q"))
+        return change / len(data)
+
+    def passkey_addressing(self, data, rows):
         """(mean over answer digits of -log of the softmax(q . k / tau) mass on the needle's
         two keys of that digit among its ten digit keys, share of digits whose highest-scoring
-        key is one of the two, mean squared change of those queries and keys from `start`)."""
-        loss, right, digits, change = 0.0, 0, 0, 0.0
-        for *_, passkey_keys, passkey_queries in data:
-            keys = self.unit_rows(passkey_keys, rows, "k")  # [10, dh]
-            queries = self.unit_rows(passkey_queries, rows, "q")  # [5, dh]
+        key is one of the two): printed, not fitted."""
+        loss, right, digits = 0.0, 0, 0
+        for task in data:
+            keys = self.unit_rows(task.passkey_keys, rows, "k")  # [10, dh]
+            queries = self.unit_rows(task.passkey_queries, rows, "q")  # [5, dh]
             logits = queries @ keys.t() / self.args.tau  # [5, 10]
             n = queries.shape[0]
             own = torch.cat([torch.eye(n, dtype=torch.bool)] * 2, 1)
@@ -166,19 +192,23 @@ class KeyFit:
                            logits.masked_fill(~own, float("-inf")).logsumexp(1)).sum()
             right += int(own[torch.arange(n), logits.argmax(1)].sum())
             digits += n
-            change = change + (
-                (keys - self.unit_rows(passkey_keys, start, "k")).pow(2).sum(-1).mean() +
-                (queries - self.unit_rows(passkey_queries, start, "q")).pow(2).sum(-1).mean())
-        return loss / digits, right / digits, change / len(data)
+        return loss / digits, right / digits
+
+    def passkey_report(self, data, rows, start) -> str:
+        """passkey_addressing and passkey_change, as one line."""
+        loss, right = self.passkey_addressing(data, rows)
+        return (f"loss {loss:.3f} acc {right:.3f} change "
+                f"{self.passkey_change(data, rows, start):.5f}")
 
     def losses(self, data, rows, start):
         """(contrastive loss per question (+ --own term), share of questions whose own fact's
         key scores highest, mean squared change of the kept keys and queries from `start`)."""
         contrast, right, questions, change = 0.0, 0, 0, 0.0
-        for key_windows, query_windows, order, pairs, keep_windows, _, _, _ in data:
-            keys = self.unit_rows(key_windows, rows, "k")
-            queries = self.unit_rows(query_windows, rows, "q")
-            target = torch.tensor(order)
+        for task in data:
+            pairs = task.pairs
+            keys = self.unit_rows(task.keys, rows, "k")
+            queries = self.unit_rows(task.queries, rows, "q")
+            target = torch.tensor(task.order)
             for d in (0, 1):
                 k, q = keys[d * pairs:(d + 1) * pairs], queries[d * pairs:(d + 1) * pairs]
                 logits = q @ k.t() / self.args.tau
@@ -187,8 +217,8 @@ class KeyFit:
                 right += int((logits.argmax(1) == target).sum())
                 questions += pairs
             for which in ("k", "q"):
-                change = change + (self.unit_rows(keep_windows, rows, which) -
-                                   self.unit_rows(keep_windows, start, which)).pow(2).sum(
+                change = change + (self.unit_rows(task.kept, rows, which) -
+                                   self.unit_rows(task.kept, start, which)).pow(2).sum(
                                        -1).mean()
         return contrast / questions, right / questions, change / len(data)
 
@@ -197,11 +227,12 @@ class KeyFit:
         digits), as unit vectors (q . k), and as the memory's hidden codes SiLU(W1 x) under the
         session's own W1 (what the W2 part of a write's effect on a read follows)."""
         found = {"qk own": [], "qk other": [], "hidden own": [], "hidden other": []}
-        for key_windows, query_windows, order, pairs, _, w1, _, _ in data:
-            k = self.unit_rows(key_windows, rows, "k")[:pairs]
-            q = self.unit_rows(query_windows, rows, "q")[:pairs]
-            hidden_k = F.normalize(F.silu(k @ w1.t()), dim=-1)
-            hidden_q = F.normalize(F.silu(q @ w1.t()), dim=-1)
+        for task in data:
+            pairs, order = task.pairs, task.order
+            k = self.unit_rows(task.keys, rows, "k")[:pairs]
+            q = self.unit_rows(task.queries, rows, "q")[:pairs]
+            hidden_k = F.normalize(F.silu(k @ task.w1.t()), dim=-1)
+            hidden_q = F.normalize(F.silu(q @ task.w1.t()), dim=-1)
             own = torch.zeros(pairs, pairs, dtype=torch.bool)
             own[torch.arange(pairs), torch.tensor(order)] = True
             for name, cosines in (("qk", q @ k.t()), ("hidden", hidden_q @ hidden_k.t())):
@@ -229,8 +260,8 @@ def main(argv=None) -> int:
     with torch.no_grad():
         contrast, right, _ = fit.losses(held_out_tasks, start, start)
         print(f"before: val contrast {contrast:.3f} acc {right:.3f}", flush=True)
-        print("before, held-out passkey digits: loss {:.3f} acc {:.3f} change {:.5f}".format(
-            *fit.passkey_losses(held_out_tasks, start, start)), flush=True)
+        print("before, held-out passkey digits:", fit.passkey_report(held_out_tasks, start, start),
+              flush=True)
         print("before, held-out cosines (first digits):", fit.overlaps(held_out_tasks, start),
               flush=True)
     optimizer = torch.optim.Adam(list(fitted.values()), lr=args.lr)
@@ -239,7 +270,7 @@ def main(argv=None) -> int:
         contrast, right, change = fit.losses(fit_tasks, fitted, start)
         loss = contrast + args.keep * change
         if args.keep_passkeys:
-            loss = loss + args.keep_passkeys * fit.passkey_losses(fit_tasks, fitted, start)[2]
+            loss = loss + args.keep_passkeys * fit.passkey_change(fit_tasks, fitted, start)
         loss.backward()
         optimizer.step()
         if it % 25 == 0 or it == args.iters - 1:
@@ -251,8 +282,8 @@ def main(argv=None) -> int:
     with torch.no_grad():
         print("after, held-out cosines (first digits):", fit.overlaps(held_out_tasks, fitted),
               flush=True)
-        print("after, held-out passkey digits: loss {:.3f} acc {:.3f} change {:.5f}".format(
-            *fit.passkey_losses(held_out_tasks, fitted, start)), flush=True)
+        print("after, held-out passkey digits:", fit.passkey_report(held_out_tasks, fitted, start),
+              flush=True)
         for name, rows in fitted.items():
             model.p(fit.prefix + name)[fit.rows] = rows
     save_with_command(model, args.out, "fit_keys", argv)

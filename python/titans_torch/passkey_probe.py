@@ -25,7 +25,7 @@ from titans_torch.model import BOS, TitansModel
 def task(rng: random.Random, length: int):
     """(tokens with <|bos|> first and the key last, the key, the needle's byte offset)."""
     key = passkey.random_key(rng)
-    hay = passkey.noise(rng.randrange(len(passkey.NOISE)), length)
+    hay = passkey.haystack(rng, length).decode()
     at = rng.randrange(0, max(1, length // 2))
     text = hay[:at] + passkey.needle(key) + hay[at:] + passkey.QUESTION + key
     return [BOS] + list(text.encode()), key, at

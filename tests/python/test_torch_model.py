@@ -394,7 +394,8 @@ def test_passkey_probe_counts_keys_and_names_every_miss(tmp_path):
     run = run_gate_tool("passkey_probe", "--model_dir", start, "--length", "64", "--tasks", "6",
                         "--seed", "1")
     assert run.returncode == 0 and run.stdout.startswith(f"{start}: "), run.stderr
-    assert run_gate_tool("passkey_probe", "--model_dir", start, "--tasks", "0").returncode == 2
+    refused = run_gate_tool("passkey_probe", "--model_dir", start, "--tasks", "0")
+    assert refused.returncode == 2 and "--tasks at least 1" in refused.stderr, refused.stderr
 
 
 def test_fit_keys_finds_both_occurrences_of_the_needles_digits():
