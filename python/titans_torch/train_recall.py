@@ -86,6 +86,10 @@ def parse_args(argv=None):
     p.add_argument("--head", default="0",
                    help="the contrasted head (0-based), or 'auto': the recall head, as "
                         "fit_keys --head auto picks it")
+    p.add_argument("--only_head", action="store_true",
+                   help="of --layer's memory tensors, train only --head's rows (its slices of "
+                        "the projections, convolutions, gates, initial weights and output): the "
+                        "other heads keep their weights exactly")
     p.add_argument("--eval_every", type=int, default=25, help="0: no evaluation")
     p.add_argument("--checkpoint_every", type=int, default=25)
     p.add_argument("--seed", type=int, default=1)
@@ -125,6 +129,27 @@ def parameter_name(name: str) -> str:
     return name.replace("params.", "").replace("__", ".")
 
 
+def head_mask(model: TitansModel, name: str, layer: int, head: int):
+    """A 0/1 tensor shaped like parameter `name` that is 1 on memory head `head`'s share of it,
+    for a tensor of layer `layer`'s memory (None for any other tensor): rows of the [H*dh, .]
+    projections, convolutions, output gate and norm, columns of out_proj, the head's row and bias
+    of each gate, its slice of the initial memory weights."""
+    prefix = f"layers.{layer}.memory."
+    if not name.startswith(prefix):
+        return None
+    tensor = dict((parameter_name(n), t) for n, t in model.named_parameters())[name]
+    dh = model.config["head_dim"]
+    part = name[len(prefix):]
+    mask = torch.zeros_like(tensor)
+    if part == "out_proj.weight":
+        mask[:, head * dh:(head + 1) * dh] = 1
+    elif part.startswith(("alpha_proj", "eta_proj", "theta_proj", "initial_weights")):
+        mask[head] = 1
+    else:  # q/k/v_proj, q/k/v_conv, out_gate, out_norm: [H*dh, ...]
+        mask[head * dh:(head + 1) * dh] = 1
+    return mask
+
+
 def recall_task(rng: random.Random, pairs: int, gap: int, source):
     """One task as (bytes, answer offsets, the filler's byte range scored as text, or (0, 0) in
     the noise, the order asked); source None is the noise."""
@@ -141,6 +166,12 @@ class Trainer:
         for name, tensor in model.named_parameters():
             tensor.requires_grad_(bool(re.search(args.params, parameter_name(name))))
         self.trained = [t for t in model.parameters() if t.requires_grad]
+        if args.only_head:
+            for name, tensor in model.named_parameters():
+                if tensor.requires_grad:
+                    mask = head_mask(model, parameter_name(name), args.layer, args.head)
+                    if mask is not None:
+                        tensor.register_hook(lambda grad, mask=mask: grad * mask)
         # The starting values and their squared sizes (1 for a tensor that starts at zero), for
         # --anchor; taken before a resume overwrites the parameters.
         self.start = [t.detach().clone() for t in self.trained]

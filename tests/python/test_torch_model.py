@@ -519,6 +519,28 @@ def test_train_recall_trains_the_named_parameters_and_resumes_bit_for_bit(tmp_pa
     assert f"recall head of layer 1: {picked} " in said, said
     assert torch.equal(by_auto, contrast_on(str(picked))[1])
     assert not torch.equal(by_auto, contrast_on(str(1 - picked))[1])
+    # --only_head: of layer 1's memory, only the named head's share of each tensor moves; the
+    # other head's rows, columns, gate entries and initial weights stay bit for bit.
+    from titans_torch.train_recall import head_mask
+    only = tmp_path / "only_head"
+    done = run_gate_tool("train_recall", "--model_dir", start, "--out", only, "--data", corpus,
+                         "--params", r"layers\.1\.memory\.", "--steps", "2", "--batch", "2",
+                         "--gaps", "64", "--pk_len", "600", "--passkey_every", "2",
+                         "--eval_every", "0", "--threads", "1", "--contrast", "1", "--head",
+                         "1", "--only_head")
+    assert done.returncode == 0, done.stderr
+    trained_head = TitansModel.load(str(only))
+    moved = 0
+    for name, _, _, _ in before.slots:
+        if not name.startswith("layers.1.memory."):
+            assert torch.equal(trained_head.p(name), before.p(name)), name
+            continue
+        mine = head_mask(before, name, 1, 1).bool()
+        other = head_mask(before, name, 1, 0).bool()
+        assert not (mine & other).any() and (mine | other).all(), name
+        assert torch.equal(trained_head.p(name)[other], before.p(name)[other]), name
+        moved += not torch.equal(trained_head.p(name)[mine], before.p(name)[mine])
+    assert moved >= 10, moved  # the projections, convolutions, gates, memory and output
     for args, message in ((["--params", "no_such_parameter"], "names no parameter"),
                           (["--params", "("], "not a regular expression"),
                           (["--head", "5"], "head 5 out of range"),
