@@ -74,10 +74,11 @@ absl::Status CheckRange(absl::string_view key, double v, double lo, double hi) {
 
 absl::Status ParseMemory(const json& m, MemoryConfig* out) {
   if (!m.is_object()) return Invalid("memory", "must be an object");
-  TITANS_RETURN_IF_ERROR(CheckKeys(
-      m, "memory",
-      {"depth", "expansion", "activation", "qk_activation", "residual", "chunk_size", "theta_max",
-       "max_weight_rms", "conv_kernel", "alpha_bias_init", "eta_bias_init", "theta_bias_init"}));
+  TITANS_RETURN_IF_ERROR(
+      CheckKeys(m, "memory",
+                {"depth", "expansion", "activation", "qk_activation", "residual", "chunk_size",
+                 "theta_max", "max_weight_rms", "conv_kernel", "alpha_bias_init", "eta_bias_init",
+                 "theta_bias_init", "num_heads"}));
   TITANS_RETURN_IF_ERROR(ReadInt(m, "depth", "memory.depth", &out->depth));
   TITANS_RETURN_IF_ERROR(ReadInt(m, "expansion", "memory.expansion", &out->expansion));
   std::string act = std::string(ActivationName(out->activation));
@@ -109,6 +110,7 @@ absl::Status ParseMemory(const json& m, MemoryConfig* out) {
       ReadDouble(m, "eta_bias_init", "memory.eta_bias_init", &out->eta_bias_init));
   TITANS_RETURN_IF_ERROR(
       ReadDouble(m, "theta_bias_init", "memory.theta_bias_init", &out->theta_bias_init));
+  TITANS_RETURN_IF_ERROR(ReadInt(m, "num_heads", "memory.num_heads", &out->num_heads));
   return absl::OkStatus();
 }
 
@@ -182,6 +184,14 @@ absl::Status ValidateModelConfig(const ModelConfig& c) {
                         {"memory.eta_bias_init", m.eta_bias_init},
                         {"memory.theta_bias_init", m.theta_bias_init}}) {
     TITANS_RETURN_IF_ERROR(CheckRange(key, v, -30, 30));
+  }
+  TITANS_RETURN_IF_ERROR(CheckRange("memory.num_heads", m.num_heads, 0, 1024));
+  if (c.variant == Variant::kMAC && c.memory_heads() != c.num_heads) {
+    return Invalid("memory.num_heads",
+                   absl::StrCat("must equal num_heads (", c.num_heads,
+                                ") for MAC (its retrieval reads the memory with the attention's "
+                                "heads), got ",
+                                m.num_heads));
   }
   const AttentionConfig& a = c.attention;
   TITANS_RETURN_IF_ERROR(CheckRange("attention.window", a.window, 1, 1 << 30));
@@ -282,6 +292,8 @@ std::string ModelConfigToJson(const ModelConfig& c) {
                  {"alpha_bias_init", c.memory.alpha_bias_init},
                  {"eta_bias_init", c.memory.eta_bias_init},
                  {"theta_bias_init", c.memory.theta_bias_init}};
+  // Optional: written only where set, so configs without it round-trip unchanged.
+  if (c.memory.num_heads > 0) j["memory"]["num_heads"] = c.memory.num_heads;
   j["attention"] = {{"window", c.attention.window},
                     {"segment_size", c.attention.segment_size},
                     {"num_persistent", c.attention.num_persistent},

@@ -50,6 +50,11 @@ struct MemoryConfig {
   double alpha_bias_init = -4.0;
   double eta_bias_init = 2.0;
   double theta_bias_init = 0.0;
+  // Heads of the memory, each head_dim wide; 0 = the attention's num_heads (see
+  // ModelConfig::memory_heads). Each head is an independent memory MLP, so the memory's
+  // parameters and per-session state grow in proportion. MAC requires the attention's count (its
+  // retrieval reads the memory with the attention's head layout).
+  int num_heads = 0;
 };
 
 struct AttentionConfig {
@@ -87,6 +92,8 @@ struct ModelConfig {
 
   // Width of the memory MLP's hidden layers.
   int memory_hidden() const { return memory.expansion * head_dim; }
+  // Heads of each layer's neural memory: memory.num_heads where set, else num_heads.
+  int memory_heads() const { return memory.num_heads > 0 ? memory.num_heads : num_heads; }
 };
 
 // Parses and validates config.json text. INVALID_ARGUMENT names the offending key, e.g.

@@ -8,7 +8,7 @@
 namespace titans {
 
 std::vector<ParamSlot> ParamSlots(const ModelConfig& c, ModelParams* p) {
-  const int64_t d = c.d_model, hd = int64_t{c.num_heads} * c.head_dim, H = c.num_heads;
+  const int64_t d = c.d_model, hd = int64_t{c.num_heads} * c.head_dim;
   const int64_t K = c.memory.conv_kernel, f = c.ffn_hidden;
   std::vector<ParamSlot> s;
   s.push_back({"embedding.weight", &p->embedding, {c.vocab_size, d}, InitKind::kEmbedding});
@@ -46,32 +46,34 @@ std::vector<ParamSlot> ParamSlots(const ModelConfig& c, ModelParams* p) {
     if (c.variant != Variant::kSWA) {  // the baseline has no neural memory
       NeuralMemoryParams& M = L.memory;
       const std::string m = pre + "memory.";
-      s.push_back({m + "q_proj.weight", &M.q_proj, {hd, d}, InitKind::kLinear});
-      s.push_back({m + "k_proj.weight", &M.k_proj, {hd, d}, InitKind::kLinear});
-      s.push_back({m + "v_proj.weight", &M.v_proj, {hd, d}, InitKind::kLinear});
-      s.push_back({m + "q_conv.weight", &M.q_conv, {hd, K}, InitKind::kConv});
-      s.push_back({m + "k_conv.weight", &M.k_conv, {hd, K}, InitKind::kConv});
-      s.push_back({m + "v_conv.weight", &M.v_conv, {hd, K}, InitKind::kConv});
-      s.push_back({m + "alpha_proj.weight", &M.alpha_w, {H, d}, InitKind::kGate});
+      // The memory has its own head count (memory.num_heads), each head head_dim wide.
+      const int64_t Hm = c.memory_heads(), mhd = Hm * c.head_dim;
+      s.push_back({m + "q_proj.weight", &M.q_proj, {mhd, d}, InitKind::kLinear});
+      s.push_back({m + "k_proj.weight", &M.k_proj, {mhd, d}, InitKind::kLinear});
+      s.push_back({m + "v_proj.weight", &M.v_proj, {mhd, d}, InitKind::kLinear});
+      s.push_back({m + "q_conv.weight", &M.q_conv, {mhd, K}, InitKind::kConv});
+      s.push_back({m + "k_conv.weight", &M.k_conv, {mhd, K}, InitKind::kConv});
+      s.push_back({m + "v_conv.weight", &M.v_conv, {mhd, K}, InitKind::kConv});
+      s.push_back({m + "alpha_proj.weight", &M.alpha_w, {Hm, d}, InitKind::kGate});
       s.push_back(
-          {m + "alpha_proj.bias", &M.alpha_b, {H}, InitKind::kConstant, c.memory.alpha_bias_init});
-      s.push_back({m + "eta_proj.weight", &M.eta_w, {H, d}, InitKind::kGate});
+          {m + "alpha_proj.bias", &M.alpha_b, {Hm}, InitKind::kConstant, c.memory.alpha_bias_init});
+      s.push_back({m + "eta_proj.weight", &M.eta_w, {Hm, d}, InitKind::kGate});
       s.push_back(
-          {m + "eta_proj.bias", &M.eta_b, {H}, InitKind::kConstant, c.memory.eta_bias_init});
-      s.push_back({m + "theta_proj.weight", &M.theta_w, {H, d}, InitKind::kGate});
+          {m + "eta_proj.bias", &M.eta_b, {Hm}, InitKind::kConstant, c.memory.eta_bias_init});
+      s.push_back({m + "theta_proj.weight", &M.theta_w, {Hm, d}, InitKind::kGate});
       s.push_back(
-          {m + "theta_proj.bias", &M.theta_b, {H}, InitKind::kConstant, c.memory.theta_bias_init});
+          {m + "theta_proj.bias", &M.theta_b, {Hm}, InitKind::kConstant, c.memory.theta_bias_init});
       const auto shapes = MemoryLayerShapes(c.memory.depth, c.head_dim, c.memory_hidden());
       M.initial_weights.resize(shapes.size());
       for (size_t l = 0; l < shapes.size(); ++l) {
         s.push_back({absl::StrCat(m, "initial_weights.", l),
                      &M.initial_weights[l],
-                     {H, shapes[l].second, shapes[l].first},
+                     {Hm, shapes[l].second, shapes[l].first},
                      InitKind::kMemory});
       }
-      s.push_back({m + "out_norm.weight", &M.out_norm, {hd}, InitKind::kOnes});
-      s.push_back({m + "out_gate.weight", &M.out_gate, {hd, d}, InitKind::kLinear});
-      s.push_back({m + "out_proj.weight", &M.out_proj, {d, hd}, InitKind::kOutput});
+      s.push_back({m + "out_norm.weight", &M.out_norm, {mhd}, InitKind::kOnes});
+      s.push_back({m + "out_gate.weight", &M.out_gate, {mhd, d}, InitKind::kLinear});
+      s.push_back({m + "out_proj.weight", &M.out_proj, {d, mhd}, InitKind::kOutput});
     }
     s.push_back({pre + "ffn_norm.weight", &L.ffn_norm, {d}, InitKind::kOnes});
     s.push_back({pre + "ffn.gate.weight", &L.ffn_gate, {f, d}, InitKind::kLinear});

@@ -43,8 +43,10 @@ int64_t CachedTokens(const ModelConfig& c, int64_t position) {
 
 // Every tensor of a state, with the shape `config` and `position` imply.
 std::vector<StateSlot> StateSlots(const ModelConfig& c, int64_t batch, SessionState* s) {
+  // The memory has memory_heads() heads (G groups per batch row); the attention num_heads.
   const int64_t B = batch, H = c.num_heads, dh = c.head_dim, hd = H * dh;
-  const int64_t G = B * H, K1 = c.memory.conv_kernel - 1;
+  const int64_t Hm = c.memory_heads(), mhd = Hm * dh;
+  const int64_t G = B * Hm, K1 = c.memory.conv_kernel - 1;
   const int64_t p = PendingTokens(c, s->position), n = CachedTokens(c, s->position);
   const auto shapes = MemoryLayerShapes(c.memory.depth, dh, c.memory_hidden());
   std::vector<StateSlot> slots;
@@ -79,9 +81,9 @@ std::vector<StateSlot> StateSlots(const ModelConfig& c, int64_t batch, SessionSt
                            {G, shapes[l].second, shapes[l].first}});
         }
       }
-      slots.push_back({pre + "q_tail", &L.q_tail, {B, K1, hd}});
-      slots.push_back({pre + "k_tail", &L.k_tail, {B, K1, hd}});
-      slots.push_back({pre + "v_tail", &L.v_tail, {B, K1, hd}});
+      slots.push_back({pre + "q_tail", &L.q_tail, {B, K1, mhd}});
+      slots.push_back({pre + "k_tail", &L.k_tail, {B, K1, mhd}});
+      slots.push_back({pre + "v_tail", &L.v_tail, {B, K1, mhd}});
     }
     if (IsMac(c)) slots.push_back({pre + "retrieval_tail", &L.retrieval_tail, {B, K1, hd}});
     if (c.variant != Variant::kLMM) {
@@ -101,8 +103,8 @@ void PutU64(std::string* out, uint64_t v) { out->append(reinterpret_cast<const c
 SessionState NewSessionState(const ModelConfig& c, const ModelParams& params, int64_t batch,
                              bool track_grad) {
   SessionState s;
-  const int64_t B = batch, H = c.num_heads, dh = c.head_dim, hd = H * dh;
-  const int64_t K1 = c.memory.conv_kernel - 1;
+  const int64_t B = batch, H = c.num_heads, dh = c.head_dim;
+  const int64_t Hm = c.memory_heads(), K1 = c.memory.conv_kernel - 1;
   const at::TensorOptions opt = params.embedding.options().requires_grad(false);
   s.layers.resize(c.num_layers);
   for (int i = 0; i < c.num_layers; ++i) {
@@ -115,15 +117,16 @@ SessionState NewSessionState(const ModelConfig& c, const ModelParams& params, in
     std::vector<at::Tensor> init;
     for (const at::Tensor& w : params.layers[i].memory.initial_weights) {
       at::Tensor src = track_grad ? w : w.detach();
-      // [H, out, in] -> [B*H, out, in], group index = b * H + h.
+      // [Hm, out, in] -> [B*Hm, out, in], group index = b * Hm + h.
       init.push_back(
-          src.unsqueeze(0).expand({B, -1, -1, -1}).reshape({B * H, w.size(1), w.size(2)}));
+          src.unsqueeze(0).expand({B, -1, -1, -1}).reshape({B * Hm, w.size(1), w.size(2)}));
     }
     L.memory = NewMemoryState(init);
     if (HasSegmentWeights(c)) L.segment_weights = init;
-    L.q_tail = at::zeros({B, K1, hd}, opt);
+    L.q_tail = at::zeros({B, K1, Hm * dh}, opt);
     L.k_tail = L.q_tail;
     L.v_tail = L.q_tail;
+    // MAC's retrieval tail is [B, K1, H * dh]: the same shape, as MAC has Hm == H (config.cc).
     if (IsMac(c)) L.retrieval_tail = L.q_tail;
   }
   s.last_logits = at::zeros({B, c.vocab_size}, opt);

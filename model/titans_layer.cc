@@ -149,14 +149,15 @@ at::Tensor L2Normalize(const at::Tensor& x) {
 }
 
 // A memory query or key: Linear -> causal conv -> SiLU (unless memory.qk_activation is "none")
-// -> per-head L2 norm, [B, T, H*dh].
+// -> per-head L2 norm, [B, T, heads*dh]: the memory's heads (memory_heads()) for the memory's
+// rows, the attention's for MAC's retrieval queries (the width of `proj` decides).
 at::Tensor QueryRows(const ModelConfig& c, const std::vector<StreamSlice>& slices,
                      const at::Tensor& x, const at::Tensor& proj, const at::Tensor& taps,
                      at::Tensor LayerState::*tail) {
   at::Tensor h = ConvSlices(slices, Linear(x, proj), taps, tail);
   if (c.memory.qk_silu) h = at::silu(h);
-  const int64_t B = h.size(0), T = h.size(1);
-  return L2Normalize(h.reshape({B, T, c.num_heads, c.head_dim})).reshape({B, T, -1});
+  const int64_t B = h.size(0), T = h.size(1), heads = h.size(2) / c.head_dim;
+  return L2Normalize(h.reshape({B, T, heads, c.head_dim})).reshape({B, T, -1});
 }
 
 at::Tensor Combine(const ModelConfig& c, const LayerParams& p, const at::Tensor& y,
@@ -506,7 +507,8 @@ at::Tensor MacMixer(const ModelConfig& c, const LayerParams& p,
 
 at::Tensor NeuralMemoryForward(const ModelConfig& c, const NeuralMemoryParams& p,
                                const std::vector<StreamSlice>& slices, const at::Tensor& x) {
-  const int64_t B = x.size(0), T = x.size(1), H = c.num_heads;
+  // The memory's own heads (memory.num_heads), each head_dim wide.
+  const int64_t B = x.size(0), T = x.size(1), H = c.memory_heads();
   at::Tensor q = QueryRows(c, slices, x, p.q_proj, p.q_conv, &LayerState::q_tail);
   at::Tensor k = QueryRows(c, slices, x, p.k_proj, p.k_conv, &LayerState::k_tail);
   at::Tensor v = at::silu(ConvSlices(slices, Linear(x, p.v_proj), p.v_conv, &LayerState::v_tail));

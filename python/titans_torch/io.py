@@ -48,11 +48,18 @@ def complete_config(raw: dict) -> dict:
             raise ValueError(f"config.json: unknown key {key!r}")
         if isinstance(DEFAULTS[key], dict):
             for sub, sub_value in value.items():
-                if sub not in DEFAULTS[key]:
+                # memory.num_heads is optional (absent: the attention's num_heads), so configs
+                # without it are written back without it.
+                if sub not in DEFAULTS[key] and (key, sub) != ("memory", "num_heads"):
                     raise ValueError(f"config.json: unknown key {key}.{sub!r}")
                 config[key][sub] = sub_value
         else:
             config[key] = value
+    memory_heads = config["memory"].get("num_heads", 0)
+    if not isinstance(memory_heads, int) or not 0 <= memory_heads <= 1024:
+        raise ValueError(f"config.json: memory.num_heads must be in [0, 1024], got {memory_heads!r}")
+    if config["variant"] == "mac" and memory_heads not in (0, config["num_heads"]):
+        raise ValueError("config.json: memory.num_heads must equal num_heads for MAC")
     if config["format_version"] != 1:
         raise ValueError("config.json: format_version must be 1")
     if config["variant"] not in ("mac", "mag", "mal", "lmm", "swa"):

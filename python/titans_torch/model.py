@@ -36,6 +36,12 @@ def memory_layer_shapes(config: dict) -> List[Tuple[int, int]]:
     return [(dims[i], dims[i + 1]) for i in range(m["depth"])]
 
 
+def memory_heads(config: dict) -> int:
+    """Heads of each layer's neural memory: memory.num_heads where set and > 0, else the
+    attention's num_heads (as ModelConfig::memory_heads)."""
+    return config["memory"].get("num_heads", 0) or config["num_heads"]
+
+
 def param_slots(config: dict) -> List[Tuple[str, Tuple[int, ...], str, float]]:
     """(name, shape, initialisation, constant) of every parameter, in the order titans-train
     writes them and the weights' CRC covers them (model/params.cc)."""
@@ -66,21 +72,22 @@ def param_slots(config: dict) -> List[Tuple[str, Tuple[int, ...], str, float]]:
                       (r + "q_conv.weight", (hd, K), "conv", 0.0),
                       (r + "out_proj.weight", (d, hd), "linear", 0.0)]
         if variant != "swa":
-            m = pre + "memory."
-            slots += [(m + "q_proj.weight", (hd, d), "linear", 0.0),
-                      (m + "k_proj.weight", (hd, d), "linear", 0.0),
-                      (m + "v_proj.weight", (hd, d), "linear", 0.0),
-                      (m + "q_conv.weight", (hd, K), "conv", 0.0),
-                      (m + "k_conv.weight", (hd, K), "conv", 0.0),
-                      (m + "v_conv.weight", (hd, K), "conv", 0.0)]
+            m, Hm = pre + "memory.", memory_heads(config)
+            mhd = Hm * dh
+            slots += [(m + "q_proj.weight", (mhd, d), "linear", 0.0),
+                      (m + "k_proj.weight", (mhd, d), "linear", 0.0),
+                      (m + "v_proj.weight", (mhd, d), "linear", 0.0),
+                      (m + "q_conv.weight", (mhd, K), "conv", 0.0),
+                      (m + "k_conv.weight", (mhd, K), "conv", 0.0),
+                      (m + "v_conv.weight", (mhd, K), "conv", 0.0)]
             for gate in ("alpha", "eta", "theta"):
-                slots += [(m + f"{gate}_proj.weight", (H, d), "gate", 0.0),
-                          (m + f"{gate}_proj.bias", (H,), "constant", mem[f"{gate}_bias_init"])]
+                slots += [(m + f"{gate}_proj.weight", (Hm, d), "gate", 0.0),
+                          (m + f"{gate}_proj.bias", (Hm,), "constant", mem[f"{gate}_bias_init"])]
             for l, (fan_in, out) in enumerate(memory_layer_shapes(config)):
-                slots.append((m + f"initial_weights.{l}", (H, out, fan_in), "memory", 0.0))
-            slots += [(m + "out_norm.weight", (hd,), "ones", 0.0),
-                      (m + "out_gate.weight", (hd, d), "linear", 0.0),
-                      (m + "out_proj.weight", (d, hd), "output", 0.0)]
+                slots.append((m + f"initial_weights.{l}", (Hm, out, fan_in), "memory", 0.0))
+            slots += [(m + "out_norm.weight", (mhd,), "ones", 0.0),
+                      (m + "out_gate.weight", (mhd, d), "linear", 0.0),
+                      (m + "out_proj.weight", (d, mhd), "output", 0.0)]
         slots += [(pre + "ffn_norm.weight", (d,), "ones", 0.0),
                   (pre + "ffn.gate.weight", (f, d), "linear", 0.0),
                   (pre + "ffn.up.weight", (f, d), "linear", 0.0),
@@ -355,7 +362,7 @@ class TitansModel(nn.Module):
     def new_state(self, batch: int = 1) -> State:
         """The state of `batch` empty sessions: Phi_init, zero momentum, zero conv tails."""
         c, H, dh = self.config, self.config["num_heads"], self.config["head_dim"]
-        hd, K = H * dh, c["memory"]["conv_kernel"]
+        hd, K, Hm = H * dh, c["memory"]["conv_kernel"], memory_heads(self.config)
         like = self.p("embedding.weight")
         zeros = lambda *shape: torch.zeros(shape, dtype=like.dtype, device=like.device)  # noqa
         layers = []
@@ -366,11 +373,11 @@ class TitansModel(nn.Module):
                 for l, (fan_in, out) in enumerate(memory_layer_shapes(c)):
                     w = self.p(f"layers.{i}.memory.initial_weights.{l}")
                     weights.append(w.unsqueeze(0).expand(batch, -1, -1, -1))
-                    momentum.append(zeros(batch, H, out, fan_in))
-                    inputs.append(zeros(batch, H, 0, fan_in))
-                    deltas.append(zeros(batch, H, 0, out))
-                gates = (zeros(batch, H, 0), zeros(batch, H, 0), zeros(batch, H, 0))
-                tails = {name: zeros(batch, K - 1, hd) for name in ("q", "k", "v")}
+                    momentum.append(zeros(batch, Hm, out, fan_in))
+                    inputs.append(zeros(batch, Hm, 0, fan_in))
+                    deltas.append(zeros(batch, Hm, 0, out))
+                gates = (zeros(batch, Hm, 0), zeros(batch, Hm, 0), zeros(batch, Hm, 0))
+                tails = {name: zeros(batch, K - 1, Hm * dh) for name in ("q", "k", "v")}
                 if c["variant"] == "mac":
                     tails["retrieval"] = zeros(batch, K - 1, hd)
                     if c["attention"]["segment_size"] > c["memory"]["chunk_size"]:
@@ -456,7 +463,7 @@ class TitansModel(nn.Module):
         if c["memory"]["qk_activation"] == "silu":
             h = F.silu(h)
         B, T = h.shape[:2]
-        h = l2_normalize(h.reshape(B, T, c["num_heads"], c["head_dim"])).reshape(B, T, -1)
+        h = l2_normalize(h.reshape(B, T, -1, c["head_dim"])).reshape(B, T, -1)
         return h, dataclasses.replace(ls, tails={**ls.tails, tail: new_tail})
 
     def _persistent_kv(self, i, batch):
@@ -507,7 +514,7 @@ class TitansModel(nn.Module):
         """The neural memory (section 1) over x [B, T, d]: write and read every token, chunk by
         chunk; o = W_o(RMSNorm_h(y) * SiLU(W_g x))."""
         c, m = self.config, f"layers.{i}.memory."
-        mem, H = c["memory"], c["num_heads"]
+        mem, H = c["memory"], memory_heads(c)
         B, T = x.shape[:2]
         q, ls = self._query_rows(x, self.p(m + "q_proj.weight"), self.p(m + "q_conv.weight"),
                                  ls, "q")

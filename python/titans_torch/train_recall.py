@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from titans_torch import passkey
-from titans_torch.model import BOS, TitansModel
+from titans_torch.model import BOS, TitansModel, memory_heads
 from titans_torch.train_gate import passkey_stream, stream_nats
 from titans_torch.write_gate import read_training_texts, resolve_head, save_with_command
 
@@ -204,7 +204,7 @@ class Trainer:
         the contrasted head: the query at the question's '=' (first digit) or first digit
         (second) against the keys at each stated fact's first or second digit (byte
         passkey.value_offset(i) + d: input position one more, after <|bos|>)."""
-        H, dh = self.model.config["num_heads"], self.model.config["head_dim"]
+        H, dh = memory_heads(self.model.config), self.model.config["head_dim"]
         q = torch.cat([p[0] for p in self.observed], 1)
         k = torch.cat([p[1] for p in self.observed], 1)
         B, T = q.shape[:2]

@@ -5,6 +5,13 @@
 namespace titans {
 namespace {
 
+// Occurrences of `needle` in `text`.
+int Count(const std::string& text, const std::string& needle) {
+  int n = 0;
+  for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
+  return n;
+}
+
 TEST(ModelConfig, JsonRoundTrip) {
   ModelConfig c;
   c.variant = Variant::kMAG;
@@ -25,6 +32,81 @@ TEST(ModelConfig, JsonRoundTrip) {
   auto old = ParseModelConfig(R"({"format_version": 1, "memory": {"depth": 2}})");
   ASSERT_TRUE(old.ok()) << old.status();
   EXPECT_TRUE(old->memory.qk_silu);
+}
+
+// memory.num_heads (optional): the memory's own head count; written back only where set, so a
+// config without it (every model made before it existed) round-trips byte for byte.
+TEST(ModelConfig, MemoryNumHeadsIsOptionalAndRoundTrips) {
+  auto five = ParseModelConfig(
+      R"({"format_version": 1, "variant": "mal", "num_heads": 4, "memory": {"num_heads": 5}})");
+  ASSERT_TRUE(five.ok()) << five.status();
+  EXPECT_EQ(five->num_heads, 4);
+  EXPECT_EQ(five->memory.num_heads, 5);
+  EXPECT_EQ(five->memory_heads(), 5);
+  const std::string json = ModelConfigToJson(*five);
+  EXPECT_NE(json.find("\"num_heads\": 5"), std::string::npos) << json;
+  EXPECT_EQ(Count(json, "\"num_heads\""), 2) << json;  // the attention's and the memory's
+  auto back = ParseModelConfig(json);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->memory.num_heads, 5);
+  EXPECT_EQ(back->memory_heads(), 5);
+  EXPECT_EQ(ModelConfigToJson(*back), json);
+
+  // Absent: the attention's count, and not written back.
+  auto plain = ParseModelConfig(R"({"format_version": 1, "variant": "mal", "num_heads": 4})");
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_EQ(plain->memory.num_heads, 0);
+  EXPECT_EQ(plain->memory_heads(), 4);
+  const std::string plain_json = ModelConfigToJson(*plain);
+  // The only "num_heads" is the top-level one.
+  EXPECT_EQ(Count(plain_json, "\"num_heads\""), 1) << plain_json;
+  auto plain_back = ParseModelConfig(plain_json);
+  ASSERT_TRUE(plain_back.ok()) << plain_back.status();
+  EXPECT_EQ(ModelConfigToJson(*plain_back), plain_json);
+  // A default config (no key) round-trips byte-identically, too.
+  EXPECT_EQ(ModelConfigToJson(*ParseModelConfig(ModelConfigToJson(ModelConfig{}))),
+            ModelConfigToJson(ModelConfig{}));
+  EXPECT_EQ(ModelConfigToJson(ModelConfig{}).find("\"num_heads\": 0"), std::string::npos);
+
+  // 0 is the same as absent; MAC accepts the attention's count spelled out.
+  auto zero = ParseModelConfig(
+      R"({"format_version": 1, "variant": "lmm", "num_heads": 3, "memory": {"num_heads": 0}})");
+  ASSERT_TRUE(zero.ok()) << zero.status();
+  EXPECT_EQ(zero->memory_heads(), 3);
+  auto mac_same = ParseModelConfig(
+      R"({"format_version": 1, "variant": "mac", "num_heads": 4, "memory": {"num_heads": 4}})");
+  ASSERT_TRUE(mac_same.ok()) << mac_same.status();
+  EXPECT_EQ(mac_same->memory_heads(), 4);
+  // Fewer memory heads than attention heads are allowed, too (MAG).
+  auto fewer = ParseModelConfig(
+      R"({"format_version": 1, "variant": "mag", "num_heads": 4, "memory": {"num_heads": 1}})");
+  ASSERT_TRUE(fewer.ok()) << fewer.status();
+  EXPECT_EQ(fewer->memory_heads(), 1);
+}
+
+TEST(ModelConfig, MemoryNumHeadsIsValidated) {
+  for (const char* json : {
+           // MAC's retrieval reads the memory with the attention's heads.
+           R"({"format_version": 1, "variant": "mac", "num_heads": 4, "memory": {"num_heads": 5}})",
+           R"({"format_version": 1, "variant": "mal", "memory": {"num_heads": -1}})",
+           R"({"format_version": 1, "variant": "mal", "memory": {"num_heads": 1025}})",
+           R"({"format_version": 1, "variant": "mal", "memory": {"num_heads": 2.5}})",
+       }) {
+    auto r = ParseModelConfig(json);
+    ASSERT_FALSE(r.ok()) << json;
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << json;
+    EXPECT_NE(r.status().message().find("memory.num_heads"), std::string::npos)
+        << json << " -> " << r.status();
+  }
+  // The same checks for a config built in code.
+  ModelConfig mac;
+  mac.variant = Variant::kMAC;
+  mac.memory.num_heads = mac.num_heads + 1;
+  absl::Status st = ValidateModelConfig(mac);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_NE(st.message().find("memory.num_heads"), std::string::npos) << st;
+  mac.variant = Variant::kMAL;
+  EXPECT_TRUE(ValidateModelConfig(mac).ok());
 }
 
 TEST(ModelConfig, ErrorsNameTheKey) {

@@ -55,6 +55,38 @@ TEST_F(ModelDir, SaveLoadRoundTripGivesIdenticalModel) {
   EXPECT_TRUE(at::equal(*la, *lb));
 }
 
+// memory.num_heads survives a save and load (config.json and the weights' shapes); the same
+// weights under a config without it (the attention's head count) are refused, naming a tensor.
+TEST_F(ModelDir, MemoryHeadsSaveLoadRoundTrip) {
+  ModelConfig c = TinyConfig(Variant::kMAL, 2);
+  c.memory.num_heads = 3;
+  auto model = MakeModel(c, 22);
+  ASSERT_NE(model, nullptr);
+  std::filesystem::remove_all(dir_);
+  ASSERT_TRUE(model->Save(dir_).ok());
+  EXPECT_NE(Read("config.json").find("\"num_heads\": 3"), std::string::npos);
+  auto loaded = TitansModel::Load(dir_);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ((*loaded)->config().memory_heads(), 3);
+  EXPECT_EQ((*loaded)->fingerprint(), model->fingerprint());
+  at::NoGradGuard no_grad;
+  SessionState a = model->NewState(), b = (*loaded)->NewState();
+  at::Tensor tokens = RandomTokens(1, 20, 1);
+  auto la = model->Forward(&a, tokens, LogitsMode::kAll);
+  auto lb = (*loaded)->Forward(&b, tokens, LogitsMode::kAll);
+  ASSERT_TRUE(la.ok() && lb.ok());
+  EXPECT_TRUE(at::equal(*la, *lb));
+
+  std::string config = Read("config.json");
+  const std::string key = "\"num_heads\": 3,";
+  ASSERT_NE(config.find(key), std::string::npos) << config;
+  config.erase(config.find(key), key.size());
+  Write("config.json", config);
+  absl::Status st = LoadStatus();
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_NE(st.message().find("layers.0.memory.q_proj.weight"), std::string::npos) << st;
+}
+
 TEST_F(ModelDir, MissingFilesAreNotFound) {
   std::filesystem::remove(dir_ + "/model.safetensors");
   EXPECT_EQ(LoadStatus().code(), absl::StatusCode::kNotFound);

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <map>
 #include <random>
 #include <set>
 
@@ -712,6 +713,184 @@ TEST(SessionStateSize, SettledStatesHoldTheirBytesAndContinueExactly) {
         EXPECT_EQ(MaxStateDiff(settled, s), 0.0) << where;
       }
     }
+  }
+}
+
+// memory.num_heads: a memory with more heads than the attention (3 vs 2, each head_dim wide).
+// Only the memory's shapes change (names and order stay, so titans-train's files and the Python
+// reference's param_slots line up); the attention keeps num_heads; forward, split invariance and
+// the fused-kernel path work over the memory's own heads.
+ModelConfig MemoryHeadsConfig(Variant v, int memory_heads) {
+  ModelConfig c = TinyConfig(v, 2, 4);
+  c.memory.num_heads = memory_heads;
+  return c;
+}
+
+TEST(MemoryHeads, ParamShapesUseTheMemoryHeadCount) {
+  const ModelConfig c = MemoryHeadsConfig(Variant::kMAL, 3);
+  ASSERT_TRUE(ValidateModelConfig(c).ok());
+  ASSERT_EQ(c.memory_heads(), 3);
+  const int64_t d = c.d_model, dh = c.head_dim, hd = c.num_heads * dh, mhd = 3 * dh;
+  const int64_t K = c.memory.conv_kernel, hidden = c.memory_hidden();
+  ModelParams params, plain_params;
+  const std::vector<ParamSlot> slots = ParamSlots(c, &params);
+  const std::vector<ParamSlot> plain = ParamSlots(TinyConfig(Variant::kMAL, 2, 4), &plain_params);
+  ASSERT_EQ(slots.size(), plain.size());
+  std::map<std::string, std::vector<int64_t>> expected;
+  for (int i = 0; i < c.num_layers; ++i) {
+    const std::string m = "layers." + std::to_string(i) + ".memory.";
+    const std::string a = "layers." + std::to_string(i) + ".attn.";
+    for (const char* name :
+         {"q_proj.weight", "k_proj.weight", "v_proj.weight", "out_gate.weight"}) {
+      expected[m + name] = {mhd, d};
+    }
+    for (const char* name : {"q_conv.weight", "k_conv.weight", "v_conv.weight"}) {
+      expected[m + name] = {mhd, K};
+    }
+    for (const char* gate : {"alpha", "eta", "theta"}) {
+      expected[m + gate + "_proj.weight"] = {3, d};
+      expected[m + gate + "_proj.bias"] = {3};
+    }
+    expected[m + "initial_weights.0"] = {3, hidden, dh};
+    expected[m + "initial_weights.1"] = {3, dh, hidden};
+    expected[m + "out_norm.weight"] = {mhd};
+    expected[m + "out_proj.weight"] = {d, mhd};
+    // The attention keeps num_heads.
+    for (const char* name : {"wq.weight", "wk.weight", "wv.weight"}) expected[a + name] = {hd, d};
+    expected[a + "wo.weight"] = {d, hd};
+  }
+  int memory_slots = 0, checked = 0;
+  for (size_t i = 0; i < slots.size(); ++i) {
+    // Same names in the same order as with the attention's head count; only shapes change.
+    EXPECT_EQ(slots[i].name, plain[i].name);
+    EXPECT_EQ(slots[i].init, plain[i].init) << slots[i].name;
+    const bool memory = slots[i].name.find(".memory.") != std::string::npos;
+    memory_slots += memory;
+    auto it = expected.find(slots[i].name);
+    if (it != expected.end()) {
+      EXPECT_EQ(slots[i].shape, it->second) << slots[i].name;
+      ++checked;
+    } else {
+      EXPECT_FALSE(memory) << slots[i].name << " has no expected shape";
+      EXPECT_EQ(slots[i].shape, plain[i].shape) << slots[i].name;  // not the memory's
+    }
+  }
+  EXPECT_EQ(checked, static_cast<int>(expected.size()));
+  EXPECT_EQ(memory_slots, 2 * 17);  // 17 memory tensors per layer at depth 2
+  // The random model holds tensors of those shapes.
+  auto model = MakeModel(c, 5);
+  ASSERT_NE(model, nullptr);
+  const NeuralMemoryParams& m = model->params().layers[0].memory;
+  EXPECT_EQ(m.q_proj.sizes(), at::IntArrayRef({mhd, d}));
+  EXPECT_EQ(m.theta_b.sizes(), at::IntArrayRef({3}));
+  EXPECT_EQ(m.initial_weights[0].sizes(), at::IntArrayRef({3, hidden, dh}));
+  EXPECT_EQ(m.out_proj.sizes(), at::IntArrayRef({d, mhd}));
+  EXPECT_EQ(model->params().layers[0].attn.wq.sizes(), at::IntArrayRef({hd, d}));
+}
+
+TEST(MemoryHeads, ForwardAndStateUseTheMemoryHeadCount) {
+  for (Variant v : {Variant::kMAL, Variant::kMAG, Variant::kLMM}) {
+    for (int memory_heads : {1, 3}) {
+      const ModelConfig c = MemoryHeadsConfig(v, memory_heads);
+      auto model = MakeModel(c, 13);
+      ASSERT_NE(model, nullptr) << Name(v);
+      at::NoGradGuard no_grad;
+      SessionState s = model->NewState();
+      const int64_t T = 37;  // 9 whole chunks and one token of the next; past the window
+      const at::Tensor logits = ForwardAll(*model, &s, RandomTokens(1, T, 14));
+      ASSERT_TRUE(logits.defined());
+      EXPECT_EQ(logits.sizes(), at::IntArrayRef({1, T, c.vocab_size}));
+      EXPECT_TRUE(at::isfinite(logits).all().item<bool>()) << Name(v);
+      EXPECT_TRUE(ValidateSessionState(c, s).ok()) << Name(v) << ValidateSessionState(c, s);
+      const int64_t dh = c.head_dim, hidden = c.memory_hidden(), p = T % c.memory.chunk_size;
+      for (const LayerState& L0 : s.layers) {
+        LayerState L = L0;
+        MaterializeTails(&L);
+        MaterializeCache(&L);
+        ASSERT_EQ(L.memory.weights.size(), 2u);
+        EXPECT_EQ(L.memory.weights[0].sizes(), at::IntArrayRef({memory_heads, hidden, dh}));
+        EXPECT_EQ(L.memory.weights[1].sizes(), at::IntArrayRef({memory_heads, dh, hidden}));
+        EXPECT_EQ(L.memory.momentum[1].sizes(), at::IntArrayRef({memory_heads, dh, hidden}));
+        EXPECT_EQ(PendingInputs(L.memory, 0).sizes(), at::IntArrayRef({memory_heads, p, dh}));
+        EXPECT_EQ(PendingDeltas(L.memory, 1).sizes(), at::IntArrayRef({memory_heads, p, dh}));
+        EXPECT_EQ(PendingGates(L.memory).theta.sizes(), at::IntArrayRef({memory_heads, p}));
+        const int64_t K1 = c.memory.conv_kernel - 1;
+        for (const at::Tensor* tail : {&L.q_tail, &L.k_tail, &L.v_tail}) {
+          EXPECT_EQ(tail->sizes(), at::IntArrayRef({1, K1, memory_heads * dh})) << Name(v);
+        }
+        if (v != Variant::kLMM) {  // the attention cache keeps num_heads
+          EXPECT_EQ(L.attn_k.size(1), c.num_heads);
+          EXPECT_EQ(L.attn_v.size(1), c.num_heads);
+        }
+      }
+      // A state of the attention's head count is not this model's.
+      ModelConfig plain = c;
+      plain.memory.num_heads = 0;
+      EXPECT_EQ(ValidateSessionState(plain, s).code(), absl::StatusCode::kInvalidArgument);
+    }
+  }
+}
+
+// A stream in two calls gives the logits and state of one call (double precision, as in
+// AppendSplitInvariance), and the fused kernel (fp32 serving) agrees with the LibTorch form.
+TEST(MemoryHeads, SplitInvariantAndKernelMatchesLibTorch) {
+  for (Variant v : {Variant::kMAL, Variant::kLMM}) {
+    const ModelConfig c = MemoryHeadsConfig(v, 3);
+    {
+      auto model = MakeModel(c, 7, /*dbl=*/true);
+      ASSERT_NE(model, nullptr);
+      at::NoGradGuard no_grad;
+      const at::Tensor tokens = RandomTokens(1, 50, 8);
+      SessionState whole = model->NewState(), split = model->NewState();
+      const at::Tensor expected = ForwardAll(*model, &whole, tokens);
+      const at::Tensor a = ForwardAll(*model, &split, tokens.slice(1, 0, 23));
+      const at::Tensor b = ForwardAll(*model, &split, tokens.slice(1, 23, 50));
+      EXPECT_LT(MaxDiff(at::cat({a, b}, 1), expected), 1e-9) << Name(v);
+      EXPECT_LT(MaxStateDiff(split, whole), 1e-9) << Name(v);
+    }
+    auto model = MakeModel(c, 17);
+    ASSERT_NE(model, nullptr);
+    const at::Tensor tokens = RandomTokens(1, 45, 18);
+    SessionState kernel_state = model->NewState(), torch_state = model->NewState();
+    at::Tensor kernel_logits, torch_logits;
+    {
+      at::NoGradGuard no_grad;  // -> the fused memory kernel over the packed heads
+      kernel_logits = at::cat({ForwardAll(*model, &kernel_state, tokens.slice(1, 0, 30)),
+                               ForwardAll(*model, &kernel_state, tokens.slice(1, 30, 45))},
+                              1);
+    }
+    {
+      at::AutoGradMode grad(true);  // -> MemoryWriteReadTorch
+      torch_logits = at::cat({ForwardAll(*model, &torch_state, tokens.slice(1, 0, 30)),
+                              ForwardAll(*model, &torch_state, tokens.slice(1, 30, 45))},
+                             1);
+    }
+    EXPECT_LT(MaxDiff(kernel_logits, torch_logits.detach()), 2e-4) << Name(v);
+    EXPECT_LT(MaxStateDiff(kernel_state, torch_state), 2e-4) << Name(v);
+    // fp32 serving: the stream in two ForwardMany calls beside a session at another position
+    // ends where the one call does (as in ForwardMany.SplitInvariantLogitsAndState).
+    at::NoGradGuard no_grad;
+    SessionState many = model->NewState(), other = model->NewState();
+    ASSERT_TRUE(model->Forward(&other, RandomTokens(1, 6, 19)).ok());
+    const int64_t* ids = tokens.data_ptr<int64_t>();
+    const std::vector<int64_t> head(ids, ids + 17), rest(ids + 17, ids + 45);
+    ASSERT_TRUE(model->ForwardMany({&many, &other}, {head, {ids[0]}}).ok());
+    ASSERT_TRUE(model->ForwardMany({&many, &other}, {rest, {ids[1]}}).ok());
+    if (BatchInvariantCpuKernels()) {
+      EXPECT_TRUE(at::equal(many.last_logits, kernel_logits.select(1, 44))) << Name(v);
+      EXPECT_EQ(MaxStateDiff(many, kernel_state), 0.0) << Name(v);
+    } else {
+      EXPECT_LT(MaxDiff(many.last_logits, kernel_logits.select(1, 44)), 2e-4) << Name(v);
+      EXPECT_LT(MaxStateDiff(many, kernel_state), 2e-4) << Name(v);
+    }
+    // A batch of two streams in one Forward (groups b * Hm + h) gives what each gets alone.
+    SessionState pair = model->NewState(2), first = model->NewState(), second = model->NewState();
+    const at::Tensor two = RandomTokens(2, 21, 20);
+    const at::Tensor both = ForwardAll(*model, &pair, two);
+    EXPECT_LT(MaxDiff(both.slice(0, 0, 1), ForwardAll(*model, &first, two.slice(0, 0, 1))), 2e-4)
+        << Name(v);
+    EXPECT_LT(MaxDiff(both.slice(0, 1, 2), ForwardAll(*model, &second, two.slice(0, 1, 2))), 2e-4)
+        << Name(v);
   }
 }
 

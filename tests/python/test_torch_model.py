@@ -43,6 +43,10 @@ RANDOM_MODELS = {
         "variant": "mal", "memory": {"residual": True, "qk_activation": "none"},
         "attention": {"window": 20}},
     "lmm_depth1_chunk3": {"variant": "lmm", "memory": {"depth": 1, "chunk_size": 3}},
+    # memory.num_heads: more memory heads than attention heads, and fewer.
+    "mal_three_memory_heads": {"variant": "mal", "memory": {"num_heads": 3},
+                               "attention": {"window": 10}},
+    "mag_one_memory_head": {"variant": "mag", "memory": {"num_heads": 1}},
     "swa_window_7_no_persistent": {"variant": "swa", "attention": {"window": 7,
                                                                    "num_persistent": 0}},
 }
@@ -553,6 +557,36 @@ def test_train_recall_trains_the_named_parameters_and_resumes_bit_for_bit(tmp_pa
         bad = run_gate_tool("train_recall", "--model_dir", start, "--out", tmp_path / "bad",
                             "--data", corpus, *args)
         assert bad.returncode == 2 and message in bad.stderr, (args, bad.stderr)
+        assert not (tmp_path / "bad").exists()
+
+
+def test_add_memory_head_keeps_the_function_and_the_server_serves_it(tmp_path):
+    from titans_torch.model import memory_heads
+    start = random_model(tmp_path, "narrow", {"variant": "mal", "attention": {"window": 16}})
+    out = tmp_path / "wider"
+    done = run_gate_tool("add_memory_head", "--model_dir", start, "--out", out, "--clone", "1")
+    assert done.returncode == 0, done.stderr
+    before, after = TitansModel.load(start), TitansModel.load(str(out))
+    assert memory_heads(before.config) == 2 and memory_heads(after.config) == 3
+    assert after.config["num_heads"] == 2  # the attention keeps its heads
+    dh = before.config["head_dim"]
+    copied = after.p("layers.0.memory.k_proj.weight")
+    assert torch.equal(copied[2 * dh:], before.p("layers.0.memory.k_proj.weight")[dh:2 * dh])
+    assert torch.equal(after.p("layers.1.memory.theta_proj.bias")[2],
+                       before.p("layers.1.memory.theta_proj.bias")[1])
+    tokens = list(TEXT[:500])
+    with torch.no_grad():
+        old, _ = before.score(tokens, None)
+        new, _ = after.score(tokens, None)
+    assert max(abs(a - b) for a, b in zip(old, new)) < 1e-5
+    worst, _ = compare_with_server(str(out), 300, seed=11)
+    assert worst < TOLERANCE
+    mac = random_model(tmp_path, "mac", {"variant": "mac"})
+    for model_dir, args, message in ((mac, ["--clone", "0"], "variant mac cannot"),
+                                     (start, ["--clone", "2"], "--clone 2 out of range")):
+        bad = run_gate_tool("add_memory_head", "--model_dir", model_dir, "--out",
+                            tmp_path / "bad", *args)
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr
         assert not (tmp_path / "bad").exists()
 
 

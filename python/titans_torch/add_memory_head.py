@@ -1,0 +1,93 @@
+"""Adds one head to every layer's neural memory, a copy of an existing head, without changing
+what the model computes: the copy and its original each take half of the original's output
+columns.
+
+    python3 -m titans_torch.add_memory_head --model_dir models/default --out wider --clone 0
+
+Why (docs/evaluation.md, "A memory head of its own for facts"): the recall head reads both
+passkeys and fact lists, and refitting its queries to tell the facts' names apart costs passkey
+reads; another head repurposed for the facts costs the text that head modelled (0.1 bits per
+byte). A new head that starts as the recall head's copy already writes and keeps what a session is
+told; `fit_keys --head <new>` can then teach its keys the names and `train_recall --head <new>
+--only_head` its read, while every old head keeps its weights.
+
+The new head is the last: memory.num_heads in config.json becomes one more than before (the
+attention's num_heads when absent). Every memory tensor gets the clone's share appended (rows of
+the projections, convolutions, output gate and norm; an entry of each gate; a slice of the
+initial memory weights) and out_proj gets the clone's columns; both copies of those columns are
+the original's halved (exact in binary floating point), so each output is the same sum of the
+same terms, up to the order a matrix product adds them in. The memory state per session grows
+by one head's share (docs/model.md). MAC is refused (its retrieval reads the memory with the
+attention's heads).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+
+import torch
+
+from titans_torch.model import TitansModel, memory_heads
+from titans_torch.write_gate import save_with_command
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python3 -m titans_torch.add_memory_head",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--model_dir", required=True, help="model to start from")
+    p.add_argument("--out", required=True, help="directory of the new model")
+    p.add_argument("--clone", type=int, required=True,
+                   help="the memory head (0-based, the same in every layer) the new one copies")
+    return p.parse_args(argv)
+
+
+def add_memory_head(model: TitansModel, clone: int) -> TitansModel:
+    """A new model with one more memory head per layer, a copy of head `clone` (see above).
+    ValueError for MAC, SWA (no memory) or a head out of range."""
+    config = copy.deepcopy(model.config)
+    if config["variant"] in ("mac", "swa"):
+        raise ValueError(f"variant {config['variant']} cannot take another memory head")
+    heads, dh = memory_heads(config), config["head_dim"]
+    if not 0 <= clone < heads:
+        raise ValueError(f"--clone {clone} out of range [0, {heads})")
+    config["memory"]["num_heads"] = heads + 1
+    wider = TitansModel(config)
+    old = dict(model.named_parameters())
+    own = slice(clone * dh, (clone + 1) * dh)
+    with torch.no_grad():
+        for name, tensor in wider.named_parameters():
+            before = old[name]
+            if tensor.shape == before.shape:
+                tensor.copy_(before)
+            elif name.endswith("out_proj__weight"):  # [d, Hm * dh]: the heads' columns
+                half = before[:, own] * 0.5
+                tensor[:, :heads * dh] = before
+                tensor[:, own] = half
+                tensor[:, heads * dh:] = half
+            elif tensor.shape[0] == heads + 1:  # gates [Hm, d], [Hm]; initial weights [Hm, ...]
+                tensor[:heads] = before
+                tensor[heads] = before[clone]
+            else:  # [Hm * dh, ...]: projections, convolutions, output gate and norm
+                tensor[:heads * dh] = before
+                tensor[heads * dh:] = before[own]
+    return wider
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    model = TitansModel.load(args.model_dir)
+    try:
+        wider = add_memory_head(model, args.clone)
+    except ValueError as e:
+        print(f"add_memory_head: {e}", file=sys.stderr)
+        return 2
+    save_with_command(wider, args.out, "add_memory_head", argv)
+    heads = memory_heads(wider.config)
+    print(f"wrote {args.out}: {heads} memory heads per layer, head {heads - 1} a copy of head "
+          f"{args.clone}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
