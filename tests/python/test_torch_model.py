@@ -574,11 +574,24 @@ def test_add_memory_head_keeps_the_function_and_the_server_serves_it(tmp_path):
     assert torch.equal(copied[2 * dh:], before.p("layers.0.memory.k_proj.weight")[dh:2 * dh])
     assert torch.equal(after.p("layers.1.memory.theta_proj.bias")[2],
                        before.p("layers.1.memory.theta_proj.bias")[1])
+    # The default --new_output zero: the original's output columns as they were, the copy's zero.
+    out_proj = after.p("layers.1.memory.out_proj.weight")
+    assert torch.equal(out_proj[:, :2 * dh], before.p("layers.1.memory.out_proj.weight"))
+    assert not out_proj[:, 2 * dh:].any()
+    halved = tmp_path / "halved"
+    done = run_gate_tool("add_memory_head", "--model_dir", start, "--out", halved, "--clone", "1",
+                         "--new_output", "half")
+    assert done.returncode == 0, done.stderr
+    half = TitansModel.load(str(halved))
+    original = before.p("layers.0.memory.out_proj.weight")[:, dh:2 * dh]
+    for columns in (slice(dh, 2 * dh), slice(2 * dh, 3 * dh)):
+        assert torch.equal(half.p("layers.0.memory.out_proj.weight")[:, columns], original * 0.5)
     tokens = list(TEXT[:500])
     with torch.no_grad():
         old, _ = before.score(tokens, None)
-        new, _ = after.score(tokens, None)
-    assert max(abs(a - b) for a, b in zip(old, new)) < 1e-5
+        for model in (after, half):
+            new, _ = model.score(tokens, None)
+            assert max(abs(a - b) for a, b in zip(old, new)) < 1e-5
     worst, _ = compare_with_server(str(out), 300, seed=11)
     assert worst < TOLERANCE
     mac = random_model(tmp_path, "mac", {"variant": "mac"})
