@@ -137,7 +137,7 @@ def head_mask(model: TitansModel, name: str, layer: int, head: int):
     prefix = f"layers.{layer}.memory."
     if not name.startswith(prefix):
         return None
-    tensor = dict((parameter_name(n), t) for n, t in model.named_parameters())[name]
+    tensor = model.p(name)
     dh = model.config["head_dim"]
     part = name[len(prefix):]
     mask = torch.zeros_like(tensor)
