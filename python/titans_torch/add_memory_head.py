@@ -32,7 +32,7 @@ import sys
 
 import torch
 
-from titans_torch.model import TitansModel, memory_heads
+from titans_torch.model import TitansModel, memory_head_share, memory_heads
 from titans_torch.write_gate import save_with_command
 
 
@@ -60,26 +60,21 @@ def add_memory_head(model: TitansModel, clone: int, new_output: str = "zero") ->
         raise ValueError(f"--clone {clone} out of range [0, {heads})")
     config["memory"]["num_heads"] = heads + 1
     wider = TitansModel(config)
-    old = dict(model.named_parameters())
-    own = slice(clone * dh, (clone + 1) * dh)
     with torch.no_grad():
-        for name, tensor in wider.named_parameters():
-            before = old[name]
+        for name, _, _, _ in wider.slots:
+            tensor, before = wider.p(name), model.p(name)
             if tensor.shape == before.shape:
                 tensor.copy_(before)
-            elif name.endswith("out_proj__weight"):  # [d, Hm * dh]: the heads' columns
-                tensor[:, :heads * dh] = before
-                if new_output == "half":
-                    tensor[:, own] = before[:, own] * 0.5
-                    tensor[:, heads * dh:] = before[:, own] * 0.5
-                else:
-                    tensor[:, heads * dh:] = 0
-            elif tensor.shape[0] == heads + 1:  # gates [Hm, d], [Hm]; initial weights [Hm, ...]
-                tensor[:heads] = before
-                tensor[heads] = before[clone]
-            else:  # [Hm * dh, ...]: projections, convolutions, output gate and norm
-                tensor[:heads * dh] = before
-                tensor[heads * dh:] = before[own]
+                continue
+            axis, width = memory_head_share(name, dh)
+            copy_of = before.narrow(axis, clone * width, width)
+            if name.endswith("memory.out_proj.weight") and new_output == "zero":
+                copy_of = torch.zeros_like(copy_of)
+            elif name.endswith("memory.out_proj.weight"):  # half: both copies take half
+                copy_of = copy_of * 0.5
+                before = before.clone()
+                before.narrow(axis, clone * width, width).copy_(copy_of)
+            tensor.copy_(torch.cat([before, copy_of], axis))
     return wider
 
 

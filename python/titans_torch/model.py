@@ -42,6 +42,18 @@ def memory_heads(config: dict) -> int:
     return config["memory"].get("num_heads", 0) or config["num_heads"]
 
 
+def memory_head_share(name: str, head_dim: int) -> Tuple[int, int]:
+    """(axis, width): memory head h's share of memory tensor `name` (layers.i.memory.*) is
+    `tensor.narrow(axis, h * width, width)`: columns of out_proj, one entry of each gate and of
+    the initial weights, rows of the projections, convolutions, output gate and norm."""
+    part = name.split(".memory.", 1)[1]
+    if part == "out_proj.weight":
+        return 1, head_dim
+    if part.startswith(("alpha_proj", "eta_proj", "theta_proj", "initial_weights")):
+        return 0, 1
+    return 0, head_dim
+
+
 def param_slots(config: dict) -> List[Tuple[str, Tuple[int, ...], str, float]]:
     """(name, shape, initialisation, constant) of every parameter, in the order titans-train
     writes them and the weights' CRC covers them (model/params.cc)."""

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from titans_torch import passkey
-from titans_torch.model import BOS, TitansModel, memory_heads
+from titans_torch.model import BOS, TitansModel, memory_head_share, memory_heads
 from titans_torch.train_gate import passkey_stream, stream_nats
 from titans_torch.write_gate import read_training_texts, resolve_head, save_with_command
 
@@ -133,20 +133,12 @@ def head_mask(model: TitansModel, name: str, layer: int, head: int):
     """A 0/1 tensor shaped like parameter `name` that is 1 on memory head `head`'s share of it,
     for a tensor of layer `layer`'s memory (None for any other tensor): rows of the [H*dh, .]
     projections, convolutions, output gate and norm, columns of out_proj, the head's row and bias
-    of each gate, its slice of the initial memory weights."""
-    prefix = f"layers.{layer}.memory."
-    if not name.startswith(prefix):
+    of each gate, its slice of the initial memory weights (memory_head_share)."""
+    if not name.startswith(f"layers.{layer}.memory."):
         return None
-    tensor = model.p(name)
-    dh = model.config["head_dim"]
-    part = name[len(prefix):]
-    mask = torch.zeros_like(tensor)
-    if part == "out_proj.weight":
-        mask[:, head * dh:(head + 1) * dh] = 1
-    elif part.startswith(("alpha_proj", "eta_proj", "theta_proj", "initial_weights")):
-        mask[head] = 1
-    else:  # q/k/v_proj, q/k/v_conv, out_gate, out_norm: [H*dh, ...]
-        mask[head * dh:(head + 1) * dh] = 1
+    axis, width = memory_head_share(name, model.config["head_dim"])
+    mask = torch.zeros_like(model.p(name))
+    mask.narrow(axis, head * width, width).fill_(1)
     return mask
 
 
