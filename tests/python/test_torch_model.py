@@ -678,3 +678,18 @@ def test_memory_probe_reports_every_head(tmp_path):
     for kind in ("text", "noise", "key digits in text"):
         rows = [l for l in gates if l.startswith(f"| {kind} |")]
         assert len(rows) == 2 * 2 and all(0 < float(r.split("|")[7]) <= 0.1 for r in rows)
+
+
+def test_memory_num_heads_is_checked_as_the_server_checks_it():
+    from titans_torch.io import complete_config
+    from titans_torch.model import memory_heads
+    assert memory_heads(complete_config({"variant": "mal", "memory": {"num_heads": 5}})) == 5
+    assert memory_heads(complete_config({"variant": "mal", "num_heads": 3})) == 3
+    assert memory_heads(complete_config({"variant": "mal", "num_heads": 3,
+                                         "memory": {"num_heads": 0}})) == 3
+    for raw, message in (({"variant": "mac", "num_heads": 4, "memory": {"num_heads": 5}},
+                          "must equal num_heads for MAC"),
+                         ({"variant": "mal", "memory": {"num_heads": -1}}, "must be in [0, 1024]"),
+                         ({"variant": "mal", "memory": {"num_heads": 2.5}}, "must be in [0, 1024]")):
+        with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            complete_config(raw)
