@@ -27,6 +27,21 @@ class PasskeyAcrossCallsTest : public ServerTest {
     options_.model_dir = TITANS_DEFAULT_MODEL_DIR;
     options_.step_token_budget = 512;
   }
+
+  // Appends `text` to session `id` in pieces of 1-255 bytes drawn from `rng`, as a client
+  // streaming a document would; *calls counts the Append calls. The first failure's status.
+  grpc::Status AppendInPieces(const std::string& id, const std::string& text, std::mt19937_64* rng,
+                              int* calls) {
+    std::uniform_int_distribution<int> piece(1, 255);
+    *calls = 0;
+    for (size_t at = 0; at < text.size(); ++*calls) {
+      const size_t n = std::min(text.size() - at, static_cast<size_t>(piece(*rng)));
+      grpc::Status st = AppendText(id, text.substr(at, n));
+      if (!st.ok()) return st;
+      at += n;
+    }
+    return grpc::Status::OK;
+  }
 };
 
 // Greedy five-digit answer of `model` to `prompt` read in one piece, in-process.
@@ -88,7 +103,6 @@ TEST_P(PasskeyHaystackTest, KeyPlantedFarOutsideTheWindowIsRecalledAfterManyAppe
   ASSERT_GT(filler.size(), 2u * length) << "licence texts missing?";
   const std::string question = kPasskeyQuestion;
   std::mt19937_64 rng(2026);
-  std::uniform_int_distribution<int> piece(1, 255);
   constexpr int kTrials = 10;
   // Measured in docs/evaluation.md: the true key is tens of nats more likely for the shipped
   // model, ~0 for the attention-only baseline in its place.
@@ -112,11 +126,8 @@ TEST_P(PasskeyHaystackTest, KeyPlantedFarOutsideTheWindowIsRecalledAfterManyAppe
     }
     const std::string id = Create().session_id();
     int calls = 0;
-    for (size_t at = 0; at < context.size(); ++calls) {
-      const size_t n = std::min(context.size() - at, static_cast<size_t>(piece(rng)));
-      ASSERT_TRUE(AppendText(id, context.substr(at, n)).ok());
-      at += n;
-    }
+    grpc::Status appended = AppendInPieces(id, context, &rng, &calls);
+    ASSERT_TRUE(appended.ok()) << appended.error_message();
     ASSERT_GT(calls, 16);
     // log p(question + candidate's digits), digits only, the session unchanged.
     auto key_logprob = [&](const std::string& candidate) {
@@ -132,18 +143,9 @@ TEST_P(PasskeyHaystackTest, KeyPlantedFarOutsideTheWindowIsRecalledAfterManyAppe
       return sum;
     };
     advantage += key_logprob(key) - key_logprob(other);
-    pb::GenerateRequest req;
-    req.set_session_id(id);
-    req.set_prompt_text(question);
-    req.set_max_tokens(5);
-    req.mutable_sampling()->set_temperature(0);
-    req.set_stop_at_eos(false);
-    auto ctx = Ctx();
-    auto reader = stub_->Generate(ctx.get(), req);
-    pb::GenerateResponse msg;
-    std::string answer;
-    while (reader->Read(&msg)) answer += msg.text();
-    ASSERT_TRUE(reader->Finish().ok());
+    grpc::Status generated;
+    const std::string answer = GenerateText(id, 5, &generated, nullptr, "", question);
+    ASSERT_TRUE(generated.ok()) << generated.error_message();
     EXPECT_EQ(answer, InProcessAnswer(**model, prompt)) << "trial " << trial;
     recalled += answer == key;
     // One line per trial, flushed: if a run is ever cut off by CTest's timeout, its log shows how
@@ -174,7 +176,7 @@ INSTANTIATE_TEST_SUITE_P(Haystacks, PasskeyHaystackTest,
 TEST_F(PasskeyAcrossCallsTest, FourFactsToldEarlyAreRecalledAfterManyAppends) {
   Start();
   std::mt19937_64 rng(2027);
-  std::uniform_int_distribution<int> piece(1, 255), letter(0, 25), digit(0, 9);
+  std::uniform_int_distribution<int> letter(0, 25), digit(0, 9);
   constexpr int kTrials = 10, kFacts = 4;
   const std::string noise = PasskeyNoise(16384);
   int recalled = 0;
@@ -193,11 +195,8 @@ TEST_F(PasskeyAcrossCallsTest, FourFactsToldEarlyAreRecalledAfterManyAppends) {
     context += noise.substr(start, 4096);
     const std::string id = Create().session_id();
     int calls = 0;
-    for (size_t at = 0; at < context.size(); ++calls) {
-      const size_t n = std::min(context.size() - at, static_cast<size_t>(piece(rng)));
-      ASSERT_TRUE(AppendText(id, context.substr(at, n)).ok());
-      at += n;
-    }
+    grpc::Status appended = AppendInPieces(id, context, &rng, &calls);
+    ASSERT_TRUE(appended.ok()) << appended.error_message();
     ASSERT_GT(calls, 16);
     std::vector<int> order(kFacts);
     for (int i = 0; i < kFacts; ++i) order[i] = i;
@@ -205,18 +204,10 @@ TEST_F(PasskeyAcrossCallsTest, FourFactsToldEarlyAreRecalledAfterManyAppends) {
     std::string answers;
     for (int q = 0; q < kFacts; ++q) {
       const int i = order[q];
-      pb::GenerateRequest req;
-      req.set_session_id(id);
-      req.set_prompt_text((q == 0 ? " Recall: " : ", ") + names[i] + "=");
-      req.set_max_tokens(2);
-      req.mutable_sampling()->set_temperature(0);
-      req.set_stop_at_eos(false);
-      auto ctx = Ctx();
-      auto reader = stub_->Generate(ctx.get(), req);
-      pb::GenerateResponse msg;
-      std::string answer;
-      while (reader->Read(&msg)) answer += msg.text();
-      ASSERT_TRUE(reader->Finish().ok());
+      grpc::Status generated;
+      const std::string answer = GenerateText(id, 2, &generated, nullptr, "",
+                                              (q == 0 ? " Recall: " : ", ") + names[i] + "=");
+      ASSERT_TRUE(generated.ok()) << generated.error_message();
       recalled += answer == values[i];
       answers += names[i] + "=" + answer + " (" + values[i] + ") ";
     }

@@ -106,11 +106,14 @@ class ServerTest : public ::testing::Test {
     return st;
   }
 
-  // Generates greedily; returns the concatenated text (and the last message in *last).
+  // Generates greedily, after `prompt` if one is given; returns the concatenated text (and the
+  // last message in *last).
   std::string GenerateText(const std::string& id, int max_tokens, grpc::Status* status,
-                           pb::GenerateResponse* last = nullptr, const std::string& token = "") {
+                           pb::GenerateResponse* last = nullptr, const std::string& token = "",
+                           const std::string& prompt = "") {
     pb::GenerateRequest req;
     req.set_session_id(id);
+    if (!prompt.empty()) req.set_prompt_text(prompt);
     req.set_max_tokens(max_tokens);
     req.mutable_sampling()->set_temperature(0);
     req.set_stop_at_eos(false);

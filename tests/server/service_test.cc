@@ -906,18 +906,8 @@ TEST_F(ServerTest, ImplicitBosOnlyWhenPredictingFromAnEmptySession) {
   EXPECT_EQ(Position("append"), 3);
 
   Create("prompted");
-  pb::GenerateRequest req;
-  req.set_session_id("prompted");
-  req.set_prompt_text("abc");
-  req.set_max_tokens(2);
-  req.mutable_sampling()->set_temperature(0);
-  req.set_stop_at_eos(false);
-  auto ctx = Ctx();
-  auto reader = stub_->Generate(ctx.get(), req);
-  pb::GenerateResponse msg;
-  while (reader->Read(&msg)) {
-  }
-  ASSERT_TRUE(reader->Finish().ok());
+  GenerateText("prompted", 2, &st, nullptr, "", "abc");
+  ASSERT_TRUE(st.ok()) << st.error_message();
   EXPECT_EQ(Position("prompted"), 5);
 }
 
