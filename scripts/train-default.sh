@@ -132,41 +132,38 @@ stages() {  # NAME CONFIG
     --long_recall_fraction 0.25 --passkey_noise_fraction 0.1 \
     --steps 1024 --checkpoint_every 128 --eval_every 256 --lr 1.5e-4 --min_lr 2e-5 --seed 29
 }
-gate_step() {  # MODULE FROM TO ARGS...: a titans_torch gate tool, $RUNS/FROM/model -> $RUNS/TO/model
+gate_step() {  # MODULE FROM TO ARGS...: a titans_torch tool, $RUNS/FROM/model -> $RUNS/TO/model
   local module="$1" from="$2" to="$3"
   shift 3
   [ -f "$RUNS/$to/model/config.json" ] && return 0
+  # The training tools (train_gate, train_recall) checkpoint beside the model directory; the
+  # others never write one, so only an interrupted training run resumes.
+  local resume=()
+  [ -f "$RUNS/$to/model.checkpoint.pt" ] && resume=(--resume)
   PYTHONPATH=python /usr/bin/python3 -m "titans_torch.$module" --model_dir "$RUNS/$from/model" \
-    --out "$RUNS/$to/model" "$@" >> "$RUNS/$to.log" 2>&1
+    --out "$RUNS/$to/model" "$@" "${resume[@]}" >> "$RUNS/$to.log" 2>&1
 }
 recall_head() {  # stages 8-11, Titans only: the recall head's write gate (see the list above)
   gate_step write_gate titans-default-english16c titans-default-calibrated \
     --layer 1 --head auto --theta_bias_shift -1.5 || return
   gate_step write_gate titans-default-calibrated titans-default-digits \
     --layer 1 --head auto --fit_on data/kjv.txt,data/english.txt || return
-  local resume=()
-  [ -f "$RUNS/titans-default-gated/model.checkpoint.pt" ] && resume=(--resume)
   gate_step train_gate titans-default-digits titans-default-gated \
-    --layer 1 --head auto --data data/english.txt,data/kjv.txt --steps 20 --length 65536 \
-    "${resume[@]}" || return
-  resume=()
-  [ -f "$RUNS/titans-default-gated2/model.checkpoint.pt" ] && resume=(--resume)
+    --layer 1 --head auto --data data/english.txt,data/kjv.txt --steps 20 --length 65536 || return
   gate_step train_gate titans-default-gated titans-default-gated2 \
     --layer 1 --head auto --data data/english.txt,data/kjv.txt --steps 30 --length 65536 \
-    --seed 6 --noise_fraction 0.3 "${resume[@]}"
+    --seed 6 --noise_fraction 0.3
 }
 fact_head() {  # stages 12-14, Titans only: a memory head of its own for facts
   gate_step add_memory_head titans-default-gated2 titans-default-wide --clone 0 || return
   gate_step fit_keys titans-default-wide titans-default-factkeys --layer 1 --head 4 \
     --data data/english.txt,data/kjv.txt --tasks 100 --iters 300 --own 0 --keep 1 --lr 1e-2 \
     --threads 1 || return
-  local resume=()
-  [ -f "$RUNS/titans-default-facts/model.checkpoint.pt" ] && resume=(--resume)
   gate_step train_recall titans-default-factkeys titans-default-facts \
     --data data/english.txt,data/kjv.txt --params 'layers\.1\.memory\.(?!(alpha|eta|theta)_)' \
     --head 4 --only_head --contrast 1 --lm_weight 2 --pk_len 65536 --passkey_every 3 \
     --noise_fraction 0.3 --lr 1e-3 --seed 2 --steps 90 --eval_every 30 --checkpoint_every 15 \
-    --threads 2 "${resume[@]}"
+    --threads 2
 }
 titans() {
   if [ ! -f "$RUNS/titans-default-gated2/model/config.json" ]; then
