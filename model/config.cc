@@ -110,6 +110,21 @@ absl::Status ParseMemory(const json& m, MemoryConfig* out) {
       ReadDouble(m, "eta_bias_init", "memory.eta_bias_init", &out->eta_bias_init));
   TITANS_RETURN_IF_ERROR(
       ReadDouble(m, "theta_bias_init", "memory.theta_bias_init", &out->theta_bias_init));
+  if (m.contains("num_heads") && m.at("num_heads").is_array()) {
+    // One count per layer (range and length are checked by ValidateModelConfig).
+    for (const json& v : m.at("num_heads")) {
+      if (!v.is_number_integer()) return Invalid("memory.num_heads", "must list integers");
+      const int64_t n = v.get<int64_t>();
+      if (n < 0 || n > 1024) {
+        return Invalid("memory.num_heads", absl::StrCat("must list counts in [1, 1024], got ", n));
+      }
+      out->layer_heads.push_back(static_cast<int>(n));
+    }
+    if (out->layer_heads.empty()) {
+      return Invalid("memory.num_heads", "must list one count per layer, got an empty list");
+    }
+    return absl::OkStatus();
+  }
   TITANS_RETURN_IF_ERROR(ReadInt(m, "num_heads", "memory.num_heads", &out->num_heads));
   return absl::OkStatus();
 }
@@ -186,12 +201,25 @@ absl::Status ValidateModelConfig(const ModelConfig& c) {
     TITANS_RETURN_IF_ERROR(CheckRange(key, v, -30, 30));
   }
   TITANS_RETURN_IF_ERROR(CheckRange("memory.num_heads", m.num_heads, 0, 1024));
-  if (c.variant == Variant::kMAC && c.memory_heads() != c.num_heads) {
-    return Invalid("memory.num_heads",
-                   absl::StrCat("must equal num_heads (", c.num_heads,
-                                ") for MAC (its retrieval reads the memory with the attention's "
-                                "heads), got ",
-                                m.num_heads));
+  if (!m.layer_heads.empty()) {
+    if (m.num_heads != 0) {
+      return Invalid("memory.num_heads", "cannot be both one count and a count per layer");
+    }
+    if (m.layer_heads.size() != static_cast<size_t>(c.num_layers)) {
+      return Invalid("memory.num_heads",
+                     absl::StrCat("must list one count per layer (", c.num_layers, "), got ",
+                                  m.layer_heads.size()));
+    }
+    for (int n : m.layer_heads) TITANS_RETURN_IF_ERROR(CheckRange("memory.num_heads", n, 1, 1024));
+  }
+  for (int i = 0; i < c.num_layers; ++i) {
+    if (c.variant == Variant::kMAC && c.memory_heads(i) != c.num_heads) {
+      return Invalid("memory.num_heads",
+                     absl::StrCat("must equal num_heads (", c.num_heads,
+                                  ") for MAC (its retrieval reads the memory with the attention's "
+                                  "heads), got ",
+                                  c.memory_heads(i)));
+    }
   }
   const AttentionConfig& a = c.attention;
   TITANS_RETURN_IF_ERROR(CheckRange("attention.window", a.window, 1, 1 << 30));
@@ -293,7 +321,11 @@ std::string ModelConfigToJson(const ModelConfig& c) {
                  {"eta_bias_init", c.memory.eta_bias_init},
                  {"theta_bias_init", c.memory.theta_bias_init}};
   // Optional: written only where set, so configs without it round-trip unchanged.
-  if (c.memory.num_heads > 0) j["memory"]["num_heads"] = c.memory.num_heads;
+  if (!c.memory.layer_heads.empty()) {
+    j["memory"]["num_heads"] = c.memory.layer_heads;
+  } else if (c.memory.num_heads > 0) {
+    j["memory"]["num_heads"] = c.memory.num_heads;
+  }
   j["attention"] = {{"window", c.attention.window},
                     {"segment_size", c.attention.segment_size},
                     {"num_persistent", c.attention.num_persistent},

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/statusor.h"
 
@@ -55,6 +56,11 @@ struct MemoryConfig {
   // parameters and per-session state grow in proportion. MAC requires the attention's count (its
   // retrieval reads the memory with the attention's head layout).
   int num_heads = 0;
+  // Heads of each layer's memory where the layers differ, one count per layer (config.json:
+  // memory.num_heads given as an array). Empty = every layer has num_heads. When set, num_heads
+  // must be 0. Why: a head added for one layer's job (the default model's fact head reads in
+  // layer 1) would otherwise be carried, unused, by every layer's state.
+  std::vector<int> layer_heads;
 };
 
 struct AttentionConfig {
@@ -92,8 +98,12 @@ struct ModelConfig {
 
   // Width of the memory MLP's hidden layers.
   int memory_hidden() const { return memory.expansion * head_dim; }
-  // Heads of each layer's neural memory: memory.num_heads where set, else num_heads.
-  int memory_heads() const { return memory.num_heads > 0 ? memory.num_heads : num_heads; }
+  // Heads of layer `layer`'s neural memory (0 <= layer < num_layers): memory.layer_heads[layer]
+  // where per-layer counts are set, else memory.num_heads where set, else num_heads.
+  int memory_heads(int layer) const {
+    if (!memory.layer_heads.empty()) return memory.layer_heads[layer];
+    return memory.num_heads > 0 ? memory.num_heads : num_heads;
+  }
 };
 
 // Parses and validates config.json text. INVALID_ARGUMENT names the offending key, e.g.

@@ -46,8 +46,8 @@ std::vector<ParamSlot> ParamSlots(const ModelConfig& c, ModelParams* p) {
     if (c.variant != Variant::kSWA) {  // the baseline has no neural memory
       NeuralMemoryParams& M = L.memory;
       const std::string m = pre + "memory.";
-      // The memory has its own head count (memory.num_heads), each head head_dim wide.
-      const int64_t Hm = c.memory_heads(), mhd = Hm * c.head_dim;
+      // The memory has its own head count (memory.num_heads, per layer), each head_dim wide.
+      const int64_t Hm = c.memory_heads(i), mhd = Hm * c.head_dim;
       s.push_back({m + "q_proj.weight", &M.q_proj, {mhd, d}, InitKind::kLinear});
       s.push_back({m + "k_proj.weight", &M.k_proj, {mhd, d}, InitKind::kLinear});
       s.push_back({m + "v_proj.weight", &M.v_proj, {mhd, d}, InitKind::kLinear});

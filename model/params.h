@@ -18,7 +18,8 @@
 namespace titans {
 
 // The long-term memory module (section 1 of docs/model.md), one per layer. H here is the
-// memory's head count, ModelConfig::memory_heads() (memory.num_heads, default num_heads).
+// memory's head count in that layer, ModelConfig::memory_heads(layer) (memory.num_heads, default
+// num_heads).
 struct NeuralMemoryParams {
   at::Tensor q_proj, k_proj, v_proj;        // [H*dh, d]
   at::Tensor q_conv, k_conv, v_conv;        // [H*dh, K] depthwise causal conv taps

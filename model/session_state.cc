@@ -43,10 +43,9 @@ int64_t CachedTokens(const ModelConfig& c, int64_t position) {
 
 // Every tensor of a state, with the shape `config` and `position` imply.
 std::vector<StateSlot> StateSlots(const ModelConfig& c, int64_t batch, SessionState* s) {
-  // The memory has memory_heads() heads (G groups per batch row); the attention num_heads.
+  // Layer i's memory has memory_heads(i) heads (G groups per batch row); the attention num_heads.
   const int64_t B = batch, H = c.num_heads, dh = c.head_dim, hd = H * dh;
-  const int64_t Hm = c.memory_heads(), mhd = Hm * dh;
-  const int64_t G = B * Hm, K1 = c.memory.conv_kernel - 1;
+  const int64_t K1 = c.memory.conv_kernel - 1;
   const int64_t p = PendingTokens(c, s->position), n = CachedTokens(c, s->position);
   const auto shapes = MemoryLayerShapes(c.memory.depth, dh, c.memory_hidden());
   std::vector<StateSlot> slots;
@@ -54,6 +53,7 @@ std::vector<StateSlot> StateSlots(const ModelConfig& c, int64_t batch, SessionSt
   for (int i = 0; i < c.num_layers; ++i) {
     LayerState& L = s->layers[i];
     const std::string pre = absl::StrCat("layers.", i, ".");
+    const int64_t Hm = c.memory_heads(i), mhd = Hm * dh, G = B * Hm;
     if (HasMemory(c)) {
       MemoryState& m = L.memory;
       const size_t depth = shapes.size();
@@ -104,7 +104,7 @@ SessionState NewSessionState(const ModelConfig& c, const ModelParams& params, in
                              bool track_grad) {
   SessionState s;
   const int64_t B = batch, H = c.num_heads, dh = c.head_dim;
-  const int64_t Hm = c.memory_heads(), K1 = c.memory.conv_kernel - 1;
+  const int64_t K1 = c.memory.conv_kernel - 1;
   const at::TensorOptions opt = params.embedding.options().requires_grad(false);
   s.layers.resize(c.num_layers);
   for (int i = 0; i < c.num_layers; ++i) {
@@ -114,6 +114,7 @@ SessionState NewSessionState(const ModelConfig& c, const ModelParams& params, in
       L.attn_v = L.attn_k;
     }
     if (!HasMemory(c)) continue;
+    const int64_t Hm = c.memory_heads(i);
     std::vector<at::Tensor> init;
     for (const at::Tensor& w : params.layers[i].memory.initial_weights) {
       at::Tensor src = track_grad ? w : w.detach();

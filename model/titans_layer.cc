@@ -149,7 +149,7 @@ at::Tensor L2Normalize(const at::Tensor& x) {
 }
 
 // A memory query or key: Linear -> causal conv -> SiLU (unless memory.qk_activation is "none")
-// -> per-head L2 norm, [B, T, heads*dh]: the memory's heads (memory_heads()) for the memory's
+// -> per-head L2 norm, [B, T, heads*dh]: the layer's memory heads (memory_heads(layer)) for its
 // rows, the attention's for MAC's retrieval queries (the width of `proj` decides).
 at::Tensor QueryRows(const ModelConfig& c, const std::vector<StreamSlice>& slices,
                      const at::Tensor& x, const at::Tensor& proj, const at::Tensor& taps,
@@ -507,8 +507,9 @@ at::Tensor MacMixer(const ModelConfig& c, const LayerParams& p,
 
 at::Tensor NeuralMemoryForward(const ModelConfig& c, const NeuralMemoryParams& p,
                                const std::vector<StreamSlice>& slices, const at::Tensor& x) {
-  // The memory's own heads (memory.num_heads), each head_dim wide.
-  const int64_t B = x.size(0), T = x.size(1), H = c.memory_heads();
+  // This layer's memory heads (memory.num_heads, which may differ by layer), each head_dim wide:
+  // one gate bias per head.
+  const int64_t B = x.size(0), T = x.size(1), H = p.alpha_b.size(0);
   at::Tensor q = QueryRows(c, slices, x, p.q_proj, p.q_conv, &LayerState::q_tail);
   at::Tensor k = QueryRows(c, slices, x, p.k_proj, p.k_conv, &LayerState::k_tail);
   at::Tensor v = at::silu(ConvSlices(slices, Linear(x, p.v_proj), p.v_conv, &LayerState::v_tail));

@@ -44,9 +44,10 @@
 #      (--seed 6), 30% of them in RULER's noise, with a fresh optimizer: held-out English at
 #      64 KiB from 13 to 28 of 40 keys (about 30 minutes on both cores; docs/evaluation.md,
 #      "Training the gate row").
-#  12. wide (Titans only, no training): a fifth memory head in each layer, a copy of head 0 (the
+#  12. wide (Titans only, no training): a fifth memory head in layer 1, a copy of head 0 (the
 #      recall head) whose output columns start at zero, so the model computes what stage 11 does
-#      (`python3 -m titans_torch.add_memory_head --clone 0`);
+#      (`python3 -m titans_torch.add_memory_head --clone 0 --layers 1`; layer 0 keeps its four
+#      heads: a copy there would cost every session state and decode time and read nothing);
 #  13. factkeys (Titans only): layer 1's copy's queries and keys refitted so that a question's
 #      query picks the asked fact's key among the facts stated (`python3 -m titans_torch.fit_keys`,
 #      about 6 minutes);
@@ -155,7 +156,8 @@ recall_head() {  # stages 8-11, Titans only: the recall head's write gate (see t
     --seed 6 --noise_fraction 0.3
 }
 fact_head() {  # stages 12-14, Titans only: a memory head of its own for facts
-  gate_step add_memory_head titans-default-gated2 titans-default-wide --clone 0 || return
+  gate_step add_memory_head titans-default-gated2 titans-default-wide --clone 0 --layers 1 \
+    || return
   gate_step fit_keys titans-default-wide titans-default-factkeys --layer 1 --head 4 \
     --data data/english.txt,data/kjv.txt --tasks 100 --iters 300 --own 0 --keep 1 --lr 1e-2 \
     --threads 1 || return

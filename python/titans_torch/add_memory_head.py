@@ -1,8 +1,9 @@
-"""Adds one head to every layer's neural memory, a copy of an existing head, without changing
-what the model computes: the copy's output columns start at zero (or the copy and its original
-each take half of the original's).
+"""Adds one head to each layer's neural memory (or to the layers named), a copy of an existing
+head, without changing what the model computes: the copy's output columns start at zero (or the
+copy and its original each take half of the original's).
 
-    python3 -m titans_torch.add_memory_head --model_dir models/default --out wider --clone 0
+    python3 -m titans_torch.add_memory_head --model_dir models/default --out wider --clone 0 \
+        --layers 1
 
 Why (docs/evaluation.md, "A memory head of its own for facts"): the recall head reads both
 passkeys and fact lists, and refitting its queries to tell the facts' names apart costs passkey
@@ -11,8 +12,11 @@ byte). A new head that starts as the recall head's copy already writes and keeps
 told; `fit_keys --head <new>` can then teach its keys the names and `train_recall --head <new>
 --only_head` its read, while every old head keeps its weights.
 
-The new head is the last: memory.num_heads in config.json becomes one more than before (the
-attention's num_heads when absent). Every memory tensor gets the clone's share appended (rows of
+The new head is the last: in each layer that takes it, the memory's head count becomes one more
+than before (memory.num_heads in config.json; the attention's num_heads when absent). With
+`--layers` naming only some layers, memory.num_heads becomes a list, one count per layer, and the
+other layers keep their heads and their state per session (the default model's fact head reads in
+layer 1 only; a copy in layer 0 would cost every session its state and do nothing). Every memory tensor gets the clone's share appended (rows of
 the projections, convolutions, output gate and norm; an entry of each gate; a slice of the
 initial memory weights) and out_proj gets the clone's columns: zero with `--new_output zero`
 (the default: the original head keeps its output exactly, and the new head's read reaches the
@@ -43,22 +47,37 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, help="directory of the new model")
     p.add_argument("--clone", type=int, required=True,
                    help="the memory head (0-based, the same in every layer) the new one copies")
+    p.add_argument("--layers", default="",
+                   help="comma-separated memory layers (0-based) that take the new head; "
+                        "default every layer")
     p.add_argument("--new_output", choices=("zero", "half"), default="zero",
                    help="the new head's output columns: zero, or half of the original's (which "
                         "keeps the other half)")
     return p.parse_args(argv)
 
 
-def add_memory_head(model: TitansModel, clone: int, new_output: str = "zero") -> TitansModel:
-    """A new model with one more memory head per layer, a copy of head `clone` (see above).
-    ValueError for MAC, SWA (no memory) or a head out of range."""
+def add_memory_head(model: TitansModel, clone: int, new_output: str = "zero",
+                    layers=None) -> TitansModel:
+    """A new model with one more memory head in each of `layers` (None: every layer), a copy of
+    head `clone` (see above). ValueError for MAC, SWA (no memory), a head out of range in one of
+    those layers, or a layer out of range."""
     config = copy.deepcopy(model.config)
     if config["variant"] in ("mac", "swa"):
         raise ValueError(f"variant {config['variant']} cannot take another memory head")
-    heads, dh = memory_heads(config), config["head_dim"]
-    if not 0 <= clone < heads:
-        raise ValueError(f"--clone {clone} out of range [0, {heads})")
-    config["memory"]["num_heads"] = heads + 1
+    num_layers, dh = config["num_layers"], config["head_dim"]
+    layers = set(range(num_layers)) if layers is None else set(layers)
+    if not layers:
+        raise ValueError("no layer to add a head to")
+    for layer in sorted(layers):
+        if not 0 <= layer < num_layers:
+            raise ValueError(f"layer {layer} out of range [0, {num_layers})")
+        if not 0 <= clone < memory_heads(config, layer):
+            raise ValueError(f"--clone {clone} out of range [0, {memory_heads(config, layer)}) "
+                             f"in layer {layer}")
+    counts = [memory_heads(config, i) + (i in layers) for i in range(num_layers)]
+    # One count where every layer has the same (the form every model before per-layer counts
+    # has), else one count per layer.
+    config["memory"]["num_heads"] = counts[0] if len(set(counts)) == 1 else counts
     wider = TitansModel(config)
     with torch.no_grad():
         for name, _, _, _ in wider.slots:
@@ -82,14 +101,15 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     model = TitansModel.load(args.model_dir)
     try:
-        wider = add_memory_head(model, args.clone, args.new_output)
+        layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+        wider = add_memory_head(model, args.clone, args.new_output, layers)
     except ValueError as e:
         print(f"add_memory_head: {e}", file=sys.stderr)
         return 2
     save_with_command(wider, args.out, "add_memory_head", argv)
-    heads = memory_heads(wider.config)
-    print(f"wrote {args.out}: {heads} memory heads per layer, head {heads - 1} a copy of head "
-          f"{args.clone}")
+    counts = [memory_heads(wider.config, i) for i in range(wider.config["num_layers"])]
+    print(f"wrote {args.out}: memory heads per layer {counts}, the last of each layer that took "
+          f"one a copy of head {args.clone}")
     return 0
 
 

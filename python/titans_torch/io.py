@@ -56,9 +56,19 @@ def complete_config(raw: dict) -> dict:
         else:
             config[key] = value
     memory_heads = config["memory"].get("num_heads", 0)
-    if not isinstance(memory_heads, int) or not 0 <= memory_heads <= 1024:
+    if isinstance(memory_heads, list):  # one count per layer (model/config.cc)
+        if len(memory_heads) != config["num_layers"]:
+            raise ValueError(f"config.json: memory.num_heads must list one count per layer "
+                             f"({config['num_layers']}), got {len(memory_heads)}")
+        if not all(type(n) is int and 1 <= n <= 1024 for n in memory_heads):
+            raise ValueError(f"config.json: memory.num_heads must list counts in [1, 1024], "
+                             f"got {memory_heads!r}")
+        counts = memory_heads
+    elif type(memory_heads) is not int or not 0 <= memory_heads <= 1024:
         raise ValueError(f"config.json: memory.num_heads must be in [0, 1024], got {memory_heads!r}")
-    if config["variant"] == "mac" and memory_heads not in (0, config["num_heads"]):
+    else:
+        counts = [memory_heads or config["num_heads"]]
+    if config["variant"] == "mac" and any(n != config["num_heads"] for n in counts):
         raise ValueError("config.json: memory.num_heads must equal num_heads for MAC")
     if config["format_version"] != 1:
         raise ValueError("config.json: format_version must be 1")

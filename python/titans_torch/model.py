@@ -36,10 +36,14 @@ def memory_layer_shapes(config: dict) -> List[Tuple[int, int]]:
     return [(dims[i], dims[i + 1]) for i in range(m["depth"])]
 
 
-def memory_heads(config: dict) -> int:
-    """Heads of each layer's neural memory: memory.num_heads where set and > 0, else the
-    attention's num_heads (as ModelConfig::memory_heads)."""
-    return config["memory"].get("num_heads", 0) or config["num_heads"]
+def memory_heads(config: dict, layer: int) -> int:
+    """Heads of layer `layer`'s neural memory: memory.num_heads[layer] where it is a list (one
+    count per layer), memory.num_heads where it is a count > 0, else the attention's num_heads
+    (as ModelConfig::memory_heads)."""
+    heads = config["memory"].get("num_heads", 0)
+    if isinstance(heads, list):
+        return heads[layer]
+    return heads or config["num_heads"]
 
 
 def memory_head_share(name: str, head_dim: int) -> Tuple[int, int]:
@@ -84,7 +88,7 @@ def param_slots(config: dict) -> List[Tuple[str, Tuple[int, ...], str, float]]:
                       (r + "q_conv.weight", (hd, K), "conv", 0.0),
                       (r + "out_proj.weight", (d, hd), "linear", 0.0)]
         if variant != "swa":
-            m, Hm = pre + "memory.", memory_heads(config)
+            m, Hm = pre + "memory.", memory_heads(config, i)
             mhd = Hm * dh
             slots += [(m + "q_proj.weight", (mhd, d), "linear", 0.0),
                       (m + "k_proj.weight", (mhd, d), "linear", 0.0),
@@ -374,7 +378,7 @@ class TitansModel(nn.Module):
     def new_state(self, batch: int = 1) -> State:
         """The state of `batch` empty sessions: Phi_init, zero momentum, zero conv tails."""
         c, H, dh = self.config, self.config["num_heads"], self.config["head_dim"]
-        hd, K, Hm = H * dh, c["memory"]["conv_kernel"], memory_heads(self.config)
+        hd, K = H * dh, c["memory"]["conv_kernel"]
         like = self.p("embedding.weight")
         zeros = lambda *shape: torch.zeros(shape, dtype=like.dtype, device=like.device)  # noqa
         layers = []
@@ -382,6 +386,7 @@ class TitansModel(nn.Module):
             weights, momentum, inputs, deltas, gates, segment = [], [], [], [], (), None
             tails = {}
             if c["variant"] != "swa":
+                Hm = memory_heads(c, i)
                 for l, (fan_in, out) in enumerate(memory_layer_shapes(c)):
                     w = self.p(f"layers.{i}.memory.initial_weights.{l}")
                     weights.append(w.unsqueeze(0).expand(batch, -1, -1, -1))
@@ -526,7 +531,7 @@ class TitansModel(nn.Module):
         """The neural memory (section 1) over x [B, T, d]: write and read every token, chunk by
         chunk; o = W_o(RMSNorm_h(y) * SiLU(W_g x))."""
         c, m = self.config, f"layers.{i}.memory."
-        mem, H = c["memory"], memory_heads(c)
+        mem, H = c["memory"], memory_heads(c, i)
         B, T = x.shape[:2]
         q, ls = self._query_rows(x, self.p(m + "q_proj.weight"), self.p(m + "q_conv.weight"),
                                  ls, "q")

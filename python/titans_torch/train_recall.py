@@ -196,7 +196,7 @@ class Trainer:
         the contrasted head: the query at the question's '=' (first digit) or first digit
         (second) against the keys at each stated fact's first or second digit (byte
         passkey.value_offset(i) + d: input position one more, after <|bos|>)."""
-        H, dh = memory_heads(self.model.config), self.model.config["head_dim"]
+        H, dh = memory_heads(self.model.config, self.args.layer), self.model.config["head_dim"]
         q = torch.cat([p[0] for p in self.observed], 1)
         k = torch.cat([p[1] for p in self.observed], 1)
         B, T = q.shape[:2]

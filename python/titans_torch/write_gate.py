@@ -88,8 +88,8 @@ def _check(model: TitansModel, layer: int, head=None) -> None:
         raise ValueError("an attention-only model has no memory gates")
     if not 0 <= layer < model.config["num_layers"]:
         raise ValueError(f"layer {layer} out of range [0, {model.config['num_layers']})")
-    if head is not None and not 0 <= head < memory_heads(model.config):
-        raise ValueError(f"head {head} out of range [0, {memory_heads(model.config)})")
+    if head is not None and not 0 <= head < memory_heads(model.config, layer):
+        raise ValueError(f"head {head} out of range [0, {memory_heads(model.config, layer)})")
 
 
 def shift_theta_bias(model: TitansModel, layer: int, head: int, shift: float) -> None:
@@ -111,7 +111,7 @@ def recall_head(model: TitansModel, layer: int) -> Tuple[int, List[float]]:
     ValueError if the model has no memory layer `layer`."""
     _check(model, layer)
     inputs = []  # layer `layer`'s memory input, one piece per read (MAC: per segment)
-    ratios = torch.zeros(memory_heads(model.config), dtype=torch.float64)
+    ratios = torch.zeros(memory_heads(model.config, layer), dtype=torch.float64)
     model.memory_observer = lambda i, x, q, k, out: inputs.append(x) if i == layer else None
     try:
         for key in _KEYS:

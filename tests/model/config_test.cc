@@ -1,5 +1,8 @@
 #include "model/config.h"
 
+#include <string>
+#include <vector>
+
 #include <gtest/gtest.h>
 
 namespace titans {
@@ -42,21 +45,21 @@ TEST(ModelConfig, MemoryNumHeadsIsOptionalAndRoundTrips) {
   ASSERT_TRUE(five.ok()) << five.status();
   EXPECT_EQ(five->num_heads, 4);
   EXPECT_EQ(five->memory.num_heads, 5);
-  EXPECT_EQ(five->memory_heads(), 5);
+  EXPECT_EQ(five->memory_heads(0), 5);
   const std::string json = ModelConfigToJson(*five);
   EXPECT_NE(json.find("\"num_heads\": 5"), std::string::npos) << json;
   EXPECT_EQ(Count(json, "\"num_heads\""), 2) << json;  // the attention's and the memory's
   auto back = ParseModelConfig(json);
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_EQ(back->memory.num_heads, 5);
-  EXPECT_EQ(back->memory_heads(), 5);
+  EXPECT_EQ(back->memory_heads(0), 5);
   EXPECT_EQ(ModelConfigToJson(*back), json);
 
   // Absent: the attention's count, and not written back.
   auto plain = ParseModelConfig(R"({"format_version": 1, "variant": "mal", "num_heads": 4})");
   ASSERT_TRUE(plain.ok()) << plain.status();
   EXPECT_EQ(plain->memory.num_heads, 0);
-  EXPECT_EQ(plain->memory_heads(), 4);
+  EXPECT_EQ(plain->memory_heads(0), 4);
   const std::string plain_json = ModelConfigToJson(*plain);
   // The only "num_heads" is the top-level one.
   EXPECT_EQ(Count(plain_json, "\"num_heads\""), 1) << plain_json;
@@ -72,16 +75,39 @@ TEST(ModelConfig, MemoryNumHeadsIsOptionalAndRoundTrips) {
   auto zero = ParseModelConfig(
       R"({"format_version": 1, "variant": "lmm", "num_heads": 3, "memory": {"num_heads": 0}})");
   ASSERT_TRUE(zero.ok()) << zero.status();
-  EXPECT_EQ(zero->memory_heads(), 3);
+  EXPECT_EQ(zero->memory_heads(0), 3);
   auto mac_same = ParseModelConfig(
       R"({"format_version": 1, "variant": "mac", "num_heads": 4, "memory": {"num_heads": 4}})");
   ASSERT_TRUE(mac_same.ok()) << mac_same.status();
-  EXPECT_EQ(mac_same->memory_heads(), 4);
+  EXPECT_EQ(mac_same->memory_heads(0), 4);
   // Fewer memory heads than attention heads are allowed, too (MAG).
   auto fewer = ParseModelConfig(
       R"({"format_version": 1, "variant": "mag", "num_heads": 4, "memory": {"num_heads": 1}})");
   ASSERT_TRUE(fewer.ok()) << fewer.status();
-  EXPECT_EQ(fewer->memory_heads(), 1);
+  EXPECT_EQ(fewer->memory_heads(0), 1);
+}
+
+// memory.num_heads as an array: one count per layer, written back as the same array.
+TEST(ModelConfig, MemoryNumHeadsPerLayerRoundTrips) {
+  auto per_layer = ParseModelConfig(
+      R"({"format_version": 1, "variant": "mal", "num_heads": 4, "num_layers": 3,
+          "memory": {"num_heads": [4, 5, 1]}})");
+  ASSERT_TRUE(per_layer.ok()) << per_layer.status();
+  EXPECT_EQ(per_layer->memory.num_heads, 0);
+  EXPECT_EQ(per_layer->memory.layer_heads, (std::vector<int>{4, 5, 1}));
+  EXPECT_EQ(per_layer->memory_heads(0), 4);
+  EXPECT_EQ(per_layer->memory_heads(1), 5);
+  EXPECT_EQ(per_layer->memory_heads(2), 1);
+  const std::string json = ModelConfigToJson(*per_layer);
+  auto back = ParseModelConfig(json);
+  ASSERT_TRUE(back.ok()) << back.status() << json;
+  EXPECT_EQ(back->memory.layer_heads, (std::vector<int>{4, 5, 1}));
+  EXPECT_EQ(ModelConfigToJson(*back), json);
+  // MAC accepts a list that gives every layer the attention's count.
+  auto mac = ParseModelConfig(
+      R"({"format_version": 1, "variant": "mac", "num_heads": 4, "memory": {"num_heads": [4, 4]}})");
+  ASSERT_TRUE(mac.ok()) << mac.status();
+  EXPECT_EQ(mac->memory_heads(1), 4);
 }
 
 TEST(ModelConfig, MemoryNumHeadsIsValidated) {
@@ -91,6 +117,15 @@ TEST(ModelConfig, MemoryNumHeadsIsValidated) {
            R"({"format_version": 1, "variant": "mal", "memory": {"num_heads": -1}})",
            R"({"format_version": 1, "variant": "mal", "memory": {"num_heads": 1025}})",
            R"({"format_version": 1, "variant": "mal", "memory": {"num_heads": 2.5}})",
+           // Per layer: one count per layer (2 here), each in [1, 1024], integers only.
+           R"({"format_version": 1, "variant": "mal", "memory": {"num_heads": [4]}})",
+           R"({"format_version": 1, "variant": "mal", "memory": {"num_heads": [4, 5, 6]}})",
+           R"({"format_version": 1, "variant": "mal", "memory": {"num_heads": []}})",
+           R"({"format_version": 1, "variant": "mal", "memory": {"num_heads": [4, 0]}})",
+           R"({"format_version": 1, "variant": "mal", "memory": {"num_heads": [4, 1025]}})",
+           R"({"format_version": 1, "variant": "mal", "memory": {"num_heads": [4, 2.5]}})",
+           R"({"format_version": 1, "variant": "mal", "memory": {"num_heads": [4, "5"]}})",
+           R"({"format_version": 1, "variant": "mac", "num_heads": 4, "memory": {"num_heads": [4, 5]}})",
        }) {
     auto r = ParseModelConfig(json);
     ASSERT_FALSE(r.ok()) << json;
@@ -107,6 +142,19 @@ TEST(ModelConfig, MemoryNumHeadsIsValidated) {
   EXPECT_NE(st.message().find("memory.num_heads"), std::string::npos) << st;
   mac.variant = Variant::kMAL;
   EXPECT_TRUE(ValidateModelConfig(mac).ok());
+  // Both forms at once, or a list of the wrong length, in code.
+  ModelConfig both;
+  both.variant = Variant::kMAL;
+  both.memory.num_heads = 4;
+  both.memory.layer_heads = {4, 5};
+  st = ValidateModelConfig(both);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  both.memory.num_heads = 0;
+  EXPECT_TRUE(ValidateModelConfig(both).ok());
+  both.num_layers = 3;
+  st = ValidateModelConfig(both);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_NE(st.message().find("one count per layer"), std::string::npos) << st;
 }
 
 TEST(ModelConfig, ErrorsNameTheKey) {

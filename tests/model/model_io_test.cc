@@ -67,7 +67,7 @@ TEST_F(ModelDir, MemoryHeadsSaveLoadRoundTrip) {
   EXPECT_NE(Read("config.json").find("\"num_heads\": 3"), std::string::npos);
   auto loaded = TitansModel::Load(dir_);
   ASSERT_TRUE(loaded.ok()) << loaded.status();
-  EXPECT_EQ((*loaded)->config().memory_heads(), 3);
+  EXPECT_EQ((*loaded)->config().memory_heads(0), 3);
   EXPECT_EQ((*loaded)->fingerprint(), model->fingerprint());
   at::NoGradGuard no_grad;
   SessionState a = model->NewState(), b = (*loaded)->NewState();

@@ -8,6 +8,7 @@ Environment (set by CTest): TITANS_SERVER, TITANS_INIT_MODEL (titans-init-model)
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import zlib
@@ -47,6 +48,9 @@ RANDOM_MODELS = {
     "mal_three_memory_heads": {"variant": "mal", "memory": {"num_heads": 3},
                                "attention": {"window": 10}},
     "mag_one_memory_head": {"variant": "mag", "memory": {"num_heads": 1}},
+    # memory.num_heads per layer: layers of different widths.
+    "mal_per_layer_memory_heads": {"variant": "mal", "memory": {"num_heads": [3, 1]},
+                                   "attention": {"window": 10}},
     "swa_window_7_no_persistent": {"variant": "swa", "attention": {"window": 7,
                                                                    "num_persistent": 0}},
 }
@@ -567,7 +571,8 @@ def test_add_memory_head_keeps_the_function_and_the_server_serves_it(tmp_path):
     done = run_gate_tool("add_memory_head", "--model_dir", start, "--out", out, "--clone", "1")
     assert done.returncode == 0, done.stderr
     before, after = TitansModel.load(start), TitansModel.load(str(out))
-    assert memory_heads(before.config) == 2 and memory_heads(after.config) == 3
+    assert memory_heads(before.config, 0) == 2 and memory_heads(after.config, 0) == 3
+    assert after.config["memory"]["num_heads"] == 3  # every layer the same: one count
     assert after.config["num_heads"] == 2  # the attention keeps its heads
     dh = before.config["head_dim"]
     copied = after.p("layers.0.memory.k_proj.weight")
@@ -594,9 +599,31 @@ def test_add_memory_head_keeps_the_function_and_the_server_serves_it(tmp_path):
             assert max(abs(a - b) for a, b in zip(old, new)) < 1e-5
     worst, _ = compare_with_server(str(out), 300, seed=11)
     assert worst < TOLERANCE
+    # --layers 1: only layer 1 takes the copy; layer 0 keeps its tensors, and the server reads
+    # the per-layer counts as the Python model does.
+    one = tmp_path / "one_layer"
+    done = run_gate_tool("add_memory_head", "--model_dir", start, "--out", one, "--clone", "1",
+                         "--layers", "1")
+    assert done.returncode == 0, done.stderr
+    only = TitansModel.load(str(one))
+    assert only.config["memory"]["num_heads"] == [2, 3]
+    assert [memory_heads(only.config, i) for i in (0, 1)] == [2, 3]
+    for name in ("k_proj.weight", "theta_proj.bias", "initial_weights.0", "out_proj.weight"):
+        assert torch.equal(only.p("layers.0.memory." + name), before.p("layers.0.memory." + name))
+    assert torch.equal(only.p("layers.1.memory.theta_proj.bias")[2],
+                       before.p("layers.1.memory.theta_proj.bias")[1])
+    with torch.no_grad():
+        new, _ = only.score(tokens, None)
+        assert max(abs(a - b) for a, b in zip(old, new)) < 1e-5
+    worst, _ = compare_with_server(str(one), 300, seed=11)
+    assert worst < TOLERANCE
     mac = random_model(tmp_path, "mac", {"variant": "mac"})
     for model_dir, args, message in ((mac, ["--clone", "0"], "variant mac cannot"),
-                                     (start, ["--clone", "2"], "--clone 2 out of range")):
+                                     (start, ["--clone", "2"], "--clone 2 out of range"),
+                                     (start, ["--clone", "0", "--layers", "2"],
+                                      "layer 2 out of range"),
+                                     (one, ["--clone", "2", "--layers", "0"],
+                                      "--clone 2 out of range [0, 2) in layer 0")):
         bad = run_gate_tool("add_memory_head", "--model_dir", model_dir, "--out",
                             tmp_path / "bad", *args)
         assert bad.returncode == 2 and message in bad.stderr, bad.stderr
@@ -683,13 +710,23 @@ def test_memory_probe_reports_every_head(tmp_path):
 def test_memory_num_heads_is_checked_as_the_server_checks_it():
     from titans_torch.io import complete_config
     from titans_torch.model import memory_heads
-    assert memory_heads(complete_config({"variant": "mal", "memory": {"num_heads": 5}})) == 5
-    assert memory_heads(complete_config({"variant": "mal", "num_heads": 3})) == 3
+    assert memory_heads(complete_config({"variant": "mal", "memory": {"num_heads": 5}}), 1) == 5
+    assert memory_heads(complete_config({"variant": "mal", "num_heads": 3}), 0) == 3
     assert memory_heads(complete_config({"variant": "mal", "num_heads": 3,
-                                         "memory": {"num_heads": 0}})) == 3
+                                         "memory": {"num_heads": 0}}), 1) == 3
+    per_layer = complete_config({"variant": "mal", "memory": {"num_heads": [4, 5]}})
+    assert [memory_heads(per_layer, i) for i in (0, 1)] == [4, 5]
     for raw, message in (({"variant": "mac", "num_heads": 4, "memory": {"num_heads": 5}},
                           "must equal num_heads for MAC"),
                          ({"variant": "mal", "memory": {"num_heads": -1}}, "must be in [0, 1024]"),
-                         ({"variant": "mal", "memory": {"num_heads": 2.5}}, "must be in [0, 1024]")):
-        with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+                         ({"variant": "mal", "memory": {"num_heads": 2.5}}, "must be in [0, 1024]"),
+                         ({"variant": "mal", "memory": {"num_heads": [4]}},
+                          "must list one count per layer (2), got 1"),
+                         ({"variant": "mal", "memory": {"num_heads": [4, 0]}},
+                          "must list counts in [1, 1024]"),
+                         ({"variant": "mal", "memory": {"num_heads": [4, True]}},
+                          "must list counts in [1, 1024]"),
+                         ({"variant": "mac", "num_heads": 4, "memory": {"num_heads": [4, 5]}},
+                          "must equal num_heads for MAC")):
+        with pytest.raises(ValueError, match=re.escape(message)):
             complete_config(raw)
