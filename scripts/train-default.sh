@@ -44,10 +44,9 @@
 #      (--seed 6), 30% of them in RULER's noise, with a fresh optimizer: held-out English at
 #      64 KiB from 13 to 28 of 40 keys (about 30 minutes on both cores; docs/evaluation.md,
 #      "Training the gate row").
-#  12. wide (Titans only, no training): a fifth memory head in layer 1, a copy of head 0 (the
+#  12. wide (Titans only, no training): a fifth memory head in each layer, a copy of head 0 (the
 #      recall head) whose output columns start at zero, so the model computes what stage 11 does
-#      (`python3 -m titans_torch.add_memory_head --clone 0 --layers 1`; layer 0 keeps its four
-#      heads: a copy there would cost every session state and decode time and read nothing);
+#      (`python3 -m titans_torch.add_memory_head --clone 0`);
 #  13. factkeys (Titans only): layer 1's copy's queries and keys refitted so that a question's
 #      query picks the asked fact's key among the facts stated (`python3 -m titans_torch.fit_keys`,
 #      about 6 minutes);
@@ -59,8 +58,17 @@
 #      Stages 12-14 take four facts recalled after 4 KiB from 31% to 53% in the noise and from
 #      30% to 50% in licence text, every passkey target held (docs/evaluation.md, "The fifth
 #      head's write gates kept as the recall head's").
+#  15. narrow (Titans only, no training): layer 0's copy removed (`python3 -m
+#      titans_torch.drop_memory_head --layers 0 --head 4`, which refuses unless its output
+#      columns are zero, as stages 13-14 leave them: they train layer 1 only). The model computes
+#      what stage 14 does, with 0.063 MiB less state per session and one memory head fewer to
+#      update per decode step (docs/evaluation.md, "A head count per layer"). Stage 12 adds the
+#      copy to both layers and this stage removes one rather than stage 12 adding it to layer 1
+#      alone, so that stages 13-14 run on the model they were measured on (rerun with the
+#      narrower layer 0, they end elsewhere: the last bits of the arithmetic differ, and the
+#      training amplifies them).
 #
-# To rerun only stages 12-14, put stage 11's model in RUNS/titans-default-gated2/model (stages
+# To rerun only stages 12-15, put stage 11's model in RUNS/titans-default-gated2/model (stages
 # 1-11 are skipped when it exists) and set TITANS_ONLY=1.
 #
 # The Titans config (models/configs/titans-default.json) writes much harder than the first
@@ -155,9 +163,8 @@ recall_head() {  # stages 8-11, Titans only: the recall head's write gate (see t
     --layer 1 --head auto --data data/english.txt,data/kjv.txt --steps 30 --length 65536 \
     --seed 6 --noise_fraction 0.3
 }
-fact_head() {  # stages 12-14, Titans only: a memory head of its own for facts
-  gate_step add_memory_head titans-default-gated2 titans-default-wide --clone 0 --layers 1 \
-    || return
+fact_head() {  # stages 12-15, Titans only: a memory head of its own for facts
+  gate_step add_memory_head titans-default-gated2 titans-default-wide --clone 0 || return
   gate_step fit_keys titans-default-wide titans-default-factkeys --layer 1 --head 4 \
     --data data/english.txt,data/kjv.txt --tasks 100 --iters 300 --own 0 --keep 1 --lr 1e-2 \
     --threads 1 || return
@@ -165,7 +172,8 @@ fact_head() {  # stages 12-14, Titans only: a memory head of its own for facts
     --data data/english.txt,data/kjv.txt --params 'layers\.1\.memory\.(?!(alpha|eta|theta)_)' \
     --head 4 --only_head --contrast 1 --lm_weight 2 --pk_len 65536 --passkey_every 3 \
     --noise_fraction 0.3 --lr 1e-3 --seed 2 --steps 90 --eval_every 30 --checkpoint_every 15 \
-    --threads 2
+    --threads 2 || return
+  gate_step drop_memory_head titans-default-facts titans-default-narrow --layers 0 --head 4
 }
 titans() {
   if [ ! -f "$RUNS/titans-default-gated2/model/config.json" ]; then
@@ -178,7 +186,7 @@ titans &
 titans_pid=$!
 if [ "${TITANS_ONLY:-0}" = 1 ]; then
   wait "$titans_pid"
-  echo "trained $RUNS/titans-default-facts/model (TITANS_ONLY: nothing installed)"
+  echo "trained $RUNS/titans-default-narrow/model (TITANS_ONLY: nothing installed)"
   exit 0
 fi
 stages swa-baseline models/configs/swa-baseline.json &
@@ -199,6 +207,6 @@ for name in titans-default swa-baseline; do
   done
 done
 rm -rf models/default models/swa-baseline
-cp -r "$RUNS/titans-default-facts/model" models/default
+cp -r "$RUNS/titans-default-narrow/model" models/default
 cp -r "$RUNS/swa-baseline-english16c/model" models/swa-baseline
 echo "installed models/default and models/swa-baseline"

@@ -630,6 +630,59 @@ def test_add_memory_head_keeps_the_function_and_the_server_serves_it(tmp_path):
         assert not (tmp_path / "bad").exists()
 
 
+def test_drop_memory_head_removes_a_silent_head_and_the_server_serves_it(tmp_path):
+    from titans_torch.model import memory_heads
+    start = random_model(tmp_path, "narrow", {"variant": "mal", "attention": {"window": 16}})
+    wide = tmp_path / "wide"
+    done = run_gate_tool("add_memory_head", "--model_dir", start, "--out", wide, "--clone", "0")
+    assert done.returncode == 0, done.stderr
+    # Layer 0's copy reads nothing (zero output columns): removing it gives layer 0 back exactly
+    # and keeps layer 1's copy.
+    out = tmp_path / "dropped"
+    done = run_gate_tool("drop_memory_head", "--model_dir", wide, "--out", out, "--layers", "0",
+                         "--head", "2")
+    assert done.returncode == 0, done.stderr
+    before, wider, after = (TitansModel.load(str(d)) for d in (start, wide, out))
+    assert after.config["memory"]["num_heads"] == [2, 3]
+    assert [memory_heads(after.config, i) for i in (0, 1)] == [2, 3]
+    for name, _, _, _ in after.slots:
+        if name.startswith("layers.0.memory."):
+            assert torch.equal(after.p(name), before.p(name)), name
+        else:
+            assert torch.equal(after.p(name), wider.p(name)), name
+    tokens = list(TEXT[:500])
+    with torch.no_grad():
+        old, _ = wider.score(tokens, None)
+        new, _ = after.score(tokens, None)
+    assert max(abs(a - b) for a, b in zip(old, new)) < 1e-5
+    worst, _ = compare_with_server(str(out), 300, seed=12)
+    assert worst < TOLERANCE
+    # A head in the middle: the heads after it move down by one.
+    middle = tmp_path / "middle"
+    done = run_gate_tool("drop_memory_head", "--model_dir", start, "--out", middle, "--layers",
+                         "1", "--head", "0", "--allow_change")
+    assert done.returncode == 0, done.stderr
+    dh = before.config["head_dim"]
+    moved = TitansModel.load(str(middle))
+    assert torch.equal(moved.p("layers.1.memory.k_proj.weight"),
+                       before.p("layers.1.memory.k_proj.weight")[dh:])
+    assert torch.equal(moved.p("layers.1.memory.out_proj.weight"),
+                       before.p("layers.1.memory.out_proj.weight")[:, dh:])
+    assert torch.equal(moved.p("layers.1.memory.eta_proj.bias"),
+                       before.p("layers.1.memory.eta_proj.bias")[1:])
+    one_head = tmp_path / "one_head"
+    mac = random_model(tmp_path, "mac", {"variant": "mac"})
+    for model_dir, args, message in (
+            (start, ["--layers", "1", "--head", "0"], "output columns are not zero"),
+            (mac, ["--layers", "0", "--head", "0"], "variant mac cannot"),
+            (start, ["--layers", "2", "--head", "0"], "layer 2 out of range"),
+            (start, ["--layers", "0", "--head", "2"], "--head 2 out of range [0, 2) in layer 0"),
+            (middle, ["--layers", "1", "--head", "0", "--allow_change"], "has one memory head")):
+        bad = run_gate_tool("drop_memory_head", "--model_dir", model_dir, "--out", one_head, *args)
+        assert bad.returncode == 2 and message in bad.stderr, (args, bad.stderr)
+        assert not one_head.exists()
+
+
 def test_train_gate_streams_text_or_noise():
     from titans_torch import passkey
     from titans_torch.train_gate import passkey_stream
