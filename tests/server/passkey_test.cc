@@ -169,9 +169,10 @@ INSTANTIATE_TEST_SUITE_P(Haystacks, PasskeyHaystackTest,
 // Four facts ("kqz=41, ") told first, then 4 KiB of the noise in many appends of uneven sizes,
 // then every name asked in a random order in the trained format (" Recall: kqz=" and then
 // ", bwa=" ...), each answer two greedy tokens from Generate (the session keeps the model's own
-// answers, as a client's session would). The shipped model's fifth memory head (stages 12-14 of
-// scripts/train-default.sh) is what reads fact lists: these seeds give 21 of 40 with it
-// and 11 with stage 11's model (before the head; guessing gives 0.4). At least 16: slack for
+// answers, as a client's session would). The shipped model's fact heads in layer 1 (stages
+// 12-17 of scripts/train-default.sh) are what read fact lists: these seeds give 23 of 40 with
+// both, 21 with the first alone (stage 14) and 11 with stage 11's model (before them; guessing
+// gives 0.4). At least 16: slack for
 // float rounding on other CPUs, and still far above what the model without the head reads.
 TEST_F(PasskeyAcrossCallsTest, FourFactsToldEarlyAreRecalledAfterManyAppends) {
   Start();
