@@ -56,6 +56,22 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def parse_layers(text: str):
+    """--layers of the head tools: comma-separated 0-based layer numbers, None when empty.
+    ValueError naming the flag when it is not that."""
+    if not text:
+        return None
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--layers must be comma-separated layer numbers, got {text!r}") from None
+
+
+def head_counts(config: dict):
+    """The memory's head count in each layer, in layer order."""
+    return [memory_heads(config, i) for i in range(config["num_layers"])]
+
+
 def add_memory_head(model: TitansModel, clone: int, new_output: str = "zero",
                     layers=None) -> TitansModel:
     """A new model with one more memory head in each of `layers` (None: every layer), a copy of
@@ -101,15 +117,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     model = TitansModel.load(args.model_dir)
     try:
-        layers = [int(x) for x in args.layers.split(",")] if args.layers else None
-        wider = add_memory_head(model, args.clone, args.new_output, layers)
+        wider = add_memory_head(model, args.clone, args.new_output, parse_layers(args.layers))
     except ValueError as e:
         print(f"add_memory_head: {e}", file=sys.stderr)
         return 2
     save_with_command(wider, args.out, "add_memory_head", argv)
-    counts = [memory_heads(wider.config, i) for i in range(wider.config["num_layers"])]
-    print(f"wrote {args.out}: memory heads per layer {counts}, the last of each layer that took "
-          f"one a copy of head {args.clone}")
+    print(f"wrote {args.out}: memory heads per layer {head_counts(wider.config)}, the last of "
+          f"each layer that took one a copy of head {args.clone}")
     return 0
 
 

@@ -28,6 +28,7 @@ import sys
 
 import torch
 
+from titans_torch.add_memory_head import head_counts, parse_layers
 from titans_torch.model import TitansModel, memory_head_share, memory_heads
 from titans_torch.write_gate import save_with_command
 
@@ -93,15 +94,14 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     model = TitansModel.load(args.model_dir)
     try:
-        layers = [int(x) for x in args.layers.split(",")]
-        narrower, largest = drop_memory_head(model, args.head, layers, args.allow_change)
+        narrower, largest = drop_memory_head(model, args.head, parse_layers(args.layers) or [],
+                                             args.allow_change)
     except ValueError as e:
         print(f"drop_memory_head: {e}", file=sys.stderr)
         return 2
     save_with_command(narrower, args.out, "drop_memory_head", argv)
-    counts = [memory_heads(narrower.config, i) for i in range(narrower.config["num_layers"])]
-    print(f"wrote {args.out}: memory heads per layer {counts}; the removed output columns' largest "
-          f"|entry| {largest:g}")
+    print(f"wrote {args.out}: memory heads per layer {head_counts(narrower.config)}; the removed "
+          f"output columns' largest |entry| {largest:g}")
     return 0
 
 

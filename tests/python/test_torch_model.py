@@ -677,6 +677,7 @@ def test_drop_memory_head_removes_a_silent_head_and_the_server_serves_it(tmp_pat
             (mac, ["--layers", "0", "--head", "0"], "variant mac cannot"),
             (start, ["--layers", "2", "--head", "0"], "layer 2 out of range"),
             (start, ["--layers", "0", "--head", "2"], "--head 2 out of range [0, 2) in layer 0"),
+            (start, ["--layers", "0,x", "--head", "0"], "--layers must be comma-separated"),
             (middle, ["--layers", "1", "--head", "0", "--allow_change"], "has one memory head")):
         bad = run_gate_tool("drop_memory_head", "--model_dir", model_dir, "--out", one_head, *args)
         assert bad.returncode == 2 and message in bad.stderr, (args, bad.stderr)
