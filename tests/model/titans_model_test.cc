@@ -834,147 +834,117 @@ TEST(MemoryHeads, ForwardAndStateUseTheMemoryHeadCount) {
 
 // A stream in two calls gives the logits and state of one call (double precision, as in
 // AppendSplitInvariance), and the fused kernel (fp32 serving) agrees with the LibTorch form.
+void ExpectSplitInvariantAndKernelMatchesLibTorch(const ModelConfig& c) {
+  const Variant v = c.variant;
+  {
+    auto model = MakeModel(c, 7, /*dbl=*/true);
+    ASSERT_NE(model, nullptr);
+    at::NoGradGuard no_grad;
+    const at::Tensor tokens = RandomTokens(1, 50, 8);
+    SessionState whole = model->NewState(), split = model->NewState();
+    const at::Tensor expected = ForwardAll(*model, &whole, tokens);
+    const at::Tensor a = ForwardAll(*model, &split, tokens.slice(1, 0, 23));
+    const at::Tensor b = ForwardAll(*model, &split, tokens.slice(1, 23, 50));
+    EXPECT_LT(MaxDiff(at::cat({a, b}, 1), expected), 1e-9) << Name(v);
+    EXPECT_LT(MaxStateDiff(split, whole), 1e-9) << Name(v);
+  }
+  auto model = MakeModel(c, 17);
+  ASSERT_NE(model, nullptr);
+  const at::Tensor tokens = RandomTokens(1, 45, 18);
+  SessionState kernel_state = model->NewState(), torch_state = model->NewState();
+  at::Tensor kernel_logits, torch_logits;
+  {
+    at::NoGradGuard no_grad;  // -> the fused memory kernel over the packed heads
+    kernel_logits = at::cat({ForwardAll(*model, &kernel_state, tokens.slice(1, 0, 30)),
+                             ForwardAll(*model, &kernel_state, tokens.slice(1, 30, 45))},
+                            1);
+  }
+  {
+    at::AutoGradMode grad(true);  // -> MemoryWriteReadTorch
+    torch_logits = at::cat({ForwardAll(*model, &torch_state, tokens.slice(1, 0, 30)),
+                            ForwardAll(*model, &torch_state, tokens.slice(1, 30, 45))},
+                           1);
+  }
+  EXPECT_LT(MaxDiff(kernel_logits, torch_logits.detach()), 2e-4) << Name(v);
+  EXPECT_LT(MaxStateDiff(kernel_state, torch_state), 2e-4) << Name(v);
+  // fp32 serving: the stream in two ForwardMany calls beside a session at another position
+  // ends where the one call does (as in ForwardMany.SplitInvariantLogitsAndState).
+  at::NoGradGuard no_grad;
+  SessionState many = model->NewState(), other = model->NewState();
+  ASSERT_TRUE(model->Forward(&other, RandomTokens(1, 6, 19)).ok());
+  const int64_t* ids = tokens.data_ptr<int64_t>();
+  const std::vector<int64_t> head(ids, ids + 17), rest(ids + 17, ids + 45);
+  ASSERT_TRUE(model->ForwardMany({&many, &other}, {head, {ids[0]}}).ok());
+  ASSERT_TRUE(model->ForwardMany({&many, &other}, {rest, {ids[1]}}).ok());
+  if (BatchInvariantCpuKernels()) {
+    EXPECT_TRUE(at::equal(many.last_logits, kernel_logits.select(1, 44))) << Name(v);
+    EXPECT_EQ(MaxStateDiff(many, kernel_state), 0.0) << Name(v);
+  } else {
+    EXPECT_LT(MaxDiff(many.last_logits, kernel_logits.select(1, 44)), 2e-4) << Name(v);
+    EXPECT_LT(MaxStateDiff(many, kernel_state), 2e-4) << Name(v);
+  }
+  // A batch of two streams in one Forward (groups b * Hm + h) gives what each gets alone.
+  SessionState pair = model->NewState(2), first = model->NewState(), second = model->NewState();
+  const at::Tensor two = RandomTokens(2, 21, 20);
+  const at::Tensor both = ForwardAll(*model, &pair, two);
+  EXPECT_LT(MaxDiff(both.slice(0, 0, 1), ForwardAll(*model, &first, two.slice(0, 0, 1))), 2e-4)
+      << Name(v);
+  EXPECT_LT(MaxDiff(both.slice(0, 1, 2), ForwardAll(*model, &second, two.slice(0, 1, 2))), 2e-4)
+      << Name(v);
+}
+
 TEST(MemoryHeads, SplitInvariantAndKernelMatchesLibTorch) {
   for (Variant v : {Variant::kMAL, Variant::kLMM}) {
-    const ModelConfig c = MemoryHeadsConfig(v, 3);
-    {
-      auto model = MakeModel(c, 7, /*dbl=*/true);
-      ASSERT_NE(model, nullptr);
-      at::NoGradGuard no_grad;
-      const at::Tensor tokens = RandomTokens(1, 50, 8);
-      SessionState whole = model->NewState(), split = model->NewState();
-      const at::Tensor expected = ForwardAll(*model, &whole, tokens);
-      const at::Tensor a = ForwardAll(*model, &split, tokens.slice(1, 0, 23));
-      const at::Tensor b = ForwardAll(*model, &split, tokens.slice(1, 23, 50));
-      EXPECT_LT(MaxDiff(at::cat({a, b}, 1), expected), 1e-9) << Name(v);
-      EXPECT_LT(MaxStateDiff(split, whole), 1e-9) << Name(v);
-    }
-    auto model = MakeModel(c, 17);
-    ASSERT_NE(model, nullptr);
-    const at::Tensor tokens = RandomTokens(1, 45, 18);
-    SessionState kernel_state = model->NewState(), torch_state = model->NewState();
-    at::Tensor kernel_logits, torch_logits;
-    {
-      at::NoGradGuard no_grad;  // -> the fused memory kernel over the packed heads
-      kernel_logits = at::cat({ForwardAll(*model, &kernel_state, tokens.slice(1, 0, 30)),
-                               ForwardAll(*model, &kernel_state, tokens.slice(1, 30, 45))},
-                              1);
-    }
-    {
-      at::AutoGradMode grad(true);  // -> MemoryWriteReadTorch
-      torch_logits = at::cat({ForwardAll(*model, &torch_state, tokens.slice(1, 0, 30)),
-                              ForwardAll(*model, &torch_state, tokens.slice(1, 30, 45))},
-                             1);
-    }
-    EXPECT_LT(MaxDiff(kernel_logits, torch_logits.detach()), 2e-4) << Name(v);
-    EXPECT_LT(MaxStateDiff(kernel_state, torch_state), 2e-4) << Name(v);
-    // fp32 serving: the stream in two ForwardMany calls beside a session at another position
-    // ends where the one call does (as in ForwardMany.SplitInvariantLogitsAndState).
-    at::NoGradGuard no_grad;
-    SessionState many = model->NewState(), other = model->NewState();
-    ASSERT_TRUE(model->Forward(&other, RandomTokens(1, 6, 19)).ok());
-    const int64_t* ids = tokens.data_ptr<int64_t>();
-    const std::vector<int64_t> head(ids, ids + 17), rest(ids + 17, ids + 45);
-    ASSERT_TRUE(model->ForwardMany({&many, &other}, {head, {ids[0]}}).ok());
-    ASSERT_TRUE(model->ForwardMany({&many, &other}, {rest, {ids[1]}}).ok());
-    if (BatchInvariantCpuKernels()) {
-      EXPECT_TRUE(at::equal(many.last_logits, kernel_logits.select(1, 44))) << Name(v);
-      EXPECT_EQ(MaxStateDiff(many, kernel_state), 0.0) << Name(v);
-    } else {
-      EXPECT_LT(MaxDiff(many.last_logits, kernel_logits.select(1, 44)), 2e-4) << Name(v);
-      EXPECT_LT(MaxStateDiff(many, kernel_state), 2e-4) << Name(v);
-    }
-    // A batch of two streams in one Forward (groups b * Hm + h) gives what each gets alone.
-    SessionState pair = model->NewState(2), first = model->NewState(), second = model->NewState();
-    const at::Tensor two = RandomTokens(2, 21, 20);
-    const at::Tensor both = ForwardAll(*model, &pair, two);
-    EXPECT_LT(MaxDiff(both.slice(0, 0, 1), ForwardAll(*model, &first, two.slice(0, 0, 1))), 2e-4)
-        << Name(v);
-    EXPECT_LT(MaxDiff(both.slice(0, 1, 2), ForwardAll(*model, &second, two.slice(0, 1, 2))), 2e-4)
-        << Name(v);
+    ExpectSplitInvariantAndKernelMatchesLibTorch(MemoryHeadsConfig(v, 3));
   }
 }
 
 // memory.num_heads per layer ([2, 3]): each layer's memory tensors and state take that layer's
-// count; forward, split invariance, the fused kernel beside the LibTorch form, batching with
-// another session and the state's serialisation all work with layers of different widths.
+// count; split invariance, the fused kernel beside the LibTorch form and batching (as above), and
+// the state's serialisation all work with layers of different widths.
 TEST(MemoryHeads, PerLayerCountsShapeEachLayer) {
   for (Variant v : {Variant::kMAL, Variant::kLMM}) {
     ModelConfig c = TinyConfig(v, 2, 4);
     c.memory.layer_heads = {2, 3};
     ASSERT_TRUE(ValidateModelConfig(c).ok()) << ValidateModelConfig(c);
+    ExpectSplitInvariantAndKernelMatchesLibTorch(c);
     const int64_t d = c.d_model, dh = c.head_dim, hidden = c.memory_hidden();
-    {
-      auto model = MakeModel(c, 7, /*dbl=*/true);
-      ASSERT_NE(model, nullptr) << Name(v);
-      for (int i = 0; i < 2; ++i) {
-        const int64_t Hm = i + 2;
-        const NeuralMemoryParams& m = model->params().layers[i].memory;
-        EXPECT_EQ(m.q_proj.sizes(), at::IntArrayRef({Hm * dh, d}));
-        EXPECT_EQ(m.theta_b.sizes(), at::IntArrayRef({Hm}));
-        EXPECT_EQ(m.initial_weights[0].sizes(), at::IntArrayRef({Hm, hidden, dh}));
-        EXPECT_EQ(m.out_proj.sizes(), at::IntArrayRef({d, Hm * dh}));
-      }
-      at::NoGradGuard no_grad;
-      const at::Tensor tokens = RandomTokens(1, 50, 8);
-      SessionState whole = model->NewState(), split = model->NewState();
-      const at::Tensor expected = ForwardAll(*model, &whole, tokens);
-      const at::Tensor a = ForwardAll(*model, &split, tokens.slice(1, 0, 23));
-      const at::Tensor b = ForwardAll(*model, &split, tokens.slice(1, 23, 50));
-      EXPECT_LT(MaxDiff(at::cat({a, b}, 1), expected), 1e-9) << Name(v);
-      EXPECT_LT(MaxStateDiff(split, whole), 1e-9) << Name(v);
-      for (int i = 0; i < 2; ++i) {
-        LayerState L = whole.layers[i];
-        MaterializeTails(&L);
-        const int64_t Hm = i + 2, p = 50 % c.memory.chunk_size;
-        EXPECT_EQ(L.memory.weights[1].sizes(), at::IntArrayRef({Hm, dh, hidden})) << i;
-        EXPECT_EQ(PendingInputs(L.memory, 0).sizes(), at::IntArrayRef({Hm, p, dh})) << i;
-        EXPECT_EQ(L.k_tail.sizes(), at::IntArrayRef({1, c.memory.conv_kernel - 1, Hm * dh})) << i;
-      }
-      EXPECT_TRUE(ValidateSessionState(c, whole).ok()) << ValidateSessionState(c, whole);
-      // The state is this model's and no other's: one count for every layer does not fit it.
-      ModelConfig uniform = c;
-      uniform.memory.layer_heads.clear();
-      uniform.memory.num_heads = 3;
-      EXPECT_EQ(ValidateSessionState(uniform, whole).code(), absl::StatusCode::kInvalidArgument);
+    auto model = MakeModel(c, 7);
+    ASSERT_NE(model, nullptr) << Name(v);
+    for (int i = 0; i < 2; ++i) {
+      const int64_t Hm = i + 2;
+      const NeuralMemoryParams& m = model->params().layers[i].memory;
+      EXPECT_EQ(m.q_proj.sizes(), at::IntArrayRef({Hm * dh, d}));
+      EXPECT_EQ(m.theta_b.sizes(), at::IntArrayRef({Hm}));
+      EXPECT_EQ(m.initial_weights[0].sizes(), at::IntArrayRef({Hm, hidden, dh}));
+      EXPECT_EQ(m.out_proj.sizes(), at::IntArrayRef({d, Hm * dh}));
     }
-    auto model = MakeModel(c, 17);
-    ASSERT_NE(model, nullptr);
-    const at::Tensor tokens = RandomTokens(1, 45, 18);
-    SessionState kernel_state = model->NewState(), torch_state = model->NewState();
-    at::Tensor kernel_logits, torch_logits;
-    {
-      at::NoGradGuard no_grad;  // -> the fused memory kernel over each layer's packed heads
-      kernel_logits = ForwardAll(*model, &kernel_state, tokens);
-    }
-    {
-      at::AutoGradMode grad(true);  // -> MemoryWriteReadTorch
-      torch_logits = ForwardAll(*model, &torch_state, tokens);
-    }
-    EXPECT_LT(MaxDiff(kernel_logits, torch_logits.detach()), 2e-4) << Name(v);
-    EXPECT_LT(MaxStateDiff(kernel_state, torch_state), 2e-4) << Name(v);
     at::NoGradGuard no_grad;
-    // Serialised and read back, the state is the same state; a model with one count for every
-    // layer refuses it.
-    auto blob = SerializeSessionState(c, kernel_state, "per-layer");
-    ASSERT_TRUE(blob.ok()) << blob.status();
-    auto restored = DeserializeSessionState(*blob, c, "per-layer");
-    ASSERT_TRUE(restored.ok()) << restored.status();
-    EXPECT_EQ(MaxStateDiff(*restored, kernel_state), 0.0) << Name(v);
+    SessionState state = model->NewState();
+    ForwardAll(*model, &state, RandomTokens(1, 50, 8));
+    for (int i = 0; i < 2; ++i) {
+      LayerState L = state.layers[i];
+      MaterializeTails(&L);
+      const int64_t Hm = i + 2, p = 50 % c.memory.chunk_size;
+      EXPECT_EQ(L.memory.weights[1].sizes(), at::IntArrayRef({Hm, dh, hidden})) << i;
+      EXPECT_EQ(PendingInputs(L.memory, 0).sizes(), at::IntArrayRef({Hm, p, dh})) << i;
+      EXPECT_EQ(L.k_tail.sizes(), at::IntArrayRef({1, c.memory.conv_kernel - 1, Hm * dh})) << i;
+    }
+    EXPECT_TRUE(ValidateSessionState(c, state).ok()) << ValidateSessionState(c, state);
+    // The state is this model's and no other's: one count for every layer does not fit it.
     ModelConfig uniform = c;
     uniform.memory.layer_heads.clear();
     uniform.memory.num_heads = 3;
+    EXPECT_EQ(ValidateSessionState(uniform, state).code(), absl::StatusCode::kInvalidArgument);
+    // Serialised and read back, the state is the same state; the uniform model refuses it.
+    auto blob = SerializeSessionState(c, state, "per-layer");
+    ASSERT_TRUE(blob.ok()) << blob.status();
+    auto restored = DeserializeSessionState(*blob, c, "per-layer");
+    ASSERT_TRUE(restored.ok()) << restored.status();
+    EXPECT_EQ(MaxStateDiff(*restored, state), 0.0) << Name(v);
     EXPECT_EQ(DeserializeSessionState(*blob, uniform, "per-layer").status().code(),
               absl::StatusCode::kInvalidArgument)
         << Name(v);
-    SessionState many = model->NewState(), other = model->NewState();
-    ASSERT_TRUE(model->Forward(&other, RandomTokens(1, 6, 19)).ok());
-    const int64_t* ids = tokens.data_ptr<int64_t>();
-    const std::vector<int64_t> head(ids, ids + 17), rest(ids + 17, ids + 45);
-    ASSERT_TRUE(model->ForwardMany({&many, &other}, {head, {ids[0]}}).ok());
-    ASSERT_TRUE(model->ForwardMany({&many, &other}, {rest, {ids[1]}}).ok());
-    EXPECT_LT(MaxDiff(many.last_logits, kernel_logits.select(1, 44)), 2e-4) << Name(v);
-    EXPECT_LT(MaxStateDiff(many, kernel_state), 2e-4) << Name(v);
   }
 }
 
