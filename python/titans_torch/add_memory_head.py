@@ -15,18 +15,18 @@ told; `fit_keys --head <new>` can then teach its keys the names and `train_recal
 The new head is the last: in each layer that takes it, the memory's head count becomes one more
 than before (memory.num_heads in config.json; the attention's num_heads when absent). With
 `--layers` naming only some layers, memory.num_heads becomes a list, one count per layer, and the
-other layers keep their heads and their state per session (the default model's fact head reads in
-layer 1 only; a copy in layer 0 would cost every session its state and do nothing). Every memory tensor gets the clone's share appended (rows of
-the projections, convolutions, output gate and norm; an entry of each gate; a slice of the
-initial memory weights) and out_proj gets the clone's columns: zero with `--new_output zero`
-(the default: the original head keeps its output exactly, and the new head's read reaches the
-model only as training grows them), or with `--new_output half` the original's halved in both
-places (exact in binary floating point). Either way each output is the same sum of the same
-terms, up to the order a matrix product adds them in. With `half`, the original's passkey reads
-came out at half strength beside a copy whose queries were then refitted, and 64 KiB passkeys
-in held-out English fell from 28 to 2 of 40 (docs/evaluation.md). The memory state per session grows
-by one head's share (docs/model.md). MAC is refused (its retrieval reads the memory with the
-attention's heads).
+other layers keep their heads and their state per session (a copy that no training uses still costs
+every session its state: `drop_memory_head` removes one). Every memory tensor of a layer that takes
+the head gets the clone's share appended (rows of the projections, convolutions, output gate and
+norm; an entry of each gate; a slice of the initial memory weights) and out_proj gets the clone's
+columns: zero with `--new_output zero` (the default: the original head keeps its output exactly,
+and the new head's read reaches the model only as training grows them), or with `--new_output half`
+the original's halved in both places (exact in binary floating point). Either way each output is
+the same sum of the same terms, up to the order a matrix product adds them in. With `half`, the
+original's passkey reads came out at half strength beside a copy whose queries were then refitted,
+and 64 KiB passkeys in held-out English fell from 28 to 2 of 40 (docs/evaluation.md). The memory
+state per session grows by one head's share (docs/model.md). MAC is refused (its retrieval reads
+the memory with the attention's heads).
 """
 from __future__ import annotations
 

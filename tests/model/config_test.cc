@@ -1,9 +1,9 @@
 #include "model/config.h"
 
+#include <gtest/gtest.h>
+
 #include <string>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 namespace titans {
 namespace {
@@ -125,7 +125,7 @@ TEST(ModelConfig, MemoryNumHeadsIsValidated) {
            R"({"format_version": 1, "variant": "mal", "memory": {"num_heads": [4, 1025]}})",
            R"({"format_version": 1, "variant": "mal", "memory": {"num_heads": [4, 2.5]}})",
            R"({"format_version": 1, "variant": "mal", "memory": {"num_heads": [4, "5"]}})",
-           R"({"format_version": 1, "variant": "mac", "num_heads": 4, "memory": {"num_heads": [4, 5]}})",
+           R"({"format_version": 1, "variant": "mac", "memory": {"num_heads": [4, 5]}})",
        }) {
     auto r = ParseModelConfig(json);
     ASSERT_FALSE(r.ok()) << json;
