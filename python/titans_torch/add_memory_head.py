@@ -72,15 +72,49 @@ def head_counts(config: dict):
     return [memory_heads(config, i) for i in range(config["num_layers"])]
 
 
+def with_head_counts(model: TitansModel, counts, reshape) -> TitansModel:
+    """A new model like `model` with `counts` memory heads per layer (written as one count where
+    every layer has the same, the form of every model before per-layer counts, else as a list):
+    every tensor whose shape is unchanged copied, every other one `reshape(name, tensor, axis,
+    width)`, given head h's share of it as `tensor.narrow(axis, h * width, width)`."""
+    config = copy.deepcopy(model.config)
+    config["memory"]["num_heads"] = counts[0] if len(set(counts)) == 1 else list(counts)
+    new = TitansModel(config)
+    with torch.no_grad():
+        for name, _, _, _ in new.slots:
+            tensor, before = new.p(name), model.p(name)
+            if tensor.shape == before.shape:
+                tensor.copy_(before)
+            else:
+                tensor.copy_(reshape(name, before,
+                                     *memory_head_share(name, config["head_dim"])))
+    return new
+
+
+def run_head_tool(module: str, args, argv, build) -> int:
+    """The command line of the head tools: loads --model_dir, calls build(model) -> (new model,
+    what to report), writes --out with the command as its description and prints the report;
+    exit 2 with the message on ValueError, nothing written."""
+    model = TitansModel.load(args.model_dir)
+    try:
+        new, report = build(model)
+    except ValueError as e:
+        print(f"{module}: {e}", file=sys.stderr)
+        return 2
+    save_with_command(new, args.out, module, argv)
+    print(f"wrote {args.out}: memory heads per layer {head_counts(new.config)}; {report}")
+    return 0
+
+
 def add_memory_head(model: TitansModel, clone: int, new_output: str = "zero",
                     layers=None) -> TitansModel:
     """A new model with one more memory head in each of `layers` (None: every layer), a copy of
     head `clone` (see above). ValueError for MAC, SWA (no memory), a head out of range in one of
     those layers, or a layer out of range."""
-    config = copy.deepcopy(model.config)
+    config = model.config
     if config["variant"] in ("mac", "swa"):
         raise ValueError(f"variant {config['variant']} cannot take another memory head")
-    num_layers, dh = config["num_layers"], config["head_dim"]
+    num_layers = config["num_layers"]
     layers = set(range(num_layers)) if layers is None else set(layers)
     if not layers:
         raise ValueError("no layer to add a head to")
@@ -90,41 +124,28 @@ def add_memory_head(model: TitansModel, clone: int, new_output: str = "zero",
         if not 0 <= clone < memory_heads(config, layer):
             raise ValueError(f"--clone {clone} out of range [0, {memory_heads(config, layer)}) "
                              f"in layer {layer}")
+
+    def append_copy(name, before, axis, width):
+        copy_of = before.narrow(axis, clone * width, width)
+        if name.endswith("memory.out_proj.weight") and new_output == "zero":
+            copy_of = torch.zeros_like(copy_of)
+        elif name.endswith("memory.out_proj.weight"):  # half: both copies take half
+            copy_of = copy_of * 0.5
+            before = before.clone()
+            before.narrow(axis, clone * width, width).copy_(copy_of)
+        return torch.cat([before, copy_of], axis)
+
     counts = [memory_heads(config, i) + (i in layers) for i in range(num_layers)]
-    # One count where every layer has the same (the form every model before per-layer counts
-    # has), else one count per layer.
-    config["memory"]["num_heads"] = counts[0] if len(set(counts)) == 1 else counts
-    wider = TitansModel(config)
-    with torch.no_grad():
-        for name, _, _, _ in wider.slots:
-            tensor, before = wider.p(name), model.p(name)
-            if tensor.shape == before.shape:
-                tensor.copy_(before)
-                continue
-            axis, width = memory_head_share(name, dh)
-            copy_of = before.narrow(axis, clone * width, width)
-            if name.endswith("memory.out_proj.weight") and new_output == "zero":
-                copy_of = torch.zeros_like(copy_of)
-            elif name.endswith("memory.out_proj.weight"):  # half: both copies take half
-                copy_of = copy_of * 0.5
-                before = before.clone()
-                before.narrow(axis, clone * width, width).copy_(copy_of)
-            tensor.copy_(torch.cat([before, copy_of], axis))
-    return wider
+    return with_head_counts(model, counts, append_copy)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    model = TitansModel.load(args.model_dir)
-    try:
-        wider = add_memory_head(model, args.clone, args.new_output, parse_layers(args.layers))
-    except ValueError as e:
-        print(f"add_memory_head: {e}", file=sys.stderr)
-        return 2
-    save_with_command(wider, args.out, "add_memory_head", argv)
-    print(f"wrote {args.out}: memory heads per layer {head_counts(wider.config)}, the last of "
-          f"each layer that took one a copy of head {args.clone}")
-    return 0
+    return run_head_tool(
+        "add_memory_head", args, argv,
+        lambda model: (add_memory_head(model, args.clone, args.new_output,
+                                       parse_layers(args.layers)),
+                       f"the last of each layer that took one a copy of head {args.clone}"))
 
 
 if __name__ == "__main__":

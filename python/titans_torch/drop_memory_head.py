@@ -23,14 +23,12 @@ MAC and SWA; and for a layer's last head.
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 
 import torch
 
-from titans_torch.add_memory_head import head_counts, parse_layers
+from titans_torch.add_memory_head import parse_layers, run_head_tool, with_head_counts
 from titans_torch.model import TitansModel, memory_head_share, memory_heads
-from titans_torch.write_gate import save_with_command
 
 
 def parse_args(argv=None):
@@ -51,7 +49,7 @@ def drop_memory_head(model: TitansModel, head: int, layers, allow_change: bool =
     """A new model without memory head `head` in each of `layers`, and the largest |entry| of the
     output columns removed (0.0: the same function). ValueError for MAC, SWA, a layer or head out
     of range, a layer's only head, or nonzero output columns without `allow_change`."""
-    config = copy.deepcopy(model.config)
+    config = model.config
     if config["variant"] in ("mac", "swa"):
         raise ValueError(f"variant {config['variant']} cannot lose a memory head")
     num_layers, dh = config["num_layers"], config["head_dim"]
@@ -74,35 +72,25 @@ def drop_memory_head(model: TitansModel, head: int, layers, allow_change: bool =
     if largest > 0 and not allow_change:
         raise ValueError(f"head {head}'s output columns are not zero (largest |entry| {largest:g}):"
                          f" removing it changes the model (--allow_change to do it anyway)")
+
+    def remove_share(name, before, axis, width):
+        rest = before.shape[axis] - (head + 1) * width
+        return torch.cat([before.narrow(axis, 0, head * width),
+                          before.narrow(axis, (head + 1) * width, rest)], axis)
+
     counts = [memory_heads(config, i) - (i in layers) for i in range(num_layers)]
-    config["memory"]["num_heads"] = counts[0] if len(set(counts)) == 1 else counts
-    narrower = TitansModel(config)
-    with torch.no_grad():
-        for name, _, _, _ in narrower.slots:
-            tensor, before = narrower.p(name), model.p(name)
-            if tensor.shape == before.shape:
-                tensor.copy_(before)
-                continue
-            axis, width = memory_head_share(name, dh)
-            tensor.copy_(torch.cat([before.narrow(axis, 0, head * width),
-                                    before.narrow(axis, (head + 1) * width,
-                                                  before.shape[axis] - (head + 1) * width)], axis))
-    return narrower, largest
+    return with_head_counts(model, counts, remove_share), largest
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    model = TitansModel.load(args.model_dir)
-    try:
+
+    def build(model):
         narrower, largest = drop_memory_head(model, args.head, parse_layers(args.layers) or [],
                                              args.allow_change)
-    except ValueError as e:
-        print(f"drop_memory_head: {e}", file=sys.stderr)
-        return 2
-    save_with_command(narrower, args.out, "drop_memory_head", argv)
-    print(f"wrote {args.out}: memory heads per layer {head_counts(narrower.config)}; the removed "
-          f"output columns' largest |entry| {largest:g}")
-    return 0
+        return narrower, f"the removed output columns' largest |entry| {largest:g}"
+
+    return run_head_tool("drop_memory_head", args, argv, build)
 
 
 if __name__ == "__main__":
