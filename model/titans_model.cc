@@ -157,7 +157,10 @@ absl::StatusOr<std::unique_ptr<TitansModel>> TitansModel::CreateRandom(const Mod
   c.initialization = "random";
   TITANS_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer,
                           CreateTokenizer(TokenizerConfig{"byte", ""}, ""));
-  return Finish(std::move(c), RandomParams(c, seed), std::move(tokenizer), options);
+  // The parameters first: a call's arguments are evaluated in no fixed order, and Finish's
+  // moved-from config would build them with no per-layer head counts (clang moves first).
+  ModelParams params = RandomParams(c, seed);
+  return Finish(std::move(c), std::move(params), std::move(tokenizer), options);
 }
 
 absl::Status TitansModel::Save(const std::string& dir) const {
