@@ -15,8 +15,9 @@ passkey's reads (the unit queries before its answer digits and the keys at the n
 it prints how well those queries pick their digit's keys, softmax over the needle's ten), plus
 --keep times the squared change of the head's
 unit keys and queries at 64 random filler bytes and at the needle and question of each task (so
-what the head does on text and passkeys stays where it was). The rest of the model is
-unchanged. Prints, on another 60 tasks (seed 99) before and after, the contrastive loss, how
+what the head does on text and passkeys stays where it was). With --with_head H the
+contrastive term is that of the mean of this head's softmax and head H's (H's rows unchanged):
+this head learns to address the facts that H confuses. The rest of the model is unchanged. Prints, on another 60 tasks (seed 99) before and after, the contrastive loss, how
 often the own fact's key scores highest, and the cosines of query and keys, own and other, as
 unit vectors and as the memory's hidden codes SiLU(W1 x) under the session's own W1.
 Deterministic for a given --threads; about 6 minutes on two cores.
@@ -24,6 +25,7 @@ Deterministic for a given --threads; about 6 minutes on two cores.
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import sys
 import time
@@ -54,6 +56,10 @@ def parse_args(argv=None):
     p.add_argument("--keep_passkeys", type=float, default=0.0,
                    help="weight of the change of a passkey's reads: the queries before its "
                         "answer digits and the keys at the needle's digits")
+    p.add_argument("--with_head", type=int, default=None,
+                   help="another head of the layer, left as it is: fit this head's addressing "
+                        "together with that one's, so that the pair's mean softmax picks the "
+                        "asked fact (this head learns the questions the other gets wrong)")
     p.add_argument("--iters", type=int, default=150, help="Adam steps over all recorded tasks")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--threads", type=int, default=2)
@@ -154,8 +160,10 @@ class KeyFit:
         self.model.memory_observer = None
         return data
 
-    def current_rows(self):
-        return {name: self.model.p(self.prefix + name)[self.rows].detach().clone()
+    def current_rows(self, head=None):
+        """The q/k rows of this head (or of `head` of the same layer), detached copies."""
+        rows = self.rows if head is None else slice(head * self.dh, (head + 1) * self.dh)
+        return {name: self.model.p(self.prefix + name)[rows].detach().clone()
                 for name in QK_ROWS}
 
     @staticmethod
@@ -200,18 +208,33 @@ class KeyFit:
         return (f"loss {loss:.3f} acc {right:.3f} change "
                 f"{self.passkey_change(data, rows, start):.5f}")
 
-    def losses(self, data, rows, start):
+    def addressing(self, task, rows):
+        """A task's addressing logits q . k / tau under `rows`, [2, pairs, pairs]: per digit
+        (first, second), each question's query against the stated facts' keys."""
+        pairs = task.pairs
+        keys = self.unit_rows(task.keys, rows, "k").view(2, pairs, -1)
+        queries = self.unit_rows(task.queries, rows, "q").view(2, pairs, -1)
+        return queries @ keys.transpose(1, 2) / self.args.tau
+
+    def losses(self, data, rows, start, partner=None):
         """(contrastive loss per question (+ --own term), share of questions whose own fact's
-        key scores highest, mean squared change of the kept keys and queries from `start`)."""
+        key scores highest, mean squared change of the kept keys and queries from `start`).
+        With `partner` (another head's rows, fixed), the loss and the share are those of the
+        mean of the two heads' softmaxes (--with_head)."""
         contrast, right, questions, change = 0.0, 0, 0, 0.0
         for task in data:
             pairs = task.pairs
             keys = self.unit_rows(task.keys, rows, "k")
             queries = self.unit_rows(task.queries, rows, "q")
             target = torch.tensor(task.order)
+            partner_logits = None if partner is None else self.addressing(task, partner)
             for d in (0, 1):
                 k, q = keys[d * pairs:(d + 1) * pairs], queries[d * pairs:(d + 1) * pairs]
                 logits = q @ k.t() / self.args.tau
+                if partner_logits is not None:
+                    # log of the mean of the two softmaxes: the pair's addressing.
+                    logits = torch.logaddexp(logits.log_softmax(1),
+                                             partner_logits[d].log_softmax(1)) - math.log(2)
                 contrast = contrast + F.cross_entropy(logits, target, reduction="sum")
                 contrast = contrast + self.args.own * (1 - (q * k[target]).sum(-1)).sum()
                 right += int((logits.argmax(1) == target).sum())
@@ -252,6 +275,14 @@ def main(argv=None) -> int:
         print(f"fit_keys: {e}", file=sys.stderr)
         return 2
     fit = KeyFit(model, args.layer, head, args)
+    partner = None
+    if args.with_head is not None:
+        heads = model.p(fit.prefix + "theta_proj.bias").shape[0]
+        if not 0 <= args.with_head < heads or args.with_head == head:
+            print(f"fit_keys: --with_head {args.with_head} is not another head of layer "
+                  f"{args.layer} (heads 0-{heads - 1}, fitting {head})", file=sys.stderr)
+            return 2
+        partner = fit.current_rows(args.with_head)
     began = time.time()
     fit_tasks, held_out_tasks = fit.collect(texts, args.tasks, 1), fit.collect(texts, 60, 99)
     print(f"collected in {time.time() - began:.0f}s", flush=True)
@@ -260,6 +291,13 @@ def main(argv=None) -> int:
     with torch.no_grad():
         contrast, right, _ = fit.losses(held_out_tasks, start, start)
         print(f"before: val contrast {contrast:.3f} acc {right:.3f}", flush=True)
+        if partner is not None:
+            contrast, right, _ = fit.losses(held_out_tasks, partner, partner)
+            print(f"head {args.with_head} alone: val contrast {contrast:.3f} acc {right:.3f}",
+                  flush=True)
+            contrast, right, _ = fit.losses(held_out_tasks, start, start, partner)
+            print(f"before, with head {args.with_head}: val contrast {contrast:.3f} acc "
+                  f"{right:.3f}", flush=True)
         print("before, held-out passkey digits:", fit.passkey_report(held_out_tasks, start, start),
               flush=True)
         print("before, held-out cosines (first digits):", fit.overlaps(held_out_tasks, start),
@@ -267,7 +305,7 @@ def main(argv=None) -> int:
     optimizer = torch.optim.Adam(list(fitted.values()), lr=args.lr)
     for it in range(args.iters):
         optimizer.zero_grad()
-        contrast, right, change = fit.losses(fit_tasks, fitted, start)
+        contrast, right, change = fit.losses(fit_tasks, fitted, start, partner)
         loss = contrast + args.keep * change
         if args.keep_passkeys:
             loss = loss + args.keep_passkeys * fit.passkey_change(fit_tasks, fitted, start)
@@ -275,11 +313,15 @@ def main(argv=None) -> int:
         optimizer.step()
         if it % 25 == 0 or it == args.iters - 1:
             with torch.no_grad():
-                val_contrast, val_right, val_change = fit.losses(held_out_tasks, fitted, start)
+                val_contrast, val_right, val_change = fit.losses(held_out_tasks, fitted, start,
+                                                                 partner)
             print(f"it {it} train c {contrast.item():.3f} acc {right:.3f} keep "
                   f"{change.item():.4f} | val c {val_contrast:.3f} acc {val_right:.3f} keep "
                   f"{val_change:.4f}", flush=True)
     with torch.no_grad():
+        if partner is not None:
+            contrast, right, _ = fit.losses(held_out_tasks, fitted, start)
+            print(f"after, alone: val contrast {contrast:.3f} acc {right:.3f}", flush=True)
         print("after, held-out cosines (first digits):", fit.overlaps(held_out_tasks, fitted),
               flush=True)
         print("after, held-out passkey digits:", fit.passkey_report(held_out_tasks, fitted, start),

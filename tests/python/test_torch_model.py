@@ -462,6 +462,48 @@ def test_fit_keys_refits_only_one_heads_query_and_key_rows(tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+def test_fit_keys_with_head_fits_the_pairs_addressing_and_leaves_the_partner_alone(tmp_path):
+    import argparse
+    from titans_torch.fit_keys import KeyFit
+    start = random_model(tmp_path, "fit_keys_pair", {"variant": "mal",
+                                                     "attention": {"window": 16}})
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(TEXT[:20000])
+    # The pair's loss is that of the mean of the two softmaxes: a partner with the same rows
+    # gives the head's own loss, and a different partner another one.
+    model = TitansModel.load(start)
+    fit = KeyFit(model, 1, 1, argparse.Namespace(tau=0.1, own=0.0))
+    tasks = fit.collect([TEXT[:20000].decode("utf-8", "replace")], 3, 5)
+    own, other = fit.current_rows(), fit.current_rows(0)
+    with torch.no_grad():
+        alone, alone_right, _ = fit.losses(tasks, own, own)
+        same, same_right, _ = fit.losses(tasks, own, own, partner=own)
+        paired, _, _ = fit.losses(tasks, own, own, partner=other)
+    assert abs(float(alone) - float(same)) < 1e-5 and alone_right == same_right
+    assert abs(float(paired) - float(alone)) > 1e-4
+    out = tmp_path / "paired"
+    run = run_gate_tool("fit_keys", "--model_dir", start, "--out", out, "--layer", "1",
+                        "--head", "1", "--with_head", "0", "--data", corpus, "--tasks", "4",
+                        "--iters", "30", "--lr", "0.03", "--threads", "1")
+    assert run.returncode == 0, run.stderr
+    assert "head 0 alone: val contrast" in run.stdout and "after, alone:" in run.stdout
+    fit_losses = [float(line.split(" train c ")[1].split()[0])
+                  for line in run.stdout.splitlines() if line.startswith("it ")]
+    assert len(fit_losses) == 3 and fit_losses[-1] < fit_losses[0], run.stdout
+    before, after = TitansModel.load(start), TitansModel.load(str(out))
+    head_dim = SMALL["head_dim"]
+    for name in ("q_proj.weight", "k_proj.weight", "q_conv.weight", "k_conv.weight"):
+        name = f"layers.1.memory.{name}"
+        assert torch.equal(after.p(name)[:head_dim], before.p(name)[:head_dim]), name
+        assert not torch.equal(after.p(name)[head_dim:], before.p(name)[head_dim:]), name
+    for partner in ("1", "2", "-1"):  # itself, past the layer's heads, negative
+        bad = run_gate_tool("fit_keys", "--model_dir", start, "--out", tmp_path / "bad",
+                            "--layer", "1", "--head", "1", "--with_head", partner, "--data",
+                            corpus, "--tasks", "1", "--iters", "1")
+        assert bad.returncode == 2 and "is not another head of layer 1" in bad.stderr, bad.stderr
+        assert not (tmp_path / "bad").exists()
+
+
 def test_train_recall_trains_the_named_parameters_and_resumes_bit_for_bit(tmp_path):
     start = random_model(tmp_path, "train_recall", {"variant": "mal",
                                                     "attention": {"window": 16}})
