@@ -10,14 +10,18 @@ question after them), then refits only the head's rows of q_proj, k_proj, q_conv
 offline (Adam over all recorded tasks per iteration) to minimise, at each question, the
 cross-entropy of softmax(q . k / tau) over the stated facts' keys (the query at '=' against the
 keys at each fact's first value digit, and one byte later for the second digit), plus --own
-times 1 - q . k with the asked fact's key, plus --keep_passkeys times the squared change of a
+times 1 - q . k with the asked fact's key, plus --others times the squared q . k with every
+other fact's key, plus --keep_passkeys times the squared change of a
 passkey's reads (the unit queries before its answer digits and the keys at the needle's digits;
 it prints how well those queries pick their digit's keys, softmax over the needle's ten), plus
 --keep times the squared change of the head's
 unit keys and queries at 64 random filler bytes and at the needle and question of each task (so
 what the head does on text and passkeys stays where it was). With --with_head H the
 contrastive term is that of the mean of this head's softmax and head H's (H's rows unchanged):
-this head learns to address the facts that H confuses. The rest of the model is unchanged. Prints, on another 60 tasks (seed 99) before and after, the contrastive loss, how
+this head learns to address the facts that H confuses. With --answer_negatives a question's
+candidates also include the keys of the earlier questions' answers (restatements written just
+before it); the cosines printed include the query's with the previous question's fact and with
+its answer. The rest of the model is unchanged. Prints, on another 60 tasks (seed 99) before and after, the contrastive loss, how
 often the own fact's key scores highest, and the cosines of query and keys, own and other, as
 unit vectors and as the memory's hidden codes SiLU(W1 x) under the session's own W1.
 Deterministic for a given --threads; about 6 minutes on two cores.
@@ -53,6 +57,12 @@ def parse_args(argv=None):
                    help="weight of the change of the keys and queries the fit must leave alone")
     p.add_argument("--own", type=float, default=0.0,
                    help="weight of 1 - q . k with the own fact's key")
+    p.add_argument("--others", type=float, default=0.0,
+                   help="weight of the squared cosine of a question's query with the other "
+                        "facts' keys (what a linear read mixes in from them)")
+    p.add_argument("--answer_negatives", action="store_true",
+                   help="contrast a question's query with the keys of the earlier questions' "
+                        "answers too (restatements of other facts, written just before it)")
     p.add_argument("--keep_passkeys", type=float, default=0.0,
                    help="weight of the change of a passkey's reads: the queries before its "
                         "answer digits and the keys at the needle's digits")
@@ -102,6 +112,7 @@ class Recorded(NamedTuple):
     w1: torch.Tensor  # the session's memory W1 of the head at the question [hidden, dh]
     passkey_keys: torch.Tensor  # the needle's ten digits
     passkey_queries: torch.Tensor  # the bytes before the five answer digits
+    answer_keys: torch.Tensor  # each answer's first digit, then its second, in question order
 
 
 class KeyFit:
@@ -152,11 +163,12 @@ class KeyFit:
                 # Input position = byte offset + 1 (<|bos|> first).
                 key_at = [passkey.value_offset(i) + 1 + d for d in (0, 1) for i in range(pairs)]
                 query_at = [answers[2 * j] + d for d in (0, 1) for j in range(pairs)]
+                answer_at = [answers[2 * j] + 1 + d for d in (0, 1) for j in range(pairs)]
                 keep_at = rng.sample(range(begin + 4, end), 64) + list(
                     range(needle + 2, question_end + 1))
                 data.append(Recorded(self.windows(x, key_at), self.windows(x, query_at), order,
                                      pairs, self.windows(x, keep_at), w1, passkey_keys,
-                                     passkey_queries))
+                                     passkey_queries, self.windows(x, answer_at)))
         self.model.memory_observer = None
         return data
 
@@ -209,12 +221,21 @@ class KeyFit:
                 f"{self.passkey_change(data, rows, start):.5f}")
 
     def addressing(self, task, rows):
-        """A task's addressing logits q . k / tau under `rows`, [2, pairs, pairs]: per digit
-        (first, second), each question's query against the stated facts' keys."""
+        """A task's addressing logits q . k / tau under `rows`, [2, pairs, C]: per digit
+        (first, second), each question's query against the stated facts' keys (C = pairs), and
+        with --answer_negatives against the earlier questions' answers' keys too (C = 2 pairs;
+        the later answers' entries -inf)."""
         pairs = task.pairs
         keys = self.unit_rows(task.keys, rows, "k").view(2, pairs, -1)
         queries = self.unit_rows(task.queries, rows, "q").view(2, pairs, -1)
-        return queries @ keys.transpose(1, 2) / self.args.tau
+        logits = queries @ keys.transpose(1, 2) / self.args.tau
+        if not self.args.answer_negatives:
+            return logits
+        answers = self.unit_rows(task.answer_keys, rows, "k").view(2, pairs, -1)
+        earlier = torch.ones(pairs, pairs, dtype=torch.bool).tril(-1)  # answer i < question j
+        answered = (queries @ answers.transpose(1, 2) / self.args.tau).masked_fill(
+            ~earlier, float("-inf"))
+        return torch.cat([logits, answered], 2)
 
     def losses(self, data, rows, start, partner=None):
         """(contrastive loss per question (+ --own term), share of questions whose own fact's
@@ -227,16 +248,20 @@ class KeyFit:
             keys = self.unit_rows(task.keys, rows, "k")
             queries = self.unit_rows(task.queries, rows, "q")
             target = torch.tensor(task.order)
+            own_logits = self.addressing(task, rows)
             partner_logits = None if partner is None else self.addressing(task, partner)
             for d in (0, 1):
                 k, q = keys[d * pairs:(d + 1) * pairs], queries[d * pairs:(d + 1) * pairs]
-                logits = q @ k.t() / self.args.tau
+                logits = own_logits[d]
                 if partner_logits is not None:
                     # log of the mean of the two softmaxes: the pair's addressing.
                     logits = torch.logaddexp(logits.log_softmax(1),
                                              partner_logits[d].log_softmax(1)) - math.log(2)
                 contrast = contrast + F.cross_entropy(logits, target, reduction="sum")
                 contrast = contrast + self.args.own * (1 - (q * k[target]).sum(-1)).sum()
+                if self.args.others:
+                    cosines = (q @ k.t()).masked_fill(F.one_hot(target, pairs).bool(), 0.0)
+                    contrast = contrast + self.args.others * cosines.pow(2).sum()
                 right += int((logits.argmax(1) == target).sum())
                 questions += pairs
             for which in ("k", "q"):
@@ -249,11 +274,15 @@ class KeyFit:
         """Mean cosine of the query with its own fact's key and with the others' (first
         digits), as unit vectors (q . k), and as the memory's hidden codes SiLU(W1 x) under the
         session's own W1 (what the W2 part of a write's effect on a read follows)."""
-        found = {"qk own": [], "qk other": [], "hidden own": [], "hidden other": []}
+        found = {"qk own": [], "qk other": [], "hidden own": [], "hidden other": [],
+                 "qk previous question's fact": [], "qk previous answer": []}
         for task in data:
             pairs, order = task.pairs, task.order
             k = self.unit_rows(task.keys, rows, "k")[:pairs]
             q = self.unit_rows(task.queries, rows, "q")[:pairs]
+            answers = self.unit_rows(task.answer_keys, rows, "k")[:pairs]
+            found["qk previous question's fact"].append((q[1:] * k[order[:-1]]).sum(-1))
+            found["qk previous answer"].append((q[1:] * answers[:-1]).sum(-1))
             hidden_k = F.normalize(F.silu(k @ task.w1.t()), dim=-1)
             hidden_q = F.normalize(F.silu(q @ task.w1.t()), dim=-1)
             own = torch.zeros(pairs, pairs, dtype=torch.bool)

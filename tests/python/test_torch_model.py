@@ -472,7 +472,8 @@ def test_fit_keys_with_head_fits_the_pairs_addressing_and_leaves_the_partner_alo
     # The pair's loss is that of the mean of the two softmaxes: a partner with the same rows
     # gives the head's own loss, and a different partner another one.
     model = TitansModel.load(start)
-    fit = KeyFit(model, 1, 1, argparse.Namespace(tau=0.1, own=0.0))
+    fit = KeyFit(model, 1, 1, argparse.Namespace(tau=0.1, own=0.0, others=0.0,
+                                                        answer_negatives=False))
     tasks = fit.collect([TEXT[:20000].decode("utf-8", "replace")], 3, 5)
     own, other = fit.current_rows(), fit.current_rows(0)
     with torch.no_grad():
@@ -481,6 +482,23 @@ def test_fit_keys_with_head_fits_the_pairs_addressing_and_leaves_the_partner_alo
         paired, _, _ = fit.losses(tasks, own, own, partner=other)
     assert abs(float(alone) - float(same)) < 1e-5 and alone_right == same_right
     assert abs(float(paired) - float(alone)) > 1e-4
+    # --answer_negatives adds the earlier questions' answers as candidates: question j sees
+    # the answers of questions 0..j-1 and no later one.
+    fit.args.answer_negatives = True
+    with torch.no_grad():
+        logits = fit.addressing(tasks[0], own)
+        widened, _, _ = fit.losses(tasks, own, own)
+    pairs = tasks[0].pairs
+    assert logits.shape == (2, pairs, 2 * pairs)
+    answered = torch.isfinite(logits[:, :, pairs:])
+    assert torch.equal(answered[0], torch.ones(pairs, pairs, dtype=torch.bool).tril(-1))
+    assert float(widened) > float(alone)  # more candidates, a larger cross-entropy
+    # --others adds the squared cosines with the other facts' keys.
+    fit.args.answer_negatives, fit.args.others = False, 1.0
+    with torch.no_grad():
+        penalised, _, _ = fit.losses(tasks, own, own)
+    assert float(penalised) > float(alone)
+    fit.args.others = 0.0
     out = tmp_path / "paired"
     run = run_gate_tool("fit_keys", "--model_dir", start, "--out", out, "--layer", "1",
                         "--head", "1", "--with_head", "0", "--data", corpus, "--tasks", "4",
