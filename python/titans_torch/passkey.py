@@ -47,11 +47,13 @@ def haystack(rng, n: int, source=None) -> bytes:
     return source[start:start + n].encode("utf-8", "replace")[:n].ljust(n, b" ")
 
 
-def recall_task(rng, pairs: int, filler_bytes: int, source=None):
+def recall_task(rng, pairs: int, filler_bytes: int, source=None, question_gap: int = 0):
     """A multi-fact recall task in titans-eval's format (model/trainer.cc's MakeRecallTask, not
     its random draws): `pairs` facts, `filler_bytes` of haystack(source), then every name asked
     in a random order. Returns (bytes, the byte offsets of the answers' digits in question
-    order, the order (question j asks fact order[j]), (filler begin, filler end))."""
+    order, the order (question j asks fact order[j]), (filler begin, filler end)).
+    question_gap > 0 puts that many bytes of haystack(source) between consecutive questions (a
+    diagnostic: the eval's questions follow each other directly)."""
     names = []
     while len(names) < pairs:
         name = "".join(chr(ord("a") + rng.randrange(26)) for _ in range(3))
@@ -66,7 +68,9 @@ def recall_task(rng, pairs: int, filler_bytes: int, source=None):
     order = list(range(pairs))
     rng.shuffle(order)
     answers = []
-    for i in order:
+    for j, i in enumerate(order):
+        if j and question_gap > 0:
+            text += haystack(rng, question_gap, source)
         text += f"{names[i]}=".encode()
         answers += [len(text), len(text) + 1]
         text += f"{values[i]}, ".encode()

@@ -406,6 +406,23 @@ def test_passkey_probe_counts_keys_and_names_every_miss(tmp_path):
     assert refused.returncode == 2 and "--tasks at least 1" in refused.stderr, refused.stderr
 
 
+def test_recall_task_answers_point_at_the_values_with_and_without_question_gaps():
+    import random
+    from titans_torch import passkey
+    for gap in (0, 100):
+        for seed in range(5):
+            text, answers, order, (begin, end) = passkey.recall_task(random.Random(seed), 4, 256,
+                                                                     None, gap)
+            assert end - begin == 256 and len(answers) == 8 and sorted(order) == [0, 1, 2, 3]
+            for j, i in enumerate(order):
+                stated = text[passkey.value_offset(i):passkey.value_offset(i) + 2]
+                assert text[answers[2 * j]:answers[2 * j] + 2] == stated
+                assert answers[2 * j + 1] == answers[2 * j] + 1
+                if j:  # the previous answer's ", " then the gap, then this question's name
+                    between = answers[2 * j] - answers[2 * j - 2]
+                    assert between == 2 + len(", ") + gap + len("abc="), (gap, between)
+
+
 def test_fit_keys_finds_both_occurrences_of_the_needles_digits():
     from titans_torch import passkey
     from titans_torch.fit_keys import needle_digits
