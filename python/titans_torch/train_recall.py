@@ -77,6 +77,9 @@ def parse_args(argv=None):
     p.add_argument("--short_noise_lengths", default="1024,2048,4096",
                    help="their lengths in bytes to draw from")
     p.add_argument("--gaps", default="256,1024,2048,4096", help="filler bytes to draw from")
+    p.add_argument("--question_gaps", default="0",
+                   help="bytes of filler between consecutive questions to draw from, one draw "
+                        "per step (0 alone: the questions follow each other, no draw made)")
     p.add_argument("--contrast", type=float, default=0.0,
                    help="weight of the contrastive term")
     p.add_argument("--tau", type=float, default=0.1, help="its temperature")
@@ -108,6 +111,12 @@ def parse_args(argv=None):
         p.error(f"--gaps must be comma-separated byte counts, not {args.gaps!r}")
     if not args.gap_choices or min(args.gap_choices) < 0:
         p.error("--gaps must be byte counts >= 0")
+    try:
+        args.question_gap_choices = [int(g) for g in args.question_gaps.split(",")]
+    except ValueError:
+        p.error(f"--question_gaps must be comma-separated byte counts, not {args.question_gaps!r}")
+    if not args.question_gap_choices or min(args.question_gap_choices) < 0:
+        p.error("--question_gaps must be byte counts >= 0")
     if args.short_noise_every < 0:
         p.error("--short_noise_every must be >= 0")
     try:
@@ -142,10 +151,11 @@ def head_mask(model: TitansModel, name: str, layer: int, head: int):
     return mask
 
 
-def recall_task(rng: random.Random, pairs: int, gap: int, source):
+def recall_task(rng: random.Random, pairs: int, gap: int, source, question_gap: int = 0):
     """One task as (bytes, answer offsets, the filler's byte range scored as text, or (0, 0) in
-    the noise, the order asked); source None is the noise."""
-    text, answers, order, filler = passkey.recall_task(rng, pairs, gap, source)
+    the noise, the order asked); source None is the noise. question_gap: filler bytes between
+    the questions (not scored as text)."""
+    text, answers, order, filler = passkey.recall_task(rng, pairs, gap, source, question_gap)
     return list(text), answers, filler if source is not None else (0, 0), order
 
 
@@ -259,7 +269,9 @@ class Trainer:
         else:
             pairs = rng.randrange(2, 9)
             gap = rng.choice(args.gap_choices)
-            tasks = [recall_task(rng, pairs, gap, passkey.filler_source(rng, texts))
+            question_gap = (0 if args.question_gap_choices == [0] else
+                            rng.choice(args.question_gap_choices))
+            tasks = [recall_task(rng, pairs, gap, passkey.filler_source(rng, texts), question_gap)
                      for _ in range(args.batch)]
             rows, answers, text_ranges, orders = zip(*tasks)
             model.memory_observer = self.observe if args.contrast else None
@@ -267,7 +279,7 @@ class Trainer:
             model.memory_observer = None
             answer = nats[is_answer].mean()
             text = nats[is_text].mean() if is_text.any() else torch.zeros(())
-            kind = f"mf{pairs}x{gap}"
+            kind = f"mf{pairs}x{gap}" + (f"q{question_gap}" if question_gap else "")
             if args.contrast:  # the printed answer loss then includes the weighted term
                 contrast = self.contrastive_loss(answers, orders, pairs)
                 answer = answer + args.contrast * contrast

@@ -588,6 +588,15 @@ def test_train_recall_trains_the_named_parameters_and_resumes_bit_for_bit(tmp_pa
     assert kinds == ["pkn300", "pk", "pkn300"], short.stdout
     in_short_noise = TitansModel.load(str(tmp_path / "short"))
     assert any(not torch.equal(in_short_noise.p(n), after.p(n)) for n in names)
+    # --question_gaps puts filler between the questions of the recall steps (steps 1 and 3).
+    spaced = train(tmp_path / "spaced", 3, "--question_gaps", "40")
+    assert spaced.returncode == 0, spaced.stderr
+    kinds = [line.split()[2] for line in spaced.stdout.splitlines() if line.startswith("step ")]
+    assert kinds[1] == "pk" and all(k.endswith("q40") for k in kinds[::2]), spaced.stdout
+    with_gaps = TitansModel.load(str(tmp_path / "spaced"))
+    assert any(not torch.equal(with_gaps.p(n), after.p(n)) for n in names)
+    bad = train(tmp_path / "bad", 1, "--question_gaps", "x")
+    assert bad.returncode == 2 and "--question_gaps must be" in bad.stderr, bad.stderr
     # --head auto contrasts the recall head, as fit_keys picks it: the same run as naming that
     # head, another run than naming the other (the contrast acts through the q rows trained).
     picked, _ = recall_head(before, 1)
