@@ -131,9 +131,11 @@ for sid in ids:
 
 
 def count_of(ops):
+    """The session's position after ops: a rewind, or a "lost" entry (the position the session
+    reported after an operation cut by the kill), sets it; text and token ids add to it."""
     n = 0
     for kind, value in ops:
-        n = value if kind == "rewind" else n + len(value)
+        n = value if kind in ("rewind", "lost") else n + len(value)
     return n
 
 
