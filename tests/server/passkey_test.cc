@@ -170,9 +170,10 @@ INSTANTIATE_TEST_SUITE_P(Haystacks, PasskeyHaystackTest,
 // then every name asked in a random order in the trained format (" Recall: kqz=" and then
 // ", bwa=" ...), each answer two greedy tokens from Generate (the session keeps the model's own
 // answers, as a client's session would). The shipped model's fact heads in layer 1 (stages
-// 12-17 of scripts/train-default.sh) are what read fact lists: these seeds give 23 of 40 with
-// both, 21 with the first alone (stage 14) and 11 with stage 11's model (before them; guessing
-// gives 0.4). At least 16: slack for
+// 12-18 of scripts/train-default.sh) are what read fact lists: these seeds give 28 of 40 with
+// both (stage 18), 23 before the second one's own write gates trained (stage 17), 21 with the
+// first alone (stage 14) and 11 with stage 11's model (before them; guessing gives 0.4). At
+// least 16: slack for
 // float rounding on other CPUs, and still far above what the model without the head reads.
 TEST_F(PasskeyAcrossCallsTest, FourFactsToldEarlyAreRecalledAfterManyAppends) {
   Start();
