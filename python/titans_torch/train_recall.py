@@ -39,6 +39,7 @@ import random
 import re
 import sys
 import time
+from typing import List
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +48,17 @@ from titans_torch import passkey
 from titans_torch.model import BOS, TitansModel, memory_head_share, memory_heads
 from titans_torch.train_gate import passkey_stream, stream_nats
 from titans_torch.write_gate import read_training_texts, resolve_head, save_with_command
+
+
+def byte_counts(p: argparse.ArgumentParser, flag: str, value: str, least: int) -> List[int]:
+    """A flag's comma-separated byte counts, each at least `least` (p.error otherwise)."""
+    try:
+        counts = [int(n) for n in value.split(",")]
+    except ValueError:
+        p.error(f"{flag} must be comma-separated byte counts, not {value!r}")
+    if not counts or min(counts) < least:
+        p.error(f"{flag} must be byte counts >= {least}")
+    return counts
 
 
 def parse_args(argv=None):
@@ -105,27 +117,12 @@ def parse_args(argv=None):
         p.error("--anchor and --contrast must be >= 0")
     if not 0 <= args.noise_fraction <= 1:
         p.error("--noise_fraction must be in [0, 1]")
-    try:
-        args.gap_choices = [int(g) for g in args.gaps.split(",")]
-    except ValueError:
-        p.error(f"--gaps must be comma-separated byte counts, not {args.gaps!r}")
-    if not args.gap_choices or min(args.gap_choices) < 0:
-        p.error("--gaps must be byte counts >= 0")
-    try:
-        args.question_gap_choices = [int(g) for g in args.question_gaps.split(",")]
-    except ValueError:
-        p.error(f"--question_gaps must be comma-separated byte counts, not {args.question_gaps!r}")
-    if not args.question_gap_choices or min(args.question_gap_choices) < 0:
-        p.error("--question_gaps must be byte counts >= 0")
+    args.gap_choices = byte_counts(p, "--gaps", args.gaps, 0)
+    args.question_gap_choices = byte_counts(p, "--question_gaps", args.question_gaps, 0)
     if args.short_noise_every < 0:
         p.error("--short_noise_every must be >= 0")
-    try:
-        args.short_noise_choices = [int(n) for n in args.short_noise_lengths.split(",")]
-    except ValueError:
-        p.error("--short_noise_lengths must be comma-separated byte counts, not "
-                f"{args.short_noise_lengths!r}")
-    if not args.short_noise_choices or min(args.short_noise_choices) < 256:
-        p.error("--short_noise_lengths must be byte counts >= 256")
+    args.short_noise_choices = byte_counts(p, "--short_noise_lengths", args.short_noise_lengths,
+                                           256)
     try:
         re.compile(args.params)
     except re.error as e:
