@@ -7,23 +7,23 @@ key among the facts a session was told (docs/evaluation.md, "Training the keys a
 Records the layer's memory input (after its RMSNorm) on --tasks multi-fact recall tasks (2-8
 facts, 256 or 1,024 bytes of filler, 30% RULER noise, 70% training text; a passkey needle and
 question after them), then refits only the head's rows of q_proj, k_proj, q_conv and k_conv
-offline (Adam over all recorded tasks per iteration) to minimise, at each question, the cross-
-entropy of softmax(q . k / tau) over the stated facts' keys (the query at '=' against the keys
-at each fact's first value digit, and one byte later for the second digit), plus --own times 1 -
-q . k with the asked fact's key, plus --others times the squared q . k with every other fact's
-key, plus --keep_passkeys times the squared change of a passkey's reads (the unit queries before
-its answer digits and the keys at the needle's digits; it prints how well those queries pick
-their digit's keys, softmax over the needle's ten), plus --keep times the squared change of the
-head's unit keys and queries at 64 random filler bytes and at the needle and question of each
-task (so what the head does on text and passkeys stays where it was). With --with_head H the
-contrastive term is that of the mean of this head's softmax and head H's (H's rows unchanged):
-this head learns to address the facts that H confuses. With --answer_negatives a question's
-candidates also include the keys of the earlier questions' answers (restatements written just
-before it); the cosines printed include the query's with the previous question's fact and with
-its answer. The rest of the model is unchanged. Prints, on another 60 tasks (seed 99) before and
-after, the contrastive loss, how often the own fact's key scores highest, and the cosines of
-query and keys, own and other, as unit vectors and as the memory's hidden codes SiLU(W1 x) under
-the session's own W1.
+offline (Adam over all recorded tasks per iteration) to minimise, at each question, the
+cross-entropy of softmax(q . k / tau) over the stated facts' keys (the query at '=' against the
+keys at each fact's first value digit, and one byte later for the second digit), plus --own
+times 1 - q.k with the asked fact's key, plus --others times the squared q . k with every other
+fact's key, plus --keep_passkeys times the squared change of a passkey's reads (the unit queries
+before its answer digits and the keys at the needle's digits; it prints how well those queries
+pick their digit's keys, softmax over the needle's ten), plus --keep times the squared change of
+the head's unit keys and queries at 64 random filler bytes and at the needle and question of
+each task (so what the head does on text and passkeys stays where it was). With --with_head H
+the contrastive term is that of the mean of this head's softmax and head H's (H's rows
+unchanged): this head learns to address the facts that H confuses. With --answer_negatives a
+question's candidates also include the keys of the earlier questions' answers (restatements
+written just before it); the cosines printed include the query's with the previous question's
+fact and with its answer. The rest of the model is unchanged. Prints, on another 60 tasks (seed
+99) before and after, the contrastive loss, how often the own fact's key scores highest, and the
+cosines of query and keys, own and other, as unit vectors and as the memory's hidden codes
+SiLU(W1 x) under the session's own W1.
 Deterministic for a given --threads; about 6 minutes on two cores.
 """
 from __future__ import annotations
