@@ -47,13 +47,13 @@ for pairs in map(int, args.facts.split(",")):
                     stated_firsts = {text[passkey.value_offset(i)] for i in range(pairs)}
                     for j in range(pairs):
                         at_first, at_second = answers[2 * j], answers[2 * j + 1]
-                        first_right = int(predicted[r, at_first]) == rows[r][at_first]
+                        guess = int(predicted[r, at_first])
+                        first_right = guess == rows[r][at_first]
                         whole += first_right and int(predicted[r, at_second]) == rows[r][at_second]
                         first += first_right
-                        wrong = int(predicted[r, at_first])
-                        other += (not first_right) and wrong in stated_firsts
+                        other += (not first_right) and guess in stated_firsts
                         previous += (not first_right and j > 0 and
-                                     wrong == rows[r][answers[2 * j - 2]])
+                                     guess == rows[r][answers[2 * j - 2]])
                         asked += 1
         print(f"facts {pairs} filler {gap}: whole {whole}/{asked}, first digit {first}/{asked}, "
               f"wrong first digits that are another fact's {other}/{asked - first}, the previous "

@@ -221,21 +221,25 @@ class KeyFit:
                 f"{self.passkey_change(data, rows, start):.5f}")
 
     def addressing(self, task, rows):
-        """A task's addressing logits q . k / tau under `rows`, [2, pairs, C]: per digit
-        (first, second), each question's query against the stated facts' keys (C = pairs), and
-        with --answer_negatives against the earlier questions' answers' keys too (C = 2 pairs;
-        the later answers' entries -inf)."""
+        """A task's cosines q . k under `rows`, one [pairs, C] per digit (first, second): each
+        question's unit query against the stated facts' unit keys (C = pairs), and with
+        --answer_negatives against the earlier questions' answers' keys too (C = 2 pairs; the
+        later answers' entries -inf, so that they drop out of a softmax)."""
         pairs = task.pairs
-        keys = self.unit_rows(task.keys, rows, "k").view(2, pairs, -1)
-        queries = self.unit_rows(task.queries, rows, "q").view(2, pairs, -1)
-        logits = queries @ keys.transpose(1, 2) / self.args.tau
-        if not self.args.answer_negatives:
-            return logits
-        answers = self.unit_rows(task.answer_keys, rows, "k").view(2, pairs, -1)
+        keys = self.unit_rows(task.keys, rows, "k")
+        queries = self.unit_rows(task.queries, rows, "q")
+        answers = (self.unit_rows(task.answer_keys, rows, "k")
+                   if self.args.answer_negatives else None)
         earlier = torch.ones(pairs, pairs, dtype=torch.bool).tril(-1)  # answer i < question j
-        answered = (queries @ answers.transpose(1, 2) / self.args.tau).masked_fill(
-            ~earlier, float("-inf"))
-        return torch.cat([logits, answered], 2)
+        cosines = []
+        for d in (0, 1):
+            digit = slice(d * pairs, (d + 1) * pairs)
+            found = queries[digit] @ keys[digit].t()
+            if answers is not None:
+                found = torch.cat([found, (queries[digit] @ answers[digit].t()).masked_fill(
+                    ~earlier, float("-inf"))], 1)
+            cosines.append(found)
+        return cosines
 
     def losses(self, data, rows, start, partner=None):
         """(contrastive loss per question (+ --own term), share of questions whose own fact's
@@ -245,23 +249,23 @@ class KeyFit:
         contrast, right, questions, change = 0.0, 0, 0, 0.0
         for task in data:
             pairs = task.pairs
-            keys = self.unit_rows(task.keys, rows, "k")
-            queries = self.unit_rows(task.queries, rows, "q")
             target = torch.tensor(task.order)
-            own_logits = self.addressing(task, rows)
-            partner_logits = None if partner is None else self.addressing(task, partner)
+            own_cosines = self.addressing(task, rows)
+            partner_cosines = None if partner is None else self.addressing(task, partner)
             for d in (0, 1):
-                k, q = keys[d * pairs:(d + 1) * pairs], queries[d * pairs:(d + 1) * pairs]
-                logits = own_logits[d]
-                if partner_logits is not None:
+                facts = own_cosines[d][:, :pairs]  # [question, fact]
+                logits = own_cosines[d] / self.args.tau
+                if partner_cosines is not None:
                     # log of the mean of the two softmaxes: the pair's addressing.
-                    logits = torch.logaddexp(logits.log_softmax(1),
-                                             partner_logits[d].log_softmax(1)) - math.log(2)
+                    logits = torch.logaddexp(
+                        logits.log_softmax(1),
+                        (partner_cosines[d] / self.args.tau).log_softmax(1)) - math.log(2)
                 contrast = contrast + F.cross_entropy(logits, target, reduction="sum")
-                contrast = contrast + self.args.own * (1 - (q * k[target]).sum(-1)).sum()
+                contrast = contrast + self.args.own * (
+                    1 - facts[torch.arange(pairs), target]).sum()
                 if self.args.others:
-                    cosines = (q @ k.t()).masked_fill(F.one_hot(target, pairs).bool(), 0.0)
-                    contrast = contrast + self.args.others * cosines.pow(2).sum()
+                    others = facts.masked_fill(F.one_hot(target, pairs).bool(), 0.0)
+                    contrast = contrast + self.args.others * others.pow(2).sum()
                 right += int((logits.argmax(1) == target).sum())
                 questions += pairs
             for which in ("k", "q"):
@@ -299,19 +303,15 @@ def main(argv=None) -> int:
     model = TitansModel.load(args.model_dir)
     try:
         head = resolve_head(model, args.layer, args.head)
+        if args.with_head is not None:
+            if resolve_head(model, args.layer, str(args.with_head)) == head:
+                raise ValueError(f"--with_head {head} is the head being fitted")
         texts, _ = read_training_texts(args.data)
     except (ValueError, OSError) as e:
         print(f"fit_keys: {e}", file=sys.stderr)
         return 2
     fit = KeyFit(model, args.layer, head, args)
-    partner = None
-    if args.with_head is not None:
-        heads = model.p(fit.prefix + "theta_proj.bias").shape[0]
-        if not 0 <= args.with_head < heads or args.with_head == head:
-            print(f"fit_keys: --with_head {args.with_head} is not another head of layer "
-                  f"{args.layer} (heads 0-{heads - 1}, fitting {head})", file=sys.stderr)
-            return 2
-        partner = fit.current_rows(args.with_head)
+    partner = None if args.with_head is None else fit.current_rows(args.with_head)
     began = time.time()
     fit_tasks, held_out_tasks = fit.collect(texts, args.tasks, 1), fit.collect(texts, 60, 99)
     print(f"collected in {time.time() - began:.0f}s", flush=True)

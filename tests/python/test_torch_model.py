@@ -503,12 +503,13 @@ def test_fit_keys_with_head_fits_the_pairs_addressing_and_leaves_the_partner_alo
     # the answers of questions 0..j-1 and no later one.
     fit.args.answer_negatives = True
     with torch.no_grad():
-        logits = fit.addressing(tasks[0], own)
+        cosines = torch.stack(fit.addressing(tasks[0], own))
         widened, _, _ = fit.losses(tasks, own, own)
     pairs = tasks[0].pairs
-    assert logits.shape == (2, pairs, 2 * pairs)
-    answered = torch.isfinite(logits[:, :, pairs:])
+    assert cosines.shape == (2, pairs, 2 * pairs)
+    answered = torch.isfinite(cosines[:, :, pairs:])
     assert torch.equal(answered[0], torch.ones(pairs, pairs, dtype=torch.bool).tril(-1))
+    assert torch.equal(answered[1], answered[0])
     assert float(widened) > float(alone)  # more candidates, a larger cross-entropy
     # --others adds the squared cosines with the other facts' keys.
     fit.args.answer_negatives, fit.args.others = False, 1.0
@@ -531,11 +532,13 @@ def test_fit_keys_with_head_fits_the_pairs_addressing_and_leaves_the_partner_alo
         name = f"layers.1.memory.{name}"
         assert torch.equal(after.p(name)[:head_dim], before.p(name)[:head_dim]), name
         assert not torch.equal(after.p(name)[head_dim:], before.p(name)[head_dim:]), name
-    for partner in ("1", "2", "-1"):  # itself, past the layer's heads, negative
+    for partner, message in (("1", "--with_head 1 is the head being fitted"),
+                             ("2", "head 2 out of range [0, 2)"),
+                             ("-1", "head -1 out of range [0, 2)")):
         bad = run_gate_tool("fit_keys", "--model_dir", start, "--out", tmp_path / "bad",
                             "--layer", "1", "--head", "1", "--with_head", partner, "--data",
                             corpus, "--tasks", "1", "--iters", "1")
-        assert bad.returncode == 2 and "is not another head of layer 1" in bad.stderr, bad.stderr
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr
         assert not (tmp_path / "bad").exists()
 
 
